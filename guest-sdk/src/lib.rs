@@ -1,0 +1,1 @@
+//! voidbox-guest (being written).

@@ -1,0 +1,1 @@
+//! voidbox-auth (being written).

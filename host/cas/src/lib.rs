@@ -1,0 +1,1 @@
+//! voidbox-cas (being written).

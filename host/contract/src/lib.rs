@@ -1,0 +1,1 @@
+//! voidbox-contract (being written).

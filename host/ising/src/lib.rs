@@ -1,0 +1,1 @@
+//! voidbox-ising (being written).

@@ -1,0 +1,1 @@
+//! voidbox-pbft (being written).

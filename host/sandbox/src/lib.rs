@@ -1,0 +1,1 @@
+//! voidbox-sandbox (being written).

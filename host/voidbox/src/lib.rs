@@ -1,0 +1,1 @@
+//! voidbox (being written).
