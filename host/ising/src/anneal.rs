@@ -1,0 +1,614 @@
+//! Simulated annealing of an Ising model.
+//!
+//! Each read starts from a random state and sweeps the spins in order, one
+//! Metropolis test per spin, while β (the inverse temperature) grows
+//! geometrically over the sweeps; then a greedy descent flips every spin that
+//! still lowers the energy. The best read wins (ties go to the lowest read
+//! index).
+//!
+//! What makes it fast:
+//! - Local fields `f_i = h_i + Σ_j J_ij s_j` are kept up to date, so a flip
+//!   costs one pass over the spin's neighbours (CSR rows for sparse models, a
+//!   contiguous, vectorizable row for dense ones) and a test costs O(1).
+//! - Downhill moves draw no random number; uphill moves that cannot pass at
+//!   this β (`βΔE ≥ 37.5`, beyond `-ln` of the smallest uniform) draw none.
+//! - The Metropolis test `u < exp(-βΔE)` uses no `exp` in the common case: the
+//!   top 10 bits of the random word pick one of 1024 buckets of `u`, and a
+//!   table of `-ln` at the bucket's edges settles the test unless `βΔE` falls
+//!   inside that bucket's narrow band, where `exp` is computed (rarely).
+//!   The answer is exactly the Metropolis answer, only cheaper.
+//!
+//! Determinism: every read has its own generator seeded from (seed, read
+//! index), the schedule and the rare `exp` use only basic IEEE operations,
+//! and reads never share state, so the result is the same on every machine
+//! and for every thread count.
+
+use std::time::{Duration, Instant};
+
+use serde::Serialize;
+use thiserror::Error;
+
+use crate::model::IsingModel;
+use crate::rng::{exp_neg, open01_from_bits, stream_seed, Rng};
+
+/// How to anneal.
+#[derive(Clone, Debug, PartialEq)]
+pub struct Params {
+    /// Sweeps per read (one Metropolis test per spin per sweep). 0 means only
+    /// the greedy polish of a random state.
+    pub sweeps: usize,
+    /// Independent reads; the best one is returned. At least 1.
+    pub reads: usize,
+    /// Master seed: read `r` uses a generator seeded from `(seed, r)`.
+    pub seed: u64,
+    /// Threads to spread the reads over (1 runs on the calling thread). The
+    /// result does not depend on it.
+    pub threads: usize,
+    /// `(β_hot, β_cold)`; `None` derives it from the coefficients
+    /// ([`auto_beta_range`]).
+    pub beta_range: Option<(f64, f64)>,
+    /// Run a greedy descent on each read's final state.
+    pub polish: bool,
+    /// Measure wall-clock time (the only clock the solver reads).
+    pub measure_time: bool,
+}
+
+impl Default for Params {
+    fn default() -> Self {
+        Self { sweeps: 1000, reads: 10, seed: 0, threads: 1, beta_range: None, polish: true, measure_time: true }
+    }
+}
+
+/// What went wrong before annealing started.
+#[derive(Debug, Error, Clone, PartialEq)]
+pub enum AnnealError {
+    /// `reads` was 0.
+    #[error("reads must be at least 1")]
+    NoReads,
+    /// `threads` was 0.
+    #[error("threads must be at least 1")]
+    NoThreads,
+    /// The β range given is not two positive finite numbers.
+    #[error("beta range ({0}, {1}) is invalid: give two positive finite numbers, hot (smaller) first")]
+    BadBetaRange(f64, f64),
+}
+
+/// Counters of one `anneal` call (summed over reads).
+#[derive(Clone, Debug, Default, PartialEq, Serialize)]
+pub struct Stats {
+    /// Sweeps per read.
+    pub sweeps: usize,
+    /// Reads done.
+    pub reads: usize,
+    /// Metropolis tests (spins × sweeps × reads).
+    pub flip_attempts: u64,
+    /// Tests that flipped the spin.
+    pub flips_accepted: u64,
+    /// Flips made by the greedy polish.
+    pub polish_flips: u64,
+    /// The β range used, hot first.
+    pub beta_range: (f64, f64),
+    /// Wall-clock time of the whole call, when measured.
+    #[serde(serialize_with = "serialize_seconds")]
+    pub elapsed: Option<Duration>,
+}
+
+fn serialize_seconds<S: serde::Serializer>(d: &Option<Duration>, s: S) -> Result<S::Ok, S::Error> {
+    match d {
+        Some(d) => s.serialize_some(&d.as_secs_f64()),
+        None => s.serialize_none(),
+    }
+}
+
+impl Stats {
+    /// Flip attempts per second, when time was measured and nonzero.
+    #[must_use]
+    pub fn attempts_per_second(&self) -> Option<f64> {
+        let secs = self.elapsed?.as_secs_f64();
+        (secs > 0.0).then(|| self.flip_attempts as f64 / secs)
+    }
+}
+
+/// The best state found, its energy, and how the search went.
+#[derive(Clone, Debug, PartialEq, Serialize)]
+pub struct Solution {
+    /// The best state, one `+1`/`-1` per spin.
+    pub state: Vec<i8>,
+    /// Its energy, recomputed from the model (offset included).
+    pub energy: f64,
+    /// The final energy of every read, in read order.
+    pub read_energies: Vec<f64>,
+    /// Counters and time.
+    pub stats: Stats,
+}
+
+/// `-ln(u)` for the smallest `u` the generator gives is `ln(2^53) ≈ 36.74`:
+/// a move with `βΔE` at or above this is never accepted.
+const NEVER_ACCEPTED: f64 = 37.5;
+const BUCKET_BITS: u32 = 10;
+const BUCKETS: usize = 1 << BUCKET_BITS;
+
+/// For bucket `k` (u in `[k/B, (k+1)/B)`): accept surely when `βΔE < lo[k]`,
+/// reject surely when `βΔE >= hi[k]`, otherwise compute `exp`.
+struct Metropolis {
+    bounds: Vec<[f64; 2]>,
+}
+
+impl Metropolis {
+    fn new() -> Self {
+        // The table uses the platform `ln`, then widens each band by a relative
+        // 1e-9 so that it is conservative whatever the last bit of `ln`: the
+        // decision is always the one `exp_neg(x) > u` gives.
+        let bounds = (0..BUCKETS)
+            .map(|k| {
+                let upper_u = (k + 1) as f64 / BUCKETS as f64;
+                let lo = -upper_u.ln() * (1.0 - 1e-9);
+                let hi = if k == 0 { f64::INFINITY } else { -((k as f64) / BUCKETS as f64).ln() * (1.0 + 1e-9) + 1e-12 };
+                [lo, hi]
+            })
+            .collect();
+        Self { bounds }
+    }
+
+    /// Whether an uphill move of `x = βΔE` (`0 < x < NEVER_ACCEPTED`) passes.
+    #[inline(always)]
+    fn accept(&self, x: f64, rng: &mut Rng) -> bool {
+        let r = rng.next_u64();
+        let [lo, hi] = self.bounds[(r >> (64 - BUCKET_BITS)) as usize];
+        if x < lo {
+            true
+        } else if x >= hi {
+            false
+        } else {
+            exp_neg(x) > open01_from_bits(r)
+        }
+    }
+}
+
+/// Neighbour storage chosen by density.
+enum Adjacency {
+    /// CSR: the neighbours of `i` are `cols[row[i]..row[i+1]]`.
+    Sparse { row: Vec<usize>, cols: Vec<u32>, vals: Vec<f64> },
+    /// Row-major `n × n` with a zero diagonal.
+    Dense { n: usize, m: Vec<f64> },
+}
+
+/// A model laid out for annealing.
+struct Compiled {
+    h: Vec<f64>,
+    adj: Adjacency,
+}
+
+/// Dense rows are used when the average degree is at least a quarter of the
+/// spins (a contiguous row then beats gathering) and the matrix is at most
+/// this many entries.
+const DENSE_ENTRIES_MAX: usize = 1 << 25;
+
+impl Compiled {
+    fn new(model: &IsingModel) -> Self {
+        let n = model.len();
+        let e = model.couplings().len();
+        let dense = n > 0 && n * n <= DENSE_ENTRIES_MAX && 2 * e * 4 >= n * n;
+        let adj = if dense {
+            let mut m = vec![0.0; n * n];
+            for c in model.couplings() {
+                let (i, j) = (c.i as usize, c.j as usize);
+                m[i * n + j] = c.value;
+                m[j * n + i] = c.value;
+            }
+            Adjacency::Dense { n, m }
+        } else {
+            let mut degree = vec![0usize; n + 1];
+            for c in model.couplings() {
+                degree[c.i as usize + 1] += 1;
+                degree[c.j as usize + 1] += 1;
+            }
+            for i in 0..n {
+                degree[i + 1] += degree[i];
+            }
+            let row = degree;
+            let mut next = row.clone();
+            let mut cols = vec![0u32; 2 * e];
+            let mut vals = vec![0.0; 2 * e];
+            for c in model.couplings() {
+                for (a, b) in [(c.i, c.j), (c.j, c.i)] {
+                    let slot = next[a as usize];
+                    cols[slot] = b;
+                    vals[slot] = c.value;
+                    next[a as usize] += 1;
+                }
+            }
+            Adjacency::Sparse { row, cols, vals }
+        };
+        Self { h: model.fields().to_vec(), adj }
+    }
+
+    fn len(&self) -> usize {
+        self.h.len()
+    }
+
+    /// Fields `h_i + Σ_j J_ij s_j` computed from scratch.
+    fn fields(&self, s: &[f64], f: &mut [f64]) {
+        f.copy_from_slice(&self.h);
+        match &self.adj {
+            Adjacency::Sparse { row, cols, vals } => {
+                for (i, fi) in f.iter_mut().enumerate() {
+                    let (a, b) = (row[i], row[i + 1]);
+                    *fi += cols[a..b].iter().zip(&vals[a..b]).map(|(&j, &v)| v * s[j as usize]).sum::<f64>();
+                }
+            }
+            Adjacency::Dense { n, m } => {
+                for (i, fi) in f.iter_mut().enumerate() {
+                    *fi += m[i * n..(i + 1) * n].iter().zip(s).map(|(&v, &sj)| v * sj).sum::<f64>();
+                }
+            }
+        }
+    }
+
+    /// Flips spin `i` and updates its neighbours' fields.
+    #[inline(always)]
+    fn flip(&self, i: usize, s: &mut [f64], f: &mut [f64]) {
+        let c = -2.0 * s[i];
+        s[i] = -s[i];
+        match &self.adj {
+            Adjacency::Sparse { row, cols, vals } => {
+                let (a, b) = (row[i], row[i + 1]);
+                for (&j, &v) in cols[a..b].iter().zip(&vals[a..b]) {
+                    f[j as usize] += c * v;
+                }
+            }
+            Adjacency::Dense { n, m } => {
+                for (fj, &v) in f.iter_mut().zip(&m[i * n..(i + 1) * n]) {
+                    *fj += c * v;
+                }
+            }
+        }
+    }
+}
+
+/// The default β range of a model: hot enough that the most strongly coupled
+/// spin's largest possible uphill move passes with probability 1/2, cold
+/// enough that the smallest nonzero gap passes with probability 1/100.
+#[must_use]
+pub fn auto_beta_range(model: &IsingModel) -> (f64, f64) {
+    let n = model.len();
+    let mut max_delta = vec![0.0f64; n];
+    let mut min_coef = vec![f64::INFINITY; n];
+    for (i, &h) in model.fields().iter().enumerate() {
+        max_delta[i] += 2.0 * h.abs();
+        if h != 0.0 {
+            min_coef[i] = min_coef[i].min(h.abs());
+        }
+    }
+    for c in model.couplings() {
+        let v = c.value.abs();
+        for k in [c.i as usize, c.j as usize] {
+            max_delta[k] += 2.0 * v;
+            min_coef[k] = min_coef[k].min(v);
+        }
+    }
+    let hottest = max_delta.iter().copied().fold(0.0f64, f64::max);
+    let smallest = min_coef.iter().copied().fold(f64::INFINITY, f64::min) * 2.0;
+    if hottest <= 0.0 || !smallest.is_finite() {
+        // Every move costs nothing: any β gives the same walk.
+        return (0.1, 1.0);
+    }
+    const LN_2: f64 = std::f64::consts::LN_2;
+    const LN_100: f64 = 4.605_170_185_988_091;
+    let hot = LN_2 / hottest;
+    let cold = (LN_100 / smallest).max(hot);
+    (hot, cold)
+}
+
+/// `ln(y)` for `y >= 1` with basic IEEE operations only (Newton on
+/// [`exp_neg`]), so the schedule is the same on every machine.
+fn ln_det(y: f64) -> f64 {
+    debug_assert!(y >= 1.0 && y.is_finite());
+    // Start from the binary exponent: ln y ≈ e · ln 2.
+    let exponent = ((y.to_bits() >> 52) & 0x7ff) as i64 - 1023;
+    let mut t = exponent as f64 * std::f64::consts::LN_2;
+    for _ in 0..60 {
+        // t ← t - 1 + y e^{-t}: the Newton step for e^t = y.
+        let next = t - 1.0 + y * exp_neg(t.max(0.0));
+        if next == t {
+            break;
+        }
+        t = next;
+    }
+    t
+}
+
+/// The geometric β schedule: `sweeps` values from `hot` to `cold`.
+fn schedule(hot: f64, cold: f64, sweeps: usize) -> Vec<f64> {
+    if sweeps == 0 {
+        return Vec::new();
+    }
+    if sweeps == 1 {
+        return vec![hot];
+    }
+    let span = ln_det(cold / hot);
+    (0..sweeps)
+        .map(|k| {
+            let z = span * k as f64 / (sweeps - 1) as f64;
+            hot / exp_neg(z)
+        })
+        .collect()
+}
+
+struct ReadResult {
+    state: Vec<i8>,
+    energy: f64,
+    attempts: u64,
+    accepted: u64,
+    polish_flips: u64,
+}
+
+fn one_read(model: &IsingModel, compiled: &Compiled, betas: &[f64], table: &Metropolis, seed: u64, polish: bool) -> ReadResult {
+    let n = compiled.len();
+    let mut rng = Rng::new(seed);
+    let mut s: Vec<f64> = (0..n).map(|_| if rng.next_u64() >> 63 == 1 { 1.0 } else { -1.0 }).collect();
+    let mut f = vec![0.0; n];
+    compiled.fields(&s, &mut f);
+    let mut accepted = 0u64;
+    for &beta in betas {
+        // Above this ΔE no move passes at this β, so no random number is drawn.
+        let never = NEVER_ACCEPTED / beta;
+        for i in 0..n {
+            let de = -2.0 * s[i] * f[i];
+            if de > 0.0 && (de >= never || !table.accept(de * beta, &mut rng)) {
+                continue;
+            }
+            compiled.flip(i, &mut s, &mut f);
+            accepted += 1;
+        }
+    }
+    let mut polish_flips = 0u64;
+    if polish && n > 0 {
+        // Fresh fields: the incremental ones may carry rounding drift.
+        compiled.fields(&s, &mut f);
+        // Each flip strictly lowers the energy, so this ends; the pass cap only
+        // guards against rounding making a flip look downhill both ways.
+        for _pass in 0..10_000 {
+            let mut improved = false;
+            for i in 0..n {
+                if -2.0 * s[i] * f[i] < 0.0 {
+                    compiled.flip(i, &mut s, &mut f);
+                    polish_flips += 1;
+                    improved = true;
+                }
+            }
+            if !improved {
+                break;
+            }
+        }
+    }
+    let state: Vec<i8> = s.iter().map(|&v| if v > 0.0 { 1 } else { -1 }).collect();
+    let energy = model.energy(&state);
+    ReadResult { state, energy, attempts: (n * betas.len()) as u64, accepted, polish_flips }
+}
+
+/// Anneals `model` and returns the best state of all reads.
+///
+/// A model without variables gives an empty state with energy = offset.
+pub fn anneal(model: &IsingModel, params: &Params) -> Result<Solution, AnnealError> {
+    if params.reads == 0 {
+        return Err(AnnealError::NoReads);
+    }
+    if params.threads == 0 {
+        return Err(AnnealError::NoThreads);
+    }
+    let (hot, cold) = match params.beta_range {
+        Some((a, b)) => {
+            if !(a.is_finite() && b.is_finite() && a > 0.0 && b > 0.0 && a <= b) {
+                return Err(AnnealError::BadBetaRange(a, b));
+            }
+            (a, b)
+        }
+        None => auto_beta_range(model),
+    };
+    let start = params.measure_time.then(Instant::now);
+    let compiled = Compiled::new(model);
+    let betas = schedule(hot, cold, params.sweeps);
+    let table = Metropolis::new();
+    let threads = params.threads.min(params.reads);
+    let run = |r: usize| one_read(model, &compiled, &betas, &table, stream_seed(params.seed, r as u64), params.polish);
+    let mut results: Vec<Option<ReadResult>> = (0..params.reads).map(|_| None).collect();
+    if threads <= 1 {
+        for (r, slot) in results.iter_mut().enumerate() {
+            *slot = Some(run(r));
+        }
+    } else {
+        let run = &run;
+        let per_thread: Vec<Vec<(usize, ReadResult)>> = std::thread::scope(|scope| {
+            let handles: Vec<_> = (0..threads)
+                .map(|t| scope.spawn(move || (t..params.reads).step_by(threads).map(|r| (r, run(r))).collect::<Vec<_>>()))
+                .collect();
+            handles.into_iter().map(|h| h.join().expect("an annealing thread panicked")).collect()
+        });
+        for (r, res) in per_thread.into_iter().flatten() {
+            results[r] = Some(res);
+        }
+    }
+    let results: Vec<ReadResult> = results.into_iter().map(|r| r.expect("every read ran")).collect();
+    let mut best = 0;
+    for (r, res) in results.iter().enumerate() {
+        if res.energy < results[best].energy {
+            best = r;
+        }
+    }
+    let stats = Stats {
+        sweeps: params.sweeps,
+        reads: params.reads,
+        flip_attempts: results.iter().map(|r| r.attempts).sum(),
+        flips_accepted: results.iter().map(|r| r.accepted).sum(),
+        polish_flips: results.iter().map(|r| r.polish_flips).sum(),
+        beta_range: (hot, cold),
+        elapsed: start.map(|s| s.elapsed()),
+    };
+    let read_energies = results.iter().map(|r| r.energy).collect();
+    let best = results.into_iter().nth(best).expect("at least one read");
+    Ok(Solution { state: best.state, energy: best.energy, read_energies, stats })
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::model::QuboModel;
+
+    fn ring(n: usize, j: f64) -> IsingModel {
+        let mut b = IsingModel::builder(n);
+        for i in 0..n {
+            b.quadratic(i, (i + 1) % n, j);
+        }
+        b.build_ising().unwrap()
+    }
+
+    fn random_model(n: usize, degree: usize, seed: u64) -> IsingModel {
+        let mut r = Rng::new(seed);
+        let mut b = IsingModel::builder(n);
+        for i in 0..n {
+            b.linear(i, (r.below(5) as f64) - 2.0);
+            for _ in 0..degree / 2 {
+                let j = r.below(n as u64) as usize;
+                b.quadratic(i, j, if r.below(2) == 0 { 1.0 } else { -1.0 });
+            }
+        }
+        b.build_ising().unwrap()
+    }
+
+    fn brute_force_min(m: &IsingModel) -> f64 {
+        let n = m.len();
+        (0u32..1 << n)
+            .map(|mask| {
+                let s: Vec<i8> = (0..n).map(|i| if (mask >> i) & 1 == 1 { 1 } else { -1 }).collect();
+                m.energy(&s)
+            })
+            .fold(f64::INFINITY, f64::min)
+    }
+
+    #[test]
+    fn antiferromagnetic_even_ring_ground_state() {
+        let m = ring(20, 1.0);
+        let sol = anneal(&m, &Params { sweeps: 200, reads: 4, ..Params::default() }).unwrap();
+        assert_eq!(sol.energy, -20.0);
+        for i in 0..20 {
+            assert_ne!(sol.state[i], sol.state[(i + 1) % 20]);
+        }
+    }
+
+    #[test]
+    fn finds_brute_force_ground_states_of_small_frustrated_models() {
+        for seed in 0..6 {
+            let m = random_model(14, 6, seed);
+            let exact = brute_force_min(&m);
+            let sol = anneal(&m, &Params { sweeps: 300, reads: 8, seed, ..Params::default() }).unwrap();
+            assert_eq!(sol.energy, exact, "seed {seed}");
+            assert_eq!(sol.energy, m.energy(&sol.state));
+        }
+    }
+
+    #[test]
+    fn incremental_fields_match_recomputed_fields() {
+        for (n, degree) in [(50, 6), (40, 40)] {
+            let m = random_model(n, degree, 9);
+            let c = Compiled::new(&m);
+            assert_eq!(matches!(c.adj, Adjacency::Dense { .. }), degree == 40);
+            let mut rng = Rng::new(1);
+            let mut s: Vec<f64> = (0..n).map(|_| if rng.below(2) == 0 { 1.0 } else { -1.0 }).collect();
+            let mut f = vec![0.0; n];
+            c.fields(&s, &mut f);
+            for _ in 0..500 {
+                let i = rng.below(n as u64) as usize;
+                let spins_before: Vec<i8> = s.iter().map(|&v| if v > 0.0 { 1 } else { -1 }).collect();
+                let de = -2.0 * s[i] * f[i];
+                c.flip(i, &mut s, &mut f);
+                let spins_after: Vec<i8> = s.iter().map(|&v| if v > 0.0 { 1 } else { -1 }).collect();
+                assert_eq!(m.energy(&spins_after) - m.energy(&spins_before), de);
+                let mut fresh = vec![0.0; n];
+                c.fields(&s, &mut fresh);
+                assert_eq!(f, fresh);
+            }
+        }
+    }
+
+    #[test]
+    fn same_seed_same_answer_for_every_thread_count() {
+        let m = random_model(300, 8, 4);
+        let base = Params { sweeps: 50, reads: 7, seed: 42, ..Params::default() };
+        let one = anneal(&m, &base).unwrap();
+        for threads in [2, 3, 8] {
+            let other = anneal(&m, &Params { threads, ..base.clone() }).unwrap();
+            assert_eq!(one.state, other.state);
+            assert_eq!(one.read_energies, other.read_energies);
+            assert_eq!(one.stats.flips_accepted, other.stats.flips_accepted);
+        }
+        let different = anneal(&m, &Params { seed: 43, ..base }).unwrap();
+        assert_ne!(one.read_energies, different.read_energies);
+    }
+
+    #[test]
+    fn metropolis_table_agrees_with_the_exact_test() {
+        let table = Metropolis::new();
+        let mut rng = Rng::new(5);
+        let mut accepted = 0u32;
+        let trials = 200_000;
+        for k in 0..trials {
+            let x = (k % 400) as f64 * 0.01 + 0.001;
+            let mut probe = rng.clone();
+            let r = probe.next_u64();
+            let exact = exp_neg(x) > open01_from_bits(r);
+            let fast = table.accept(x, &mut rng);
+            assert_eq!(exact, fast, "x={x}");
+            accepted += u32::from(fast);
+        }
+        // Mean of e^{-x} over x in (0, 4): (1 - e^-4) / 4 ≈ 0.2454.
+        let rate = f64::from(accepted) / f64::from(trials);
+        assert!((rate - 0.2454).abs() < 0.01, "rate {rate}");
+    }
+
+    #[test]
+    fn schedule_is_geometric_and_deterministic() {
+        let b = schedule(0.5, 8.0, 5);
+        let expected = [0.5, 1.0, 2.0, 4.0, 8.0];
+        for (got, want) in b.iter().zip(expected) {
+            assert!((got - want).abs() < 1e-12 * want, "{got} vs {want}");
+        }
+        assert!((ln_det(10.0) - 10f64.ln()).abs() < 1e-14);
+        assert!((ln_det(1.0)).abs() < 1e-15);
+    }
+
+    #[test]
+    fn bad_params_and_empty_models() {
+        let m = ring(4, 1.0);
+        assert_eq!(anneal(&m, &Params { reads: 0, ..Params::default() }), Err(AnnealError::NoReads));
+        assert_eq!(anneal(&m, &Params { threads: 0, ..Params::default() }), Err(AnnealError::NoThreads));
+        assert!(matches!(
+            anneal(&m, &Params { beta_range: Some((f64::NAN, 1.0)), ..Params::default() }),
+            Err(AnnealError::BadBetaRange(..))
+        ));
+        let mut b = IsingModel::builder(0);
+        b.offset(-1.5);
+        let empty = b.build_ising().unwrap();
+        let sol = anneal(&empty, &Params::default()).unwrap();
+        assert!(sol.state.is_empty());
+        assert_eq!(sol.energy, -1.5);
+        // A model with no couplings and no fields: every state is a ground state.
+        let flat = IsingModel::builder(5).build_ising().unwrap();
+        assert_eq!(anneal(&flat, &Params::default()).unwrap().energy, 0.0);
+        // Zero sweeps still polishes to a local minimum.
+        let sol = anneal(&ring(10, -1.0), &Params { sweeps: 0, reads: 1, ..Params::default() }).unwrap();
+        assert_eq!(sol.stats.flip_attempts, 0);
+        assert!(sol.energy <= 0.0);
+    }
+
+    #[test]
+    fn qubo_solves_through_its_ising_form() {
+        // Minimise x0 + x1 - 3 x0 x1 + 2: the optimum is x = (1, 1), energy 1.
+        let mut b = QuboModel::builder(2);
+        b.linear(0, 1.0).linear(1, 1.0).quadratic(0, 1, -3.0).offset(2.0);
+        let q = b.build_qubo().unwrap();
+        let sol = anneal(&q.to_ising(), &Params::default()).unwrap();
+        assert_eq!(sol.energy, 1.0);
+        assert_eq!(crate::model::spins_to_bits(&sol.state), vec![1, 1]);
+    }
+}
