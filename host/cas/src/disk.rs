@@ -1,0 +1,982 @@
+//! [`DiskStore`]: the content-addressed store in a directory.
+//!
+//! # Layout
+//!
+//! ```text
+//! DIR/blobs/<first 2 hex>/<other 62 hex>   one file per blob
+//! DIR/pins/<64 hex>                        one empty file per pin
+//! DIR/tmp/<instance>.lock                  flock held by each open DiskStore
+//! DIR/tmp/<instance>/                      that instance's temp files
+//! ```
+//!
+//! A blob file is a 16-byte header, `VBXBLOB\x01` and the content length as
+//! a little-endian u64, followed by the content. The recorded length lets
+//! `verify_all` tell a truncated blob from one whose bytes changed.
+//!
+//! # Crash safety
+//!
+//! A put writes a temp file in the instance's temp directory (the same file
+//! system as `blobs/`), hashing while it writes, and renames it to its digest
+//! only when complete: a blob's name never points at partial content. Temp
+//! directories of instances that are gone (their flock is free) are removed
+//! when a store is opened; those of live instances, in this process or
+//! another, are left alone.
+//!
+//! # Durability: what is on stable storage when
+//!
+//! - [`Durability::Immediate`] (the default): when `put` returns, the content
+//!   was fdatasync'd before the rename and the blob's directory fsync'd after
+//!   it. The blob survives a crash or power loss.
+//! - [`Durability::Deferred`]: `put` skips every fsync and leaves the
+//!   complete, hashed temp file in the instance's temp directory. The blob is
+//!   readable at once through this `DiskStore` (all threads sharing it), but
+//!   not yet by other processes. [`Store::sync`] makes every put that
+//!   returned before it was called durable: it flushes the temp files, renames
+//!   them into `blobs/` and fsyncs the directories; from then on the blobs
+//!   are visible to everyone and survive a crash. A crash before `sync` loses
+//!   those blobs entirely (their temp files are removed at the next open);
+//!   it never leaves a partial blob under a digest. Dropping the store calls
+//!   `sync` on a best-effort basis.
+//! - Pins and unpins are always durable when they return. Removals (`remove`,
+//!   `gc`) are made durable in `Immediate` mode; in `Deferred` mode a removed
+//!   blob may reappear after a crash, which is harmless: its content is
+//!   still valid.
+
+use std::collections::btree_map::Entry;
+use std::collections::{BTreeMap, BTreeSet};
+use std::fs::{self, File};
+use std::io::{self, Read, Write};
+use std::os::unix::fs::{FileExt, MetadataExt};
+use std::path::{Path, PathBuf};
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::{Mutex, MutexGuard, RwLock};
+use std::time::{SystemTime, UNIX_EPOCH};
+
+use crate::pipeline::{self, ChunkError, StreamError, CHUNK_BYTES};
+use crate::{CasError, Corruption, Digest, GcReport, Result, Store, VerifyReport};
+
+/// Magic bytes that open every blob file; the last byte is the format
+/// version.
+const BLOB_MAGIC: [u8; 8] = *b"VBXBLOB\x01";
+/// Bytes of the header before a blob's content.
+const HEADER_BYTES: u64 = 16;
+
+/// Blobs up to this size are copied by `copy_to` from one verified read in
+/// memory; larger ones are verified in one pass and streamed in a second, so
+/// memory stays bounded.
+const COPY_IN_MEMORY_BYTES_MAX: u64 = 64 << 20;
+
+/// From this many pending deferred blobs on, `sync` flushes the whole file
+/// system with one `syncfs` instead of one fdatasync per file: each fdatasync
+/// of a new file costs a journal commit, `syncfs` costs one for the batch.
+const SYNCFS_FILES_MIN: usize = 16;
+
+/// When a put becomes durable; see the [module docs](self).
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
+pub enum Durability {
+    /// Every put is fsynced before it returns.
+    #[default]
+    Immediate,
+    /// Puts skip fsync; [`Store::sync`] makes all earlier puts durable.
+    Deferred,
+}
+
+/// How to open a [`DiskStore`].
+#[derive(Debug, Clone, Default)]
+pub struct OpenOptions {
+    /// When puts become durable.
+    pub durability: Durability,
+    /// Open an existing store for reading only: it is not created, its temp
+    /// files are not cleaned, and every write fails with
+    /// [`CasError::ReadOnly`]. For read-only data directories.
+    pub read_only: bool,
+}
+
+/// The content-addressed store in a directory. See the [module docs](self)
+/// for the layout, crash safety and durability.
+#[derive(Debug)]
+pub struct DiskStore {
+    root: PathBuf,
+    blobs: PathBuf,
+    pins: PathBuf,
+    durability: Durability,
+    /// `None` when opened read-only.
+    instance: Option<Instance>,
+    /// Deferred puts not yet synced: their complete temp files.
+    pending: Mutex<BTreeMap<Digest, Pending>>,
+    /// Puts and removals share it; GC takes it exclusively, so a put in this
+    /// process cannot dedup against a blob that GC is sweeping.
+    gc_lock: RwLock<()>,
+    tmp_counter: AtomicU64,
+}
+
+/// This open store's temp directory and the lock that tells other openers
+/// it is alive.
+#[derive(Debug)]
+struct Instance {
+    dir: PathBuf,
+    lock_path: PathBuf,
+    /// Holds the flock for as long as the store is open.
+    _lock: File,
+}
+
+#[derive(Debug, Clone)]
+struct Pending {
+    path: PathBuf,
+    len: u64,
+}
+
+impl DiskStore {
+    /// Opens (creating if needed) a writable store in `dir` with
+    /// [`Durability::Immediate`].
+    pub fn open(dir: impl AsRef<Path>) -> Result<DiskStore> {
+        DiskStore::open_with(dir, OpenOptions::default())
+    }
+
+    /// Opens a store in `dir` with the given options.
+    pub fn open_with(dir: impl AsRef<Path>, options: OpenOptions) -> Result<DiskStore> {
+        let root = dir.as_ref().to_path_buf();
+        let blobs = root.join("blobs");
+        let pins = root.join("pins");
+        let tmp = root.join("tmp");
+        let instance = if options.read_only {
+            for path in [&root, &blobs, &pins] {
+                let meta = fs::metadata(path)
+                    .map_err(|e| CasError::io("open the content store directory", path, e))?;
+                if !meta.is_dir() {
+                    return Err(not_a_directory(path));
+                }
+            }
+            None
+        } else {
+            for path in [&root, &blobs, &pins, &tmp] {
+                create_dir(path)?;
+            }
+            let instance = Instance::create(&tmp)?;
+            clean_stale_temp_dirs(&tmp, &instance)?;
+            Some(instance)
+        };
+        Ok(DiskStore {
+            root,
+            blobs,
+            pins,
+            durability: options.durability,
+            instance,
+            pending: Mutex::new(BTreeMap::new()),
+            gc_lock: RwLock::new(()),
+            tmp_counter: AtomicU64::new(0),
+        })
+    }
+
+    /// The store's directory.
+    pub fn path(&self) -> &Path {
+        &self.root
+    }
+
+    /// The durability this store was opened with.
+    pub fn durability(&self) -> Durability {
+        self.durability
+    }
+
+    /// Number of deferred puts waiting for [`Store::sync`].
+    pub fn pending_count(&self) -> usize {
+        self.lock_pending().len()
+    }
+
+    /// Where the blob `digest` lives once it is durable.
+    pub fn blob_path(&self, digest: &Digest) -> PathBuf {
+        let hex = digest.hex();
+        self.blobs.join(&hex[..2]).join(&hex[2..])
+    }
+
+    fn pin_path(&self, digest: &Digest) -> PathBuf {
+        self.pins.join(digest.hex())
+    }
+
+    fn lock_pending(&self) -> MutexGuard<'_, BTreeMap<Digest, Pending>> {
+        // A panic while holding this lock cannot leave the map inconsistent
+        // (every update is a single insert or remove), so poisoning is moot.
+        self.pending.lock().unwrap_or_else(|e| e.into_inner())
+    }
+
+    fn instance(&self, action: &'static str) -> Result<&Instance> {
+        self.instance.as_ref().ok_or_else(|| CasError::ReadOnly {
+            path: self.root.clone(),
+            action,
+        })
+    }
+
+    fn new_temp_file(&self, instance: &Instance) -> Result<(File, PathBuf)> {
+        let path = instance
+            .dir
+            .join(self.tmp_counter.fetch_add(1, Ordering::Relaxed).to_string());
+        let file = File::options()
+            .read(true)
+            .write(true)
+            .create_new(true)
+            .open(&path)
+            .map_err(|e| CasError::io("create a temp file", &path, e))?;
+        Ok((file, path))
+    }
+
+    /// Whether an intact-looking copy of the blob is already stored: pending,
+    /// or in place with the right file size. A blob whose size is wrong (for
+    /// example truncated) is not intact, so putting its content again
+    /// repairs it.
+    fn has_intact(&self, digest: &Digest, len: u64) -> Result<bool> {
+        if self.lock_pending().contains_key(digest) {
+            return Ok(true);
+        }
+        let path = self.blob_path(digest);
+        match fs::metadata(&path) {
+            Ok(meta) => Ok(meta.len() == HEADER_BYTES + len),
+            Err(e) if e.kind() == io::ErrorKind::NotFound => Ok(false),
+            Err(e) => Err(CasError::io("look up the blob", path, e)),
+        }
+    }
+
+    /// Makes a complete temp file the blob `digest`, as the durability says.
+    fn commit(&self, file: File, temp: PathBuf, digest: Digest, len: u64) -> Result<()> {
+        match self.durability {
+            Durability::Immediate => {
+                file.sync_data()
+                    .map_err(|e| CasError::io("flush to disk", &temp, e))?;
+                drop(file);
+                let dir = self.rename_into_place(&temp, &digest)?;
+                sync_dir(&dir)
+            }
+            Durability::Deferred => {
+                drop(file);
+                let duplicate = match self.lock_pending().entry(digest) {
+                    Entry::Occupied(_) => Some(temp),
+                    Entry::Vacant(slot) => {
+                        slot.insert(Pending { path: temp, len });
+                        None
+                    }
+                };
+                // Another thread stored the same content meanwhile.
+                if let Some(temp) = duplicate {
+                    remove_file_if_exists(&temp)?;
+                }
+                Ok(())
+            }
+        }
+    }
+
+    /// Renames `temp` to the blob's path, creating its shard directory on
+    /// first use. Returns the shard directory (to fsync).
+    fn rename_into_place(&self, temp: &Path, digest: &Digest) -> Result<PathBuf> {
+        let target = self.blob_path(digest);
+        let shard = target
+            .parent()
+            .expect("blob paths have a shard")
+            .to_path_buf();
+        match fs::rename(temp, &target) {
+            Ok(()) => Ok(shard),
+            Err(e) if e.kind() == io::ErrorKind::NotFound && !shard.exists() => {
+                create_dir(&shard)?;
+                if self.durability == Durability::Immediate {
+                    sync_dir(&self.blobs)?;
+                }
+                fs::rename(temp, &target)
+                    .map_err(|e| CasError::io("move a finished blob to", &target, e))?;
+                Ok(shard)
+            }
+            Err(e) => Err(CasError::io("move a finished blob to", &target, e)),
+        }
+    }
+
+    /// Opens the blob, pending or in place, and checks its header. Returns
+    /// the file and the content length, `None` if the blob is not stored.
+    fn open_blob(&self, digest: &Digest) -> Result<Option<(File, u64)>> {
+        let pending = self.lock_pending().get(digest).cloned();
+        let mut candidates = Vec::with_capacity(2);
+        if let Some(pending) = pending {
+            candidates.push(pending.path);
+        }
+        // A pending blob may be renamed into place by `sync` at any moment,
+        // so its final path is always the fallback.
+        candidates.push(self.blob_path(digest));
+        for path in candidates {
+            match File::open(&path) {
+                Ok(file) => {
+                    let len = read_header(&file, &path, digest)?;
+                    return Ok(Some((file, len)));
+                }
+                Err(e) if e.kind() == io::ErrorKind::NotFound => continue,
+                Err(e) => return Err(CasError::io("open the blob", path, e)),
+            }
+        }
+        Ok(None)
+    }
+
+    fn open_existing_blob(&self, digest: &Digest) -> Result<(File, u64)> {
+        self.open_blob(digest)?.ok_or(CasError::NotFound(*digest))
+    }
+
+    /// Reads a whole blob into memory and verifies it.
+    fn read_verified(&self, digest: &Digest, file: &File, len: u64) -> Result<Vec<u8>> {
+        let size = usize::try_from(len).map_err(|_| {
+            CasError::io(
+                "read into memory",
+                self.blob_path(digest),
+                io::Error::new(
+                    io::ErrorKind::OutOfMemory,
+                    "the blob exceeds the address space; use copy_to",
+                ),
+            )
+        })?;
+        let (data, hash) = pipeline::read_and_hash(file, HEADER_BYTES, size)
+            .map_err(|e| self.read_error(digest, file, len, e))?;
+        match content_problem(digest, hash) {
+            None => Ok(data),
+            Some(detail) => Err(CasError::Corrupt {
+                digest: *digest,
+                detail,
+            }),
+        }
+    }
+
+    /// Re-hashes one blob. `Ok(None)` if it is intact; `Err(NotFound)` if
+    /// it is not stored.
+    fn check_blob(&self, digest: &Digest) -> Result<Option<Corruption>> {
+        let (file, len) = match self.open_existing_blob(digest) {
+            Ok(found) => found,
+            Err(CasError::Corrupt { detail, .. }) => return Ok(Some(detail)),
+            Err(e) => return Err(e),
+        };
+        match hash_range(&file, len) {
+            Ok(hash) => Ok(content_problem(digest, hash)),
+            Err(e) => Err(self.read_error(digest, &file, len, e)),
+        }
+    }
+
+    /// Turns a read error into `Corrupt` when the file is shorter than its
+    /// header says (it was truncated while we read it).
+    fn read_error(&self, digest: &Digest, file: &File, len: u64, err: io::Error) -> CasError {
+        if err.kind() == io::ErrorKind::UnexpectedEof {
+            let actual = file
+                .metadata()
+                .map(|m| m.len().saturating_sub(HEADER_BYTES))
+                .unwrap_or(0);
+            return CasError::Corrupt {
+                digest: *digest,
+                detail: Corruption::SizeMismatch {
+                    expected: len,
+                    actual,
+                },
+            };
+        }
+        CasError::io("read the blob", self.blob_path(digest), err)
+    }
+
+    /// Every blob in `blobs/` with its content length, plus the files there
+    /// whose names are not blobs.
+    fn scan(&self) -> Result<(BTreeMap<Digest, u64>, Vec<PathBuf>)> {
+        let mut found = BTreeMap::new();
+        let mut strays = Vec::new();
+        for shard in read_dir(&self.blobs)? {
+            let shard = shard.map_err(|e| CasError::io("list", &self.blobs, e))?;
+            let shard_path = shard.path();
+            let shard_name = shard.file_name();
+            let shard_hex = shard_name.to_str().filter(|s| s.len() == 2);
+            let is_dir = shard
+                .file_type()
+                .map_err(|e| CasError::io("inspect", &shard_path, e))?
+                .is_dir();
+            let Some(shard_hex) = shard_hex.filter(|_| is_dir) else {
+                strays.push(shard_path);
+                continue;
+            };
+            for entry in read_dir(&shard_path)? {
+                let entry = entry.map_err(|e| CasError::io("list", &shard_path, e))?;
+                let name = entry.file_name();
+                let digest = name
+                    .to_str()
+                    .and_then(|rest| Digest::from_hex(&format!("{shard_hex}{rest}")));
+                let Some(digest) = digest else {
+                    strays.push(entry.path());
+                    continue;
+                };
+                match entry.metadata() {
+                    Ok(meta) if meta.is_file() => {
+                        found.insert(digest, meta.len().saturating_sub(HEADER_BYTES));
+                    }
+                    Ok(_) => strays.push(entry.path()),
+                    // Removed since the directory was read.
+                    Err(e) if e.kind() == io::ErrorKind::NotFound => {}
+                    Err(e) => return Err(CasError::io("inspect", entry.path(), e)),
+                }
+            }
+        }
+        for (digest, pending) in self.lock_pending().iter() {
+            found.insert(*digest, pending.len);
+        }
+        Ok((found, strays))
+    }
+
+    fn is_pinned(&self, digest: &Digest) -> Result<bool> {
+        let path = self.pin_path(digest);
+        match fs::metadata(&path) {
+            Ok(_) => Ok(true),
+            Err(e) if e.kind() == io::ErrorKind::NotFound => Ok(false),
+            Err(e) => Err(CasError::io("look up the pin", path, e)),
+        }
+    }
+
+    /// Removes a blob without looking at pins. Returns its content length if
+    /// it was stored, and the directory to fsync if its file was removed.
+    fn remove_unpinned(&self, digest: &Digest) -> Result<Option<(u64, Option<PathBuf>)>> {
+        let pending = self.lock_pending().remove(digest);
+        let path = self.blob_path(digest);
+        let in_place = match fs::metadata(&path) {
+            Ok(meta) => {
+                remove_file_if_exists(&path)?;
+                Some(meta.len().saturating_sub(HEADER_BYTES))
+            }
+            Err(e) if e.kind() == io::ErrorKind::NotFound => None,
+            Err(e) => return Err(CasError::io("look up the blob", path, e)),
+        };
+        if let Some(pending) = &pending {
+            remove_file_if_exists(&pending.path)?;
+        }
+        let dir = in_place.map(|_| path.parent().expect("shard").to_path_buf());
+        Ok(in_place.or(pending.map(|p| p.len)).map(|len| (len, dir)))
+    }
+
+    fn sync_pending(&self) -> Result<()> {
+        let batch: Vec<(Digest, Pending)> = self
+            .lock_pending()
+            .iter()
+            .map(|(d, p)| (*d, p.clone()))
+            .collect();
+        if batch.is_empty() {
+            return Ok(());
+        }
+        let instance = self.instance("sync")?;
+        // First the contents, so that no rename can reach the disk before
+        // the data it names.
+        if batch.len() >= SYNCFS_FILES_MIN {
+            syncfs(&instance.dir)?;
+        } else {
+            for (_, pending) in &batch {
+                match File::open(&pending.path) {
+                    Ok(file) => file
+                        .sync_data()
+                        .map_err(|e| CasError::io("flush to disk", &pending.path, e))?,
+                    // Removed meanwhile.
+                    Err(e) if e.kind() == io::ErrorKind::NotFound => {}
+                    Err(e) => return Err(CasError::io("open", &pending.path, e)),
+                }
+            }
+        }
+        let mut dirs = BTreeSet::new();
+        for (digest, pending) in &batch {
+            match self.rename_into_place(&pending.path, digest) {
+                Ok(dir) => {
+                    dirs.insert(dir);
+                }
+                // Removed meanwhile.
+                Err(CasError::Io { source, .. }) if source.kind() == io::ErrorKind::NotFound => {}
+                Err(e) => return Err(e),
+            }
+            let mut map = self.lock_pending();
+            if map.get(digest).is_some_and(|p| p.path == pending.path) {
+                map.remove(digest);
+            }
+        }
+        if dirs.len() >= SYNCFS_FILES_MIN {
+            syncfs(&self.blobs)?;
+        } else {
+            for dir in &dirs {
+                sync_dir(dir)?;
+            }
+        }
+        Ok(())
+    }
+}
+
+impl Store for DiskStore {
+    fn put(&self, data: &[u8]) -> Result<Digest> {
+        let instance = self.instance("store a blob")?;
+        let _guard = self.gc_lock.read().unwrap_or_else(|e| e.into_inner());
+        let len = data.len() as u64;
+        let header = header(len);
+        if data.len() <= pipeline::PIPELINE_MIN_BYTES {
+            // Small: hashing first is cheap and spares a write when the
+            // content is already stored.
+            let digest = Digest::of(data);
+            if self.has_intact(&digest, len)? {
+                return Ok(digest);
+            }
+            let (file, temp) = self.new_temp_file(instance)?;
+            let written = file
+                .write_all_at(&header, 0)
+                .and_then(|()| file.write_all_at(data, HEADER_BYTES));
+            if let Err(e) = written {
+                let _ = fs::remove_file(&temp);
+                return Err(CasError::io("write", temp, e));
+            }
+            return self.commit(file, temp, digest, len).map(|()| digest);
+        }
+        // Large: write and hash at the same time; a duplicate costs a wasted
+        // temp write, which is then dropped without touching the stored blob.
+        let (file, temp) = self.new_temp_file(instance)?;
+        let digest = match pipeline::write_and_hash(&file, &header, data) {
+            Ok(hash) => Digest::from(hash),
+            Err(e) => {
+                let _ = fs::remove_file(&temp);
+                return Err(CasError::io("write", temp, e));
+            }
+        };
+        if self.has_intact(&digest, len)? {
+            drop(file);
+            remove_file_if_exists(&temp)?;
+            return Ok(digest);
+        }
+        self.commit(file, temp, digest, len)?;
+        Ok(digest)
+    }
+
+    fn put_reader(&self, reader: &mut dyn Read) -> Result<(Digest, u64)> {
+        let instance = self.instance("store a blob")?;
+        let mut first = Vec::new();
+        pipeline::fill(reader, &mut first).map_err(CasError::Input)?;
+        if first.len() < CHUNK_BYTES {
+            // The whole input fit in one chunk.
+            let digest = self.put(&first)?;
+            return Ok((digest, first.len() as u64));
+        }
+        let _guard = self.gc_lock.read().unwrap_or_else(|e| e.into_inner());
+        let (file, temp) = self.new_temp_file(instance)?;
+        let streamed = pipeline::read_hash_write(first, reader, &file, HEADER_BYTES)
+            .map_err(|e| match e {
+                StreamError::Input(e) => CasError::Input(e),
+                StreamError::Output(e) => CasError::io("write", &temp, e),
+            })
+            .and_then(|(hash, len)| {
+                file.write_all_at(&header(len), 0)
+                    .map_err(|e| CasError::io("write", &temp, e))?;
+                Ok((Digest::from(hash), len))
+            });
+        let (digest, len) = match streamed {
+            Ok(done) => done,
+            Err(e) => {
+                let _ = fs::remove_file(&temp);
+                return Err(e);
+            }
+        };
+        if self.has_intact(&digest, len)? {
+            drop(file);
+            remove_file_if_exists(&temp)?;
+        } else {
+            self.commit(file, temp, digest, len)?;
+        }
+        Ok((digest, len))
+    }
+
+    fn get(&self, digest: &Digest) -> Result<Vec<u8>> {
+        let (file, len) = self.open_existing_blob(digest)?;
+        self.read_verified(digest, &file, len)
+    }
+
+    fn copy_to(&self, digest: &Digest, out: &mut dyn Write) -> Result<u64> {
+        let (file, len) = self.open_existing_blob(digest)?;
+        if len <= COPY_IN_MEMORY_BYTES_MAX {
+            let data = self.read_verified(digest, &file, len)?;
+            out.write_all(&data).map_err(|source| CasError::Output {
+                digest: *digest,
+                source,
+            })?;
+            return Ok(data.len() as u64);
+        }
+        // Pass one: verify before the first byte goes out.
+        let hash = hash_range(&file, len).map_err(|e| self.read_error(digest, &file, len, e))?;
+        if let Some(detail) = content_problem(digest, hash) {
+            return Err(CasError::Corrupt {
+                digest: *digest,
+                detail,
+            });
+        }
+        // Pass two: stream, hashing again in case the file changed between
+        // the passes.
+        stream_verified(digest, &file, len, out).map_err(|e| match e {
+            ChunkError::Read(e) => self.read_error(digest, &file, len, e),
+            ChunkError::Consume(e) => e,
+        })
+    }
+
+    fn get_to_file(&self, digest: &Digest, path: &Path) -> Result<u64> {
+        let (file, len) = self.open_existing_blob(digest)?;
+        // One pass is enough: the rename happens only after verification.
+        pipeline::write_file_atomically(path, |out| {
+            stream_verified(digest, &file, len, out).map_err(|e| match e {
+                ChunkError::Read(e) => self.read_error(digest, &file, len, e),
+                ChunkError::Consume(e) => e,
+            })
+        })
+    }
+
+    fn contains(&self, digest: &Digest) -> Result<bool> {
+        Ok(self.size(digest)?.is_some())
+    }
+
+    fn size(&self, digest: &Digest) -> Result<Option<u64>> {
+        if let Some(pending) = self.lock_pending().get(digest) {
+            return Ok(Some(pending.len));
+        }
+        let path = self.blob_path(digest);
+        match fs::metadata(&path) {
+            Ok(meta) => Ok(Some(meta.len().saturating_sub(HEADER_BYTES))),
+            Err(e) if e.kind() == io::ErrorKind::NotFound => Ok(None),
+            Err(e) => Err(CasError::io("look up the blob", path, e)),
+        }
+    }
+
+    fn list(&self) -> Result<Vec<(Digest, u64)>> {
+        Ok(self.scan()?.0.into_iter().collect())
+    }
+
+    fn remove(&self, digest: &Digest) -> Result<bool> {
+        self.instance("remove a blob")?;
+        let _guard = self.gc_lock.read().unwrap_or_else(|e| e.into_inner());
+        if self.is_pinned(digest)? {
+            return Err(CasError::Pinned(*digest));
+        }
+        let Some((_, dir)) = self.remove_unpinned(digest)? else {
+            return Ok(false);
+        };
+        if let (Durability::Immediate, Some(dir)) = (self.durability, dir) {
+            sync_dir(&dir)?;
+        }
+        Ok(true)
+    }
+
+    fn pin(&self, digest: &Digest) -> Result<()> {
+        self.instance("pin a blob")?;
+        if !self.contains(digest)? {
+            return Err(CasError::NotFound(*digest));
+        }
+        let path = self.pin_path(digest);
+        File::create(&path).map_err(|e| CasError::io("create the pin", &path, e))?;
+        sync_dir(&self.pins)
+    }
+
+    fn unpin(&self, digest: &Digest) -> Result<bool> {
+        self.instance("unpin a blob")?;
+        let path = self.pin_path(digest);
+        match fs::remove_file(&path) {
+            Ok(()) => {
+                sync_dir(&self.pins)?;
+                Ok(true)
+            }
+            Err(e) if e.kind() == io::ErrorKind::NotFound => Ok(false),
+            Err(e) => Err(CasError::io("remove the pin", path, e)),
+        }
+    }
+
+    fn pins(&self) -> Result<Vec<Digest>> {
+        let mut pins = Vec::new();
+        for entry in read_dir(&self.pins)? {
+            let entry = entry.map_err(|e| CasError::io("list", &self.pins, e))?;
+            // Files that are not named like a digest are not pins.
+            if let Some(digest) = entry.file_name().to_str().and_then(Digest::from_hex) {
+                pins.push(digest);
+            }
+        }
+        pins.sort();
+        Ok(pins)
+    }
+
+    fn verify_all(&self) -> Result<VerifyReport> {
+        let (blobs, stray_files) = self.scan()?;
+        let mut report = VerifyReport {
+            stray_files,
+            ..VerifyReport::default()
+        };
+        for (digest, len) in blobs {
+            match self.check_blob(&digest) {
+                Ok(None) => {}
+                Ok(Some(problem)) => report.corrupt.push((digest, problem)),
+                // Removed since the scan.
+                Err(CasError::NotFound(_)) => continue,
+                Err(CasError::Corrupt { detail, .. }) => report.corrupt.push((digest, detail)),
+                Err(e) => return Err(e),
+            }
+            report.checked += 1;
+            report.bytes += len;
+        }
+        Ok(report)
+    }
+
+    fn gc(&self, roots: &BTreeSet<Digest>) -> Result<GcReport> {
+        self.instance("collect garbage")?;
+        let _guard = self.gc_lock.write().unwrap_or_else(|e| e.into_inner());
+        let pins: BTreeSet<Digest> = self.pins()?.into_iter().collect();
+        let mut report = GcReport::default();
+        let mut dirs = BTreeSet::new();
+        for (digest, _) in self.scan()?.0 {
+            if pins.contains(&digest) || roots.contains(&digest) {
+                report.kept += 1;
+                continue;
+            }
+            if let Some((len, dir)) = self.remove_unpinned(&digest)? {
+                report.removed += 1;
+                report.bytes_freed += len;
+                dirs.extend(dir);
+            }
+        }
+        if self.durability == Durability::Immediate {
+            for dir in &dirs {
+                sync_dir(dir)?;
+            }
+        }
+        Ok(report)
+    }
+
+    fn sync(&self) -> Result<()> {
+        self.sync_pending()
+    }
+}
+
+impl Drop for DiskStore {
+    fn drop(&mut self) {
+        // Best effort: a failure leaves the temp files, which the next open
+        // removes; those deferred blobs are then lost, as documented.
+        let _ = self.sync_pending();
+        if let Some(instance) = &self.instance {
+            if self.lock_pending().is_empty() {
+                let _ = fs::remove_dir_all(&instance.dir);
+                let _ = fs::remove_file(&instance.lock_path);
+            }
+        }
+    }
+}
+
+impl Instance {
+    /// Creates and locks this store's temp directory under `tmp`.
+    fn create(tmp: &Path) -> Result<Instance> {
+        static INSTANCES: AtomicU64 = AtomicU64::new(0);
+        let nanos = SystemTime::now()
+            .duration_since(UNIX_EPOCH)
+            .map(|d| d.as_nanos())
+            .unwrap_or(0);
+        loop {
+            let id = format!(
+                "{}-{nanos}-{}",
+                std::process::id(),
+                INSTANCES.fetch_add(1, Ordering::Relaxed)
+            );
+            let lock_path = tmp.join(format!("{id}.lock"));
+            let lock = match File::options()
+                .write(true)
+                .create_new(true)
+                .open(&lock_path)
+            {
+                Ok(file) => file,
+                Err(e) if e.kind() == io::ErrorKind::AlreadyExists => continue,
+                Err(e) => return Err(CasError::io("create a lock file in", tmp, e)),
+            };
+            rustix::fs::flock(&lock, rustix::fs::FlockOperation::NonBlockingLockExclusive)
+                .map_err(|e| CasError::io("lock", &lock_path, e.into()))?;
+            // Another opener may have judged the file stale and removed it
+            // between our create and our flock; then start over.
+            let linked = fs::metadata(&lock_path).map(|m| m.ino());
+            let ours = lock
+                .metadata()
+                .map_err(|e| CasError::io("inspect", &lock_path, e))?
+                .ino();
+            if linked.ok() != Some(ours) {
+                continue;
+            }
+            let dir = tmp.join(&id);
+            create_dir(&dir)?;
+            return Ok(Instance {
+                dir,
+                lock_path,
+                _lock: lock,
+            });
+        }
+    }
+}
+
+/// Removes what crashed or killed instances left in `tmp`: the temp
+/// directories whose lock nobody holds, and anything else that is not a live
+/// instance's.
+fn clean_stale_temp_dirs(tmp: &Path, ours: &Instance) -> Result<()> {
+    for entry in read_dir(tmp)? {
+        let entry = entry.map_err(|e| CasError::io("list", tmp, e))?;
+        let path = entry.path();
+        if path == ours.dir || path == ours.lock_path {
+            continue;
+        }
+        let name = entry.file_name();
+        let name = name.to_string_lossy();
+        if let Some(id) = name.strip_suffix(".lock") {
+            let lock = match File::options().write(true).open(&path) {
+                Ok(lock) => lock,
+                Err(e) if e.kind() == io::ErrorKind::NotFound => continue,
+                Err(e) => return Err(CasError::io("open", &path, e)),
+            };
+            match rustix::fs::flock(&lock, rustix::fs::FlockOperation::NonBlockingLockExclusive) {
+                // Nobody holds it: its owner is gone. Directory first, so a
+                // directory never outlives its lock file.
+                Ok(()) => {
+                    remove_dir_all_if_exists(&tmp.join(id))?;
+                    remove_file_if_exists(&path)?;
+                }
+                Err(rustix::io::Errno::WOULDBLOCK) => {}
+                Err(e) => return Err(CasError::io("lock", &path, e.into())),
+            }
+        } else {
+            let lock_path = tmp.join(format!("{name}.lock"));
+            // A live instance creates its lock before its directory, so a
+            // directory without a lock file is stale.
+            if !lock_path.exists() {
+                let is_dir = entry.file_type().map(|t| t.is_dir()).unwrap_or(false);
+                if is_dir {
+                    remove_dir_all_if_exists(&path)?;
+                } else {
+                    remove_file_if_exists(&path)?;
+                }
+            }
+        }
+    }
+    Ok(())
+}
+
+fn header(len: u64) -> [u8; HEADER_BYTES as usize] {
+    let mut header = [0u8; HEADER_BYTES as usize];
+    header[..8].copy_from_slice(&BLOB_MAGIC);
+    header[8..].copy_from_slice(&len.to_le_bytes());
+    header
+}
+
+/// Checks a blob file's header against its size; returns the content length.
+fn read_header(file: &File, path: &Path, digest: &Digest) -> Result<u64> {
+    let corrupt = |detail| CasError::Corrupt {
+        digest: *digest,
+        detail,
+    };
+    let file_len = file
+        .metadata()
+        .map_err(|e| CasError::io("inspect the blob", path, e))?
+        .len();
+    if file_len < HEADER_BYTES {
+        return Err(corrupt(Corruption::BadHeader));
+    }
+    let mut raw = [0u8; HEADER_BYTES as usize];
+    file.read_exact_at(&mut raw, 0)
+        .map_err(|e| CasError::io("read the blob", path, e))?;
+    if raw[..8] != BLOB_MAGIC {
+        return Err(corrupt(Corruption::BadHeader));
+    }
+    let expected = u64::from_le_bytes(raw[8..].try_into().expect("8 bytes"));
+    let actual = file_len - HEADER_BYTES;
+    if expected != actual {
+        return Err(corrupt(Corruption::SizeMismatch { expected, actual }));
+    }
+    Ok(expected)
+}
+
+fn content_problem(digest: &Digest, hash: blake3::Hash) -> Option<Corruption> {
+    let actual = Digest::from(hash);
+    (actual != *digest).then_some(Corruption::ContentChanged { actual })
+}
+
+fn hash_range(file: &File, len: u64) -> io::Result<blake3::Hash> {
+    let mut hasher = blake3::Hasher::new();
+    pipeline::for_each_chunk::<std::convert::Infallible>(file, HEADER_BYTES, len, &mut |chunk| {
+        hasher.update(chunk);
+        Ok(())
+    })
+    .map_err(|e| match e {
+        ChunkError::Read(e) => e,
+        ChunkError::Consume(never) => match never {},
+    })?;
+    Ok(hasher.finalize())
+}
+
+/// Streams a blob's content to `out` while hashing it; `Corrupt` at the end
+/// if the hash differs.
+fn stream_verified(
+    digest: &Digest,
+    file: &File,
+    len: u64,
+    out: &mut dyn Write,
+) -> Result<u64, ChunkError<CasError>> {
+    let mut hasher = blake3::Hasher::new();
+    pipeline::for_each_chunk(file, HEADER_BYTES, len, &mut |chunk| {
+        hasher.update(chunk);
+        out.write_all(chunk).map_err(|source| CasError::Output {
+            digest: *digest,
+            source,
+        })
+    })?;
+    out.flush().map_err(|source| {
+        ChunkError::Consume(CasError::Output {
+            digest: *digest,
+            source,
+        })
+    })?;
+    match content_problem(digest, hasher.finalize()) {
+        None => Ok(len),
+        Some(detail) => Err(ChunkError::Consume(CasError::Corrupt {
+            digest: *digest,
+            detail,
+        })),
+    }
+}
+
+fn not_a_directory(path: &Path) -> CasError {
+    CasError::io(
+        "use as the content store directory",
+        path,
+        io::Error::new(io::ErrorKind::NotADirectory, "it is not a directory"),
+    )
+}
+
+fn create_dir(path: &Path) -> Result<()> {
+    match fs::create_dir_all(path) {
+        Ok(()) => {}
+        Err(e) if e.kind() == io::ErrorKind::AlreadyExists => {}
+        Err(e) => return Err(CasError::io("create the directory", path, e)),
+    }
+    let meta = fs::metadata(path).map_err(|e| CasError::io("inspect", path, e))?;
+    if !meta.is_dir() {
+        return Err(not_a_directory(path));
+    }
+    Ok(())
+}
+
+fn read_dir(path: &Path) -> Result<fs::ReadDir> {
+    fs::read_dir(path).map_err(|e| CasError::io("list", path, e))
+}
+
+fn sync_dir(path: &Path) -> Result<()> {
+    File::open(path)
+        .and_then(|dir| dir.sync_all())
+        .map_err(|e| CasError::io("flush to disk the directory", path, e))
+}
+
+fn syncfs(path: &Path) -> Result<()> {
+    let dir = File::open(path).map_err(|e| CasError::io("open", path, e))?;
+    rustix::fs::syncfs(&dir)
+        .map_err(|e| CasError::io("flush to disk the file system of", path, e.into()))
+}
+
+fn remove_file_if_exists(path: &Path) -> Result<()> {
+    match fs::remove_file(path) {
+        Ok(()) => Ok(()),
+        Err(e) if e.kind() == io::ErrorKind::NotFound => Ok(()),
+        Err(e) => Err(CasError::io("remove", path, e)),
+    }
+}
+
+fn remove_dir_all_if_exists(path: &Path) -> Result<()> {
+    match fs::remove_dir_all(path) {
+        Ok(()) => Ok(()),
+        Err(e) if e.kind() == io::ErrorKind::NotFound => Ok(()),
+        Err(e) => Err(CasError::io("remove", path, e)),
+    }
+}
