@@ -1,0 +1,237 @@
+//! Cluster membership (validated) and protocol parameters.
+
+use std::collections::BTreeSet;
+
+use ed25519_dalek::VerifyingKey;
+use serde::{Deserialize, Serialize};
+use thiserror::Error;
+
+use crate::message::ReplicaId;
+
+/// One replica as the cluster configuration file lists it. Addresses are
+/// the driver's business; the core only needs identities and keys.
+#[derive(Clone, PartialEq, Eq, Debug, Serialize, Deserialize)]
+pub struct ReplicaInfo {
+    /// Index, `0..n`.
+    pub id: ReplicaId,
+    /// ed25519 public key.
+    pub public_key: [u8; 32],
+}
+
+/// The cluster: n = 3f + 1 (or more) replicas with their keys.
+#[derive(Clone, PartialEq, Eq, Debug, Serialize, Deserialize)]
+pub struct ClusterConfig {
+    /// Number of replicas.
+    pub n: u32,
+    /// Number of Byzantine faults tolerated.
+    pub f: u32,
+    /// Every replica, ids `0..n`.
+    pub replicas: Vec<ReplicaInfo>,
+}
+
+/// Why a cluster configuration was refused.
+#[derive(Debug, Error, PartialEq, Eq)]
+pub enum ConfigError {
+    /// Too few replicas for the fault budget.
+    #[error("cluster has n = {n} replicas but tolerating f = {f} faults needs n >= 3f + 1 = {need}; add replicas or lower f")]
+    TooFewReplicas {
+        /// Replicas configured.
+        n: u32,
+        /// Faults requested.
+        f: u32,
+        /// 3f + 1.
+        need: u32,
+    },
+    /// f must be at least 1 for a Byzantine fault-tolerant cluster.
+    #[error("f = 0 tolerates no fault; configure f >= 1 (n >= 4)")]
+    NoFaultTolerance,
+    /// The replica list does not have n entries.
+    #[error("cluster says n = {n} but lists {listed} replicas; list exactly n")]
+    WrongCount {
+        /// n.
+        n: u32,
+        /// Entries listed.
+        listed: usize,
+    },
+    /// An id is out of range or listed twice.
+    #[error("replica id {0} is duplicated or not in 0..n; ids must be exactly 0..n")]
+    BadId(ReplicaId),
+    /// Two replicas share a public key.
+    #[error("replicas {a} and {b} share a public key; each replica needs its own key")]
+    DuplicateKey {
+        /// First holder.
+        a: ReplicaId,
+        /// Second holder.
+        b: ReplicaId,
+    },
+    /// A public key is not a valid ed25519 point.
+    #[error("replica {0}'s public key is not a valid ed25519 key; regenerate it")]
+    BadKey(ReplicaId),
+}
+
+/// A configuration that passed validation, with parsed keys indexed by id.
+#[derive(Clone, Debug)]
+pub struct Cluster {
+    n: u32,
+    f: u32,
+    keys: Vec<VerifyingKey>,
+}
+
+impl ClusterConfig {
+    /// Checks n >= 3f + 1, f >= 1, ids exactly `0..n`, distinct and valid keys.
+    pub fn validate(&self) -> Result<Cluster, ConfigError> {
+        if self.f == 0 {
+            return Err(ConfigError::NoFaultTolerance);
+        }
+        let need = self.f.saturating_mul(3).saturating_add(1);
+        if self.n < need {
+            return Err(ConfigError::TooFewReplicas { n: self.n, f: self.f, need });
+        }
+        if self.replicas.len() != self.n as usize {
+            return Err(ConfigError::WrongCount { n: self.n, listed: self.replicas.len() });
+        }
+        let mut keys: Vec<Option<VerifyingKey>> = vec![None; self.n as usize];
+        for r in &self.replicas {
+            let slot = keys.get_mut(r.id as usize).ok_or(ConfigError::BadId(r.id))?;
+            if slot.is_some() {
+                return Err(ConfigError::BadId(r.id));
+            }
+            *slot = Some(VerifyingKey::from_bytes(&r.public_key).map_err(|_| ConfigError::BadKey(r.id))?);
+        }
+        let mut seen = BTreeSet::new();
+        for r in &self.replicas {
+            if !seen.insert(r.public_key) {
+                let a = self
+                    .replicas
+                    .iter()
+                    .find(|o| o.public_key == r.public_key)
+                    .map_or(r.id, |o| o.id);
+                return Err(ConfigError::DuplicateKey { a, b: r.id });
+            }
+        }
+        let keys = keys.into_iter().flatten().collect::<Vec<_>>();
+        assert_eq!(keys.len(), self.n as usize, "every id 0..n was filled");
+        Ok(Cluster { n: self.n, f: self.f, keys })
+    }
+}
+
+impl Cluster {
+    /// Number of replicas.
+    pub fn n(&self) -> u32 {
+        self.n
+    }
+    /// Faults tolerated.
+    pub fn f(&self) -> u32 {
+        self.f
+    }
+    /// 2f + 1: the size of every quorum.
+    pub fn quorum(&self) -> usize {
+        2 * self.f as usize + 1
+    }
+    /// The key of replica `id`, if it is a member.
+    pub fn key(&self, id: ReplicaId) -> Option<&VerifyingKey> {
+        self.keys.get(id as usize)
+    }
+    /// The primary of `view`.
+    pub fn primary(&self, view: u64) -> ReplicaId {
+        (view % u64::from(self.n)) as ReplicaId
+    }
+}
+
+/// Protocol parameters. Times are microseconds of the driver's clock.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub struct Params {
+    /// Checkpoint every this many sequence numbers (K).
+    pub checkpoint_interval: u64,
+    /// Sequence numbers accepted above the low watermark (L, a multiple of K).
+    pub watermark_window: u64,
+    /// Most requests in one batch.
+    pub batch_requests_max: usize,
+    /// Longest a request waits at the primary while earlier batches are in
+    /// flight; with nothing in flight a batch is cut at once.
+    pub batch_delay_us: u64,
+    /// Most batches the primary keeps in flight (pre-prepared, not executed).
+    pub batches_in_flight_max: u64,
+    /// Backup's wait for a pending request before it suspects the primary.
+    pub view_change_timeout_us: u64,
+    /// Cap on the backed-off view-change timeout.
+    pub view_change_timeout_max_us: u64,
+    /// How often a replica broadcasts STATUS and retransmits its own
+    /// messages for unfinished sequence numbers.
+    pub status_interval_us: u64,
+    /// How far ahead of a backup's clock a primary's stamp may be.
+    pub clock_ahead_max_us: u64,
+    /// Largest message accepted, in bytes.
+    pub message_bytes_max: usize,
+    /// Largest operation in a request, in bytes.
+    pub operation_bytes_max: usize,
+}
+
+impl Default for Params {
+    fn default() -> Self {
+        Params {
+            checkpoint_interval: 16,
+            watermark_window: 64,
+            batch_requests_max: 256,
+            batch_delay_us: 500,
+            batches_in_flight_max: 4,
+            view_change_timeout_us: 200_000,
+            view_change_timeout_max_us: 5_000_000,
+            status_interval_us: 50_000,
+            clock_ahead_max_us: 500_000,
+            message_bytes_max: 16 << 20,
+            operation_bytes_max: 1 << 20,
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::message::key_from_seed;
+
+    fn config(n: u32, f: u32) -> ClusterConfig {
+        ClusterConfig {
+            n,
+            f,
+            replicas: (0..n)
+                .map(|id| ReplicaInfo {
+                    id,
+                    public_key: key_from_seed(0, &format!("r{id}")).verifying_key().to_bytes(),
+                })
+                .collect(),
+        }
+    }
+
+    #[test]
+    fn valid_configs_pass() {
+        let c = config(4, 1).validate().expect("4 replicas tolerate 1 fault");
+        assert_eq!((c.n(), c.f(), c.quorum(), c.primary(5)), (4, 1, 3, 1));
+        assert!(config(7, 2).validate().is_ok());
+    }
+
+    #[test]
+    fn too_few_replicas_rejected() {
+        assert_eq!(
+            config(3, 1).validate().unwrap_err(),
+            ConfigError::TooFewReplicas { n: 3, f: 1, need: 4 }
+        );
+        assert_eq!(config(4, 0).validate().unwrap_err(), ConfigError::NoFaultTolerance);
+    }
+
+    #[test]
+    fn duplicate_ids_and_keys_rejected() {
+        let mut c = config(4, 1);
+        c.replicas[3].id = 2;
+        assert_eq!(c.validate().unwrap_err(), ConfigError::BadId(2));
+        let mut c = config(4, 1);
+        c.replicas[3].public_key = c.replicas[1].public_key;
+        assert_eq!(c.validate().unwrap_err(), ConfigError::DuplicateKey { a: 1, b: 3 });
+        let mut c = config(4, 1);
+        c.replicas.pop();
+        assert_eq!(c.validate().unwrap_err(), ConfigError::WrongCount { n: 4, listed: 3 });
+        let mut c = config(4, 1);
+        c.replicas[0].id = 9;
+        assert_eq!(c.validate().unwrap_err(), ConfigError::BadId(9));
+    }
+}

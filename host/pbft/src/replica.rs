@@ -1,0 +1,1600 @@
+//! The replica: Castro & Liskov PBFT as a pure state machine.
+//!
+//! [`Replica::step`] takes one [`Input`] (bytes from the network, a clock
+//! tick, or the application's result for a batch) and returns the
+//! [`Output`]s it caused, in order. The driver must, for each step:
+//! 1. write every [`Output::Persist`] record durably (synced) before
+//! 2. sending any [`Output::Send`] of the same step, and
+//! 3. hand [`Output::RestoreState`] and [`Output::Execute`] to the
+//!    application in the order given, feeding each batch's results back as
+//!    [`Input::Executed`] (the core issues the next batch only after that).
+//!
+//! Nothing here reads a clock, a socket, a disk or a random source; maps are
+//! `BTreeMap`, so the same inputs always give the same outputs.
+
+use std::collections::{BTreeMap, BTreeSet, VecDeque};
+
+use ed25519_dalek::SigningKey;
+use serde::{Deserialize, Serialize};
+use thiserror::Error;
+
+use crate::config::{Cluster, Params};
+use crate::message::{
+    Batch, Checkpoint, CheckpointState, ClientEntry, ClientId, Commit, Digest, Hlc, Message,
+    NewView, Payload, PrePrepare, PrePrepareMsg, Prepare, PreparedCert, Reply, ReplicaId, Request,
+    Seq, Signed, SignedRequest, StateTransfer, Status, View, ViewChange,
+};
+
+/// What the driver feeds the replica.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub enum Input {
+    /// One frame from a peer replica or a client: an encoded [`Message`].
+    Receive(Vec<u8>),
+    /// The driver's clock, in microseconds. Drive it every millisecond or
+    /// so (see [`Replica::next_deadline_us`]); it never needs to be exact.
+    Tick {
+        /// Current time.
+        now_us: u64,
+    },
+    /// The application's results for the batch last handed out with
+    /// [`Output::Execute`].
+    Executed {
+        /// Sequence number of that batch.
+        seq: Seq,
+        /// One result per request of the batch, in order.
+        results: Vec<Vec<u8>>,
+        /// The application's snapshot after this batch, required when the
+        /// batch asked for one (`snapshot_wanted`), otherwise `None`.
+        snapshot: Option<Vec<u8>>,
+    },
+}
+
+/// Where a message goes.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, PartialOrd, Ord)]
+pub enum Target {
+    /// One replica.
+    Replica(ReplicaId),
+    /// Every replica but the sender.
+    AllReplicas,
+    /// A client (the driver routes by client id).
+    Client(ClientId),
+}
+
+/// A batch for the application to execute, strictly in `seq` order.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct Execute {
+    /// Sequence number.
+    pub seq: Seq,
+    /// Digest of the ordered batch (what all correct replicas agreed on).
+    pub digest: Digest,
+    /// Consensus time: the primary's stamp, raised if needed so that it is
+    /// strictly after the previous batch's.
+    pub hlc: Hlc,
+    /// The requests to run, already filtered by the client table (a request
+    /// that ran before is not here). May be empty.
+    pub requests: Vec<Request>,
+    /// Whether [`Input::Executed`] must carry the snapshot after this batch
+    /// (a checkpoint).
+    pub snapshot_wanted: bool,
+}
+
+/// What the replica asks of the driver.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub enum Output {
+    /// Write this record durably before sending this step's messages.
+    Persist(Record),
+    /// Send a message.
+    Send {
+        /// Destination.
+        to: Target,
+        /// The message (encode with [`Message::encode`]).
+        message: Message,
+    },
+    /// Replace the application's state with `snapshot` (after recovery or
+    /// state transfer); `None` means the empty initial state. The batches
+    /// that follow continue from `seq + 1`.
+    RestoreState {
+        /// The checkpoint the state belongs to.
+        seq: Seq,
+        /// Snapshot bytes, as the application produced them at `seq`.
+        snapshot: Option<Vec<u8>>,
+    },
+    /// Execute a batch.
+    Execute(Execute),
+    /// An input was refused and changed nothing; log it.
+    Rejected(Reject),
+}
+
+/// A durable record. Replaying them in order with [`Replica::recover`]
+/// rebuilds the replica. Records whose [`Record::seq`] is at or below the
+/// latest [`Record::Stable`] may be deleted.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub enum Record {
+    /// The replica's view and whether it is installed.
+    View {
+        /// View.
+        view: View,
+        /// False while changing to it.
+        active: bool,
+    },
+    /// A pre-prepare the replica accepted (or proposed) in its view.
+    PrePrepare(PrePrepareMsg),
+    /// A prepared certificate, before the replica sends its commit.
+    Prepared(PreparedCert),
+    /// The batch at `seq` committed locally in `view`.
+    Committed {
+        /// View.
+        view: View,
+        /// Sequence number.
+        seq: Seq,
+        /// Batch digest.
+        digest: Digest,
+    },
+    /// A stable checkpoint with its proof and state.
+    Stable(Box<StateTransfer>),
+}
+
+impl Record {
+    /// The sequence number the record is about, if any.
+    pub fn seq(&self) -> Option<Seq> {
+        match self {
+            Record::View { .. } => None,
+            Record::PrePrepare(m) => Some(m.header.payload.seq),
+            Record::Prepared(c) => Some(c.pre_prepare.header.payload.seq),
+            Record::Committed { seq, .. } => Some(*seq),
+            Record::Stable(s) => s.proof.first().map(|c| c.payload.seq),
+        }
+    }
+}
+
+/// Why an input was refused. Every refusal leaves the state unchanged.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, PartialOrd, Ord, Hash)]
+pub enum Reject {
+    /// Frame larger than `message_bytes_max`.
+    Oversized,
+    /// Bytes are not a message.
+    Malformed,
+    /// Signer is not a replica of the cluster.
+    UnknownSender,
+    /// Signature does not verify.
+    BadSignature,
+    /// Message for a view the replica has left.
+    OldView,
+    /// Message for a view the replica has not entered (it catches up by
+    /// STATUS instead).
+    FutureView,
+    /// Normal-case message while a view change is in progress.
+    ViewChanging,
+    /// Sequence number outside (low, high] watermarks.
+    OutsideWatermarks,
+    /// Pre-prepare not from the view's primary, or prepare from it.
+    WrongSender,
+    /// Batch does not hash to the digest its pre-prepare names.
+    DigestMismatch,
+    /// Batch too large or holding an invalid request.
+    BadBatch,
+    /// Stamp not after its predecessor's (or not before its successor's).
+    HlcBackwards,
+    /// Stamp too far ahead of the replica's clock.
+    HlcAhead,
+    /// A second, different pre-prepare/prepare/commit from one sender for
+    /// one (view, seq): equivocation.
+    Conflicting,
+    /// Request with a bad operation size or client signature.
+    BadRequest,
+    /// Request older than the client's last executed one.
+    StaleRequest,
+    /// Checkpoint message for a sequence that is not a checkpoint or is
+    /// below the stable one.
+    BadCheckpoint,
+    /// Checkpoint proof that is not 2f + 1 matching valid signatures.
+    BadCheckpointProof,
+    /// VIEW-CHANGE with an invalid proof or certificate.
+    BadViewChange,
+    /// NEW-VIEW whose view-changes or pre-prepares do not check out.
+    BadNewView,
+    /// State transfer whose state does not match its proof, or is old.
+    BadState,
+    /// `Executed` that does not answer the outstanding batch.
+    UnexpectedExecution,
+    /// A message kind replicas do not accept (a reply).
+    NotForReplicas,
+}
+
+/// Counters the driver can read and export.
+#[derive(Clone, Debug, Default, PartialEq, Eq)]
+pub struct Stats {
+    /// Refusals by reason.
+    pub rejected: BTreeMap<Reject, u64>,
+    /// Batches this replica proposed as primary.
+    pub batches_proposed: u64,
+    /// Requests in those batches.
+    pub requests_proposed: u64,
+    /// Batches executed (including null batches).
+    pub batches_executed: u64,
+    /// Requests executed.
+    pub requests_executed: u64,
+    /// Replies re-sent from the client table for retried requests.
+    pub replies_resent: u64,
+    /// View changes this replica started.
+    pub view_changes_started: u64,
+    /// New views installed.
+    pub new_views_installed: u64,
+    /// Checkpoints that became stable.
+    pub checkpoints_stable: u64,
+    /// States installed by state transfer.
+    pub state_transfers: u64,
+    /// Own checkpoints whose digest differed from the stable quorum's.
+    pub checkpoint_divergences: u64,
+}
+
+impl Stats {
+    /// Total refusals.
+    pub fn rejected_total(&self) -> u64 {
+        self.rejected.values().sum()
+    }
+    /// Refusals for one reason.
+    pub fn rejected(&self, reason: Reject) -> u64 {
+        self.rejected.get(&reason).copied().unwrap_or(0)
+    }
+}
+
+/// Why a replica could not be created.
+#[derive(Debug, Error, PartialEq, Eq)]
+pub enum ReplicaError {
+    /// The id is not in the cluster.
+    #[error("replica id {0} is not in the cluster configuration; use an id from 0..n")]
+    UnknownId(ReplicaId),
+    /// The signing key is not the one the configuration lists for this id.
+    #[error("the signing key does not match the public key configured for replica {0}; use that replica's key file")]
+    KeyMismatch(ReplicaId),
+    /// Parameters that cannot work.
+    #[error("invalid parameters: {0}")]
+    BadParams(&'static str),
+}
+
+/// One sequence number's progress in the current view.
+#[derive(Clone, Debug, Default)]
+struct Slot {
+    pre_prepare: Option<PrePrepareMsg>,
+    prepares: BTreeMap<ReplicaId, Signed<Prepare>>,
+    commits: BTreeMap<ReplicaId, Signed<Commit>>,
+    prepared: bool,
+    committed: bool,
+}
+
+impl Slot {
+    fn digest(&self) -> Option<Digest> {
+        self.pre_prepare.as_ref().map(|p| p.header.payload.digest)
+    }
+}
+
+/// The batch handed to the application and not yet answered.
+#[derive(Clone, Debug)]
+struct Executing {
+    seq: Seq,
+    hlc: Hlc,
+    requests: Vec<Request>,
+    snapshot_wanted: bool,
+}
+
+/// A PBFT replica. See the module documentation for the driving contract.
+#[derive(Debug)]
+pub struct Replica {
+    cluster: Cluster,
+    id: ReplicaId,
+    key: SigningKey,
+    params: Params,
+    now_us: u64,
+
+    view: View,
+    view_active: bool,
+    /// View changes attempted since the last installed view (backoff).
+    view_change_attempts: u32,
+    view_change_deadline_us: Option<u64>,
+    own_view_change: Option<Signed<ViewChange>>,
+    view_changes: BTreeMap<View, BTreeMap<ReplicaId, Signed<ViewChange>>>,
+    last_new_view: Option<Signed<NewView>>,
+
+    log: BTreeMap<Seq, Slot>,
+    /// Highest-view prepared certificate per sequence, kept across views.
+    prepared_certs: BTreeMap<Seq, PreparedCert>,
+
+    /// Low watermark: the last stable checkpoint.
+    low: Seq,
+    stable: Option<StateTransfer>,
+    checkpoint_votes: BTreeMap<Seq, BTreeMap<ReplicaId, Signed<Checkpoint>>>,
+    own_checkpoints: BTreeMap<Seq, CheckpointState>,
+
+    last_executed: Seq,
+    last_executed_hlc: Hlc,
+    executing: Option<Executing>,
+    client_table: BTreeMap<ClientId, ClientEntry>,
+
+    /// Highest stamp seen or given; the primary stamps after it.
+    last_hlc: Hlc,
+    /// Primary: next sequence to assign.
+    next_seq: Seq,
+    /// Primary: requests waiting for a batch.
+    queue: VecDeque<SignedRequest>,
+    queue_since_us: u64,
+    /// Primary: latest timestamp queued or proposed per client.
+    proposed: BTreeMap<ClientId, u64>,
+    /// Backup: requests forwarded to the primary and not yet executed.
+    waiting: BTreeMap<ClientId, SignedRequest>,
+
+    next_status_us: u64,
+    stats: Stats,
+    out: Vec<Output>,
+}
+
+impl Replica {
+    /// A fresh replica at view 0, sequence 0, with the empty initial state.
+    pub fn new(
+        cluster: Cluster,
+        id: ReplicaId,
+        key: SigningKey,
+        params: Params,
+    ) -> Result<Replica, ReplicaError> {
+        let configured = cluster.key(id).ok_or(ReplicaError::UnknownId(id))?;
+        if *configured != key.verifying_key() {
+            return Err(ReplicaError::KeyMismatch(id));
+        }
+        if params.checkpoint_interval == 0 {
+            return Err(ReplicaError::BadParams("checkpoint_interval must be at least 1"));
+        }
+        if params.watermark_window < 2 * params.checkpoint_interval
+            || params.watermark_window % params.checkpoint_interval != 0
+        {
+            return Err(ReplicaError::BadParams(
+                "watermark_window must be a multiple of checkpoint_interval and at least twice it",
+            ));
+        }
+        if params.batch_requests_max == 0 || params.batches_in_flight_max == 0 {
+            return Err(ReplicaError::BadParams(
+                "batch_requests_max and batches_in_flight_max must be at least 1",
+            ));
+        }
+        Ok(Replica {
+            cluster,
+            id,
+            key,
+            params,
+            now_us: 0,
+            view: 0,
+            view_active: true,
+            view_change_attempts: 0,
+            view_change_deadline_us: None,
+            own_view_change: None,
+            view_changes: BTreeMap::new(),
+            last_new_view: None,
+            log: BTreeMap::new(),
+            prepared_certs: BTreeMap::new(),
+            low: 0,
+            stable: None,
+            checkpoint_votes: BTreeMap::new(),
+            own_checkpoints: BTreeMap::new(),
+            last_executed: 0,
+            last_executed_hlc: Hlc::default(),
+            executing: None,
+            client_table: BTreeMap::new(),
+            last_hlc: Hlc::default(),
+            next_seq: 1,
+            queue: VecDeque::new(),
+            queue_since_us: 0,
+            proposed: BTreeMap::new(),
+            waiting: BTreeMap::new(),
+            next_status_us: 0,
+            stats: Stats::default(),
+            out: Vec::new(),
+        })
+    }
+
+    /// Rebuilds a replica from its persisted records (in the order they were
+    /// written). The returned outputs restore the application's state and
+    /// re-execute the committed batches after the stable checkpoint; the
+    /// driver handles them like any step's outputs.
+    pub fn recover(
+        cluster: Cluster,
+        id: ReplicaId,
+        key: SigningKey,
+        params: Params,
+        records: &[Record],
+    ) -> Result<(Replica, Vec<Output>), ReplicaError> {
+        let mut r = Replica::new(cluster, id, key, params)?;
+        for record in records {
+            r.replay(record);
+        }
+        r.out.push(Output::RestoreState {
+            seq: r.low,
+            snapshot: r.stable.as_ref().map(|s| s.state.snapshot.clone()),
+        });
+        if r.is_primary() && r.view_active {
+            r.next_seq = r.log.keys().next_back().copied().unwrap_or(r.low).max(r.low) + 1;
+        }
+        r.try_execute();
+        let out = std::mem::take(&mut r.out);
+        Ok((r, out))
+    }
+
+    fn replay(&mut self, record: &Record) {
+        match record {
+            Record::View { view, active } => {
+                if *view > self.view {
+                    self.log.clear();
+                }
+                self.view = *view;
+                self.view_active = *active;
+            }
+            Record::Stable(st) => {
+                let Some(seq) = st.proof.first().map(|c| c.payload.seq) else { return };
+                if seq > self.low {
+                    self.install_stable((**st).clone(), true);
+                }
+            }
+            Record::PrePrepare(m) => {
+                let h = m.header.payload;
+                if h.seq <= self.low || h.view != self.view {
+                    return;
+                }
+                self.note_hlc(m.batch.hlc);
+                let slot = Slot { pre_prepare: Some(m.clone()), ..Slot::default() };
+                self.log.insert(h.seq, slot);
+            }
+            Record::Prepared(cert) => {
+                let h = cert.pre_prepare.header.payload;
+                if h.seq <= self.low {
+                    return;
+                }
+                self.keep_cert(cert.clone());
+                if let Some(slot) = self.log.get_mut(&h.seq) {
+                    if slot.digest() == Some(h.digest) && h.view == self.view {
+                        slot.prepared = true;
+                        for p in &cert.prepares {
+                            slot.prepares.insert(p.from, p.clone());
+                        }
+                    }
+                }
+            }
+            Record::Committed { view, seq, digest } => {
+                if let Some(slot) = self.log.get_mut(seq) {
+                    if slot.digest() == Some(*digest) && *view == self.view && slot.prepared {
+                        slot.committed = true;
+                    }
+                }
+            }
+        }
+    }
+
+    /// Feeds one input; returns what it caused, in order.
+    pub fn step(&mut self, input: Input) -> Vec<Output> {
+        match input {
+            Input::Receive(bytes) => self.on_bytes(&bytes),
+            Input::Tick { now_us } => self.on_tick(now_us),
+            Input::Executed { seq, results, snapshot } => self.on_executed(seq, results, snapshot),
+        }
+        std::mem::take(&mut self.out)
+    }
+
+    /// This replica's id.
+    pub fn id(&self) -> ReplicaId {
+        self.id
+    }
+    /// Current view (the target view during a view change).
+    pub fn view(&self) -> View {
+        self.view
+    }
+    /// Whether the current view is installed.
+    pub fn view_active(&self) -> bool {
+        self.view_active
+    }
+    /// Whether this replica is the primary of its current view.
+    pub fn is_primary(&self) -> bool {
+        self.cluster.primary(self.view) == self.id
+    }
+    /// Last executed sequence number.
+    pub fn last_executed(&self) -> Seq {
+        self.last_executed
+    }
+    /// Last stable checkpoint (the low watermark).
+    pub fn stable_seq(&self) -> Seq {
+        self.low
+    }
+    /// Counters.
+    pub fn stats(&self) -> &Stats {
+        &self.stats
+    }
+    /// The client table row for `client`, if it ever executed a request.
+    pub fn client_entry(&self, client: &ClientId) -> Option<&ClientEntry> {
+        self.client_table.get(client)
+    }
+    /// The earliest time at which a tick would do something, so the driver
+    /// can sleep until then (it may tick more often).
+    pub fn next_deadline_us(&self) -> u64 {
+        let mut t = self.next_status_us;
+        if let Some(d) = self.view_change_deadline_us {
+            t = t.min(d);
+        }
+        if !self.queue.is_empty() {
+            t = t.min(self.queue_since_us.saturating_add(self.params.batch_delay_us));
+        }
+        t
+    }
+
+    // ----- small helpers -------------------------------------------------
+
+    fn reject(&mut self, reason: Reject) {
+        *self.stats.rejected.entry(reason).or_insert(0) += 1;
+        self.out.push(Output::Rejected(reason));
+    }
+
+    fn send(&mut self, to: Target, message: Message) {
+        self.out.push(Output::Send { to, message });
+    }
+
+    fn persist(&mut self, record: Record) {
+        self.out.push(Output::Persist(record));
+    }
+
+    fn sign<T: Payload>(&self, payload: T) -> Signed<T> {
+        Signed::sign(self.id, payload, &self.key)
+    }
+
+    /// Checks signer membership and signature, counting a refusal.
+    fn verified<T: Payload>(&mut self, s: &Signed<T>) -> bool {
+        match self.cluster.key(s.from) {
+            None => {
+                self.reject(Reject::UnknownSender);
+                false
+            }
+            Some(key) => {
+                if s.verify(key) {
+                    true
+                } else {
+                    self.reject(Reject::BadSignature);
+                    false
+                }
+            }
+        }
+    }
+
+    /// Signature check without counting (for nested proofs).
+    fn signature_ok<T: Payload>(&self, s: &Signed<T>) -> bool {
+        self.cluster.key(s.from).is_some_and(|k| s.verify(k))
+    }
+
+    fn in_window(&self, seq: Seq) -> bool {
+        seq > self.low && seq <= self.low + self.params.watermark_window
+    }
+
+    fn high(&self) -> Seq {
+        self.low + self.params.watermark_window
+    }
+
+    fn note_hlc(&mut self, hlc: Hlc) {
+        self.last_hlc = self.last_hlc.max(hlc);
+    }
+
+    /// Refuses a normal-case message not for the installed current view.
+    fn normal_case_view_ok(&mut self, view: View) -> bool {
+        if view < self.view {
+            self.reject(Reject::OldView);
+            false
+        } else if view > self.view {
+            self.reject(Reject::FutureView);
+            false
+        } else if !self.view_active {
+            self.reject(Reject::ViewChanging);
+            false
+        } else {
+            true
+        }
+    }
+
+    fn view_change_timeout_us(&self) -> u64 {
+        let shift = self.view_change_attempts.min(20);
+        self.params
+            .view_change_timeout_us
+            .saturating_mul(1u64 << shift)
+            .min(self.params.view_change_timeout_max_us)
+    }
+
+    // ----- input dispatch -----------------------------------------------
+
+    fn on_bytes(&mut self, bytes: &[u8]) {
+        if bytes.len() > self.params.message_bytes_max {
+            self.reject(Reject::Oversized);
+            return;
+        }
+        let Some(message) = Message::decode(bytes) else {
+            self.reject(Reject::Malformed);
+            return;
+        };
+        match message {
+            Message::Request(r) => self.on_request(r),
+            Message::PrePrepare(m) => self.on_pre_prepare(m),
+            Message::Prepare(p) => self.on_prepare(p),
+            Message::Commit(c) => self.on_commit(c),
+            Message::Checkpoint(c) => self.on_checkpoint(c),
+            Message::ViewChange(v) => self.on_view_change(v),
+            Message::NewView(nv) => self.on_new_view(nv),
+            Message::Status(s) => self.on_status(s),
+            Message::State(st) => self.on_state(*st),
+            Message::Reply(_) => self.reject(Reject::NotForReplicas),
+        }
+    }
+
+    fn on_tick(&mut self, now_us: u64) {
+        // A clock that steps back is tolerated; protocol time never does.
+        self.now_us = self.now_us.max(now_us);
+        if !self.view_active && self.own_view_change.is_none() {
+            // Recovered in the middle of a view change: say so again.
+            self.send_view_change();
+        }
+        if self.view_change_deadline_us.is_some_and(|d| self.now_us >= d) {
+            let next = self.view + 1;
+            self.start_view_change(next);
+        }
+        if self.now_us >= self.next_status_us {
+            self.next_status_us = self.now_us + self.params.status_interval_us;
+            self.broadcast_status();
+            self.retransmit_own();
+        }
+        self.try_propose();
+    }
+
+    // ----- requests and batching -----------------------------------------
+
+    fn on_request(&mut self, r: SignedRequest) {
+        if r.request.operation.len() > self.params.operation_bytes_max {
+            self.reject(Reject::BadRequest);
+            return;
+        }
+        if !r.verify() {
+            self.reject(Reject::BadSignature);
+            return;
+        }
+        let client = r.request.client;
+        let ts = r.request.timestamp;
+        if let Some(entry) = self.client_table.get(&client) {
+            if ts < entry.last_timestamp {
+                self.reject(Reject::StaleRequest);
+                return;
+            }
+            if ts == entry.last_timestamp {
+                // A retry of the request that ran last: answer it again.
+                let reply = Reply {
+                    view: self.view,
+                    client,
+                    timestamp: ts,
+                    hlc: entry.hlc,
+                    result: entry.result.clone(),
+                };
+                let signed = self.sign(reply);
+                self.stats.replies_resent += 1;
+                self.send(Target::Client(client), Message::Reply(signed));
+                return;
+            }
+        }
+        if self.view_active && self.is_primary() {
+            if self.proposed.get(&client).is_some_and(|&p| p >= ts) {
+                return;
+            }
+            self.proposed.insert(client, ts);
+            if self.queue.is_empty() {
+                self.queue_since_us = self.now_us;
+            }
+            self.queue.push_back(r);
+            self.try_propose();
+        } else {
+            let newer = self.waiting.get(&client).is_none_or(|w| w.request.timestamp <= ts);
+            if !newer {
+                return;
+            }
+            if self.view_active {
+                let primary = self.cluster.primary(self.view);
+                self.send(Target::Replica(primary), Message::Request(r.clone()));
+            }
+            self.waiting.insert(client, r);
+            if self.view_active && self.view_change_deadline_us.is_none() {
+                self.view_change_deadline_us = Some(self.now_us + self.view_change_timeout_us());
+            }
+        }
+    }
+
+    fn in_flight(&self) -> u64 {
+        (self.next_seq - 1).saturating_sub(self.last_executed)
+    }
+
+    fn try_propose(&mut self) {
+        if !self.view_active || !self.is_primary() {
+            return;
+        }
+        while !self.queue.is_empty() && self.next_seq <= self.high() {
+            let in_flight = self.in_flight();
+            if in_flight >= self.params.batches_in_flight_max {
+                break;
+            }
+            // Adaptive batching: an idle pipeline gets a batch at once; a
+            // busy one accumulates until the batch is full or has waited
+            // `batch_delay_us`.
+            let full = self.queue.len() >= self.params.batch_requests_max;
+            let waited = self.now_us >= self.queue_since_us + self.params.batch_delay_us;
+            if in_flight > 0 && !full && !waited {
+                break;
+            }
+            let mut requests = Vec::new();
+            while requests.len() < self.params.batch_requests_max {
+                let Some(r) = self.queue.pop_front() else { break };
+                let stale = self
+                    .client_table
+                    .get(&r.request.client)
+                    .is_some_and(|e| e.last_timestamp >= r.request.timestamp);
+                if !stale {
+                    requests.push(r);
+                }
+            }
+            self.queue_since_us = self.now_us;
+            if requests.is_empty() {
+                continue;
+            }
+            let hlc = self.last_hlc.tick(self.now_us);
+            self.last_hlc = hlc;
+            let batch = Batch { hlc, requests };
+            let seq = self.next_seq;
+            self.next_seq += 1;
+            let header = self.sign(PrePrepare { view: self.view, seq, digest: batch.digest() });
+            self.stats.batches_proposed += 1;
+            self.stats.requests_proposed += batch.requests.len() as u64;
+            let msg = PrePrepareMsg { header, batch };
+            self.persist(Record::PrePrepare(msg.clone()));
+            self.log.insert(seq, Slot { pre_prepare: Some(msg.clone()), ..Slot::default() });
+            self.send(Target::AllReplicas, Message::PrePrepare(msg));
+        }
+    }
+
+    /// Checks a batch's size and every client signature in it.
+    fn batch_ok(&self, batch: &Batch) -> bool {
+        batch.requests.len() <= self.params.batch_requests_max
+            && batch.requests.iter().all(|r| {
+                r.request.operation.len() <= self.params.operation_bytes_max && r.verify()
+            })
+    }
+
+    // ----- normal case ---------------------------------------------------
+
+    fn on_pre_prepare(&mut self, m: PrePrepareMsg) {
+        let h = m.header.payload;
+        if m.header.from != self.cluster.primary(h.view) {
+            self.reject(Reject::WrongSender);
+            return;
+        }
+        if !self.verified(&m.header) || !self.normal_case_view_ok(h.view) {
+            return;
+        }
+        if !self.in_window(h.seq) {
+            self.reject(Reject::OutsideWatermarks);
+            return;
+        }
+        if m.batch.digest() != h.digest {
+            self.reject(Reject::DigestMismatch);
+            return;
+        }
+        if let Some(existing) = self.log.get(&h.seq).and_then(Slot::digest) {
+            if existing != h.digest {
+                self.reject(Reject::Conflicting);
+            }
+            return;
+        }
+        if m.header.from == self.id {
+            return;
+        }
+        if !self.batch_ok(&m.batch) {
+            self.reject(Reject::BadBatch);
+            return;
+        }
+        let hlc = m.batch.hlc;
+        if hlc.physical_us > self.now_us.saturating_add(self.params.clock_ahead_max_us) {
+            self.reject(Reject::HlcAhead);
+            return;
+        }
+        if !self.hlc_fits(h.seq, hlc) {
+            self.reject(Reject::HlcBackwards);
+            return;
+        }
+        self.accept_pre_prepare(m);
+    }
+
+    /// Whether `hlc` lies strictly between the stamps of the nearest known
+    /// batches below and above `seq`.
+    fn hlc_fits(&self, seq: Seq, hlc: Hlc) -> bool {
+        let below = self
+            .log
+            .range(..seq)
+            .rev()
+            .find_map(|(_, s)| s.pre_prepare.as_ref())
+            .map(|p| p.batch.hlc)
+            .filter(|h| *h != Hlc::default());
+        let floor = if seq > self.last_executed {
+            below.unwrap_or(self.last_executed_hlc).max(self.last_executed_hlc)
+        } else {
+            Hlc::default()
+        };
+        let above = self
+            .log
+            .range(seq + 1..)
+            .find_map(|(_, s)| s.pre_prepare.as_ref())
+            .map(|p| p.batch.hlc)
+            .filter(|h| *h != Hlc::default());
+        hlc > floor && above.is_none_or(|a| hlc < a)
+    }
+
+    /// Stores a pre-prepare for the current view and answers with PREPARE.
+    fn accept_pre_prepare(&mut self, m: PrePrepareMsg) {
+        let h = m.header.payload;
+        self.note_hlc(m.batch.hlc);
+        self.persist(Record::PrePrepare(m.clone()));
+        let slot = self.log.entry(h.seq).or_default();
+        slot.pre_prepare = Some(m);
+        if !self.is_primary() {
+            let prepare = self.sign(Prepare { view: h.view, seq: h.seq, digest: h.digest });
+            self.log.entry(h.seq).or_default().prepares.insert(self.id, prepare.clone());
+            self.send(Target::AllReplicas, Message::Prepare(prepare));
+        }
+        self.check_prepared(h.seq);
+    }
+
+    fn on_prepare(&mut self, p: Signed<Prepare>) {
+        let v = p.payload;
+        if !self.verified(&p) || !self.normal_case_view_ok(v.view) {
+            return;
+        }
+        if p.from == self.cluster.primary(v.view) {
+            self.reject(Reject::WrongSender);
+            return;
+        }
+        if !self.in_window(v.seq) {
+            self.reject(Reject::OutsideWatermarks);
+            return;
+        }
+        let slot = self.log.entry(v.seq).or_default();
+        if let Some(old) = slot.prepares.get(&p.from) {
+            if old.payload != v {
+                self.reject(Reject::Conflicting);
+            }
+            return;
+        }
+        slot.prepares.insert(p.from, p);
+        self.check_prepared(v.seq);
+    }
+
+    fn check_prepared(&mut self, seq: Seq) {
+        let need = 2 * self.cluster.f() as usize;
+        let view = self.view;
+        let Some(slot) = self.log.get(&seq) else { return };
+        if slot.prepared {
+            return;
+        }
+        let Some(pre_prepare) = slot.pre_prepare.clone() else { return };
+        let digest = pre_prepare.header.payload.digest;
+        let matching: Vec<Signed<Prepare>> = slot
+            .prepares
+            .values()
+            .filter(|p| p.payload.view == view && p.payload.digest == digest)
+            .take(need)
+            .cloned()
+            .collect();
+        if matching.len() < need {
+            return;
+        }
+        let cert = PreparedCert { pre_prepare, prepares: matching };
+        self.persist(Record::Prepared(cert.clone()));
+        self.keep_cert(cert);
+        let commit = self.sign(Commit { view, seq, digest });
+        let slot = self.log.entry(seq).or_default();
+        slot.prepared = true;
+        slot.commits.insert(self.id, commit.clone());
+        self.send(Target::AllReplicas, Message::Commit(commit));
+        self.check_committed(seq);
+    }
+
+    fn keep_cert(&mut self, cert: PreparedCert) {
+        let h = cert.pre_prepare.header.payload;
+        let newer = self
+            .prepared_certs
+            .get(&h.seq)
+            .is_none_or(|c| c.pre_prepare.header.payload.view <= h.view);
+        if newer {
+            self.prepared_certs.insert(h.seq, cert);
+        }
+    }
+
+    fn on_commit(&mut self, c: Signed<Commit>) {
+        let v = c.payload;
+        if !self.verified(&c) || !self.normal_case_view_ok(v.view) {
+            return;
+        }
+        if !self.in_window(v.seq) {
+            self.reject(Reject::OutsideWatermarks);
+            return;
+        }
+        let slot = self.log.entry(v.seq).or_default();
+        if let Some(old) = slot.commits.get(&c.from) {
+            if old.payload != v {
+                self.reject(Reject::Conflicting);
+            }
+            return;
+        }
+        slot.commits.insert(c.from, c);
+        self.check_committed(v.seq);
+    }
+
+    fn check_committed(&mut self, seq: Seq) {
+        let quorum = self.cluster.quorum();
+        let view = self.view;
+        let Some(slot) = self.log.get_mut(&seq) else { return };
+        if !slot.prepared || slot.committed {
+            return;
+        }
+        let Some(digest) = slot.digest() else { return };
+        let count = slot
+            .commits
+            .values()
+            .filter(|c| c.payload.view == view && c.payload.digest == digest)
+            .count();
+        if count < quorum {
+            return;
+        }
+        slot.committed = true;
+        self.persist(Record::Committed { view, seq, digest });
+        self.try_execute();
+    }
+
+    // ----- execution -----------------------------------------------------
+
+    fn try_execute(&mut self) {
+        if self.executing.is_some() {
+            return;
+        }
+        let seq = self.last_executed + 1;
+        let Some(slot) = self.log.get(&seq) else { return };
+        if !slot.committed {
+            return;
+        }
+        let Some(pp) = slot.pre_prepare.as_ref() else { return };
+        let digest = pp.header.payload.digest;
+        let batch = &pp.batch;
+        // Consensus time never goes back, whatever the primary stamped.
+        let hlc = batch.hlc.max(self.last_executed_hlc.successor());
+        let mut seen: BTreeMap<ClientId, u64> = BTreeMap::new();
+        let mut requests = Vec::new();
+        for r in &batch.requests {
+            let c = r.request.client;
+            let last = seen
+                .get(&c)
+                .copied()
+                .or_else(|| self.client_table.get(&c).map(|e| e.last_timestamp));
+            if last.is_none_or(|l| r.request.timestamp > l) {
+                seen.insert(c, r.request.timestamp);
+                requests.push(r.request.clone());
+            }
+        }
+        let snapshot_wanted = seq % self.params.checkpoint_interval == 0;
+        self.executing =
+            Some(Executing { seq, hlc, requests: requests.clone(), snapshot_wanted });
+        self.out.push(Output::Execute(Execute { seq, digest, hlc, requests, snapshot_wanted }));
+    }
+
+    fn on_executed(&mut self, seq: Seq, results: Vec<Vec<u8>>, snapshot: Option<Vec<u8>>) {
+        let Some(ex) = self.executing.as_ref() else {
+            self.reject(Reject::UnexpectedExecution);
+            return;
+        };
+        if ex.seq != seq
+            || ex.requests.len() != results.len()
+            || ex.snapshot_wanted != snapshot.is_some()
+        {
+            self.reject(Reject::UnexpectedExecution);
+            return;
+        }
+        let Some(ex) = self.executing.take() else { return };
+        for (request, result) in ex.requests.iter().zip(results) {
+            let entry = ClientEntry {
+                client: request.client,
+                last_timestamp: request.timestamp,
+                hlc: ex.hlc,
+                result: result.clone(),
+            };
+            self.client_table.insert(request.client, entry);
+            let reply = self.sign(Reply {
+                view: self.view,
+                client: request.client,
+                timestamp: request.timestamp,
+                hlc: ex.hlc,
+                result,
+            });
+            self.send(Target::Client(request.client), Message::Reply(reply));
+        }
+        self.stats.batches_executed += 1;
+        self.stats.requests_executed += ex.requests.len() as u64;
+        self.last_executed = seq;
+        self.last_executed_hlc = ex.hlc;
+        self.note_hlc(ex.hlc);
+        self.forget_answered();
+        if let Some(snapshot) = snapshot {
+            let state = CheckpointState {
+                hlc: ex.hlc,
+                snapshot,
+                client_table: self.client_table.values().cloned().collect(),
+            };
+            let digest = state.digest(seq);
+            self.own_checkpoints.insert(seq, state);
+            let c = self.sign(Checkpoint { seq, state_digest: digest });
+            self.checkpoint_votes.entry(seq).or_default().insert(self.id, c.clone());
+            self.send(Target::AllReplicas, Message::Checkpoint(c));
+            self.check_stable(seq);
+        }
+        self.try_execute();
+        self.try_propose();
+    }
+
+    /// Drops waiting and proposed entries the client table now answers,
+    /// and restarts the view-change timer for what is still pending.
+    fn forget_answered(&mut self) {
+        let table = &self.client_table;
+        let done = |c: &ClientId, ts: u64| table.get(c).is_some_and(|e| e.last_timestamp >= ts);
+        let before = self.waiting.len();
+        self.waiting.retain(|c, r| !done(c, r.request.timestamp));
+        self.proposed.retain(|c, ts| !done(c, *ts));
+        if self.view_active {
+            if self.waiting.is_empty() {
+                self.view_change_deadline_us = None;
+            } else if self.waiting.len() < before {
+                self.view_change_deadline_us = Some(self.now_us + self.view_change_timeout_us());
+            }
+        }
+    }
+
+    // ----- checkpoints and state transfer ------------------------------
+
+    fn on_checkpoint(&mut self, c: Signed<Checkpoint>) {
+        if !self.verified(&c) {
+            return;
+        }
+        let seq = c.payload.seq;
+        if seq % self.params.checkpoint_interval != 0 || seq == 0 {
+            self.reject(Reject::BadCheckpoint);
+            return;
+        }
+        if seq <= self.low {
+            return;
+        }
+        // Far-future checkpoints are not stored (bounded memory); a replica
+        // that far behind catches up through STATUS and state transfer.
+        if seq > self.low + 4 * self.params.watermark_window {
+            self.reject(Reject::OutsideWatermarks);
+            return;
+        }
+        let votes = self.checkpoint_votes.entry(seq).or_default();
+        if votes.contains_key(&c.from) {
+            return;
+        }
+        votes.insert(c.from, c);
+        self.check_stable(seq);
+    }
+
+    /// Makes `seq` stable when 2f + 1 checkpoints agree and the replica has
+    /// that state; asks for state transfer when it cannot get there alone.
+    fn check_stable(&mut self, seq: Seq) {
+        if seq <= self.low {
+            return;
+        }
+        let quorum = self.cluster.quorum();
+        let Some(votes) = self.checkpoint_votes.get(&seq) else { return };
+        let mut by_digest: BTreeMap<Digest, Vec<Signed<Checkpoint>>> = BTreeMap::new();
+        for v in votes.values() {
+            by_digest.entry(v.payload.state_digest).or_default().push(v.clone());
+        }
+        let Some((digest, proof)) = by_digest.into_iter().find(|(_, v)| v.len() >= quorum) else {
+            return;
+        };
+        let proof: Vec<_> = proof.into_iter().take(quorum).collect();
+        match self.own_checkpoints.get(&seq) {
+            Some(state) if state.digest(seq) == digest => {
+                let st = StateTransfer { proof, state: state.clone() };
+                self.persist(Record::Stable(Box::new(st.clone())));
+                self.install_stable(st, false);
+                self.try_propose();
+            }
+            Some(_) => {
+                // This replica's state differs from the quorum's: fetch the
+                // quorum's state rather than continue from a wrong one.
+                self.stats.checkpoint_divergences += 1;
+                self.broadcast_status();
+            }
+            None => {
+                let reachable = (self.last_executed + 1..=seq)
+                    .all(|s| self.log.get(&s).is_some_and(|sl| sl.committed));
+                if !reachable {
+                    self.broadcast_status();
+                }
+            }
+        }
+    }
+
+    /// Moves the low watermark to a stable checkpoint and collects garbage.
+    /// With `restore`, the state also replaces the executed state (state
+    /// transfer and recovery).
+    fn install_stable(&mut self, st: StateTransfer, restore: bool) {
+        let seq = st.proof[0].payload.seq;
+        assert!(seq > self.low, "stable checkpoints only move forward");
+        self.low = seq;
+        if restore {
+            self.client_table =
+                st.state.client_table.iter().map(|e| (e.client, e.clone())).collect();
+            self.last_executed = seq;
+            self.last_executed_hlc = st.state.hlc;
+            self.executing = None;
+            self.note_hlc(st.state.hlc);
+            self.forget_answered();
+        }
+        self.stats.checkpoints_stable += 1;
+        self.stable = Some(st);
+        self.log = self.log.split_off(&(seq + 1));
+        self.prepared_certs = self.prepared_certs.split_off(&(seq + 1));
+        self.checkpoint_votes = self.checkpoint_votes.split_off(&(seq + 1));
+        self.own_checkpoints = self.own_checkpoints.split_off(&(seq + 1));
+        if self.next_seq <= seq {
+            self.next_seq = seq + 1;
+        }
+    }
+
+    /// Whether `proof` is 2f + 1 valid checkpoint signatures from distinct
+    /// replicas on one (seq, digest); returns that pair.
+    fn checkpoint_proof(&self, proof: &[Signed<Checkpoint>]) -> Option<(Seq, Digest)> {
+        let first = proof.first()?.payload;
+        let mut signers = BTreeSet::new();
+        for c in proof {
+            if c.payload != first || !signers.insert(c.from) || !self.signature_ok(c) {
+                return None;
+            }
+        }
+        (signers.len() >= self.cluster.quorum()).then_some((first.seq, first.state_digest))
+    }
+
+    fn on_state(&mut self, st: StateTransfer) {
+        let Some((seq, digest)) = self.checkpoint_proof(&st.proof) else {
+            self.reject(Reject::BadCheckpointProof);
+            return;
+        };
+        if seq <= self.last_executed || seq <= self.low {
+            // Already there; an unsolicited or duplicate answer.
+            return;
+        }
+        if st.state.digest(seq) != digest {
+            self.reject(Reject::BadState);
+            return;
+        }
+        self.stats.state_transfers += 1;
+        self.persist(Record::Stable(Box::new(st.clone())));
+        self.out.push(Output::RestoreState { seq, snapshot: Some(st.state.snapshot.clone()) });
+        self.install_stable(st, true);
+        self.try_execute();
+        self.try_propose();
+    }
+
+    // ----- status and retransmission -------------------------------------
+
+    fn broadcast_status(&mut self) {
+        let s = self.sign(Status {
+            view: self.view,
+            view_active: self.view_active,
+            stable_seq: self.low,
+            last_executed: self.last_executed,
+        });
+        self.send(Target::AllReplicas, Message::Status(s));
+    }
+
+    /// Re-sends this replica's own messages for sequences not yet
+    /// committed, so lost messages cannot stall a view forever.
+    fn retransmit_own(&mut self) {
+        if !self.view_active {
+            if let Some(vc) = self.own_view_change.clone() {
+                self.send(Target::AllReplicas, Message::ViewChange(vc));
+            }
+            return;
+        }
+        let mut msgs = Vec::new();
+        for slot in self.log.values().filter(|s| !s.committed) {
+            let Some(pp) = slot.pre_prepare.as_ref() else { continue };
+            if pp.header.from == self.id {
+                msgs.push(Message::PrePrepare(pp.clone()));
+            }
+            if let Some(p) = slot.prepares.get(&self.id) {
+                msgs.push(Message::Prepare(p.clone()));
+            }
+            if let Some(c) = slot.commits.get(&self.id) {
+                msgs.push(Message::Commit(c.clone()));
+            }
+        }
+        for m in msgs {
+            self.send(Target::AllReplicas, m);
+        }
+    }
+
+    fn on_status(&mut self, s: Signed<Status>) {
+        if !self.verified(&s) {
+            return;
+        }
+        let to = Target::Replica(s.from);
+        let st = s.payload;
+        if s.from == self.id {
+            return;
+        }
+        if st.view < self.view || (st.view == self.view && !st.view_active) {
+            if self.view_active {
+                if let Some(nv) = self.last_new_view.clone() {
+                    if nv.payload.view == self.view {
+                        self.send(to, Message::NewView(nv));
+                    }
+                }
+            } else if st.view == self.view {
+                if let Some(vc) = self.own_view_change.clone() {
+                    self.send(to, Message::ViewChange(vc));
+                }
+            }
+        }
+        if st.last_executed < self.low {
+            if let Some(stable) = self.stable.clone() {
+                self.send(to, Message::State(Box::new(stable)));
+            }
+        }
+        if st.view == self.view && self.view_active && st.view_active {
+            // Relay the signed messages that let the sender commit what it
+            // lacks; every one is verified by the sender on its own.
+            let from = st.last_executed.max(self.low);
+            let mut msgs = Vec::new();
+            for (_, slot) in self.log.range(from + 1..) {
+                let Some(pp) = slot.pre_prepare.as_ref() else { continue };
+                if !slot.committed {
+                    break;
+                }
+                msgs.push(Message::PrePrepare(pp.clone()));
+                msgs.extend(slot.prepares.values().cloned().map(Message::Prepare));
+                msgs.extend(slot.commits.values().cloned().map(Message::Commit));
+            }
+            for m in msgs {
+                self.send(to, m);
+            }
+        }
+    }
+
+    // ----- view change -----------------------------------------------------
+
+    fn start_view_change(&mut self, new_view: View) {
+        assert!(new_view > self.view, "views only grow");
+        self.view = new_view;
+        self.view_active = false;
+        self.view_change_attempts = self.view_change_attempts.saturating_add(1);
+        self.view_change_deadline_us = None;
+        self.stats.view_changes_started += 1;
+        self.queue.clear();
+        self.proposed.clear();
+        self.persist(Record::View { view: new_view, active: false });
+        self.send_view_change();
+        self.view_changes = self.view_changes.split_off(&new_view);
+        self.arm_view_change_timer();
+        self.check_new_view();
+    }
+
+    /// During a view change, the timer that moves on to the next view runs
+    /// only once 2f + 1 replicas want this view (as in Castro & Liskov):
+    /// a replica alone in a view change waits instead of running ahead of
+    /// the others forever.
+    fn arm_view_change_timer(&mut self) {
+        if self.view_active || self.view_change_deadline_us.is_some() {
+            return;
+        }
+        let votes = self.view_changes.get(&self.view).map_or(0, BTreeMap::len);
+        if votes >= self.cluster.quorum() {
+            self.view_change_deadline_us = Some(self.now_us + self.view_change_timeout_us());
+        }
+    }
+
+    fn send_view_change(&mut self) {
+        let vc = self.sign(ViewChange {
+            new_view: self.view,
+            stable_seq: self.low,
+            checkpoint_proof: self.stable.as_ref().map(|s| s.proof.clone()).unwrap_or_default(),
+            prepared: self.prepared_certs.range(self.low + 1..).map(|(_, c)| c.clone()).collect(),
+        });
+        self.view_changes.entry(self.view).or_default().insert(self.id, vc.clone());
+        self.own_view_change = Some(vc.clone());
+        self.send(Target::AllReplicas, Message::ViewChange(vc));
+    }
+
+    /// Checks a prepared certificate's pre-prepare, digest and 2f prepares.
+    fn cert_ok(&self, cert: &PreparedCert, stable_seq: Seq, below_view: View) -> bool {
+        let h = cert.pre_prepare.header.payload;
+        let need = 2 * self.cluster.f() as usize;
+        if h.view >= below_view
+            || h.seq <= stable_seq
+            || h.seq > stable_seq + self.params.watermark_window
+            || cert.pre_prepare.header.from != self.cluster.primary(h.view)
+            || cert.pre_prepare.batch.digest() != h.digest
+            || !self.signature_ok(&cert.pre_prepare.header)
+        {
+            return false;
+        }
+        let mut signers = BTreeSet::new();
+        for p in &cert.prepares {
+            if p.payload != (Prepare { view: h.view, seq: h.seq, digest: h.digest })
+                || p.from == cert.pre_prepare.header.from
+                || !signers.insert(p.from)
+                || !self.signature_ok(p)
+            {
+                return false;
+            }
+        }
+        signers.len() >= need
+    }
+
+    /// Validates a view-change's signature, checkpoint proof and
+    /// certificates.
+    fn view_change_ok(&self, vc: &Signed<ViewChange>) -> bool {
+        let v = &vc.payload;
+        if !self.signature_ok(vc) {
+            return false;
+        }
+        if v.stable_seq == 0 {
+            if !v.checkpoint_proof.is_empty() {
+                return false;
+            }
+        } else {
+            match self.checkpoint_proof(&v.checkpoint_proof) {
+                Some((seq, _)) if seq == v.stable_seq => {}
+                _ => return false,
+            }
+        }
+        let mut seqs = BTreeSet::new();
+        v.prepared.iter().all(|c| {
+            seqs.insert(c.pre_prepare.header.payload.seq) && self.cert_ok(c, v.stable_seq, v.new_view)
+        })
+    }
+
+    fn on_view_change(&mut self, vc: Signed<ViewChange>) {
+        let v = vc.payload.new_view;
+        if self.cluster.key(vc.from).is_none() {
+            self.reject(Reject::UnknownSender);
+            return;
+        }
+        if v < self.view || (v == self.view && self.view_active) {
+            if v == self.view && self.view_active {
+                // A straggler: it needs the NEW-VIEW, not a refusal.
+                if let Some(nv) = self.last_new_view.clone() {
+                    self.send(Target::Replica(vc.from), Message::NewView(nv));
+                }
+                return;
+            }
+            self.reject(Reject::OldView);
+            return;
+        }
+        if self.view_changes.get(&v).is_some_and(|m| m.contains_key(&vc.from)) {
+            return;
+        }
+        if !self.signature_ok(&vc) {
+            self.reject(Reject::BadSignature);
+            return;
+        }
+        if !self.view_change_ok(&vc) {
+            self.reject(Reject::BadViewChange);
+            return;
+        }
+        // Keep one view-change per sender for views above ours (bounded).
+        for (view, votes) in self.view_changes.iter_mut() {
+            if *view != v && *view > self.view {
+                votes.remove(&vc.from);
+            }
+        }
+        self.view_changes.entry(v).or_default().insert(vc.from, vc);
+        // Join a view change that f + 1 replicas want: at least one of them
+        // is correct, so the current primary is suspect.
+        let mut wanted: BTreeMap<ReplicaId, View> = BTreeMap::new();
+        for (view, votes) in self.view_changes.range(self.view + 1..) {
+            for from in votes.keys().filter(|f| **f != self.id) {
+                wanted.entry(*from).or_insert(*view);
+            }
+        }
+        if wanted.len() > self.cluster.f() as usize {
+            if let Some(target) = wanted.values().copied().min() {
+                self.start_view_change(target);
+                return;
+            }
+        }
+        self.arm_view_change_timer();
+        self.check_new_view();
+    }
+
+    /// The pre-prepares a NEW-VIEW for `view` must carry, given its
+    /// view-changes: the highest stable checkpoint, then for each sequence
+    /// up to the highest prepared one the batch from the highest-view
+    /// certificate, or the null batch.
+    fn new_view_batches(vcs: &[Signed<ViewChange>]) -> (Seq, Vec<(Seq, Batch)>) {
+        let min_s = vcs.iter().map(|v| v.payload.stable_seq).max().unwrap_or(0);
+        let mut best: BTreeMap<Seq, &PreparedCert> = BTreeMap::new();
+        for vc in vcs {
+            for c in &vc.payload.prepared {
+                let h = c.pre_prepare.header.payload;
+                if h.seq <= min_s {
+                    continue;
+                }
+                let better = best
+                    .get(&h.seq)
+                    .is_none_or(|b| b.pre_prepare.header.payload.view < h.view);
+                if better {
+                    best.insert(h.seq, c);
+                }
+            }
+        }
+        let max_s = best.keys().next_back().copied().unwrap_or(min_s);
+        let batches = (min_s + 1..=max_s)
+            .map(|s| (s, best.get(&s).map_or_else(Batch::null, |c| c.pre_prepare.batch.clone())))
+            .collect();
+        (min_s, batches)
+    }
+
+    fn check_new_view(&mut self) {
+        let v = self.view;
+        if self.view_active || self.cluster.primary(v) != self.id {
+            return;
+        }
+        let Some(votes) = self.view_changes.get(&v) else { return };
+        if votes.len() < self.cluster.quorum() || !votes.contains_key(&self.id) {
+            return;
+        }
+        let vcs: Vec<_> = votes.values().take(self.cluster.quorum()).cloned().collect();
+        let (_, batches) = Self::new_view_batches(&vcs);
+        let pre_prepares = batches
+            .into_iter()
+            .map(|(seq, batch)| PrePrepareMsg {
+                header: self.sign(PrePrepare { view: v, seq, digest: batch.digest() }),
+                batch,
+            })
+            .collect();
+        let nv = self.sign(NewView { view: v, view_changes: vcs, pre_prepares });
+        self.send(Target::AllReplicas, Message::NewView(nv.clone()));
+        self.install_new_view(nv);
+    }
+
+    fn on_new_view(&mut self, nv: Signed<NewView>) {
+        let v = nv.payload.view;
+        if nv.from != self.cluster.primary(v) {
+            self.reject(Reject::WrongSender);
+            return;
+        }
+        if !self.verified(&nv) {
+            return;
+        }
+        if v < self.view {
+            self.reject(Reject::OldView);
+            return;
+        }
+        if v == self.view && self.view_active {
+            return;
+        }
+        if !self.new_view_ok(&nv.payload) {
+            self.reject(Reject::BadNewView);
+            return;
+        }
+        self.install_new_view(nv);
+    }
+
+    fn new_view_ok(&self, nv: &NewView) -> bool {
+        let mut senders = BTreeSet::new();
+        for vc in &nv.view_changes {
+            if vc.payload.new_view != nv.view
+                || !senders.insert(vc.from)
+                || !self.view_change_ok(vc)
+            {
+                return false;
+            }
+        }
+        if senders.len() < self.cluster.quorum() {
+            return false;
+        }
+        let (_, expected) = Self::new_view_batches(&nv.view_changes);
+        if expected.len() != nv.pre_prepares.len() {
+            return false;
+        }
+        let primary = self.cluster.primary(nv.view);
+        expected.iter().zip(&nv.pre_prepares).all(|((seq, batch), pp)| {
+            let h = pp.header.payload;
+            h.view == nv.view
+                && h.seq == *seq
+                && pp.header.from == primary
+                && pp.batch == *batch
+                && h.digest == batch.digest()
+                && self.signature_ok(&pp.header)
+        })
+    }
+
+    fn install_new_view(&mut self, nv: Signed<NewView>) {
+        let v = nv.payload.view;
+        assert!(v >= self.view, "views only grow");
+        self.view = v;
+        self.view_active = true;
+        self.view_change_attempts = 0;
+        self.own_view_change = None;
+        self.stats.new_views_installed += 1;
+        self.persist(Record::View { view: v, active: true });
+        self.view_changes = self.view_changes.split_off(&(v + 1));
+        // Adopt the highest stable checkpoint the quorum proved.
+        let (min_s, _) = Self::new_view_batches(&nv.payload.view_changes);
+        if min_s > self.low {
+            let proof = nv
+                .payload
+                .view_changes
+                .iter()
+                .find(|vc| vc.payload.stable_seq == min_s)
+                .map(|vc| vc.payload.checkpoint_proof.clone())
+                .unwrap_or_default();
+            for c in proof {
+                self.checkpoint_votes.entry(min_s).or_default().insert(c.from, c);
+            }
+            self.check_stable(min_s);
+        }
+        // Normal-case state of old views is void; certificates remain.
+        for slot in self.log.values_mut() {
+            *slot = Slot::default();
+        }
+        let mut last = self.low;
+        for pp in nv.payload.pre_prepares.clone() {
+            let seq = pp.header.payload.seq;
+            last = last.max(seq);
+            if self.in_window(seq) {
+                self.accept_pre_prepare(pp);
+            }
+        }
+        self.log.retain(|_, s| s.pre_prepare.is_some());
+        self.last_new_view = Some(nv);
+        if self.is_primary() {
+            self.next_seq = last.max(self.low) + 1;
+            self.proposed.clear();
+            for slot in self.log.values() {
+                if let Some(pp) = slot.pre_prepare.as_ref() {
+                    for r in &pp.batch.requests {
+                        let ts = self.proposed.entry(r.request.client).or_insert(0);
+                        *ts = (*ts).max(r.request.timestamp);
+                    }
+                }
+            }
+            // Requests this replica was waiting on as a backup are now its
+            // own to order.
+            let waiting = std::mem::take(&mut self.waiting);
+            for r in waiting.into_values() {
+                if self.proposed.get(&r.request.client).is_none_or(|&p| p < r.request.timestamp) {
+                    self.proposed.insert(r.request.client, r.request.timestamp);
+                    if self.queue.is_empty() {
+                        self.queue_since_us = self.now_us;
+                    }
+                    self.queue.push_back(r);
+                }
+            }
+            self.view_change_deadline_us = None;
+        } else {
+            let primary = self.cluster.primary(v);
+            let waiting: Vec<_> = self.waiting.values().cloned().collect();
+            for r in waiting {
+                self.send(Target::Replica(primary), Message::Request(r));
+            }
+            self.view_change_deadline_us = (!self.waiting.is_empty())
+                .then(|| self.now_us + self.view_change_timeout_us());
+        }
+        self.try_execute();
+        self.try_propose();
+    }
+}
+
+#[cfg(test)]
+#[path = "replica_tests.rs"]
+mod tests;
