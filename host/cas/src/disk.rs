@@ -64,7 +64,7 @@ const HEADER_BYTES: u64 = 16;
 /// Blobs up to this size are copied by `copy_to` from one verified read in
 /// memory; larger ones are verified in one pass and streamed in a second, so
 /// memory stays bounded.
-const COPY_IN_MEMORY_BYTES_MAX: u64 = 64 << 20;
+const COPY_IN_MEMORY_BYTES_MAX: u64 = 32 << 20;
 
 /// From this many pending deferred blobs on, `sync` flushes the whole file
 /// system with one `syncfs` instead of one fdatasync per file: each fdatasync
