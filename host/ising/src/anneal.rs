@@ -12,6 +12,7 @@
 //!   contiguous, vectorizable row for dense ones) and a test costs O(1).
 //! - Downhill moves draw no random number; uphill moves that cannot pass at
 //!   this β (`βΔE ≥ 37.5`, beyond `-ln` of the smallest uniform) draw none.
+//!   Free moves (`ΔE = 0`) pass with probability 1/2 (see `Kernel::read`).
 //! - The Metropolis test `u < exp(-βΔE)` uses no `exp` in the common case: the
 //!   top 10 bits of the random word pick one of 1024 buckets of `u`, and a
 //!   table of `-ln` at the bucket's edges settles the test unless `βΔE` falls
@@ -165,62 +166,152 @@ impl Metropolis {
     }
 }
 
-/// Neighbour storage chosen by density.
-enum Adjacency {
-    /// CSR: the neighbours of `i` are `cols[row[i]..row[i+1]]`.
-    Sparse { row: Vec<usize>, cols: Vec<u32>, vals: Vec<f64> },
-    /// Row-major `n × n` with a zero diagonal.
-    Dense { n: usize, m: Vec<f64> },
+/// The arithmetic a kernel runs in: `f64`, or `i32` when every coefficient is
+/// an exact multiple of a power-of-two quantum (then fields are exact
+/// integers, half the size, and never drift).
+trait Num:
+    Copy
+    + Send
+    + Sync
+    + PartialOrd
+    + std::fmt::Debug
+    + std::ops::Add<Output = Self>
+    + std::ops::Sub<Output = Self>
+    + std::ops::Mul<Output = Self>
+    + std::ops::Neg<Output = Self>
+{
+    const ZERO: Self;
+    const ONE: Self;
+    const TWO: Self;
+    fn to_f64(self) -> f64;
+    /// Exactly half of an even integer or of a float.
+    fn half(self) -> Self;
 }
 
-/// A model laid out for annealing.
-struct Compiled {
-    h: Vec<f64>,
-    adj: Adjacency,
+impl Num for f64 {
+    const ZERO: Self = 0.0;
+    const ONE: Self = 1.0;
+    const TWO: Self = 2.0;
+    #[inline(always)]
+    fn to_f64(self) -> f64 {
+        self
+    }
+    fn half(self) -> Self {
+        self / 2.0
+    }
+}
+
+impl Num for i32 {
+    const ZERO: Self = 0;
+    const ONE: Self = 1;
+    const TWO: Self = 2;
+    #[inline(always)]
+    fn to_f64(self) -> f64 {
+        f64::from(self)
+    }
+    fn half(self) -> Self {
+        debug_assert!(self % 2 == 0);
+        self / 2
+    }
+}
+
+/// One neighbour in a CSR row: column and coefficient side by side, so one
+/// cache line brings both.
+#[derive(Clone, Copy, Debug)]
+struct Entry<V> {
+    col: u32,
+    val: V,
+}
+
+/// Neighbour storage chosen by density.
+#[derive(Debug)]
+enum Adjacency<V> {
+    /// CSR: the neighbours of `i` are `entries[row[i]..row[i+1]]`; every
+    /// `col` is below the number of spins (checked when built).
+    Sparse { row: Vec<usize>, entries: Vec<Entry<V>> },
+    /// Row-major `n × n` with a zero diagonal.
+    Dense { n: usize, m: Vec<V> },
+}
+
+/// A model laid out for annealing in arithmetic `V`; an energy in `V` times
+/// `scale` is an energy of the model.
+#[derive(Debug)]
+struct Kernel<V> {
+    h: Vec<V>,
+    adj: Adjacency<V>,
+    scale: f64,
 }
 
 /// Dense rows are used when the average degree is at least a quarter of the
-/// spins (a contiguous row then beats gathering) and the matrix is at most
-/// this many entries.
+/// spins (a contiguous, vectorizable row then beats gathering) and the matrix
+/// has at most this many entries.
 const DENSE_ENTRIES_MAX: usize = 1 << 25;
 
-impl Compiled {
-    fn new(model: &IsingModel) -> Self {
+/// The power-of-two quantum `q` such that every coefficient is an integer
+/// multiple of it and every field stays far inside `i32`, if there is one.
+fn integer_quantum(model: &IsingModel) -> Option<f64> {
+    let n = model.len();
+    let mut row_sum = vec![0.0f64; n];
+    for (i, &h) in model.fields().iter().enumerate() {
+        row_sum[i] += h.abs();
+    }
+    for c in model.couplings() {
+        row_sum[c.i as usize] += c.value.abs();
+        row_sum[c.j as usize] += c.value.abs();
+    }
+    let max_sum = row_sum.iter().copied().fold(0.0f64, f64::max);
+    let mut coefficients = model.fields().iter().copied().chain(model.couplings().iter().map(|c| c.value));
+    // The coarsest q in 1, 1/2, ..., 2^-20 that divides every coefficient.
+    let mut q = 1.0f64;
+    for _ in 0..=20 {
+        if coefficients.clone().all(|v| (v / q).fract() == 0.0) {
+            // |2 s f| must fit in i32 with room to spare.
+            return (max_sum / q < f64::from(1u32 << 28)).then_some(q);
+        }
+        q /= 2.0;
+    }
+    let _ = coefficients.next();
+    None
+}
+
+impl<V: Num> Kernel<V> {
+    fn new(model: &IsingModel, scale: f64, convert: impl Fn(f64) -> V) -> Self {
         let n = model.len();
         let e = model.couplings().len();
         let dense = n > 0 && n * n <= DENSE_ENTRIES_MAX && 2 * e * 4 >= n * n;
         let adj = if dense {
-            let mut m = vec![0.0; n * n];
+            let mut m = vec![V::ZERO; n * n];
             for c in model.couplings() {
                 let (i, j) = (c.i as usize, c.j as usize);
-                m[i * n + j] = c.value;
-                m[j * n + i] = c.value;
+                m[i * n + j] = convert(c.value);
+                m[j * n + i] = convert(c.value);
             }
             Adjacency::Dense { n, m }
         } else {
-            let mut degree = vec![0usize; n + 1];
+            let mut row = vec![0usize; n + 1];
             for c in model.couplings() {
-                degree[c.i as usize + 1] += 1;
-                degree[c.j as usize + 1] += 1;
+                row[c.i as usize + 1] += 1;
+                row[c.j as usize + 1] += 1;
             }
             for i in 0..n {
-                degree[i + 1] += degree[i];
+                row[i + 1] += row[i];
             }
-            let row = degree;
             let mut next = row.clone();
-            let mut cols = vec![0u32; 2 * e];
-            let mut vals = vec![0.0; 2 * e];
+            let mut entries = vec![Entry { col: 0, val: V::ZERO }; 2 * e];
             for c in model.couplings() {
+                // Sparse rows hold 2J: a flip changes a neighbour's field by ±2J.
+                let v = V::TWO * convert(c.value);
                 for (a, b) in [(c.i, c.j), (c.j, c.i)] {
-                    let slot = next[a as usize];
-                    cols[slot] = b;
-                    vals[slot] = c.value;
+                    entries[next[a as usize]] = Entry { col: b, val: v };
                     next[a as usize] += 1;
                 }
             }
-            Adjacency::Sparse { row, cols, vals }
+            // The unchecked indexing in `flip` relies on this.
+            assert!(entries.iter().all(|e| (e.col as usize) < n));
+            Adjacency::Sparse { row, entries }
         };
-        Self { h: model.fields().to_vec(), adj }
+        let h = model.fields().iter().map(|&v| convert(v)).collect();
+        Self { h, adj, scale }
     }
 
     fn len(&self) -> usize {
@@ -228,18 +319,25 @@ impl Compiled {
     }
 
     /// Fields `h_i + Σ_j J_ij s_j` computed from scratch.
-    fn fields(&self, s: &[f64], f: &mut [f64]) {
+    fn fields(&self, s: &[V], f: &mut [V]) {
         f.copy_from_slice(&self.h);
         match &self.adj {
-            Adjacency::Sparse { row, cols, vals } => {
+            Adjacency::Sparse { row, entries } => {
+                // Rows hold 2J, so sum 2J s_j and halve (exact: a power of two,
+                // and in integers the sum of even numbers).
                 for (i, fi) in f.iter_mut().enumerate() {
-                    let (a, b) = (row[i], row[i + 1]);
-                    *fi += cols[a..b].iter().zip(&vals[a..b]).map(|(&j, &v)| v * s[j as usize]).sum::<f64>();
+                    let mut twice = V::ZERO;
+                    for e in &entries[row[i]..row[i + 1]] {
+                        twice = twice + e.val * s[e.col as usize];
+                    }
+                    *fi = *fi + twice.half();
                 }
             }
             Adjacency::Dense { n, m } => {
                 for (i, fi) in f.iter_mut().enumerate() {
-                    *fi += m[i * n..(i + 1) * n].iter().zip(s).map(|(&v, &sj)| v * sj).sum::<f64>();
+                    for (&v, &sj) in m[i * n..(i + 1) * n].iter().zip(s) {
+                        *fi = *fi + v * sj;
+                    }
                 }
             }
         }
@@ -247,28 +345,123 @@ impl Compiled {
 
     /// Flips spin `i` and updates its neighbours' fields.
     #[inline(always)]
-    fn flip(&self, i: usize, s: &mut [f64], f: &mut [f64]) {
-        let c = -2.0 * s[i];
+    fn flip(&self, i: usize, s: &mut [V], f: &mut [V]) {
+        let c = -(V::TWO * s[i]);
         s[i] = -s[i];
         match &self.adj {
-            Adjacency::Sparse { row, cols, vals } => {
-                let (a, b) = (row[i], row[i + 1]);
-                for (&j, &v) in cols[a..b].iter().zip(&vals[a..b]) {
-                    f[j as usize] += c * v;
+            Adjacency::Sparse { row, entries } => {
+                assert_eq!(f.len(), self.h.len());
+                let row = &entries[row[i]..row[i + 1]];
+                // Two loops by the sign of c (= ±2) so the inner one is a
+                // plain add or subtract of 2J, with no multiply.
+                if c > V::ZERO {
+                    for e in row {
+                        // SAFETY: `new` checked that every `col` is below the
+                        // number of spins, and `f` has exactly that length.
+                        let fj = unsafe { f.get_unchecked_mut(e.col as usize) };
+                        *fj = *fj + e.val;
+                    }
+                } else {
+                    for e in row {
+                        // SAFETY: as above.
+                        let fj = unsafe { f.get_unchecked_mut(e.col as usize) };
+                        *fj = *fj - e.val;
+                    }
                 }
             }
             Adjacency::Dense { n, m } => {
                 for (fj, &v) in f.iter_mut().zip(&m[i * n..(i + 1) * n]) {
-                    *fj += c * v;
+                    *fj = *fj + c * v;
                 }
             }
+        }
+    }
+
+    /// One read: random start, the β schedule, then the greedy polish.
+    fn read(&self, betas: &[f64], table: &Metropolis, seed: u64, polish: bool) -> (Vec<i8>, u64, u64) {
+        let n = self.len();
+        let mut rng = Rng::new(seed);
+        let mut s: Vec<V> = (0..n).map(|_| if rng.next_u64() >> 63 == 1 { V::ONE } else { -V::ONE }).collect();
+        let mut f = vec![V::ZERO; n];
+        self.fields(&s, &mut f);
+        let mut accepted = 0u64;
+        for &beta in betas {
+            let beta_scaled = beta * self.scale;
+            // Above this ΔE no move passes at this β: no random number drawn.
+            let never = NEVER_ACCEPTED / beta_scaled;
+            for i in 0..n {
+                let de = -(V::TWO * s[i] * f[i]);
+                if de > V::ZERO {
+                    let x = de.to_f64();
+                    if x >= never || !table.accept(x * beta_scaled, &mut rng) {
+                        continue;
+                    }
+                } else if de == V::ZERO && rng.next_u64() >> 63 == 0 {
+                    // A move that costs nothing passes with probability 1/2
+                    // (detailed balance only asks that the rule be symmetric).
+                    // Always accepting it makes domain walls ride along with
+                    // the sweep in lockstep, so they never meet and annihilate;
+                    // it also halves the neighbour updates spent on free moves.
+                    continue;
+                }
+                self.flip(i, &mut s, &mut f);
+                accepted += 1;
+            }
+        }
+        let mut polish_flips = 0u64;
+        if polish && n > 0 {
+            // Fresh fields: float fields may carry rounding drift.
+            self.fields(&s, &mut f);
+            // Each flip strictly lowers the energy, so this ends; the pass cap
+            // only guards against rounding making a move look downhill both ways.
+            for _pass in 0..10_000 {
+                let mut improved = false;
+                for i in 0..n {
+                    if -(V::TWO * s[i] * f[i]) < V::ZERO {
+                        self.flip(i, &mut s, &mut f);
+                        polish_flips += 1;
+                        improved = true;
+                    }
+                }
+                if !improved {
+                    break;
+                }
+            }
+        }
+        let state = s.iter().map(|&v| if v > V::ZERO { 1 } else { -1 }).collect();
+        (state, accepted, polish_flips)
+    }
+}
+
+/// The laid-out model in whichever arithmetic fits it.
+#[derive(Debug)]
+enum Compiled {
+    Float(Kernel<f64>),
+    Int(Kernel<i32>),
+}
+
+impl Compiled {
+    fn new(model: &IsingModel, allow_int: bool) -> Self {
+        match integer_quantum(model).filter(|_| allow_int) {
+            Some(q) => Compiled::Int(Kernel::new(model, q, |v| (v / q) as i32)),
+            None => Compiled::Float(Kernel::new(model, 1.0, |v| v)),
+        }
+    }
+
+    fn read(&self, betas: &[f64], table: &Metropolis, seed: u64, polish: bool) -> (Vec<i8>, u64, u64) {
+        match self {
+            Compiled::Float(k) => k.read(betas, table, seed, polish),
+            Compiled::Int(k) => k.read(betas, table, seed, polish),
         }
     }
 }
 
 /// The default β range of a model: hot enough that the most strongly coupled
 /// spin's largest possible uphill move passes with probability 1/2, cold
-/// enough that the smallest nonzero gap passes with probability 1/100.
+/// enough that an uphill move of the smallest nonzero gap passes with
+/// probability 1/100 summed over all spins (`β_cold = ln(100 n) / gap`), so
+/// the final sweeps are almost pure descent. This is also how dwave-samplers
+/// picks its default range, which keeps comparisons like for like.
 #[must_use]
 pub fn auto_beta_range(model: &IsingModel) -> (f64, f64) {
     let n = model.len();
@@ -294,9 +487,8 @@ pub fn auto_beta_range(model: &IsingModel) -> (f64, f64) {
         return (0.1, 1.0);
     }
     const LN_2: f64 = std::f64::consts::LN_2;
-    const LN_100: f64 = 4.605_170_185_988_091;
     let hot = LN_2 / hottest;
-    let cold = (LN_100 / smallest).max(hot);
+    let cold = (ln_det(100.0 * n as f64) / smallest).max(hot);
     (hot, cold)
 }
 
@@ -343,50 +535,6 @@ struct ReadResult {
     polish_flips: u64,
 }
 
-fn one_read(model: &IsingModel, compiled: &Compiled, betas: &[f64], table: &Metropolis, seed: u64, polish: bool) -> ReadResult {
-    let n = compiled.len();
-    let mut rng = Rng::new(seed);
-    let mut s: Vec<f64> = (0..n).map(|_| if rng.next_u64() >> 63 == 1 { 1.0 } else { -1.0 }).collect();
-    let mut f = vec![0.0; n];
-    compiled.fields(&s, &mut f);
-    let mut accepted = 0u64;
-    for &beta in betas {
-        // Above this ΔE no move passes at this β, so no random number is drawn.
-        let never = NEVER_ACCEPTED / beta;
-        for i in 0..n {
-            let de = -2.0 * s[i] * f[i];
-            if de > 0.0 && (de >= never || !table.accept(de * beta, &mut rng)) {
-                continue;
-            }
-            compiled.flip(i, &mut s, &mut f);
-            accepted += 1;
-        }
-    }
-    let mut polish_flips = 0u64;
-    if polish && n > 0 {
-        // Fresh fields: the incremental ones may carry rounding drift.
-        compiled.fields(&s, &mut f);
-        // Each flip strictly lowers the energy, so this ends; the pass cap only
-        // guards against rounding making a flip look downhill both ways.
-        for _pass in 0..10_000 {
-            let mut improved = false;
-            for i in 0..n {
-                if -2.0 * s[i] * f[i] < 0.0 {
-                    compiled.flip(i, &mut s, &mut f);
-                    polish_flips += 1;
-                    improved = true;
-                }
-            }
-            if !improved {
-                break;
-            }
-        }
-    }
-    let state: Vec<i8> = s.iter().map(|&v| if v > 0.0 { 1 } else { -1 }).collect();
-    let energy = model.energy(&state);
-    ReadResult { state, energy, attempts: (n * betas.len()) as u64, accepted, polish_flips }
-}
-
 /// Anneals `model` and returns the best state of all reads.
 ///
 /// A model without variables gives an empty state with energy = offset.
@@ -407,11 +555,15 @@ pub fn anneal(model: &IsingModel, params: &Params) -> Result<Solution, AnnealErr
         None => auto_beta_range(model),
     };
     let start = params.measure_time.then(Instant::now);
-    let compiled = Compiled::new(model);
+    let compiled = Compiled::new(model, true);
     let betas = schedule(hot, cold, params.sweeps);
     let table = Metropolis::new();
     let threads = params.threads.min(params.reads);
-    let run = |r: usize| one_read(model, &compiled, &betas, &table, stream_seed(params.seed, r as u64), params.polish);
+    let run = |r: usize| {
+        let (state, accepted, polish_flips) = compiled.read(&betas, &table, stream_seed(params.seed, r as u64), params.polish);
+        let energy = model.energy(&state);
+        ReadResult { state, energy, attempts: (model.len() * betas.len()) as u64, accepted, polish_flips }
+    };
     let mut results: Vec<Option<ReadResult>> = (0..params.reads).map(|_| None).collect();
     if threads <= 1 {
         for (r, slot) in results.iter_mut().enumerate() {
@@ -507,28 +659,64 @@ mod tests {
         }
     }
 
+    fn check_incremental<V: Num>(m: &IsingModel, k: &Kernel<V>) {
+        let n = m.len();
+        let mut rng = Rng::new(1);
+        let mut s: Vec<V> = (0..n).map(|_| if rng.below(2) == 0 { V::ONE } else { -V::ONE }).collect();
+        let mut f = vec![V::ZERO; n];
+        k.fields(&s, &mut f);
+        let spins = |s: &[V]| s.iter().map(|&v| if v > V::ZERO { 1 } else { -1 }).collect::<Vec<i8>>();
+        for _ in 0..500 {
+            let i = rng.below(n as u64) as usize;
+            let before = m.energy(&spins(&s));
+            let de = (-(V::TWO * s[i] * f[i])).to_f64() * k.scale;
+            k.flip(i, &mut s, &mut f);
+            assert_eq!(m.energy(&spins(&s)) - before, de);
+            let mut fresh = vec![V::ZERO; n];
+            k.fields(&s, &mut fresh);
+            assert_eq!(f, fresh);
+        }
+    }
+
     #[test]
     fn incremental_fields_match_recomputed_fields() {
         for (n, degree) in [(50, 6), (40, 40)] {
             let m = random_model(n, degree, 9);
-            let c = Compiled::new(&m);
-            assert_eq!(matches!(c.adj, Adjacency::Dense { .. }), degree == 40);
-            let mut rng = Rng::new(1);
-            let mut s: Vec<f64> = (0..n).map(|_| if rng.below(2) == 0 { 1.0 } else { -1.0 }).collect();
-            let mut f = vec![0.0; n];
-            c.fields(&s, &mut f);
-            for _ in 0..500 {
-                let i = rng.below(n as u64) as usize;
-                let spins_before: Vec<i8> = s.iter().map(|&v| if v > 0.0 { 1 } else { -1 }).collect();
-                let de = -2.0 * s[i] * f[i];
-                c.flip(i, &mut s, &mut f);
-                let spins_after: Vec<i8> = s.iter().map(|&v| if v > 0.0 { 1 } else { -1 }).collect();
-                assert_eq!(m.energy(&spins_after) - m.energy(&spins_before), de);
-                let mut fresh = vec![0.0; n];
-                c.fields(&s, &mut fresh);
-                assert_eq!(f, fresh);
+            let float = Kernel::new(&m, 1.0, |v| v);
+            assert_eq!(matches!(float.adj, Adjacency::Dense { .. }), degree == 40);
+            check_incremental(&m, &float);
+            match Compiled::new(&m, true) {
+                Compiled::Int(k) => check_incremental(&m, &k),
+                Compiled::Float(_) => panic!("an integer model should get the integer kernel"),
             }
         }
+    }
+
+    #[test]
+    fn integer_and_float_kernels_walk_the_same_path() {
+        // Halves: the integer kernel runs with quantum 1/2.
+        let mut b = IsingModel::builder(200);
+        let mut r = Rng::new(11);
+        for i in 0..200 {
+            b.linear(i, r.below(3) as f64 * 0.5);
+            for _ in 0..4 {
+                b.quadratic(i, r.below(200) as usize, r.below(7) as f64 * 0.5 - 1.5);
+            }
+        }
+        let m = b.build_ising().unwrap();
+        assert_eq!(integer_quantum(&m), Some(0.5));
+        let betas = schedule(0.05, 5.0, 60);
+        let table = Metropolis::new();
+        let int = Compiled::new(&m, true);
+        let float = Compiled::new(&m, false);
+        assert!(matches!(int, Compiled::Int(_)) && matches!(float, Compiled::Float(_)));
+        for seed in 0..3 {
+            assert_eq!(int.read(&betas, &table, seed, true), float.read(&betas, &table, seed, true));
+        }
+        // Real-valued coefficients have no quantum.
+        let mut b = IsingModel::builder(2);
+        b.quadratic(0, 1, 0.1);
+        assert_eq!(integer_quantum(&b.build_ising().unwrap()), None);
     }
 
     #[test]

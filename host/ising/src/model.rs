@@ -421,7 +421,7 @@ mod tests {
     fn random_qubo(n: usize, seed: u64, integer: bool) -> QuboModel {
         let mut r = Rng::new(seed);
         let mut b = QuboModel::builder(n);
-        let mut coef = |r: &mut Rng| {
+        let coef = |r: &mut Rng| {
             let v = r.next_open01() * 20.0 - 10.0;
             if integer {
                 v.round()
