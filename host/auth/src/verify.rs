@@ -528,7 +528,7 @@ impl<'a> Discharges<'a> {
             } else {
                 (
                     DeniedKind::DischargeBadSignature,
-                    "does not verify: it was altered or made with another key",
+                    "does not verify: it is bound to another token, was altered, or was made with another key",
                 )
             };
             return Err(Denied::new(
