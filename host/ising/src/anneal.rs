@@ -494,7 +494,7 @@ pub fn auto_beta_range(model: &IsingModel) -> (f64, f64) {
 
 /// `ln(y)` for `y >= 1` with basic IEEE operations only (Newton on
 /// [`exp_neg`]), so the schedule is the same on every machine.
-fn ln_det(y: f64) -> f64 {
+pub(crate) fn ln_det(y: f64) -> f64 {
     debug_assert!(y >= 1.0 && y.is_finite());
     // Start from the binary exponent: ln y ≈ e · ln 2.
     let exponent = ((y.to_bits() >> 52) & 0x7ff) as i64 - 1023;
