@@ -37,7 +37,9 @@
 //!   those blobs entirely (their temp files are removed at the next open);
 //!   it never leaves a partial blob under a digest. Dropping the store calls
 //!   `sync` on a best-effort basis.
-//! - Pins and unpins are always durable when they return. Removals (`remove`,
+//! - Pins and unpins are always durable when they return. A pin of a
+//!   deferred blob is thus durable before the blob is: after a crash it may
+//!   name a blob that is gone, which `pins`, `gc` and later puts tolerate. Removals (`remove`,
 //!   `gc`) are made durable in `Immediate` mode; in `Deferred` mode a removed
 //!   blob may reappear after a crash, which is harmless: its content is
 //!   still valid.
@@ -70,6 +72,9 @@ const COPY_IN_MEMORY_BYTES_MAX: u64 = 32 << 20;
 /// system with one `syncfs` instead of one fdatasync per file: each fdatasync
 /// of a new file costs a journal commit, `syncfs` costs one for the batch.
 const SYNCFS_FILES_MIN: usize = 16;
+
+/// Attempts at creating this instance's locked temp directory.
+const INSTANCE_ATTEMPTS_MAX: usize = 100;
 
 /// When a put becomes durable; see the [module docs](self).
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
@@ -761,7 +766,9 @@ impl Instance {
             .duration_since(UNIX_EPOCH)
             .map(|d| d.as_nanos())
             .unwrap_or(0);
-        loop {
+        // Each retry follows a lost race with another opener; a few are
+        // plenty, and a bound turns a surprise into an error, not a hang.
+        for _ in 0..INSTANCE_ATTEMPTS_MAX {
             let id = format!(
                 "{}-{nanos}-{}",
                 std::process::id(),
@@ -797,6 +804,11 @@ impl Instance {
                 _lock: lock,
             });
         }
+        Err(CasError::io(
+            "create a temp directory in",
+            tmp,
+            io::Error::other("other processes kept removing it while it was created; retry"),
+        ))
     }
 }
 

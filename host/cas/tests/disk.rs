@@ -67,9 +67,19 @@ fn leftover_temp_files_of_a_crashed_instance_are_cleaned_on_open() {
 
     let store = DiskStore::open(root).unwrap();
     let left = entries(&tmp);
-    assert_eq!(left.len(), 2, "only the new instance's lock and dir: {left:?}");
-    assert!(left.iter().all(|name| !name.starts_with("4242-")), "{left:?}");
-    assert!(store.list().unwrap().is_empty(), "no half blob became a blob");
+    assert_eq!(
+        left.len(),
+        2,
+        "only the new instance's lock and dir: {left:?}"
+    );
+    assert!(
+        left.iter().all(|name| !name.starts_with("4242-")),
+        "{left:?}"
+    );
+    assert!(
+        store.list().unwrap().is_empty(),
+        "no half blob became a blob"
+    );
 }
 
 #[test]
@@ -81,12 +91,18 @@ fn a_live_instance_keeps_its_temp_files_when_another_opens() {
     // A second opener (in another process this would be the same) must not
     // take the first one's temp files for a crash's leftovers.
     let second = open(dir.path(), Durability::Immediate);
-    assert_eq!(first.get(&digest).unwrap(), b"pending in the first instance");
+    assert_eq!(
+        first.get(&digest).unwrap(),
+        b"pending in the first instance"
+    );
     // Deferred blobs are not visible to other instances until synced.
     assert!(!second.contains(&digest).unwrap());
     first.sync().unwrap();
     assert_eq!(first.pending_count(), 0);
-    assert_eq!(second.get(&digest).unwrap(), b"pending in the first instance");
+    assert_eq!(
+        second.get(&digest).unwrap(),
+        b"pending in the first instance"
+    );
 }
 
 #[test]
@@ -159,7 +175,11 @@ fn putting_existing_content_does_not_rewrite_it() {
         store.put_reader(&mut &data[..]).unwrap();
         let after = fs::metadata(&path).unwrap();
         assert_eq!(before.ino(), after.ino(), "the blob file was replaced");
-        assert_eq!(before.mtime_nsec(), after.mtime_nsec(), "the blob was rewritten");
+        assert_eq!(
+            before.mtime_nsec(),
+            after.mtime_nsec(),
+            "the blob was rewritten"
+        );
     }
     // And no temp file of the discarded duplicate is left behind.
     let tmp = dir.path().join("tmp");
@@ -197,12 +217,22 @@ fn damaged_headers_and_stray_files_are_reported() {
     for digest in [short, overwritten] {
         let err = store.get(&digest).unwrap_err();
         assert!(
-            matches!(err, CasError::Corrupt { detail: Corruption::BadHeader, .. }),
+            matches!(
+                err,
+                CasError::Corrupt {
+                    detail: Corruption::BadHeader,
+                    ..
+                }
+            ),
             "{err:?}"
         );
     }
     let err = store.get(&grown).unwrap_err();
-    assert!(err.to_string().contains("size mismatch: it should hold 5 bytes but holds 11"), "{err}");
+    assert!(
+        err.to_string()
+            .contains("size mismatch: it should hold 5 bytes but holds 11"),
+        "{err}"
+    );
     let report = store.verify_all().unwrap();
     assert_eq!(report.corrupt.len(), 3, "{report:?}");
     assert_eq!(report.stray_files, vec![stray]);
@@ -236,7 +266,10 @@ fn large_blobs_stream_through_copy_to_and_get_to_file_verified() {
     assert!(out.is_empty(), "copy_to handed out {} bytes", out.len());
     let err = store.get_to_file(&digest, &file).unwrap_err();
     assert!(matches!(err, CasError::Corrupt { .. }), "{err:?}");
-    assert!(fs::read(&file).unwrap() == data, "the previous output is intact");
+    assert!(
+        fs::read(&file).unwrap() == data,
+        "the previous output is intact"
+    );
     assert_eq!(entries(dir.path()), ["cas", "out"], "no temp file left");
 }
 
@@ -264,7 +297,10 @@ fn open_errors_name_the_path_and_the_fix() {
         .unwrap_err()
         .to_string();
     assert!(msg.contains(&missing.display().to_string()), "{msg}");
-    assert!(!missing.exists(), "read-only open must not create the store");
+    assert!(
+        !missing.exists(),
+        "read-only open must not create the store"
+    );
 }
 
 #[test]
@@ -299,7 +335,13 @@ fn digests_in_file_names_round_trip() {
     let store = DiskStore::open(dir.path()).unwrap();
     let digest = store.put(b"name").unwrap();
     let path = store.blob_path(&digest);
-    let shard = path.parent().unwrap().file_name().unwrap().to_str().unwrap();
+    let shard = path
+        .parent()
+        .unwrap()
+        .file_name()
+        .unwrap()
+        .to_str()
+        .unwrap();
     let rest = path.file_name().unwrap().to_str().unwrap();
     assert_eq!(
         format!("blake3:{shard}{rest}").parse::<Digest>().unwrap(),

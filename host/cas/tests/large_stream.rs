@@ -48,7 +48,10 @@ impl Write for HashingSink {
 fn a_blob_larger_than_any_buffer_streams_in_and_out_with_bounded_memory() {
     let mib: u64 = std::env::var("VOIDBOX_CAS_LARGE_STREAM_MIB")
         .ok()
-        .map(|v| v.parse().expect("VOIDBOX_CAS_LARGE_STREAM_MIB is a number of MiB"))
+        .map(|v| {
+            v.parse()
+                .expect("VOIDBOX_CAS_LARGE_STREAM_MIB is a number of MiB")
+        })
         .unwrap_or(256);
     let len = mib << 20;
     // Odd read sizes, as from a pipe.

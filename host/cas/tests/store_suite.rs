@@ -115,7 +115,10 @@ fn missing_blobs_are_not_found(h: &dyn Harness) {
         store.copy_to(&missing, &mut Vec::new()).unwrap_err(),
         store.pin(&missing).unwrap_err(),
     ] {
-        assert!(matches!(err, CasError::NotFound(d) if d == missing), "{err:?}");
+        assert!(
+            matches!(err, CasError::NotFound(d) if d == missing),
+            "{err:?}"
+        );
         assert!(err.to_string().contains(&missing.to_string()), "{err}");
     }
     let dir = tempfile::tempdir().unwrap();
@@ -207,7 +210,10 @@ fn corruption_is_detected_and_never_handed_out(h: &dyn Harness) {
                 Corruption::BadHeader => panic!("unexpected {detail:?}"),
             };
             let check = |err: CasError| match err {
-                CasError::Corrupt { digest: d, ref detail } => {
+                CasError::Corrupt {
+                    digest: d,
+                    ref detail,
+                } => {
                     assert_eq!(d, digest);
                     expect_detail(detail);
                     let msg = err.to_string();
@@ -229,14 +235,20 @@ fn corruption_is_detected_and_never_handed_out(h: &dyn Harness) {
         }
         let report = store.verify_all().unwrap();
         let bad: BTreeSet<Digest> = report.corrupt.iter().map(|(d, _)| *d).collect();
-        assert!(bad.contains(&flipped) && bad.contains(&truncated), "{report:?}");
+        assert!(
+            bad.contains(&flipped) && bad.contains(&truncated),
+            "{report:?}"
+        );
         assert!(!bad.contains(&good));
         for (digest, detail) in &report.corrupt {
             if *digest == truncated && h.records_sizes() {
                 assert!(detail.to_string().starts_with("truncated"), "{detail}");
             }
             if *digest == flipped {
-                assert!(detail.to_string().starts_with("content changed"), "{detail}");
+                assert!(
+                    detail.to_string().starts_with("content changed"),
+                    "{detail}"
+                );
             }
         }
         // Putting the original content again repairs a truncated blob.

@@ -7,7 +7,7 @@ use std::fs::OpenOptions;
 use std::io::{self, Read};
 use std::os::unix::fs::FileExt;
 
-use voidbox_cas::{DiskStore, Digest, MemStore, Store};
+use voidbox_cas::{Digest, DiskStore, MemStore, Store};
 
 /// Bytes of the on-disk blob header (see the `disk` module docs).
 pub const HEADER_BYTES: u64 = 16;
@@ -66,7 +66,10 @@ fn splitmix64(mut z: u64) -> u64 {
 
 impl Read for PatternReader {
     fn read(&mut self, buf: &mut [u8]) -> io::Result<usize> {
-        let n = buf.len().min(self.read_max).min((self.len - self.pos) as usize);
+        let n = buf
+            .len()
+            .min(self.read_max)
+            .min((self.len - self.pos) as usize);
         self.fill_slice(&mut buf[..n]);
         Ok(n)
     }
@@ -95,7 +98,9 @@ impl Harness for MemHarness {
         assert!(self.0.tamper(digest, |b| b[offset as usize] ^= 1));
     }
     fn truncate(&self, digest: &Digest, cut: u64) {
-        assert!(self.0.tamper(digest, |b| b.truncate(b.len() - cut as usize)));
+        assert!(self
+            .0
+            .tamper(digest, |b| b.truncate(b.len() - cut as usize)));
     }
     fn records_sizes(&self) -> bool {
         false
@@ -141,7 +146,8 @@ impl Harness for DiskHarness {
     fn flip_byte(&self, digest: &Digest, offset: u64) {
         let file = self.blob_file(digest);
         let mut byte = [0u8];
-        file.read_exact_at(&mut byte, HEADER_BYTES + offset).unwrap();
+        file.read_exact_at(&mut byte, HEADER_BYTES + offset)
+            .unwrap();
         byte[0] ^= 1;
         file.write_all_at(&byte, HEADER_BYTES + offset).unwrap();
     }
