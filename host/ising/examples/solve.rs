@@ -23,10 +23,18 @@ fn main() -> ExitCode {
         let a = args[k].as_str();
         let value = |k: usize| args.get(k + 1).cloned();
         let parsed = match a {
-            "--sweeps" => value(k).and_then(|v| v.parse().ok()).map(|v| params.sweeps = v),
-            "--reads" => value(k).and_then(|v| v.parse().ok()).map(|v| params.reads = v),
-            "--seed" => value(k).and_then(|v| v.parse().ok()).map(|v| params.seed = v),
-            "--threads" => value(k).and_then(|v| v.parse().ok()).map(|v| params.threads = v),
+            "--sweeps" => value(k)
+                .and_then(|v| v.parse().ok())
+                .map(|v| params.sweeps = v),
+            "--reads" => value(k)
+                .and_then(|v| v.parse().ok())
+                .map(|v| params.reads = v),
+            "--seed" => value(k)
+                .and_then(|v| v.parse().ok())
+                .map(|v| params.seed = v),
+            "--threads" => value(k)
+                .and_then(|v| v.parse().ok())
+                .map(|v| params.threads = v),
             "--beta-range" => {
                 let hot = value(k).and_then(|v| v.parse::<f64>().ok());
                 let cold = value(k + 1).and_then(|v| v.parse::<f64>().ok());
@@ -64,7 +72,10 @@ fn main() -> ExitCode {
             if !keep_state {
                 report.state.clear();
             }
-            println!("{}", serde_json::to_string(&report).expect("a report always serializes"));
+            println!(
+                "{}",
+                serde_json::to_string(&report).expect("a report always serializes")
+            );
             ExitCode::SUCCESS
         }
         Err(e) => {

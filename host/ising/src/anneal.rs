@@ -56,7 +56,15 @@ pub struct Params {
 
 impl Default for Params {
     fn default() -> Self {
-        Self { sweeps: 1000, reads: 10, seed: 0, threads: 1, beta_range: None, polish: true, measure_time: true }
+        Self {
+            sweeps: 1000,
+            reads: 10,
+            seed: 0,
+            threads: 1,
+            beta_range: None,
+            polish: true,
+            measure_time: true,
+        }
     }
 }
 
@@ -70,7 +78,9 @@ pub enum AnnealError {
     #[error("threads must be at least 1")]
     NoThreads,
     /// The β range given is not two positive finite numbers.
-    #[error("beta range ({0}, {1}) is invalid: give two positive finite numbers, hot (smaller) first")]
+    #[error(
+        "beta range ({0}, {1}) is invalid: give two positive finite numbers, hot (smaller) first"
+    )]
     BadBetaRange(f64, f64),
 }
 
@@ -144,7 +154,11 @@ impl Metropolis {
             .map(|k| {
                 let upper_u = (k + 1) as f64 / BUCKETS as f64;
                 let lo = -upper_u.ln() * (1.0 - 1e-9);
-                let hi = if k == 0 { f64::INFINITY } else { -((k as f64) / BUCKETS as f64).ln() * (1.0 + 1e-9) + 1e-12 };
+                let hi = if k == 0 {
+                    f64::INFINITY
+                } else {
+                    -((k as f64) / BUCKETS as f64).ln() * (1.0 + 1e-9) + 1e-12
+                };
                 [lo, hi]
             })
             .collect();
@@ -228,7 +242,10 @@ struct Entry<V> {
 enum Adjacency<V> {
     /// CSR: the neighbours of `i` are `entries[row[i]..row[i+1]]`; every
     /// `col` is below the number of spins (checked when built).
-    Sparse { row: Vec<usize>, entries: Vec<Entry<V>> },
+    Sparse {
+        row: Vec<usize>,
+        entries: Vec<Entry<V>>,
+    },
     /// Row-major `n × n` with a zero diagonal.
     Dense { n: usize, m: Vec<V> },
 }
@@ -260,7 +277,11 @@ fn integer_quantum(model: &IsingModel) -> Option<f64> {
         row_sum[c.j as usize] += c.value.abs();
     }
     let max_sum = row_sum.iter().copied().fold(0.0f64, f64::max);
-    let mut coefficients = model.fields().iter().copied().chain(model.couplings().iter().map(|c| c.value));
+    let mut coefficients = model
+        .fields()
+        .iter()
+        .copied()
+        .chain(model.couplings().iter().map(|c| c.value));
     // The coarsest q in 1, 1/2, ..., 2^-20 that divides every coefficient.
     let mut q = 1.0f64;
     for _ in 0..=20 {
@@ -297,7 +318,13 @@ impl<V: Num> Kernel<V> {
                 row[i + 1] += row[i];
             }
             let mut next = row.clone();
-            let mut entries = vec![Entry { col: 0, val: V::ZERO }; 2 * e];
+            let mut entries = vec![
+                Entry {
+                    col: 0,
+                    val: V::ZERO
+                };
+                2 * e
+            ];
             for c in model.couplings() {
                 // Sparse rows hold 2J: a flip changes a neighbour's field by ±2J.
                 let v = V::TWO * convert(c.value);
@@ -378,10 +405,24 @@ impl<V: Num> Kernel<V> {
     }
 
     /// One read: random start, the β schedule, then the greedy polish.
-    fn read(&self, betas: &[f64], table: &Metropolis, seed: u64, polish: bool) -> (Vec<i8>, u64, u64) {
+    fn read(
+        &self,
+        betas: &[f64],
+        table: &Metropolis,
+        seed: u64,
+        polish: bool,
+    ) -> (Vec<i8>, u64, u64) {
         let n = self.len();
         let mut rng = Rng::new(seed);
-        let mut s: Vec<V> = (0..n).map(|_| if rng.next_u64() >> 63 == 1 { V::ONE } else { -V::ONE }).collect();
+        let mut s: Vec<V> = (0..n)
+            .map(|_| {
+                if rng.next_u64() >> 63 == 1 {
+                    V::ONE
+                } else {
+                    -V::ONE
+                }
+            })
+            .collect();
         let mut f = vec![V::ZERO; n];
         self.fields(&s, &mut f);
         let mut accepted = 0u64;
@@ -428,7 +469,10 @@ impl<V: Num> Kernel<V> {
                 }
             }
         }
-        let state = s.iter().map(|&v| if v > V::ZERO { 1 } else { -1 }).collect();
+        let state = s
+            .iter()
+            .map(|&v| if v > V::ZERO { 1 } else { -1 })
+            .collect();
         (state, accepted, polish_flips)
     }
 }
@@ -448,7 +492,13 @@ impl Compiled {
         }
     }
 
-    fn read(&self, betas: &[f64], table: &Metropolis, seed: u64, polish: bool) -> (Vec<i8>, u64, u64) {
+    fn read(
+        &self,
+        betas: &[f64],
+        table: &Metropolis,
+        seed: u64,
+        polish: bool,
+    ) -> (Vec<i8>, u64, u64) {
         match self {
             Compiled::Float(k) => k.read(betas, table, seed, polish),
             Compiled::Int(k) => k.read(betas, table, seed, polish),
@@ -560,9 +610,20 @@ pub fn anneal(model: &IsingModel, params: &Params) -> Result<Solution, AnnealErr
     let table = Metropolis::new();
     let threads = params.threads.min(params.reads);
     let run = |r: usize| {
-        let (state, accepted, polish_flips) = compiled.read(&betas, &table, stream_seed(params.seed, r as u64), params.polish);
+        let (state, accepted, polish_flips) = compiled.read(
+            &betas,
+            &table,
+            stream_seed(params.seed, r as u64),
+            params.polish,
+        );
         let energy = model.energy(&state);
-        ReadResult { state, energy, attempts: (model.len() * betas.len()) as u64, accepted, polish_flips }
+        ReadResult {
+            state,
+            energy,
+            attempts: (model.len() * betas.len()) as u64,
+            accepted,
+            polish_flips,
+        }
     };
     let mut results: Vec<Option<ReadResult>> = (0..params.reads).map(|_| None).collect();
     if threads <= 1 {
@@ -573,15 +634,28 @@ pub fn anneal(model: &IsingModel, params: &Params) -> Result<Solution, AnnealErr
         let run = &run;
         let per_thread: Vec<Vec<(usize, ReadResult)>> = std::thread::scope(|scope| {
             let handles: Vec<_> = (0..threads)
-                .map(|t| scope.spawn(move || (t..params.reads).step_by(threads).map(|r| (r, run(r))).collect::<Vec<_>>()))
+                .map(|t| {
+                    scope.spawn(move || {
+                        (t..params.reads)
+                            .step_by(threads)
+                            .map(|r| (r, run(r)))
+                            .collect::<Vec<_>>()
+                    })
+                })
                 .collect();
-            handles.into_iter().map(|h| h.join().expect("an annealing thread panicked")).collect()
+            handles
+                .into_iter()
+                .map(|h| h.join().expect("an annealing thread panicked"))
+                .collect()
         });
         for (r, res) in per_thread.into_iter().flatten() {
             results[r] = Some(res);
         }
     }
-    let results: Vec<ReadResult> = results.into_iter().map(|r| r.expect("every read ran")).collect();
+    let results: Vec<ReadResult> = results
+        .into_iter()
+        .map(|r| r.expect("every read ran"))
+        .collect();
     let mut best = 0;
     for (r, res) in results.iter().enumerate() {
         if res.energy < results[best].energy {
@@ -599,7 +673,12 @@ pub fn anneal(model: &IsingModel, params: &Params) -> Result<Solution, AnnealErr
     };
     let read_energies = results.iter().map(|r| r.energy).collect();
     let best = results.into_iter().nth(best).expect("at least one read");
-    Ok(Solution { state: best.state, energy: best.energy, read_energies, stats })
+    Ok(Solution {
+        state: best.state,
+        energy: best.energy,
+        read_energies,
+        stats,
+    })
 }
 
 #[cfg(test)]
@@ -632,7 +711,9 @@ mod tests {
         let n = m.len();
         (0u32..1 << n)
             .map(|mask| {
-                let s: Vec<i8> = (0..n).map(|i| if (mask >> i) & 1 == 1 { 1 } else { -1 }).collect();
+                let s: Vec<i8> = (0..n)
+                    .map(|i| if (mask >> i) & 1 == 1 { 1 } else { -1 })
+                    .collect();
                 m.energy(&s)
             })
             .fold(f64::INFINITY, f64::min)
@@ -641,7 +722,15 @@ mod tests {
     #[test]
     fn antiferromagnetic_even_ring_ground_state() {
         let m = ring(20, 1.0);
-        let sol = anneal(&m, &Params { sweeps: 200, reads: 4, ..Params::default() }).unwrap();
+        let sol = anneal(
+            &m,
+            &Params {
+                sweeps: 200,
+                reads: 4,
+                ..Params::default()
+            },
+        )
+        .unwrap();
         assert_eq!(sol.energy, -20.0);
         for i in 0..20 {
             assert_ne!(sol.state[i], sol.state[(i + 1) % 20]);
@@ -653,7 +742,16 @@ mod tests {
         for seed in 0..6 {
             let m = random_model(14, 6, seed);
             let exact = brute_force_min(&m);
-            let sol = anneal(&m, &Params { sweeps: 300, reads: 8, seed, ..Params::default() }).unwrap();
+            let sol = anneal(
+                &m,
+                &Params {
+                    sweeps: 300,
+                    reads: 8,
+                    seed,
+                    ..Params::default()
+                },
+            )
+            .unwrap();
             assert_eq!(sol.energy, exact, "seed {seed}");
             assert_eq!(sol.energy, m.energy(&sol.state));
         }
@@ -662,10 +760,16 @@ mod tests {
     fn check_incremental<V: Num>(m: &IsingModel, k: &Kernel<V>) {
         let n = m.len();
         let mut rng = Rng::new(1);
-        let mut s: Vec<V> = (0..n).map(|_| if rng.below(2) == 0 { V::ONE } else { -V::ONE }).collect();
+        let mut s: Vec<V> = (0..n)
+            .map(|_| if rng.below(2) == 0 { V::ONE } else { -V::ONE })
+            .collect();
         let mut f = vec![V::ZERO; n];
         k.fields(&s, &mut f);
-        let spins = |s: &[V]| s.iter().map(|&v| if v > V::ZERO { 1 } else { -1 }).collect::<Vec<i8>>();
+        let spins = |s: &[V]| {
+            s.iter()
+                .map(|&v| if v > V::ZERO { 1 } else { -1 })
+                .collect::<Vec<i8>>()
+        };
         for _ in 0..500 {
             let i = rng.below(n as u64) as usize;
             let before = m.energy(&spins(&s));
@@ -711,7 +815,10 @@ mod tests {
         let float = Compiled::new(&m, false);
         assert!(matches!(int, Compiled::Int(_)) && matches!(float, Compiled::Float(_)));
         for seed in 0..3 {
-            assert_eq!(int.read(&betas, &table, seed, true), float.read(&betas, &table, seed, true));
+            assert_eq!(
+                int.read(&betas, &table, seed, true),
+                float.read(&betas, &table, seed, true)
+            );
         }
         // Real-valued coefficients have no quantum.
         let mut b = IsingModel::builder(2);
@@ -722,10 +829,22 @@ mod tests {
     #[test]
     fn same_seed_same_answer_for_every_thread_count() {
         let m = random_model(300, 8, 4);
-        let base = Params { sweeps: 50, reads: 7, seed: 42, ..Params::default() };
+        let base = Params {
+            sweeps: 50,
+            reads: 7,
+            seed: 42,
+            ..Params::default()
+        };
         let one = anneal(&m, &base).unwrap();
         for threads in [2, 3, 8] {
-            let other = anneal(&m, &Params { threads, ..base.clone() }).unwrap();
+            let other = anneal(
+                &m,
+                &Params {
+                    threads,
+                    ..base.clone()
+                },
+            )
+            .unwrap();
             assert_eq!(one.state, other.state);
             assert_eq!(one.read_energies, other.read_energies);
             assert_eq!(one.stats.flips_accepted, other.stats.flips_accepted);
@@ -768,10 +887,34 @@ mod tests {
     #[test]
     fn bad_params_and_empty_models() {
         let m = ring(4, 1.0);
-        assert_eq!(anneal(&m, &Params { reads: 0, ..Params::default() }), Err(AnnealError::NoReads));
-        assert_eq!(anneal(&m, &Params { threads: 0, ..Params::default() }), Err(AnnealError::NoThreads));
+        assert_eq!(
+            anneal(
+                &m,
+                &Params {
+                    reads: 0,
+                    ..Params::default()
+                }
+            ),
+            Err(AnnealError::NoReads)
+        );
+        assert_eq!(
+            anneal(
+                &m,
+                &Params {
+                    threads: 0,
+                    ..Params::default()
+                }
+            ),
+            Err(AnnealError::NoThreads)
+        );
         assert!(matches!(
-            anneal(&m, &Params { beta_range: Some((f64::NAN, 1.0)), ..Params::default() }),
+            anneal(
+                &m,
+                &Params {
+                    beta_range: Some((f64::NAN, 1.0)),
+                    ..Params::default()
+                }
+            ),
             Err(AnnealError::BadBetaRange(..))
         ));
         let mut b = IsingModel::builder(0);
@@ -784,7 +927,15 @@ mod tests {
         let flat = IsingModel::builder(5).build_ising().unwrap();
         assert_eq!(anneal(&flat, &Params::default()).unwrap().energy, 0.0);
         // Zero sweeps still polishes to a local minimum.
-        let sol = anneal(&ring(10, -1.0), &Params { sweeps: 0, reads: 1, ..Params::default() }).unwrap();
+        let sol = anneal(
+            &ring(10, -1.0),
+            &Params {
+                sweeps: 0,
+                reads: 1,
+                ..Params::default()
+            },
+        )
+        .unwrap();
         assert_eq!(sol.stats.flip_attempts, 0);
         assert!(sol.energy <= 0.0);
     }
@@ -793,7 +944,10 @@ mod tests {
     fn qubo_solves_through_its_ising_form() {
         // Minimise x0 + x1 - 3 x0 x1 + 2: the optimum is x = (1, 1), energy 1.
         let mut b = QuboModel::builder(2);
-        b.linear(0, 1.0).linear(1, 1.0).quadratic(0, 1, -3.0).offset(2.0);
+        b.linear(0, 1.0)
+            .linear(1, 1.0)
+            .quadratic(0, 1, -3.0)
+            .offset(2.0);
         let q = b.build_qubo().unwrap();
         let sol = anneal(&q.to_ising(), &Params::default()).unwrap();
         assert_eq!(sol.energy, 1.0);

@@ -66,7 +66,10 @@ pub enum Problem {
 }
 
 fn line_err(line: usize, message: impl Into<String>) -> ParseError {
-    ParseError::Line { line, message: message.into() }
+    ParseError::Line {
+        line,
+        message: message.into(),
+    }
 }
 
 /// The meaningful lines: (1-based number, fields), comments and blanks removed.
@@ -79,11 +82,14 @@ fn tokens(text: &str) -> impl Iterator<Item = (usize, Vec<&str>)> {
 }
 
 fn parse_count(line: usize, what: &str, s: &str) -> Result<usize, ParseError> {
-    s.parse::<usize>().map_err(|_| line_err(line, format!("{what} `{s}` is not a non-negative integer")))
+    s.parse::<usize>()
+        .map_err(|_| line_err(line, format!("{what} `{s}` is not a non-negative integer")))
 }
 
 fn parse_number(line: usize, what: &str, s: &str) -> Result<f64, ParseError> {
-    let v = s.parse::<f64>().map_err(|_| line_err(line, format!("{what} `{s}` is not a number")))?;
+    let v = s
+        .parse::<f64>()
+        .map_err(|_| line_err(line, format!("{what} `{s}` is not a number")))?;
     if !v.is_finite() {
         return Err(line_err(line, format!("{what} `{s}` is not finite")));
     }
@@ -101,13 +107,23 @@ pub fn parse_problem(text: &str) -> Result<Problem, ParseError> {
     let kind = header[0].to_ascii_lowercase();
     if kind == "qubo" || kind == "ising" {
         if header.len() != 2 {
-            return Err(line_err(hline, format!("the header should be `{kind} N` (N variables)")));
+            return Err(line_err(
+                hline,
+                format!("the header should be `{kind} N` (N variables)"),
+            ));
         }
         let n = parse_count(hline, "the number of variables", header[1])?;
         if n > VARIABLES_MAX {
-            return Err(line_err(hline, format!("{n} variables is more than the {VARIABLES_MAX} supported")));
+            return Err(line_err(
+                hline,
+                format!("{n} variables is more than the {VARIABLES_MAX} supported"),
+            ));
         }
-        let mut b = if kind == "qubo" { QuboModel::builder(n) } else { IsingModel::builder(n) };
+        let mut b = if kind == "qubo" {
+            QuboModel::builder(n)
+        } else {
+            IsingModel::builder(n)
+        };
         for (line, f) in lines {
             if f[0].eq_ignore_ascii_case("offset") {
                 if f.len() != 2 {
@@ -117,14 +133,20 @@ pub fn parse_problem(text: &str) -> Result<Problem, ParseError> {
                 continue;
             }
             if f.len() != 3 {
-                return Err(line_err(line, format!("expected `i j value` (3 fields), found {} fields", f.len())));
+                return Err(line_err(
+                    line,
+                    format!("expected `i j value` (3 fields), found {} fields", f.len()),
+                ));
             }
             let i = parse_count(line, "variable", f[0])?;
             let j = parse_count(line, "variable", f[1])?;
             let v = parse_number(line, "coefficient", f[2])?;
             for x in [i, j] {
                 if x >= n {
-                    return Err(line_err(line, format!("variable {x} is out of range: variables are 0..{n} (0-based)")));
+                    return Err(line_err(
+                        line,
+                        format!("variable {x} is out of range: variables are 0..{n} (0-based)"),
+                    ));
                 }
             }
             if i == j {
@@ -133,15 +155,25 @@ pub fn parse_problem(text: &str) -> Result<Problem, ParseError> {
                 b.quadratic(i, j, v);
             }
         }
-        return Ok(if kind == "qubo" { Problem::Qubo(b.build_qubo()?) } else { Problem::Ising(b.build_ising()?) });
+        return Ok(if kind == "qubo" {
+            Problem::Qubo(b.build_qubo()?)
+        } else {
+            Problem::Ising(b.build_ising()?)
+        });
     }
     if header.len() != 2 {
-        return Err(line_err(hline, "the header should be `N E` (max-cut edge list), `qubo N` or `ising N`"));
+        return Err(line_err(
+            hline,
+            "the header should be `N E` (max-cut edge list), `qubo N` or `ising N`",
+        ));
     }
     let nodes = parse_count(hline, "the number of nodes", header[0])?;
     let edges = parse_count(hline, "the number of edges", header[1])?;
     if nodes > VARIABLES_MAX {
-        return Err(line_err(hline, format!("{nodes} nodes is more than the {VARIABLES_MAX} supported")));
+        return Err(line_err(
+            hline,
+            format!("{nodes} nodes is more than the {VARIABLES_MAX} supported"),
+        ));
     }
     let mut b = IsingModel::builder(nodes);
     let mut seen = 0usize;
@@ -149,31 +181,53 @@ pub fn parse_problem(text: &str) -> Result<Problem, ParseError> {
     for (line, f) in lines {
         last_line = line;
         if f.len() != 3 {
-            return Err(line_err(line, format!("expected an edge `i j w` (3 fields), found {} fields", f.len())));
+            return Err(line_err(
+                line,
+                format!(
+                    "expected an edge `i j w` (3 fields), found {} fields",
+                    f.len()
+                ),
+            ));
         }
         let i = parse_count(line, "node", f[0])?;
         let j = parse_count(line, "node", f[1])?;
         let w = parse_number(line, "weight", f[2])?;
         for x in [i, j] {
             if x == 0 || x > nodes {
-                return Err(line_err(line, format!("node {x} is out of range: nodes are 1..={nodes} (1-based)")));
+                return Err(line_err(
+                    line,
+                    format!("node {x} is out of range: nodes are 1..={nodes} (1-based)"),
+                ));
             }
         }
         if i == j {
-            return Err(line_err(line, format!("edge {i} {i} is a self-loop, which no cut can contain: remove it")));
+            return Err(line_err(
+                line,
+                format!("edge {i} {i} is a self-loop, which no cut can contain: remove it"),
+            ));
         }
         seen += 1;
         if seen > edges {
-            return Err(line_err(line, format!("more edges than the {edges} the header declares")));
+            return Err(line_err(
+                line,
+                format!("more edges than the {edges} the header declares"),
+            ));
         }
         // w (s_i s_j - 1) / 2 is -w when the edge is cut and 0 otherwise.
         b.quadratic(i - 1, j - 1, w / 2.0);
         b.offset(-w / 2.0);
     }
     if seen != edges {
-        return Err(line_err(last_line, format!("the header declares {edges} edges but the file has {seen}")));
+        return Err(line_err(
+            last_line,
+            format!("the header declares {edges} edges but the file has {seen}"),
+        ));
     }
-    Ok(Problem::MaxCut { nodes, edges, model: b.build_ising()? })
+    Ok(Problem::MaxCut {
+        nodes,
+        edges,
+        model: b.build_ising()?,
+    })
 }
 
 /// Reads and parses a model file.
@@ -254,7 +308,13 @@ pub fn solve_problem(problem: &Problem, params: &Params) -> Result<SolveReport, 
         // `0.0 - e` rather than `-e` so an empty graph reports a cut of 0, not -0.
         Problem::MaxCut { .. } => (Some(0.0 - sol.energy), sol.state.clone()),
         Problem::Ising(_) => (None, sol.state.clone()),
-        Problem::Qubo(_) => (None, spins_to_bits(&sol.state).into_iter().map(|b| b as i8).collect()),
+        Problem::Qubo(_) => (
+            None,
+            spins_to_bits(&sol.state)
+                .into_iter()
+                .map(|b| b as i8)
+                .collect(),
+        ),
     };
     Ok(SolveReport {
         format,
@@ -292,7 +352,15 @@ mod tests {
         // 4-cycle 1-2-3-4 plus diagonal 1-3: the best cut separates {1,3}
         // from {2,4} and cuts the 4 cycle edges (weight 4).
         let text = "# a square\n4 5\n1 2 1\n2 3 1\n3 4 1\n4 1 1\n1 3 1\n";
-        let report = solve_text(text, &Params { sweeps: 100, reads: 4, ..Params::default() }).unwrap();
+        let report = solve_text(
+            text,
+            &Params {
+                sweeps: 100,
+                reads: 4,
+                ..Params::default()
+            },
+        )
+        .unwrap();
         assert_eq!(report.format, "maxcut");
         assert_eq!(report.cut, Some(4.0));
         assert_eq!(report.energy, -4.0);
@@ -323,13 +391,22 @@ mod tests {
     #[test]
     fn errors_name_the_line() {
         assert!(matches!(parse_problem(""), Err(ParseError::Empty)));
-        assert!(matches!(parse_problem("# only a comment\n\n"), Err(ParseError::Empty)));
-        assert_eq!(line_of(parse_problem("3 2\n1 2 1\n1 x 1\n").unwrap_err()), 3);
+        assert!(matches!(
+            parse_problem("# only a comment\n\n"),
+            Err(ParseError::Empty)
+        ));
+        assert_eq!(
+            line_of(parse_problem("3 2\n1 2 1\n1 x 1\n").unwrap_err()),
+            3
+        );
         assert_eq!(line_of(parse_problem("3 1\n\n1 4 1\n").unwrap_err()), 3);
         assert_eq!(line_of(parse_problem("3 1\n1 0 1\n").unwrap_err()), 2);
         assert_eq!(line_of(parse_problem("3 1\n2 2 1\n").unwrap_err()), 2);
         assert_eq!(line_of(parse_problem("3 2\n1 2 1\n").unwrap_err()), 2);
-        assert_eq!(line_of(parse_problem("3 1\n1 2 1\n2 3 1\n").unwrap_err()), 3);
+        assert_eq!(
+            line_of(parse_problem("3 1\n1 2 1\n2 3 1\n").unwrap_err()),
+            3
+        );
         assert_eq!(line_of(parse_problem("3 1\n1 2 nan\n").unwrap_err()), 2);
         assert_eq!(line_of(parse_problem("3 1\n1 2\n").unwrap_err()), 2);
         assert_eq!(line_of(parse_problem("qubo 2\n0 2 1\n").unwrap_err()), 2);
@@ -349,6 +426,13 @@ mod tests {
         let r = solve_text("qubo 0\noffset 3\n", &Params::default()).unwrap();
         assert_eq!(r.energy, 3.0);
         let r = read_problem("2 1\n1 2 2.5\n".as_bytes()).unwrap();
-        assert!(matches!(r, Problem::MaxCut { nodes: 2, edges: 1, .. }));
+        assert!(matches!(
+            r,
+            Problem::MaxCut {
+                nodes: 2,
+                edges: 1,
+                ..
+            }
+        ));
     }
 }

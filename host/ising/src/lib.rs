@@ -32,5 +32,10 @@ pub mod placement;
 pub mod rng;
 
 pub use anneal::{anneal, auto_beta_range, AnnealError, Params, Solution, Stats};
-pub use format::{parse_problem, read_problem, solve_problem, solve_text, ParseError, Problem, SolveError, SolveReport};
-pub use model::{bits_to_spins, spins_to_bits, Coupling, IsingModel, ModelBuilder, ModelError, QuboModel};
+pub use format::{
+    parse_problem, read_problem, solve_problem, solve_text, ParseError, Problem, SolveError,
+    SolveReport,
+};
+pub use model::{
+    bits_to_spins, spins_to_bits, Coupling, IsingModel, ModelBuilder, ModelError, QuboModel,
+};

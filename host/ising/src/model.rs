@@ -26,7 +26,9 @@ pub enum ModelError {
         variables: usize,
     },
     /// A coefficient is NaN or infinite.
-    #[error("coefficient of term ({i}, {j}) is {value}: every coefficient must be a finite number")]
+    #[error(
+        "coefficient of term ({i}, {j}) is {value}: every coefficient must be a finite number"
+    )]
     NotFinite {
         /// First variable of the term.
         i: usize,
@@ -75,9 +77,21 @@ pub struct ModelBuilder {
 
 impl ModelBuilder {
     fn new(kind: Kind, variables: usize) -> Self {
-        let error = (variables > u32::MAX as usize).then_some(ModelError::TooManyVariables(variables));
-        let linear = if error.is_some() { Vec::new() } else { vec![0.0; variables] };
-        Self { kind, variables, linear, quadratic: BTreeMap::new(), offset: 0.0, error }
+        let error =
+            (variables > u32::MAX as usize).then_some(ModelError::TooManyVariables(variables));
+        let linear = if error.is_some() {
+            Vec::new()
+        } else {
+            vec![0.0; variables]
+        };
+        Self {
+            kind,
+            variables,
+            linear,
+            quadratic: BTreeMap::new(),
+            offset: 0.0,
+            error,
+        }
     }
 
     fn fail(&mut self, e: ModelError) {
@@ -88,7 +102,10 @@ impl ModelBuilder {
 
     fn check_index(&mut self, index: usize) -> bool {
         if index >= self.variables {
-            self.fail(ModelError::IndexOutOfRange { index, variables: self.variables });
+            self.fail(ModelError::IndexOutOfRange {
+                index,
+                variables: self.variables,
+            });
             return false;
         }
         true
@@ -122,7 +139,11 @@ impl ModelBuilder {
             }
             return self;
         }
-        let key = if i < j { (i as u32, j as u32) } else { (j as u32, i as u32) };
+        let key = if i < j {
+            (i as u32, j as u32)
+        } else {
+            (j as u32, i as u32)
+        };
         *self.quadratic.entry(key).or_insert(0.0) += value;
         self
     }
@@ -150,7 +171,11 @@ impl ModelBuilder {
         // Sums of finite values can still overflow to infinity.
         for c in &couplings {
             if !c.value.is_finite() {
-                return Err(ModelError::NotFinite { i: c.i as usize, j: c.j as usize, value: c.value });
+                return Err(ModelError::NotFinite {
+                    i: c.i as usize,
+                    j: c.j as usize,
+                    value: c.value,
+                });
             }
         }
         for (i, &v) in self.linear.iter().enumerate() {
@@ -161,21 +186,33 @@ impl ModelBuilder {
         if !self.offset.is_finite() {
             return Err(ModelError::OffsetNotFinite(self.offset));
         }
-        Ok(Parts { linear: self.linear, couplings, offset: self.offset })
+        Ok(Parts {
+            linear: self.linear,
+            couplings,
+            offset: self.offset,
+        })
     }
 
     /// Builds an Ising model (for a builder from [`IsingModel::builder`]).
     pub fn build_ising(self) -> Result<IsingModel, ModelError> {
         assert_eq!(self.kind, Kind::Ising, "build_ising on a QUBO builder");
         let p = self.finish()?;
-        Ok(IsingModel { h: p.linear, couplings: p.couplings, offset: p.offset })
+        Ok(IsingModel {
+            h: p.linear,
+            couplings: p.couplings,
+            offset: p.offset,
+        })
     }
 
     /// Builds a QUBO (for a builder from [`QuboModel::builder`]).
     pub fn build_qubo(self) -> Result<QuboModel, ModelError> {
         assert_eq!(self.kind, Kind::Qubo, "build_qubo on an Ising builder");
         let p = self.finish()?;
-        Ok(QuboModel { linear: p.linear, couplings: p.couplings, offset: p.offset })
+        Ok(QuboModel {
+            linear: p.linear,
+            couplings: p.couplings,
+            offset: p.offset,
+        })
     }
 }
 
@@ -270,7 +307,11 @@ impl IsingModel {
     /// If `spins.len()` differs from the number of variables (a caller bug).
     #[must_use]
     pub fn energy(&self, spins: &[i8]) -> f64 {
-        assert_eq!(spins.len(), self.len(), "state length differs from the number of variables");
+        assert_eq!(
+            spins.len(),
+            self.len(),
+            "state length differs from the number of variables"
+        );
         let sign = |s: i8| if s > 0 { 1.0 } else { -1.0 };
         let mut e = Sum::default();
         e.add(self.offset);
@@ -306,9 +347,17 @@ impl IsingModel {
             linear[c.i as usize].add(-2.0 * c.value);
             linear[c.j as usize].add(-2.0 * c.value);
             offset.add(c.value);
-            couplings.push(Coupling { i: c.i, j: c.j, value: 4.0 * c.value });
+            couplings.push(Coupling {
+                i: c.i,
+                j: c.j,
+                value: 4.0 * c.value,
+            });
         }
-        QuboModel { linear: linear.into_iter().map(Sum::value).collect(), couplings, offset: offset.value() }
+        QuboModel {
+            linear: linear.into_iter().map(Sum::value).collect(),
+            couplings,
+            offset: offset.value(),
+        }
     }
 }
 
@@ -355,7 +404,11 @@ impl QuboModel {
     /// If `bits.len()` differs from the number of variables (a caller bug).
     #[must_use]
     pub fn energy(&self, bits: &[u8]) -> f64 {
-        assert_eq!(bits.len(), self.len(), "state length differs from the number of variables");
+        assert_eq!(
+            bits.len(),
+            self.len(),
+            "state length differs from the number of variables"
+        );
         let mut e = Sum::default();
         e.add(self.offset);
         for (i, &q) in self.linear.iter().enumerate() {
@@ -395,9 +448,17 @@ impl QuboModel {
             h[c.i as usize].add(quarter);
             h[c.j as usize].add(quarter);
             offset.add(quarter);
-            couplings.push(Coupling { i: c.i, j: c.j, value: quarter });
+            couplings.push(Coupling {
+                i: c.i,
+                j: c.j,
+                value: quarter,
+            });
         }
-        IsingModel { h: h.into_iter().map(Sum::value).collect(), couplings, offset: offset.value() }
+        IsingModel {
+            h: h.into_iter().map(Sum::value).collect(),
+            couplings,
+            offset: offset.value(),
+        }
     }
 }
 
@@ -474,9 +535,20 @@ mod tests {
     #[test]
     fn builder_merges_and_folds_self_terms() {
         let mut b = QuboModel::builder(3);
-        b.quadratic(2, 0, 1.5).quadratic(0, 2, 0.5).quadratic(1, 1, 4.0).quadratic(0, 1, 1.0).quadratic(1, 0, -1.0);
+        b.quadratic(2, 0, 1.5)
+            .quadratic(0, 2, 0.5)
+            .quadratic(1, 1, 4.0)
+            .quadratic(0, 1, 1.0)
+            .quadratic(1, 0, -1.0);
         let q = b.build_qubo().unwrap();
-        assert_eq!(q.couplings(), &[Coupling { i: 0, j: 2, value: 2.0 }]);
+        assert_eq!(
+            q.couplings(),
+            &[Coupling {
+                i: 0,
+                j: 2,
+                value: 2.0
+            }]
+        );
         assert_eq!(q.linear_terms(), &[0.0, 4.0, 0.0]);
         let mut b = IsingModel::builder(2);
         b.quadratic(1, 1, 3.0);
@@ -489,13 +561,22 @@ mod tests {
     fn builder_rejects_bad_terms() {
         let mut b = QuboModel::builder(2);
         b.linear(5, 1.0);
-        assert_eq!(b.build_qubo(), Err(ModelError::IndexOutOfRange { index: 5, variables: 2 }));
+        assert_eq!(
+            b.build_qubo(),
+            Err(ModelError::IndexOutOfRange {
+                index: 5,
+                variables: 2
+            })
+        );
         let mut b = IsingModel::builder(2);
         b.quadratic(0, 1, f64::NAN);
         assert!(matches!(b.build_ising(), Err(ModelError::NotFinite { .. })));
         let mut b = IsingModel::builder(2);
         b.offset(f64::INFINITY);
-        assert!(matches!(b.build_ising(), Err(ModelError::OffsetNotFinite(_))));
+        assert!(matches!(
+            b.build_ising(),
+            Err(ModelError::OffsetNotFinite(_))
+        ));
         let mut b = IsingModel::builder(2);
         b.linear(0, f64::MAX).linear(0, f64::MAX);
         assert!(matches!(b.build_ising(), Err(ModelError::NotFinite { .. })));

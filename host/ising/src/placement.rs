@@ -60,8 +60,16 @@ pub struct Location {
 
 impl Location {
     /// A location from its three names.
-    pub fn new(datacenter: impl Into<String>, rack: impl Into<String>, server: impl Into<String>) -> Self {
-        Self { datacenter: datacenter.into(), rack: rack.into(), server: server.into() }
+    pub fn new(
+        datacenter: impl Into<String>,
+        rack: impl Into<String>,
+        server: impl Into<String>,
+    ) -> Self {
+        Self {
+            datacenter: datacenter.into(),
+            rack: rack.into(),
+            server: server.into(),
+        }
     }
 
     /// Same server 0, same rack 1, same datacenter 10, elsewhere 100.
@@ -136,7 +144,12 @@ pub struct Weights {
 
 impl Default for Weights {
     fn default() -> Self {
-        Self { cold_start: 10.0, data: 1.0, topology: 1.0, balance: 1.0 }
+        Self {
+            cold_start: 10.0,
+            data: 1.0,
+            topology: 1.0,
+            balance: 1.0,
+        }
     }
 }
 
@@ -166,7 +179,13 @@ pub struct PlacementParams {
 
 impl Default for PlacementParams {
     fn default() -> Self {
-        Self { sweeps: 200, reads: 1, seed: 0, solver: Solver::Structured, measure_time: true }
+        Self {
+            sweeps: 200,
+            reads: 1,
+            seed: 0,
+            solver: Solver::Structured,
+            measure_time: true,
+        }
     }
 }
 
@@ -312,9 +331,17 @@ fn gcd(a: u64, b: u64) -> u64 {
 
 impl Quantized {
     fn new(free: &[u64], demand: &[u64]) -> Self {
-        let g = free.iter().chain(demand).fold(0u64, |g, &v| gcd(g, v)).max(1);
+        let g = free
+            .iter()
+            .chain(demand)
+            .fold(0u64, |g, &v| gcd(g, v))
+            .max(1);
         let max = free.iter().chain(demand).copied().max().unwrap_or(0);
-        let unit = if max / g <= UNITS_MAX { g } else { max.div_ceil(UNITS_MAX) };
+        let unit = if max / g <= UNITS_MAX {
+            g
+        } else {
+            max.div_ceil(UNITS_MAX)
+        };
         Self {
             unit,
             free: free.iter().map(|&f| (f / unit) as i64).collect(),
@@ -348,7 +375,11 @@ impl PlacementProblem {
     ///
     /// An empty batch is valid (its placement is empty). An executor with
     /// zero capacity simply receives nothing.
-    pub fn new(invocations: Vec<Invocation>, executors: Vec<Executor>, weights: Weights) -> Result<Self, PlacementError> {
+    pub fn new(
+        invocations: Vec<Invocation>,
+        executors: Vec<Executor>,
+        weights: Weights,
+    ) -> Result<Self, PlacementError> {
         for (name, value) in [
             ("cold_start", weights.cold_start),
             ("data", weights.data),
@@ -363,25 +394,57 @@ impl PlacementProblem {
             return Err(PlacementError::NoExecutors);
         }
         let ne = executors.len();
-        let free_slots: Vec<u64> = executors.iter().map(|e| u64::from(e.slots.saturating_sub(e.load_slots))).collect();
-        let free_mem: Vec<u64> = executors.iter().map(|e| e.memory_bytes.saturating_sub(e.load_memory_bytes)).collect();
+        let free_slots: Vec<u64> = executors
+            .iter()
+            .map(|e| u64::from(e.slots.saturating_sub(e.load_slots)))
+            .collect();
+        let free_mem: Vec<u64> = executors
+            .iter()
+            .map(|e| e.memory_bytes.saturating_sub(e.load_memory_bytes))
+            .collect();
         for t in &invocations {
             if t.replicas == 0 {
                 return Err(PlacementError::ZeroReplicas(t.id.clone()));
             }
         }
-        let needed_slots: u128 = invocations.iter().map(|t| u128::from(t.slots) * u128::from(t.replicas)).sum();
+        let needed_slots: u128 = invocations
+            .iter()
+            .map(|t| u128::from(t.slots) * u128::from(t.replicas))
+            .sum();
         let free_total: u128 = free_slots.iter().map(|&v| u128::from(v)).sum();
         if needed_slots > free_total {
-            return Err(PlacementError::Overcommitted { resource: "slots", needed: needed_slots, free: free_total });
+            return Err(PlacementError::Overcommitted {
+                resource: "slots",
+                needed: needed_slots,
+                free: free_total,
+            });
         }
-        let needed_mem: u128 = invocations.iter().map(|t| u128::from(t.memory_bytes) * u128::from(t.replicas)).sum();
+        let needed_mem: u128 = invocations
+            .iter()
+            .map(|t| u128::from(t.memory_bytes) * u128::from(t.replicas))
+            .sum();
         let free_mem_total: u128 = free_mem.iter().map(|&v| u128::from(v)).sum();
         if needed_mem > free_mem_total {
-            return Err(PlacementError::Overcommitted { resource: "memory bytes", needed: needed_mem, free: free_mem_total });
+            return Err(PlacementError::Overcommitted {
+                resource: "memory bytes",
+                needed: needed_mem,
+                free: free_mem_total,
+            });
         }
-        let slots = Quantized::new(&free_slots, &invocations.iter().map(|t| u64::from(t.slots)).collect::<Vec<_>>());
-        let memory = Quantized::new(&free_mem, &invocations.iter().map(|t| t.memory_bytes).collect::<Vec<_>>());
+        let slots = Quantized::new(
+            &free_slots,
+            &invocations
+                .iter()
+                .map(|t| u64::from(t.slots))
+                .collect::<Vec<_>>(),
+        );
+        let memory = Quantized::new(
+            &free_mem,
+            &invocations
+                .iter()
+                .map(|t| t.memory_bytes)
+                .collect::<Vec<_>>(),
+        );
         let mut domain_ids = BTreeMap::new();
         let domain: Vec<usize> = executors
             .iter()
@@ -399,7 +462,12 @@ impl PlacementProblem {
         }
         let fetch = |b: &str, e: usize| -> f64 {
             match holders.get(b) {
-                Some(hs) => f64::from(hs.iter().map(|&h| executors[e].location.distance(&executors[h].location)).min().unwrap_or(100)),
+                Some(hs) => f64::from(
+                    hs.iter()
+                        .map(|&h| executors[e].location.distance(&executors[h].location))
+                        .min()
+                        .unwrap_or(100),
+                ),
                 None => 100.0,
             }
         };
@@ -417,9 +485,23 @@ impl PlacementProblem {
                     continue;
                 }
                 el.push(ei);
-                let cold = if e.warm_tools.contains(&t.tool) { 0.0 } else { weights.cold_start };
-                let data: f64 = t.blobs.iter().filter(|b| !e.blobs.contains(*b)).map(|b| fetch(b, ei)).sum::<f64>() * weights.data;
-                let topo = t.origin.as_ref().map_or(0.0, |o| f64::from(o.distance(&e.location))) * weights.topology;
+                let cold = if e.warm_tools.contains(&t.tool) {
+                    0.0
+                } else {
+                    weights.cold_start
+                };
+                let data: f64 = t
+                    .blobs
+                    .iter()
+                    .filter(|b| !e.blobs.contains(*b))
+                    .map(|b| fetch(b, ei))
+                    .sum::<f64>()
+                    * weights.data;
+                let topo = t
+                    .origin
+                    .as_ref()
+                    .map_or(0.0, |o| f64::from(o.distance(&e.location)))
+                    * weights.topology;
                 cost[ti * ne + ei] = cold + data + topo;
             }
             if el.is_empty() {
@@ -445,10 +527,23 @@ impl PlacementProblem {
             eligible.push(el);
         }
         let capacity: Vec<f64> = executors.iter().map(|e| f64::from(e.slots)).collect();
-        let mut problem = Self { invocations, executors, weights, eligible, cost, domain, slots, memory, capacity, penalty: 0.0 };
+        let mut problem = Self {
+            invocations,
+            executors,
+            weights,
+            eligible,
+            cost,
+            domain,
+            slots,
+            memory,
+            capacity,
+            penalty: 0.0,
+        };
         problem.penalty = problem.objective_coefficient_bound() + 1.0;
         if !problem.penalty.is_finite() {
-            return Err(PlacementError::Params("the objective's coefficients overflow: use smaller weights".into()));
+            return Err(PlacementError::Params(
+                "the objective's coefficients overflow: use smaller weights".into(),
+            ));
         }
         Ok(problem)
     }
@@ -498,8 +593,16 @@ impl PlacementProblem {
     fn cost_parts(&self, t: usize, e: usize) -> (f64, f64, f64) {
         let inv = &self.invocations[t];
         let ex = &self.executors[e];
-        let cold = if ex.warm_tools.contains(&inv.tool) { 0.0 } else { self.weights.cold_start };
-        let topo = inv.origin.as_ref().map_or(0.0, |o| f64::from(o.distance(&ex.location))) * self.weights.topology;
+        let cold = if ex.warm_tools.contains(&inv.tool) {
+            0.0
+        } else {
+            self.weights.cold_start
+        };
+        let topo = inv
+            .origin
+            .as_ref()
+            .map_or(0.0, |o| f64::from(o.distance(&ex.location)))
+            * self.weights.topology;
         let total = self.cost[t * self.ne() + e];
         (cold, total - cold - topo, topo)
     }
@@ -548,7 +651,11 @@ impl PlacementProblem {
     /// executor that does not exist (caller bugs).
     #[must_use]
     pub fn breakdown(&self, assignment: &[Vec<usize>]) -> EnergyBreakdown {
-        assert_eq!(assignment.len(), self.invocations.len(), "one executor list per invocation");
+        assert_eq!(
+            assignment.len(),
+            self.invocations.len(),
+            "one executor list per invocation"
+        );
         let ne = self.ne();
         let mut b = EnergyBreakdown::default();
         let mut used_slots = vec![0i64; ne];
@@ -589,7 +696,11 @@ impl PlacementProblem {
         }
         b.penalty_slots += ineligible;
         b.objective = b.cold_start + b.data + b.topology + b.balance;
-        b.total = b.objective + b.penalty_replicas + b.penalty_slots + b.penalty_memory + b.penalty_failure_domain;
+        b.total = b.objective
+            + b.penalty_replicas
+            + b.penalty_slots
+            + b.penalty_memory
+            + b.penalty_failure_domain;
         b
     }
 
@@ -597,7 +708,11 @@ impl PlacementProblem {
     /// Hamiltonian's rounded units). `Err` says the first violation found.
     pub fn check(&self, assignment: &[Vec<usize>]) -> Result<(), String> {
         if assignment.len() != self.invocations.len() {
-            return Err(format!("{} executor lists for {} invocations", assignment.len(), self.invocations.len()));
+            return Err(format!(
+                "{} executor lists for {} invocations",
+                assignment.len(),
+                self.invocations.len()
+            ));
         }
         let ne = self.ne();
         let mut slots = vec![0u64; ne];
@@ -605,15 +720,26 @@ impl PlacementProblem {
         for (t, execs) in assignment.iter().enumerate() {
             let inv = &self.invocations[t];
             if execs.len() != inv.replicas as usize {
-                return Err(format!("invocation `{}` has {} copies, wants {}", inv.id, execs.len(), inv.replicas));
+                return Err(format!(
+                    "invocation `{}` has {} copies, wants {}",
+                    inv.id,
+                    execs.len(),
+                    inv.replicas
+                ));
             }
             let mut domains = BTreeSet::new();
             for &e in execs {
                 if e >= ne {
-                    return Err(format!("invocation `{}` names executor {e}, which does not exist", inv.id));
+                    return Err(format!(
+                        "invocation `{}` names executor {e}, which does not exist",
+                        inv.id
+                    ));
                 }
                 if !domains.insert(self.domain[e]) {
-                    return Err(format!("invocation `{}` has two copies in failure domain `{}`", inv.id, self.executors[e].failure_domain));
+                    return Err(format!(
+                        "invocation `{}` has two copies in failure domain `{}`",
+                        inv.id, self.executors[e].failure_domain
+                    ));
                 }
                 slots[e] += u64::from(inv.slots);
                 mem[e] += u128::from(inv.memory_bytes);
@@ -621,10 +747,16 @@ impl PlacementProblem {
         }
         for (e, ex) in self.executors.iter().enumerate() {
             if slots[e] + u64::from(ex.load_slots) > u64::from(ex.slots) {
-                return Err(format!("executor `{}` gets {} slots with {} in use of {}", ex.id, slots[e], ex.load_slots, ex.slots));
+                return Err(format!(
+                    "executor `{}` gets {} slots with {} in use of {}",
+                    ex.id, slots[e], ex.load_slots, ex.slots
+                ));
             }
             if mem[e] + u128::from(ex.load_memory_bytes) > u128::from(ex.memory_bytes) {
-                return Err(format!("executor `{}` gets {} memory bytes with {} in use of {}", ex.id, mem[e], ex.load_memory_bytes, ex.memory_bytes));
+                return Err(format!(
+                    "executor `{}` gets {} memory bytes with {} in use of {}",
+                    ex.id, mem[e], ex.load_memory_bytes, ex.memory_bytes
+                ));
             }
         }
         Ok(())
@@ -652,10 +784,18 @@ impl QuboLayout {
     #[must_use]
     pub fn is_feasible(&self, bits: &[u8]) -> bool {
         let eq_ok = self.equalities.iter().all(|(terms, c)| {
-            let v: f64 = terms.iter().map(|&(i, a)| if bits[i] != 0 { a } else { 0.0 }).sum::<f64>() + c;
+            let v: f64 = terms
+                .iter()
+                .map(|&(i, a)| if bits[i] != 0 { a } else { 0.0 })
+                .sum::<f64>()
+                + c;
             v == 0.0
         });
-        eq_ok && self.domain_pairs.iter().all(|&(i, j)| bits[i] == 0 || bits[j] == 0)
+        eq_ok
+            && self
+                .domain_pairs
+                .iter()
+                .all(|&(i, j)| bits[i] == 0 || bits[j] == 0)
     }
 
     /// The assignment a state encodes (slack ignored).
@@ -672,7 +812,12 @@ impl QuboLayout {
 }
 
 /// Adds `weight × (Σ a_i z_i + constant)²` to a QUBO builder.
-fn add_square(b: &mut crate::model::ModelBuilder, terms: &[(usize, f64)], constant: f64, weight: f64) {
+fn add_square(
+    b: &mut crate::model::ModelBuilder,
+    terms: &[(usize, f64)],
+    constant: f64,
+    weight: f64,
+) {
     b.offset(weight * constant * constant);
     for (k, &(i, a)) in terms.iter().enumerate() {
         // z² = z for bits.
@@ -762,7 +907,12 @@ impl PlacementProblem {
                 .filter(|&t| var_of[t * ne + e] != usize::MAX)
                 .map(|t| (var_of[t * ne + e], f64::from(self.invocations[t].slots)))
                 .collect();
-            add_square(&mut b, &terms, f64::from(self.executors[e].load_slots), coef);
+            add_square(
+                &mut b,
+                &terms,
+                f64::from(self.executors[e].load_slots),
+                coef,
+            );
         }
         for (terms, c) in &equalities {
             add_square(&mut b, terms, *c, self.penalty);
@@ -771,7 +921,15 @@ impl PlacementProblem {
             b.quadratic(i, j, self.penalty);
         }
         let qubo = b.build_qubo()?;
-        Ok((qubo, QuboLayout { assignment_vars, variables: next_var, equalities, domain_pairs }))
+        Ok((
+            qubo,
+            QuboLayout {
+                assignment_vars,
+                variables: next_var,
+                equalities,
+                domain_pairs,
+            },
+        ))
     }
 }
 
@@ -813,7 +971,11 @@ impl<'p> State<'p> {
             of_invocation,
             used_slots: vec![0; ne],
             used_mem: vec![0; ne],
-            load: p.executors.iter().map(|e| f64::from(e.load_slots)).collect(),
+            load: p
+                .executors
+                .iter()
+                .map(|e| f64::from(e.load_slots))
+                .collect(),
             violations: 0,
             energy: 0.0,
         };
@@ -836,7 +998,8 @@ impl<'p> State<'p> {
         }
         for e in 0..ne {
             obj += p.balance_coef(e) * self.load[e] * self.load[e];
-            viol += sq_over(self.used_slots[e], p.slots.free[e]) + sq_over(self.used_mem[e], p.memory.free[e]);
+            viol += sq_over(self.used_slots[e], p.slots.free[e])
+                + sq_over(self.used_mem[e], p.memory.free[e]);
         }
         for cs in &self.of_invocation {
             for (a, &c) in cs.iter().enumerate() {
@@ -862,7 +1025,8 @@ impl<'p> State<'p> {
         let (bf, bt) = (p.balance_coef(from), p.balance_coef(to));
         let (lf, lt) = (self.load[from], self.load[to]);
         d_obj += bf * ((lf - s) * (lf - s) - lf * lf) + bt * ((lt + s) * (lt + s) - lt * lt);
-        let mut d_viol = sq_over(self.used_slots[from] - s_units, p.slots.free[from]) - sq_over(self.used_slots[from], p.slots.free[from])
+        let mut d_viol = sq_over(self.used_slots[from] - s_units, p.slots.free[from])
+            - sq_over(self.used_slots[from], p.slots.free[from])
             + sq_over(self.used_slots[to] + s_units, p.slots.free[to])
             - sq_over(self.used_slots[to], p.slots.free[to])
             + sq_over(self.used_mem[from] - m_units, p.memory.free[from])
@@ -889,11 +1053,17 @@ impl<'p> State<'p> {
 
     /// Whether invocation `t` already has a copy on `e` (other than `except`).
     fn has_copy_on(&self, t: usize, e: usize, except: usize) -> bool {
-        self.of_invocation[t].iter().any(|&c| c != except && self.copies[c].1 == e)
+        self.of_invocation[t]
+            .iter()
+            .any(|&c| c != except && self.copies[c].1 == e)
     }
 
     fn assignment(&self) -> Vec<Vec<usize>> {
-        let mut a: Vec<Vec<usize>> = self.of_invocation.iter().map(|cs| cs.iter().map(|&c| self.copies[c].1).collect()).collect();
+        let mut a: Vec<Vec<usize>> = self
+            .of_invocation
+            .iter()
+            .map(|cs| cs.iter().map(|&c| self.copies[c].1).collect())
+            .collect();
         for execs in &mut a {
             execs.sort_unstable();
         }
@@ -944,11 +1114,19 @@ fn sq_over(used: i64, free: i64) -> i64 {
 }
 
 /// The feasible executors for one more copy of `t`, given usage so far.
-fn fits(p: &PlacementProblem, t: usize, e: usize, used_slots: &[u64], used_mem: &[u128], taken_domains: &[usize]) -> bool {
+fn fits(
+    p: &PlacementProblem,
+    t: usize,
+    e: usize,
+    used_slots: &[u64],
+    used_mem: &[u128],
+    taken_domains: &[usize],
+) -> bool {
     let inv = &p.invocations[t];
     let ex = &p.executors[e];
     used_slots[e] + u64::from(inv.slots) + u64::from(ex.load_slots) <= u64::from(ex.slots)
-        && used_mem[e] + u128::from(inv.memory_bytes) + u128::from(ex.load_memory_bytes) <= u128::from(ex.memory_bytes)
+        && used_mem[e] + u128::from(inv.memory_bytes) + u128::from(ex.load_memory_bytes)
+            <= u128::from(ex.memory_bytes)
         && !taken_domains.contains(&p.domain[e])
 }
 
@@ -956,7 +1134,12 @@ fn fits(p: &PlacementProblem, t: usize, e: usize, used_slots: &[u64], used_mem: 
 /// then by index for determinism.
 fn copy_order(p: &PlacementProblem) -> Vec<usize> {
     let mut order: Vec<usize> = (0..p.invocations.len()).collect();
-    order.sort_by_key(|&t| (std::cmp::Reverse((p.invocations[t].slots, p.invocations[t].memory_bytes)), t));
+    order.sort_by_key(|&t| {
+        (
+            std::cmp::Reverse((p.invocations[t].slots, p.invocations[t].memory_bytes)),
+            t,
+        )
+    });
     order
 }
 
@@ -978,11 +1161,18 @@ pub fn greedy_least_loaded(p: &PlacementProblem) -> Option<Vec<Vec<usize>>> {
     greedy_by(p, |p, _t, e, load| load / p.capacity[e].max(1.0))
 }
 
-fn greedy_by(p: &PlacementProblem, score: impl Fn(&PlacementProblem, usize, usize, f64) -> f64) -> Option<Vec<Vec<usize>>> {
+fn greedy_by(
+    p: &PlacementProblem,
+    score: impl Fn(&PlacementProblem, usize, usize, f64) -> f64,
+) -> Option<Vec<Vec<usize>>> {
     let ne = p.ne();
     let mut used_slots = vec![0u64; ne];
     let mut used_mem = vec![0u128; ne];
-    let mut load: Vec<f64> = p.executors.iter().map(|e| f64::from(e.load_slots)).collect();
+    let mut load: Vec<f64> = p
+        .executors
+        .iter()
+        .map(|e| f64::from(e.load_slots))
+        .collect();
     let mut a = vec![Vec::new(); p.invocations.len()];
     for t in copy_order(p) {
         let mut domains = Vec::new();
@@ -1018,8 +1208,16 @@ pub fn repair(p: &PlacementProblem, assignment: &[Vec<usize>]) -> Option<Vec<Vec
     let mut a: Vec<Vec<usize>> = Vec::with_capacity(assignment.len());
     // Keep at most `replicas` eligible copies on distinct domains, cheapest first.
     for (t, execs) in assignment.iter().enumerate() {
-        let mut execs: Vec<usize> = execs.iter().copied().filter(|&e| e < ne && p.cost[t * ne + e].is_finite()).collect();
-        execs.sort_by(|&x, &y| p.cost[t * ne + x].total_cmp(&p.cost[t * ne + y]).then(x.cmp(&y)));
+        let mut execs: Vec<usize> = execs
+            .iter()
+            .copied()
+            .filter(|&e| e < ne && p.cost[t * ne + e].is_finite())
+            .collect();
+        execs.sort_by(|&x, &y| {
+            p.cost[t * ne + x]
+                .total_cmp(&p.cost[t * ne + y])
+                .then(x.cmp(&y))
+        });
         execs.dedup();
         let mut kept = Vec::new();
         let mut domains = Vec::new();
@@ -1039,8 +1237,10 @@ pub fn repair(p: &PlacementProblem, assignment: &[Vec<usize>]) -> Option<Vec<Vec
         let mut kept = Vec::new();
         for &e in &a[t] {
             let ex = &p.executors[e];
-            if used_slots[e] + u64::from(inv.slots) + u64::from(ex.load_slots) <= u64::from(ex.slots)
-                && used_mem[e] + u128::from(inv.memory_bytes) + u128::from(ex.load_memory_bytes) <= u128::from(ex.memory_bytes)
+            if used_slots[e] + u64::from(inv.slots) + u64::from(ex.load_slots)
+                <= u64::from(ex.slots)
+                && used_mem[e] + u128::from(inv.memory_bytes) + u128::from(ex.load_memory_bytes)
+                    <= u128::from(ex.memory_bytes)
             {
                 used_slots[e] += u64::from(inv.slots);
                 used_mem[e] += u128::from(inv.memory_bytes);
@@ -1050,7 +1250,11 @@ pub fn repair(p: &PlacementProblem, assignment: &[Vec<usize>]) -> Option<Vec<Vec
         a[t] = kept;
     }
     // Place what is missing by marginal cost.
-    let mut load: Vec<f64> = p.executors.iter().map(|e| f64::from(e.load_slots)).collect();
+    let mut load: Vec<f64> = p
+        .executors
+        .iter()
+        .map(|e| f64::from(e.load_slots))
+        .collect();
     for (t, execs) in a.iter().enumerate() {
         for &e in execs {
             load[e] += f64::from(p.invocations[t].slots);
@@ -1065,7 +1269,8 @@ pub fn repair(p: &PlacementProblem, assignment: &[Vec<usize>]) -> Option<Vec<Vec
                 if !fits(p, t, e, &used_slots, &used_mem, &domains) {
                     continue;
                 }
-                let sc = p.cost[t * ne + e] + p.balance_coef(e) * ((load[e] + s) * (load[e] + s) - load[e] * load[e]);
+                let sc = p.cost[t * ne + e]
+                    + p.balance_coef(e) * ((load[e] + s) * (load[e] + s) - load[e] * load[e]);
                 if best.is_none_or(|(b, _)| sc < b) {
                     best = Some((sc, e));
                 }
@@ -1088,11 +1293,17 @@ fn cheapest_ignoring_capacity(p: &PlacementProblem) -> Vec<Vec<usize>> {
     (0..p.invocations.len())
         .map(|t| {
             let mut el = p.eligible[t].clone();
-            el.sort_by(|&x, &y| p.cost[t * ne + x].total_cmp(&p.cost[t * ne + y]).then(x.cmp(&y)));
+            el.sort_by(|&x, &y| {
+                p.cost[t * ne + x]
+                    .total_cmp(&p.cost[t * ne + y])
+                    .then(x.cmp(&y))
+            });
             let mut chosen = Vec::new();
             let mut domains = Vec::new();
             for e in el {
-                if chosen.len() < p.invocations[t].replicas as usize && !domains.contains(&p.domain[e]) {
+                if chosen.len() < p.invocations[t].replicas as usize
+                    && !domains.contains(&p.domain[e])
+                {
                     domains.push(p.domain[e]);
                     chosen.push(e);
                 }
@@ -1105,7 +1316,12 @@ fn cheapest_ignoring_capacity(p: &PlacementProblem) -> Vec<Vec<usize>> {
 
 /// Structured simulated annealing from `start`; returns the best state
 /// without violations seen, or the final state if none was clean.
-fn anneal_structured(p: &PlacementProblem, start: &[Vec<usize>], sweeps: usize, seed: u64) -> Vec<Vec<usize>> {
+fn anneal_structured(
+    p: &PlacementProblem,
+    start: &[Vec<usize>],
+    sweeps: usize,
+    seed: u64,
+) -> Vec<Vec<usize>> {
     let mut st = State::new(p, start);
     if st.copies.is_empty() {
         return st.assignment();
@@ -1142,7 +1358,11 @@ fn anneal_structured(p: &PlacementProblem, start: &[Vec<usize>], sweeps: usize, 
     };
     let mut best = (st.violations == 0).then(|| (st.objective(), st.assignment()));
     // Geometric schedule with deterministic arithmetic (no platform `pow`).
-    let ratio = if sweeps > 1 { 1.0 / exp_neg(ln_det(cold / hot) / (sweeps - 1) as f64) } else { 1.0 };
+    let ratio = if sweeps > 1 {
+        1.0 / exp_neg(ln_det(cold / hot) / (sweeps - 1) as f64)
+    } else {
+        1.0
+    };
     let mut beta = hot;
     for _sweep in 0..sweeps {
         for _ in 0..n_copies {
@@ -1154,10 +1374,12 @@ fn anneal_structured(p: &PlacementProblem, start: &[Vec<usize>], sweeps: usize, 
                 // Swap with a copy of another invocation on another executor.
                 let c2 = rng.below(n_copies as u64) as usize;
                 let (t2, to) = st.copies[c2];
-                if t2 == t || to == from || st.has_copy_on(t, to, c) || st.has_copy_on(t2, from, c2) {
+                if t2 == t || to == from || st.has_copy_on(t, to, c) || st.has_copy_on(t2, from, c2)
+                {
                     continue;
                 }
-                if p.cost[t * p.ne() + to].is_infinite() || p.cost[t2 * p.ne() + from].is_infinite() {
+                if p.cost[t * p.ne() + to].is_infinite() || p.cost[t2 * p.ne() + from].is_infinite()
+                {
                     continue;
                 }
                 st.relocate(c, to);
@@ -1180,7 +1402,11 @@ fn anneal_structured(p: &PlacementProblem, start: &[Vec<usize>], sweeps: usize, 
                 }
             }
         }
-        if st.violations == 0 && best.as_ref().is_none_or(|(b, _)| st.objective() < *b - 1e-9) {
+        if st.violations == 0
+            && best
+                .as_ref()
+                .is_none_or(|(b, _)| st.objective() < *b - 1e-9)
+        {
             st.recompute();
             best = Some((st.objective(), st.assignment()));
         }
@@ -1231,7 +1457,9 @@ pub fn place(p: &PlacementProblem, params: &PlacementParams) -> Result<Placement
     let mut candidates: Vec<Vec<Vec<usize>>> = Vec::new();
     match params.solver {
         Solver::Structured => {
-            let start = greedy_a.clone().unwrap_or_else(|| cheapest_ignoring_capacity(p));
+            let start = greedy_a
+                .clone()
+                .unwrap_or_else(|| cheapest_ignoring_capacity(p));
             for r in 0..params.reads {
                 let seed = crate::rng::stream_seed(params.seed, r as u64);
                 candidates.push(anneal_structured(p, &start, params.sweeps, seed));
@@ -1241,20 +1469,29 @@ pub fn place(p: &PlacementProblem, params: &PlacementParams) -> Result<Placement
             let (qubo, layout) = p.to_qubo()?;
             let sol = anneal(
                 &qubo.to_ising(),
-                &Params { sweeps: params.sweeps, reads: params.reads, seed: params.seed, measure_time: false, ..Params::default() },
+                &Params {
+                    sweeps: params.sweeps,
+                    reads: params.reads,
+                    seed: params.seed,
+                    measure_time: false,
+                    ..Params::default()
+                },
             )?;
             candidates.push(layout.decode(&spins_to_bits(&sol.state), p.invocations.len()));
         }
     }
     // The best feasible candidate, else the best repaired one.
     let mut best: Option<(f64, Vec<Vec<usize>>, PlacementOutcome)> = None;
-    let consider = |a: Vec<Vec<usize>>, outcome: PlacementOutcome, best: &mut Option<(f64, Vec<Vec<usize>>, PlacementOutcome)>| {
-        debug_assert!(p.check(&a).is_ok());
-        let obj = p.breakdown(&a).objective;
-        if best.as_ref().is_none_or(|(b, _, _)| obj < *b) {
-            *best = Some((obj, a, outcome));
-        }
-    };
+    let consider =
+        |a: Vec<Vec<usize>>,
+         outcome: PlacementOutcome,
+         best: &mut Option<(f64, Vec<Vec<usize>>, PlacementOutcome)>| {
+            debug_assert!(p.check(&a).is_ok());
+            let obj = p.breakdown(&a).objective;
+            if best.as_ref().is_none_or(|(b, _, _)| obj < *b) {
+                *best = Some((obj, a, outcome));
+            }
+        };
     for a in candidates {
         if p.check(&a).is_ok() {
             consider(a, PlacementOutcome::Annealed, &mut best);
@@ -1262,7 +1499,11 @@ pub fn place(p: &PlacementProblem, params: &PlacementParams) -> Result<Placement
             let mut st = State::new(p, &fixed);
             st.descend();
             let polished = st.assignment();
-            let fixed = if p.check(&polished).is_ok() { polished } else { fixed };
+            let fixed = if p.check(&polished).is_ok() {
+                polished
+            } else {
+                fixed
+            };
             consider(fixed, PlacementOutcome::Repaired, &mut best);
         }
     }
@@ -1291,16 +1532,23 @@ pub fn place(p: &PlacementProblem, params: &PlacementParams) -> Result<Placement
 /// `limit` combinations or none is feasible.
 #[must_use]
 pub fn exact_optimum(p: &PlacementProblem, limit: u64) -> Option<(Vec<Vec<usize>>, f64)> {
-    let choices: Vec<Vec<Vec<usize>>> =
-        (0..p.invocations.len()).map(|t| subsets(&p.eligible[t], p.invocations[t].replicas as usize)).collect();
-    let total = choices.iter().try_fold(1u64, |acc, c| acc.checked_mul(c.len() as u64))?;
+    let choices: Vec<Vec<Vec<usize>>> = (0..p.invocations.len())
+        .map(|t| subsets(&p.eligible[t], p.invocations[t].replicas as usize))
+        .collect();
+    let total = choices
+        .iter()
+        .try_fold(1u64, |acc, c| acc.checked_mul(c.len() as u64))?;
     if total > limit {
         return None;
     }
     let mut best: Option<(Vec<Vec<usize>>, f64)> = None;
     let mut idx = vec![0usize; choices.len()];
     loop {
-        let a: Vec<Vec<usize>> = idx.iter().enumerate().map(|(t, &i)| choices[t][i].clone()).collect();
+        let a: Vec<Vec<usize>> = idx
+            .iter()
+            .enumerate()
+            .map(|(t, &i)| choices[t][i].clone())
+            .collect();
         if p.check(&a).is_ok() {
             let obj = p.breakdown(&a).objective;
             if best.as_ref().is_none_or(|(_, b)| obj < *b) {
@@ -1358,7 +1606,14 @@ mod tests {
     }
 
     fn inv(id: &str, slots: u32, mem_mib: u64, replicas: u32, tool: &str) -> Invocation {
-        Invocation { id: id.into(), slots, memory_bytes: mem_mib * MIB, replicas, tool: tool.into(), ..Invocation::default() }
+        Invocation {
+            id: id.into(),
+            slots,
+            memory_bytes: mem_mib * MIB,
+            replicas,
+            tool: tool.into(),
+            ..Invocation::default()
+        }
     }
 
     /// A small random instance whose QUBO has at most `max_vars` variables.
@@ -1369,7 +1624,13 @@ mod tests {
             let n_inv = 2 + r.below(2) as usize;
             let mut execs: Vec<Executor> = (0..n_exec)
                 .map(|e| {
-                    let mut x = exec(&format!("e{e}"), 1 + r.below(3) as u32, 2 + r.below(4), &format!("r{}", e % 2), &format!("s{e}"));
+                    let mut x = exec(
+                        &format!("e{e}"),
+                        1 + r.below(3) as u32,
+                        2 + r.below(4),
+                        &format!("r{}", e % 2),
+                        &format!("s{e}"),
+                    );
                     if r.below(2) == 0 {
                         x.warm_tools.insert("toolA".into());
                     }
@@ -1382,7 +1643,13 @@ mod tests {
             execs[0].load_slots = u32::from(execs[0].slots > 1);
             let invs: Vec<Invocation> = (0..n_inv)
                 .map(|t| {
-                    let mut i = inv(&format!("t{t}"), 1 + r.below(2) as u32, 1 + r.below(2), 1 + u32::from(t == 0 && r.below(2) == 0), if t % 2 == 0 { "toolA" } else { "toolB" });
+                    let mut i = inv(
+                        &format!("t{t}"),
+                        1 + r.below(2) as u32,
+                        1 + r.below(2),
+                        1 + u32::from(t == 0 && r.below(2) == 0),
+                        if t % 2 == 0 { "toolA" } else { "toolB" },
+                    );
                     i.blobs = vec!["blob1".into()];
                     if r.below(2) == 0 {
                         i.origin = Some(Location::new("dc1", "r0", "s0"));
@@ -1390,8 +1657,12 @@ mod tests {
                     i
                 })
                 .collect();
-            let Ok(p) = PlacementProblem::new(invs, execs, Weights::default()) else { continue };
-            let Ok((_, layout)) = p.to_qubo() else { continue };
+            let Ok(p) = PlacementProblem::new(invs, execs, Weights::default()) else {
+                continue;
+            };
+            let Ok((_, layout)) = p.to_qubo() else {
+                continue;
+            };
             if layout.variables <= max_vars && exact_optimum(&p, 1_000_000).is_some() {
                 return p;
             }
@@ -1426,18 +1697,31 @@ mod tests {
                 let e = qubo.energy(&bits);
                 if layout.is_feasible(&bits) {
                     let a = layout.decode(&bits, p.invocations().len());
-                    assert!(p.check(&a).is_ok(), "seed {seed}: a feasible QUBO state decodes to an infeasible placement");
+                    assert!(
+                        p.check(&a).is_ok(),
+                        "seed {seed}: a feasible QUBO state decodes to an infeasible placement"
+                    );
                     let b = p.breakdown(&a);
-                    assert!((b.total - e).abs() < 1e-9 * (1.0 + e.abs()), "seed {seed}: {} vs {e}", b.total);
+                    assert!(
+                        (b.total - e).abs() < 1e-9 * (1.0 + e.abs()),
+                        "seed {seed}: {} vs {e}",
+                        b.total
+                    );
                     max_feasible = max_feasible.max(e);
                     min_feasible = min_feasible.min(e);
                 } else {
                     min_infeasible = min_infeasible.min(e);
                 }
             }
-            assert!(max_feasible < min_infeasible, "seed {seed}: feasible up to {max_feasible}, infeasible from {min_infeasible}");
+            assert!(
+                max_feasible < min_infeasible,
+                "seed {seed}: feasible up to {max_feasible}, infeasible from {min_infeasible}"
+            );
             let (_, opt) = exact_optimum(&p, 1_000_000).unwrap();
-            assert!((min_feasible - opt).abs() < 1e-9 * (1.0 + opt.abs()), "seed {seed}: QUBO optimum {min_feasible} vs enumeration {opt}");
+            assert!(
+                (min_feasible - opt).abs() < 1e-9 * (1.0 + opt.abs()),
+                "seed {seed}: QUBO optimum {min_feasible} vs enumeration {opt}"
+            );
             checked += 1;
         }
         assert_eq!(checked, 12);
@@ -1447,10 +1731,21 @@ mod tests {
     fn structured_annealer_finds_the_exact_optimum_on_small_instances() {
         for seed in 0..20 {
             let p = small_instance(seed + 100, 40);
-            let placed = place(&p, &PlacementParams { seed, ..PlacementParams::default() }).unwrap();
+            let placed = place(
+                &p,
+                &PlacementParams {
+                    seed,
+                    ..PlacementParams::default()
+                },
+            )
+            .unwrap();
             assert!(p.check(&placed.assignment).is_ok());
             let (_, opt) = exact_optimum(&p, 1_000_000).unwrap();
-            assert!((placed.energy.objective - opt).abs() < 1e-9 * (1.0 + opt), "seed {seed}: {} vs {opt}", placed.energy.objective);
+            assert!(
+                (placed.energy.objective - opt).abs() < 1e-9 * (1.0 + opt),
+                "seed {seed}: {} vs {opt}",
+                placed.energy.objective
+            );
         }
     }
 
@@ -1458,7 +1753,17 @@ mod tests {
     fn qubo_solver_gives_feasible_placements() {
         for seed in 0..6 {
             let p = small_instance(seed + 200, 40);
-            let placed = place(&p, &PlacementParams { solver: Solver::Qubo, sweeps: 300, reads: 4, seed, ..PlacementParams::default() }).unwrap();
+            let placed = place(
+                &p,
+                &PlacementParams {
+                    solver: Solver::Qubo,
+                    sweeps: 300,
+                    reads: 4,
+                    seed,
+                    ..PlacementParams::default()
+                },
+            )
+            .unwrap();
             assert!(p.check(&placed.assignment).is_ok());
             assert_eq!(placed.energy.total, placed.energy.objective);
         }
@@ -1482,14 +1787,26 @@ mod tests {
             let incremental = st.energy;
             let b = p.breakdown(&st.assignment());
             st.recompute();
-            assert!((incremental - st.energy).abs() < 1e-6, "{incremental} vs {}", st.energy);
-            assert!((b.total - st.energy).abs() < 1e-6, "{} vs {}", b.total, st.energy);
+            assert!(
+                (incremental - st.energy).abs() < 1e-6,
+                "{incremental} vs {}",
+                st.energy
+            );
+            assert!(
+                (b.total - st.energy).abs() < 1e-6,
+                "{} vs {}",
+                b.total,
+                st.energy
+            );
         }
     }
 
     #[test]
     fn warm_tools_and_blobs_attract_invocations() {
-        let mut execs = vec![exec("cold", 4, 64, "r0", "s0"), exec("warm", 4, 64, "r0", "s1")];
+        let mut execs = vec![
+            exec("cold", 4, 64, "r0", "s0"),
+            exec("warm", 4, 64, "r0", "s1"),
+        ];
         execs[1].warm_tools.insert("t".into());
         execs[1].blobs.insert("b".into());
         let mut i = inv("x", 1, 1, 1, "t");
@@ -1503,14 +1820,17 @@ mod tests {
 
     #[test]
     fn replicas_go_to_distinct_failure_domains() {
-        let mut execs: Vec<Executor> = (0..4).map(|e| exec(&format!("e{e}"), 8, 64, "r0", &format!("s{e}"))).collect();
+        let mut execs: Vec<Executor> = (0..4)
+            .map(|e| exec(&format!("e{e}"), 8, 64, "r0", &format!("s{e}")))
+            .collect();
         // Two domains only: {e0, e1} and {e2, e3}; e0 and e1 are warm.
         for (e, x) in execs.iter_mut().enumerate() {
             x.failure_domain = if e < 2 { "A".into() } else { "B".into() };
         }
         execs[0].warm_tools.insert("t".into());
         execs[1].warm_tools.insert("t".into());
-        let p = PlacementProblem::new(vec![inv("x", 1, 1, 2, "t")], execs, Weights::default()).unwrap();
+        let p =
+            PlacementProblem::new(vec![inv("x", 1, 1, 2, "t")], execs, Weights::default()).unwrap();
         let placed = place(&p, &PlacementParams::default()).unwrap();
         let a = &placed.assignment[0];
         assert_eq!(a.len(), 2);
@@ -1520,27 +1840,48 @@ mod tests {
     #[test]
     fn bad_inputs_get_errors_not_panics() {
         let e = || vec![exec("e", 2, 8, "r", "s")];
-        assert_eq!(PlacementProblem::new(vec![inv("x", 1, 1, 1, "t")], vec![], Weights::default()).unwrap_err(), PlacementError::NoExecutors);
+        assert_eq!(
+            PlacementProblem::new(vec![inv("x", 1, 1, 1, "t")], vec![], Weights::default())
+                .unwrap_err(),
+            PlacementError::NoExecutors
+        );
         for bad in [f64::NAN, f64::INFINITY, -1.0] {
-            let w = Weights { data: bad, ..Weights::default() };
-            assert!(matches!(PlacementProblem::new(vec![], e(), w), Err(PlacementError::BadWeight { name: "data", .. })));
+            let w = Weights {
+                data: bad,
+                ..Weights::default()
+            };
+            assert!(matches!(
+                PlacementProblem::new(vec![], e(), w),
+                Err(PlacementError::BadWeight { name: "data", .. })
+            ));
         }
         assert_eq!(
-            PlacementProblem::new(vec![inv("x", 1, 1, 0, "t")], e(), Weights::default()).unwrap_err(),
+            PlacementProblem::new(vec![inv("x", 1, 1, 0, "t")], e(), Weights::default())
+                .unwrap_err(),
             PlacementError::ZeroReplicas("x".into())
         );
         assert!(matches!(
             PlacementProblem::new(vec![inv("x", 3, 1, 1, "t")], e(), Weights::default()),
-            Err(PlacementError::Overcommitted { resource: "slots", .. })
+            Err(PlacementError::Overcommitted {
+                resource: "slots",
+                ..
+            })
         ));
         assert!(matches!(
             PlacementProblem::new(vec![inv("x", 1, 9, 1, "t")], e(), Weights::default()),
-            Err(PlacementError::Overcommitted { resource: "memory bytes", .. })
+            Err(PlacementError::Overcommitted {
+                resource: "memory bytes",
+                ..
+            })
         ));
         // Fits in total, but not on one executor.
         let two = vec![exec("a", 2, 8, "r", "s"), exec("b", 2, 8, "r", "t")];
         assert!(matches!(
-            PlacementProblem::new(vec![inv("x", 3, 1, 1, "t")], two.clone(), Weights::default()),
+            PlacementProblem::new(
+                vec![inv("x", 3, 1, 1, "t")],
+                two.clone(),
+                Weights::default()
+            ),
             Err(PlacementError::Unplaceable { .. })
         ));
         // Two replicas but one failure domain.
@@ -1554,12 +1895,33 @@ mod tests {
         ));
         // Total slots suffice (6 of 6) but 2-slot jobs cannot pack into 3+3.
         let three = vec![exec("a", 3, 64, "r", "s"), exec("b", 3, 64, "r", "t")];
-        let jobs: Vec<Invocation> = (0..3).map(|k| inv(&format!("j{k}"), 2, 1, 1, "t")).collect();
+        let jobs: Vec<Invocation> = (0..3)
+            .map(|k| inv(&format!("j{k}"), 2, 1, 1, "t"))
+            .collect();
         let p = PlacementProblem::new(jobs, three, Weights::default()).unwrap();
         for solver in [Solver::Structured, Solver::Qubo] {
-            assert_eq!(place(&p, &PlacementParams { solver, ..PlacementParams::default() }).unwrap_err(), PlacementError::NoFeasiblePlacement);
+            assert_eq!(
+                place(
+                    &p,
+                    &PlacementParams {
+                        solver,
+                        ..PlacementParams::default()
+                    }
+                )
+                .unwrap_err(),
+                PlacementError::NoFeasiblePlacement
+            );
         }
-        assert!(matches!(place(&p, &PlacementParams { reads: 0, ..PlacementParams::default() }), Err(PlacementError::Params(_))));
+        assert!(matches!(
+            place(
+                &p,
+                &PlacementParams {
+                    reads: 0,
+                    ..PlacementParams::default()
+                }
+            ),
+            Err(PlacementError::Params(_))
+        ));
     }
 
     #[test]
@@ -1569,18 +1931,29 @@ mod tests {
         let placed = place(&p, &PlacementParams::default()).unwrap();
         assert!(placed.assignment.is_empty());
         assert_eq!(placed.outcome, PlacementOutcome::Greedy);
-        let jobs: Vec<Invocation> = (0..4).map(|k| inv(&format!("j{k}"), 1, 1, 1, "t")).collect();
+        let jobs: Vec<Invocation> = (0..4)
+            .map(|k| inv(&format!("j{k}"), 1, 1, 1, "t"))
+            .collect();
         let p = PlacementProblem::new(jobs, execs, Weights::default()).unwrap();
         assert!(p.eligible(0) == [1]);
         let placed = place(&p, &PlacementParams::default()).unwrap();
         assert!(placed.assignment.iter().all(|a| a == &[1]));
-        assert!(PlacementProblem::new(vec![inv("x", 1, 1, 1, "t")], vec![exec("zero", 0, 8, "r", "s")], Weights::default()).is_err());
+        assert!(PlacementProblem::new(
+            vec![inv("x", 1, 1, 1, "t")],
+            vec![exec("zero", 0, 8, "r", "s")],
+            Weights::default()
+        )
+        .is_err());
     }
 
     #[test]
     fn repair_fixes_an_overloaded_assignment() {
-        let execs: Vec<Executor> = (0..3).map(|e| exec(&format!("e{e}"), 2, 64, "r0", &format!("s{e}"))).collect();
-        let jobs: Vec<Invocation> = (0..5).map(|k| inv(&format!("j{k}"), 1, 1, 1, "t")).collect();
+        let execs: Vec<Executor> = (0..3)
+            .map(|e| exec(&format!("e{e}"), 2, 64, "r0", &format!("s{e}")))
+            .collect();
+        let jobs: Vec<Invocation> = (0..5)
+            .map(|k| inv(&format!("j{k}"), 1, 1, 1, "t"))
+            .collect();
         let p = PlacementProblem::new(jobs, execs, Weights::default()).unwrap();
         let crowded = vec![vec![0]; 5];
         assert!(p.check(&crowded).is_err());
@@ -1597,7 +1970,12 @@ mod tests {
         let mut execs = vec![exec("a", 64, 0, "r", "s"), exec("b", 64, 0, "r", "t")];
         execs[0].memory_bytes = (10 << 30) + 1;
         execs[1].memory_bytes = (10 << 30) + 7;
-        let jobs: Vec<Invocation> = (0..20).map(|k| Invocation { memory_bytes: (1 << 30) - 3, ..inv(&format!("j{k}"), 1, 0, 1, "t") }).collect();
+        let jobs: Vec<Invocation> = (0..20)
+            .map(|k| Invocation {
+                memory_bytes: (1 << 30) - 3,
+                ..inv(&format!("j{k}"), 1, 0, 1, "t")
+            })
+            .collect();
         let p = PlacementProblem::new(jobs, execs, Weights::default()).unwrap();
         assert!(p.memory_unit_bytes() > 1);
         let placed = place(&p, &PlacementParams::default()).unwrap();
@@ -1608,7 +1986,13 @@ mod tests {
     fn same_seed_same_placement_and_big_batches_are_feasible() {
         let execs: Vec<Executor> = (0..16)
             .map(|e| {
-                let mut x = exec(&format!("e{e}"), 40, 4096, &format!("r{}", e / 4), &format!("s{e}"));
+                let mut x = exec(
+                    &format!("e{e}"),
+                    40,
+                    4096,
+                    &format!("r{}", e / 4),
+                    &format!("s{e}"),
+                );
                 x.warm_tools.insert(format!("tool{}", e % 5));
                 x.load_slots = (e % 3) as u32;
                 x
@@ -1616,14 +2000,34 @@ mod tests {
             .collect();
         let jobs: Vec<Invocation> = (0..256)
             .map(|k| {
-                let mut i = inv(&format!("j{k}"), 1 + (k % 3) as u32, 64, 1 + u32::from(k % 16 == 0), &format!("tool{}", k % 7));
+                let mut i = inv(
+                    &format!("j{k}"),
+                    1 + (k % 3) as u32,
+                    64,
+                    1 + u32::from(k % 16 == 0),
+                    &format!("tool{}", k % 7),
+                );
                 i.blobs = vec![format!("blob{}", k % 11)];
                 i
             })
             .collect();
         let p = PlacementProblem::new(jobs, execs, Weights::default()).unwrap();
-        let a = place(&p, &PlacementParams { seed: 5, ..PlacementParams::default() }).unwrap();
-        let b = place(&p, &PlacementParams { seed: 5, ..PlacementParams::default() }).unwrap();
+        let a = place(
+            &p,
+            &PlacementParams {
+                seed: 5,
+                ..PlacementParams::default()
+            },
+        )
+        .unwrap();
+        let b = place(
+            &p,
+            &PlacementParams {
+                seed: 5,
+                ..PlacementParams::default()
+            },
+        )
+        .unwrap();
         assert_eq!(a.assignment, b.assignment);
         assert!(p.check(&a.assignment).is_ok());
         let g = greedy(&p).unwrap();

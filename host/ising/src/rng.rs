@@ -104,12 +104,14 @@ pub fn exp_neg(x: f64) -> f64 {
         return 0.0;
     }
     // Cody-Waite reduction: -x = k ln2 + r with |r| <= ln2 / 2.
-    const LN2_HI: f64 = 6.931_471_803_691_238_164_9e-1;
-    const LN2_LO: f64 = 1.908_214_929_270_587_700_02e-10;
+    // ln 2 split in a high part with trailing zero bits (so k * LN2_HI is
+    // exact) and the rest: the usual fdlibm constants, given by their bits.
+    let ln2_hi = f64::from_bits(0x3fe6_2e42_fee0_0000);
+    let ln2_lo = f64::from_bits(0x3dea_39ef_3579_3c76);
     const INV_LN2: f64 = std::f64::consts::LOG2_E;
     let y = -x;
     let k = (y * INV_LN2).round();
-    let r = (y - k * LN2_HI) - k * LN2_LO;
+    let r = (y - k * ln2_hi) - k * ln2_lo;
     // Taylor series to degree 13: |r| <= 0.347, so the remainder is < 1e-17.
     let mut p = 1.0 / 6_227_020_800.0; // 1/13!
     for d in (1..13).rev() {
