@@ -113,7 +113,7 @@ pub enum DigestParseError {
         len: usize,
     },
     /// A character after `blake3:` is not a lowercase hex digit.
-    #[error("`{text}` is not a digest: character {position} after `blake3:` is {found:?}, a digest has only lowercase hex digits (0-9, a-f){hint}")]
+    #[error("`{text}` is not a digest: character {} after `blake3:` is {found:?}, a digest has only lowercase hex digits (0-9, a-f){hint}", .position + 1)]
     NotHex {
         /// The offending text (shortened if very long).
         text: String,

@@ -146,8 +146,17 @@ impl DiskStore {
         let tmp = root.join("tmp");
         let instance = if options.read_only {
             for path in [&root, &blobs, &pins] {
-                let meta = fs::metadata(path)
-                    .map_err(|e| CasError::io("open the content store directory", path, e))?;
+                let meta = fs::metadata(path).map_err(|e| {
+                    let e = if e.kind() == io::ErrorKind::NotFound {
+                        io::Error::new(
+                            e.kind(),
+                            "it does not exist, and a store opened read-only is not created (`voidbox init` creates one)",
+                        )
+                    } else {
+                        e
+                    };
+                    CasError::io("open the content store at", path, e)
+                })?;
                 if !meta.is_dir() {
                     return Err(not_a_directory(path));
                 }
@@ -942,7 +951,7 @@ fn stream_verified(
 
 fn not_a_directory(path: &Path) -> CasError {
     CasError::io(
-        "use as the content store directory",
+        "open the content store at",
         path,
         io::Error::new(io::ErrorKind::NotADirectory, "it is not a directory"),
     )
