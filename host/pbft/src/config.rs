@@ -96,7 +96,11 @@ impl ClusterConfig {
             if slot.is_some() {
                 return Err(ConfigError::BadId(r.id));
             }
-            *slot = Some(VerifyingKey::from_bytes(&r.public_key).map_err(|_| ConfigError::BadKey(r.id))?);
+            let key = VerifyingKey::from_bytes(&r.public_key)
+                .ok()
+                .filter(|k| !k.is_weak())
+                .ok_or(ConfigError::BadKey(r.id))?;
+            *slot = Some(key);
         }
         let mut seen = BTreeSet::new();
         for r in &self.replicas {

@@ -323,6 +323,9 @@ pub struct Replica {
     /// Backup: requests forwarded to the primary and not yet executed.
     waiting: BTreeMap<ClientId, SignedRequest>,
 
+    /// Parsed client keys (parsing costs as much as a verification).
+    client_keys: BTreeMap<ClientId, Option<ed25519_dalek::VerifyingKey>>,
+
     next_status_us: u64,
     stats: Stats,
     out: Vec<Output>,
@@ -384,6 +387,7 @@ impl Replica {
             queue_since_us: 0,
             proposed: BTreeMap::new(),
             waiting: BTreeMap::new(),
+            client_keys: BTreeMap::new(),
             next_status_us: 0,
             stats: Stats::default(),
             out: Vec::new(),
@@ -650,7 +654,7 @@ impl Replica {
             self.reject(Reject::BadRequest);
             return;
         }
-        if !r.verify() {
+        if !self.request_signature_ok(&r) {
             self.reject(Reject::BadSignature);
             return;
         }
@@ -754,11 +758,30 @@ impl Replica {
     }
 
     /// Checks a batch's size and every client signature in it.
-    fn batch_ok(&self, batch: &Batch) -> bool {
+    fn batch_ok(&mut self, batch: &Batch) -> bool {
         batch.requests.len() <= self.params.batch_requests_max
             && batch.requests.iter().all(|r| {
-                r.request.operation.len() <= self.params.operation_bytes_max && r.verify()
+                r.request.operation.len() <= self.params.operation_bytes_max
+                    && self.request_signature_ok(r)
             })
+    }
+
+    fn request_signature_ok(&mut self, r: &SignedRequest) -> bool {
+        /// Bound on the cache; past it, it starts over.
+        const CLIENT_KEYS_MAX: usize = 65_536;
+        let client = r.request.client;
+        let key = match self.client_keys.get(&client) {
+            Some(k) => *k,
+            None => {
+                if self.client_keys.len() >= CLIENT_KEYS_MAX {
+                    self.client_keys.clear();
+                }
+                let k = crate::message::client_key(&client);
+                self.client_keys.insert(client, k);
+                k
+            }
+        };
+        key.is_some_and(|k| r.verify_with(&k))
     }
 
     // ----- normal case ---------------------------------------------------
