@@ -34,13 +34,14 @@
 
 use std::fmt;
 
+use z3::ast::Ast;
 use z3::ast::{Bool, Int};
-use z3::{Optimize, SatResult, Solver};
+use z3::{SatResult, Solver};
 
 use crate::ast::Var;
 use crate::contract::Contract;
 use crate::number::thousands;
-use crate::solve::{context, core_positions, track, Encoding, SolverError};
+use crate::solve::{context, explain_unsat, fast_solver, int, Encoding, SolverError};
 
 /// The budget an invocation may spend: the minimum of what it asks and what
 /// its capability allows. `None` for an input-side limit means the
@@ -132,8 +133,10 @@ pub struct Counterexample {
     /// Whether the contract mentions `args_bytes` (and so the message).
     pub mentions_args: bool,
     /// The largest value of the resource the contract permits for that
-    /// input (`u64::MAX`: no upper bound).
-    pub needed: u64,
+    /// input; when `unbounded`, just one value it permits above the budget.
+    pub needed: u128,
+    /// The contract sets no upper bound on the resource.
+    pub unbounded: bool,
     /// The budget's limit for the resource.
     pub limit: u64,
     /// The postconditions that mention the resource, described.
@@ -146,21 +149,21 @@ impl fmt::Display for Counterexample {
         if self.mentions_args {
             write!(f, " and arguments of {} bytes", self.args_bytes)?;
         }
-        if self.needed == u64::MAX {
+        write!(
+            f,
+            " may need {} {} > the token's {}",
+            self.resource.name(),
+            thousands(self.needed),
+            thousands(u128::from(self.limit))
+        )?;
+        if self.unbounded {
             write!(
                 f,
-                " may need unbounded {} (the contract sets no upper bound)",
+                " (the contract sets no upper bound on {})",
                 self.resource.name()
             )?;
-        } else {
-            write!(
-                f,
-                " may need {} {}",
-                self.resource.name(),
-                thousands(u128::from(self.needed))
-            )?;
         }
-        write!(f, " > the token's {}", thousands(u128::from(self.limit)))
+        Ok(())
     }
 }
 
@@ -185,38 +188,37 @@ pub fn admit(contract: &Contract, budget: &Budget) -> Result<Proof, AdmissionErr
     const QUESTION: &str = "whether the contract fits the budget";
     let ctx = context();
     let enc = Encoding::new(&ctx);
-    let solver = Solver::new(&ctx);
-    for bound in enc.domain() {
-        solver.assert(&bound);
+    let solver = fast_solver(&ctx);
+    let domain = enc.domain();
+    for bound in &domain {
+        solver.assert(bound);
     }
 
-    // Everything an admitted run satisfies, tracked so that an empty set of
-    // runs can be explained by naming clauses and token limits.
-    let mut labels = Vec::new();
+    // Everything an admitted run satisfies: the token's input limits and
+    // every clause. If nothing satisfies it, name the culprits.
+    let mut run_space: Vec<Bool<'_>> = Vec::new();
     let mut reasons = Vec::new();
     let input_limits = [
         (Var::InputBytes, budget.max_input_bytes, "input-bytes"),
         (Var::ArgsBytes, budget.max_args_bytes, "args-bytes"),
     ];
-    let mut run_space: Vec<Bool<'_>> = Vec::new();
     for (var, limit, caveat) in input_limits {
         if let Some(limit) = limit {
-            let bound = enc.var(var).le(&Int::from_u64(&ctx, limit));
-            track(&solver, &mut labels, &bound);
+            run_space.push(enc.var(var).le(&Int::from_u64(&ctx, limit)));
             reasons.push(format!("the token's {caveat} <= {limit}"));
-            run_space.push(bound);
         }
     }
     for clause in contract.clauses() {
-        let formula = enc.formula(&clause.formula);
-        track(&solver, &mut labels, &formula);
+        run_space.push(enc.formula(&clause.formula));
         reasons.push(clause.describe());
-        run_space.push(formula);
+    }
+    for formula in &run_space {
+        solver.assert(formula);
     }
     match solver.check() {
         SatResult::Sat => {}
         SatResult::Unsat => {
-            let reasons = core_positions(&solver, &labels)
+            let reasons = explain_unsat(&ctx, &domain, &run_space, QUESTION)?
                 .into_iter()
                 .map(|i| reasons[i].clone())
                 .collect();
@@ -241,47 +243,35 @@ pub fn admit(contract: &Contract, budget: &Budget) -> Result<Proof, AdmissionErr
 
     let exceeds = |r: Resource| enc.var(r.var()).gt(&Int::from_u64(&ctx, r.limit(budget)));
     let any_exceeds: Vec<Bool<'_>> = checked.iter().map(|r| exceeds(*r)).collect();
+    solver.push();
     solver.assert(&Bool::or(&ctx, &any_exceeds.iter().collect::<Vec<_>>()));
-    let witness = match solver.check() {
+    match solver.check() {
         SatResult::Unsat => return Ok(proof),
         SatResult::Unknown => return Err(SolverError::unknown(QUESTION, &solver).into()),
-        SatResult::Sat => {
-            let model = solver
-                .get_model()
-                .ok_or_else(|| SolverError::new(QUESTION, "no model"))?;
-            enc.figures(&model, QUESTION)?
-        }
-    };
-    let resource = checked
-        .iter()
-        .copied()
-        .find(|r| witness.get(r.var()) > r.limit(budget))
-        .ok_or_else(|| SolverError::new(QUESTION, "the model exceeds no budget"))?;
+        SatResult::Sat => solver.pop(1),
+    }
 
-    // The worst case for that resource: maximize it over all allowed runs,
-    // then take the smallest input that reaches the maximum. If the
-    // optimizer cannot decide, the solver's witness is still a valid
-    // counterexample.
-    let worst = {
-        let optimize = Optimize::new(&ctx);
-        for bound in enc.domain() {
-            optimize.assert(&bound);
+    // Denied. Report the first resource, in a fixed order, that can exceed
+    // its budget, so that the message does not depend on the solver's
+    // choice of model.
+    let mut resource = None;
+    for r in &checked {
+        solver.push();
+        solver.assert(&exceeds(*r));
+        let answer = solver.check();
+        solver.pop(1);
+        match answer {
+            SatResult::Sat => {
+                resource = Some(*r);
+                break;
+            }
+            SatResult::Unsat => {}
+            SatResult::Unknown => return Err(SolverError::unknown(QUESTION, &solver).into()),
         }
-        for formula in &run_space {
-            optimize.assert(formula);
-        }
-        optimize.assert(&exceeds(resource));
-        optimize.maximize(enc.var(resource.var()));
-        optimize.minimize(enc.var(Var::InputBytes));
-        optimize.minimize(enc.var(Var::ArgsBytes));
-        match optimize.check(&[]) {
-            SatResult::Sat => optimize
-                .get_model()
-                .and_then(|model| enc.figures(&model, QUESTION).ok())
-                .unwrap_or(witness),
-            _ => witness,
-        }
-    };
+    }
+    let resource = resource
+        .ok_or_else(|| SolverError::new(QUESTION, "no single resource exceeds its budget"))?;
+    let worst = worst_case(&enc, &run_space, resource, &exceeds(resource))?;
     let clauses = contract
         .postconditions()
         .filter(|c| c.vars.contains(resource.var()))
@@ -295,8 +285,176 @@ pub fn admit(contract: &Contract, budget: &Budget) -> Result<Proof, AdmissionErr
             .clauses()
             .iter()
             .any(|c| c.vars.contains(Var::ArgsBytes)),
-        needed: worst.get(resource.var()),
+        needed: worst.needed,
+        unbounded: worst.unbounded,
         limit: resource.limit(budget),
         clauses,
     }))
+}
+
+struct WorstCase {
+    input_bytes: u64,
+    args_bytes: u64,
+    needed: u128,
+    unbounded: bool,
+}
+
+/// The largest value of `resource` the contract permits over all allowed
+/// runs that exceed the budget, at the smallest input reaching it. The
+/// resource's own `u64` cap is lifted here so that the figure shows what
+/// the contract itself allows. If the contract has no upper bound, a
+/// concrete run beyond the budget is still reported, flagged unbounded.
+///
+/// Z3 4.8's `Optimize` takes seconds on these problems (the `u64` bounds
+/// make its search slow), so the extremes are found with plain solver
+/// checks instead: a few model-improving steps, then bisection.
+fn worst_case<'ctx>(
+    enc: &Encoding<'ctx>,
+    run_space: &[Bool<'ctx>],
+    resource: Resource,
+    exceeds: &Bool<'ctx>,
+) -> Result<WorstCase, SolverError> {
+    let ctx = enc.ctx();
+    let target = enc.var(resource.var());
+    let zero = Int::from_u64(ctx, 0);
+    let max = Int::from_u64(ctx, u64::MAX);
+    // The default solver, made incremental by a push before its first
+    // check: its models tend to sit at a vertex of the run space (often the
+    // extreme already), and later checks reuse what earlier ones learned.
+    let solver = Solver::new(ctx);
+    solver.push();
+    for var in Var::ALL {
+        solver.assert(&enc.var(var).ge(&zero));
+        if var != resource.var() {
+            solver.assert(&enc.var(var).le(&max));
+        }
+    }
+    for formula in run_space {
+        solver.assert(formula);
+    }
+    solver.assert(exceeds);
+
+    // Every bound a contract can state on a resource is a term, and the
+    // parser keeps terms within i128, so a run above i128::MAX means the
+    // contract has no upper bound at all.
+    let ceiling = i128::MAX;
+    let start = model_value(&solver, target)?;
+    solver.push();
+    solver.assert(&target.gt(&int(ctx, ceiling)));
+    let unbounded = match solver.check() {
+        SatResult::Sat => true,
+        SatResult::Unsat => false,
+        SatResult::Unknown => return Err(SolverError::unknown(QUESTION_WORST, &solver)),
+    };
+    solver.pop(1);
+    let needed = if unbounded {
+        start
+    } else {
+        extremum(&solver, target, start, ceiling, Direction::Up)?
+    };
+    solver.assert(&target._eq(&int(ctx, needed)));
+    let input = enc.var(Var::InputBytes);
+    let start = model_value(&solver, input)?;
+    let input_bytes = extremum(&solver, input, start, 0, Direction::Down)?;
+    solver.assert(&input._eq(&int(ctx, input_bytes)));
+    let args = enc.var(Var::ArgsBytes);
+    let start = model_value(&solver, args)?;
+    let args_bytes = extremum(&solver, args, start, 0, Direction::Down)?;
+    let to_u64 = |v: i128| {
+        u64::try_from(v).map_err(|_| SolverError::new(QUESTION_WORST, "an input figure beyond u64"))
+    };
+    Ok(WorstCase {
+        input_bytes: to_u64(input_bytes)?,
+        args_bytes: to_u64(args_bytes)?,
+        needed: u128::try_from(needed)
+            .map_err(|_| SolverError::new(QUESTION_WORST, "a negative figure"))?,
+        unbounded,
+    })
+}
+
+const QUESTION_WORST: &str = "the worst case of the contract";
+
+#[derive(Clone, Copy, PartialEq, Eq)]
+enum Direction {
+    Up,
+    Down,
+}
+
+/// Checks the solver's assertions and reads `target` from the model.
+fn model_value<'ctx>(solver: &Solver<'ctx>, target: &Int<'ctx>) -> Result<i128, SolverError> {
+    match solver.check() {
+        SatResult::Sat => read_value(solver, target),
+        SatResult::Unsat => Err(SolverError::new(
+            QUESTION_WORST,
+            "the run space became empty",
+        )),
+        SatResult::Unknown => Err(SolverError::unknown(QUESTION_WORST, solver)),
+    }
+}
+
+/// Reads `target` from the model of the last satisfiable check.
+fn read_value<'ctx>(solver: &Solver<'ctx>, target: &Int<'ctx>) -> Result<i128, SolverError> {
+    solver
+        .get_model()
+        .and_then(|m| m.eval(target, true))
+        .and_then(|v| v.to_string().parse::<i128>().ok())
+        .ok_or_else(|| SolverError::new(QUESTION_WORST, "no integer value in the model"))
+}
+
+/// The largest (`Up`) or smallest (`Down`) value of `target` under the
+/// solver's assertions, given an achievable `start` and a `limit` no
+/// solution goes beyond. The first probes ask for any better value (the
+/// solver's models usually jump straight to the extreme); after that the
+/// step doubles until a probe fails (the limit may be far away, like
+/// `i128::MAX`), and then the remaining range is bisected, so the number
+/// of checks stays logarithmic in the extreme.
+fn extremum<'ctx>(
+    solver: &Solver<'ctx>,
+    target: &Int<'ctx>,
+    start: i128,
+    limit: i128,
+    direction: Direction,
+) -> Result<i128, SolverError> {
+    const GREEDY_PROBES: u32 = 4;
+    let ctx = solver.get_context();
+    // `best` is achievable; nothing lies beyond `bound`.
+    let (mut best, mut bound) = (start, limit);
+    let mut probes = 0;
+    let mut galloping = true;
+    while best != bound {
+        let gap = match direction {
+            Direction::Up => bound - best,
+            Direction::Down => best - bound,
+        };
+        let step = if probes < GREEDY_PROBES {
+            1
+        } else if galloping {
+            best.abs().max(1).min(gap)
+        } else {
+            gap - gap / 2
+        };
+        let probe = match direction {
+            Direction::Up => best + step,
+            Direction::Down => best - step,
+        };
+        let condition = match direction {
+            Direction::Up => target.ge(&int(ctx, probe)),
+            Direction::Down => target.le(&int(ctx, probe)),
+        };
+        probes += 1;
+        match solver.check_assumptions(std::slice::from_ref(&condition)) {
+            SatResult::Sat => best = read_value(solver, target)?,
+            SatResult::Unsat => {
+                if probes > GREEDY_PROBES {
+                    galloping = false;
+                }
+                bound = match direction {
+                    Direction::Up => probe - 1,
+                    Direction::Down => probe + 1,
+                }
+            }
+            SatResult::Unknown => return Err(SolverError::unknown(QUESTION_WORST, solver)),
+        }
+    }
+    Ok(best)
 }

@@ -10,10 +10,10 @@ use std::collections::BTreeMap;
 use std::fmt;
 
 use z3::ast::{Ast, Bool, Int};
-use z3::{SatResult, Solver};
+use z3::SatResult;
 
 use crate::number::thousands;
-use crate::solve::{context, core_positions, track, SolverError};
+use crate::solve::{context, explain_unsat, fast_solver, SolverError};
 
 /// A comparison in a limit.
 #[derive(Clone, Copy, Debug, PartialEq, Eq, Hash)]
@@ -119,19 +119,23 @@ pub fn check_attenuation(
         }
     };
 
-    let solver = Solver::new(&ctx);
+    let solver = fast_solver(&ctx);
+    let mut domain = Vec::new();
     for var in names.values() {
-        solver.assert(&var.ge(&zero));
-        solver.assert(&var.le(&max));
+        domain.push(var.ge(&zero));
+        domain.push(var.le(&max));
     }
-    let mut labels = Vec::new();
-    for limit in child {
-        track(&solver, &mut labels, &encode(limit));
+    for bound in &domain {
+        solver.assert(bound);
+    }
+    let child_formulas: Vec<Bool<'_>> = child.iter().map(encode).collect();
+    for formula in &child_formulas {
+        solver.assert(formula);
     }
     match solver.check() {
         SatResult::Sat => {}
         SatResult::Unsat => {
-            let limits = core_positions(&solver, &labels)
+            let limits = explain_unsat(&ctx, &domain, &child_formulas, QUESTION)?
                 .into_iter()
                 .map(|i| format!("`{}`", child[i]))
                 .collect();

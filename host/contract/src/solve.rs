@@ -6,8 +6,10 @@
 //! `0 ..= u64::MAX`, the same domain the evaluator sees, so the two agree
 //! on every assignment the host can produce.
 
+use std::time::Duration;
 use z3::ast::{Ast, Bool, Int};
-use z3::{Config, Context, Model, SatResult, Solver};
+
+use z3::{Config, Context, Model, SatResult, Solver, Tactic};
 
 use crate::ast::{Formula, Term, Var};
 use crate::contract::Contract;
@@ -75,6 +77,10 @@ impl<'ctx> Encoding<'ctx> {
             .map(|v| Int::new_const(ctx, v.name()))
             .collect();
         Encoding { ctx, vars }
+    }
+
+    pub(crate) fn ctx(&self) -> &'ctx Context {
+        self.ctx
     }
 
     pub(crate) fn var(&self, var: Var) -> &Int<'ctx> {
@@ -170,26 +176,53 @@ pub(crate) fn int(ctx: &Context, value: i128) -> Int<'_> {
     }
 }
 
-/// Tracks `formula` under a fresh label so that an unsat core can name it.
-pub(crate) fn track<'ctx>(
-    solver: &Solver<'ctx>,
-    labels: &mut Vec<Bool<'ctx>>,
-    formula: &Bool<'ctx>,
-) {
-    let label = Bool::new_const(solver.get_context(), format!("track{}", labels.len()));
-    solver.assert_and_track(formula, &label);
-    labels.push(label);
+/// A solver for the checks on the hot path: Z3's SMT core without the
+/// default preprocessing. On Debian's Z3 4.8.12 the default solver spends
+/// 10 to 30 ms probing and preprocessing even tiny problems (its first
+/// check), while the bare core decides them in well under a millisecond.
+/// It cannot give unsat cores; [`explain_unsat`] uses the default solver
+/// for that, on the failure path only.
+pub(crate) fn fast_solver(ctx: &Context) -> Solver<'_> {
+    Tactic::new(ctx, "smt")
+        .try_for(Duration::from_millis(SOLVER_TIMEOUT_MS))
+        .solver()
 }
 
-/// Positions (in `labels`) of the tracked assertions in the unsat core.
-pub(crate) fn core_positions<'ctx>(solver: &Solver<'ctx>, labels: &[Bool<'ctx>]) -> Vec<usize> {
-    let core = solver.get_unsat_core();
-    let mut positions: Vec<usize> = core
-        .iter()
-        .filter_map(|c| labels.iter().position(|l| l == c))
+/// Which of `items` conflict (an unsat core, as positions in `items`),
+/// given `background` facts that are not reported. Used after a fast check
+/// found the conjunction unsatisfiable.
+pub(crate) fn explain_unsat<'ctx>(
+    ctx: &'ctx Context,
+    background: &[Bool<'ctx>],
+    items: &[Bool<'ctx>],
+    question: &str,
+) -> Result<Vec<usize>, SolverError> {
+    let solver = Solver::new(ctx);
+    for fact in background {
+        solver.assert(fact);
+    }
+    let labels: Vec<Bool<'ctx>> = (0..items.len())
+        .map(|i| Bool::new_const(ctx, format!("item{i}")))
         .collect();
-    positions.sort_unstable();
-    positions
+    for (item, label) in items.iter().zip(&labels) {
+        solver.assert_and_track(item, label);
+    }
+    match solver.check() {
+        SatResult::Unsat => {
+            let core = solver.get_unsat_core();
+            let mut positions: Vec<usize> = core
+                .iter()
+                .filter_map(|c| labels.iter().position(|l| l == c))
+                .collect();
+            positions.sort_unstable();
+            Ok(positions)
+        }
+        SatResult::Sat => Err(SolverError::new(
+            question,
+            "the two Z3 solvers disagree about satisfiability",
+        )),
+        SatResult::Unknown => Err(SolverError::unknown(question, &solver)),
+    }
 }
 
 impl Contract {
@@ -200,13 +233,18 @@ impl Contract {
         const QUESTION: &str = "whether the contract is satisfiable";
         let ctx = context();
         let enc = Encoding::new(&ctx);
-        let solver = Solver::new(&ctx);
-        for bound in enc.domain() {
-            solver.assert(&bound);
+        let solver = fast_solver(&ctx);
+        let domain = enc.domain();
+        for bound in &domain {
+            solver.assert(bound);
         }
-        let mut labels = Vec::new();
-        for clause in self.clauses() {
-            track(&solver, &mut labels, &enc.formula(&clause.formula));
+        let clauses: Vec<Bool<'_>> = self
+            .clauses()
+            .iter()
+            .map(|c| enc.formula(&c.formula))
+            .collect();
+        for clause in &clauses {
+            solver.assert(clause);
         }
         match solver.check() {
             SatResult::Sat => {
@@ -216,7 +254,7 @@ impl Contract {
                 Ok(enc.figures(&model, QUESTION)?)
             }
             SatResult::Unsat => {
-                let clauses = core_positions(&solver, &labels)
+                let clauses = explain_unsat(&ctx, &domain, &clauses, QUESTION)?
                     .into_iter()
                     .map(|i| self.clauses()[i].describe())
                     .collect();
