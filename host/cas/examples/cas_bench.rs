@@ -12,7 +12,9 @@
 //! (no fsync in the timed path: the page-cache rate) and once with
 //! `Immediate` (fdatasync + directory fsync per put: the disk's rate).
 //! Each round's blobs are removed after it, untimed, so the store stays
-//! small. Prints one JSON object.
+//! small. Prints one JSON object: per operation the median MiB/s (wall
+//! time), its ratio to hashing, and the same by CPU time (MiB per CPU-second
+//! of the whole process, all threads), which a busy machine distorts less.
 
 use std::io::{self, Write};
 use std::path::PathBuf;
@@ -85,18 +87,34 @@ fn median(mut values: Vec<f64>) -> f64 {
     }
 }
 
-fn mib_per_s(bytes: usize, start: Instant) -> f64 {
-    bytes as f64 / (1 << 20) as f64 / start.elapsed().as_secs_f64()
+/// Wall-clock and whole-process CPU seconds of `f`. CPU time counts every
+/// thread, so it shows what an operation costs apart from how much of the
+/// machine it got; wall time is what a caller waits.
+fn measure<T>(f: impl FnOnce() -> T) -> (T, f64, f64) {
+    let cpu = || {
+        let t = rustix::time::clock_gettime(rustix::time::ClockId::ProcessCPUTime);
+        t.tv_sec as f64 + t.tv_nsec as f64 * 1e-9
+    };
+    let (cpu_start, start) = (cpu(), Instant::now());
+    let out = f();
+    (out, start.elapsed().as_secs_f64(), cpu() - cpu_start)
 }
 
+/// Per operation: MiB/s by wall time and MiB per CPU-second.
 #[derive(Default)]
 struct Rates {
-    hash: Vec<f64>,
-    put: Vec<f64>,
-    get: Vec<f64>,
-    put_reader: Vec<f64>,
-    copy_to: Vec<f64>,
+    wall: Vec<f64>,
+    cpu: Vec<f64>,
 }
+
+impl Rates {
+    fn push(&mut self, mib: f64, wall: f64, cpu: f64) {
+        self.wall.push(mib / wall);
+        self.cpu.push(mib / cpu.max(1e-9));
+    }
+}
+
+const OPS: [&str; 5] = ["hash", "put", "get", "put_reader", "copy_to"];
 
 fn run(args: &Args, durability: Durability, seed: &mut u64) -> serde_json::Value {
     let scratch;
@@ -119,68 +137,62 @@ fn run(args: &Args, durability: Durability, seed: &mut u64) -> serde_json::Value
         std::process::exit(1)
     });
     let len = args.mib << 20;
+    let mib = args.mib as f64;
     let mut data = vec![0u8; len];
     let mut other = vec![0u8; len];
-    let mut rates = Rates::default();
+    let mut rates: Vec<Rates> = OPS.iter().map(|_| Rates::default()).collect();
     // One untimed warm-up round, then the measured ones.
     for round in 0..=args.rounds {
         *seed += 2;
         fill(&mut data, *seed);
         fill(&mut other, *seed + 1);
+        let mut times = Vec::with_capacity(OPS.len());
 
-        let start = Instant::now();
-        let hash = blake3::hash(std::hint::black_box(&data));
-        let hash_rate = mib_per_s(len, start);
-
-        let start = Instant::now();
-        let digest = store.put(&data).expect("put");
-        let put_rate = mib_per_s(len, start);
+        let (hash, wall, cpu) = measure(|| blake3::hash(std::hint::black_box(&data)));
+        times.push((wall, cpu));
+        let (digest, wall, cpu) = measure(|| store.put(&data).expect("put"));
+        times.push((wall, cpu));
         assert_eq!(digest.as_bytes(), hash.as_bytes());
-
-        let start = Instant::now();
-        let back = store.get(&digest).expect("get");
-        let get_rate = mib_per_s(len, start);
+        let (back, wall, cpu) = measure(|| store.get(&digest).expect("get"));
+        times.push((wall, cpu));
         assert!(back == data);
         drop(back);
-
-        let start = Instant::now();
-        let (other_digest, _) = store.put_reader(&mut &other[..]).expect("put_reader");
-        let put_reader_rate = mib_per_s(len, start);
-
-        let start = Instant::now();
-        store
-            .copy_to(&other_digest, &mut io::sink())
-            .expect("copy_to");
-        let copy_to_rate = mib_per_s(len, start);
+        let ((other_digest, _), wall, cpu) =
+            measure(|| store.put_reader(&mut &other[..]).expect("put_reader"));
+        times.push((wall, cpu));
+        let (_, wall, cpu) = measure(|| {
+            store
+                .copy_to(&other_digest, &mut io::sink())
+                .expect("copy_to")
+        });
+        times.push((wall, cpu));
 
         store.remove(&digest).expect("remove");
         store.remove(&other_digest).expect("remove");
         store.sync().expect("sync");
         if round > 0 {
-            rates.hash.push(hash_rate);
-            rates.put.push(put_rate);
-            rates.get.push(get_rate);
-            rates.put_reader.push(put_reader_rate);
-            rates.copy_to.push(copy_to_rate);
+            for (rate, (wall, cpu)) in rates.iter_mut().zip(times) {
+                rate.push(mib, wall, cpu);
+            }
         }
     }
-    let hash = median(rates.hash);
-    let put = median(rates.put);
-    let get = median(rates.get);
-    let put_reader = median(rates.put_reader);
-    let copy_to = median(rates.copy_to);
     let round2 = |x: f64| (x * 100.0).round() / 100.0;
-    serde_json::json!({
-        "hash_mib_s": hash.round(),
-        "put_mib_s": put.round(),
-        "get_mib_s": get.round(),
-        "put_reader_mib_s": put_reader.round(),
-        "copy_to_mib_s": copy_to.round(),
-        "put_ratio": round2(put / hash),
-        "get_ratio": round2(get / hash),
-        "put_reader_ratio": round2(put_reader / hash),
-        "copy_to_ratio": round2(copy_to / hash),
-    })
+    let wall: Vec<f64> = rates.iter().map(|r| median(r.wall.clone())).collect();
+    let cpu: Vec<f64> = rates.iter().map(|r| median(r.cpu.clone())).collect();
+    let mut out = serde_json::Map::new();
+    for (i, op) in OPS.iter().enumerate() {
+        out.insert(format!("{op}_mib_s"), wall[i].round().into());
+    }
+    for (i, op) in OPS.iter().enumerate().skip(1) {
+        out.insert(format!("{op}_ratio"), round2(wall[i] / wall[0]).into());
+    }
+    for (i, op) in OPS.iter().enumerate() {
+        out.insert(format!("{op}_mib_per_cpu_s"), cpu[i].round().into());
+    }
+    for (i, op) in OPS.iter().enumerate().skip(1) {
+        out.insert(format!("{op}_cpu_ratio"), round2(cpu[i] / cpu[0]).into());
+    }
+    out.into()
 }
 
 fn main() {

@@ -1,48 +1,5 @@
-//! [`DiskStore`]: the content-addressed store in a directory.
-//!
-//! # Layout
-//!
-//! ```text
-//! DIR/blobs/<first 2 hex>/<other 62 hex>   one file per blob
-//! DIR/pins/<64 hex>                        one empty file per pin
-//! DIR/tmp/<instance>.lock                  flock held by each open DiskStore
-//! DIR/tmp/<instance>/                      that instance's temp files
-//! ```
-//!
-//! A blob file is a 16-byte header, `VBXBLOB\x01` and the content length as
-//! a little-endian u64, followed by the content. The recorded length lets
-//! `verify_all` tell a truncated blob from one whose bytes changed.
-//!
-//! # Crash safety
-//!
-//! A put writes a temp file in the instance's temp directory (the same file
-//! system as `blobs/`), hashing while it writes, and renames it to its digest
-//! only when complete: a blob's name never points at partial content. Temp
-//! directories of instances that are gone (their flock is free) are removed
-//! when a store is opened; those of live instances, in this process or
-//! another, are left alone.
-//!
-//! # Durability: what is on stable storage when
-//!
-//! - [`Durability::Immediate`] (the default): when `put` returns, the content
-//!   was fdatasync'd before the rename and the blob's directory fsync'd after
-//!   it. The blob survives a crash or power loss.
-//! - [`Durability::Deferred`]: `put` skips every fsync and leaves the
-//!   complete, hashed temp file in the instance's temp directory. The blob is
-//!   readable at once through this `DiskStore` (all threads sharing it), but
-//!   not yet by other processes. [`Store::sync`] makes every put that
-//!   returned before it was called durable: it flushes the temp files, renames
-//!   them into `blobs/` and fsyncs the directories; from then on the blobs
-//!   are visible to everyone and survive a crash. A crash before `sync` loses
-//!   those blobs entirely (their temp files are removed at the next open);
-//!   it never leaves a partial blob under a digest. Dropping the store calls
-//!   `sync` on a best-effort basis.
-//! - Pins and unpins are always durable when they return. A pin of a
-//!   deferred blob is thus durable before the blob is: after a crash it may
-//!   name a blob that is gone, which `pins`, `gc` and later puts tolerate. Removals (`remove`,
-//!   `gc`) are made durable in `Immediate` mode; in `Deferred` mode a removed
-//!   blob may reappear after a crash, which is harmless: its content is
-//!   still valid.
+//! [`DiskStore`]: the content-addressed store in a directory; its layout,
+//! crash safety and durability are documented on the type.
 
 use std::collections::btree_map::Entry;
 use std::collections::{BTreeMap, BTreeSet};
@@ -76,7 +33,8 @@ const SYNCFS_FILES_MIN: usize = 16;
 /// Attempts at creating this instance's locked temp directory.
 const INSTANCE_ATTEMPTS_MAX: usize = 100;
 
-/// When a put becomes durable; see the [module docs](self).
+/// When a put becomes durable; see [`DiskStore`] for exactly what is
+/// durable when.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
 pub enum Durability {
     /// Every put is fsynced before it returns.
@@ -97,8 +55,66 @@ pub struct OpenOptions {
     pub read_only: bool,
 }
 
-/// The content-addressed store in a directory. See the [module docs](self)
-/// for the layout, crash safety and durability.
+/// The content-addressed store in a directory.
+///
+/// # Layout
+///
+/// ```text
+/// DIR/blobs/<first 2 hex>/<other 62 hex>   one file per blob
+/// DIR/pins/<64 hex>                        one empty file per pin
+/// DIR/tmp/<instance>.lock                  flock held by each open DiskStore
+/// DIR/tmp/<instance>/                      that instance's temp files
+/// ```
+///
+/// A blob file is a 16-byte header, `VBXBLOB\x01` and the content length as
+/// a little-endian u64, followed by the content. The recorded length lets
+/// `verify_all` tell a truncated blob from one whose bytes changed.
+///
+/// # Crash safety
+///
+/// A put writes a temp file in the instance's temp directory (the same file
+/// system as `blobs/`), hashing while it writes, and renames it to its digest
+/// only when complete: a blob's name never points at partial content. Temp
+/// directories of instances that are gone (their flock is free) are removed
+/// when a store is opened; those of live instances, in this process or
+/// another, are left alone.
+///
+/// # Durability: what is on stable storage when
+///
+/// - [`Durability::Immediate`] (the default): when `put` returns, the content
+///   was fdatasync'd before the rename and the blob's directory fsync'd after
+///   it. The blob survives a crash or power loss.
+/// - [`Durability::Deferred`]: `put` skips every fsync and leaves the
+///   complete, hashed temp file in the instance's temp directory. The blob is
+///   readable at once through this `DiskStore` (all threads sharing it), but
+///   not yet by other processes. [`Store::sync`] makes every put that
+///   returned before it was called durable: it flushes the temp files, renames
+///   them into `blobs/` and fsyncs the directories; from then on the blobs
+///   are visible to everyone and survive a crash. A crash before `sync` loses
+///   those blobs entirely (their temp files are removed at the next open);
+///   it never leaves a partial blob under a digest. Dropping the store calls
+///   `sync` on a best-effort basis.
+/// - Pins and unpins are always durable when they return. A pin of a
+///   deferred blob is thus durable before the blob is: after a crash it may
+///   name a blob that is gone, which `pins`, `gc` and later puts tolerate.
+/// - Removals (`remove`, `gc`) are made durable in `Immediate` mode; in
+///   `Deferred` mode a removed blob may reappear after a crash, which is
+///   harmless: its content is still valid.
+///
+/// # Reads
+///
+/// Every read checks the header against the file size and re-hashes the
+/// content; see [`Store::copy_to`] for how a stream reports corruption.
+/// Putting content whose stored copy has the wrong size (e.g. truncated)
+/// replaces that copy; a same-size damaged copy must be removed first.
+///
+/// # Sharing
+///
+/// One `DiskStore` is shared by threads (`Arc`). Several processes may open
+/// the same directory: each gets its own temp directory, and blobs they put
+/// (immediately, or deferred once synced) are visible to all. GC excludes
+/// puts and removals of the same `DiskStore` while it runs, not those of
+/// other processes.
 #[derive(Debug)]
 pub struct DiskStore {
     root: PathBuf,
