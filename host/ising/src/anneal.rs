@@ -135,13 +135,19 @@ pub struct Solution {
 
 /// `-ln(u)` for the smallest `u` the generator gives is `ln(2^53) ≈ 36.74`:
 /// a move with `βΔE` at or above this is never accepted.
-const NEVER_ACCEPTED: f64 = 37.5;
+pub(crate) const NEVER_ACCEPTED: f64 = 37.5;
 const BUCKET_BITS: u32 = 10;
 const BUCKETS: usize = 1 << BUCKET_BITS;
 
+/// The shared acceptance table (built once per process).
+pub(crate) fn metropolis() -> &'static Metropolis {
+    static TABLE: std::sync::OnceLock<Metropolis> = std::sync::OnceLock::new();
+    TABLE.get_or_init(Metropolis::new)
+}
+
 /// For bucket `k` (u in `[k/B, (k+1)/B)`): accept surely when `βΔE < lo[k]`,
 /// reject surely when `βΔE >= hi[k]`, otherwise compute `exp`.
-struct Metropolis {
+pub(crate) struct Metropolis {
     bounds: Vec<[f64; 2]>,
 }
 
@@ -167,7 +173,7 @@ impl Metropolis {
 
     /// Whether an uphill move of `x = βΔE` (`0 < x < NEVER_ACCEPTED`) passes.
     #[inline(always)]
-    fn accept(&self, x: f64, rng: &mut Rng) -> bool {
+    pub(crate) fn accept(&self, x: f64, rng: &mut Rng) -> bool {
         let r = rng.next_u64();
         let [lo, hi] = self.bounds[(r >> (64 - BUCKET_BITS)) as usize];
         if x < lo {
@@ -607,12 +613,12 @@ pub fn anneal(model: &IsingModel, params: &Params) -> Result<Solution, AnnealErr
     let start = params.measure_time.then(Instant::now);
     let compiled = Compiled::new(model, true);
     let betas = schedule(hot, cold, params.sweeps);
-    let table = Metropolis::new();
+    let table = metropolis();
     let threads = params.threads.min(params.reads);
     let run = |r: usize| {
         let (state, accepted, polish_flips) = compiled.read(
             &betas,
-            &table,
+            table,
             stream_seed(params.seed, r as u64),
             params.polish,
         );

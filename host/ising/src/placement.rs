@@ -43,7 +43,7 @@ use std::time::{Duration, Instant};
 use serde::{Deserialize, Serialize};
 use thiserror::Error;
 
-use crate::anneal::{anneal, ln_det, AnnealError, Params};
+use crate::anneal::{anneal, ln_det, metropolis, AnnealError, Params, NEVER_ACCEPTED};
 use crate::model::{spins_to_bits, ModelError, QuboModel};
 use crate::rng::{exp_neg, Rng};
 
@@ -305,6 +305,11 @@ impl From<ModelError> for PlacementError {
         PlacementError::Params(e.to_string())
     }
 }
+
+/// A batch of at most this many copies is small: it gets at least
+/// `SMALL_BATCH_READS` reads.
+const SMALL_BATCH_COPIES: usize = 32;
+const SMALL_BATCH_READS: usize = 8;
 
 /// At most this many units describe any executor's capacity in the
 /// Hamiltonian (keeps slack small and coefficients exact in `f64`).
@@ -1012,43 +1017,87 @@ impl<'p> State<'p> {
         self.energy = obj + p.penalty * viol as f64;
     }
 
-    /// Moves copy `c` to executor `to` and returns (Δobjective, Δviolations).
-    fn relocate(&mut self, c: usize, to: usize) -> (f64, i64) {
+    /// (Δbalance, Δviolations) of executor `e` gaining `ds` slot units, `dm`
+    /// memory units and `dl` slots of load (negative to lose them).
+    #[inline]
+    fn executor_delta(&self, e: usize, ds: i64, dm: i64, dl: f64) -> (f64, i64) {
+        let p = self.p;
+        let l = self.load[e];
+        let d_bal = p.balance_coef(e) * ((l + dl) * (l + dl) - l * l);
+        let (us, um) = (self.used_slots[e], self.used_mem[e]);
+        let d_viol = sq_over(us + ds, p.slots.free[e]) - sq_over(us, p.slots.free[e]) + sq_over(um + dm, p.memory.free[e])
+            - sq_over(um, p.memory.free[e]);
+        (d_bal, d_viol)
+    }
+
+    /// Change in same-domain pairs when copy `c` moves from `from` to `to`.
+    #[inline]
+    fn domain_delta(&self, c: usize, from: usize, to: usize) -> i64 {
+        let p = self.p;
+        let (df, dt) = (p.domain[from], p.domain[to]);
+        if df == dt {
+            return 0;
+        }
+        let t = self.copies[c].0;
+        self.of_invocation[t]
+            .iter()
+            .filter(|&&c2| c2 != c)
+            .map(|&c2| {
+                let d2 = p.domain[self.copies[c2].1];
+                i64::from(d2 == dt) - i64::from(d2 == df)
+            })
+            .sum()
+    }
+
+    /// (Δobjective, Δviolations) of moving copy `c` to executor `to`.
+    fn move_delta(&self, c: usize, to: usize) -> (f64, i64) {
         let p = self.p;
         let ne = p.ne();
         let (t, from) = self.copies[c];
         debug_assert_ne!(from, to);
-        let s_units = p.slots.demand[t];
-        let m_units = p.memory.demand[t];
-        let s = f64::from(p.invocations[t].slots);
-        let mut d_obj = p.cost[t * ne + to] - p.cost[t * ne + from];
-        let (bf, bt) = (p.balance_coef(from), p.balance_coef(to));
-        let (lf, lt) = (self.load[from], self.load[to]);
-        d_obj += bf * ((lf - s) * (lf - s) - lf * lf) + bt * ((lt + s) * (lt + s) - lt * lt);
-        let mut d_viol = sq_over(self.used_slots[from] - s_units, p.slots.free[from])
-            - sq_over(self.used_slots[from], p.slots.free[from])
-            + sq_over(self.used_slots[to] + s_units, p.slots.free[to])
-            - sq_over(self.used_slots[to], p.slots.free[to])
-            + sq_over(self.used_mem[from] - m_units, p.memory.free[from])
-            - sq_over(self.used_mem[from], p.memory.free[from])
-            + sq_over(self.used_mem[to] + m_units, p.memory.free[to])
-            - sq_over(self.used_mem[to], p.memory.free[to]);
-        for &c2 in &self.of_invocation[t] {
-            if c2 != c {
-                let d2 = p.domain[self.copies[c2].1];
-                d_viol += i64::from(d2 == p.domain[to]) - i64::from(d2 == p.domain[from]);
-            }
-        }
-        self.used_slots[from] -= s_units;
-        self.used_slots[to] += s_units;
-        self.used_mem[from] -= m_units;
-        self.used_mem[to] += m_units;
-        self.load[from] = lf - s;
-        self.load[to] = lt + s;
+        let (su, mu, s) = (p.slots.demand[t], p.memory.demand[t], f64::from(p.invocations[t].slots));
+        let (bf, vf) = self.executor_delta(from, -su, -mu, -s);
+        let (bt, vt) = self.executor_delta(to, su, mu, s);
+        let d_obj = p.cost[t * ne + to] - p.cost[t * ne + from] + bf + bt;
+        (d_obj, vf + vt + self.domain_delta(c, from, to))
+    }
+
+    /// (Δobjective, Δviolations) of swapping the executors of copies `c` and
+    /// `c2` (of different invocations, on different executors).
+    fn swap_delta(&self, c: usize, c2: usize) -> (f64, i64) {
+        let p = self.p;
+        let ne = p.ne();
+        let (t, a) = self.copies[c];
+        let (t2, b) = self.copies[c2];
+        debug_assert!(t != t2 && a != b);
+        let ds = p.slots.demand[t2] - p.slots.demand[t];
+        let dm = p.memory.demand[t2] - p.memory.demand[t];
+        let dl = f64::from(p.invocations[t2].slots) - f64::from(p.invocations[t].slots);
+        let (ba, va) = self.executor_delta(a, ds, dm, dl);
+        let (bb, vb) = self.executor_delta(b, -ds, -dm, -dl);
+        let d_obj = p.cost[t * ne + b] - p.cost[t * ne + a] + p.cost[t2 * ne + a] - p.cost[t2 * ne + b] + ba + bb;
+        (d_obj, va + vb + self.domain_delta(c, a, b) + self.domain_delta(c2, b, a))
+    }
+
+    /// Moves copy `c` to `to`, updating usage but not the energy.
+    fn shift(&mut self, c: usize, to: usize) {
+        let p = self.p;
+        let (t, from) = self.copies[c];
+        let (su, mu, s) = (p.slots.demand[t], p.memory.demand[t], f64::from(p.invocations[t].slots));
+        self.used_slots[from] -= su;
+        self.used_slots[to] += su;
+        self.used_mem[from] -= mu;
+        self.used_mem[to] += mu;
+        self.load[from] -= s;
+        self.load[to] += s;
         self.copies[c].1 = to;
+    }
+
+    /// Moves copy `c` to `to` with its energy change already known.
+    fn relocate(&mut self, c: usize, to: usize, (d_obj, d_viol): (f64, i64)) {
+        self.shift(c, to);
         self.violations += d_viol;
-        self.energy += d_obj + p.penalty * d_viol as f64;
-        (d_obj, d_viol)
+        self.energy += d_obj + self.p.penalty * d_viol as f64;
     }
 
     /// Whether invocation `t` already has a copy on `e` (other than `except`).
@@ -1070,10 +1119,6 @@ impl<'p> State<'p> {
         a
     }
 
-    fn objective(&self) -> f64 {
-        self.energy - self.p.penalty * self.violations as f64
-    }
-
     /// Greedy descent: moves each copy to its best executor while that lowers
     /// the energy.
     fn descend(&mut self) {
@@ -1081,21 +1126,19 @@ impl<'p> State<'p> {
             let mut improved = false;
             for c in 0..self.copies.len() {
                 let (t, from) = self.copies[c];
-                let mut best: Option<(f64, usize)> = None;
+                let mut best: Option<(f64, usize, (f64, i64))> = None;
                 for &to in &self.p.eligible[t] {
                     if to == from || self.has_copy_on(t, to, c) {
                         continue;
                     }
-                    let before = self.energy;
-                    self.relocate(c, to);
-                    let de = self.energy - before;
-                    self.relocate(c, from);
-                    if de < -1e-9 * (1.0 + before.abs()) && best.is_none_or(|(b, _)| de < b) {
-                        best = Some((de, to));
+                    let d = self.move_delta(c, to);
+                    let de = d.0 + self.p.penalty * d.1 as f64;
+                    if de < -1e-9 * (1.0 + self.energy.abs()) && best.is_none_or(|(b, _, _)| de < b) {
+                        best = Some((de, to, d));
                     }
                 }
-                if let Some((_, to)) = best {
-                    self.relocate(c, to);
+                if let Some((_, to, d)) = best {
+                    self.relocate(c, to, d);
                     improved = true;
                 }
             }
@@ -1103,7 +1146,7 @@ impl<'p> State<'p> {
                 break;
             }
         }
-        // Undoing moves by applying their inverse accumulates rounding.
+        // Summing many small changes accumulates rounding.
         self.recompute();
     }
 }
@@ -1315,19 +1358,15 @@ fn cheapest_ignoring_capacity(p: &PlacementProblem) -> Vec<Vec<usize>> {
 }
 
 /// Structured simulated annealing from `start`; returns the best state
-/// without violations seen, or the final state if none was clean.
-fn anneal_structured(
-    p: &PlacementProblem,
-    start: &[Vec<usize>],
-    sweeps: usize,
-    seed: u64,
-) -> Vec<Vec<usize>> {
+/// without violations seen (polished), or the final state if none was clean.
+fn anneal_structured(p: &PlacementProblem, start: &[Vec<usize>], sweeps: usize, seed: u64) -> Vec<Vec<usize>> {
     let mut st = State::new(p, start);
     if st.copies.is_empty() {
         return st.assignment();
     }
     let mut rng = Rng::new(seed);
     let n_copies = st.copies.len();
+    let ne = p.ne();
     // The temperature scale comes from the objective changes of random moves
     // (penalties excluded): hot enough that a typical large move passes half
     // the time, cold enough that the smallest one seen almost never does.
@@ -1340,13 +1379,11 @@ fn anneal_structured(
         if to == from || st.has_copy_on(t, to, c) {
             continue;
         }
-        let (d_obj, _) = st.relocate(c, to);
-        st.relocate(c, from);
+        let (d_obj, _) = st.move_delta(c, to);
         if d_obj.abs() > 1e-9 {
             deltas.push(d_obj.abs());
         }
     }
-    st.recompute();
     deltas.sort_by(f64::total_cmp);
     let (hot, cold) = if deltas.is_empty() {
         (1.0, 1.0)
@@ -1356,38 +1393,40 @@ fn anneal_structured(
         let hot = std::f64::consts::LN_2 / big;
         (hot, (ln_det(100.0 * n_copies as f64) / small).max(hot))
     };
-    let mut best = (st.violations == 0).then(|| (st.objective(), st.assignment()));
+    let mut best_energy = if st.violations == 0 { st.energy } else { f64::INFINITY };
+    let mut best: Vec<usize> = st.copies.iter().map(|&(_, e)| e).collect();
     // Geometric schedule with deterministic arithmetic (no platform `pow`).
-    let ratio = if sweeps > 1 {
-        1.0 / exp_neg(ln_det(cold / hot) / (sweeps - 1) as f64)
-    } else {
-        1.0
-    };
+    let ratio = if sweeps > 1 { 1.0 / exp_neg(ln_det(cold / hot) / (sweeps - 1) as f64) } else { 1.0 };
     let mut beta = hot;
+    // Small batches get at least 64 attempts per sweep: it costs microseconds
+    // and makes small placements reliably optimal.
+    let attempts = n_copies.max(64);
+    let table = metropolis();
     for _sweep in 0..sweeps {
-        for _ in 0..n_copies {
-            let c = rng.below(n_copies as u64) as usize;
+        for _ in 0..attempts {
+            let r = rng.next_u64();
+            let c = ((r >> 32) * n_copies as u64 >> 32) as usize;
             let (t, from) = st.copies[c];
-            let swap = rng.next_u64() & 3 == 0;
-            let before = st.energy;
-            if swap {
+            if r & 3 == 0 {
                 // Swap with a copy of another invocation on another executor.
                 let c2 = rng.below(n_copies as u64) as usize;
                 let (t2, to) = st.copies[c2];
-                if t2 == t || to == from || st.has_copy_on(t, to, c) || st.has_copy_on(t2, from, c2)
+                if t2 == t
+                    || to == from
+                    || p.cost[t * ne + to].is_infinite()
+                    || p.cost[t2 * ne + from].is_infinite()
+                    || st.has_copy_on(t, to, c)
+                    || st.has_copy_on(t2, from, c2)
                 {
                     continue;
                 }
-                if p.cost[t * p.ne() + to].is_infinite() || p.cost[t2 * p.ne() + from].is_infinite()
-                {
-                    continue;
-                }
-                st.relocate(c, to);
-                st.relocate(c2, from);
-                let de = st.energy - before;
-                if de > 0.0 && exp_neg(beta * de) <= rng.next_open01() {
-                    st.relocate(c2, to);
-                    st.relocate(c, from);
+                let d = st.swap_delta(c, c2);
+                let de = d.0 + p.penalty * d.1 as f64;
+                if de <= 0.0 || (beta * de < NEVER_ACCEPTED && table.accept(beta * de, &mut rng)) {
+                    st.shift(c, to);
+                    st.shift(c2, from);
+                    st.violations += d.1;
+                    st.energy += de;
                 }
             } else {
                 let el = &p.eligible[t];
@@ -1395,41 +1434,37 @@ fn anneal_structured(
                 if to == from || st.has_copy_on(t, to, c) {
                     continue;
                 }
-                st.relocate(c, to);
-                let de = st.energy - before;
-                if de > 0.0 && exp_neg(beta * de) <= rng.next_open01() {
-                    st.relocate(c, from);
+                let d = st.move_delta(c, to);
+                let de = d.0 + p.penalty * d.1 as f64;
+                if de <= 0.0 || (beta * de < NEVER_ACCEPTED && table.accept(beta * de, &mut rng)) {
+                    st.relocate(c, to, d);
                 }
             }
         }
-        if st.violations == 0
-            && best
-                .as_ref()
-                .is_none_or(|(b, _)| st.objective() < *b - 1e-9)
-        {
-            st.recompute();
-            best = Some((st.objective(), st.assignment()));
+        if st.violations == 0 && st.energy < best_energy - 1e-9 * (1.0 + best_energy.abs()) {
+            best_energy = st.energy;
+            for (b, &(_, e)) in best.iter_mut().zip(&st.copies) {
+                *b = e;
+            }
         }
         beta *= ratio;
     }
     st.recompute();
     st.descend();
-    if st.violations == 0 && best.as_ref().is_none_or(|(b, _)| st.objective() <= *b) {
+    if st.violations == 0 && st.energy <= best_energy {
         return st.assignment();
     }
-    match best {
-        Some((_, a)) => {
-            // Polish the best clean state too.
-            let mut s2 = State::new(p, &a);
-            s2.descend();
-            if s2.violations == 0 {
-                s2.assignment()
-            } else {
-                a
+    if best_energy.is_finite() {
+        // Go back to the best clean state and polish it.
+        for (c, &e) in best.iter().enumerate() {
+            if st.copies[c].1 != e {
+                st.shift(c, e);
             }
         }
-        None => st.assignment(),
+        st.recompute();
+        st.descend();
     }
+    st.assignment()
 }
 
 /// Places a batch: anneal, check, repair or fall back to greedy.
@@ -1460,7 +1495,11 @@ pub fn place(p: &PlacementProblem, params: &PlacementParams) -> Result<Placement
             let start = greedy_a
                 .clone()
                 .unwrap_or_else(|| cheapest_ignoring_capacity(p));
-            for r in 0..params.reads {
+            // Small batches get extra reads: microseconds of work that make
+            // small placements reliably optimal.
+            let copies: usize = p.invocations.iter().map(|t| t.replicas as usize).sum();
+            let reads = if copies <= SMALL_BATCH_COPIES { params.reads.max(SMALL_BATCH_READS) } else { params.reads };
+            for r in 0..reads {
                 let seed = crate::rng::stream_seed(params.seed, r as u64);
                 candidates.push(anneal_structured(p, &start, params.sweeps, seed));
             }
@@ -1775,15 +1814,37 @@ mod tests {
         let start = cheapest_ignoring_capacity(&p);
         let mut st = State::new(&p, &start);
         let mut r = Rng::new(3);
-        for _ in 0..200 {
+        let mut swaps = 0;
+        for _ in 0..400 {
             let c = r.below(st.copies.len() as u64) as usize;
             let (t, from) = st.copies[c];
-            let el = p.eligible(t);
-            let to = el[r.below(el.len() as u64) as usize];
-            if to == from || st.has_copy_on(t, to, c) {
-                continue;
+            if r.below(2) == 0 {
+                let c2 = r.below(st.copies.len() as u64) as usize;
+                let (t2, to) = st.copies[c2];
+                if t == t2
+                    || to == from
+                    || !p.eligible(t).contains(&to)
+                    || !p.eligible(t2).contains(&from)
+                    || st.has_copy_on(t, to, c)
+                    || st.has_copy_on(t2, from, c2)
+                {
+                    continue;
+                }
+                let d = st.swap_delta(c, c2);
+                st.shift(c, to);
+                st.shift(c2, from);
+                st.violations += d.1;
+                st.energy += d.0 + p.penalty * d.1 as f64;
+                swaps += 1;
+            } else {
+                let el = p.eligible(t);
+                let to = el[r.below(el.len() as u64) as usize];
+                if to == from || st.has_copy_on(t, to, c) {
+                    continue;
+                }
+                let d = st.move_delta(c, to);
+                st.relocate(c, to, d);
             }
-            st.relocate(c, to);
             let incremental = st.energy;
             let b = p.breakdown(&st.assignment());
             st.recompute();
@@ -1799,6 +1860,7 @@ mod tests {
                 st.energy
             );
         }
+        assert!(swaps > 10, "the walk made only {swaps} swaps");
     }
 
     #[test]

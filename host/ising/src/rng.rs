@@ -110,7 +110,9 @@ pub fn exp_neg(x: f64) -> f64 {
     let ln2_lo = f64::from_bits(0x3dea_39ef_3579_3c76);
     const INV_LN2: f64 = std::f64::consts::LOG2_E;
     let y = -x;
-    let k = (y * INV_LN2).round();
+    // Round x / ln 2 to nearest by truncating after adding a half (x >= 0);
+    // `as` is one instruction where `round` may be a libm call.
+    let k = -(((x * INV_LN2) + 0.5) as i64 as f64);
     let r = (y - k * ln2_hi) - k * ln2_lo;
     // Taylor series to degree 13: |r| <= 0.347, so the remainder is < 1e-17.
     let mut p = 1.0 / 6_227_020_800.0; // 1/13!
