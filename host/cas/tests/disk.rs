@@ -109,8 +109,7 @@ fn a_live_instance_keeps_its_temp_files_when_another_opens() {
 fn deferred_puts_stay_out_of_blobs_until_sync() {
     let dir = tempfile::tempdir().unwrap();
     let store = open(dir.path(), Durability::Deferred);
-    // More than the syncfs threshold, and a large one, to cover both flush
-    // strategies.
+    // Many small blobs (flushed by several threads) and a large one.
     let mut digests = Vec::new();
     for seed in 0..40u64 {
         digests.push(store.put(&content(seed, 1000 + seed as usize)).unwrap());
@@ -129,7 +128,7 @@ fn deferred_puts_stay_out_of_blobs_until_sync() {
         assert!(store.blob_path(digest).exists());
     }
     assert!(store.verify_all().unwrap().is_ok());
-    // A small batch takes the per-file fdatasync path.
+    // A batch of one is flushed inline.
     let one = store.put(b"one more").unwrap();
     store.sync().unwrap();
     assert!(store.blob_path(&one).exists());
