@@ -188,13 +188,19 @@ impl FromStr for Caveat {
             // else is simply unknown.
             let first = s.split_ascii_whitespace().next().unwrap_or("");
             return Err(if KNOWN.iter().any(|(n, _)| *n == first) {
-                CaveatError::Shape { caveat: s.to_owned() }
+                CaveatError::Shape {
+                    caveat: s.to_owned(),
+                }
             } else {
-                CaveatError::Unknown { caveat: s.to_owned() }
+                CaveatError::Unknown {
+                    caveat: s.to_owned(),
+                }
             });
         };
         let Some(&(name, expected)) = KNOWN.iter().find(|(n, _)| *n == name) else {
-            return Err(CaveatError::Unknown { caveat: s.to_owned() });
+            return Err(CaveatError::Unknown {
+                caveat: s.to_owned(),
+            });
         };
         if op != expected {
             return Err(CaveatError::Operator {
@@ -211,7 +217,11 @@ impl FromStr for Caveat {
             parse_count(value, sizes).ok_or_else(|| {
                 bad(format!(
                     "`{value}` is not a whole number{} that fits in 64 bits",
-                    if sizes { " of bytes (suffixes KiB, MiB, GiB allowed)" } else { "" }
+                    if sizes {
+                        " of bytes (suffixes KiB, MiB, GiB allowed)"
+                    } else {
+                        ""
+                    }
                 ))
             })
         };
@@ -246,7 +256,9 @@ impl FromStr for Caveat {
                 let mut set = BTreeSet::new();
                 for item in value.split(',') {
                     let digest = item.strip_prefix("blob:").ok_or_else(|| {
-                        bad(format!("`{item}` should be written blob:blake3:<64 hex digits>"))
+                        bad(format!(
+                            "`{item}` should be written blob:blake3:<64 hex digits>"
+                        ))
                     })?;
                     set.insert(digest.parse().map_err(|e| bad(format!("{e}")))?);
                 }
@@ -304,7 +316,11 @@ mod tests {
     fn check(input: &str, canonical: &str) {
         let c: Caveat = input.parse().unwrap_or_else(|e| panic!("{input}: {e}"));
         assert_eq!(c.to_string(), canonical);
-        assert_eq!(canonical.parse::<Caveat>().unwrap(), c, "canonical form re-parses");
+        assert_eq!(
+            canonical.parse::<Caveat>().unwrap(),
+            c,
+            "canonical form re-parses"
+        );
     }
 
     #[test]
@@ -328,9 +344,18 @@ mod tests {
 
     #[test]
     fn errors_are_specific() {
-        assert!(matches!("colour = blue".parse::<Caveat>(), Err(CaveatError::Unknown { .. })));
-        assert!(matches!("".parse::<Caveat>(), Err(CaveatError::Unknown { .. })));
-        assert!(matches!("fuel <=".parse::<Caveat>(), Err(CaveatError::Shape { .. })));
+        assert!(matches!(
+            "colour = blue".parse::<Caveat>(),
+            Err(CaveatError::Unknown { .. })
+        ));
+        assert!(matches!(
+            "".parse::<Caveat>(),
+            Err(CaveatError::Unknown { .. })
+        ));
+        assert!(matches!(
+            "fuel <=".parse::<Caveat>(),
+            Err(CaveatError::Shape { .. })
+        ));
         assert!(matches!(
             "fuel < 10".parse::<Caveat>(),
             Err(CaveatError::Operator { expected: "<=", .. })
@@ -352,8 +377,14 @@ mod tests {
             );
         }
         let long = "x".repeat(CAVEAT_BYTES_MAX + 1);
-        assert!(matches!(long.parse::<Caveat>(), Err(CaveatError::TooLong { .. })));
-        assert_eq!(Caveat::parse_bytes(&[0xff, 0xfe]), Err(CaveatError::NotUtf8));
+        assert!(matches!(
+            long.parse::<Caveat>(),
+            Err(CaveatError::TooLong { .. })
+        ));
+        assert_eq!(
+            Caveat::parse_bytes(&[0xff, 0xfe]),
+            Err(CaveatError::NotUtf8)
+        );
     }
 
     #[test]

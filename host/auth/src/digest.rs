@@ -106,8 +106,14 @@ mod tests {
 
     #[test]
     fn digest_errors_name_the_problem() {
-        assert!(matches!("sha256:00".parse::<Digest>(), Err(DigestError::Prefix(_))));
-        assert!(matches!("blake3:00".parse::<Digest>(), Err(DigestError::Length(_))));
+        assert!(matches!(
+            "sha256:00".parse::<Digest>(),
+            Err(DigestError::Prefix(_))
+        ));
+        assert!(matches!(
+            "blake3:00".parse::<Digest>(),
+            Err(DigestError::Length(_))
+        ));
         let bad = format!("blake3:{}", "g".repeat(64));
         assert!(matches!(bad.parse::<Digest>(), Err(DigestError::NotHex(_))));
     }

@@ -10,6 +10,7 @@ use std::path::{Path, PathBuf};
 use std::str::FromStr;
 use std::sync::RwLock;
 
+use crate::chain;
 use crate::digest::{decode_hex_into, encode_hex};
 
 /// Longest key id accepted.
@@ -95,36 +96,47 @@ impl<F: FnMut(&mut [u8])> Entropy for F {
 /// HMAC key actually used is derived from it (`HMAC("macaroons-key-generator",
 /// root)`), so other implementations given the same 32 bytes agree.
 #[derive(Clone, PartialEq, Eq)]
-pub struct RootKey([u8; 32]);
+pub struct RootKey {
+    secret: [u8; 32],
+    /// The derived HMAC key, computed once: verification is hot.
+    derived: [u8; 32],
+}
 
 impl RootKey {
     /// Makes a fresh key from `entropy`.
     pub fn generate(entropy: &mut dyn Entropy) -> RootKey {
         let mut bytes = [0u8; 32];
         entropy.fill(&mut bytes);
-        RootKey(bytes)
+        RootKey::from_bytes(bytes)
     }
 
     /// Wraps existing key bytes (e.g. read from a key file).
-    pub fn from_bytes(bytes: [u8; 32]) -> RootKey {
-        RootKey(bytes)
+    pub fn from_bytes(secret: [u8; 32]) -> RootKey {
+        RootKey {
+            secret,
+            derived: chain::derive_key(&secret),
+        }
     }
 
     /// The secret bytes. Handle with care: never log them.
     pub fn as_bytes(&self) -> &[u8; 32] {
-        &self.0
+        &self.secret
+    }
+
+    pub(crate) fn derived(&self) -> &[u8; 32] {
+        &self.derived
     }
 
     /// The key as 64 lowercase hex digits (the key file format).
     pub fn to_hex(&self) -> String {
-        encode_hex(&self.0)
+        encode_hex(&self.secret)
     }
 
     /// Reads 64 hex digits (surrounding whitespace ignored).
     pub fn from_hex(text: &str) -> Option<RootKey> {
         let mut bytes = [0u8; 32];
         decode_hex_into(text.trim(), &mut bytes)?;
-        Some(RootKey(bytes))
+        Some(RootKey::from_bytes(bytes))
     }
 }
 
@@ -144,7 +156,9 @@ pub enum StoreError {
         path: PathBuf,
         source: std::io::Error,
     },
-    #[error("key file {path} is readable by group or others (mode {mode:o}); run `chmod 600` on it")]
+    #[error(
+        "key file {path} is readable by group or others (mode {mode:o}); run `chmod 600` on it"
+    )]
     Permissions { path: PathBuf, mode: u32 },
     #[error("key file {path} does not hold 64 hex digits; restore it from a backup")]
     Corrupt { path: PathBuf },
@@ -268,7 +282,10 @@ impl KeyStore for DirKeyStore {
                 .permissions()
                 .mode();
             if mode & 0o077 != 0 {
-                return Err(StoreError::Permissions { path, mode: mode & 0o777 });
+                return Err(StoreError::Permissions {
+                    path,
+                    mode: mode & 0o777,
+                });
             }
         }
         RootKey::from_hex(&text)
@@ -329,7 +346,10 @@ mod tests {
             let mode = std::fs::metadata(&path).unwrap().permissions().mode();
             assert_eq!(mode & 0o777, 0o600);
             std::fs::set_permissions(&path, std::fs::Permissions::from_mode(0o644)).unwrap();
-            assert!(matches!(store.get(&id), Err(StoreError::Permissions { .. })));
+            assert!(matches!(
+                store.get(&id),
+                Err(StoreError::Permissions { .. })
+            ));
             std::fs::set_permissions(&path, std::fs::Permissions::from_mode(0o600)).unwrap();
             std::fs::write(&path, "not hex").unwrap();
             assert!(matches!(store.get(&id), Err(StoreError::Corrupt { .. })));

@@ -62,8 +62,8 @@ pub use keys::{
 };
 pub use time::{format_rfc3339, parse_rfc3339};
 pub use token::{
-    decode_bundle, encode_bundle, inspect, CaveatEntry, CaveatKey, Discharge, ThirdPartyKey,
-    Token, TokenError, TokenId, TokenIdError, IDENTIFIER_PREFIX, TOKEN_LOCATION,
+    decode_bundle, encode_bundle, inspect, CaveatEntry, CaveatKey, Discharge, ThirdPartyKey, Token,
+    TokenError, TokenId, TokenIdError, IDENTIFIER_PREFIX, TOKEN_LOCATION,
 };
 pub use verify::{
     verify, verify_encoded, Authorized, Budget, Denied, DeniedKind, Grants, Limits,

@@ -45,7 +45,12 @@ pub fn verify_with_macaroon_crate(
     let root = keys
         .get(id.key_id())
         .map_err(|e| denied(DeniedKind::Unavailable, e.to_string()))?
-        .ok_or_else(|| denied(DeniedKind::UnknownKey, format!("no root key `{}`", id.key_id())))?;
+        .ok_or_else(|| {
+            denied(
+                DeniedKind::UnknownKey,
+                format!("no root key `{}`", id.key_id()),
+            )
+        })?;
     let mut verifier = Verifier::default();
     verifier.satisfy_general(any_predicate);
     verifier
@@ -59,5 +64,10 @@ pub fn verify_with_macaroon_crate(
             }
         }
     }
-    evaluate(&id, predicates.iter().map(|p| p.0.as_slice()), request, revocations)
+    evaluate(
+        &id,
+        predicates.iter().map(|p| p.0.as_slice()),
+        request,
+        revocations,
+    )
 }

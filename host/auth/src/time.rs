@@ -128,8 +128,14 @@ mod tests {
     fn known_instants() {
         assert_eq!(parse_rfc3339("1970-01-01T00:00:00Z"), Some(0));
         assert_eq!(parse_rfc3339("2026-11-21T12:00:00Z"), Some(1_795_262_400));
-        assert_eq!(parse_rfc3339("2026-11-21T13:30:00+01:30"), Some(1_795_262_400));
-        assert_eq!(parse_rfc3339("2026-11-21T12:00:00.999Z"), Some(1_795_262_400));
+        assert_eq!(
+            parse_rfc3339("2026-11-21T13:30:00+01:30"),
+            Some(1_795_262_400)
+        );
+        assert_eq!(
+            parse_rfc3339("2026-11-21T12:00:00.999Z"),
+            Some(1_795_262_400)
+        );
         assert_eq!(parse_rfc3339("2024-02-29T00:00:00Z"), Some(1_709_164_800));
         assert_eq!(format_rfc3339(1_795_262_400), "2026-11-21T12:00:00Z");
     }

@@ -83,7 +83,12 @@ impl FromStr for TokenId {
 
 impl fmt::Display for TokenId {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        write!(f, "{IDENTIFIER_PREFIX}{}/{}", self.key_id, encode_hex(&self.nonce))
+        write!(
+            f,
+            "{IDENTIFIER_PREFIX}{}/{}",
+            self.key_id,
+            encode_hex(&self.nonce)
+        )
     }
 }
 
@@ -454,7 +459,10 @@ pub fn encode_bundle(token: &Token, discharges: &[Discharge]) -> String {
 /// discharges.
 pub fn decode_bundle(text: &str) -> Result<(Token, Vec<Discharge>), TokenError> {
     let mut parts = text.trim().split(',');
-    let first = parts.next().filter(|p| !p.is_empty()).ok_or(TokenError::EmptyBundle)?;
+    let first = parts
+        .next()
+        .filter(|p| !p.is_empty())
+        .ok_or(TokenError::EmptyBundle)?;
     let token = Token::decode(first)?;
     let discharges = parts.map(Discharge::decode).collect::<Result<_, _>>()?;
     Ok((token, discharges))

@@ -349,7 +349,10 @@ impl MemoryRevocations {
 
     /// Revokes `id` and so every token attenuated from it.
     pub fn revoke(&self, id: TokenId) {
-        self.ids.write().expect("revocations lock poisoned").insert(id);
+        self.ids
+            .write()
+            .expect("revocations lock poisoned")
+            .insert(id);
     }
 }
 
@@ -487,7 +490,8 @@ impl<'a> Discharges<'a> {
     ) -> Result<(), Denied> {
         let c = p.caveat;
         let cid = String::from_utf8_lossy(&c.id).into_owned();
-        let location = String::from_utf8_lossy(c.location.as_deref().unwrap_or_default()).into_owned();
+        let location =
+            String::from_utf8_lossy(c.location.as_deref().unwrap_or_default()).into_owned();
         let what = format!("third-party caveat `{cid}` (from `{location}`)");
         let vid = c.vid.as_deref().unwrap_or_default();
         let Some(caveat_key) = chain::open_vid(&p.sig, vid) else {
@@ -609,7 +613,7 @@ pub fn verify(
             ),
         )
     })?;
-    let key = chain::derive_key(root.as_bytes());
+    let key = *root.derived();
     let mut predicates = Vec::with_capacity(token.raw.caveats.len());
     let mut pending = Vec::new();
     let sig = walk(&token.raw, &key, &mut predicates, &mut pending);
@@ -668,7 +672,7 @@ pub fn verify_encoded(
     keys: &dyn KeyStore,
     revocations: &dyn Revocations,
 ) -> Result<Authorized, Denied> {
-    let (token, discharges) = decode_bundle(text)
-        .map_err(|e| Denied::new(DeniedKind::Malformed, None, e.to_string()))?;
+    let (token, discharges) =
+        decode_bundle(text).map_err(|e| Denied::new(DeniedKind::Malformed, None, e.to_string()))?;
     verify(&token, request, keys, revocations, &discharges)
 }

@@ -94,9 +94,15 @@ pub(crate) fn decode_base64(text: &str) -> Result<Vec<u8>, WireError> {
     }
     // Base64 grows by 4/3; refuse before decoding anything huge.
     if text.len() > TOKEN_BYTES_MAX / 3 * 4 + 4 {
-        return Err(WireError::TooLong { len: text.len() / 4 * 3 });
+        return Err(WireError::TooLong {
+            len: text.len() / 4 * 3,
+        });
     }
-    let engine = if text.contains(['+', '/']) { &STANDARD } else { &URL_SAFE };
+    let engine = if text.contains(['+', '/']) {
+        &STANDARD
+    } else {
+        &URL_SAFE
+    };
     engine.decode(text).map_err(|_| WireError::Base64)
 }
 
@@ -165,8 +171,14 @@ impl<'a> Reader<'a> {
                 return Err(WireError::TooLong { len: usize::MAX });
             }
         }
-        let end = self.pos.checked_add(len).ok_or(WireError::Truncated(what))?;
-        let v = self.data.get(self.pos..end).ok_or(WireError::Truncated(what))?;
+        let end = self
+            .pos
+            .checked_add(len)
+            .ok_or(WireError::Truncated(what))?;
+        let v = self
+            .data
+            .get(self.pos..end)
+            .ok_or(WireError::Truncated(what))?;
         self.pos = end;
         Ok(v)
     }
@@ -184,14 +196,20 @@ impl<'a> Reader<'a> {
     fn required(&mut self, tag: u8, what: &'static str) -> Result<&'a [u8], WireError> {
         match self.byte(what)? {
             t if t == tag => self.value(what),
-            t => Err(WireError::UnexpectedField { tag: t, context: what }),
+            t => Err(WireError::UnexpectedField {
+                tag: t,
+                context: what,
+            }),
         }
     }
 
     fn eos(&mut self, what: &'static str) -> Result<(), WireError> {
         match self.byte(what)? {
             EOS => Ok(()),
-            t => Err(WireError::UnexpectedField { tag: t, context: what }),
+            t => Err(WireError::UnexpectedField {
+                tag: t,
+                context: what,
+            }),
         }
     }
 }
@@ -222,7 +240,9 @@ pub(crate) fn decode_binary(data: &[u8]) -> Result<RawMacaroon, WireError> {
         }
         let location = r.optional(LOCATION, "caveat location")?.map(<[u8]>::to_vec);
         let id = r.required(IDENTIFIER, "caveat identifier")?.to_vec();
-        let vid = r.optional(VID, "caveat verification id")?.map(<[u8]>::to_vec);
+        let vid = r
+            .optional(VID, "caveat verification id")?
+            .map(<[u8]>::to_vec);
         r.eos("end of caveat")?;
         caveats.push(RawCaveat { location, id, vid });
     }
@@ -286,7 +306,10 @@ mod tests {
         let mut longer = bin.clone();
         longer.push(0);
         assert_eq!(decode_binary(&longer), Err(WireError::TrailingBytes(1)));
-        assert!(matches!(decode_binary(b"\x01abc"), Err(WireError::Version(1))));
+        assert!(matches!(
+            decode_binary(b"\x01abc"),
+            Err(WireError::Version(1))
+        ));
         assert_eq!(decode_base64("!!"), Err(WireError::Base64));
         assert_eq!(decode_base64("  "), Err(WireError::Empty));
     }

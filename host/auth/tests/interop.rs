@@ -105,7 +105,12 @@ fn pymacaroons_verifies_tokens_minted_here() {
     all.push("memory <= 1024");
     let out = python(
         VERIFY_HERE_MINTED,
-        &[&token.encode(), &f.root.to_hex(), &bound.encode(), &all.join("|")],
+        &[
+            &token.encode(),
+            &f.root.to_hex(),
+            &bound.encode(),
+            &all.join("|"),
+        ],
     );
     let lines: Vec<&str> = out.lines().collect();
     assert_eq!(lines[0], format!("identifier {}", token.id()));
@@ -113,7 +118,15 @@ fn pymacaroons_verifies_tokens_minted_here() {
         lines[1],
         format!("caveats {}|input-bytes <= 4096", refs.join("|"))
     );
-    assert_eq!(lines[2..], ["verified True", "missing-caveat-fails True", "wrong-key-fails True", "no-discharge-fails True"]);
+    assert_eq!(
+        lines[2..],
+        [
+            "verified True",
+            "missing-caveat-fails True",
+            "wrong-key-fails True",
+            "no-discharge-fails True"
+        ]
+    );
     // And it verifies here too.
     verify(&token, &request(), &f.keys, &NoRevocations, &[bound]).unwrap();
 }
@@ -153,9 +166,19 @@ fn tokens_minted_by_pymacaroons_verify_here() {
     let bound = Discharge::decode(lines[1]).unwrap();
     let unbound = Discharge::decode(lines[2]).unwrap();
     assert_eq!(*token.id(), id);
-    let ok = verify(&token, &request(), &f.keys, &NoRevocations, &[bound.clone()]).unwrap();
+    let ok = verify(
+        &token,
+        &request(),
+        &f.keys,
+        &NoRevocations,
+        std::slice::from_ref(&bound),
+    )
+    .unwrap();
     assert_eq!(ok.budget.fuel, 77);
-    assert_eq!(ok.limits.tool_names.iter().next().map(String::as_str), Some("wc"));
+    assert_eq!(
+        ok.limits.tool_names.iter().next().map(String::as_str),
+        Some("wc")
+    );
     let e = verify(&token, &request(), &f.keys, &NoRevocations, &[unbound]).unwrap_err();
     assert_eq!(e.kind, DeniedKind::DischargeUnbound);
     let e = verify(&token, &request(), &f.keys, &NoRevocations, &[]).unwrap_err();

@@ -45,18 +45,20 @@ fn ask() -> impl Strategy<Value = Ask> {
         0u64..7,
         prop::collection::btree_set((1u8..4).prop_map(digest), 0..3),
     )
-        .prop_map(|(tool, name, now, (fuel, memory_bytes, output_bytes), input_bytes, reads)| Ask {
-            tool,
-            name,
-            now,
-            budget: Budget {
-                fuel,
-                memory_bytes,
-                output_bytes,
+        .prop_map(
+            |(tool, name, now, (fuel, memory_bytes, output_bytes), input_bytes, reads)| Ask {
+                tool,
+                name,
+                now,
+                budget: Budget {
+                    fuel,
+                    memory_bytes,
+                    output_bytes,
+                },
+                input_bytes,
+                reads: reads.into_iter().collect(),
             },
-            input_bytes,
-            reads: reads.into_iter().collect(),
-        })
+        )
 }
 
 fn subset(child: &Grants, parent: &Grants) -> bool {

@@ -32,7 +32,10 @@ fn tool_caveats_match_digest_and_name() {
     };
     let e = f.verify(&t, &other).unwrap_err();
     assert_eq!(e.kind, DeniedKind::WrongTool);
-    assert_eq!(e.caveat.as_deref(), Some(format!("tool = {}", digest(7)).as_str()));
+    assert_eq!(
+        e.caveat.as_deref(),
+        Some(format!("tool = {}", digest(7)).as_str())
+    );
     let renamed = Request {
         tool_name: "grep",
         ..request()
@@ -55,7 +58,10 @@ fn expiry_is_exclusive_and_accepts_rfc3339() {
     assert_eq!(e.kind, DeniedKind::Expired);
     assert!(e.message.contains("expired at"), "{}", e.message);
     let rfc = f.mint(&["expires < 2027-01-15T08:00:00Z"]);
-    assert_eq!(rfc.caveats()[0], CaveatEntry::FirstParty(Ok(Caveat::Expires(NOW))));
+    assert_eq!(
+        rfc.caveats()[0],
+        CaveatEntry::FirstParty(Ok(Caveat::Expires(NOW)))
+    );
     assert_eq!(denied_kind(f.verify(&rfc, &request())), DeniedKind::Expired);
 }
 
@@ -154,14 +160,22 @@ fn unknown_and_invalid_caveats_deny() {
     assert_eq!(e.kind, DeniedKind::UnknownCaveat);
     assert_eq!(e.caveat.as_deref(), Some("colour = blue"));
     let t = f.mint(&[]).attenuate_raw("fuel < 10").unwrap();
-    assert_eq!(denied_kind(f.verify(&t, &request())), DeniedKind::InvalidCaveat);
-    assert!(inspect(&t).iter().any(|l| l.starts_with("DENIES EVERYTHING")));
+    assert_eq!(
+        denied_kind(f.verify(&t, &request())),
+        DeniedKind::InvalidCaveat
+    );
+    assert!(inspect(&t)
+        .iter()
+        .any(|l| l.starts_with("DENIES EVERYTHING")));
 }
 
 #[test]
 fn uses_are_counted_only_when_taken() {
     let f = Fixture::new();
-    let t = f.mint(&["uses <= 2"]).attenuate(&caveats(&["uses <= 5"])).unwrap();
+    let t = f
+        .mint(&["uses <= 2"])
+        .attenuate(&caveats(&["uses <= 5"]))
+        .unwrap();
     let counter = MemoryUseCounter::new();
     let ok = f.verify(&t, &request()).unwrap();
     assert_eq!(ok.uses_limit, Some(2));
@@ -180,7 +194,10 @@ fn uses_are_counted_only_when_taken() {
     assert_eq!(e.caveat.as_deref(), Some("uses <= 2"));
     assert_eq!(counter.used(t.id()).unwrap(), 2);
     let zero = f.mint(&["uses <= 0"]);
-    assert_eq!(denied_kind(f.verify(&zero, &request())), DeniedKind::UsesExhausted);
+    assert_eq!(
+        denied_kind(f.verify(&zero, &request())),
+        DeniedKind::UsesExhausted
+    );
 }
 
 #[test]
@@ -248,7 +265,10 @@ fn tampering_and_wrong_keys_are_bad_signatures() {
     let cut = find(&raw, b"\x02\x0etool-name = wc\x00").unwrap();
     raw.drain(cut..cut + 17);
     let widened = Token::decode(&base64_encode(&raw)).unwrap();
-    assert_eq!(denied_kind(f.verify(&widened, &request())), DeniedKind::BadSignature);
+    assert_eq!(
+        denied_kind(f.verify(&widened, &request())),
+        DeniedKind::BadSignature
+    );
 }
 
 #[test]
@@ -272,7 +292,8 @@ fn malformed_tokens_are_denied_as_malformed() {
 fn denial_kinds_have_distinct_exit_codes_and_names() {
     let codes: std::collections::HashSet<u8> =
         DeniedKind::ALL.iter().map(|k| k.exit_code()).collect();
-    let names: std::collections::HashSet<&str> = DeniedKind::ALL.iter().map(|k| k.as_str()).collect();
+    let names: std::collections::HashSet<&str> =
+        DeniedKind::ALL.iter().map(|k| k.as_str()).collect();
     assert_eq!(codes.len(), DeniedKind::ALL.len());
     assert_eq!(names.len(), DeniedKind::ALL.len());
     assert_eq!(DeniedKind::Malformed.exit_code(), 20);
@@ -293,7 +314,10 @@ fn third_party_discharges_must_be_present_bound_and_valid() {
         .any(|l| l.contains("needs a discharge from `approver.example`")));
 
     // Missing.
-    assert_eq!(denied_kind(f.verify(&token, &request())), DeniedKind::DischargeMissing);
+    assert_eq!(
+        denied_kind(f.verify(&token, &request())),
+        DeniedKind::DischargeMissing
+    );
 
     // The approver, knowing only its key and the caveat id, discharges it.
     let discharge = Discharge::create(
@@ -303,11 +327,24 @@ fn third_party_discharges_must_be_present_bound_and_valid() {
         &caveats(&[&format!("expires < {}", NOW + 60), "fuel <= 50"]),
     )
     .unwrap();
-    let unbound = verify(&token, &request(), &f.keys, &NoRevocations, &[discharge.clone()]);
+    let unbound = verify(
+        &token,
+        &request(),
+        &f.keys,
+        &NoRevocations,
+        std::slice::from_ref(&discharge),
+    );
     assert_eq!(denied_kind(unbound), DeniedKind::DischargeUnbound);
 
     let bound = token.bind(&discharge).unwrap();
-    let ok = verify(&token, &request(), &f.keys, &NoRevocations, &[bound.clone()]).unwrap();
+    let ok = verify(
+        &token,
+        &request(),
+        &f.keys,
+        &NoRevocations,
+        std::slice::from_ref(&bound),
+    )
+    .unwrap();
     assert_eq!(ok.budget.fuel, 50, "the discharge's caveats count too");
 
     // The discharge's own caveats are enforced.
@@ -315,7 +352,14 @@ fn third_party_discharges_must_be_present_bound_and_valid() {
         now_unix: NOW + 60,
         ..request()
     };
-    let e = verify(&token, &late, &f.keys, &NoRevocations, &[bound.clone()]).unwrap_err();
+    let e = verify(
+        &token,
+        &late,
+        &f.keys,
+        &NoRevocations,
+        std::slice::from_ref(&bound),
+    )
+    .unwrap_err();
     assert_eq!(e.kind, DeniedKind::Expired);
 
     // Bound to another token: rejected (indistinguishable from a forgery).
@@ -323,9 +367,20 @@ fn third_party_discharges_must_be_present_bound_and_valid() {
         .mint(&[])
         .add_third_party_caveat("approver.example", &approver.caveat_key(cid), cid)
         .unwrap();
-    let e = verify(&other, &request(), &f.keys, &NoRevocations, &[bound.clone()]).unwrap_err();
+    let e = verify(
+        &other,
+        &request(),
+        &f.keys,
+        &NoRevocations,
+        std::slice::from_ref(&bound),
+    )
+    .unwrap_err();
     assert_eq!(e.kind, DeniedKind::DischargeBadSignature);
-    assert!(e.message.contains("bound to another token"), "{}", e.message);
+    assert!(
+        e.message.contains("bound to another token"),
+        "{}",
+        e.message
+    );
 
     // Made with the wrong key.
     let forged = Discharge::create("x", &CaveatKey::from_bytes([9; 32]), cid, &[]).unwrap();
@@ -352,10 +407,22 @@ fn the_macaroon_crate_verifier_agrees() {
         .unwrap()
         .attenuate(&caveats(&["uses <= 3"]))
         .unwrap();
-    let d = Discharge::create("quota", &approver.caveat_key(cid), cid, &caveats(&["memory <= 4096"]))
-        .unwrap();
+    let d = Discharge::create(
+        "quota",
+        &approver.caveat_key(cid),
+        cid,
+        &caveats(&["memory <= 4096"]),
+    )
+    .unwrap();
     let bound = token.bind(&d).unwrap();
-    let ours = verify(&token, &request(), &f.keys, &NoRevocations, &[bound.clone()]).unwrap();
+    let ours = verify(
+        &token,
+        &request(),
+        &f.keys,
+        &NoRevocations,
+        std::slice::from_ref(&bound),
+    )
+    .unwrap();
     let theirs = voidbox_auth::reference::verify_with_macaroon_crate(
         &token.encode(),
         &[&bound.encode()],
@@ -380,11 +447,21 @@ fn the_macaroon_crate_verifier_agrees() {
 #[test]
 fn inspect_describes_caveats_in_plain_words() {
     let f = Fixture::new();
-    let t = f.mint(&["uses <= 1", "fuel <= 1000", "expires < 2027-01-15T08:00:00Z"]);
+    let t = f.mint(&[
+        "uses <= 1",
+        "fuel <= 1000",
+        "expires < 2027-01-15T08:00:00Z",
+    ]);
     let lines = inspect(&t);
-    assert!(lines[0].starts_with("token voidbox/v1/tenant-a/"), "{lines:?}");
+    assert!(
+        lines[0].starts_with("token voidbox/v1/tenant-a/"),
+        "{lines:?}"
+    );
     assert_eq!(lines[1], "uses <= 1: single use: one invocation in total");
-    assert_eq!(lines[2], "fuel <= 1000: at most 1000 units of fuel per invocation");
+    assert_eq!(
+        lines[2],
+        "fuel <= 1000: at most 1000 units of fuel per invocation"
+    );
     assert_eq!(
         lines[3],
         "expires < 1800000000: valid until 2027-01-15T08:00:00Z (Unix time 1800000000)"
@@ -405,7 +482,9 @@ fn token_ids_round_trip_and_are_canonical() {
 
 fn base64_decode(text: &str) -> Vec<u8> {
     use base64::Engine;
-    base64::engine::general_purpose::URL_SAFE_NO_PAD.decode(text).unwrap()
+    base64::engine::general_purpose::URL_SAFE_NO_PAD
+        .decode(text)
+        .unwrap()
 }
 
 fn base64_encode(bytes: &[u8]) -> String {
