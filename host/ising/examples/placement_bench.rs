@@ -4,7 +4,7 @@
 //! 2. against greedy least-loaded on locality-heavy instances;
 //! 3. the time to place 256 invocations on 16 executors.
 //!
-//! `cargo run --release -p voidbox-ising --example placement_bench [-- --instances N]`
+//! `cargo run --release -p voidbox-ising --example placement_bench [-- --instances N] [--sweeps N]`
 
 use std::time::Instant;
 
@@ -81,11 +81,13 @@ fn batch_256(seed: u64) -> (Vec<Invocation>, Vec<Executor>) {
     (invs, execs)
 }
 
-/// CPU time of this thread in nanoseconds (Linux `schedstat`), so that the
-/// timing means something on a machine shared with other work.
+/// CPU time of this thread in nanoseconds (`CLOCK_THREAD_CPUTIME_ID`), so
+/// that the timing means something on a machine shared with other work.
 fn thread_cpu_ns() -> Option<u64> {
-    let text = std::fs::read_to_string("/proc/thread-self/schedstat").ok()?;
-    text.split_whitespace().next()?.parse().ok()
+    let mut ts = libc::timespec { tv_sec: 0, tv_nsec: 0 };
+    // SAFETY: `ts` is a valid, writable timespec for the call's duration.
+    let rc = unsafe { libc::clock_gettime(libc::CLOCK_THREAD_CPUTIME_ID, &mut ts) };
+    (rc == 0).then(|| ts.tv_sec as u64 * 1_000_000_000 + ts.tv_nsec as u64)
 }
 
 fn median(mut v: Vec<f64>) -> f64 {
@@ -101,7 +103,10 @@ fn main() {
         .and_then(|k| args.get(k + 1))
         .and_then(|v| v.parse().ok())
         .unwrap_or(100);
-    let params = PlacementParams::default();
+    let mut params = PlacementParams::default();
+    if let Some(sweeps) = args.iter().position(|a| a == "--sweeps").and_then(|k| args.get(k + 1)).and_then(|v| v.parse().ok()) {
+        params.sweeps = sweeps;
+    }
 
     // 1. Exact optimum.
     let mut gaps = Vec::new();

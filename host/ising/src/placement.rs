@@ -180,7 +180,7 @@ pub struct PlacementParams {
 impl Default for PlacementParams {
     fn default() -> Self {
         Self {
-            sweeps: 200,
+            sweeps: 100,
             reads: 1,
             seed: 0,
             solver: Solver::Structured,
@@ -1566,6 +1566,121 @@ pub fn place(p: &PlacementProblem, params: &PlacementParams) -> Result<Placement
     })
 }
 
+/// What `voidbox schedule --explain` shows: the placement with its energy
+/// split by term, per invocation and per executor.
+#[derive(Clone, Debug, PartialEq, Serialize)]
+pub struct Explanation {
+    /// Which path produced the placement.
+    pub outcome: PlacementOutcome,
+    /// The energy by term (penalties are 0: the placement is feasible).
+    pub energy: EnergyBreakdown,
+    /// The greedy placement's objective, for comparison.
+    pub greedy_objective: Option<f64>,
+    /// The penalty weight P of the hard constraints.
+    pub penalty_weight: f64,
+    /// Bytes per memory unit in the Hamiltonian.
+    pub memory_unit_bytes: u64,
+    /// One line per invocation.
+    pub invocations: Vec<InvocationLine>,
+    /// One line per executor.
+    pub executors: Vec<ExecutorLine>,
+}
+
+/// Where one invocation went and what its copies cost.
+#[derive(Clone, Debug, PartialEq, Serialize)]
+pub struct InvocationLine {
+    /// The invocation's id.
+    pub id: String,
+    /// The executors' ids, one per copy.
+    pub executors: Vec<String>,
+    /// Cold-start cost of its copies.
+    pub cold_start: f64,
+    /// Data-fetch cost of its copies.
+    pub data: f64,
+    /// Topology cost of its copies.
+    pub topology: f64,
+}
+
+/// One executor's load before and after the placement.
+#[derive(Clone, Debug, PartialEq, Serialize)]
+pub struct ExecutorLine {
+    /// The executor's id.
+    pub id: String,
+    /// Slot capacity.
+    pub slots: u32,
+    /// Slots in use before.
+    pub load_before: u32,
+    /// Slots in use after.
+    pub load_after: u64,
+    /// Copies placed here.
+    pub copies: usize,
+    /// This executor's share of the balance term.
+    pub balance: f64,
+}
+
+impl Placement {
+    /// The placement explained term by term.
+    ///
+    /// # Panics
+    /// If `problem` is not the problem this placement was made for.
+    #[must_use]
+    pub fn explain(&self, problem: &PlacementProblem) -> Explanation {
+        let p = problem;
+        assert_eq!(self.assignment.len(), p.invocations.len(), "placement of another problem");
+        let mut added = vec![0u64; p.ne()];
+        let mut copies = vec![0usize; p.ne()];
+        let invocations = self
+            .assignment
+            .iter()
+            .enumerate()
+            .map(|(t, execs)| {
+                let mut line = InvocationLine {
+                    id: p.invocations[t].id.clone(),
+                    executors: Vec::new(),
+                    cold_start: 0.0,
+                    data: 0.0,
+                    topology: 0.0,
+                };
+                for &e in execs {
+                    let (c, d, tp) = p.cost_parts(t, e);
+                    line.cold_start += c;
+                    line.data += d;
+                    line.topology += tp;
+                    line.executors.push(p.executors[e].id.clone());
+                    added[e] += u64::from(p.invocations[t].slots);
+                    copies[e] += 1;
+                }
+                line
+            })
+            .collect();
+        let executors = p
+            .executors
+            .iter()
+            .enumerate()
+            .map(|(e, ex)| {
+                let after = u64::from(ex.load_slots) + added[e];
+                ExecutorLine {
+                    id: ex.id.clone(),
+                    slots: ex.slots,
+                    load_before: ex.load_slots,
+                    load_after: after,
+                    copies: copies[e],
+                    balance: p.balance_coef(e) * (after as f64) * (after as f64),
+                }
+            })
+            .collect();
+        Explanation {
+            outcome: self.outcome,
+            energy: self.energy.clone(),
+            greedy_objective: self.greedy_objective,
+            penalty_weight: p.penalty,
+            memory_unit_bytes: p.memory.unit,
+            invocations,
+            executors,
+        }
+    }
+}
+
 /// The exact optimum by enumeration, for small batches: every choice of
 /// `replicas` executors per invocation. `None` if there are more than
 /// `limit` combinations or none is feasible.
@@ -1861,6 +1976,22 @@ mod tests {
             );
         }
         assert!(swaps > 10, "the walk made only {swaps} swaps");
+    }
+
+    #[test]
+    fn explanation_adds_up() {
+        let p = small_instance(3, 40);
+        let placed = place(&p, &PlacementParams::default()).unwrap();
+        let x = placed.explain(&p);
+        let sum = |f: fn(&InvocationLine) -> f64| x.invocations.iter().map(f).sum::<f64>();
+        assert!((sum(|l| l.cold_start) - x.energy.cold_start).abs() < 1e-9);
+        assert!((sum(|l| l.data) - x.energy.data).abs() < 1e-9);
+        assert!((sum(|l| l.topology) - x.energy.topology).abs() < 1e-9);
+        let balance: f64 = x.executors.iter().map(|l| l.balance).sum();
+        assert!((balance - x.energy.balance).abs() < 1e-9);
+        let copies: usize = x.executors.iter().map(|l| l.copies).sum();
+        assert_eq!(copies, p.invocations().iter().map(|t| t.replicas as usize).sum::<usize>());
+        assert_eq!(x.energy.total, x.energy.objective);
     }
 
     #[test]
