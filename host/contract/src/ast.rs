@@ -4,6 +4,7 @@
 
 use std::fmt::{self, Write as _};
 
+use crate::eval::{eval_term, Figures};
 use crate::syntax::{self, BinOp, Node, NodeKind, ParseError};
 
 /// The variables a contract may mention. Every one ranges over `u64`
@@ -390,12 +391,13 @@ impl Checker<'_> {
             NodeKind::Bin(BinOp::Mul, lhs_node, rhs_node) => {
                 let (lhs, l, lvars) = self.term(lhs_node)?;
                 let (rhs, r, rvars) = self.term(rhs_node)?;
-                // One side must be free of variables; its value is exact
-                // (lo == hi) because constants have point intervals.
-                let (coefficient, term, range, vars) = if lvars.is_empty() {
-                    (l.lo, rhs, r, rvars)
+                // One side must be free of variables: fold it to its value.
+                // (Its interval is not always a point: a variable-free `if`
+                // spans both branches.)
+                let (constant, term, range, vars) = if lvars.is_empty() {
+                    (&lhs, rhs, r, rvars)
                 } else if rvars.is_empty() {
-                    (r.lo, lhs, l, lvars)
+                    (&rhs, lhs, l, lvars)
                 } else {
                     return Err(ParseError::at(
                         self.src,
@@ -408,6 +410,8 @@ impl Checker<'_> {
                         ),
                     ));
                 };
+                let coefficient =
+                    eval_term(constant, &Figures::default()).map_err(|_| self.overflow(node))?;
                 let ends = coefficient
                     .checked_mul(range.lo)
                     .zip(coefficient.checked_mul(range.hi));
@@ -550,10 +554,9 @@ pub(crate) fn print_term(term: &Term, min: u8, out: &mut String) {
             close(wrap, out);
         }
         Term::Scale(coefficient, inner) => {
-            // A negative coefficient prints as `-2`, which parses back as a
-            // unary minus: that binds tighter than `*`, so no parentheses.
             let wrap = open(LEVEL_PRODUCT, min, out);
-            let _ = write!(out, "{coefficient} * ");
+            print_coefficient(*coefficient, out);
+            out.push_str(" * ");
             print_term(inner, LEVEL_UNARY, out);
             close(wrap, out);
         }
@@ -566,6 +569,30 @@ pub(crate) fn print_term(term: &Term, min: u8, out: &mut String) {
             out.push_str(" else ");
             print_term(otherwise, LEVEL_ITE, out);
             close(wrap, out);
+        }
+    }
+}
+
+/// Prints a folded coefficient so that it parses back to the same value:
+/// a literal when it fits one (a negative one as `-N`, which parses as a
+/// unary minus, tighter than `*`), otherwise a constant expression in
+/// literals, which the parser folds back into the same coefficient.
+fn print_coefficient(coefficient: i128, out: &mut String) {
+    let magnitude = coefficient.unsigned_abs();
+    let sign = if coefficient < 0 { "-" } else { "" };
+    match u64::try_from(magnitude) {
+        Ok(small) => {
+            let _ = write!(out, "{sign}{small}");
+        }
+        Err(_) => {
+            let base = u128::from(u64::MAX);
+            let _ = write!(
+                out,
+                "{sign}({} * {} + {})",
+                magnitude / base,
+                base,
+                magnitude % base
+            );
         }
     }
 }

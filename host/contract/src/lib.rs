@@ -58,6 +58,8 @@
 //! ```
 
 pub mod admit;
+#[cfg(test)]
+mod agreement;
 pub mod ast;
 pub mod attenuate;
 pub mod cache;

@@ -333,3 +333,35 @@ fn nesting_and_size_limits() {
     let err = Contract::parse(&huge).expect_err("too large");
     assert!(err.message.contains("the limit is 65536 bytes"), "{err}");
 }
+
+#[test]
+fn regression_folded_coefficient_beyond_u64_prints_as_parseable_text() {
+    // Folding `M * 3` gives a coefficient no literal can hold; the canonical
+    // text spells it as a constant expression that folds back to it.
+    check_ok(
+        "fuel >= 18446744073709551615 * 3 * 2",
+        "fuel >= (3 * 18446744073709551615 + 0) * 2\n",
+    );
+    check_ok(
+        "fuel >= -(18446744073709551615 * 2 + 7) * 1",
+        "fuel >= -(2 * 18446744073709551615 + 7) * 1\n",
+    );
+}
+
+#[test]
+fn regression_constant_if_as_a_factor_uses_the_taken_branch() {
+    // A variable-free `if` spans both branches; the coefficient must be the
+    // branch actually taken, not the low end of that span.
+    check_ok(
+        "fuel <= (if false then 2 else 3) * input_bytes",
+        "fuel <= 3 * input_bytes\n",
+    );
+    let c = Contract::parse("fuel <= (if false then 2 else 3) * input_bytes").unwrap();
+    let run = |fuel| voidbox_contract::Figures {
+        input_bytes: 10,
+        fuel,
+        ..Default::default()
+    };
+    assert!(c.check_post(&run(30)).is_ok());
+    assert!(c.check_post(&run(31)).is_err());
+}
