@@ -33,6 +33,7 @@
 //! could only end in a contract violation.
 
 use std::fmt;
+use std::time::{Duration, Instant};
 
 use z3::ast::Ast;
 use z3::ast::{Bool, Int};
@@ -41,7 +42,9 @@ use z3::{SatResult, Solver};
 use crate::ast::Var;
 use crate::contract::Contract;
 use crate::number::thousands;
-use crate::solve::{context, explain_unsat, fast_solver, int, Encoding, SolverError};
+use crate::solve::{
+    context, explain_unsat, fast_solver, int, Encoding, SolverError, SOLVER_TIMEOUT_MS,
+};
 
 /// The budget an invocation may spend: the minimum of what it asks and what
 /// its capability allows. `None` for an input-side limit means the
@@ -137,6 +140,10 @@ pub struct Counterexample {
     pub needed: u128,
     /// The contract sets no upper bound on the resource.
     pub unbounded: bool,
+    /// `needed` is the proven largest value. False when the contract is
+    /// unbounded or the search ran out of time: `needed` is then one value
+    /// the contract permits (still a valid counterexample).
+    pub exact: bool,
     /// The budget's limit for the resource.
     pub limit: u64,
     /// The postconditions that mention the resource, described.
@@ -287,6 +294,7 @@ pub fn admit(contract: &Contract, budget: &Budget) -> Result<Proof, AdmissionErr
             .any(|c| c.vars.contains(Var::ArgsBytes)),
         needed: worst.needed,
         unbounded: worst.unbounded,
+        exact: worst.exact,
         limit: resource.limit(budget),
         clauses,
     }))
@@ -297,6 +305,7 @@ struct WorstCase {
     args_bytes: u64,
     needed: u128,
     unbounded: bool,
+    exact: bool,
 }
 
 /// The largest value of `resource` the contract permits over all allowed
@@ -314,6 +323,7 @@ fn worst_case<'ctx>(
     resource: Resource,
     exceeds: &Bool<'ctx>,
 ) -> Result<WorstCase, SolverError> {
+    let deadline = Instant::now() + Duration::from_millis(SOLVER_TIMEOUT_MS);
     let ctx = enc.ctx();
     let target = enc.var(resource.var());
     let zero = Int::from_u64(ctx, 0);
@@ -347,19 +357,19 @@ fn worst_case<'ctx>(
         SatResult::Unknown => return Err(SolverError::unknown(QUESTION_WORST, &solver)),
     };
     solver.pop(1);
-    let needed = if unbounded {
-        start
+    let (needed, exact) = if unbounded {
+        (start, false)
     } else {
-        extremum(&solver, target, start, ceiling, Direction::Up)?
+        extremum(&solver, target, start, ceiling, Direction::Up, deadline)?
     };
     solver.assert(&target._eq(&int(ctx, needed)));
     let input = enc.var(Var::InputBytes);
     let start = model_value(&solver, input)?;
-    let input_bytes = extremum(&solver, input, start, 0, Direction::Down)?;
+    let (input_bytes, _) = extremum(&solver, input, start, 0, Direction::Down, deadline)?;
     solver.assert(&input._eq(&int(ctx, input_bytes)));
     let args = enc.var(Var::ArgsBytes);
     let start = model_value(&solver, args)?;
-    let args_bytes = extremum(&solver, args, start, 0, Direction::Down)?;
+    let (args_bytes, _) = extremum(&solver, args, start, 0, Direction::Down, deadline)?;
     let to_u64 = |v: i128| {
         u64::try_from(v).map_err(|_| SolverError::new(QUESTION_WORST, "an input figure beyond u64"))
     };
@@ -369,6 +379,7 @@ fn worst_case<'ctx>(
         needed: u128::try_from(needed)
             .map_err(|_| SolverError::new(QUESTION_WORST, "a negative figure"))?,
         unbounded,
+        exact,
     })
 }
 
@@ -407,14 +418,18 @@ fn read_value<'ctx>(solver: &Solver<'ctx>, target: &Int<'ctx>) -> Result<i128, S
 /// solver's models usually jump straight to the extreme); after that the
 /// step doubles until a probe fails (the limit may be far away, like
 /// `i128::MAX`), and then the remaining range is bisected, so the number
-/// of checks stays logarithmic in the extreme.
+/// of checks stays logarithmic in the extreme. Past `deadline` the search
+/// stops and returns the best value so far, flagged as not exact (each
+/// check has its own time limit, but a hostile contract could make many
+/// slow ones).
 fn extremum<'ctx>(
     solver: &Solver<'ctx>,
     target: &Int<'ctx>,
     start: i128,
     limit: i128,
     direction: Direction,
-) -> Result<i128, SolverError> {
+    deadline: Instant,
+) -> Result<(i128, bool), SolverError> {
     const GREEDY_PROBES: u32 = 4;
     let ctx = solver.get_context();
     // `best` is achievable; nothing lies beyond `bound`.
@@ -422,6 +437,9 @@ fn extremum<'ctx>(
     let mut probes = 0;
     let mut galloping = true;
     while best != bound {
+        if Instant::now() >= deadline {
+            return Ok((best, false));
+        }
         let gap = match direction {
             Direction::Up => bound - best,
             Direction::Down => best - bound,
@@ -456,5 +474,5 @@ fn extremum<'ctx>(
             SatResult::Unknown => return Err(SolverError::unknown(QUESTION_WORST, solver)),
         }
     }
-    Ok(best)
+    Ok((best, true))
 }

@@ -86,6 +86,20 @@ impl Contract {
         out
     }
 
+    /// The contract in plain words, one clause a line, for `tool inspect`:
+    /// "precondition `small`: input_bytes <= 16777216".
+    pub fn describe(&self) -> String {
+        let mut out = String::new();
+        for clause in &self.clauses {
+            let kind = match clause.kind {
+                ClauseKind::Precondition => "precondition",
+                ClauseKind::Postcondition => "postcondition",
+            };
+            out.push_str(&format!("{kind} {}: {}\n", clause.name(), clause.text()));
+        }
+        out
+    }
+
     /// Checks the preconditions on an invocation's input side before it
     /// runs. An input that fails them is outside what the tool promises
     /// anything about, so the host refuses to run it.

@@ -96,6 +96,7 @@ fn the_issue_counterexample() {
     assert_eq!(cx.resource, Resource::Fuel);
     assert_eq!(cx.input_bytes, 1_048_576);
     assert_eq!(cx.needed, 421_430_400);
+    assert!(cx.exact && !cx.unbounded);
     assert_eq!(cx.limit, 100_000_000);
     assert_eq!(cx.clauses, ["`cost` (fuel <= 400 * input_bytes + 2000000)"]);
     assert_eq!(
@@ -182,7 +183,7 @@ fn a_resource_bounded_only_from_below_is_unbounded() {
     let AdmissionError::Counterexample(cx) = &err else {
         panic!("{err}")
     };
-    assert!(cx.unbounded);
+    assert!(cx.unbounded && !cx.exact);
     // Still a concrete counterexample: a run the contract accepts, beyond
     // the budget.
     assert!(cx.input_bytes <= 10 && cx.needed > 1_000);

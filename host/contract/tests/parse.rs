@@ -122,6 +122,16 @@ fn clauses_continue_across_lines_where_the_expression_is_unfinished() {
 }
 
 #[test]
+fn describe_for_inspect() {
+    let contract =
+        Contract::parse("small: input_bytes <= 16_777_216\nfuel <= 400 * input_bytes").unwrap();
+    assert_eq!(
+        contract.describe(),
+        "precondition `small`: input_bytes <= 16777216\npostcondition clause 2 (line 2): fuel <= 400 * input_bytes\n"
+    );
+}
+
+#[test]
 fn clauses_are_classified_by_the_variables_they_mention() {
     let contract = Contract::parse(
         "pre: input_bytes <= 100 and args_bytes <= 10\ncost: fuel <= input_bytes\nconstant: true",
@@ -326,6 +336,19 @@ fn nesting_and_size_limits() {
     let long_chain = format!("fuel <= 1{}", " + 1".repeat(150));
     let err = Contract::parse(&long_chain).expect_err("too deep");
     assert!(err.message.contains("nested more than 100 levels"), "{err}");
+    for hostile in [
+        format!("{}fuel <= 1", "not ".repeat(500)),
+        format!("fuel <= {}1", "-".repeat(500)),
+        format!(
+            "fuel <= {}1{}",
+            "if true then ".repeat(300),
+            " else 2".repeat(300)
+        ),
+        format!("fuel <= 1{}", " and fuel <= 1".repeat(150)),
+    ] {
+        let err = Contract::parse(&hostile).expect_err("too deep");
+        assert!(err.message.contains("nested more than 100 levels"), "{err}");
+    }
     // Many short clauses are fine.
     let many = "fuel <= 1\n".repeat(1000);
     assert_eq!(Contract::parse(&many).unwrap().clauses().len(), 1000);
