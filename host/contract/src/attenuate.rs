@@ -53,6 +53,17 @@ impl Limit {
             value,
         }
     }
+
+    /// Whether `actual` (the named figure's value) meets this limit.
+    pub fn allows(&self, actual: u64) -> bool {
+        match self.op {
+            LimitOp::Le => actual <= self.value,
+            LimitOp::Lt => actual < self.value,
+            LimitOp::Ge => actual >= self.value,
+            LimitOp::Gt => actual > self.value,
+            LimitOp::Eq => actual == self.value,
+        }
+    }
 }
 
 impl fmt::Display for Limit {

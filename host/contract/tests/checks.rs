@@ -517,3 +517,100 @@ fn variables_are_listed_in_a_fixed_order() {
         ]
     );
 }
+
+/// A seeded property check: whatever check_attenuation says about random
+/// parent and child limit sets, concrete evaluation on many assignments
+/// must agree. `CONTRACT_ATTENUATION_CASES` sets the number of cases.
+#[test]
+fn attenuation_verdicts_agree_with_concrete_evaluation() {
+    let cases: u64 = std::env::var("CONTRACT_ATTENUATION_CASES")
+        .ok()
+        .and_then(|v| v.parse().ok())
+        .unwrap_or(150);
+    let mut state: u64 = 0x00a7_7e4a_7e5e_ed01;
+    let mut next = move |n: u64| {
+        state ^= state << 13;
+        state ^= state >> 7;
+        state ^= state << 17;
+        state % n
+    };
+    const NAMES: [&str; 3] = ["fuel", "uses", "input-bytes"];
+    const OPS: [LimitOp; 5] = [
+        LimitOp::Le,
+        LimitOp::Lt,
+        LimitOp::Ge,
+        LimitOp::Gt,
+        LimitOp::Eq,
+    ];
+    let mut random_limits = |count: u64| -> Vec<Limit> {
+        (0..count)
+            .map(|_| {
+                let op = OPS[next(5) as usize];
+                // Mostly upper bounds, as real caveats are.
+                let op = if next(3) == 0 { op } else { LimitOp::Le };
+                Limit::new(NAMES[next(3) as usize], op, next(20))
+            })
+            .collect()
+    };
+    let allowed = |limits: &[Limit], values: &[u64; 3]| {
+        limits.iter().all(|l| {
+            let i = NAMES.iter().position(|n| *n == l.name).unwrap();
+            l.allows(values[i])
+        })
+    };
+    let (mut accepted, mut widened, mut empty) = (0, 0, 0);
+    for case in 0..cases {
+        let parent = random_limits(1 + case % 3);
+        let mut child = if case % 2 == 0 {
+            parent.clone()
+        } else {
+            Vec::new()
+        };
+        child.extend(random_limits(1 + case % 2));
+        let verdict = check_attenuation(&parent, &child);
+        // Every assignment of small values (all limits use values < 20).
+        let grid = (0..22u64)
+            .flat_map(|a| (0..22u64).flat_map(move |b| (0..22u64).map(move |c| [a, b, c])));
+        match &verdict {
+            Ok(_) => {
+                accepted += 1;
+                assert!(
+                    grid.clone().any(|v| allowed(&child, &v)),
+                    "case {case}: accepted but allows nothing"
+                );
+                for v in grid {
+                    assert!(
+                        !allowed(&child, &v) || allowed(&parent, &v),
+                        "case {case}: child {child:?} allows {v:?}, parent {parent:?} denies it"
+                    );
+                }
+            }
+            Err(AttenuationError::Unsatisfiable { .. }) => {
+                empty += 1;
+                assert!(
+                    grid.clone().all(|v| !allowed(&child, &v)),
+                    "case {case}: {verdict:?}"
+                );
+            }
+            Err(AttenuationError::Widens {
+                name,
+                value,
+                parent_limit,
+            }) => {
+                widened += 1;
+                let limit = parent
+                    .iter()
+                    .find(|l| l.to_string() == *parent_limit)
+                    .unwrap();
+                assert_eq!(&limit.name, name);
+                assert!(!limit.allows(*value), "case {case}: {verdict:?}");
+            }
+            Err(other) => panic!("case {case}: {other}"),
+        }
+    }
+    // The generator must exercise every verdict.
+    assert!(
+        accepted > 0 && widened > 0 && empty > 0,
+        "{accepted} {widened} {empty}"
+    );
+}
