@@ -12,7 +12,8 @@
 //! (no fsync in the timed path: the page-cache rate) and once with
 //! `Immediate` (fdatasync + directory fsync per put: the disk's rate).
 //! Each round's blobs are removed after it, untimed, so the store stays
-//! small. Prints one JSON object: per operation the median MiB/s (wall
+//! small. A last part, `small`, times 256-byte blobs (see `small`).
+//! Prints one JSON object: per operation the median MiB/s (wall
 //! time), its ratio to hashing, and the same by CPU time (MiB per CPU-second
 //! of the whole process, all threads), which a busy machine distorts less.
 
@@ -195,11 +196,80 @@ fn run(args: &Args, durability: Durability, seed: &mut u64) -> serde_json::Value
     out.into()
 }
 
+/// Small blobs, as an invocation stores its input and output: puts and
+/// verified gets per second with deferred durability, the cost of making the
+/// whole batch durable with one `sync`, and the latency of an immediate put.
+fn small(args: &Args, seed: &mut u64) -> serde_json::Value {
+    const COUNT: usize = 2000;
+    const IMMEDIATE_COUNT: usize = 20;
+    const BYTES: usize = 256;
+    let scratch = tempfile::tempdir().expect("temp dir");
+    let dir = match &args.dir {
+        Some(dir) => dir.join("small"),
+        None => scratch.path().join("cas"),
+    };
+    let open = |durability| {
+        DiskStore::open_with(
+            &dir,
+            OpenOptions {
+                durability,
+                ..Default::default()
+            },
+        )
+        .expect("open store")
+    };
+    let blobs: Vec<Vec<u8>> = (0..COUNT)
+        .map(|i| {
+            let mut blob = vec![0u8; BYTES];
+            fill(&mut blob, *seed + i as u64);
+            blob
+        })
+        .collect();
+    *seed += COUNT as u64;
+    let store = open(Durability::Deferred);
+    let start = Instant::now();
+    let digests: Vec<_> = blobs.iter().map(|b| store.put(b).expect("put")).collect();
+    let put_per_s = COUNT as f64 / start.elapsed().as_secs_f64();
+    let start = Instant::now();
+    for digest in &digests {
+        store.get(digest).expect("get");
+    }
+    let get_pending_per_s = COUNT as f64 / start.elapsed().as_secs_f64();
+    let start = Instant::now();
+    store.sync().expect("sync");
+    let sync_ms = start.elapsed().as_secs_f64() * 1e3;
+    let start = Instant::now();
+    for digest in &digests {
+        store.get(digest).expect("get");
+    }
+    let get_per_s = COUNT as f64 / start.elapsed().as_secs_f64();
+    drop(store);
+    let store = open(Durability::Immediate);
+    let start = Instant::now();
+    for i in 0..IMMEDIATE_COUNT {
+        let mut blob = vec![0u8; BYTES];
+        fill(&mut blob, *seed + i as u64);
+        store.put(&blob).expect("put");
+    }
+    *seed += IMMEDIATE_COUNT as u64;
+    let immediate_put_ms = start.elapsed().as_secs_f64() * 1e3 / IMMEDIATE_COUNT as f64;
+    serde_json::json!({
+        "blob_bytes": BYTES,
+        "count": COUNT,
+        "deferred_put_per_s": put_per_s.round(),
+        "get_pending_per_s": get_pending_per_s.round(),
+        "sync_all_ms": (sync_ms * 10.0).round() / 10.0,
+        "get_per_s": get_per_s.round(),
+        "immediate_put_ms": (immediate_put_ms * 100.0).round() / 100.0,
+    })
+}
+
 fn main() {
     let args = parse_args();
     let mut seed = 1;
     let deferred = run(&args, Durability::Deferred, &mut seed);
     let immediate = run(&args, Durability::Immediate, &mut seed);
+    let small = small(&args, &mut seed);
     let report = serde_json::json!({
         "blob_mib": args.mib,
         "rounds": args.rounds,
@@ -207,6 +277,7 @@ fn main() {
         "goal_ratio_min": 0.7,
         "deferred": deferred,
         "immediate": immediate,
+        "small": small,
     });
     let mut out = io::stdout().lock();
     serde_json::to_writer_pretty(&mut out, &report).expect("write stdout");

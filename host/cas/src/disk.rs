@@ -25,12 +25,14 @@ const HEADER_BYTES: u64 = 16;
 /// memory stays bounded.
 const COPY_IN_MEMORY_BYTES_MAX: u64 = 32 << 20;
 
-/// Threads `sync` flushes files with. Each fdatasync of a new file waits for
-/// a journal commit (about 4 ms here); concurrent ones share commits, so a
-/// batch costs a few commits instead of one per file (measured on ext4: 256
-/// files in 43 ms with 8 threads, 1.2 s one by one). Flushing only our own
-/// files, unlike `syncfs`, never waits for unrelated dirty data.
-const SYNC_THREADS_MAX: usize = 8;
+/// Threads `sync` flushes files with. Each fsync of a new file waits for a
+/// journal commit (about 4 ms here); concurrent ones share commits, so a
+/// batch costs a few commits instead of one per file. Measured on ext4 for
+/// 2000 small files: 750 ms with 8 threads, 410 ms with 32, 230 ms for one
+/// `syncfs`; one by one it would take seconds. Threads spend that time
+/// blocked, not computing. Unlike `syncfs`, flushing only our own files
+/// never waits for unrelated dirty data on the same file system.
+const SYNC_THREADS_MAX: usize = 32;
 
 /// Attempts at creating this instance's locked temp directory.
 const INSTANCE_ATTEMPTS_MAX: usize = 100;
@@ -524,9 +526,7 @@ impl Store for DiskStore {
                 return Ok(digest);
             }
             let (file, temp) = self.new_temp_file(instance)?;
-            let written = file
-                .write_all_at(&header, 0)
-                .and_then(|()| file.write_all_at(data, HEADER_BYTES));
+            let written = write_header_and_content(&file, &header, data);
             if let Err(e) = written {
                 let _ = fs::remove_file(&temp);
                 return Err(CasError::io("write", temp, e));
@@ -898,6 +898,21 @@ fn read_header(file: &File, path: &Path, digest: &Digest) -> Result<u64> {
         return Err(corrupt(Corruption::SizeMismatch { expected, actual }));
     }
     Ok(expected)
+}
+
+/// Writes a small blob's header and content with one `pwritev` in the usual
+/// case: for small blobs the syscalls, not the bytes, are the cost.
+fn write_header_and_content(file: &File, header: &[u8], data: &[u8]) -> io::Result<()> {
+    let slices = [io::IoSlice::new(header), io::IoSlice::new(data)];
+    let written = rustix::io::pwritev(file, &slices, 0)?;
+    // A short write (rare for regular files) is finished piecewise.
+    if written < header.len() {
+        file.write_all_at(&header[written..], written as u64)?;
+        file.write_all_at(data, header.len() as u64)
+    } else {
+        let done = written - header.len();
+        file.write_all_at(&data[done..], written as u64)
+    }
 }
 
 fn content_problem(digest: &Digest, hash: blake3::Hash) -> Option<Corruption> {
