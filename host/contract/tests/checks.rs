@@ -614,3 +614,36 @@ fn attenuation_verdicts_agree_with_concrete_evaluation() {
         "{accepted} {widened} {empty}"
     );
 }
+
+#[test]
+fn admission_runs_on_many_threads_at_once() {
+    fn shareable<T: Send + Sync>() {}
+    shareable::<Contract>();
+    shareable::<ProofCache>();
+    let c = std::sync::Arc::new(contract(ISSUE_CONTRACT));
+    let handles: Vec<_> = (0..4u64)
+        .map(|i| {
+            let c = c.clone();
+            std::thread::spawn(move || {
+                // Thread i alternates a fitting and a denied budget.
+                (0..5u64)
+                    .map(|j| {
+                        admit(
+                            &c,
+                            &budget(
+                                Some(if (i + j) % 2 == 0 { 1_000 } else { 1_048_576 }),
+                                100_000_000,
+                            ),
+                        )
+                        .is_ok()
+                    })
+                    .collect::<Vec<_>>()
+            })
+        })
+        .collect();
+    for (i, handle) in handles.into_iter().enumerate() {
+        let answers = handle.join().expect("no panic");
+        let expected: Vec<bool> = (0..5).map(|j| (i + j) % 2 == 0).collect();
+        assert_eq!(answers, expected, "thread {i}");
+    }
+}
