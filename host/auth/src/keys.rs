@@ -8,7 +8,7 @@ use std::collections::HashMap;
 use std::fmt;
 use std::path::{Path, PathBuf};
 use std::str::FromStr;
-use std::sync::RwLock;
+use std::sync::{Arc, RwLock};
 
 use crate::chain;
 use crate::digest::{decode_hex_into, encode_hex};
@@ -19,7 +19,7 @@ pub const KEY_ID_BYTES_MAX: usize = 64;
 /// Names a root key: 1 to 64 of `A-Z a-z 0-9 . _ -` (so it is safe as a file
 /// name and cannot contain the `/` that separates identifier fields).
 #[derive(Clone, PartialEq, Eq, Hash, PartialOrd, Ord)]
-pub struct KeyId(String);
+pub struct KeyId(Arc<str>);
 
 /// Why a key id was rejected.
 #[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
@@ -36,7 +36,7 @@ impl KeyId {
                 .bytes()
                 .all(|b| b.is_ascii_alphanumeric() || matches!(b, b'.' | b'_' | b'-'));
         if ok {
-            Ok(KeyId(id.to_owned()))
+            Ok(KeyId(Arc::from(id)))
         } else {
             Err(KeyIdError(id.to_owned()))
         }

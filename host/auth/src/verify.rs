@@ -594,8 +594,9 @@ fn check(caveat: &Caveat, request: &Request<'_>) -> Result<(), Denied> {
 /// Verifies `token` (with `discharges` for its third-party caveats) for
 /// `request`. Checks, in order: the root key exists, the signature chain,
 /// every discharge (present, bound, valid), revocation, then every caveat of
-/// the token and its discharges. Changes nothing; see
-/// [`Authorized::take_use`] for `uses`.
+/// the token and its discharges; the first failure is the denial. Extra
+/// discharges that no caveat asks for are ignored (they grant nothing).
+/// Changes nothing; see [`Authorized::take_use`] for `uses`.
 pub fn verify(
     token: &Token,
     request: &Request<'_>,

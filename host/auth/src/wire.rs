@@ -229,7 +229,8 @@ pub(crate) fn decode_binary(data: &[u8]) -> Result<RawMacaroon, WireError> {
         return Err(WireError::EmptyIdentifier);
     }
     r.eos("end of header")?;
-    let mut caveats = Vec::new();
+    // Most tokens have a handful of caveats: one allocation, not four.
+    let mut caveats = Vec::with_capacity(8);
     loop {
         if r.peek() == Some(EOS) {
             r.pos += 1;

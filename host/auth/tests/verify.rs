@@ -502,3 +502,65 @@ fn replace_bytes(hay: &[u8], from: &[u8], to: &[u8]) -> Vec<u8> {
     out[at..at + from.len()].copy_from_slice(to);
     out
 }
+
+#[test]
+fn every_single_byte_change_is_rejected_or_changes_nothing() {
+    // Locations are not signed in macaroons, so a changed location may still
+    // verify; nothing else may, and no change may widen what is authorized.
+    let f = Fixture::new();
+    let approver = ThirdPartyKey::generate(&mut seeded(5));
+    let cid = "ok";
+    let token = f
+        .mint(&["fuel <= 100", "tool-name = wc", "uses <= 3"])
+        .add_third_party_caveat("approver", &approver.caveat_key(cid), cid)
+        .unwrap();
+    let discharge = token
+        .bind(
+            &Discharge::create(
+                "approver",
+                &approver.caveat_key(cid),
+                cid,
+                &caveats(&["memory <= 9"]),
+            )
+            .unwrap(),
+        )
+        .unwrap();
+    let expected = verify(
+        &token,
+        &request(),
+        &f.keys,
+        &NoRevocations,
+        std::slice::from_ref(&discharge),
+    )
+    .unwrap();
+    let (token_bytes, discharge_bytes) = (
+        base64_decode(&token.encode()),
+        base64_decode(&discharge.encode()),
+    );
+    let mut checked = 0;
+    for which in 0..2 {
+        let original = if which == 0 {
+            &token_bytes
+        } else {
+            &discharge_bytes
+        };
+        for at in 0..original.len() {
+            for flip in [0x01u8, 0x20, 0x80] {
+                let mut bytes = original.clone();
+                bytes[at] ^= flip;
+                let text = base64_encode(&bytes);
+                let (t, d) = if which == 0 {
+                    (Token::decode(&text), Ok(discharge.clone()))
+                } else {
+                    (Ok(token.clone()), Discharge::decode(&text))
+                };
+                let (Ok(t), Ok(d)) = (t, d) else { continue };
+                checked += 1;
+                if let Ok(got) = verify(&t, &request(), &f.keys, &NoRevocations, &[d]) {
+                    assert_eq!(got, expected, "byte {at} of {which} changed by {flip:#x}");
+                }
+            }
+        }
+    }
+    assert!(checked > 300, "only {checked} mutants decoded");
+}
