@@ -5,7 +5,7 @@
 //! `output_bytes`, `fuel` and `memory_bytes`. This crate parses contracts
 //! ([`Contract::parse`], errors point at line and column), checks that some
 //! run can meet them ([`Contract::check_satisfiable`]), proves before a run
-//! that they fit a capability's budget ([`admit`], cached by
+//! that they fit a capability's budget ([`admit()`], cached by
 //! [`ProofCache`]), checks them on the real figures after a run
 //! ([`check_post`]) and checks that a narrowed capability's limits lie
 //! within its parent's ([`check_attenuation`]). One parser, one concrete
@@ -30,6 +30,23 @@
 //! parentheses and `#` comments. A clause that mentions only `input_bytes`
 //! and `args_bytes` is a precondition; one that mentions `fuel`,
 //! `output_bytes` or `memory_bytes` is a postcondition.
+//!
+//! # How the host uses it
+//!
+//! - `tool add`: [`Contract::parse`], then [`Contract::check_satisfiable`];
+//!   `tool inspect` shows [`Contract::describe`]. The contract's identity
+//!   is [`Contract::digest`] (blake3 of the canonical text).
+//! - Before a run: [`Contract::check_pre`] on the concrete input, then
+//!   [`ProofCache::admit`] with the effective [`Budget`]. A denial carries a
+//!   [`Counterexample`] whose `Display` is the user-facing sentence.
+//! - After a run: [`check_post`] on the real [`Figures`]; a [`Violation`]
+//!   names the clause (outcome `contract-violation`).
+//! - `token attenuate`: [`check_attenuation`] on the parent's and the
+//!   child's numeric caveats, mapped to [`Limit`]s.
+//!
+//! What admission proves, precisely, is in the [`admit`](mod@admit) module
+//! docs. Named limits: [`CONTRACT_TEXT_BYTES_MAX`],
+//! [`EXPRESSION_DEPTH_MAX`], [`SOLVER_TIMEOUT_MS`].
 //!
 //! # Example
 //!
