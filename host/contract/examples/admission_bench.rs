@@ -8,7 +8,7 @@
 use std::hint::black_box;
 use std::time::{Duration, Instant};
 
-use voidbox_contract::{admit, Budget, Contract, ProofCache};
+use voidbox_contract::{admit, z3_version, Budget, Contract, ProofCache};
 
 /// The contract the issue uses as its example, plus a precondition and a
 /// memory bound with a branch, so that every kind of clause is exercised.
@@ -115,9 +115,22 @@ fn main() {
     assert_eq!(misses, 1, "every timed call must be a hit");
 
     println!(
-        "{{\"benchmark\": \"admission\", \"z3_crate\": \"z3 0.12.1 (system libz3)\", {}, {}, {}, \"cache_hits\": {hits}}}",
+        "{{\"benchmark\": \"admission\", \"z3\": \"{}\", {}, {}, {}, \"cache_hits\": {hits}}}",
+        z3_version(),
         json("cold_proof_ms", "ms", cold_n, &stats(&mut proof, 1e3), 20.0),
-        json("cold_counterexample_ms", "ms", cold_n, &stats(&mut counterexample, 1e3), 20.0),
-        json("cached_us", "us", batches * BATCH, &stats(&mut cached, 1e6), 10.0),
+        json(
+            "cold_counterexample_ms",
+            "ms",
+            cold_n,
+            &stats(&mut counterexample, 1e3),
+            20.0
+        ),
+        json(
+            "cached_us",
+            "us",
+            batches * BATCH,
+            &stats(&mut cached, 1e6),
+            10.0
+        ),
     );
 }

@@ -93,5 +93,5 @@ pub use cache::ProofCache;
 pub use contract::{check_post, Contract, Violation, ViolationReason};
 pub use eval::{EvalError, Figures};
 pub use number::thousands;
-pub use solve::{SatisfiabilityError, SolverError, SOLVER_TIMEOUT_MS};
+pub use solve::{z3_version, SatisfiabilityError, SolverError, SOLVER_TIMEOUT_MS};
 pub use syntax::{ParseError, CONTRACT_TEXT_BYTES_MAX, EXPRESSION_DEPTH_MAX};

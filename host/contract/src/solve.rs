@@ -57,6 +57,16 @@ pub enum SatisfiabilityError {
     Solver(#[from] SolverError),
 }
 
+/// The version of the Z3 library linked at run time, like `4.8.12.0`, for
+/// version reports and benchmark records.
+pub fn z3_version() -> String {
+    let (mut major, mut minor, mut build, mut revision) = (0u32, 0u32, 0u32, 0u32);
+    // SAFETY: Z3_get_version only writes the four integers it is given
+    // pointers to, and needs no context.
+    unsafe { z3_sys::Z3_get_version(&mut major, &mut minor, &mut build, &mut revision) };
+    format!("{major}.{minor}.{build}.{revision}")
+}
+
 pub(crate) fn context() -> Context {
     let mut config = Config::new();
     config.set_model_generation(true);

@@ -504,6 +504,17 @@ fn the_cache_answers_repeats_and_stays_bounded() {
 }
 
 #[test]
+fn the_linked_z3_reports_its_version() {
+    let version = voidbox_contract::z3_version();
+    let parts: Vec<u32> = version.split('.').map(|p| p.parse().unwrap()).collect();
+    assert_eq!(parts.len(), 4, "{version}");
+    assert_eq!(
+        parts[0], 4,
+        "Z3 4.x is what the pinned bindings were built for: {version}"
+    );
+}
+
+#[test]
 fn variables_are_listed_in_a_fixed_order() {
     let names: Vec<_> = Var::ALL.iter().map(|v| v.name()).collect();
     assert_eq!(
