@@ -229,3 +229,71 @@ fn evaluator_z3_and_printer_agree_on_random_clauses() {
     );
     assert!(checks > 0);
 }
+
+#[test]
+fn the_parser_never_panics_on_random_text() {
+    const PIECES: [&str; 34] = [
+        "fuel",
+        "input_bytes",
+        "args_bytes",
+        "output_bytes",
+        "memory_bytes",
+        "label:",
+        "1",
+        "0",
+        "18446744073709551615",
+        "18446744073709551616",
+        "1_000",
+        "+",
+        "-",
+        "*",
+        "(",
+        ")",
+        "<=",
+        "<",
+        "==",
+        "!=",
+        "=",
+        "=>",
+        "and",
+        "or",
+        "not",
+        "if",
+        "then",
+        "else",
+        "true",
+        ";",
+        "\n",
+        "#c\n",
+        "é",
+        " ",
+    ];
+    let cases = env_number("CONTRACT_PARSER_FUZZ_CASES", 5_000);
+    let mut rng = Rng(0xf022_ba55);
+    for _ in 0..cases {
+        let mut text = String::new();
+        for _ in 0..rng.below(24) {
+            text.push_str(PIECES[rng.below(PIECES.len() as u64) as usize]);
+            if rng.below(2) == 0 {
+                text.push(' ');
+            }
+        }
+        match Contract::parse(&text) {
+            Ok(contract) => {
+                let again = Contract::parse(contract.canonical_text())
+                    .unwrap_or_else(|e| panic!("canonical text of {text:?} does not parse: {e}"));
+                assert_eq!(again.canonical_text(), contract.canonical_text());
+            }
+            Err(err) => {
+                assert!(err.line >= 1 && err.column >= 1, "{text:?}: {err:?}");
+                assert!(err.excerpt.contains('^'), "{text:?}: {err:?}");
+            }
+        }
+    }
+    // A two-byte character straddling the size limit (it starts at every
+    // odd offset, and the limit is even).
+    let huge = format!("a{}", "é".repeat(crate::syntax::CONTRACT_TEXT_BYTES_MAX));
+    assert!(!huge.is_char_boundary(crate::syntax::CONTRACT_TEXT_BYTES_MAX));
+    let err = Contract::parse(&huge).expect_err("too large");
+    assert!(err.message.contains("the limit is"), "{}", err.message);
+}

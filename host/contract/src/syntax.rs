@@ -24,9 +24,6 @@
 //!
 //! Types (number or condition), linearity and overflow are checked later, in
 //! [`crate::ast`], on the tree built here.
-
-use std::fmt;
-
 use crate::ast::{CmpOp, Var};
 
 /// Largest contract text accepted, in bytes. Contracts are small; the limit
@@ -72,13 +69,21 @@ pub struct ParseError {
 
 impl ParseError {
     pub(crate) fn at(src: &str, span: Span, message: impl Into<String>) -> ParseError {
-        let start = span.start.min(src.len());
+        let mut start = span.start.min(src.len());
+        // Spans come from the lexer and sit on character boundaries; the
+        // size-limit error points at a byte count, which may not.
+        while !src.is_char_boundary(start) {
+            start -= 1;
+        }
         let line_start = src[..start].rfind('\n').map_or(0, |i| i + 1);
         let line_end = src[start..].find('\n').map_or(src.len(), |i| start + i);
         let line_text = &src[line_start..line_end];
         let line = src[..start].matches('\n').count() + 1;
         let column = src[line_start..start].chars().count() + 1;
-        let end = span.end.clamp(start, line_end);
+        let mut end = span.end.clamp(start, line_end);
+        while !src.is_char_boundary(end) {
+            end -= 1;
+        }
         let width = src[start..end].chars().count().max(1);
         let excerpt = format!(
             "  {}\n  {}{}",
@@ -706,11 +711,5 @@ impl Parser<'_> {
             },
             _ => Err(self.error_here("a number, a variable, `(` or `if`")),
         }
-    }
-}
-
-impl fmt::Display for Span {
-    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        write!(f, "{}..{}", self.start, self.end)
     }
 }
