@@ -150,6 +150,20 @@ pub struct Counterexample {
     pub clauses: Vec<String>,
 }
 
+impl Counterexample {
+    /// The sentence of `Display` followed by the clauses that bound the
+    /// resource, for messages that must name the failing clause:
+    /// "input of 1048576 bytes may need fuel 421,430,400 > the token's
+    /// 100,000,000; bound by `cost` (fuel <= 400 * input_bytes + 2000000)".
+    pub fn detail(&self) -> String {
+        if self.clauses.is_empty() {
+            self.to_string()
+        } else {
+            format!("{self}; bound by {}", self.clauses.join(", "))
+        }
+    }
+}
+
 impl fmt::Display for Counterexample {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
         write!(f, "input of {} bytes", self.input_bytes)?;

@@ -103,6 +103,10 @@ fn the_issue_counterexample() {
         err.to_string(),
         "input of 1048576 bytes may need fuel 421,430,400 > the token's 100,000,000"
     );
+    assert_eq!(
+        cx.detail(),
+        "input of 1048576 bytes may need fuel 421,430,400 > the token's 100,000,000; bound by `cost` (fuel <= 400 * input_bytes + 2000000)"
+    );
 }
 
 #[test]
