@@ -3,9 +3,10 @@
 //! blake3 on one core and a page-cache copy run at comparable rates, so doing
 //! them one after the other would roughly halve throughput. For blobs above
 //! [`PIPELINE_MIN_BYTES`] the I/O runs on a scoped helper thread while the
-//! calling thread hashes, chunk by chunk, so a put or a get costs about as
-//! much as hashing alone. Memory stays bounded by a few chunk buffers, except
-//! where the caller asked for the whole blob in memory.
+//! calling thread hashes, chunk by chunk, so with a second core free a put
+//! or a get takes about as long as hashing alone (it still costs the CPU time
+//! of both). Memory stays bounded by a few chunk buffers, except where the
+//! caller asked for the whole blob in memory.
 
 use std::fs::File;
 use std::io::{self, Read, Write};
