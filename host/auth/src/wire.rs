@@ -98,11 +98,8 @@ pub(crate) fn decode_base64(text: &str) -> Result<Vec<u8>, WireError> {
             len: text.len() / 4 * 3,
         });
     }
-    let engine = if text.contains(['+', '/']) {
-        &STANDARD
-    } else {
-        &URL_SAFE
-    };
+    let standard = text.bytes().any(|b| b == b'+' || b == b'/');
+    let engine = if standard { &STANDARD } else { &URL_SAFE };
     engine.decode(text).map_err(|_| WireError::Base64)
 }
 
