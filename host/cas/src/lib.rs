@@ -26,6 +26,9 @@
 //! # Ok(()) }
 //! ```
 //!
+//! `DiskStore` runs on Unix (Linux in practice: it uses `flock`, `pwritev`
+//! and `fallocate`).
+//!
 //! This crate knows blake3, files and fsync. It must not know wasmtime,
 //! macaroons, consensus, the host's database or the CLI: callers pass plain
 //! digests and bytes, and decide which digests are GC roots.
