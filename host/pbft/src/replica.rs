@@ -117,6 +117,9 @@ pub enum Record {
         /// False while changing to it.
         active: bool,
     },
+    /// The NEW-VIEW the replica installed (it is then active in that view
+    /// and can hand the proof to replicas still changing views).
+    NewView(Box<Signed<NewView>>),
     /// A pre-prepare the replica accepted (or proposed) in its view.
     PrePrepare(PrePrepareMsg),
     /// A prepared certificate, before the replica sends its commit.
@@ -138,7 +141,7 @@ impl Record {
     /// The sequence number the record is about, if any.
     pub fn seq(&self) -> Option<Seq> {
         match self {
-            Record::View { .. } => None,
+            Record::View { .. } | Record::NewView(_) => None,
             Record::PrePrepare(m) => Some(m.header.payload.seq),
             Record::Prepared(c) => Some(c.pre_prepare.header.payload.seq),
             Record::Committed { seq, .. } => Some(*seq),
@@ -429,6 +432,14 @@ impl Replica {
                 }
                 self.view = *view;
                 self.view_active = *active;
+            }
+            Record::NewView(nv) => {
+                if nv.payload.view > self.view || !self.view_active {
+                    self.log.clear();
+                }
+                self.view = nv.payload.view;
+                self.view_active = true;
+                self.last_new_view = Some((**nv).clone());
             }
             Record::Stable(st) => {
                 let Some(seq) = st.proof.first().map(|c| c.payload.seq) else { return };
@@ -1311,15 +1322,19 @@ impl Replica {
     }
 
     /// During a view change, the timer that moves on to the next view runs
-    /// only once 2f + 1 replicas want this view (as in Castro & Liskov):
+    /// only once 2f + 1 replicas want this view or a later one (as in
+    /// Castro & Liskov):
     /// a replica alone in a view change waits instead of running ahead of
     /// the others forever.
     fn arm_view_change_timer(&mut self) {
         if self.view_active || self.view_change_deadline_us.is_some() {
             return;
         }
-        let votes = self.view_changes.get(&self.view).map_or(0, BTreeMap::len);
-        if votes >= self.cluster.quorum() {
+        // Replicas that want this view or a later one: if 2f + 1 do, this
+        // replica is not alone, and a lost VIEW-CHANGE must not stall it.
+        let wanting: BTreeSet<ReplicaId> =
+            self.view_changes.range(self.view..).flat_map(|(_, m)| m.keys().copied()).collect();
+        if wanting.len() >= self.cluster.quorum() {
             self.view_change_deadline_us = Some(self.now_us + self.view_change_timeout_us());
         }
     }
@@ -1549,7 +1564,7 @@ impl Replica {
         self.view_change_attempts = 0;
         self.own_view_change = None;
         self.stats.new_views_installed += 1;
-        self.persist(Record::View { view: v, active: true });
+        self.persist(Record::NewView(Box::new(nv.clone())));
         self.view_changes = self.view_changes.split_off(&(v + 1));
         // Adopt the highest stable checkpoint the quorum proved.
         let (min_s, _) = Self::new_view_batches(&nv.payload.view_changes);

@@ -515,11 +515,28 @@ impl World {
             if at > deadline {
                 let pending: u32 =
                     self.clients.iter().map(|c| self.cfg.requests_per_client - c.completed).sum();
+                let states: Vec<String> = self
+                    .nodes
+                    .iter()
+                    .enumerate()
+                    .map(|(i, n)| match &n.replica {
+                        None => format!("r{i}: down"),
+                        Some(r) => format!(
+                            "r{i}{}: view {}{} stable {} executed {}",
+                            n.byzantine.map(|b| format!(" ({})", b.name())).unwrap_or_default(),
+                            r.view(),
+                            if r.view_active() { "" } else { " (changing)" },
+                            r.stable_seq(),
+                            r.last_executed()
+                        ),
+                    })
+                    .collect();
                 self.violate(
                     "liveness",
                     format!(
-                        "{pending} client requests not complete {} ms after the faults stopped",
-                        self.cfg.liveness_bound_us / 1000
+                        "{pending} client requests not complete {} ms after the faults stopped; {}",
+                        self.cfg.liveness_bound_us / 1000,
+                        states.join("; ")
                     ),
                 );
                 break;
