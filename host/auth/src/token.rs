@@ -125,8 +125,7 @@ fn init_crypto() {
 }
 
 fn to_crate(raw: &RawMacaroon) -> Result<Macaroon, TokenError> {
-    Macaroon::deserialize_binary(&wire::encode_binary(raw))
-        .map_err(|e| TokenError::Unsupported(format!("{e:?}")))
+    Macaroon::deserialize_binary(raw.bytes()).map_err(|e| TokenError::Unsupported(format!("{e:?}")))
 }
 
 fn from_crate(m: &Macaroon) -> RawMacaroon {
@@ -136,7 +135,7 @@ fn from_crate(m: &Macaroon) -> RawMacaroon {
         .serialize(Format::V2)
         .expect("the macaroon crate serializes V2");
     let bytes = wire::decode_base64(&text).expect("the macaroon crate writes base64");
-    wire::decode_binary(&bytes).expect("the macaroon crate writes valid V2")
+    wire::decode_binary(bytes).expect("the macaroon crate writes valid V2")
 }
 
 /// A capability: a macaroon whose identifier is a [`TokenId`].
@@ -152,7 +151,7 @@ impl fmt::Debug for Token {
         // out of logs.
         f.debug_struct("Token")
             .field("id", &self.id)
-            .field("caveats", &self.raw.caveats.len())
+            .field("caveats", &self.raw.caveat_count())
             .finish_non_exhaustive()
     }
 }
@@ -168,14 +167,12 @@ pub enum CaveatEntry {
 }
 
 fn entries(raw: &RawMacaroon) -> Vec<CaveatEntry> {
-    raw.caveats
-        .iter()
-        .map(|c| match &c.vid {
-            None => CaveatEntry::FirstParty(Caveat::parse_bytes(&c.id)),
+    raw.caveats()
+        .map(|c| match c.vid {
+            None => CaveatEntry::FirstParty(Caveat::parse_bytes(c.id)),
             Some(_) => CaveatEntry::ThirdParty {
-                location: String::from_utf8_lossy(c.location.as_deref().unwrap_or_default())
-                    .into_owned(),
-                caveat_id: String::from_utf8_lossy(&c.id).into_owned(),
+                location: String::from_utf8_lossy(c.location.unwrap_or_default()).into_owned(),
+                caveat_id: String::from_utf8_lossy(c.id).into_owned(),
             },
         })
         .collect()
@@ -211,6 +208,13 @@ impl Token {
     /// The token's id (shared with every token attenuated from it).
     pub fn id(&self) -> &TokenId {
         &self.id
+    }
+
+    /// The location hint written at minting (not signed: decide nothing by it).
+    pub fn location(&self) -> Option<String> {
+        self.raw
+            .location()
+            .map(|l| String::from_utf8_lossy(l).into_owned())
     }
 
     /// A narrower token: this one plus `caveats`. Needs no key, so anyone
@@ -282,14 +286,14 @@ impl Token {
 
     /// The V2 binary form, base64url without padding.
     pub fn encode(&self) -> String {
-        wire::encode_base64(&wire::encode_binary(&self.raw))
+        wire::encode_base64(self.raw.bytes())
     }
 
     /// Reads a token written by [`Token::encode`] or another macaroon
     /// implementation (V2, base64 url-safe or standard, padded or not).
     pub fn decode(text: &str) -> Result<Token, TokenError> {
-        let raw = wire::decode_binary(&wire::decode_base64(text)?)?;
-        let id = TokenId::from_identifier(&raw.identifier)?;
+        let raw = wire::decode_binary(wire::decode_base64(text)?)?;
+        let id = TokenId::from_identifier(raw.identifier())?;
         Ok(Token { raw, id })
     }
 }
@@ -390,7 +394,7 @@ impl fmt::Debug for Discharge {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
         f.debug_struct("Discharge")
             .field("caveat_id", &self.caveat_id())
-            .field("caveats", &self.raw.caveats.len())
+            .field("caveats", &self.raw.caveat_count())
             .finish_non_exhaustive()
     }
 }
@@ -421,9 +425,16 @@ impl Discharge {
         })
     }
 
+    /// The third party's location hint (not signed).
+    pub fn location(&self) -> Option<String> {
+        self.raw
+            .location()
+            .map(|l| String::from_utf8_lossy(l).into_owned())
+    }
+
     /// The caveat id this discharges.
     pub fn caveat_id(&self) -> String {
-        String::from_utf8_lossy(&self.raw.identifier).into_owned()
+        String::from_utf8_lossy(self.raw.identifier()).into_owned()
     }
 
     /// The discharge's own caveats.
@@ -433,13 +444,13 @@ impl Discharge {
 
     /// V2, base64url without padding.
     pub fn encode(&self) -> String {
-        wire::encode_base64(&wire::encode_binary(&self.raw))
+        wire::encode_base64(self.raw.bytes())
     }
 
     /// Reads a discharge (V2, any base64 variant).
     pub fn decode(text: &str) -> Result<Discharge, TokenError> {
         Ok(Discharge {
-            raw: wire::decode_binary(&wire::decode_base64(text)?)?,
+            raw: wire::decode_binary(wire::decode_base64(text)?)?,
         })
     }
 }

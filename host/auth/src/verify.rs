@@ -163,8 +163,8 @@ impl Token {
     /// token denies everything.
     pub fn limits(&self) -> Result<Limits, CaveatError> {
         let mut limits = Limits::default();
-        for c in self.raw.caveats.iter().filter(|c| c.vid.is_none()) {
-            limits.add(&Caveat::parse_bytes(&c.id)?);
+        for c in self.raw.caveats().filter(|c| c.vid.is_none()) {
+            limits.add(&Caveat::parse_bytes(c.id)?);
         }
         Ok(limits)
     }
@@ -445,7 +445,7 @@ impl Authorized {
 /// A third-party caveat met while walking a chain, with the chain
 /// signature just before it (the key its vid was sealed with).
 struct Pending<'a> {
-    caveat: &'a RawCaveat,
+    caveat: RawCaveat<'a>,
     sig: [u8; 32],
 }
 
@@ -457,16 +457,16 @@ fn walk<'a>(
     predicates: &mut Vec<&'a [u8]>,
     pending: &mut Vec<Pending<'a>>,
 ) -> [u8; 32] {
-    let mut sig = chain::hmac(key, &m.identifier);
-    for c in &m.caveats {
-        sig = match &c.vid {
+    let mut sig = chain::hmac(key, m.identifier());
+    for c in m.caveats() {
+        sig = match c.vid {
             None => {
-                predicates.push(&c.id);
-                chain::hmac(&sig, &c.id)
+                predicates.push(c.id);
+                chain::hmac(&sig, c.id)
             }
             Some(vid) => {
                 pending.push(Pending { caveat: c, sig });
-                chain::hmac2(&sig, vid, &c.id)
+                chain::hmac2(&sig, vid, c.id)
             }
         };
     }
@@ -489,11 +489,10 @@ impl<'a> Discharges<'a> {
         predicates: &mut Vec<&'a [u8]>,
     ) -> Result<(), Denied> {
         let c = p.caveat;
-        let cid = String::from_utf8_lossy(&c.id).into_owned();
-        let location =
-            String::from_utf8_lossy(c.location.as_deref().unwrap_or_default()).into_owned();
+        let cid = String::from_utf8_lossy(c.id).into_owned();
+        let location = String::from_utf8_lossy(c.location.unwrap_or_default()).into_owned();
         let what = format!("third-party caveat `{cid}` (from `{location}`)");
-        let vid = c.vid.as_deref().unwrap_or_default();
+        let vid = c.vid.unwrap_or_default();
         let Some(caveat_key) = chain::open_vid(&p.sig, vid) else {
             return Err(Denied::new(
                 DeniedKind::BadSignature,
@@ -512,7 +511,7 @@ impl<'a> Discharges<'a> {
             .discharges
             .iter()
             .enumerate()
-            .find(|(i, d)| !self.used[*i] && d.raw.identifier == c.id);
+            .find(|(i, d)| !self.used[*i] && d.raw.identifier() == c.id);
         let Some((index, d)) = found else {
             return Err(Denied::new(
                 DeniedKind::DischargeMissing,
@@ -615,7 +614,7 @@ pub fn verify(
         )
     })?;
     let key = *root.derived();
-    let mut predicates = Vec::with_capacity(token.raw.caveats.len());
+    let mut predicates = Vec::with_capacity(token.raw.caveat_count());
     let mut pending = Vec::new();
     let sig = walk(&token.raw, &key, &mut predicates, &mut pending);
     if !chain::ct_eq(&sig, &token.raw.signature) {

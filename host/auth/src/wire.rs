@@ -29,20 +29,70 @@ const IDENTIFIER: u8 = 2;
 const VID: u8 = 4;
 const SIGNATURE: u8 = 6;
 
-#[derive(Debug, Clone, PartialEq, Eq)]
-pub(crate) struct RawCaveat {
-    pub location: Option<Vec<u8>>,
-    pub id: Vec<u8>,
+/// One caveat, borrowed from a [`RawMacaroon`]'s bytes.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub(crate) struct RawCaveat<'a> {
+    pub location: Option<&'a [u8]>,
+    pub id: &'a [u8],
     /// Present exactly for third-party caveats.
-    pub vid: Option<Vec<u8>>,
+    pub vid: Option<&'a [u8]>,
 }
 
+/// A byte range of [`RawMacaroon::bytes`].
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+struct Span {
+    start: usize,
+    end: usize,
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+struct CaveatSpans {
+    location: Option<Span>,
+    id: Span,
+    vid: Option<Span>,
+}
+
+/// A decoded V2 macaroon. It keeps the binary form it was read from and
+/// points into it, so decoding copies nothing and encoding gives back
+/// exactly the bytes that were read (verification is the hot path).
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub(crate) struct RawMacaroon {
-    pub location: Option<Vec<u8>>,
-    pub identifier: Vec<u8>,
-    pub caveats: Vec<RawCaveat>,
+    bytes: Vec<u8>,
+    location: Option<Span>,
+    identifier: Span,
+    caveats: Vec<CaveatSpans>,
     pub signature: [u8; 32],
+}
+
+impl RawMacaroon {
+    fn slice(&self, span: Span) -> &[u8] {
+        &self.bytes[span.start..span.end]
+    }
+
+    /// The V2 binary form.
+    pub fn bytes(&self) -> &[u8] {
+        &self.bytes
+    }
+
+    pub fn location(&self) -> Option<&[u8]> {
+        self.location.map(|s| self.slice(s))
+    }
+
+    pub fn identifier(&self) -> &[u8] {
+        self.slice(self.identifier)
+    }
+
+    pub fn caveat_count(&self) -> usize {
+        self.caveats.len()
+    }
+
+    pub fn caveats(&self) -> impl ExactSizeIterator<Item = RawCaveat<'_>> + '_ {
+        self.caveats.iter().map(|c| RawCaveat {
+            location: c.location.map(|s| self.slice(s)),
+            id: self.slice(c.id),
+            vid: c.vid.map(|s| self.slice(s)),
+        })
+    }
 }
 
 /// Why token bytes or text could not be read.
@@ -103,6 +153,7 @@ pub(crate) fn decode_base64(text: &str) -> Result<Vec<u8>, WireError> {
     engine.decode(text).map_err(|_| WireError::Base64)
 }
 
+#[cfg(test)]
 fn put_field(out: &mut Vec<u8>, tag: u8, value: &[u8]) {
     out.push(tag);
     let mut len = value.len();
@@ -114,26 +165,33 @@ fn put_field(out: &mut Vec<u8>, tag: u8, value: &[u8]) {
     out.extend_from_slice(value);
 }
 
-pub(crate) fn encode_binary(m: &RawMacaroon) -> Vec<u8> {
+/// Writes the V2 binary form of a macaroon given by its parts.
+#[cfg(test)]
+pub(crate) fn encode_parts(
+    location: Option<&[u8]>,
+    identifier: &[u8],
+    caveats: &[RawCaveat<'_>],
+    signature: &[u8; 32],
+) -> Vec<u8> {
     let mut out = Vec::with_capacity(128);
     out.push(2);
-    if let Some(location) = &m.location {
+    if let Some(location) = location {
         put_field(&mut out, LOCATION, location);
     }
-    put_field(&mut out, IDENTIFIER, &m.identifier);
+    put_field(&mut out, IDENTIFIER, identifier);
     out.push(EOS);
-    for c in &m.caveats {
-        if let Some(location) = &c.location {
+    for c in caveats {
+        if let Some(location) = c.location {
             put_field(&mut out, LOCATION, location);
         }
-        put_field(&mut out, IDENTIFIER, &c.id);
-        if let Some(vid) = &c.vid {
+        put_field(&mut out, IDENTIFIER, c.id);
+        if let Some(vid) = c.vid {
             put_field(&mut out, VID, vid);
         }
         out.push(EOS);
     }
     out.push(EOS);
-    put_field(&mut out, SIGNATURE, &m.signature);
+    put_field(&mut out, SIGNATURE, signature);
     out
 }
 
@@ -142,7 +200,7 @@ struct Reader<'a> {
     pos: usize,
 }
 
-impl<'a> Reader<'a> {
+impl Reader<'_> {
     fn peek(&self) -> Option<u8> {
         self.data.get(self.pos).copied()
     }
@@ -153,7 +211,7 @@ impl<'a> Reader<'a> {
         Ok(b)
     }
 
-    fn value(&mut self, what: &'static str) -> Result<&'a [u8], WireError> {
+    fn value(&mut self, what: &'static str) -> Result<Span, WireError> {
         let mut len: usize = 0;
         let mut shift = 0;
         loop {
@@ -168,20 +226,17 @@ impl<'a> Reader<'a> {
                 return Err(WireError::TooLong { len: usize::MAX });
             }
         }
-        let end = self
-            .pos
-            .checked_add(len)
-            .ok_or(WireError::Truncated(what))?;
-        let v = self
-            .data
-            .get(self.pos..end)
-            .ok_or(WireError::Truncated(what))?;
+        let start = self.pos;
+        let end = start.checked_add(len).ok_or(WireError::Truncated(what))?;
+        if end > self.data.len() {
+            return Err(WireError::Truncated(what));
+        }
         self.pos = end;
-        Ok(v)
+        Ok(Span { start, end })
     }
 
     /// Reads an optional field with `tag`.
-    fn optional(&mut self, tag: u8, what: &'static str) -> Result<Option<&'a [u8]>, WireError> {
+    fn optional(&mut self, tag: u8, what: &'static str) -> Result<Option<Span>, WireError> {
         if self.peek() == Some(tag) {
             self.pos += 1;
             Ok(Some(self.value(what)?))
@@ -190,7 +245,7 @@ impl<'a> Reader<'a> {
         }
     }
 
-    fn required(&mut self, tag: u8, what: &'static str) -> Result<&'a [u8], WireError> {
+    fn required(&mut self, tag: u8, what: &'static str) -> Result<Span, WireError> {
         match self.byte(what)? {
             t if t == tag => self.value(what),
             t => Err(WireError::UnexpectedField {
@@ -211,18 +266,22 @@ impl<'a> Reader<'a> {
     }
 }
 
-pub(crate) fn decode_binary(data: &[u8]) -> Result<RawMacaroon, WireError> {
-    if data.len() > TOKEN_BYTES_MAX {
-        return Err(WireError::TooLong { len: data.len() });
+/// Reads the V2 binary form, keeping `bytes` as the macaroon's storage.
+pub(crate) fn decode_binary(bytes: Vec<u8>) -> Result<RawMacaroon, WireError> {
+    if bytes.len() > TOKEN_BYTES_MAX {
+        return Err(WireError::TooLong { len: bytes.len() });
     }
-    let mut r = Reader { data, pos: 0 };
+    let mut r = Reader {
+        data: &bytes,
+        pos: 0,
+    };
     match r.byte("version")? {
         2 => {}
         v => return Err(WireError::Version(v)),
     }
-    let location = r.optional(LOCATION, "location")?.map(<[u8]>::to_vec);
-    let identifier = r.required(IDENTIFIER, "identifier")?.to_vec();
-    if identifier.is_empty() {
+    let location = r.optional(LOCATION, "location")?;
+    let identifier = r.required(IDENTIFIER, "identifier")?;
+    if identifier.start == identifier.end {
         return Err(WireError::EmptyIdentifier);
     }
     r.eos("end of header")?;
@@ -236,22 +295,21 @@ pub(crate) fn decode_binary(data: &[u8]) -> Result<RawMacaroon, WireError> {
         if caveats.len() == CAVEATS_MAX {
             return Err(WireError::TooManyCaveats);
         }
-        let location = r.optional(LOCATION, "caveat location")?.map(<[u8]>::to_vec);
-        let id = r.required(IDENTIFIER, "caveat identifier")?.to_vec();
-        let vid = r
-            .optional(VID, "caveat verification id")?
-            .map(<[u8]>::to_vec);
+        let location = r.optional(LOCATION, "caveat location")?;
+        let id = r.required(IDENTIFIER, "caveat identifier")?;
+        let vid = r.optional(VID, "caveat verification id")?;
         r.eos("end of caveat")?;
-        caveats.push(RawCaveat { location, id, vid });
+        caveats.push(CaveatSpans { location, id, vid });
     }
     let sig = r.required(SIGNATURE, "signature")?;
-    let signature: [u8; 32] = sig
+    let signature: [u8; 32] = bytes[sig.start..sig.end]
         .try_into()
-        .map_err(|_| WireError::SignatureLength(sig.len()))?;
-    if r.pos != data.len() {
-        return Err(WireError::TrailingBytes(data.len() - r.pos));
+        .map_err(|_| WireError::SignatureLength(sig.end - sig.start))?;
+    if r.pos != bytes.len() {
+        return Err(WireError::TrailingBytes(bytes.len() - r.pos));
     }
     Ok(RawMacaroon {
+        bytes,
         location,
         identifier,
         caveats,
@@ -263,49 +321,58 @@ pub(crate) fn decode_binary(data: &[u8]) -> Result<RawMacaroon, WireError> {
 mod tests {
     use super::*;
 
-    fn sample() -> RawMacaroon {
-        RawMacaroon {
-            location: Some(b"voidbox".to_vec()),
-            identifier: b"id".to_vec(),
-            caveats: vec![
-                RawCaveat {
-                    location: None,
-                    id: b"fuel <= 10".to_vec(),
-                    vid: None,
-                },
-                RawCaveat {
-                    location: Some(b"approver".to_vec()),
-                    id: vec![7; 300],
-                    vid: Some(vec![9; 72]),
-                },
-            ],
-            signature: [5; 32],
-        }
+    const LONG_ID: [u8; 300] = [7; 300];
+    const VID_BYTES: [u8; 72] = [9; 72];
+
+    fn sample_caveats() -> [RawCaveat<'static>; 2] {
+        [
+            RawCaveat {
+                location: None,
+                id: b"fuel <= 10",
+                vid: None,
+            },
+            RawCaveat {
+                location: Some(b"approver"),
+                id: &LONG_ID,
+                vid: Some(&VID_BYTES),
+            },
+        ]
+    }
+
+    fn sample() -> Vec<u8> {
+        encode_parts(Some(b"voidbox"), b"id", &sample_caveats(), &[5; 32])
     }
 
     #[test]
     fn round_trip_binary_and_text() {
-        let m = sample();
-        let bin = encode_binary(&m);
-        assert_eq!(decode_binary(&bin).unwrap(), m);
+        let bin = sample();
+        let m = decode_binary(bin.clone()).unwrap();
+        assert_eq!(m.location(), Some(&b"voidbox"[..]));
+        assert_eq!(m.identifier(), b"id");
+        assert_eq!(m.caveats().collect::<Vec<_>>(), sample_caveats());
+        assert_eq!(m.signature, [5; 32]);
+        assert_eq!(m.bytes(), bin);
         let text = encode_base64(&bin);
         assert!(!text.contains(['=', '+', '/']));
-        assert_eq!(decode_binary(&decode_base64(&text).unwrap()).unwrap(), m);
+        assert_eq!(decode_base64(&text).unwrap(), bin);
         let standard = base64::engine::general_purpose::STANDARD.encode(&bin);
         assert_eq!(decode_base64(&standard).unwrap(), bin);
     }
 
     #[test]
     fn every_truncation_is_an_error_not_a_panic() {
-        let bin = encode_binary(&sample());
+        let bin = sample();
         for len in 0..bin.len() {
-            assert!(decode_binary(&bin[..len]).is_err(), "prefix of {len} bytes");
+            assert!(
+                decode_binary(bin[..len].to_vec()).is_err(),
+                "prefix of {len} bytes"
+            );
         }
         let mut longer = bin.clone();
         longer.push(0);
-        assert_eq!(decode_binary(&longer), Err(WireError::TrailingBytes(1)));
+        assert_eq!(decode_binary(longer), Err(WireError::TrailingBytes(1)));
         assert!(matches!(
-            decode_binary(b"\x01abc"),
+            decode_binary(b"\x01abc".to_vec()),
             Err(WireError::Version(1))
         ));
         assert_eq!(decode_base64("!!"), Err(WireError::Base64));

@@ -166,6 +166,8 @@ fn tokens_minted_by_pymacaroons_verify_here() {
     let bound = Discharge::decode(lines[1]).unwrap();
     let unbound = Discharge::decode(lines[2]).unwrap();
     assert_eq!(*token.id(), id);
+    assert_eq!(token.location().as_deref(), Some("pymacaroons"));
+    assert_eq!(bound.location().as_deref(), Some("approver"));
     let ok = verify(
         &token,
         &request(),

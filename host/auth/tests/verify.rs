@@ -472,6 +472,7 @@ fn inspect_describes_caveats_in_plain_words() {
 fn token_ids_round_trip_and_are_canonical() {
     let f = Fixture::new();
     let t = f.mint(&[]);
+    assert_eq!(t.location().as_deref(), Some(TOKEN_LOCATION));
     let text = t.id().to_string();
     assert_eq!(text.parse::<TokenId>().unwrap(), *t.id());
     assert!(text.to_uppercase().parse::<TokenId>().is_err());
