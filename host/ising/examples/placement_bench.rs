@@ -10,8 +10,8 @@ use std::time::Instant;
 
 use serde_json::json;
 use voidbox_ising::placement::{
-    exact_optimum, greedy, greedy_least_loaded, place, Executor, Invocation, Location, PlacementOutcome, PlacementParams,
-    PlacementProblem, Weights,
+    exact_optimum, greedy, greedy_least_loaded, place, Executor, Invocation, Location,
+    PlacementOutcome, PlacementParams, PlacementProblem, Weights,
 };
 use voidbox_ising::rng::Rng;
 
@@ -24,12 +24,17 @@ fn executor(r: &mut Rng, e: usize, slots: u32, tools: usize, blobs: usize) -> Ex
         slots,
         memory_bytes: u64::from(slots) * 512 * MIB,
         load_slots: r.below(u64::from(slots / 4 + 1)) as u32,
-        location: Location::new(format!("dc{}", rack / 4), format!("rack{rack}"), format!("server{e}")),
+        location: Location::new(
+            format!("dc{}", rack / 4),
+            format!("rack{rack}"),
+            format!("server{e}"),
+        ),
         failure_domain: format!("rack{rack}"),
         ..Executor::default()
     };
     for _ in 0..2 {
-        x.warm_tools.insert(format!("tool{}", r.below(tools as u64)));
+        x.warm_tools
+            .insert(format!("tool{}", r.below(tools as u64)));
     }
     for _ in 0..3 {
         x.blobs.insert(format!("blob{}", r.below(blobs as u64)));
@@ -37,14 +42,22 @@ fn executor(r: &mut Rng, e: usize, slots: u32, tools: usize, blobs: usize) -> Ex
     x
 }
 
-fn invocation(r: &mut Rng, t: usize, tools: usize, blobs: usize, replica_chance: u64) -> Invocation {
+fn invocation(
+    r: &mut Rng,
+    t: usize,
+    tools: usize,
+    blobs: usize,
+    replica_chance: u64,
+) -> Invocation {
     Invocation {
         id: format!("t{t}"),
         slots: 1 + r.below(3) as u32,
         memory_bytes: (64 + 64 * r.below(4)) * MIB,
         replicas: if r.below(100) < replica_chance { 2 } else { 1 },
         tool: format!("tool{}", r.below(tools as u64)),
-        blobs: (0..1 + r.below(2)).map(|_| format!("blob{}", r.below(blobs as u64))).collect(),
+        blobs: (0..1 + r.below(2))
+            .map(|_| format!("blob{}", r.below(blobs as u64)))
+            .collect(),
         origin: None,
     }
 }
@@ -61,7 +74,9 @@ fn small(seed: u64) -> Option<PlacementProblem> {
             x
         })
         .collect();
-    let invs: Vec<Invocation> = (0..5 + r.below(3) as usize).map(|t| invocation(&mut r, t, 4, 6, 20)).collect();
+    let invs: Vec<Invocation> = (0..5 + r.below(3) as usize)
+        .map(|t| invocation(&mut r, t, 4, 6, 20))
+        .collect();
     PlacementProblem::new(invs, execs, Weights::default()).ok()
 }
 
@@ -70,7 +85,9 @@ fn small(seed: u64) -> Option<PlacementProblem> {
 fn locality_heavy(seed: u64) -> PlacementProblem {
     let mut r = Rng::new(seed);
     let execs: Vec<Executor> = (0..16).map(|e| executor(&mut r, e, 24, 12, 24)).collect();
-    let invs: Vec<Invocation> = (0..128).map(|t| invocation(&mut r, t, 12, 24, 10)).collect();
+    let invs: Vec<Invocation> = (0..128)
+        .map(|t| invocation(&mut r, t, 12, 24, 10))
+        .collect();
     PlacementProblem::new(invs, execs, Weights::default()).expect("the locality instance fits")
 }
 
@@ -84,7 +101,10 @@ fn batch_256(seed: u64) -> (Vec<Invocation>, Vec<Executor>) {
 /// CPU time of this thread in nanoseconds (`CLOCK_THREAD_CPUTIME_ID`), so
 /// that the timing means something on a machine shared with other work.
 fn thread_cpu_ns() -> Option<u64> {
-    let mut ts = libc::timespec { tv_sec: 0, tv_nsec: 0 };
+    let mut ts = libc::timespec {
+        tv_sec: 0,
+        tv_nsec: 0,
+    };
     // SAFETY: `ts` is a valid, writable timespec for the call's duration.
     let rc = unsafe { libc::clock_gettime(libc::CLOCK_THREAD_CPUTIME_ID, &mut ts) };
     (rc == 0).then(|| ts.tv_sec as u64 * 1_000_000_000 + ts.tv_nsec as u64)
@@ -104,7 +124,12 @@ fn main() {
         .and_then(|v| v.parse().ok())
         .unwrap_or(100);
     let mut params = PlacementParams::default();
-    if let Some(sweeps) = args.iter().position(|a| a == "--sweeps").and_then(|k| args.get(k + 1)).and_then(|v| v.parse().ok()) {
+    if let Some(sweeps) = args
+        .iter()
+        .position(|a| a == "--sweeps")
+        .and_then(|k| args.get(k + 1))
+        .and_then(|v| v.parse().ok())
+    {
         params.sweeps = sweeps;
     }
 
@@ -116,8 +141,17 @@ fn main() {
     while (gaps.len() as u64) < instances {
         seed += 1;
         let Some(p) = small(seed) else { continue };
-        let Some((_, opt)) = exact_optimum(&p, 5_000_000) else { continue };
-        let placed = place(&p, &PlacementParams { seed, ..params.clone() }).expect("a feasible instance places");
+        let Some((_, opt)) = exact_optimum(&p, 5_000_000) else {
+            continue;
+        };
+        let placed = place(
+            &p,
+            &PlacementParams {
+                seed,
+                ..params.clone()
+            },
+        )
+        .expect("a feasible instance places");
         let gap = (placed.energy.objective - opt) / opt.abs().max(1e-12);
         if gap <= 1e-9 {
             optimal += 1;
@@ -139,7 +173,14 @@ fn main() {
     let mut own_greedy_total = 0.0;
     for s in 0..10 {
         let p = locality_heavy(1000 + s);
-        let ours = place(&p, &PlacementParams { seed: s, ..params.clone() }).expect("places");
+        let ours = place(
+            &p,
+            &PlacementParams {
+                seed: s,
+                ..params.clone()
+            },
+        )
+        .expect("places");
         let ll = greedy_least_loaded(&p).expect("least-loaded places");
         let g = greedy(&p).expect("greedy places");
         let ll_cost = p.breakdown(&ll).objective;
@@ -159,7 +200,14 @@ fn main() {
         let t0 = Instant::now();
         let p = PlacementProblem::new(invs, execs, Weights::default()).expect("the 256 batch fits");
         let t1 = Instant::now();
-        let placed = place(&p, &PlacementParams { seed: s, ..params.clone() }).expect("places");
+        let placed = place(
+            &p,
+            &PlacementParams {
+                seed: s,
+                ..params.clone()
+            },
+        )
+        .expect("places");
         let t2 = Instant::now();
         if let (Some(a), Some(b)) = (c0, thread_cpu_ns()) {
             cpu_ms.push((b - a) as f64 / 1e6);
@@ -199,5 +247,8 @@ fn main() {
             "goal_ms": 5.0,
         },
     });
-    println!("{}", serde_json::to_string_pretty(&report).expect("serializes"));
+    println!(
+        "{}",
+        serde_json::to_string_pretty(&report).expect("serializes")
+    );
 }

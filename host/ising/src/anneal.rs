@@ -171,6 +171,20 @@ impl Metropolis {
         Self { bounds }
     }
 
+    /// The annealer's whole decision for one attempt, from one random word
+    /// `r` drawn for every attempt: a free move (`zero`) passes on one bit of
+    /// `r`; any other passes when `x = βΔE < -ln u` (always when `x < 0`).
+    /// Branch-light: only the rare case where `x` falls inside the band of
+    /// `u`'s bucket computes `exp`.
+    #[inline(always)]
+    pub(crate) fn decide(&self, zero: bool, x: f64, r: u64) -> bool {
+        let [lo, hi] = self.bounds[(r >> (64 - BUCKET_BITS)) as usize];
+        let below = x < lo;
+        let easy = (zero & (r & 1 == 1)) | (!zero & below);
+        let unsure = !zero & !below & (x < hi);
+        easy || (unsure && exp_neg(x) > open01_from_bits(r))
+    }
+
     /// Whether an uphill move of `x = βΔE` (`0 < x < NEVER_ACCEPTED`) passes.
     #[inline(always)]
     pub(crate) fn accept(&self, x: f64, rng: &mut Rng) -> bool {
@@ -434,27 +448,25 @@ impl<V: Num> Kernel<V> {
         let mut accepted = 0u64;
         for &beta in betas {
             let beta_scaled = beta * self.scale;
-            // Above this ΔE no move passes at this β: no random number drawn.
-            let never = NEVER_ACCEPTED / beta_scaled;
             for i in 0..n {
+                // One random word per attempt, used or not: no data-dependent
+                // branch decides whether to draw, and lanes stay in step.
+                let r = rng.next_u64();
                 let de = -(V::TWO * s[i] * f[i]);
-                if de > V::ZERO {
-                    let x = de.to_f64();
-                    if x >= never || !table.accept(x * beta_scaled, &mut rng) {
-                        continue;
-                    }
-                } else if de == V::ZERO && rng.next_u64() >> 63 == 0 {
-                    // A move that costs nothing passes with probability 1/2
-                    // (detailed balance only asks that the rule be symmetric).
-                    // Always accepting it makes domain walls ride along with
-                    // the sweep in lockstep, so they never meet and annihilate;
-                    // it also halves the neighbour updates spent on free moves.
-                    continue;
+                if table.decide(de == V::ZERO, de.to_f64() * beta_scaled, r) {
+                    self.flip(i, &mut s, &mut f);
+                    accepted += 1;
                 }
-                self.flip(i, &mut s, &mut f);
-                accepted += 1;
             }
         }
+        let (state, polish_flips) = self.finish(s, polish);
+        (state, accepted, polish_flips)
+    }
+
+    /// Polishes a final state (if asked) and turns it into spins.
+    fn finish(&self, mut s: Vec<V>, polish: bool) -> (Vec<i8>, u64) {
+        let n = self.len();
+        let mut f = vec![V::ZERO; n];
         let mut polish_flips = 0u64;
         if polish && n > 0 {
             // Fresh fields: float fields may carry rounding drift.
@@ -479,7 +491,7 @@ impl<V: Num> Kernel<V> {
             .iter()
             .map(|&v| if v > V::ZERO { 1 } else { -1 })
             .collect();
-        (state, accepted, polish_flips)
+        (state, polish_flips)
     }
 }
 
@@ -508,6 +520,262 @@ impl Compiled {
         match self {
             Compiled::Float(k) => k.read(betas, table, seed, polish),
             Compiled::Int(k) => k.read(betas, table, seed, polish),
+        }
+    }
+
+    /// Several reads, each exactly as [`Compiled::read`] would do it: side
+    /// by side in vector lanes for a sparse integer model, one after the
+    /// other otherwise.
+    fn read_many(
+        &self,
+        betas: &[f64],
+        table: &Metropolis,
+        seeds: &[u64],
+        polish: bool,
+    ) -> Vec<(Vec<i8>, u64, u64)> {
+        match self {
+            Compiled::Int(
+                k @ Kernel {
+                    adj: Adjacency::Sparse { row, entries },
+                    ..
+                },
+            ) => seeds
+                .chunks(LANES)
+                .flat_map(|chunk| {
+                    // A lane block costs about as much as LANES_MIN lone reads
+                    // whatever its width, so a few leftover reads run alone.
+                    if chunk.len() < LANES_MIN {
+                        chunk
+                            .iter()
+                            .map(|&seed| k.read(betas, table, seed, polish))
+                            .collect()
+                    } else {
+                        read_lanes(k, row, entries, betas, table, chunk, polish)
+                    }
+                })
+                .collect(),
+            _ => seeds
+                .iter()
+                .map(|&seed| self.read(betas, table, seed, polish))
+                .collect(),
+        }
+    }
+}
+
+/// Reads annealed together, one per lane: a flip in any lane updates the
+/// neighbours' fields of all lanes in one vector operation (with the lanes
+/// that did not flip masked out), so the cost of walking a spin's row is
+/// shared by up to this many reads.
+const LANES: usize = 8;
+
+/// Fewer reads than this run one at a time rather than in a lane block
+/// (measured: a block costs about 3.5 lone reads of a sparse model).
+const LANES_MIN: usize = 4;
+
+/// [`Rng`]s for the lanes, stored word by word so one step of all of them is
+/// a handful of vector operations. Lane `l` gives exactly the sequence of
+/// `Rng::new(seeds[l])`.
+struct LaneRng {
+    s: [[u64; LANES]; 4],
+}
+
+// Lane loops index several arrays by lane on purpose: that is the shape the
+// vectorizer turns into one instruction per array.
+#[allow(clippy::needless_range_loop)]
+impl LaneRng {
+    fn new(seeds: &[u64]) -> Self {
+        let mut s = [[0u64; LANES]; 4];
+        for l in 0..LANES {
+            // Lanes past the seeds run a dummy generator whose flips are masked.
+            let state = Rng::new(seeds.get(l).copied().unwrap_or(0)).state();
+            for w in 0..4 {
+                s[w][l] = state[w];
+            }
+        }
+        Self { s }
+    }
+
+    #[inline(always)]
+    fn next(&mut self) -> [u64; LANES] {
+        let [s0, s1, s2, s3] = &mut self.s;
+        let mut out = [0u64; LANES];
+        for l in 0..LANES {
+            out[l] = s0[l]
+                .wrapping_add(s3[l])
+                .rotate_left(23)
+                .wrapping_add(s0[l]);
+            let t = s1[l] << 17;
+            s2[l] ^= s0[l];
+            s3[l] ^= s1[l];
+            s1[l] ^= s2[l];
+            s0[l] ^= s3[l];
+            s2[l] ^= t;
+            s3[l] = s3[l].rotate_left(45);
+        }
+        out
+    }
+}
+
+/// Up to [`LANES`] reads of a sparse integer kernel, lane `l` seeded with
+/// `seeds[l]`. Every lane makes exactly the decisions, and draws exactly the
+/// random numbers, of [`Kernel::read`] with that seed, so the results are
+/// identical to reading one at a time.
+#[allow(clippy::needless_range_loop)]
+fn read_lanes(
+    k: &Kernel<i32>,
+    row: &[usize],
+    entries: &[Entry<i32>],
+    betas: &[f64],
+    table: &Metropolis,
+    seeds: &[u64],
+    polish: bool,
+) -> Vec<(Vec<i8>, u64, u64)> {
+    assert!(!seeds.is_empty() && seeds.len() <= LANES);
+    let n = k.len();
+    let active = seeds.len();
+    let mut rng = LaneRng::new(seeds);
+    let mut s = vec![[1i32; LANES]; n];
+    for si in s.iter_mut() {
+        let r = rng.next();
+        for l in 0..LANES {
+            si[l] = if r[l] >> 63 == 1 { 1 } else { -1 };
+        }
+    }
+    let mut f = vec![[0i32; LANES]; n];
+    for l in 0..active {
+        let lane: Vec<i32> = s.iter().map(|si| si[l]).collect();
+        let mut fields = vec![0i32; n];
+        k.fields(&lane, &mut fields);
+        for (fi, v) in f.iter_mut().zip(fields) {
+            fi[l] = v;
+        }
+    }
+    let mut accepted = [0u64; LANES];
+    sweep_lanes_dispatch(
+        row,
+        entries,
+        betas,
+        k.scale,
+        table,
+        active,
+        &mut rng,
+        &mut s,
+        &mut f,
+        &mut accepted,
+    );
+    (0..active)
+        .map(|l| {
+            let lane: Vec<i32> = s.iter().map(|si| si[l]).collect();
+            let (state, polish_flips) = k.finish(lane, polish);
+            (state, accepted[l], polish_flips)
+        })
+        .collect()
+}
+
+/// Runs the lane sweeps with AVX2 when the CPU has it (integer arithmetic
+/// and the same float expressions: the result is the same either way).
+#[allow(clippy::too_many_arguments)]
+fn sweep_lanes_dispatch(
+    row: &[usize],
+    entries: &[Entry<i32>],
+    betas: &[f64],
+    scale: f64,
+    table: &Metropolis,
+    active: usize,
+    rng: &mut LaneRng,
+    s: &mut [[i32; LANES]],
+    f: &mut [[i32; LANES]],
+    accepted: &mut [u64; LANES],
+) {
+    #[cfg(target_arch = "x86_64")]
+    {
+        if std::arch::is_x86_feature_detected!("avx2") {
+            // SAFETY: the CPU supports AVX2, checked just above.
+            unsafe {
+                sweep_lanes_avx2(
+                    row, entries, betas, scale, table, active, rng, s, f, accepted,
+                )
+            };
+            return;
+        }
+    }
+    sweep_lanes(
+        row, entries, betas, scale, table, active, rng, s, f, accepted,
+    );
+}
+
+#[cfg(target_arch = "x86_64")]
+#[target_feature(enable = "avx2")]
+#[allow(clippy::too_many_arguments)]
+unsafe fn sweep_lanes_avx2(
+    row: &[usize],
+    entries: &[Entry<i32>],
+    betas: &[f64],
+    scale: f64,
+    table: &Metropolis,
+    active: usize,
+    rng: &mut LaneRng,
+    s: &mut [[i32; LANES]],
+    f: &mut [[i32; LANES]],
+    accepted: &mut [u64; LANES],
+) {
+    sweep_lanes(
+        row, entries, betas, scale, table, active, rng, s, f, accepted,
+    );
+}
+
+#[inline(always)]
+#[allow(clippy::too_many_arguments, clippy::needless_range_loop)]
+fn sweep_lanes(
+    row: &[usize],
+    entries: &[Entry<i32>],
+    betas: &[f64],
+    scale: f64,
+    table: &Metropolis,
+    active: usize,
+    rng: &mut LaneRng,
+    s: &mut [[i32; LANES]],
+    f: &mut [[i32; LANES]],
+    accepted: &mut [u64; LANES],
+) {
+    let n = s.len();
+    assert_eq!(f.len(), n);
+    assert_eq!(row.len(), n + 1);
+    for &beta in betas {
+        // The same expression as `Kernel::read`, so the same decisions.
+        let beta_scaled = beta * scale;
+        for i in 0..n {
+            let r = rng.next();
+            let si = s[i];
+            let fi = f[i];
+            // All-ones where the lane's spin goes -1 → +1 (its neighbours
+            // gain 2J) or +1 → -1 (they lose 2J).
+            let mut up = [0i32; LANES];
+            let mut down = [0i32; LANES];
+            let mut any = false;
+            for l in 0..LANES {
+                let de = -(2 * si[l] * fi[l]);
+                let flip = table.decide(de == 0, f64::from(de) * beta_scaled, r[l]) & (l < active);
+                up[l] = -i32::from(flip & (si[l] < 0));
+                down[l] = -i32::from(flip & (si[l] > 0));
+                accepted[l] += u64::from(flip);
+                any |= flip;
+            }
+            if !any {
+                continue;
+            }
+            for l in 0..LANES {
+                // x ^ -2 turns 1 into -1 and back.
+                s[i][l] = si[l] ^ ((up[l] | down[l]) & -2);
+            }
+            for e in &entries[row[i]..row[i + 1]] {
+                let v = e.val;
+                // SAFETY: `Kernel::new` checked every `col` < n = f.len().
+                let fj = unsafe { f.get_unchecked_mut(e.col as usize) };
+                for l in 0..LANES {
+                    fj[l] += (v & up[l]) - (v & down[l]);
+                }
+            }
         }
     }
 }
@@ -615,36 +883,52 @@ pub fn anneal(model: &IsingModel, params: &Params) -> Result<Solution, AnnealErr
     let betas = schedule(hot, cold, params.sweeps);
     let table = metropolis();
     let threads = params.threads.min(params.reads);
-    let run = |r: usize| {
-        let (state, accepted, polish_flips) = compiled.read(
-            &betas,
-            table,
-            stream_seed(params.seed, r as u64),
-            params.polish,
-        );
-        let energy = model.energy(&state);
-        ReadResult {
-            state,
-            energy,
-            attempts: (model.len() * betas.len()) as u64,
-            accepted,
-            polish_flips,
-        }
+    // Reads go in blocks (vector lanes for sparse integer models), blocks
+    // round-robin over threads. A read's result depends only on its seed, so
+    // neither the blocking nor the thread count changes anything.
+    let block = LANES.min(params.reads.div_ceil(threads)).max(1);
+    let blocks: Vec<std::ops::Range<usize>> = (0..params.reads)
+        .step_by(block)
+        .map(|a| a..(a + block).min(params.reads))
+        .collect();
+    let run = |range: &std::ops::Range<usize>| -> Vec<ReadResult> {
+        let seeds: Vec<u64> = range
+            .clone()
+            .map(|r| stream_seed(params.seed, r as u64))
+            .collect();
+        compiled
+            .read_many(&betas, table, &seeds, params.polish)
+            .into_iter()
+            .map(|(state, accepted, polish_flips)| {
+                let energy = model.energy(&state);
+                ReadResult {
+                    state,
+                    energy,
+                    attempts: (model.len() * betas.len()) as u64,
+                    accepted,
+                    polish_flips,
+                }
+            })
+            .collect()
     };
     let mut results: Vec<Option<ReadResult>> = (0..params.reads).map(|_| None).collect();
     if threads <= 1 {
-        for (r, slot) in results.iter_mut().enumerate() {
-            *slot = Some(run(r));
+        for range in &blocks {
+            for (r, res) in range.clone().zip(run(range)) {
+                results[r] = Some(res);
+            }
         }
     } else {
-        let run = &run;
+        let (run, blocks) = (&run, &blocks);
         let per_thread: Vec<Vec<(usize, ReadResult)>> = std::thread::scope(|scope| {
             let handles: Vec<_> = (0..threads)
                 .map(|t| {
                     scope.spawn(move || {
-                        (t..params.reads)
+                        blocks
+                            .iter()
+                            .skip(t)
                             .step_by(threads)
-                            .map(|r| (r, run(r)))
+                            .flat_map(|range| range.clone().zip(run(range)))
                             .collect::<Vec<_>>()
                     })
                 })
@@ -833,30 +1117,105 @@ mod tests {
     }
 
     #[test]
-    fn same_seed_same_answer_for_every_thread_count() {
-        let m = random_model(300, 8, 4);
-        let base = Params {
-            sweeps: 50,
-            reads: 7,
-            seed: 42,
-            ..Params::default()
-        };
-        let one = anneal(&m, &base).unwrap();
-        for threads in [2, 3, 8] {
-            let other = anneal(
-                &m,
-                &Params {
-                    threads,
-                    ..base.clone()
-                },
-            )
-            .unwrap();
-            assert_eq!(one.state, other.state);
-            assert_eq!(one.read_energies, other.read_energies);
-            assert_eq!(one.stats.flips_accepted, other.stats.flips_accepted);
+    fn lanes_give_exactly_the_one_at_a_time_results() {
+        let m = random_model(300, 8, 21);
+        let compiled = Compiled::new(&m, true);
+        assert!(matches!(
+            compiled,
+            Compiled::Int(Kernel {
+                adj: Adjacency::Sparse { .. },
+                ..
+            })
+        ));
+        let betas = schedule(0.05, 3.0, 40);
+        let seeds: Vec<u64> = (0..11).map(|r| stream_seed(9, r)).collect();
+        let together = compiled.read_many(&betas, metropolis(), &seeds, true);
+        let alone: Vec<_> = seeds
+            .iter()
+            .map(|&seed| compiled.read(&betas, metropolis(), seed, true))
+            .collect();
+        assert_eq!(together, alone);
+        // And through the portable path, whatever the CPU.
+        if let Compiled::Int(
+            k @ Kernel {
+                adj: Adjacency::Sparse { row, entries },
+                ..
+            },
+        ) = &compiled
+        {
+            let n = k.len();
+            let mut rng = LaneRng::new(&seeds[..3]);
+            let mut s = vec![[1i32; LANES]; n];
+            for si in s.iter_mut() {
+                let r = rng.next();
+                for l in 0..LANES {
+                    si[l] = if r[l] >> 63 == 1 { 1 } else { -1 };
+                }
+            }
+            let mut f = vec![[0i32; LANES]; n];
+            for l in 0..3 {
+                let lane: Vec<i32> = s.iter().map(|si| si[l]).collect();
+                let mut fields = vec![0i32; n];
+                k.fields(&lane, &mut fields);
+                for (fi, v) in f.iter_mut().zip(fields) {
+                    fi[l] = v;
+                }
+            }
+            let mut accepted = [0u64; LANES];
+            sweep_lanes(
+                row,
+                entries,
+                &betas,
+                k.scale,
+                metropolis(),
+                3,
+                &mut rng,
+                &mut s,
+                &mut f,
+                &mut accepted,
+            );
+            for l in 0..3 {
+                let lane: Vec<i32> = s.iter().map(|si| si[l]).collect();
+                let (state, polish_flips) = k.finish(lane, true);
+                assert_eq!((state, accepted[l], polish_flips), alone[l]);
+            }
         }
-        let different = anneal(&m, &Params { seed: 43, ..base }).unwrap();
-        assert_ne!(one.read_energies, different.read_energies);
+    }
+
+    #[test]
+    fn same_seed_same_answer_for_every_thread_count() {
+        let int_model = random_model(300, 8, 4);
+        // Coefficients with no power-of-two quantum take the float kernel.
+        let mut b = IsingModel::builder(300);
+        for c in int_model.couplings() {
+            b.quadratic(c.i as usize, c.j as usize, c.value * 0.1);
+        }
+        let float_model = b.build_ising().unwrap();
+        assert!(integer_quantum(&float_model).is_none());
+        for m in [int_model, float_model] {
+            let base = Params {
+                sweeps: 50,
+                reads: 11,
+                seed: 42,
+                ..Params::default()
+            };
+            let one = anneal(&m, &base).unwrap();
+            for threads in [2, 3, 8] {
+                let other = anneal(
+                    &m,
+                    &Params {
+                        threads,
+                        ..base.clone()
+                    },
+                )
+                .unwrap();
+                assert_eq!(one.state, other.state);
+                assert_eq!(one.read_energies, other.read_energies);
+                assert_eq!(one.stats.flips_accepted, other.stats.flips_accepted);
+            }
+            let different = anneal(&m, &Params { seed: 43, ..base }).unwrap();
+            assert_ne!(one.read_energies, different.read_energies);
+        }
     }
 
     #[test]

@@ -1025,7 +1025,8 @@ impl<'p> State<'p> {
         let l = self.load[e];
         let d_bal = p.balance_coef(e) * ((l + dl) * (l + dl) - l * l);
         let (us, um) = (self.used_slots[e], self.used_mem[e]);
-        let d_viol = sq_over(us + ds, p.slots.free[e]) - sq_over(us, p.slots.free[e]) + sq_over(um + dm, p.memory.free[e])
+        let d_viol = sq_over(us + ds, p.slots.free[e]) - sq_over(us, p.slots.free[e])
+            + sq_over(um + dm, p.memory.free[e])
             - sq_over(um, p.memory.free[e]);
         (d_bal, d_viol)
     }
@@ -1055,7 +1056,11 @@ impl<'p> State<'p> {
         let ne = p.ne();
         let (t, from) = self.copies[c];
         debug_assert_ne!(from, to);
-        let (su, mu, s) = (p.slots.demand[t], p.memory.demand[t], f64::from(p.invocations[t].slots));
+        let (su, mu, s) = (
+            p.slots.demand[t],
+            p.memory.demand[t],
+            f64::from(p.invocations[t].slots),
+        );
         let (bf, vf) = self.executor_delta(from, -su, -mu, -s);
         let (bt, vt) = self.executor_delta(to, su, mu, s);
         let d_obj = p.cost[t * ne + to] - p.cost[t * ne + from] + bf + bt;
@@ -1075,15 +1080,25 @@ impl<'p> State<'p> {
         let dl = f64::from(p.invocations[t2].slots) - f64::from(p.invocations[t].slots);
         let (ba, va) = self.executor_delta(a, ds, dm, dl);
         let (bb, vb) = self.executor_delta(b, -ds, -dm, -dl);
-        let d_obj = p.cost[t * ne + b] - p.cost[t * ne + a] + p.cost[t2 * ne + a] - p.cost[t2 * ne + b] + ba + bb;
-        (d_obj, va + vb + self.domain_delta(c, a, b) + self.domain_delta(c2, b, a))
+        let d_obj = p.cost[t * ne + b] - p.cost[t * ne + a] + p.cost[t2 * ne + a]
+            - p.cost[t2 * ne + b]
+            + ba
+            + bb;
+        (
+            d_obj,
+            va + vb + self.domain_delta(c, a, b) + self.domain_delta(c2, b, a),
+        )
     }
 
     /// Moves copy `c` to `to`, updating usage but not the energy.
     fn shift(&mut self, c: usize, to: usize) {
         let p = self.p;
         let (t, from) = self.copies[c];
-        let (su, mu, s) = (p.slots.demand[t], p.memory.demand[t], f64::from(p.invocations[t].slots));
+        let (su, mu, s) = (
+            p.slots.demand[t],
+            p.memory.demand[t],
+            f64::from(p.invocations[t].slots),
+        );
         self.used_slots[from] -= su;
         self.used_slots[to] += su;
         self.used_mem[from] -= mu;
@@ -1133,7 +1148,8 @@ impl<'p> State<'p> {
                     }
                     let d = self.move_delta(c, to);
                     let de = d.0 + self.p.penalty * d.1 as f64;
-                    if de < -1e-9 * (1.0 + self.energy.abs()) && best.is_none_or(|(b, _, _)| de < b) {
+                    if de < -1e-9 * (1.0 + self.energy.abs()) && best.is_none_or(|(b, _, _)| de < b)
+                    {
                         best = Some((de, to, d));
                     }
                 }
@@ -1359,7 +1375,12 @@ fn cheapest_ignoring_capacity(p: &PlacementProblem) -> Vec<Vec<usize>> {
 
 /// Structured simulated annealing from `start`; returns the best state
 /// without violations seen (polished), or the final state if none was clean.
-fn anneal_structured(p: &PlacementProblem, start: &[Vec<usize>], sweeps: usize, seed: u64) -> Vec<Vec<usize>> {
+fn anneal_structured(
+    p: &PlacementProblem,
+    start: &[Vec<usize>],
+    sweeps: usize,
+    seed: u64,
+) -> Vec<Vec<usize>> {
     let mut st = State::new(p, start);
     if st.copies.is_empty() {
         return st.assignment();
@@ -1393,10 +1414,18 @@ fn anneal_structured(p: &PlacementProblem, start: &[Vec<usize>], sweeps: usize, 
         let hot = std::f64::consts::LN_2 / big;
         (hot, (ln_det(100.0 * n_copies as f64) / small).max(hot))
     };
-    let mut best_energy = if st.violations == 0 { st.energy } else { f64::INFINITY };
+    let mut best_energy = if st.violations == 0 {
+        st.energy
+    } else {
+        f64::INFINITY
+    };
     let mut best: Vec<usize> = st.copies.iter().map(|&(_, e)| e).collect();
     // Geometric schedule with deterministic arithmetic (no platform `pow`).
-    let ratio = if sweeps > 1 { 1.0 / exp_neg(ln_det(cold / hot) / (sweeps - 1) as f64) } else { 1.0 };
+    let ratio = if sweeps > 1 {
+        1.0 / exp_neg(ln_det(cold / hot) / (sweeps - 1) as f64)
+    } else {
+        1.0
+    };
     let mut beta = hot;
     // Small batches get at least 64 attempts per sweep: it costs microseconds
     // and makes small placements reliably optimal.
@@ -1405,7 +1434,7 @@ fn anneal_structured(p: &PlacementProblem, start: &[Vec<usize>], sweeps: usize, 
     for _sweep in 0..sweeps {
         for _ in 0..attempts {
             let r = rng.next_u64();
-            let c = ((r >> 32) * n_copies as u64 >> 32) as usize;
+            let c = (((r >> 32) * n_copies as u64) >> 32) as usize;
             let (t, from) = st.copies[c];
             if r & 3 == 0 {
                 // Swap with a copy of another invocation on another executor.
@@ -1498,7 +1527,11 @@ pub fn place(p: &PlacementProblem, params: &PlacementParams) -> Result<Placement
             // Small batches get extra reads: microseconds of work that make
             // small placements reliably optimal.
             let copies: usize = p.invocations.iter().map(|t| t.replicas as usize).sum();
-            let reads = if copies <= SMALL_BATCH_COPIES { params.reads.max(SMALL_BATCH_READS) } else { params.reads };
+            let reads = if copies <= SMALL_BATCH_COPIES {
+                params.reads.max(SMALL_BATCH_READS)
+            } else {
+                params.reads
+            };
             for r in 0..reads {
                 let seed = crate::rng::stream_seed(params.seed, r as u64);
                 candidates.push(anneal_structured(p, &start, params.sweeps, seed));
@@ -1626,7 +1659,11 @@ impl Placement {
     #[must_use]
     pub fn explain(&self, problem: &PlacementProblem) -> Explanation {
         let p = problem;
-        assert_eq!(self.assignment.len(), p.invocations.len(), "placement of another problem");
+        assert_eq!(
+            self.assignment.len(),
+            p.invocations.len(),
+            "placement of another problem"
+        );
         let mut added = vec![0u64; p.ne()];
         let mut copies = vec![0usize; p.ne()];
         let invocations = self
@@ -1990,7 +2027,13 @@ mod tests {
         let balance: f64 = x.executors.iter().map(|l| l.balance).sum();
         assert!((balance - x.energy.balance).abs() < 1e-9);
         let copies: usize = x.executors.iter().map(|l| l.copies).sum();
-        assert_eq!(copies, p.invocations().iter().map(|t| t.replicas as usize).sum::<usize>());
+        assert_eq!(
+            copies,
+            p.invocations()
+                .iter()
+                .map(|t| t.replicas as usize)
+                .sum::<usize>()
+        );
         assert_eq!(x.energy.total, x.energy.objective);
     }
 

@@ -45,6 +45,11 @@ impl Rng {
         Self { s }
     }
 
+    /// The four state words (for generators run side by side in lanes).
+    pub(crate) fn state(&self) -> [u64; 4] {
+        self.s
+    }
+
     /// The next 64 random bits.
     #[inline(always)]
     pub fn next_u64(&mut self) -> u64 {
