@@ -536,6 +536,24 @@ impl Replica {
         t
     }
 
+    /// Everything that is protocol state (not counters or caches), for tests
+    /// that check a refused input changed nothing.
+    #[cfg(test)]
+    fn fingerprint(&self) -> String {
+        format!(
+            "{:?}",
+            (
+                (self.now_us, self.view, self.view_active, self.view_change_attempts),
+                (self.view_change_deadline_us, &self.own_view_change, &self.view_changes),
+                (&self.last_new_view, &self.prepared_certs, self.low, &self.stable),
+                (&self.checkpoint_votes, &self.own_checkpoints, self.last_executed),
+                (self.last_executed_hlc, &self.executing, &self.client_table, self.last_hlc),
+                (self.next_seq, &self.queue, self.queue_since_us, &self.proposed, &self.waiting),
+                (format!("{:?}", self.log), self.next_status_us),
+            )
+        )
+    }
+
     // ----- small helpers -------------------------------------------------
 
     fn reject(&mut self, reason: Reject) {
