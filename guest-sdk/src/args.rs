@@ -67,9 +67,10 @@ impl Args {
     {
         match self.get(key) {
             None => Ok(None),
-            Some(text) => text.parse().map(Some).map_err(|err| {
-                ToolError::bad_arg(key, format!("cannot parse `{text}`: {err}"))
-            }),
+            Some(text) => text
+                .parse()
+                .map(Some)
+                .map_err(|err| ToolError::bad_arg(key, format!("cannot parse `{text}`: {err}"))),
         }
     }
 
@@ -100,7 +101,11 @@ impl Args {
     /// Fails with `bad-arg` on the first key that is not in `known`, so a
     /// misspelt argument is reported instead of silently ignored.
     pub fn reject_unknown(&self, known: &[&str]) -> Result<(), ToolError> {
-        match self.pairs.iter().find(|(k, _)| !known.contains(&k.as_str())) {
+        match self
+            .pairs
+            .iter()
+            .find(|(k, _)| !known.contains(&k.as_str()))
+        {
             None => Ok(()),
             Some((key, _)) => Err(ToolError::bad_arg(
                 key,

@@ -33,10 +33,16 @@ impl fmt::Display for BlobError {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
         match self {
             BlobError::NotGranted => {
-                write!(f, "the invocation does not grant this blob; grant it to the invocation")
+                write!(
+                    f,
+                    "the invocation does not grant this blob; grant it to the invocation"
+                )
             }
             BlobError::NotFound => {
-                write!(f, "the host does not have this blob; put it in the CAS first")
+                write!(
+                    f,
+                    "the host does not have this blob; put it in the CAS first"
+                )
             }
             BlobError::TooLarge(size) => write!(
                 f,

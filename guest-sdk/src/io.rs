@@ -46,9 +46,9 @@ impl FromInput for String {
 /// serde's line and column.
 impl<T: DeserializeOwned> FromInput for Json<T> {
     fn from_input(bytes: Vec<u8>) -> Result<Self, ToolError> {
-        serde_json::from_slice(&bytes)
-            .map(Json)
-            .map_err(|err| ToolError::bad_input(format!("the input is not the JSON this tool reads: {err}")))
+        serde_json::from_slice(&bytes).map(Json).map_err(|err| {
+            ToolError::bad_input(format!("the input is not the JSON this tool reads: {err}"))
+        })
     }
 }
 

@@ -16,7 +16,8 @@ use std::process::{Command, Stdio};
 const TARGET: &str = "wasm32-wasip2";
 
 fn main() {
-    let manifest_dir = PathBuf::from(env::var_os("CARGO_MANIFEST_DIR").expect("cargo sets CARGO_MANIFEST_DIR"));
+    let manifest_dir =
+        PathBuf::from(env::var_os("CARGO_MANIFEST_DIR").expect("cargo sets CARGO_MANIFEST_DIR"));
     let repo = manifest_dir
         .join("../..")
         .canonicalize()
@@ -59,14 +60,19 @@ fn main() {
         writeln!(code, "/// The component of the `{name}` tool.").unwrap();
         writeln!(code, "pub const {}: &str = {path:?};", const_name(name)).unwrap();
     }
-    writeln!(code, "/// Every tool, as (name, path of its component), sorted by name.").unwrap();
+    writeln!(
+        code,
+        "/// Every tool, as (name, path of its component), sorted by name."
+    )
+    .unwrap();
     writeln!(code, "pub const ALL: &[(&str, &str)] = &[").unwrap();
     for name in tools.keys() {
         writeln!(code, "    ({name:?}, {}),", const_name(name)).unwrap();
     }
     writeln!(code, "];").unwrap();
     let out = PathBuf::from(env::var_os("OUT_DIR").expect("cargo sets OUT_DIR")).join("tools.rs");
-    std::fs::write(&out, code).unwrap_or_else(|err| panic!("cannot write {}: {err}", out.display()));
+    std::fs::write(&out, code)
+        .unwrap_or_else(|err| panic!("cannot write {}: {err}", out.display()));
 }
 
 fn const_name(tool: &str) -> String {
@@ -124,7 +130,13 @@ fn cargo() -> Command {
 /// Package id → package name of every member of the tools workspace.
 fn workspace_members(manifest: &Path) -> HashMap<String, String> {
     let output = cargo()
-        .args(["metadata", "--no-deps", "--format-version", "1", "--manifest-path"])
+        .args([
+            "metadata",
+            "--no-deps",
+            "--format-version",
+            "1",
+            "--manifest-path",
+        ])
         .arg(manifest)
         .stderr(Stdio::inherit())
         .output()
@@ -143,7 +155,10 @@ fn workspace_members(manifest: &Path) -> HashMap<String, String> {
         .map(|p| {
             (
                 p["id"].as_str().expect("a package has an id").to_string(),
-                p["name"].as_str().expect("a package has a name").to_string(),
+                p["name"]
+                    .as_str()
+                    .expect("a package has a name")
+                    .to_string(),
             )
         })
         .collect()
@@ -177,11 +192,17 @@ fn build_tools(manifest: &Path, target_dir: &Path) -> Vec<(String, PathBuf)> {
         if message["reason"] != "compiler-artifact" {
             continue;
         }
-        let kinds = message["target"]["kind"].as_array().cloned().unwrap_or_default();
+        let kinds = message["target"]["kind"]
+            .as_array()
+            .cloned()
+            .unwrap_or_default();
         if !kinds.iter().any(|k| k == "cdylib" || k == "bin") {
             continue;
         }
-        let package_id = message["package_id"].as_str().unwrap_or_default().to_string();
+        let package_id = message["package_id"]
+            .as_str()
+            .unwrap_or_default()
+            .to_string();
         for file in message["filenames"].as_array().into_iter().flatten() {
             if let Some(file) = file.as_str().filter(|f| f.ends_with(".wasm")) {
                 built.push((package_id.clone(), PathBuf::from(file)));
@@ -193,8 +214,10 @@ fn build_tools(manifest: &Path, target_dir: &Path) -> Vec<(String, PathBuf)> {
 
 /// Copies only when the bytes differ, so an unchanged tool keeps its mtime.
 fn copy_if_changed(from: &Path, to: &Path) {
-    let bytes = std::fs::read(from).unwrap_or_else(|err| panic!("cannot read {}: {err}", from.display()));
+    let bytes =
+        std::fs::read(from).unwrap_or_else(|err| panic!("cannot read {}: {err}", from.display()));
     if std::fs::read(to).ok().as_deref() != Some(bytes.as_slice()) {
-        std::fs::write(to, &bytes).unwrap_or_else(|err| panic!("cannot write {}: {err}", to.display()));
+        std::fs::write(to, &bytes)
+            .unwrap_or_else(|err| panic!("cannot write {}: {err}", to.display()));
     }
 }

@@ -29,7 +29,11 @@ mod tests {
             let bytes = std::fs::read(path).unwrap_or_else(|err| panic!("{path}: {err}"));
             // `\0asm`, then the component-model layer/version 0x0d 0x00 0x01 0x00
             // (a core module would have 0x01 0x00 0x00 0x00).
-            assert_eq!(&bytes[..8], b"\0asm\x0d\x00\x01\x00", "{name} is not a component");
+            assert_eq!(
+                &bytes[..8],
+                b"\0asm\x0d\x00\x01\x00",
+                "{name} is not a component"
+            );
             let file = std::path::Path::new(path).file_name().unwrap();
             assert_eq!(file.to_str().unwrap(), format!("{name}.wasm"));
         }
@@ -50,8 +54,14 @@ mod tests {
             "hostile-flood",
             "hostile-panic",
         ] {
-            assert!(ALL.iter().any(|(name, _)| *name == expected), "{expected} missing");
+            assert!(
+                ALL.iter().any(|(name, _)| *name == expected),
+                "{expected} missing"
+            );
         }
-        assert_eq!(HOSTILE_LOOP, ALL.iter().find(|(n, _)| *n == "hostile-loop").unwrap().1);
+        assert_eq!(
+            HOSTILE_LOOP,
+            ALL.iter().find(|(n, _)| *n == "hostile-loop").unwrap().1
+        );
     }
 }

@@ -31,7 +31,12 @@ pub fn convert(input: &[u8], delimiter: u8) -> Result<Value, ToolError> {
         .has_headers(true)
         .from_reader(input);
     let bad = |err: csv::Error| ToolError::bad_input(format!("the input is not valid CSV: {err}"));
-    let headers: Vec<String> = reader.headers().map_err(bad)?.iter().map(str::to_string).collect();
+    let headers: Vec<String> = reader
+        .headers()
+        .map_err(bad)?
+        .iter()
+        .map(str::to_string)
+        .collect();
     for (i, name) in headers.iter().enumerate() {
         if name.is_empty() {
             return Err(ToolError::bad_input(format!(
@@ -85,13 +90,24 @@ mod tests {
     use super::*;
 
     fn check(input: &str, delimiter: u8, expected: &str) {
-        assert_eq!(convert(input.as_bytes(), delimiter).unwrap().to_string(), expected);
+        assert_eq!(
+            convert(input.as_bytes(), delimiter).unwrap().to_string(),
+            expected
+        );
     }
 
     #[test]
     fn converts_with_header_order_and_quoting() {
-        check("name,n\na,1\nb,2\n", b',', r#"[{"name":"a","n":"1"},{"name":"b","n":"2"}]"#);
-        check("z;a\n\"x;y\";\"say \"\"hi\"\"\"\n", b';', r#"[{"z":"x;y","a":"say \"hi\""}]"#);
+        check(
+            "name,n\na,1\nb,2\n",
+            b',',
+            r#"[{"name":"a","n":"1"},{"name":"b","n":"2"}]"#,
+        );
+        check(
+            "z;a\n\"x;y\";\"say \"\"hi\"\"\"\n",
+            b';',
+            r#"[{"z":"x;y","a":"say \"hi\""}]"#,
+        );
         check("only,header\n", b',', "[]");
         check("", b',', "[]");
     }
@@ -100,8 +116,11 @@ mod tests {
     fn ragged_rows_and_bad_headers_are_bad_input() {
         let ragged = convert(b"a,b\n1,2,3\n", b',').unwrap_err();
         assert_eq!(ragged.code(), "bad-input");
-        assert!(ragged.message().contains("line 2"), "{}", ragged.message());
-        assert_eq!(convert(b"a,a\n1,2\n", b',').unwrap_err().code(), "bad-input");
+        assert!(ragged.message().contains("line: 2"), "{}", ragged.message());
+        assert_eq!(
+            convert(b"a,a\n1,2\n", b',').unwrap_err().code(),
+            "bad-input"
+        );
         assert_eq!(convert(b"a,\n1,2\n", b',').unwrap_err().code(), "bad-input");
     }
 

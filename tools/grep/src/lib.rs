@@ -36,14 +36,24 @@ pub struct Found {
 const PATTERN_BYTES_MAX: usize = 64 * 1024;
 
 /// Searches `text` line by line.
-pub fn search(text: &str, pattern: &str, ignore_case: bool, invert: bool) -> Result<Found, ToolError> {
+pub fn search(
+    text: &str,
+    pattern: &str,
+    ignore_case: bool,
+    invert: bool,
+) -> Result<Found, ToolError> {
     if pattern.len() > PATTERN_BYTES_MAX {
-        return Err(ToolError::bad_arg("pattern", format!("longer than {PATTERN_BYTES_MAX} bytes")));
+        return Err(ToolError::bad_arg(
+            "pattern",
+            format!("longer than {PATTERN_BYTES_MAX} bytes"),
+        ));
     }
     let regex = RegexBuilder::new(pattern)
         .case_insensitive(ignore_case)
         .build()
-        .map_err(|err| ToolError::bad_arg("pattern", format!("not a valid regular expression: {err}")))?;
+        .map_err(|err| {
+            ToolError::bad_arg("pattern", format!("not a valid regular expression: {err}"))
+        })?;
     let body = text.strip_suffix('\n').unwrap_or(text);
     let mut matches = Vec::new();
     if !text.is_empty() {
@@ -80,10 +90,20 @@ impl Tool for Grep {
         let json = match args.get("format").unwrap_or("json") {
             "json" => true,
             "text" => false,
-            other => return Err(ToolError::bad_arg("format", format!("`{other}` is not json or text"))),
+            other => {
+                return Err(ToolError::bad_arg(
+                    "format",
+                    format!("`{other}` is not json or text"),
+                ))
+            }
         };
         let text = String::from_utf8_lossy(&input);
-        let found = search(&text, pattern, args.flag("ignore-case")?, args.flag("invert")?)?;
+        let found = search(
+            &text,
+            pattern,
+            args.flag("ignore-case")?,
+            args.flag("invert")?,
+        )?;
         voidbox_guest::log::debug!("{} lines selected", found.count);
         if json {
             voidbox_guest::IntoOutput::into_output(voidbox_guest::Json(found))
@@ -105,7 +125,11 @@ mod tests {
     use super::*;
 
     fn lines(found: &Found) -> Vec<(u64, &str)> {
-        found.matches.iter().map(|m| (m.line, m.text.as_str())).collect()
+        found
+            .matches
+            .iter()
+            .map(|m| (m.line, m.text.as_str()))
+            .collect()
     }
 
     #[test]
@@ -123,8 +147,14 @@ mod tests {
     #[test]
     fn line_splitting_edges() {
         assert_eq!(search("", ".*", false, false).unwrap().count, 0);
-        assert_eq!(lines(&search("a\n\nb", "^$", false, false).unwrap()), [(2, "")]);
-        assert_eq!(lines(&search("x\r\n", "x\r$", false, false).unwrap()), [(1, "x\r")]);
+        assert_eq!(
+            lines(&search("a\n\nb", "^$", false, false).unwrap()),
+            [(2, "")]
+        );
+        assert_eq!(
+            lines(&search("x\r\n", "x\r$", false, false).unwrap()),
+            [(1, "x\r")]
+        );
     }
 
     #[test]
@@ -137,6 +167,9 @@ mod tests {
     #[test]
     fn json_shape() {
         let found = search("a\nb\n", "b", false, false).unwrap();
-        assert_eq!(serde_json::to_string(&found).unwrap(), r#"{"count":1,"matches":[{"line":2,"text":"b"}]}"#);
+        assert_eq!(
+            serde_json::to_string(&found).unwrap(),
+            r#"{"count":1,"matches":[{"line":2,"text":"b"}]}"#
+        );
     }
 }

@@ -31,7 +31,10 @@ pub fn digests(data: &[u8], algo: &str) -> Result<Value, ToolError> {
         "sha256" => (true, false),
         "blake3" => (false, true),
         other => {
-            return Err(ToolError::bad_arg("algo", format!("`{other}` is not sha256, blake3 or all")));
+            return Err(ToolError::bad_arg(
+                "algo",
+                format!("`{other}` is not sha256, blake3 or all"),
+            ));
         }
     };
     let mut out = Map::new();

@@ -98,9 +98,8 @@ impl<'a> Parser<'a> {
     fn ident(&mut self) -> Option<String> {
         let start = self.pos;
         while let Some(c) = self.peek() {
-            let ok = c == '_'
-                || c.is_ascii_alphabetic()
-                || (self.pos > start && c.is_ascii_digit());
+            let ok =
+                c == '_' || c.is_ascii_alphabetic() || (self.pos > start && c.is_ascii_digit());
             if !ok {
                 break;
             }
@@ -302,7 +301,11 @@ fn apply_stage(stage: &Stage, value: Value, out: &mut Vec<Value>) -> Result<(), 
     }
 }
 
-fn apply_steps(steps: &[(Step, bool)], value: Value, out: &mut Vec<Value>) -> Result<(), QueryError> {
+fn apply_steps(
+    steps: &[(Step, bool)],
+    value: Value,
+    out: &mut Vec<Value>,
+) -> Result<(), QueryError> {
     let Some(((step, optional), rest)) = steps.split_first() else {
         out.push(value);
         return Ok(());
@@ -345,14 +348,28 @@ fn apply_step(step: &Step, value: Value) -> Result<Vec<Value>, QueryError> {
             None => Value::Null,
         }]),
         (Step::Slice(a, b), Value::Array(items)) => {
-            let (start, end) = (bound(*a, items.len(), 0), bound(*b, items.len(), items.len()));
-            let slice = if start < end { items[start..end].to_vec() } else { Vec::new() };
+            let (start, end) = (
+                bound(*a, items.len(), 0),
+                bound(*b, items.len(), items.len()),
+            );
+            let slice = if start < end {
+                items[start..end].to_vec()
+            } else {
+                Vec::new()
+            };
             Ok(vec![Value::Array(slice)])
         }
         (Step::Slice(a, b), Value::String(s)) => {
             let chars: Vec<char> = s.chars().collect();
-            let (start, end) = (bound(*a, chars.len(), 0), bound(*b, chars.len(), chars.len()));
-            let slice: String = if start < end { chars[start..end].iter().collect() } else { String::new() };
+            let (start, end) = (
+                bound(*a, chars.len(), 0),
+                bound(*b, chars.len(), chars.len()),
+            );
+            let slice: String = if start < end {
+                chars[start..end].iter().collect()
+            } else {
+                String::new()
+            };
             Ok(vec![Value::String(slice)])
         }
         (Step::Iterate, Value::Array(items)) => Ok(items),
@@ -366,7 +383,10 @@ fn apply_step(step: &Step, value: Value) -> Result<Vec<Value>, QueryError> {
             type_name(&other)
         ))),
         (Step::Slice(..), other) => Err(QueryError(format!("cannot slice {}", type_name(&other)))),
-        (Step::Iterate, other) => Err(QueryError(format!("cannot iterate over {}", type_name(&other)))),
+        (Step::Iterate, other) => Err(QueryError(format!(
+            "cannot iterate over {}",
+            type_name(&other)
+        ))),
     }
 }
 
@@ -395,11 +415,15 @@ impl Tool for Jq {
 
     fn invoke(Json(input): Json<Value>, args: &Args) -> Result<Vec<u8>, ToolError> {
         args.reject_unknown(&["query", "raw"])?;
-        let query = Query::parse(args.require("query")?).map_err(|err| ToolError::bad_arg("query", err.0))?;
+        let query = Query::parse(args.require("query")?)
+            .map_err(|err| ToolError::bad_arg("query", err.0))?;
         let raw = args.flag("raw")?;
-        let results = query
-            .run(input)
-            .map_err(|err| ToolError::new("query-failed", format!("{}; check the query against the input's shape", err.0)))?;
+        let results = query.run(input).map_err(|err| {
+            ToolError::new(
+                "query-failed",
+                format!("{}; check the query against the input's shape", err.0),
+            )
+        })?;
         Ok(render(&results, raw))
     }
 }
@@ -449,16 +473,25 @@ mod tests {
 
     #[test]
     fn raw_strings() {
-        let results = Query::parse(".[]").unwrap().run(serde_json::json!(["x", 1])).unwrap();
+        let results = Query::parse(".[]")
+            .unwrap()
+            .run(serde_json::json!(["x", 1]))
+            .unwrap();
         assert_eq!(render(&results, true), b"x\n1\n");
     }
 
     #[test]
     fn wrong_types_fail_like_jq() {
         let run = |q: &str, input: Value| Query::parse(q).unwrap().run(input).unwrap_err().0;
-        assert_eq!(run(".a", serde_json::json!([1])), "cannot index array with \"a\"");
+        assert_eq!(
+            run(".a", serde_json::json!([1])),
+            "cannot index array with \"a\""
+        );
         assert_eq!(run(".[]", Value::Null), "cannot iterate over null");
-        assert_eq!(run(".[0]", serde_json::json!({})), "cannot index object with a number");
+        assert_eq!(
+            run(".[0]", serde_json::json!({})),
+            "cannot index object with a number"
+        );
     }
 
     #[test]

@@ -48,9 +48,15 @@ mod tests {
 
     #[test]
     fn renders_commonmark_and_extensions() {
-        assert_eq!(render("# Title\n\nSome *em* text.\n", false), "<h1>Title</h1>\n<p>Some <em>em</em> text.</p>\n");
+        assert_eq!(
+            render("# Title\n\nSome *em* text.\n", false),
+            "<h1>Title</h1>\n<p>Some <em>em</em> text.</p>\n"
+        );
         let table = render("| a | b |\n|---|---|\n| 1 | 2 |\n", false);
-        assert!(table.contains("<table>") && table.contains("<td>2</td>"), "{table}");
+        assert!(
+            table.contains("<table>") && table.contains("<td>2</td>"),
+            "{table}"
+        );
         assert_eq!(render("~~gone~~", false), "<p><del>gone</del></p>\n");
         assert!(render("- [x] done\n", false).contains("checked"));
     }

@@ -88,7 +88,7 @@ mod tests {
     fn counts_like_wc() {
         check(b"", 0, 0, 0);
         check(b"hello world\n", 1, 2, 12);
-        check(b"  a\tb\n\nc", 2, 3, 9);
+        check(b"  a\tb\n\nc", 2, 3, 8);
         check("h\u{e9}llo w\u{f6}rld\n".as_bytes(), 1, 2, 12);
         check(b"no newline at end", 0, 4, 17);
     }

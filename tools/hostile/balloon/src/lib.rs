@@ -35,7 +35,9 @@ impl Tool for Balloon {
             chunks.push(std::hint::black_box(chunk));
             allocated += STEP_BYTES as u64;
         }
-        Ok(Json(voidbox_guest::serde_json::json!({ "allocated_bytes": allocated })))
+        Ok(Json(
+            voidbox_guest::serde_json::json!({ "allocated_bytes": allocated }),
+        ))
     }
 }
 

@@ -69,14 +69,27 @@ fn probe(extra_digests: Vec<String>) -> Report {
     let digests = std::iter::once(UNGRANTED_DIGEST.to_string()).chain(extra_digests);
     for digest in digests {
         let got = voidbox_guest::read_blob(&digest);
-        attempts.push(attempt("read-blob", &digest, got, |b| format!("{} bytes", b.len())));
+        attempts.push(attempt("read-blob", &digest, got, |b| {
+            format!("{} bytes", b.len())
+        }));
     }
     let bad = "../../etc/passwd";
-    attempts.push(attempt("read-blob-bad-digest", bad, voidbox_guest::read_blob(bad), |b| {
-        format!("{} bytes", b.len())
-    }));
-    for path in ["/etc/passwd", "../etc/passwd", "../../../../etc/passwd", "/proc/self/environ", "."] {
-        attempts.push(attempt("fs-read", path, std::fs::read(path), |b| format!("{} bytes", b.len())));
+    attempts.push(attempt(
+        "read-blob-bad-digest",
+        bad,
+        voidbox_guest::read_blob(bad),
+        |b| format!("{} bytes", b.len()),
+    ));
+    for path in [
+        "/etc/passwd",
+        "../etc/passwd",
+        "../../../../etc/passwd",
+        "/proc/self/environ",
+        ".",
+    ] {
+        attempts.push(attempt("fs-read", path, std::fs::read(path), |b| {
+            format!("{} bytes", b.len())
+        }));
     }
     for path in ["/", ".", ".."] {
         let got = std::fs::read_dir(path);
@@ -89,10 +102,16 @@ fn probe(extra_digests: Vec<String>) -> Report {
         attempts.push(attempt("fs-write", path, got, |()| "written".to_string()));
     }
     let vars: Vec<String> = std::env::vars().map(|(k, _)| k).collect();
-    let env: Result<Vec<String>, &str> = if vars.is_empty() { Err("no environment") } else { Ok(vars) };
+    let env: Result<Vec<String>, &str> = if vars.is_empty() {
+        Err("no environment")
+    } else {
+        Ok(vars)
+    };
     attempts.push(attempt("env", "vars", env, |names| names.join(",")));
     let connect = std::net::TcpStream::connect("127.0.0.1:80");
-    attempts.push(attempt("net-connect", "127.0.0.1:80", connect, |_| "connected".to_string()));
+    attempts.push(attempt("net-connect", "127.0.0.1:80", connect, |_| {
+        "connected".to_string()
+    }));
     Report {
         all_refused: attempts.iter().all(|a| a.refused),
         attempts,
@@ -111,7 +130,9 @@ impl Tool for Escape {
 
     fn invoke(_input: Vec<u8>, args: &Args) -> Result<Json<Report>, ToolError> {
         args.reject_unknown(&["digest"])?;
-        Ok(Json(probe(args.get_all("digest").map(str::to_string).collect())))
+        Ok(Json(probe(
+            args.get_all("digest").map(str::to_string).collect(),
+        )))
     }
 }
 

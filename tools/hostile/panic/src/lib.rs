@@ -16,7 +16,9 @@ impl Tool for Panic {
     }
 
     fn invoke(_input: Vec<u8>, args: &Args) -> Result<Vec<u8>, ToolError> {
-        let message = args.get("message").unwrap_or("hostile-panic: panicking on purpose");
+        let message = args
+            .get("message")
+            .unwrap_or("hostile-panic: panicking on purpose");
         panic!("{message}");
     }
 }
