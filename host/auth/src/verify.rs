@@ -422,6 +422,23 @@ impl UseCounter for MemoryUseCounter {
 }
 
 impl Authorized {
+    /// How many uses are left, without taking one (for `token verify`);
+    /// `None` for a token without a limit, a denial when none is left.
+    pub fn uses_left(&self, counter: &dyn UseCounter) -> Result<Option<u64>, Denied> {
+        let Some(limit) = self.uses_limit else {
+            return Ok(None);
+        };
+        let used = counter.used(&self.token_id).map_err(Denied::store)?;
+        if used >= limit {
+            return Err(Denied::caveat(
+                DeniedKind::UsesExhausted,
+                &Caveat::Uses(limit),
+                format!("the token has been used {used} time(s)"),
+            ));
+        }
+        Ok(Some(limit - used))
+    }
+
     /// Takes one use if the token has a `uses <=` limit. Call it atomically
     /// with starting the invocation, after every other check (admission
     /// included) passed, so a denied invocation counts no use. Returns the

@@ -187,12 +187,19 @@ fn uses_are_counted_only_when_taken() {
     f.verify(&t.attenuate(&caveats(&["tool-name = wc"])).unwrap(), &wrong)
         .unwrap_err();
     assert_eq!(counter.used(t.id()).unwrap(), 0);
+    assert_eq!(ok.uses_left(&counter).unwrap(), Some(2));
     assert_eq!(ok.take_use(&counter).unwrap(), Some(1));
+    assert_eq!(ok.uses_left(&counter).unwrap(), Some(1));
     assert_eq!(ok.take_use(&counter).unwrap(), Some(2));
     let e = ok.take_use(&counter).unwrap_err();
     assert_eq!(e.kind, DeniedKind::UsesExhausted);
     assert_eq!(e.caveat.as_deref(), Some("uses <= 2"));
     assert_eq!(counter.used(t.id()).unwrap(), 2);
+    assert_eq!(
+        ok.uses_left(&counter).unwrap_err().kind,
+        DeniedKind::UsesExhausted
+    );
+    assert_eq!(counter.used(t.id()).unwrap(), 2, "asking takes nothing");
     let zero = f.mint(&["uses <= 0"]);
     assert_eq!(
         denied_kind(f.verify(&zero, &request())),
