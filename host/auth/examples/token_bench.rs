@@ -123,7 +123,7 @@ fn main() {
         "input-bytes <= 1048576".to_owned(),
     ];
     let caveats: Vec<Caveat> = texts.iter().map(|t| t.parse().expect("caveat")).collect();
-    let token = Token::mint(&key_id, &root, &caveats, &mut OsEntropy);
+    let token = Token::mint(&key_id, &root, &caveats, &mut OsEntropy).expect("token mints");
     let text = token.encode();
     let request = Request {
         tool_digest: tool,

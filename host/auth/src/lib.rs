@@ -16,7 +16,8 @@
 //! let root = RootKey::generate(&mut OsEntropy);
 //! keys.insert(key_id.clone(), root.clone());
 //!
-//! let token = Token::mint(&key_id, &root, &["fuel <= 1000".parse().unwrap()], &mut OsEntropy);
+//! let token = Token::mint(&key_id, &root, &["fuel <= 1000".parse().unwrap()], &mut OsEntropy)
+//!     .unwrap();
 //! let narrower = token.attenuate(&["uses <= 1".parse().unwrap()]).unwrap();
 //! let text = narrower.encode(); // V2, base64url
 //!

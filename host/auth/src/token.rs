@@ -105,8 +105,6 @@ pub enum TokenError {
     Wire(#[from] WireError),
     #[error("malformed token: {0}")]
     Identifier(#[from] TokenIdError),
-    #[error("cannot add caveat: {0}")]
-    Caveat(#[from] CaveatError),
     #[error("the token has a form the macaroon library cannot extend ({0}); mint a new one")]
     Unsupported(String),
     #[error("third-party location `{0}` must be non-empty UTF-8 without control characters")]
@@ -128,14 +126,16 @@ fn to_crate(raw: &RawMacaroon) -> Result<Macaroon, TokenError> {
     Macaroon::deserialize_binary(raw.bytes()).map_err(|e| TokenError::Unsupported(format!("{e:?}")))
 }
 
-fn from_crate(m: &Macaroon) -> RawMacaroon {
-    // The crate's own output must always read back; if not, it is a bug here
-    // or there, not an operating condition.
+/// Reads back what the crate made. The only expected failure is a token
+/// over this crate's limits ([`TOKEN_BYTES_MAX`](crate::TOKEN_BYTES_MAX),
+/// [`CAVEATS_MAX`](crate::CAVEATS_MAX)), e.g. after adding many caveats;
+/// anything else is a bug here or in the crate.
+fn from_crate(m: &Macaroon) -> Result<RawMacaroon, TokenError> {
     let text = m
         .serialize(Format::V2)
         .expect("the macaroon crate serializes V2");
     let bytes = wire::decode_base64(&text).expect("the macaroon crate writes base64");
-    wire::decode_binary(bytes).expect("the macaroon crate writes valid V2")
+    Ok(wire::decode_binary(bytes)?)
 }
 
 /// A capability: a macaroon whose identifier is a [`TokenId`].
@@ -180,13 +180,13 @@ fn entries(raw: &RawMacaroon) -> Vec<CaveatEntry> {
 
 impl Token {
     /// Mints a token with key `root` (named `key_id`) and the given caveats;
-    /// the nonce comes from `entropy`.
+    /// the nonce comes from `entropy`. Fails only past the size limits.
     pub fn mint(
         key_id: &KeyId,
         root: &RootKey,
         caveats: &[Caveat],
         entropy: &mut dyn Entropy,
-    ) -> Token {
+    ) -> Result<Token, TokenError> {
         let mut nonce = [0u8; 16];
         entropy.fill(&mut nonce);
         let id = TokenId::new(key_id.clone(), nonce);
@@ -199,10 +199,10 @@ impl Token {
         for c in caveats {
             m.add_first_party_caveat(c.to_string().into());
         }
-        Token {
-            raw: from_crate(&m),
+        Ok(Token {
+            raw: from_crate(&m)?,
             id,
-        }
+        })
     }
 
     /// The token's id (shared with every token attenuated from it).
@@ -225,7 +225,7 @@ impl Token {
             m.add_first_party_caveat(c.to_string().into());
         }
         Ok(Token {
-            raw: from_crate(&m),
+            raw: from_crate(&m)?,
             id: self.id.clone(),
         })
     }
@@ -237,7 +237,7 @@ impl Token {
         let mut m = to_crate(&self.raw)?;
         m.add_first_party_caveat(predicate.into());
         Ok(Token {
-            raw: from_crate(&m),
+            raw: from_crate(&m)?,
             id: self.id.clone(),
         })
     }
@@ -262,7 +262,7 @@ impl Token {
             caveat_id.into(),
         );
         Ok(Token {
-            raw: from_crate(&m),
+            raw: from_crate(&m)?,
             id: self.id.clone(),
         })
     }
@@ -275,7 +275,7 @@ impl Token {
         let mut d = to_crate(&discharge.raw)?;
         parent.bind(&mut d);
         Ok(Discharge {
-            raw: from_crate(&d),
+            raw: from_crate(&d)?,
         })
     }
 
@@ -421,7 +421,7 @@ impl Discharge {
             m.add_first_party_caveat(c.to_string().into());
         }
         Ok(Discharge {
-            raw: from_crate(&m),
+            raw: from_crate(&m)?,
         })
     }
 

@@ -80,7 +80,7 @@ proptest! {
         ask in ask(),
     ) {
         let f = Fixture::new();
-        let parent = Token::mint(&f.key_id, &f.root, &parent_caveats, &mut seeded(9));
+        let parent = Token::mint(&f.key_id, &f.root, &parent_caveats, &mut seeded(9)).unwrap();
         let mut child = parent.attenuate(&extra).unwrap();
         if unknown {
             child = child.attenuate_raw("region = eu").unwrap();

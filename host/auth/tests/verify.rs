@@ -572,3 +572,16 @@ fn every_single_byte_change_is_rejected_or_changes_nothing() {
     }
     assert!(checked > 300, "only {checked} mutants decoded");
 }
+
+#[test]
+fn too_many_caveats_is_an_error_not_a_panic() {
+    let f = Fixture::new();
+    let many = vec![Caveat::Fuel(1); CAVEATS_MAX + 1];
+    assert!(matches!(
+        Token::mint(&f.key_id, &f.root, &many, &mut OsEntropy),
+        Err(TokenError::Wire(WireError::TooManyCaveats))
+    ));
+    let full = Token::mint(&f.key_id, &f.root, &many[1..], &mut OsEntropy).unwrap();
+    assert!(full.attenuate(&[Caveat::Fuel(0)]).is_err());
+    f.verify(&full, &request()).unwrap();
+}

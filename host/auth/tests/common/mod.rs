@@ -40,7 +40,7 @@ impl Fixture {
 
     pub fn mint(&self, caveats: &[&str]) -> Token {
         let caveats: Vec<Caveat> = caveats.iter().map(|c| c.parse().unwrap()).collect();
-        Token::mint(&self.key_id, &self.root, &caveats, &mut OsEntropy)
+        Token::mint(&self.key_id, &self.root, &caveats, &mut OsEntropy).unwrap()
     }
 
     pub fn verify(&self, token: &Token, request: &Request<'_>) -> Result<Authorized, Denied> {
