@@ -175,6 +175,7 @@ pub mod __private {
         input: Vec<u8>,
         args: Vec<(String, String)>,
     ) -> Result<Vec<u8>, bindings::ToolError> {
+        report_panics_to_the_host_log();
         let args = Args::new(args);
         let run = || {
             let input = T::Input::from_input(input)?;
@@ -182,4 +183,37 @@ pub mod __private {
         };
         run().map_err(Into::into)
     }
+
+    /// A panic aborts the tool and the host sees only a trap; the default
+    /// hook's message goes to stderr, which a host may not keep. Sending it
+    /// to the host's log as well tells people why the tool died.
+    fn report_panics_to_the_host_log() {
+        #[cfg(target_arch = "wasm32")]
+        {
+            static HOOK: std::sync::Once = std::sync::Once::new();
+            HOOK.call_once(|| {
+                let default_hook = std::panic::take_hook();
+                std::panic::set_hook(Box::new(move |info| {
+                    let payload = info.payload();
+                    let message = payload
+                        .downcast_ref::<&str>()
+                        .copied()
+                        .or_else(|| payload.downcast_ref::<String>().map(String::as_str))
+                        .unwrap_or("(a non-text panic payload)");
+                    let line = match info.location() {
+                        Some(at) => format!("tool panicked at {at}: {message}"),
+                        None => format!("tool panicked: {message}"),
+                    };
+                    crate::log::write(crate::log::Level::Error, &line);
+                    default_hook(info);
+                }));
+            });
+        }
+    }
 }
+
+/// Compiles and runs the Rust examples of `README.md` as doc tests, so the
+/// "Write your first tool" guide cannot rot.
+#[cfg(doctest)]
+#[doc = include_str!("../README.md")]
+struct ReadmeDoctests;
