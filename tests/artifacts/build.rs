@@ -90,11 +90,19 @@ fn check_target_installed() {
         .unwrap_or_else(|err| panic!("cannot run {rustc:?}: {err}"));
     let libdir = String::from_utf8_lossy(&output.stdout).trim().to_string();
     let installed = output.status.success() && !libdir.is_empty() && Path::new(&libdir).is_dir();
-    assert!(
-        installed,
-        "\n\nThe Rust target {TARGET} is not installed, so the Voidbox tools cannot be built.\n\
-         Fix: rustup target add {TARGET}\n\n"
-    );
+    if !installed {
+        fail(&format!(
+            "the Rust target {TARGET} is not installed, so the Voidbox tools cannot be built.\n\
+             Fix: rustup target add {TARGET}"
+        ));
+    }
+}
+
+/// Stops the build with a message for people: a panic's backtrace would
+/// only hide it.
+fn fail(message: &str) -> ! {
+    eprintln!("\nerror: {message}\n");
+    std::process::exit(1);
 }
 
 /// A cargo command for the tools workspace, cleaned of the outer build's
@@ -178,12 +186,13 @@ fn build_tools(manifest: &Path, target_dir: &Path) -> Vec<(String, PathBuf)> {
         .stderr(Stdio::inherit())
         .output()
         .unwrap_or_else(|err| panic!("cannot run cargo to build the tools: {err}"));
-    assert!(
-        output.status.success(),
-        "\n\nBuilding the Voidbox tools ({}) for {TARGET} failed; the compiler's errors are above.\n\
-         Reproduce with: cargo build --release --target {TARGET} --manifest-path tools/Cargo.toml\n\n",
-        manifest.display()
-    );
+    if !output.status.success() {
+        fail(&format!(
+            "building the Voidbox tools ({}) for {TARGET} failed; the compiler's errors are above.\n\
+             Reproduce with: cargo build --release --target {TARGET} --manifest-path tools/Cargo.toml",
+            manifest.display()
+        ));
+    }
     let mut built = Vec::new();
     for line in output.stdout.split(|b| *b == b'\n') {
         let Ok(message) = serde_json::from_slice::<serde_json::Value>(line) else {
