@@ -20,6 +20,7 @@ impl Tool for Balloon {
 
     fn describe() -> ToolInfo {
         voidbox_guest::tool_info!()
+            .output_schema(r#"{"type":"object","properties":{"allocated_bytes":{"type":"integer"}},"required":["allocated_bytes"]}"#)
     }
 
     fn invoke(_input: Vec<u8>, args: &Args) -> Result<Self::Output, ToolError> {

@@ -61,6 +61,8 @@ fn observe() -> Observed {
     }
 }
 
+const OUTPUT_SCHEMA: &str = r#"{"type":"object","properties":{"system_time_ns":{"type":["integer","string"]},"instant_elapsed_ns":{"type":"integer"},"host_now_ns":{"type":"integer"},"getrandom_hex":{"type":"string"},"hashmap_order":{"type":"array","items":{"type":"integer"}},"random_state_hash":{"type":"integer"}},"required":["system_time_ns","instant_elapsed_ns","host_now_ns","getrandom_hex","hashmap_order","random_state_hash"]}"#;
+
 struct ClockRand;
 
 impl Tool for ClockRand {
@@ -68,7 +70,7 @@ impl Tool for ClockRand {
     type Output = Json<Observed>;
 
     fn describe() -> ToolInfo {
-        voidbox_guest::tool_info!()
+        voidbox_guest::tool_info!().output_schema(OUTPUT_SCHEMA)
     }
 
     fn invoke(_input: Vec<u8>, _args: &Args) -> Result<Json<Observed>, ToolError> {

@@ -118,6 +118,8 @@ fn probe(extra_digests: Vec<String>) -> Report {
     }
 }
 
+const OUTPUT_SCHEMA: &str = r#"{"type":"object","properties":{"all_refused":{"type":"boolean"},"attempts":{"type":"array","items":{"type":"object","properties":{"name":{"type":"string"},"target":{"type":"string"},"refused":{"type":"boolean"},"result":{"type":"string"}},"required":["name","target","refused","result"]}}},"required":["all_refused","attempts"]}"#;
+
 struct Escape;
 
 impl Tool for Escape {
@@ -125,7 +127,7 @@ impl Tool for Escape {
     type Output = Json<Report>;
 
     fn describe() -> ToolInfo {
-        voidbox_guest::tool_info!()
+        voidbox_guest::tool_info!().output_schema(OUTPUT_SCHEMA)
     }
 
     fn invoke(_input: Vec<u8>, args: &Args) -> Result<Json<Report>, ToolError> {

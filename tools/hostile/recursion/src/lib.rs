@@ -25,7 +25,9 @@ impl Tool for Recursion {
     type Output = Json<voidbox_guest::serde_json::Value>;
 
     fn describe() -> ToolInfo {
-        voidbox_guest::tool_info!()
+        voidbox_guest::tool_info!().output_schema(
+            r#"{"type":"object","properties":{"depth":{"type":"integer"}},"required":["depth"]}"#,
+        )
     }
 
     fn invoke(_input: Vec<u8>, args: &Args) -> Result<Self::Output, ToolError> {
