@@ -18,6 +18,16 @@
 
 include!(concat!(env!("OUT_DIR"), "/tools.rs"));
 
+/// The component path of the tool called `name`, if it was built.
+///
+/// ```
+/// assert_eq!(voidbox_tool_artifacts::find("jq"), Some(voidbox_tool_artifacts::JQ));
+/// assert_eq!(voidbox_tool_artifacts::find("no-such-tool"), None);
+/// ```
+pub fn find(name: &str) -> Option<&'static str> {
+    ALL.iter().find(|(n, _)| *n == name).map(|(_, path)| *path)
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
