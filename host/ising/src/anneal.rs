@@ -648,7 +648,7 @@ fn read_lanes(
     let n = k.len();
     let active = seeds.len();
     let mut rng = LaneRng::new(seeds);
-    let mut s = vec![[1i32; LANES]; n];
+    let mut s = vec![[1i8; LANES]; n];
     for si in s.iter_mut() {
         let r = rng.next();
         for l in 0..LANES {
@@ -657,7 +657,7 @@ fn read_lanes(
     }
     let mut f = vec![[0i32; LANES]; n];
     for l in 0..active {
-        let lane: Vec<i32> = s.iter().map(|si| si[l]).collect();
+        let lane: Vec<i32> = s.iter().map(|si| i32::from(si[l])).collect();
         let mut fields = vec![0i32; n];
         k.fields(&lane, &mut fields);
         for (fi, v) in f.iter_mut().zip(fields) {
@@ -679,7 +679,7 @@ fn read_lanes(
     );
     (0..active)
         .map(|l| {
-            let lane: Vec<i32> = s.iter().map(|si| si[l]).collect();
+            let lane: Vec<i32> = s.iter().map(|si| i32::from(si[l])).collect();
             let (state, polish_flips) = k.finish(lane, polish);
             (state, accepted[l], polish_flips)
         })
@@ -697,7 +697,7 @@ fn sweep_lanes_dispatch(
     table: &Metropolis,
     active: usize,
     rng: &mut LaneRng,
-    s: &mut [[i32; LANES]],
+    s: &mut [[i8; LANES]],
     f: &mut [[i32; LANES]],
     accepted: &mut [u64; LANES],
 ) {
@@ -729,7 +729,7 @@ unsafe fn sweep_lanes_avx2(
     table: &Metropolis,
     active: usize,
     rng: &mut LaneRng,
-    s: &mut [[i32; LANES]],
+    s: &mut [[i8; LANES]],
     f: &mut [[i32; LANES]],
     accepted: &mut [u64; LANES],
 ) {
@@ -748,7 +748,7 @@ fn sweep_lanes(
     table: &Metropolis,
     active: usize,
     rng: &mut LaneRng,
-    s: &mut [[i32; LANES]],
+    s: &mut [[i8; LANES]],
     f: &mut [[i32; LANES]],
     accepted: &mut [u64; LANES],
 ) {
@@ -768,7 +768,7 @@ fn sweep_lanes(
             let mut down = [0i32; LANES];
             let mut any = false;
             for l in 0..LANES {
-                let de = -(2 * si[l] * fi[l]);
+                let de = -(2 * i32::from(si[l]) * fi[l]);
                 let flip = table.decide(de == 0, f64::from(de) * beta_scaled, r[l]) & (l < active);
                 up[l] = -i32::from(flip & (si[l] < 0));
                 down[l] = -i32::from(flip & (si[l] > 0));
@@ -780,7 +780,7 @@ fn sweep_lanes(
             }
             for l in 0..LANES {
                 // x ^ -2 turns 1 into -1 and back.
-                s[i][l] = si[l] ^ ((up[l] | down[l]) & -2);
+                s[i][l] = si[l] ^ (((up[l] | down[l]) & -2) as i8);
             }
             for e in &entries[row[i]..row[i + 1]] {
                 let v = e.val;
@@ -1159,7 +1159,7 @@ mod tests {
         {
             let n = k.len();
             let mut rng = LaneRng::new(&seeds[..3]);
-            let mut s = vec![[1i32; LANES]; n];
+            let mut s = vec![[1i8; LANES]; n];
             for si in s.iter_mut() {
                 let r = rng.next();
                 for l in 0..LANES {
@@ -1168,7 +1168,7 @@ mod tests {
             }
             let mut f = vec![[0i32; LANES]; n];
             for l in 0..3 {
-                let lane: Vec<i32> = s.iter().map(|si| si[l]).collect();
+                let lane: Vec<i32> = s.iter().map(|si| i32::from(si[l])).collect();
                 let mut fields = vec![0i32; n];
                 k.fields(&lane, &mut fields);
                 for (fi, v) in f.iter_mut().zip(fields) {
@@ -1189,7 +1189,7 @@ mod tests {
                 &mut accepted,
             );
             for l in 0..3 {
-                let lane: Vec<i32> = s.iter().map(|si| si[l]).collect();
+                let lane: Vec<i32> = s.iter().map(|si| i32::from(si[l])).collect();
                 let (state, polish_flips) = k.finish(lane, true);
                 assert_eq!((state, accepted[l], polish_flips), alone[l]);
             }
