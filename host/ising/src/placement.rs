@@ -289,6 +289,16 @@ pub enum PlacementError {
     /// Neither the annealer, the repair nor greedy found a feasible placement.
     #[error("no placement satisfying every capacity and failure-domain constraint was found: the batch is too tight for these executors; split it or add capacity")]
     NoFeasiblePlacement,
+    /// The batch is larger than one placement handles.
+    #[error("{invocations} invocations × {executors} executors is more than the {max} pairs one placement handles: split the batch")]
+    TooLarge {
+        /// Invocations in the batch.
+        invocations: usize,
+        /// Executors.
+        executors: usize,
+        /// The limit, [`PAIRS_MAX`].
+        max: usize,
+    },
     /// Bad solver parameters.
     #[error("invalid placement parameters: {0}")]
     Params(String),
@@ -310,6 +320,10 @@ impl From<ModelError> for PlacementError {
 /// `SMALL_BATCH_READS` reads.
 const SMALL_BATCH_COPIES: usize = 32;
 const SMALL_BATCH_READS: usize = 8;
+
+/// At most this many (invocation, executor) pairs in one placement: the
+/// problem keeps a cost per pair.
+pub const PAIRS_MAX: usize = 1 << 24;
 
 /// At most this many units describe any executor's capacity in the
 /// Hamiltonian (keeps slack small and coefficients exact in `f64`).
@@ -397,6 +411,13 @@ impl PlacementProblem {
         }
         if executors.is_empty() {
             return Err(PlacementError::NoExecutors);
+        }
+        if invocations.len().saturating_mul(executors.len()) > PAIRS_MAX {
+            return Err(PlacementError::TooLarge {
+                invocations: invocations.len(),
+                executors: executors.len(),
+                max: PAIRS_MAX,
+            });
         }
         let ne = executors.len();
         let free_slots: Vec<u64> = executors
@@ -2076,6 +2097,18 @@ mod tests {
     #[test]
     fn bad_inputs_get_errors_not_panics() {
         let e = || vec![exec("e", 2, 8, "r", "s")];
+        // Too many pairs is refused before anything is allocated per pair.
+        let many: Vec<Invocation> = (0..(PAIRS_MAX / 2 + 1))
+            .map(|_| Invocation::default())
+            .collect();
+        assert!(matches!(
+            PlacementProblem::new(
+                many,
+                vec![exec("a", 1, 1, "r", "s"), exec("b", 1, 1, "r", "t")],
+                Weights::default()
+            ),
+            Err(PlacementError::TooLarge { .. })
+        ));
         assert_eq!(
             PlacementProblem::new(vec![inv("x", 1, 1, 1, "t")], vec![], Weights::default())
                 .unwrap_err(),
