@@ -1,7 +1,7 @@
 //! CAS throughput against bare blake3, in one run:
 //!
 //! ```text
-//! cargo run --release -p voidbox-cas --example cas_bench [-- --mib 16 --rounds 12]
+//! cargo run --release -p voidbox-cas --example cas_bench [-- --mib 16 --rounds 12 --warmup 3 --dir DIR]
 //! ```
 //!
 //! Each round makes a fresh blob (so dedup never answers), then times, one
@@ -12,10 +12,14 @@
 //! (no fsync in the timed path: the page-cache rate) and once with
 //! `Immediate` (fdatasync + directory fsync per put: the disk's rate).
 //! Each round's blobs are removed after it, untimed, so the store stays
-//! small. A last part, `small`, times 256-byte blobs (see `small`).
-//! Prints one JSON object: per operation the median MiB/s (wall
-//! time), its ratio to hashing, and the same by CPU time (MiB per CPU-second
-//! of the whole process, all threads), which a busy machine distorts less.
+//! small and the dirty page cache never reaches the kernel's writeback
+//! throttle (past it, any put runs at the disk's speed). A last part,
+//! `small`, times 256-byte blobs (see `small`). The store lives in a temp
+//! directory unless `--dir` names one (on the file system to measure).
+//!
+//! Prints one JSON object: per operation the median MiB/s (wall time), its
+//! ratio to hashing, and the same by CPU time (MiB per CPU-second of the
+//! whole process, all threads), which a busy machine distorts less.
 
 use std::io::{self, Write};
 use std::path::PathBuf;
@@ -27,6 +31,8 @@ struct Args {
     mib: usize,
     rounds: usize,
     dir: Option<PathBuf>,
+    /// Untimed rounds before the measured ones.
+    warmup: usize,
 }
 
 fn parse_args() -> Args {
@@ -34,6 +40,7 @@ fn parse_args() -> Args {
         mib: 16,
         rounds: 12,
         dir: None,
+        warmup: 3,
     };
     let mut it = std::env::args().skip(1);
     while let Some(flag) = it.next() {
@@ -53,6 +60,11 @@ fn parse_args() -> Args {
                     .unwrap_or_else(|_| usage("--rounds takes a number"))
             }
             "--dir" => args.dir = Some(PathBuf::from(value())),
+            "--warmup" => {
+                args.warmup = value()
+                    .parse()
+                    .unwrap_or_else(|_| usage("--warmup takes a number"))
+            }
             other => usage(&format!("unknown argument {other}")),
         }
     }
@@ -63,7 +75,9 @@ fn parse_args() -> Args {
 }
 
 fn usage(problem: &str) -> ! {
-    eprintln!("cas_bench: {problem}\nusage: cas_bench [--mib N] [--rounds N] [--dir DIR]");
+    eprintln!(
+        "cas_bench: {problem}\nusage: cas_bench [--mib N] [--rounds N] [--warmup N] [--dir DIR]"
+    );
     std::process::exit(2)
 }
 
@@ -142,8 +156,8 @@ fn run(args: &Args, durability: Durability, seed: &mut u64) -> serde_json::Value
     let mut data = vec![0u8; len];
     let mut other = vec![0u8; len];
     let mut rates: Vec<Rates> = OPS.iter().map(|_| Rates::default()).collect();
-    // One untimed warm-up round, then the measured ones.
-    for round in 0..=args.rounds {
+    // Untimed warm-up rounds, then the measured ones.
+    for round in 0..args.warmup + args.rounds {
         *seed += 2;
         fill(&mut data, *seed);
         fill(&mut other, *seed + 1);
@@ -171,7 +185,7 @@ fn run(args: &Args, durability: Durability, seed: &mut u64) -> serde_json::Value
         store.remove(&digest).expect("remove");
         store.remove(&other_digest).expect("remove");
         store.sync().expect("sync");
-        if round > 0 {
+        if round >= args.warmup {
             for (rate, (wall, cpu)) in rates.iter_mut().zip(times) {
                 rate.push(mib, wall, cpu);
             }
