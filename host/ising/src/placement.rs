@@ -369,6 +369,18 @@ impl Quantized {
     }
 }
 
+/// Refuses batches with more than [`PAIRS_MAX`] (invocation, executor) pairs.
+fn check_size(invocations: usize, executors: usize) -> Result<(), PlacementError> {
+    if invocations.saturating_mul(executors) > PAIRS_MAX {
+        return Err(PlacementError::TooLarge {
+            invocations,
+            executors,
+            max: PAIRS_MAX,
+        });
+    }
+    Ok(())
+}
+
 /// A validated batch with everything the solvers need precomputed.
 #[derive(Clone, Debug)]
 pub struct PlacementProblem {
@@ -412,13 +424,7 @@ impl PlacementProblem {
         if executors.is_empty() {
             return Err(PlacementError::NoExecutors);
         }
-        if invocations.len().saturating_mul(executors.len()) > PAIRS_MAX {
-            return Err(PlacementError::TooLarge {
-                invocations: invocations.len(),
-                executors: executors.len(),
-                max: PAIRS_MAX,
-            });
-        }
+        check_size(invocations.len(), executors.len())?;
         let ne = executors.len();
         let free_slots: Vec<u64> = executors
             .iter()
@@ -2098,15 +2104,13 @@ mod tests {
     fn bad_inputs_get_errors_not_panics() {
         let e = || vec![exec("e", 2, 8, "r", "s")];
         // Too many pairs is refused before anything is allocated per pair.
-        let many: Vec<Invocation> = (0..(PAIRS_MAX / 2 + 1))
-            .map(|_| Invocation::default())
-            .collect();
         assert!(matches!(
-            PlacementProblem::new(
-                many,
-                vec![exec("a", 1, 1, "r", "s"), exec("b", 1, 1, "r", "t")],
-                Weights::default()
-            ),
+            check_size(PAIRS_MAX / 2 + 1, 2),
+            Err(PlacementError::TooLarge { .. })
+        ));
+        assert!(check_size(PAIRS_MAX / 2, 2).is_ok());
+        assert!(matches!(
+            check_size(usize::MAX, usize::MAX),
             Err(PlacementError::TooLarge { .. })
         ));
         assert_eq!(
