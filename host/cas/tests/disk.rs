@@ -385,3 +385,38 @@ fn a_crash_before_sync_loses_deferred_blobs_cleanly() {
     // The live store still has everything.
     assert_eq!(store.get(&lost).unwrap(), b"put after the last sync");
 }
+
+#[test]
+fn reads_racing_a_sync_always_find_deferred_blobs() {
+    let dir = tempfile::tempdir().unwrap();
+    let store = open(dir.path(), Durability::Deferred);
+    let stop = std::sync::atomic::AtomicBool::new(false);
+    std::thread::scope(|scope| {
+        let (tx, rx) = std::sync::mpsc::channel::<(Digest, Vec<u8>)>();
+        let store = &store;
+        let stop = &stop;
+        scope.spawn(move || {
+            // Every blob handed over must stay readable while `sync` moves
+            // it from the temp directory into place.
+            for (digest, data) in rx {
+                for _ in 0..3 {
+                    assert_eq!(store.get(&digest).unwrap(), data);
+                    assert_eq!(store.size(&digest).unwrap(), Some(data.len() as u64));
+                }
+            }
+            stop.store(true, std::sync::atomic::Ordering::Relaxed);
+        });
+        scope.spawn(move || {
+            while !stop.load(std::sync::atomic::Ordering::Relaxed) {
+                store.sync().unwrap();
+            }
+        });
+        for seed in 0..300u64 {
+            let data = content(seed, 100 + seed as usize);
+            tx.send((store.put(&data).unwrap(), data)).unwrap();
+        }
+    });
+    store.sync().unwrap();
+    assert_eq!(store.list().unwrap().len(), 300);
+    assert_eq!(store.pending_count(), 0);
+}
