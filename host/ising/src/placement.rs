@@ -778,13 +778,23 @@ impl PlacementProblem {
             }
         }
         for (e, ex) in self.executors.iter().enumerate() {
-            if slots[e] + u64::from(ex.load_slots) > u64::from(ex.slots) {
+            // An executor that is already over capacity is not this
+            // placement's doing; giving it anything more would be.
+            if !within(
+                u128::from(slots[e]),
+                u128::from(ex.load_slots),
+                u128::from(ex.slots),
+            ) {
                 return Err(format!(
                     "executor `{}` gets {} slots with {} in use of {}",
                     ex.id, slots[e], ex.load_slots, ex.slots
                 ));
             }
-            if mem[e] + u128::from(ex.load_memory_bytes) > u128::from(ex.memory_bytes) {
+            if !within(
+                mem[e],
+                u128::from(ex.load_memory_bytes),
+                u128::from(ex.memory_bytes),
+            ) {
                 return Err(format!(
                     "executor `{}` gets {} memory bytes with {} in use of {}",
                     ex.id, mem[e], ex.load_memory_bytes, ex.memory_bytes
@@ -1208,12 +1218,30 @@ fn fits(
     used_mem: &[u128],
     taken_domains: &[usize],
 ) -> bool {
+    room(p, t, e, used_slots, used_mem) && !taken_domains.contains(&p.domain[e])
+}
+
+/// Whether one more copy of `t` fits on `e` after `used_*`, by the rule of
+/// [`PlacementProblem::check`].
+fn room(p: &PlacementProblem, t: usize, e: usize, used_slots: &[u64], used_mem: &[u128]) -> bool {
     let inv = &p.invocations[t];
     let ex = &p.executors[e];
-    used_slots[e] + u64::from(inv.slots) + u64::from(ex.load_slots) <= u64::from(ex.slots)
-        && used_mem[e] + u128::from(inv.memory_bytes) + u128::from(ex.load_memory_bytes)
-            <= u128::from(ex.memory_bytes)
-        && !taken_domains.contains(&p.domain[e])
+    within(
+        u128::from(used_slots[e]) + u128::from(inv.slots),
+        u128::from(ex.load_slots),
+        u128::from(ex.slots),
+    ) && within(
+        used_mem[e] + u128::from(inv.memory_bytes),
+        u128::from(ex.load_memory_bytes),
+        u128::from(ex.memory_bytes),
+    )
+}
+
+/// The capacity rule: adding nothing is always fine (an executor already over
+/// capacity is not the placement's doing); adding something must keep
+/// `added + load <= capacity`.
+fn within(added: u128, load: u128, capacity: u128) -> bool {
+    added == 0 || added + load <= capacity
 }
 
 /// Copies in placement order: biggest first (bin-packing's best friend),
@@ -1322,12 +1350,7 @@ pub fn repair(p: &PlacementProblem, assignment: &[Vec<usize>]) -> Option<Vec<Vec
         let inv = &p.invocations[t];
         let mut kept = Vec::new();
         for &e in &a[t] {
-            let ex = &p.executors[e];
-            if used_slots[e] + u64::from(inv.slots) + u64::from(ex.load_slots)
-                <= u64::from(ex.slots)
-                && used_mem[e] + u128::from(inv.memory_bytes) + u128::from(ex.load_memory_bytes)
-                    <= u128::from(ex.memory_bytes)
-            {
+            if room(p, t, e, &used_slots, &used_mem) {
                 used_slots[e] += u64::from(inv.slots);
                 used_mem[e] += u128::from(inv.memory_bytes);
                 kept.push(e);
@@ -2064,6 +2087,89 @@ mod tests {
                 .sum::<usize>()
         );
         assert_eq!(x.energy.total, x.energy.objective);
+    }
+
+    /// Random batches, tight or impossible ones included: every answer is a
+    /// feasible placement or an error, never a panic.
+    #[test]
+    fn random_batches_get_feasible_placements_or_errors() {
+        let mut r = Rng::new(77);
+        let (mut placed, mut refused) = (0, 0);
+        for round in 0..150 {
+            let n_exec = 1 + r.below(6) as usize;
+            let execs: Vec<Executor> = (0..n_exec)
+                .map(|e| {
+                    let mut x = exec(
+                        &format!("e{e}"),
+                        r.below(6) as u32,
+                        r.below(8),
+                        &format!("r{}", r.below(3)),
+                        &format!("s{e}"),
+                    );
+                    x.load_slots = r.below(4) as u32;
+                    x.load_memory_bytes = r.below(3) * MIB;
+                    x.failure_domain = format!("fd{}", r.below(3));
+                    if r.below(2) == 0 {
+                        x.warm_tools.insert("a".into());
+                    }
+                    x
+                })
+                .collect();
+            let invs: Vec<Invocation> = (0..r.below(9) as usize)
+                .map(|t| {
+                    inv(
+                        &format!("t{t}"),
+                        r.below(3) as u32,
+                        r.below(3),
+                        1 + r.below(2) as u32,
+                        "a",
+                    )
+                })
+                .collect();
+            let w = Weights {
+                cold_start: r.below(20) as f64,
+                data: r.below(3) as f64,
+                topology: 0.5,
+                balance: r.below(3) as f64,
+            };
+            let Ok(p) = PlacementProblem::new(invs, execs, w) else {
+                refused += 1;
+                continue;
+            };
+            let solver = if round % 5 == 0 {
+                Solver::Qubo
+            } else {
+                Solver::Structured
+            };
+            match place(
+                &p,
+                &PlacementParams {
+                    solver,
+                    sweeps: 50,
+                    seed: round,
+                    ..PlacementParams::default()
+                },
+            ) {
+                Ok(pl) => {
+                    assert!(
+                        p.check(&pl.assignment).is_ok(),
+                        "round {round}: {:?}",
+                        p.check(&pl.assignment)
+                    );
+                    assert_eq!(pl.energy.total, pl.energy.objective, "round {round}");
+                    placed += 1;
+                }
+                Err(e) => {
+                    assert_eq!(e, PlacementError::NoFeasiblePlacement, "round {round}");
+                    refused += 1;
+                }
+            }
+        }
+        // The generator makes both kinds; make sure the test saw both.
+        assert!(
+            placed > 30 && refused > 10,
+            "placed {placed}, refused {refused}"
+        );
     }
 
     #[test]
