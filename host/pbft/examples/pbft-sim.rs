@@ -54,12 +54,19 @@ fn main() -> ExitCode {
                         "none" => ByzantineMode::None,
                         list => ByzantineMode::Fixed(
                             list.split(',')
-                                .map(|n| Byzantine::parse(n).ok_or_else(|| format!("unknown Byzantine behaviour {n:?}")))
+                                .map(|n| {
+                                    Byzantine::parse(n)
+                                        .ok_or_else(|| format!("unknown Byzantine behaviour {n:?}"))
+                                })
                                 .collect::<Result<_, _>>()?,
                         ),
                     }
                 }
-                other => return Err(format!("unknown option {other:?} (see the example's doc comment)")),
+                other => {
+                    return Err(format!(
+                        "unknown option {other:?} (see the example's doc comment)"
+                    ))
+                }
             }
             Ok(())
         })();
@@ -77,7 +84,10 @@ fn main() -> ExitCode {
     let elapsed = t0.elapsed().as_millis();
     if report {
         for seed in start..start + seeds {
-            let r = run(&SimConfig { seed, ..cfg.clone() });
+            let r = run(&SimConfig {
+                seed,
+                ..cfg.clone()
+            });
             if std::env::var_os("PBFT_SIM_VERBOSE").is_some() {
                 eprintln!("seed {seed}: {r:?}");
             }

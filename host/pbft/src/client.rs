@@ -48,7 +48,15 @@ impl Client {
     /// A client with `key`; it retransmits to all replicas after `retry_us`.
     pub fn new(cluster: Cluster, key: SigningKey, retry_us: u64) -> Client {
         let id = ClientId(key.verifying_key().to_bytes());
-        Client { cluster, key, id, view: 0, last_timestamp: 0, retry_us, pending: None }
+        Client {
+            cluster,
+            key,
+            id,
+            view: 0,
+            last_timestamp: 0,
+            retry_us,
+            pending: None,
+        }
     }
 
     /// This client's id (its public key).
@@ -70,9 +78,23 @@ impl Client {
         }
         let timestamp = now_us.max(self.last_timestamp + 1);
         self.last_timestamp = timestamp;
-        let request = SignedRequest::sign(Request { client: self.id, timestamp, operation }, &self.key);
-        self.pending = Some(Pending { request: request.clone(), sent_at_us: now_us, replies: BTreeMap::new() });
-        Some((Target::Replica(self.cluster.primary(self.view)), Message::Request(request)))
+        let request = SignedRequest::sign(
+            Request {
+                client: self.id,
+                timestamp,
+                operation,
+            },
+            &self.key,
+        );
+        self.pending = Some(Pending {
+            request: request.clone(),
+            sent_at_us: now_us,
+            replies: BTreeMap::new(),
+        });
+        Some((
+            Target::Replica(self.cluster.primary(self.view)),
+            Message::Request(request),
+        ))
     }
 
     /// Retransmits to every replica when the pending request waited too long.
@@ -88,7 +110,9 @@ impl Client {
     /// Handles a message from a replica; returns the result once f + 1
     /// matching signed replies arrived. Invalid replies are ignored.
     pub fn on_message(&mut self, message: &Message) -> Option<Completed> {
-        let Message::Reply(reply) = message else { return None };
+        let Message::Reply(reply) = message else {
+            return None;
+        };
         let p = self.pending.as_mut()?;
         let r = &reply.payload;
         if r.client != self.id || r.timestamp != p.request.request.timestamp {
@@ -101,13 +125,22 @@ impl Client {
         self.view = self.view.max(r.view);
         p.replies.insert(reply.from, (r.hlc, r.result.clone()));
         let want = (r.hlc, r.result.clone());
-        let signers: Vec<ReplicaId> =
-            p.replies.iter().filter(|(_, v)| **v == want).map(|(id, _)| *id).collect();
+        let signers: Vec<ReplicaId> = p
+            .replies
+            .iter()
+            .filter(|(_, v)| **v == want)
+            .map(|(id, _)| *id)
+            .collect();
         if signers.len() <= self.cluster.f() as usize {
             return None;
         }
         let timestamp = p.request.request.timestamp;
         self.pending = None;
-        Some(Completed { timestamp, hlc: want.0, result: want.1, signers })
+        Some(Completed {
+            timestamp,
+            hlc: want.0,
+            result: want.1,
+            signers,
+        })
     }
 }

@@ -85,14 +85,23 @@ impl ClusterConfig {
         }
         let need = self.f.saturating_mul(3).saturating_add(1);
         if self.n < need {
-            return Err(ConfigError::TooFewReplicas { n: self.n, f: self.f, need });
+            return Err(ConfigError::TooFewReplicas {
+                n: self.n,
+                f: self.f,
+                need,
+            });
         }
         if self.replicas.len() != self.n as usize {
-            return Err(ConfigError::WrongCount { n: self.n, listed: self.replicas.len() });
+            return Err(ConfigError::WrongCount {
+                n: self.n,
+                listed: self.replicas.len(),
+            });
         }
         let mut keys: Vec<Option<VerifyingKey>> = vec![None; self.n as usize];
         for r in &self.replicas {
-            let slot = keys.get_mut(r.id as usize).ok_or(ConfigError::BadId(r.id))?;
+            let slot = keys
+                .get_mut(r.id as usize)
+                .ok_or(ConfigError::BadId(r.id))?;
             if slot.is_some() {
                 return Err(ConfigError::BadId(r.id));
             }
@@ -115,7 +124,11 @@ impl ClusterConfig {
         }
         let keys = keys.into_iter().flatten().collect::<Vec<_>>();
         assert_eq!(keys.len(), self.n as usize, "every id 0..n was filled");
-        Ok(Cluster { n: self.n, f: self.f, keys })
+        Ok(Cluster {
+            n: self.n,
+            f: self.f,
+            keys,
+        })
     }
 }
 
@@ -201,7 +214,9 @@ mod tests {
             replicas: (0..n)
                 .map(|id| ReplicaInfo {
                     id,
-                    public_key: key_from_seed(0, &format!("r{id}")).verifying_key().to_bytes(),
+                    public_key: key_from_seed(0, &format!("r{id}"))
+                        .verifying_key()
+                        .to_bytes(),
                 })
                 .collect(),
         }
@@ -209,7 +224,9 @@ mod tests {
 
     #[test]
     fn valid_configs_pass() {
-        let c = config(4, 1).validate().expect("4 replicas tolerate 1 fault");
+        let c = config(4, 1)
+            .validate()
+            .expect("4 replicas tolerate 1 fault");
         assert_eq!((c.n(), c.f(), c.quorum(), c.primary(5)), (4, 1, 3, 1));
         assert!(config(7, 2).validate().is_ok());
     }
@@ -218,9 +235,16 @@ mod tests {
     fn too_few_replicas_rejected() {
         assert_eq!(
             config(3, 1).validate().unwrap_err(),
-            ConfigError::TooFewReplicas { n: 3, f: 1, need: 4 }
+            ConfigError::TooFewReplicas {
+                n: 3,
+                f: 1,
+                need: 4
+            }
         );
-        assert_eq!(config(4, 0).validate().unwrap_err(), ConfigError::NoFaultTolerance);
+        assert_eq!(
+            config(4, 0).validate().unwrap_err(),
+            ConfigError::NoFaultTolerance
+        );
     }
 
     #[test]
@@ -230,10 +254,16 @@ mod tests {
         assert_eq!(c.validate().unwrap_err(), ConfigError::BadId(2));
         let mut c = config(4, 1);
         c.replicas[3].public_key = c.replicas[1].public_key;
-        assert_eq!(c.validate().unwrap_err(), ConfigError::DuplicateKey { a: 1, b: 3 });
+        assert_eq!(
+            c.validate().unwrap_err(),
+            ConfigError::DuplicateKey { a: 1, b: 3 }
+        );
         let mut c = config(4, 1);
         c.replicas.pop();
-        assert_eq!(c.validate().unwrap_err(), ConfigError::WrongCount { n: 4, listed: 3 });
+        assert_eq!(
+            c.validate().unwrap_err(),
+            ConfigError::WrongCount { n: 4, listed: 3 }
+        );
         let mut c = config(4, 1);
         c.replicas[0].id = 9;
         assert_eq!(c.validate().unwrap_err(), ConfigError::BadId(9));

@@ -86,8 +86,14 @@ impl Hlc {
     /// The smallest stamp strictly after `self`.
     pub fn successor(self) -> Hlc {
         match self.logical.checked_add(1) {
-            Some(logical) => Hlc { physical_us: self.physical_us, logical },
-            None => Hlc { physical_us: self.physical_us.saturating_add(1), logical: 0 },
+            Some(logical) => Hlc {
+                physical_us: self.physical_us,
+                logical,
+            },
+            None => Hlc {
+                physical_us: self.physical_us.saturating_add(1),
+                logical: 0,
+            },
         }
     }
 
@@ -95,7 +101,10 @@ impl Hlc {
     /// physical time when it moved forward, otherwise `self`'s successor.
     pub fn tick(self, now_us: u64) -> Hlc {
         if now_us > self.physical_us {
-            Hlc { physical_us: now_us, logical: 0 }
+            Hlc {
+                physical_us: now_us,
+                logical: 0,
+            }
         } else {
             self.successor()
         }
@@ -166,7 +175,9 @@ fn signing_bytes<T: Payload>(signer: &[u8], payload: &T) -> Vec<u8> {
 
 /// Parses a client id as a key, refusing invalid and small-order keys.
 pub fn client_key(client: &ClientId) -> Option<VerifyingKey> {
-    VerifyingKey::from_bytes(&client.0).ok().filter(|k| !k.is_weak())
+    VerifyingKey::from_bytes(&client.0)
+        .ok()
+        .filter(|k| !k.is_weak())
 }
 
 /// A payload signed by a replica.
@@ -185,7 +196,11 @@ impl<T: Payload> Signed<T> {
     pub fn sign(from: ReplicaId, payload: T, key: &SigningKey) -> Self {
         let bytes = signing_bytes(&from.to_le_bytes(), &payload);
         let signature = Sig(key.sign(&bytes).to_bytes());
-        Signed { from, payload, signature }
+        Signed {
+            from,
+            payload,
+            signature,
+        }
     }
 
     /// Whether the signature is `key`'s over this payload and signer.
@@ -230,7 +245,10 @@ impl SignedRequest {
     /// public half is `request.client`, or replicas reject the request.
     pub fn sign(request: Request, key: &SigningKey) -> Self {
         let bytes = signing_bytes(&[], &request);
-        SignedRequest { request, signature: Sig(key.sign(&bytes).to_bytes()) }
+        SignedRequest {
+            request,
+            signature: Sig(key.sign(&bytes).to_bytes()),
+        }
     }
 
     /// Whether the client's signature is valid.
@@ -509,7 +527,7 @@ impl Message {
     /// Parses a message; `None` if the bytes are not exactly one message.
     pub fn decode(bytes: &[u8]) -> Option<Message> {
         match postcard::take_from_bytes::<Message>(bytes) {
-            Ok((m, rest)) if rest.is_empty() => Some(m),
+            Ok((m, [])) => Some(m),
             _ => None,
         }
     }
@@ -557,15 +575,31 @@ mod tests {
     #[test]
     fn signature_round_trips_and_binds_kind_and_signer() {
         let key = key_from_seed(1, "r0");
-        let p = Prepare { view: 1, seq: 2, digest: Digest::of(b"x") };
+        let p = Prepare {
+            view: 1,
+            seq: 2,
+            digest: Digest::of(b"x"),
+        };
         let s = Signed::sign(0, p, &key);
         assert!(s.verify(&key.verifying_key()));
         let mut other_signer = s.clone();
         other_signer.from = 1;
         assert!(!other_signer.verify(&key.verifying_key()));
         // The same fields signed as a COMMIT do not verify as a PREPARE.
-        let c = Signed::sign(0, Commit { view: 1, seq: 2, digest: p.digest }, &key);
-        let forged = Signed { from: 0, payload: p, signature: c.signature };
+        let c = Signed::sign(
+            0,
+            Commit {
+                view: 1,
+                seq: 2,
+                digest: p.digest,
+            },
+            &key,
+        );
+        let forged = Signed {
+            from: 0,
+            payload: p,
+            signature: c.signature,
+        };
         assert!(!forged.verify(&key.verifying_key()));
     }
 
@@ -592,9 +626,24 @@ mod tests {
 
     #[test]
     fn hlc_ticks_forward() {
-        let a = Hlc { physical_us: 10, logical: 3 };
-        assert_eq!(a.tick(5), Hlc { physical_us: 10, logical: 4 });
-        assert_eq!(a.tick(11), Hlc { physical_us: 11, logical: 0 });
+        let a = Hlc {
+            physical_us: 10,
+            logical: 3,
+        };
+        assert_eq!(
+            a.tick(5),
+            Hlc {
+                physical_us: 10,
+                logical: 4
+            }
+        );
+        assert_eq!(
+            a.tick(11),
+            Hlc {
+                physical_us: 11,
+                logical: 0
+            }
+        );
         assert!(a.tick(10) > a);
     }
 }

@@ -21,9 +21,12 @@ use thiserror::Error;
 use crate::config::{Cluster, Params};
 use crate::message::{
     Batch, Checkpoint, CheckpointState, ClientEntry, ClientId, Commit, Digest, Hlc, Message,
-    NewView, Payload, PrePrepare, PrePrepareMsg, Prepare, PreparedCert, Reply, ReplicaId, Request,
+    NewView, Payload, PrePrepare, PrePrepareMsg, Prepare, PreparedCert, ReplicaId, Reply, Request,
     Seq, Signed, SignedRequest, StateTransfer, Status, View, ViewChange,
 };
+
+/// An idle replica sends STATUS this many times less often.
+const IDLE_STATUS_FACTOR: u64 = 8;
 
 /// What the driver feeds the replica.
 #[derive(Clone, Debug, PartialEq, Eq)]
@@ -347,7 +350,9 @@ impl Replica {
             return Err(ReplicaError::KeyMismatch(id));
         }
         if params.checkpoint_interval == 0 {
-            return Err(ReplicaError::BadParams("checkpoint_interval must be at least 1"));
+            return Err(ReplicaError::BadParams(
+                "checkpoint_interval must be at least 1",
+            ));
         }
         if params.watermark_window < 2 * params.checkpoint_interval
             || params.watermark_window % params.checkpoint_interval != 0
@@ -417,7 +422,14 @@ impl Replica {
             snapshot: r.stable.as_ref().map(|s| s.state.snapshot.clone()),
         });
         if r.is_primary() && r.view_active {
-            r.next_seq = r.log.keys().next_back().copied().unwrap_or(r.low).max(r.low) + 1;
+            r.next_seq = r
+                .log
+                .keys()
+                .next_back()
+                .copied()
+                .unwrap_or(r.low)
+                .max(r.low)
+                + 1;
         }
         r.try_execute();
         let out = std::mem::take(&mut r.out);
@@ -442,7 +454,9 @@ impl Replica {
                 self.last_new_view = Some((**nv).clone());
             }
             Record::Stable(st) => {
-                let Some(seq) = st.proof.first().map(|c| c.payload.seq) else { return };
+                let Some(seq) = st.proof.first().map(|c| c.payload.seq) else {
+                    return;
+                };
                 if seq > self.low {
                     self.install_stable((**st).clone(), true);
                 }
@@ -453,7 +467,10 @@ impl Replica {
                     return;
                 }
                 self.note_hlc(m.batch.hlc);
-                let slot = Slot { pre_prepare: Some(m.clone()), ..Slot::default() };
+                let slot = Slot {
+                    pre_prepare: Some(m.clone()),
+                    ..Slot::default()
+                };
                 self.log.insert(h.seq, slot);
             }
             Record::Prepared(cert) => {
@@ -486,7 +503,11 @@ impl Replica {
         match input {
             Input::Receive(bytes) => self.on_bytes(&bytes),
             Input::Tick { now_us } => self.on_tick(now_us),
-            Input::Executed { seq, results, snapshot } => self.on_executed(seq, results, snapshot),
+            Input::Executed {
+                seq,
+                results,
+                snapshot,
+            } => self.on_executed(seq, results, snapshot),
         }
         std::mem::take(&mut self.out)
     }
@@ -531,7 +552,10 @@ impl Replica {
             t = t.min(d);
         }
         if !self.queue.is_empty() {
-            t = t.min(self.queue_since_us.saturating_add(self.params.batch_delay_us));
+            t = t.min(
+                self.queue_since_us
+                    .saturating_add(self.params.batch_delay_us),
+            );
         }
         t
     }
@@ -543,12 +567,41 @@ impl Replica {
         format!(
             "{:?}",
             (
-                (self.now_us, self.view, self.view_active, self.view_change_attempts),
-                (self.view_change_deadline_us, &self.own_view_change, &self.view_changes),
-                (&self.last_new_view, &self.prepared_certs, self.low, &self.stable),
-                (&self.checkpoint_votes, &self.own_checkpoints, self.last_executed),
-                (self.last_executed_hlc, &self.executing, &self.client_table, self.last_hlc),
-                (self.next_seq, &self.queue, self.queue_since_us, &self.proposed, &self.waiting),
+                (
+                    self.now_us,
+                    self.view,
+                    self.view_active,
+                    self.view_change_attempts
+                ),
+                (
+                    self.view_change_deadline_us,
+                    &self.own_view_change,
+                    &self.view_changes
+                ),
+                (
+                    &self.last_new_view,
+                    &self.prepared_certs,
+                    self.low,
+                    &self.stable
+                ),
+                (
+                    &self.checkpoint_votes,
+                    &self.own_checkpoints,
+                    self.last_executed
+                ),
+                (
+                    self.last_executed_hlc,
+                    &self.executing,
+                    &self.client_table,
+                    self.last_hlc
+                ),
+                (
+                    self.next_seq,
+                    &self.queue,
+                    self.queue_since_us,
+                    &self.proposed,
+                    &self.waiting
+                ),
                 (format!("{:?}", self.log), self.next_status_us),
             )
         )
@@ -664,12 +717,29 @@ impl Replica {
             // Recovered in the middle of a view change: say so again.
             self.send_view_change();
         }
-        if self.view_change_deadline_us.is_some_and(|d| self.now_us >= d) {
+        if self
+            .view_change_deadline_us
+            .is_some_and(|d| self.now_us >= d)
+        {
             let next = self.view + 1;
             self.start_view_change(next);
         }
+        // An idle replica (nothing pending, nothing unfinished) only needs a
+        // slow heartbeat: it learns it is behind from checkpoints and client
+        // retries, which make it busy again.
+        let idle = self.view_active
+            && self.executing.is_none()
+            && self.waiting.is_empty()
+            && self.queue.is_empty()
+            && self.log.values().all(|s| s.committed);
+        if !idle {
+            self.next_status_us = self
+                .next_status_us
+                .min(self.now_us + self.params.status_interval_us);
+        }
         if self.now_us >= self.next_status_us {
-            self.next_status_us = self.now_us + self.params.status_interval_us;
+            let factor = if idle { IDLE_STATUS_FACTOR } else { 1 };
+            self.next_status_us = self.now_us + self.params.status_interval_us * factor;
             self.broadcast_status();
             self.retransmit_own();
         }
@@ -720,7 +790,10 @@ impl Replica {
             self.queue.push_back(r);
             self.try_propose();
         } else {
-            let newer = self.waiting.get(&client).is_none_or(|w| w.request.timestamp <= ts);
+            let newer = self
+                .waiting
+                .get(&client)
+                .is_none_or(|w| w.request.timestamp <= ts);
             if !newer {
                 return;
             }
@@ -758,7 +831,9 @@ impl Replica {
             }
             let mut requests = Vec::new();
             while requests.len() < self.params.batch_requests_max {
-                let Some(r) = self.queue.pop_front() else { break };
+                let Some(r) = self.queue.pop_front() else {
+                    break;
+                };
                 let stale = self
                     .client_table
                     .get(&r.request.client)
@@ -776,12 +851,22 @@ impl Replica {
             let batch = Batch { hlc, requests };
             let seq = self.next_seq;
             self.next_seq += 1;
-            let header = self.sign(PrePrepare { view: self.view, seq, digest: batch.digest() });
+            let header = self.sign(PrePrepare {
+                view: self.view,
+                seq,
+                digest: batch.digest(),
+            });
             self.stats.batches_proposed += 1;
             self.stats.requests_proposed += batch.requests.len() as u64;
             let msg = PrePrepareMsg { header, batch };
             self.persist(Record::PrePrepare(msg.clone()));
-            self.log.insert(seq, Slot { pre_prepare: Some(msg.clone()), ..Slot::default() });
+            self.log.insert(
+                seq,
+                Slot {
+                    pre_prepare: Some(msg.clone()),
+                    ..Slot::default()
+                },
+            );
             self.send(Target::AllReplicas, Message::PrePrepare(msg));
         }
     }
@@ -868,7 +953,9 @@ impl Replica {
             .map(|p| p.batch.hlc)
             .filter(|h| *h != Hlc::default());
         let floor = if seq > self.last_executed {
-            below.unwrap_or(self.last_executed_hlc).max(self.last_executed_hlc)
+            below
+                .unwrap_or(self.last_executed_hlc)
+                .max(self.last_executed_hlc)
         } else {
             Hlc::default()
         };
@@ -889,8 +976,16 @@ impl Replica {
         let slot = self.log.entry(h.seq).or_default();
         slot.pre_prepare = Some(m);
         if !self.is_primary() {
-            let prepare = self.sign(Prepare { view: h.view, seq: h.seq, digest: h.digest });
-            self.log.entry(h.seq).or_default().prepares.insert(self.id, prepare.clone());
+            let prepare = self.sign(Prepare {
+                view: h.view,
+                seq: h.seq,
+                digest: h.digest,
+            });
+            self.log
+                .entry(h.seq)
+                .or_default()
+                .prepares
+                .insert(self.id, prepare.clone());
             self.send(Target::AllReplicas, Message::Prepare(prepare));
         }
         self.check_prepared(h.seq);
@@ -923,11 +1018,15 @@ impl Replica {
     fn check_prepared(&mut self, seq: Seq) {
         let need = 2 * self.cluster.f() as usize;
         let view = self.view;
-        let Some(slot) = self.log.get(&seq) else { return };
+        let Some(slot) = self.log.get(&seq) else {
+            return;
+        };
         if slot.prepared {
             return;
         }
-        let Some(pre_prepare) = slot.pre_prepare.clone() else { return };
+        let Some(pre_prepare) = slot.pre_prepare.clone() else {
+            return;
+        };
         let digest = pre_prepare.header.payload.digest;
         let matching: Vec<Signed<Prepare>> = slot
             .prepares
@@ -939,7 +1038,10 @@ impl Replica {
         if matching.len() < need {
             return;
         }
-        let cert = PreparedCert { pre_prepare, prepares: matching };
+        let cert = PreparedCert {
+            pre_prepare,
+            prepares: matching,
+        };
         self.persist(Record::Prepared(cert.clone()));
         self.keep_cert(cert);
         let commit = self.sign(Commit { view, seq, digest });
@@ -984,7 +1086,9 @@ impl Replica {
     fn check_committed(&mut self, seq: Seq) {
         let quorum = self.cluster.quorum();
         let view = self.view;
-        let Some(slot) = self.log.get_mut(&seq) else { return };
+        let Some(slot) = self.log.get_mut(&seq) else {
+            return;
+        };
         if !slot.prepared || slot.committed {
             return;
         }
@@ -1009,11 +1113,15 @@ impl Replica {
             return;
         }
         let seq = self.last_executed + 1;
-        let Some(slot) = self.log.get(&seq) else { return };
+        let Some(slot) = self.log.get(&seq) else {
+            return;
+        };
         if !slot.committed {
             return;
         }
-        let Some(pp) = slot.pre_prepare.as_ref() else { return };
+        let Some(pp) = slot.pre_prepare.as_ref() else {
+            return;
+        };
         let digest = pp.header.payload.digest;
         let batch = &pp.batch;
         // Consensus time never goes back, whatever the primary stamped.
@@ -1032,9 +1140,19 @@ impl Replica {
             }
         }
         let snapshot_wanted = seq % self.params.checkpoint_interval == 0;
-        self.executing =
-            Some(Executing { seq, hlc, requests: requests.clone(), snapshot_wanted });
-        self.out.push(Output::Execute(Execute { seq, digest, hlc, requests, snapshot_wanted }));
+        self.executing = Some(Executing {
+            seq,
+            hlc,
+            requests: requests.clone(),
+            snapshot_wanted,
+        });
+        self.out.push(Output::Execute(Execute {
+            seq,
+            digest,
+            hlc,
+            requests,
+            snapshot_wanted,
+        }));
     }
 
     fn on_executed(&mut self, seq: Seq, results: Vec<Vec<u8>>, snapshot: Option<Vec<u8>>) {
@@ -1049,7 +1167,9 @@ impl Replica {
             self.reject(Reject::UnexpectedExecution);
             return;
         }
-        let Some(ex) = self.executing.take() else { return };
+        let Some(ex) = self.executing.take() else {
+            return;
+        };
         for (request, result) in ex.requests.iter().zip(results) {
             let entry = ClientEntry {
                 client: request.client,
@@ -1081,8 +1201,14 @@ impl Replica {
             };
             let digest = state.digest(seq);
             self.own_checkpoints.insert(seq, state);
-            let c = self.sign(Checkpoint { seq, state_digest: digest });
-            self.checkpoint_votes.entry(seq).or_default().insert(self.id, c.clone());
+            let c = self.sign(Checkpoint {
+                seq,
+                state_digest: digest,
+            });
+            self.checkpoint_votes
+                .entry(seq)
+                .or_default()
+                .insert(self.id, c.clone());
             self.send(Target::AllReplicas, Message::Checkpoint(c));
             self.check_stable(seq);
         }
@@ -1142,10 +1268,15 @@ impl Replica {
             return;
         }
         let quorum = self.cluster.quorum();
-        let Some(votes) = self.checkpoint_votes.get(&seq) else { return };
+        let Some(votes) = self.checkpoint_votes.get(&seq) else {
+            return;
+        };
         let mut by_digest: BTreeMap<Digest, Vec<Signed<Checkpoint>>> = BTreeMap::new();
         for v in votes.values() {
-            by_digest.entry(v.payload.state_digest).or_default().push(v.clone());
+            by_digest
+                .entry(v.payload.state_digest)
+                .or_default()
+                .push(v.clone());
         }
         let Some((digest, proof)) = by_digest.into_iter().find(|(_, v)| v.len() >= quorum) else {
             return;
@@ -1153,7 +1284,10 @@ impl Replica {
         let proof: Vec<_> = proof.into_iter().take(quorum).collect();
         match self.own_checkpoints.get(&seq) {
             Some(state) if state.digest(seq) == digest => {
-                let st = StateTransfer { proof, state: state.clone() };
+                let st = StateTransfer {
+                    proof,
+                    state: state.clone(),
+                };
                 self.persist(Record::Stable(Box::new(st.clone())));
                 self.install_stable(st, false);
                 self.try_propose();
@@ -1182,8 +1316,12 @@ impl Replica {
         assert!(seq > self.low, "stable checkpoints only move forward");
         self.low = seq;
         if restore {
-            self.client_table =
-                st.state.client_table.iter().map(|e| (e.client, e.clone())).collect();
+            self.client_table = st
+                .state
+                .client_table
+                .iter()
+                .map(|e| (e.client, e.clone()))
+                .collect();
             self.last_executed = seq;
             self.last_executed_hlc = st.state.hlc;
             self.executing = None;
@@ -1229,7 +1367,10 @@ impl Replica {
         }
         self.stats.state_transfers += 1;
         self.persist(Record::Stable(Box::new(st.clone())));
-        self.out.push(Output::RestoreState { seq, snapshot: Some(st.state.snapshot.clone()) });
+        self.out.push(Output::RestoreState {
+            seq,
+            snapshot: Some(st.state.snapshot.clone()),
+        });
         self.install_stable(st, true);
         self.try_execute();
         self.try_propose();
@@ -1258,7 +1399,9 @@ impl Replica {
         }
         let mut msgs = Vec::new();
         for slot in self.log.values().filter(|s| !s.committed) {
-            let Some(pp) = slot.pre_prepare.as_ref() else { continue };
+            let Some(pp) = slot.pre_prepare.as_ref() else {
+                continue;
+            };
             if pp.header.from == self.id {
                 msgs.push(Message::PrePrepare(pp.clone()));
             }
@@ -1307,7 +1450,9 @@ impl Replica {
             let from = st.last_executed.max(self.low);
             let mut msgs = Vec::new();
             for (_, slot) in self.log.range(from + 1..) {
-                let Some(pp) = slot.pre_prepare.as_ref() else { continue };
+                let Some(pp) = slot.pre_prepare.as_ref() else {
+                    continue;
+                };
                 if !slot.committed {
                     break;
                 }
@@ -1332,7 +1477,10 @@ impl Replica {
         self.stats.view_changes_started += 1;
         self.queue.clear();
         self.proposed.clear();
-        self.persist(Record::View { view: new_view, active: false });
+        self.persist(Record::View {
+            view: new_view,
+            active: false,
+        });
         self.send_view_change();
         self.view_changes = self.view_changes.split_off(&new_view);
         self.arm_view_change_timer();
@@ -1350,8 +1498,11 @@ impl Replica {
         }
         // Replicas that want this view or a later one: if 2f + 1 do, this
         // replica is not alone, and a lost VIEW-CHANGE must not stall it.
-        let wanting: BTreeSet<ReplicaId> =
-            self.view_changes.range(self.view..).flat_map(|(_, m)| m.keys().copied()).collect();
+        let wanting: BTreeSet<ReplicaId> = self
+            .view_changes
+            .range(self.view..)
+            .flat_map(|(_, m)| m.keys().copied())
+            .collect();
         if wanting.len() >= self.cluster.quorum() {
             self.view_change_deadline_us = Some(self.now_us + self.view_change_timeout_us());
         }
@@ -1361,10 +1512,21 @@ impl Replica {
         let vc = self.sign(ViewChange {
             new_view: self.view,
             stable_seq: self.low,
-            checkpoint_proof: self.stable.as_ref().map(|s| s.proof.clone()).unwrap_or_default(),
-            prepared: self.prepared_certs.range(self.low + 1..).map(|(_, c)| c.clone()).collect(),
+            checkpoint_proof: self
+                .stable
+                .as_ref()
+                .map(|s| s.proof.clone())
+                .unwrap_or_default(),
+            prepared: self
+                .prepared_certs
+                .range(self.low + 1..)
+                .map(|(_, c)| c.clone())
+                .collect(),
         });
-        self.view_changes.entry(self.view).or_default().insert(self.id, vc.clone());
+        self.view_changes
+            .entry(self.view)
+            .or_default()
+            .insert(self.id, vc.clone());
         self.own_view_change = Some(vc.clone());
         self.send(Target::AllReplicas, Message::ViewChange(vc));
     }
@@ -1384,7 +1546,12 @@ impl Replica {
         }
         let mut signers = BTreeSet::new();
         for p in &cert.prepares {
-            if p.payload != (Prepare { view: h.view, seq: h.seq, digest: h.digest })
+            if p.payload
+                != (Prepare {
+                    view: h.view,
+                    seq: h.seq,
+                    digest: h.digest,
+                })
                 || p.from == cert.pre_prepare.header.from
                 || !signers.insert(p.from)
                 || !self.signature_ok(p)
@@ -1414,7 +1581,8 @@ impl Replica {
         }
         let mut seqs = BTreeSet::new();
         v.prepared.iter().all(|c| {
-            seqs.insert(c.pre_prepare.header.payload.seq) && self.cert_ok(c, v.stable_seq, v.new_view)
+            seqs.insert(c.pre_prepare.header.payload.seq)
+                && self.cert_ok(c, v.stable_seq, v.new_view)
         })
     }
 
@@ -1435,7 +1603,11 @@ impl Replica {
             self.reject(Reject::OldView);
             return;
         }
-        if self.view_changes.get(&v).is_some_and(|m| m.contains_key(&vc.from)) {
+        if self
+            .view_changes
+            .get(&v)
+            .is_some_and(|m| m.contains_key(&vc.from))
+        {
             return;
         }
         if !self.signature_ok(&vc) {
@@ -1494,7 +1666,13 @@ impl Replica {
         }
         let max_s = best.keys().next_back().copied().unwrap_or(min_s);
         let batches = (min_s + 1..=max_s)
-            .map(|s| (s, best.get(&s).map_or_else(Batch::null, |c| c.pre_prepare.batch.clone())))
+            .map(|s| {
+                (
+                    s,
+                    best.get(&s)
+                        .map_or_else(Batch::null, |c| c.pre_prepare.batch.clone()),
+                )
+            })
             .collect();
         (min_s, batches)
     }
@@ -1504,20 +1682,34 @@ impl Replica {
         if self.view_active || self.cluster.primary(v) != self.id {
             return;
         }
-        let Some(votes) = self.view_changes.get(&v) else { return };
+        let Some(votes) = self.view_changes.get(&v) else {
+            return;
+        };
         if votes.len() < self.cluster.quorum() || !votes.contains_key(&self.id) {
             return;
         }
-        let vcs: Vec<_> = votes.values().take(self.cluster.quorum()).cloned().collect();
+        let vcs: Vec<_> = votes
+            .values()
+            .take(self.cluster.quorum())
+            .cloned()
+            .collect();
         let (_, batches) = Self::new_view_batches(&vcs);
         let pre_prepares = batches
             .into_iter()
             .map(|(seq, batch)| PrePrepareMsg {
-                header: self.sign(PrePrepare { view: v, seq, digest: batch.digest() }),
+                header: self.sign(PrePrepare {
+                    view: v,
+                    seq,
+                    digest: batch.digest(),
+                }),
                 batch,
             })
             .collect();
-        let nv = self.sign(NewView { view: v, view_changes: vcs, pre_prepares });
+        let nv = self.sign(NewView {
+            view: v,
+            view_changes: vcs,
+            pre_prepares,
+        });
         self.send(Target::AllReplicas, Message::NewView(nv.clone()));
         self.install_new_view(nv);
     }
@@ -1563,15 +1755,18 @@ impl Replica {
             return false;
         }
         let primary = self.cluster.primary(nv.view);
-        expected.iter().zip(&nv.pre_prepares).all(|((seq, batch), pp)| {
-            let h = pp.header.payload;
-            h.view == nv.view
-                && h.seq == *seq
-                && pp.header.from == primary
-                && pp.batch == *batch
-                && h.digest == batch.digest()
-                && self.signature_ok(&pp.header)
-        })
+        expected
+            .iter()
+            .zip(&nv.pre_prepares)
+            .all(|((seq, batch), pp)| {
+                let h = pp.header.payload;
+                h.view == nv.view
+                    && h.seq == *seq
+                    && pp.header.from == primary
+                    && pp.batch == *batch
+                    && h.digest == batch.digest()
+                    && self.signature_ok(&pp.header)
+            })
     }
 
     fn install_new_view(&mut self, nv: Signed<NewView>) {
@@ -1595,7 +1790,10 @@ impl Replica {
                 .map(|vc| vc.payload.checkpoint_proof.clone())
                 .unwrap_or_default();
             for c in proof {
-                self.checkpoint_votes.entry(min_s).or_default().insert(c.from, c);
+                self.checkpoint_votes
+                    .entry(min_s)
+                    .or_default()
+                    .insert(c.from, c);
             }
             self.check_stable(min_s);
         }
@@ -1628,7 +1826,11 @@ impl Replica {
             // own to order.
             let waiting = std::mem::take(&mut self.waiting);
             for r in waiting.into_values() {
-                if self.proposed.get(&r.request.client).is_none_or(|&p| p < r.request.timestamp) {
+                if self
+                    .proposed
+                    .get(&r.request.client)
+                    .is_none_or(|&p| p < r.request.timestamp)
+                {
                     self.proposed.insert(r.request.client, r.request.timestamp);
                     if self.queue.is_empty() {
                         self.queue_since_us = self.now_us;
@@ -1643,8 +1845,8 @@ impl Replica {
             for r in waiting {
                 self.send(Target::Replica(primary), Message::Request(r));
             }
-            self.view_change_deadline_us = (!self.waiting.is_empty())
-                .then(|| self.now_us + self.view_change_timeout_us());
+            self.view_change_deadline_us =
+                (!self.waiting.is_empty()).then(|| self.now_us + self.view_change_timeout_us());
         }
         self.try_execute();
         self.try_propose();

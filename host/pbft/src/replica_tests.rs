@@ -29,7 +29,9 @@ fn params() -> Params {
 }
 
 fn keys() -> Vec<SigningKey> {
-    (0..N).map(|i| key_from_seed(42, &format!("replica-{i}"))).collect()
+    (0..N)
+        .map(|i| key_from_seed(42, &format!("replica-{i}")))
+        .collect()
 }
 
 fn cluster() -> Cluster {
@@ -39,7 +41,10 @@ fn cluster() -> Cluster {
         replicas: keys()
             .iter()
             .enumerate()
-            .map(|(i, k)| ReplicaInfo { id: i as u32, public_key: k.verifying_key().to_bytes() })
+            .map(|(i, k)| ReplicaInfo {
+                id: i as u32,
+                public_key: k.verifying_key().to_bytes(),
+            })
             .collect(),
     }
     .validate()
@@ -47,7 +52,8 @@ fn cluster() -> Cluster {
 }
 
 fn replica(id: ReplicaId) -> Replica {
-    let mut r = Replica::new(cluster(), id, keys()[id as usize].clone(), params()).expect("replica");
+    let mut r =
+        Replica::new(cluster(), id, keys()[id as usize].clone(), params()).expect("replica");
     r.step(Input::Tick { now_us: T0 });
     r
 }
@@ -59,7 +65,11 @@ fn client_key(n: u64) -> SigningKey {
 fn request(client: u64, ts: u64, op: &[u8]) -> SignedRequest {
     let key = client_key(client);
     SignedRequest::sign(
-        Request { client: ClientId(key.verifying_key().to_bytes()), timestamp: ts, operation: op.to_vec() },
+        Request {
+            client: ClientId(key.verifying_key().to_bytes()),
+            timestamp: ts,
+            operation: op.to_vec(),
+        },
         &key,
     )
 }
@@ -70,11 +80,27 @@ fn signed<T: Payload>(from: ReplicaId, payload: T) -> Signed<T> {
 
 fn pre_prepare(view: View, seq: Seq, batch: Batch) -> PrePrepareMsg {
     let from = (view % u64::from(N)) as ReplicaId;
-    PrePrepareMsg { header: signed(from, PrePrepare { view, seq, digest: batch.digest() }), batch }
+    PrePrepareMsg {
+        header: signed(
+            from,
+            PrePrepare {
+                view,
+                seq,
+                digest: batch.digest(),
+            },
+        ),
+        batch,
+    }
 }
 
 fn batch(hlc_us: u64, requests: Vec<SignedRequest>) -> Batch {
-    Batch { hlc: Hlc { physical_us: hlc_us, logical: 0 }, requests }
+    Batch {
+        hlc: Hlc {
+            physical_us: hlc_us,
+            logical: 0,
+        },
+        requests,
+    }
 }
 
 fn recv(r: &mut Replica, m: Message) -> Vec<Output> {
@@ -95,9 +121,17 @@ fn assert_refused(r: &mut Replica, input: Input, reason: Reject) {
     let before = r.fingerprint();
     let count = r.stats().rejected(reason);
     let out = r.step(input);
-    assert_eq!(out, vec![Output::Rejected(reason)], "expected only a refusal for {reason:?}");
+    assert_eq!(
+        out,
+        vec![Output::Rejected(reason)],
+        "expected only a refusal for {reason:?}"
+    );
     assert_eq!(r.stats().rejected(reason), count + 1);
-    assert_eq!(r.fingerprint(), before, "a refused input must not change state ({reason:?})");
+    assert_eq!(
+        r.fingerprint(),
+        before,
+        "a refused input must not change state ({reason:?})"
+    );
 }
 
 fn refuse(r: &mut Replica, m: Message, reason: Reject) {
@@ -117,10 +151,22 @@ fn new_checks_identity_and_parameters() {
         Replica::new(cluster(), 1, k[0].clone(), params()).unwrap_err(),
         ReplicaError::KeyMismatch(1)
     );
-    let bad = Params { watermark_window: 3, ..params() };
-    assert!(matches!(Replica::new(cluster(), 0, k[0].clone(), bad), Err(ReplicaError::BadParams(_))));
-    let bad = Params { checkpoint_interval: 0, ..params() };
-    assert!(matches!(Replica::new(cluster(), 0, k[0].clone(), bad), Err(ReplicaError::BadParams(_))));
+    let bad = Params {
+        watermark_window: 3,
+        ..params()
+    };
+    assert!(matches!(
+        Replica::new(cluster(), 0, k[0].clone(), bad),
+        Err(ReplicaError::BadParams(_))
+    ));
+    let bad = Params {
+        checkpoint_interval: 0,
+        ..params()
+    };
+    assert!(matches!(
+        Replica::new(cluster(), 0, k[0].clone(), bad),
+        Err(ReplicaError::BadParams(_))
+    ));
 }
 
 // ----- requests -------------------------------------------------------------
@@ -129,10 +175,24 @@ fn new_checks_identity_and_parameters() {
 fn primary_batches_a_request_and_persists_before_sending() {
     let mut p = replica(0);
     let out = recv(&mut p, Message::Request(request(1, 10, b"a")));
-    let persist = out.iter().position(|o| matches!(o, Output::Persist(Record::PrePrepare(_))));
-    let send = out.iter().position(|o| matches!(o, Output::Send { message: Message::PrePrepare(_), .. }));
+    let persist = out
+        .iter()
+        .position(|o| matches!(o, Output::Persist(Record::PrePrepare(_))));
+    let send = out.iter().position(|o| {
+        matches!(
+            o,
+            Output::Send {
+                message: Message::PrePrepare(_),
+                ..
+            }
+        )
+    });
     assert!(persist.expect("persisted") < send.expect("sent"));
-    let Some(Output::Send { to, message: Message::PrePrepare(pp) }) = out.get(send.unwrap_or(0)) else {
+    let Some(Output::Send {
+        to,
+        message: Message::PrePrepare(pp),
+    }) = out.get(send.unwrap_or(0))
+    else {
         panic!("pre-prepare expected")
     };
     assert_eq!(*to, Target::AllReplicas);
@@ -151,7 +211,10 @@ fn busy_primary_accumulates_until_the_batch_delay() {
         cluster(),
         0,
         keys()[0].clone(),
-        Params { batch_delay_us: 1_000, ..params() },
+        Params {
+            batch_delay_us: 1_000,
+            ..params()
+        },
     )
     .expect("replica");
     p.step(Input::Tick { now_us: T0 });
@@ -177,11 +240,22 @@ fn backup_forwards_requests_and_suspects_a_silent_primary() {
     assert_eq!(sends(&out).len(), 1);
     assert_eq!(sends(&out)[0].0, Target::Replica(0));
     // Before the timeout nothing happens; after it, a VIEW-CHANGE for view 1.
-    let out = b.step(Input::Tick { now_us: T0 + 10_000 });
-    assert!(!sends(&out).iter().any(|(_, m)| matches!(m, Message::ViewChange(_))));
-    let out = b.step(Input::Tick { now_us: T0 + 100_001 });
-    assert!(out.contains(&Output::Persist(Record::View { view: 1, active: false })));
-    assert!(sends(&out).iter().any(|(_, m)| matches!(m, Message::ViewChange(vc) if vc.payload.new_view == 1)));
+    let out = b.step(Input::Tick {
+        now_us: T0 + 10_000,
+    });
+    assert!(!sends(&out)
+        .iter()
+        .any(|(_, m)| matches!(m, Message::ViewChange(_))));
+    let out = b.step(Input::Tick {
+        now_us: T0 + 100_001,
+    });
+    assert!(out.contains(&Output::Persist(Record::View {
+        view: 1,
+        active: false
+    })));
+    assert!(sends(&out)
+        .iter()
+        .any(|(_, m)| matches!(m, Message::ViewChange(vc) if vc.payload.new_view == 1)));
     assert!(!b.view_active());
     assert_eq!(b.stats().view_changes_started, 1);
 }
@@ -192,7 +266,11 @@ fn bad_requests_are_refused() {
     let mut tampered = request(1, 10, b"a");
     tampered.request.operation = b"b".to_vec();
     refuse(&mut p, Message::Request(tampered), Reject::BadSignature);
-    refuse(&mut p, Message::Request(request(1, 10, &[0; 2000])), Reject::BadRequest);
+    refuse(
+        &mut p,
+        Message::Request(request(1, 10, &[0; 2000])),
+        Reject::BadRequest,
+    );
 }
 
 // ----- bytes ---------------------------------------------------------------
@@ -200,13 +278,30 @@ fn bad_requests_are_refused() {
 #[test]
 fn malformed_and_oversized_frames_are_refused() {
     let mut r = replica(1);
-    assert_refused(&mut r, Input::Receive(vec![0xff, 0x01, 0x02]), Reject::Malformed);
+    assert_refused(
+        &mut r,
+        Input::Receive(vec![0xff, 0x01, 0x02]),
+        Reject::Malformed,
+    );
     assert_refused(&mut r, Input::Receive(Vec::new()), Reject::Malformed);
     let mut truncated = Message::Request(request(1, 1, b"x")).encode();
     truncated.pop();
     assert_refused(&mut r, Input::Receive(truncated), Reject::Malformed);
-    assert_refused(&mut r, Input::Receive(vec![0; (1 << 20) + 1]), Reject::Oversized);
-    let reply = signed(2, Reply { view: 0, client: ClientId([0; 32]), timestamp: 1, hlc: Hlc::default(), result: vec![] });
+    assert_refused(
+        &mut r,
+        Input::Receive(vec![0; (1 << 20) + 1]),
+        Reject::Oversized,
+    );
+    let reply = signed(
+        2,
+        Reply {
+            view: 0,
+            client: ClientId([0; 32]),
+            timestamp: 1,
+            hlc: Hlc::default(),
+            result: vec![],
+        },
+    );
     refuse(&mut r, Message::Reply(reply), Reject::NotForReplicas);
 }
 
@@ -220,8 +315,17 @@ fn backup_accepts_a_pre_prepare_and_prepares() {
     assert_eq!(out[0], Output::Persist(Record::PrePrepare(pp.clone())));
     let s = sends(&out);
     assert_eq!(s.len(), 1);
-    let (Target::AllReplicas, Message::Prepare(p)) = s[0] else { panic!("prepare expected") };
-    assert_eq!(p.payload, Prepare { view: 0, seq: 1, digest: pp.header.payload.digest });
+    let (Target::AllReplicas, Message::Prepare(p)) = s[0] else {
+        panic!("prepare expected")
+    };
+    assert_eq!(
+        p.payload,
+        Prepare {
+            view: 0,
+            seq: 1,
+            digest: pp.header.payload.digest
+        }
+    );
     assert_eq!(p.from, 1);
     // A duplicate is ignored silently.
     assert!(recv(&mut b, Message::PrePrepare(pp)).is_empty());
@@ -240,10 +344,22 @@ fn pre_prepare_refusals() {
     pp.header.signature.0[0] ^= 1;
     refuse(&mut b, Message::PrePrepare(pp), Reject::BadSignature);
     // Future view (the primary of view 1 is replica 1 itself; use view 2).
-    refuse(&mut b, Message::PrePrepare(pre_prepare(2, 1, good.clone())), Reject::FutureView);
+    refuse(
+        &mut b,
+        Message::PrePrepare(pre_prepare(2, 1, good.clone())),
+        Reject::FutureView,
+    );
     // Outside the watermarks (window 4).
-    refuse(&mut b, Message::PrePrepare(pre_prepare(0, 5, good.clone())), Reject::OutsideWatermarks);
-    refuse(&mut b, Message::PrePrepare(pre_prepare(0, 0, good.clone())), Reject::OutsideWatermarks);
+    refuse(
+        &mut b,
+        Message::PrePrepare(pre_prepare(0, 5, good.clone())),
+        Reject::OutsideWatermarks,
+    );
+    refuse(
+        &mut b,
+        Message::PrePrepare(pre_prepare(0, 0, good.clone())),
+        Reject::OutsideWatermarks,
+    );
     // Batch that does not match the digest.
     let mut pp = pre_prepare(0, 1, good.clone());
     pp.batch.requests.clear();
@@ -251,13 +367,25 @@ fn pre_prepare_refusals() {
     // A request the client did not sign.
     let mut forged = request(1, 10, b"a");
     forged.request.operation = b"evil".to_vec();
-    refuse(&mut b, Message::PrePrepare(pre_prepare(0, 1, batch(T0, vec![forged]))), Reject::BadBatch);
+    refuse(
+        &mut b,
+        Message::PrePrepare(pre_prepare(0, 1, batch(T0, vec![forged]))),
+        Reject::BadBatch,
+    );
     // Too far ahead of the backup's clock (100 ms allowed).
-    refuse(&mut b, Message::PrePrepare(pre_prepare(0, 1, batch(T0 + 200_000, vec![]))), Reject::HlcAhead);
+    refuse(
+        &mut b,
+        Message::PrePrepare(pre_prepare(0, 1, batch(T0 + 200_000, vec![]))),
+        Reject::HlcAhead,
+    );
     // Accept seq 2, then a seq-1 stamp after it goes backwards.
     let later = pre_prepare(0, 2, batch(T0, vec![request(2, 10, b"b")]));
     assert!(!recv(&mut b, Message::PrePrepare(later)).is_empty());
-    refuse(&mut b, Message::PrePrepare(pre_prepare(0, 1, batch(T0 + 5, vec![]))), Reject::HlcBackwards);
+    refuse(
+        &mut b,
+        Message::PrePrepare(pre_prepare(0, 1, batch(T0 + 5, vec![]))),
+        Reject::HlcBackwards,
+    );
     // A different batch for a sequence that has one: equivocation.
     let other = pre_prepare(0, 2, batch(T0, vec![request(3, 10, b"c")]));
     refuse(&mut b, Message::PrePrepare(other), Reject::Conflicting);
@@ -266,9 +394,24 @@ fn pre_prepare_refusals() {
 #[test]
 fn unknown_sender_is_refused() {
     let mut b = replica(1);
-    let p = Signed { from: 9, payload: Prepare { view: 0, seq: 1, digest: Digest::of(b"x") }, signature: Sig([0; 64]) };
+    let p = Signed {
+        from: 9,
+        payload: Prepare {
+            view: 0,
+            seq: 1,
+            digest: Digest::of(b"x"),
+        },
+        signature: Sig([0; 64]),
+    };
     refuse(&mut b, Message::Prepare(p), Reject::UnknownSender);
-    let c = Signed { from: 7, payload: Checkpoint { seq: 2, state_digest: Digest::of(b"x") }, signature: Sig([0; 64]) };
+    let c = Signed {
+        from: 7,
+        payload: Checkpoint {
+            seq: 2,
+            state_digest: Digest::of(b"x"),
+        },
+        signature: Sig([0; 64]),
+    };
     refuse(&mut b, Message::Checkpoint(c), Reject::UnknownSender);
 }
 
@@ -278,20 +421,109 @@ fn unknown_sender_is_refused() {
 fn prepare_and_commit_refusals() {
     let mut b = replica(1);
     let d = Digest::of(b"x");
-    refuse(&mut b, Message::Prepare(signed(0, Prepare { view: 0, seq: 1, digest: d })), Reject::WrongSender);
-    refuse(&mut b, Message::Prepare(signed(2, Prepare { view: 0, seq: 9, digest: d })), Reject::OutsideWatermarks);
-    refuse(&mut b, Message::Commit(signed(2, Commit { view: 0, seq: 9, digest: d })), Reject::OutsideWatermarks);
-    refuse(&mut b, Message::Commit(signed(2, Commit { view: 3, seq: 1, digest: d })), Reject::FutureView);
-    let mut c = signed(2, Commit { view: 0, seq: 1, digest: d });
+    refuse(
+        &mut b,
+        Message::Prepare(signed(
+            0,
+            Prepare {
+                view: 0,
+                seq: 1,
+                digest: d,
+            },
+        )),
+        Reject::WrongSender,
+    );
+    refuse(
+        &mut b,
+        Message::Prepare(signed(
+            2,
+            Prepare {
+                view: 0,
+                seq: 9,
+                digest: d,
+            },
+        )),
+        Reject::OutsideWatermarks,
+    );
+    refuse(
+        &mut b,
+        Message::Commit(signed(
+            2,
+            Commit {
+                view: 0,
+                seq: 9,
+                digest: d,
+            },
+        )),
+        Reject::OutsideWatermarks,
+    );
+    refuse(
+        &mut b,
+        Message::Commit(signed(
+            2,
+            Commit {
+                view: 3,
+                seq: 1,
+                digest: d,
+            },
+        )),
+        Reject::FutureView,
+    );
+    let mut c = signed(
+        2,
+        Commit {
+            view: 0,
+            seq: 1,
+            digest: d,
+        },
+    );
     c.payload.seq = 2;
     refuse(&mut b, Message::Commit(c), Reject::BadSignature);
     // First prepare from replica 2 stored; a different one is equivocation.
-    assert!(recv(&mut b, Message::Prepare(signed(2, Prepare { view: 0, seq: 1, digest: d }))).is_empty());
-    let other = Prepare { view: 0, seq: 1, digest: Digest::of(b"y") };
-    refuse(&mut b, Message::Prepare(signed(2, other)), Reject::Conflicting);
-    assert!(recv(&mut b, Message::Commit(signed(3, Commit { view: 0, seq: 1, digest: d }))).is_empty());
-    let other = Commit { view: 0, seq: 1, digest: Digest::of(b"y") };
-    refuse(&mut b, Message::Commit(signed(3, other)), Reject::Conflicting);
+    assert!(recv(
+        &mut b,
+        Message::Prepare(signed(
+            2,
+            Prepare {
+                view: 0,
+                seq: 1,
+                digest: d
+            }
+        ))
+    )
+    .is_empty());
+    let other = Prepare {
+        view: 0,
+        seq: 1,
+        digest: Digest::of(b"y"),
+    };
+    refuse(
+        &mut b,
+        Message::Prepare(signed(2, other)),
+        Reject::Conflicting,
+    );
+    assert!(recv(
+        &mut b,
+        Message::Commit(signed(
+            3,
+            Commit {
+                view: 0,
+                seq: 1,
+                digest: d
+            }
+        ))
+    )
+    .is_empty());
+    let other = Commit {
+        view: 0,
+        seq: 1,
+        digest: Digest::of(b"y"),
+    };
+    refuse(
+        &mut b,
+        Message::Commit(signed(3, other)),
+        Reject::Conflicting,
+    );
 }
 
 #[test]
@@ -302,38 +534,116 @@ fn prepared_then_committed_then_executed() {
     recv(&mut b, Message::PrePrepare(pp));
     // Own prepare + one more is 2f = 2: prepared, commit sent after the
     // certificate is persisted.
-    let out = recv(&mut b, Message::Prepare(signed(2, Prepare { view: 0, seq: 1, digest: d })));
-    let cert = out.iter().position(|o| matches!(o, Output::Persist(Record::Prepared(_))));
-    let commit = out.iter().position(|o| matches!(o, Output::Send { message: Message::Commit(_), .. }));
+    let out = recv(
+        &mut b,
+        Message::Prepare(signed(
+            2,
+            Prepare {
+                view: 0,
+                seq: 1,
+                digest: d,
+            },
+        )),
+    );
+    let cert = out
+        .iter()
+        .position(|o| matches!(o, Output::Persist(Record::Prepared(_))));
+    let commit = out.iter().position(|o| {
+        matches!(
+            o,
+            Output::Send {
+                message: Message::Commit(_),
+                ..
+            }
+        )
+    });
     assert!(cert.expect("certificate persisted") < commit.expect("commit sent"));
     // Own commit + one: not yet 2f + 1.
-    assert!(recv(&mut b, Message::Commit(signed(0, Commit { view: 0, seq: 1, digest: d })))
-        .iter()
-        .all(|o| !matches!(o, Output::Execute(_))));
-    let out = recv(&mut b, Message::Commit(signed(2, Commit { view: 0, seq: 1, digest: d })));
-    assert!(out.contains(&Output::Persist(Record::Committed { view: 0, seq: 1, digest: d })));
-    let Some(Output::Execute(e)) = out.last() else { panic!("execute expected") };
-    assert_eq!((e.seq, e.digest, e.requests.len(), e.snapshot_wanted), (1, d, 1, false));
-    assert_eq!(e.hlc, Hlc { physical_us: T0, logical: 0 });
+    assert!(recv(
+        &mut b,
+        Message::Commit(signed(
+            0,
+            Commit {
+                view: 0,
+                seq: 1,
+                digest: d
+            }
+        ))
+    )
+    .iter()
+    .all(|o| !matches!(o, Output::Execute(_))));
+    let out = recv(
+        &mut b,
+        Message::Commit(signed(
+            2,
+            Commit {
+                view: 0,
+                seq: 1,
+                digest: d,
+            },
+        )),
+    );
+    assert!(out.contains(&Output::Persist(Record::Committed {
+        view: 0,
+        seq: 1,
+        digest: d
+    })));
+    let Some(Output::Execute(e)) = out.last() else {
+        panic!("execute expected")
+    };
+    assert_eq!(
+        (e.seq, e.digest, e.requests.len(), e.snapshot_wanted),
+        (1, d, 1, false)
+    );
+    assert_eq!(
+        e.hlc,
+        Hlc {
+            physical_us: T0,
+            logical: 0
+        }
+    );
     // The result produces a signed reply to the client.
-    let out = b.step(Input::Executed { seq: 1, results: vec![b"A".to_vec()], snapshot: None });
+    let out = b.step(Input::Executed {
+        seq: 1,
+        results: vec![b"A".to_vec()],
+        snapshot: None,
+    });
     let s = sends(&out);
-    let (Target::Client(c), Message::Reply(r)) = s[0] else { panic!("reply expected") };
+    let (Target::Client(c), Message::Reply(r)) = s[0] else {
+        panic!("reply expected")
+    };
     assert_eq!(c, request(1, 10, b"a").request.client);
-    assert_eq!((r.payload.timestamp, r.payload.result.as_slice()), (10, b"A".as_slice()));
+    assert_eq!(
+        (r.payload.timestamp, r.payload.result.as_slice()),
+        (10, b"A".as_slice())
+    );
     assert_eq!(b.last_executed(), 1);
     // A retry of that request gets the stored reply again, not a re-run.
     let out = recv(&mut b, Message::Request(request(1, 10, b"a")));
-    assert!(matches!(sends(&out)[0], (Target::Client(_), Message::Reply(r2)) if r2.payload.result == b"A"));
+    assert!(
+        matches!(sends(&out)[0], (Target::Client(_), Message::Reply(r2)) if r2.payload.result == b"A")
+    );
     assert_eq!(b.stats().replies_resent, 1);
     // An older request of that client is stale.
-    refuse(&mut b, Message::Request(request(1, 9, b"old")), Reject::StaleRequest);
+    refuse(
+        &mut b,
+        Message::Request(request(1, 9, b"old")),
+        Reject::StaleRequest,
+    );
 }
 
 #[test]
 fn executed_must_answer_the_outstanding_batch() {
     let mut b = replica(1);
-    assert_refused(&mut b, Input::Executed { seq: 1, results: vec![], snapshot: None }, Reject::UnexpectedExecution);
+    assert_refused(
+        &mut b,
+        Input::Executed {
+            seq: 1,
+            results: vec![],
+            snapshot: None,
+        },
+        Reject::UnexpectedExecution,
+    );
 }
 
 // ----- checkpoints -----------------------------------------------------------
@@ -342,10 +652,46 @@ fn executed_must_answer_the_outstanding_batch() {
 fn checkpoint_refusals() {
     let mut b = replica(1);
     let d = Digest::of(b"s");
-    refuse(&mut b, Message::Checkpoint(signed(2, Checkpoint { seq: 3, state_digest: d })), Reject::BadCheckpoint);
-    refuse(&mut b, Message::Checkpoint(signed(2, Checkpoint { seq: 0, state_digest: d })), Reject::BadCheckpoint);
-    refuse(&mut b, Message::Checkpoint(signed(2, Checkpoint { seq: 100, state_digest: d })), Reject::OutsideWatermarks);
-    let mut c = signed(2, Checkpoint { seq: 2, state_digest: d });
+    refuse(
+        &mut b,
+        Message::Checkpoint(signed(
+            2,
+            Checkpoint {
+                seq: 3,
+                state_digest: d,
+            },
+        )),
+        Reject::BadCheckpoint,
+    );
+    refuse(
+        &mut b,
+        Message::Checkpoint(signed(
+            2,
+            Checkpoint {
+                seq: 0,
+                state_digest: d,
+            },
+        )),
+        Reject::BadCheckpoint,
+    );
+    refuse(
+        &mut b,
+        Message::Checkpoint(signed(
+            2,
+            Checkpoint {
+                seq: 100,
+                state_digest: d,
+            },
+        )),
+        Reject::OutsideWatermarks,
+    );
+    let mut c = signed(
+        2,
+        Checkpoint {
+            seq: 2,
+            state_digest: d,
+        },
+    );
     c.payload.state_digest = Digest::of(b"t");
     refuse(&mut b, Message::Checkpoint(c), Reject::BadSignature);
 }
@@ -353,51 +699,139 @@ fn checkpoint_refusals() {
 #[test]
 fn state_transfer_refusals() {
     let mut b = replica(1);
-    let state = CheckpointState { hlc: Hlc::default(), snapshot: b"snap".to_vec(), client_table: vec![] };
+    let state = CheckpointState {
+        hlc: Hlc::default(),
+        snapshot: b"snap".to_vec(),
+        client_table: vec![],
+    };
     let digest = state.digest(2);
-    let proof: Vec<_> = (0..3).map(|i| signed(i, Checkpoint { seq: 2, state_digest: digest })).collect();
+    let proof: Vec<_> = (0..3)
+        .map(|i| {
+            signed(
+                i,
+                Checkpoint {
+                    seq: 2,
+                    state_digest: digest,
+                },
+            )
+        })
+        .collect();
     // Too few signatures.
-    let st = StateTransfer { proof: proof[..2].to_vec(), state: state.clone() };
-    refuse(&mut b, Message::State(Box::new(st)), Reject::BadCheckpointProof);
+    let st = StateTransfer {
+        proof: proof[..2].to_vec(),
+        state: state.clone(),
+    };
+    refuse(
+        &mut b,
+        Message::State(Box::new(st)),
+        Reject::BadCheckpointProof,
+    );
     // The same signer twice.
-    let st = StateTransfer { proof: vec![proof[0].clone(), proof[0].clone(), proof[1].clone()], state: state.clone() };
-    refuse(&mut b, Message::State(Box::new(st)), Reject::BadCheckpointProof);
+    let st = StateTransfer {
+        proof: vec![proof[0].clone(), proof[0].clone(), proof[1].clone()],
+        state: state.clone(),
+    };
+    refuse(
+        &mut b,
+        Message::State(Box::new(st)),
+        Reject::BadCheckpointProof,
+    );
     // State that does not hash to the proof's digest.
     let mut wrong = state.clone();
     wrong.snapshot = b"evil".to_vec();
-    let st = StateTransfer { proof: proof.clone(), state: wrong };
+    let st = StateTransfer {
+        proof: proof.clone(),
+        state: wrong,
+    };
     refuse(&mut b, Message::State(Box::new(st)), Reject::BadState);
     // The real one is installed.
-    let out = recv(&mut b, Message::State(Box::new(StateTransfer { proof, state })));
-    assert!(out.contains(&Output::RestoreState { seq: 2, snapshot: Some(b"snap".to_vec()) }));
-    assert_eq!((b.stable_seq(), b.last_executed(), b.stats().state_transfers), (2, 2, 1));
+    let out = recv(
+        &mut b,
+        Message::State(Box::new(StateTransfer { proof, state })),
+    );
+    assert!(out.contains(&Output::RestoreState {
+        seq: 2,
+        snapshot: Some(b"snap".to_vec())
+    }));
+    assert_eq!(
+        (b.stable_seq(), b.last_executed(), b.stats().state_transfers),
+        (2, 2, 1)
+    );
 }
 
 // ----- view change -----------------------------------------------------------
 
 fn view_change(from: ReplicaId, new_view: View) -> Signed<ViewChange> {
-    signed(from, ViewChange { new_view, stable_seq: 0, checkpoint_proof: vec![], prepared: vec![] })
+    signed(
+        from,
+        ViewChange {
+            new_view,
+            stable_seq: 0,
+            checkpoint_proof: vec![],
+            prepared: vec![],
+        },
+    )
 }
 
 #[test]
 fn view_change_refusals() {
     let mut b = replica(2);
     // Bad proof: claims a stable checkpoint without one.
-    let bad = signed(3, ViewChange { new_view: 1, stable_seq: 2, checkpoint_proof: vec![], prepared: vec![] });
+    let bad = signed(
+        3,
+        ViewChange {
+            new_view: 1,
+            stable_seq: 2,
+            checkpoint_proof: vec![],
+            prepared: vec![],
+        },
+    );
     refuse(&mut b, Message::ViewChange(bad), Reject::BadViewChange);
     // A certificate with too few prepares.
     let pp = pre_prepare(0, 1, batch(T0, vec![]));
-    let cert = PreparedCert { pre_prepare: pp.clone(), prepares: vec![signed(1, Prepare { view: 0, seq: 1, digest: pp.header.payload.digest })] };
-    let bad = signed(3, ViewChange { new_view: 1, stable_seq: 0, checkpoint_proof: vec![], prepared: vec![cert] });
+    let cert = PreparedCert {
+        pre_prepare: pp.clone(),
+        prepares: vec![signed(
+            1,
+            Prepare {
+                view: 0,
+                seq: 1,
+                digest: pp.header.payload.digest,
+            },
+        )],
+    };
+    let bad = signed(
+        3,
+        ViewChange {
+            new_view: 1,
+            stable_seq: 0,
+            checkpoint_proof: vec![],
+            prepared: vec![cert],
+        },
+    );
     refuse(&mut b, Message::ViewChange(bad), Reject::BadViewChange);
     let mut forged = view_change(3, 1);
     forged.signature.0[5] ^= 1;
     refuse(&mut b, Message::ViewChange(forged), Reject::BadSignature);
     // A new view that is not from the new primary.
-    let nv = signed(3, NewView { view: 1, view_changes: vec![], pre_prepares: vec![] });
+    let nv = signed(
+        3,
+        NewView {
+            view: 1,
+            view_changes: vec![],
+            pre_prepares: vec![],
+        },
+    );
     refuse(&mut b, Message::NewView(nv), Reject::WrongSender);
     // From the right primary but without a quorum of view-changes.
-    let nv = signed(1, NewView { view: 1, view_changes: vec![view_change(1, 1)], pre_prepares: vec![] });
+    let nv = signed(
+        1,
+        NewView {
+            view: 1,
+            view_changes: vec![view_change(1, 1)],
+            pre_prepares: vec![],
+        },
+    );
     refuse(&mut b, Message::NewView(nv), Reject::BadNewView);
 }
 
@@ -405,10 +839,32 @@ fn view_change_refusals() {
 fn f_plus_one_view_changes_pull_a_replica_along_and_new_view_installs() {
     let pp = pre_prepare(0, 1, batch(T0, vec![request(1, 10, b"a")]));
     let d = pp.header.payload.digest;
-    let prepares: Vec<_> = (1..3).map(|i| signed(i, Prepare { view: 0, seq: 1, digest: d })).collect();
-    let cert = PreparedCert { pre_prepare: pp.clone(), prepares };
+    let prepares: Vec<_> = (1..3)
+        .map(|i| {
+            signed(
+                i,
+                Prepare {
+                    view: 0,
+                    seq: 1,
+                    digest: d,
+                },
+            )
+        })
+        .collect();
+    let cert = PreparedCert {
+        pre_prepare: pp.clone(),
+        prepares,
+    };
     let with_cert = |from| {
-        signed(from, ViewChange { new_view: 1, stable_seq: 0, checkpoint_proof: vec![], prepared: vec![cert.clone()] })
+        signed(
+            from,
+            ViewChange {
+                new_view: 1,
+                stable_seq: 0,
+                checkpoint_proof: vec![],
+                prepared: vec![cert.clone()],
+            },
+        )
     };
     // Replica 1 is the primary of view 1.
     let mut p = replica(1);
@@ -435,12 +891,33 @@ fn f_plus_one_view_changes_pull_a_replica_along_and_new_view_installs() {
     let mut b = replica(3);
     let mut bad = nv.payload.clone();
     let other = batch(T0, vec![]);
-    bad.pre_prepares[0] = PrePrepareMsg { header: signed(1, PrePrepare { view: 1, seq: 1, digest: other.digest() }), batch: other };
+    bad.pre_prepares[0] = PrePrepareMsg {
+        header: signed(
+            1,
+            PrePrepare {
+                view: 1,
+                seq: 1,
+                digest: other.digest(),
+            },
+        ),
+        batch: other,
+    };
     refuse(&mut b, Message::NewView(signed(1, bad)), Reject::BadNewView);
     // Old-view messages are refused once in view 1.
     let mut b = replica(2);
     recv(&mut b, Message::NewView(nv));
-    refuse(&mut b, Message::Prepare(signed(3, Prepare { view: 0, seq: 1, digest: d })), Reject::OldView);
+    refuse(
+        &mut b,
+        Message::Prepare(signed(
+            3,
+            Prepare {
+                view: 0,
+                seq: 1,
+                digest: d,
+            },
+        )),
+        Reject::OldView,
+    );
 }
 
 // ----- an in-memory cluster ------------------------------------------------
@@ -475,7 +952,9 @@ impl Net {
     }
 
     fn input(&mut self, i: usize, input: Input) {
-        let Some(r) = self.replicas[i].as_mut() else { return };
+        let Some(r) = self.replicas[i].as_mut() else {
+            return;
+        };
         let mut work: VecDeque<Output> = r.step(input).into();
         while let Some(o) = work.pop_front() {
             match o {
@@ -493,7 +972,9 @@ impl Net {
                     }
                 }
                 Output::RestoreState { snapshot, .. } => {
-                    self.apps[i] = snapshot.map_or_else(App::default, |s| postcard::from_bytes(&s).expect("snapshot"));
+                    self.apps[i] = snapshot.map_or_else(App::default, |s| {
+                        postcard::from_bytes(&s).expect("snapshot")
+                    });
                 }
                 Output::Execute(e) => {
                     let app = &mut self.apps[i];
@@ -504,7 +985,11 @@ impl Net {
                     }
                     let snapshot = e.snapshot_wanted.then(|| encode(&*app));
                     let r = self.replicas[i].as_mut().expect("running");
-                    work.extend(r.step(Input::Executed { seq: e.seq, results, snapshot }));
+                    work.extend(r.step(Input::Executed {
+                        seq: e.seq,
+                        results,
+                        snapshot,
+                    }));
                 }
                 Output::Rejected(_) => {}
             }
@@ -544,8 +1029,12 @@ fn cluster_orders_executes_checkpoints_and_collects_garbage() {
     let mut net = Net::new();
     let mut client = Client::new(cluster(), client_key(1), 100_000);
     for k in 0..5u64 {
-        let (_, m) = client.submit(format!("op{k}").into_bytes(), T0 + k).expect("idle client");
-        let Message::Request(r) = m else { panic!("request") };
+        let (_, m) = client
+            .submit(format!("op{k}").into_bytes(), T0 + k)
+            .expect("idle client");
+        let Message::Request(r) = m else {
+            panic!("request")
+        };
         net.submit(0, r);
         let done = std::mem::take(&mut net.to_client)
             .iter()
@@ -576,7 +1065,11 @@ fn cluster_changes_view_when_the_primary_is_down() {
         net.tick(60_000);
     }
     for i in 1..N as usize {
-        assert_eq!((net.r(i).view(), net.r(i).view_active()), (1, true), "replica {i}");
+        assert_eq!(
+            (net.r(i).view(), net.r(i).view_active()),
+            (1, true),
+            "replica {i}"
+        );
         assert_eq!(net.r(i).last_executed(), 1);
     }
 }
@@ -607,10 +1100,17 @@ fn recovered_replica_rebuilds_state_from_its_records() {
     for k in 0..3u64 {
         net.submit(0, request(k, 10, b"x"));
     }
-    let before = (net.r(2).last_executed(), net.r(2).stable_seq(), net.apps[2].ops.clone());
-    let (r, outputs) =
-        Replica::recover(cluster(), 2, keys()[2].clone(), params(), &net.records[2]).expect("recover");
-    assert!(matches!(outputs.first(), Some(Output::RestoreState { seq: 2, .. })));
+    let before = (
+        net.r(2).last_executed(),
+        net.r(2).stable_seq(),
+        net.apps[2].ops.clone(),
+    );
+    let (r, outputs) = Replica::recover(cluster(), 2, keys()[2].clone(), params(), &net.records[2])
+        .expect("recover");
+    assert!(matches!(
+        outputs.first(),
+        Some(Output::RestoreState { seq: 2, .. })
+    ));
     net.replicas[2] = Some(r);
     net.apps[2] = App::default();
     // Replay the recovery outputs through the same execution path.
@@ -618,7 +1118,9 @@ fn recovered_replica_rebuilds_state_from_its_records() {
     while let Some(o) = work.pop_front() {
         match o {
             Output::RestoreState { snapshot, .. } => {
-                net.apps[2] = snapshot.map_or_else(App::default, |s| postcard::from_bytes(&s).expect("snapshot"));
+                net.apps[2] = snapshot.map_or_else(App::default, |s| {
+                    postcard::from_bytes(&s).expect("snapshot")
+                });
             }
             Output::Execute(e) => {
                 let app = &mut net.apps[2];
@@ -628,12 +1130,20 @@ fn recovered_replica_rebuilds_state_from_its_records() {
                     results.push((app.ops.len() as u64).to_le_bytes().to_vec());
                 }
                 let r = net.replicas[2].as_mut().expect("running");
-                work.extend(r.step(Input::Executed { seq: e.seq, results, snapshot: None }));
+                work.extend(r.step(Input::Executed {
+                    seq: e.seq,
+                    results,
+                    snapshot: None,
+                }));
             }
             _ => {}
         }
     }
-    let after = (net.r(2).last_executed(), net.r(2).stable_seq(), net.apps[2].ops.clone());
+    let after = (
+        net.r(2).last_executed(),
+        net.r(2).stable_seq(),
+        net.apps[2].ops.clone(),
+    );
     assert_eq!(before, after);
     // It keeps working with the others.
     net.tick(1_000);

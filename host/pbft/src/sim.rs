@@ -194,6 +194,8 @@ pub struct SimReport {
     pub requests_completed: u64,
     /// Messages delivered.
     pub messages_delivered: u64,
+    /// Messages delivered to replicas, by kind.
+    pub messages_by_kind: BTreeMap<&'static str, u64>,
     /// Highest view any correct replica reached.
     pub max_view: u64,
     /// Crashes injected.
@@ -215,7 +217,7 @@ pub struct Rng(u64);
 impl Rng {
     /// A generator from a seed.
     pub fn new(seed: u64) -> Rng {
-        Rng(seed ^ 0x5eed_0f_bf7_u64)
+        Rng(seed ^ 0x0005_eed0_fbf7_u64)
     }
     /// The next 64 random bits.
     pub fn next_u64(&mut self) -> u64 {
@@ -255,7 +257,9 @@ impl SimApp {
     fn restore(&mut self, snapshot: Option<&[u8]>) -> Result<(), String> {
         *self = match snapshot {
             None => SimApp::default(),
-            Some(b) => postcard::from_bytes(b).map_err(|e| format!("snapshot does not decode: {e}"))?,
+            Some(b) => {
+                postcard::from_bytes(b).map_err(|e| format!("snapshot does not decode: {e}"))?
+            }
         };
         Ok(())
     }
@@ -269,10 +273,16 @@ enum Endpoint {
 
 #[derive(Clone, Debug)]
 enum Event {
-    Deliver { to: Endpoint, bytes: Vec<u8> },
+    Deliver {
+        to: Endpoint,
+        bytes: Vec<u8>,
+    },
     ReplicaTick(ReplicaId),
     ClientTick(u32),
-    Crash { node: ReplicaId, lose_unsynced: bool },
+    Crash {
+        node: ReplicaId,
+        lose_unsynced: bool,
+    },
     Restart(ReplicaId),
     Partition(Vec<ReplicaId>),
     Heal,
@@ -337,15 +347,19 @@ impl World {
         let mut rng = Rng::new(cfg.seed);
         let n = cfg.replicas.max(4);
         let f = (n - 1) / 3;
-        let keys: Vec<SigningKey> =
-            (0..n).map(|i| key_from_seed(cfg.seed, &format!("replica-{i}"))).collect();
+        let keys: Vec<SigningKey> = (0..n)
+            .map(|i| key_from_seed(cfg.seed, &format!("replica-{i}")))
+            .collect();
         let config = ClusterConfig {
             n,
             f,
             replicas: keys
                 .iter()
                 .enumerate()
-                .map(|(i, k)| ReplicaInfo { id: i as u32, public_key: k.verifying_key().to_bytes() })
+                .map(|(i, k)| ReplicaInfo {
+                    id: i as u32,
+                    public_key: k.verifying_key().to_bytes(),
+                })
                 .collect(),
         };
         let cluster = match config.validate() {
@@ -373,11 +387,15 @@ impl World {
             } else {
                 rng.below(2 * cfg.clock_skew_max_us + 1) as i64 - cfg.clock_skew_max_us as i64
             };
-            let replica = match Replica::new(cluster.clone(), i as u32, key.clone(), cfg.params.clone()) {
-                Ok(r) => r,
-                Err(e) => panic!("the simulator's parameters are valid: {e}"),
-            };
-            let byzantine = byz_nodes.iter().position(|b| *b == i as u32).map(|p| kinds[p]);
+            let replica =
+                match Replica::new(cluster.clone(), i as u32, key.clone(), cfg.params.clone()) {
+                    Ok(r) => r,
+                    Err(e) => panic!("the simulator's parameters are valid: {e}"),
+                };
+            let byzantine = byz_nodes
+                .iter()
+                .position(|b| *b == i as u32)
+                .map(|p| kinds[p]);
             nodes.push(Node {
                 replica: Some(replica),
                 records: Vec::new(),
@@ -402,7 +420,11 @@ impl World {
                 next_submit_us: Some(rng.below(20_000)),
             });
         }
-        let byzantine = byz_nodes.iter().copied().zip(kinds.iter().copied()).collect();
+        let byzantine = byz_nodes
+            .iter()
+            .copied()
+            .zip(kinds.iter().copied())
+            .collect();
         let report = SimReport {
             seed: cfg.seed,
             violation: None,
@@ -410,6 +432,7 @@ impl World {
             sim_time_us: 0,
             requests_completed: 0,
             messages_delivered: 0,
+            messages_by_kind: BTreeMap::new(),
             max_view: 0,
             crashes: 0,
             state_transfers: 0,
@@ -494,7 +517,13 @@ impl World {
                     let overlapping = down.iter().filter(|(a, b)| *a < up && t < *b).count();
                     if overlapping < f as usize && up > t {
                         let lose = self.rng.chance(self.cfg.lose_unsynced);
-                        self.schedule(t, Event::Crash { node: i, lose_unsynced: lose });
+                        self.schedule(
+                            t,
+                            Event::Crash {
+                                node: i,
+                                lose_unsynced: lose,
+                            },
+                        );
                         self.schedule(up, Event::Restart(i));
                         down.push((t, up));
                         t = up;
@@ -511,10 +540,15 @@ impl World {
             if self.all_done() {
                 break;
             }
-            let Some(((at, _), event)) = self.events.pop_first() else { break };
+            let Some(((at, _), event)) = self.events.pop_first() else {
+                break;
+            };
             if at > deadline {
-                let pending: u32 =
-                    self.clients.iter().map(|c| self.cfg.requests_per_client - c.completed).sum();
+                let pending: u32 = self
+                    .clients
+                    .iter()
+                    .map(|c| self.cfg.requests_per_client - c.completed)
+                    .sum();
                 let states: Vec<String> = self
                     .nodes
                     .iter()
@@ -523,7 +557,9 @@ impl World {
                         None => format!("r{i}: down"),
                         Some(r) => format!(
                             "r{i}{}: view {}{} stable {} executed {}",
-                            n.byzantine.map(|b| format!(" ({})", b.name())).unwrap_or_default(),
+                            n.byzantine
+                                .map(|b| format!(" ({})", b.name()))
+                                .unwrap_or_default(),
                             r.view(),
                             if r.view_active() { "" } else { " (changing)" },
                             r.stable_seq(),
@@ -548,12 +584,18 @@ impl World {
     }
 
     fn all_done(&self) -> bool {
-        self.clients.iter().all(|c| c.completed >= self.cfg.requests_per_client)
+        self.clients
+            .iter()
+            .all(|c| c.completed >= self.cfg.requests_per_client)
     }
 
     fn violate(&mut self, invariant: &'static str, detail: String) {
         if self.violation.is_none() {
-            self.violation = Some(Violation { invariant, detail, at_us: self.now_us });
+            self.violation = Some(Violation {
+                invariant,
+                detail,
+                at_us: self.now_us,
+            });
         }
     }
 
@@ -590,6 +632,8 @@ impl World {
                 match to {
                     Endpoint::Replica(i) => {
                         self.trace(3, u64::from(i), &bytes);
+                        let kind = Message::decode(&bytes).map_or("malformed", |m| m.kind());
+                        *self.report.messages_by_kind.entry(kind).or_insert(0) += 1;
                         let node = &mut self.nodes[i as usize];
                         if node.byzantine == Some(Byzantine::Replayer) && node.seen.len() < 256 {
                             node.seen.push_back(bytes.clone());
@@ -602,7 +646,10 @@ impl World {
                     }
                 }
             }
-            Event::Crash { node, lose_unsynced } => {
+            Event::Crash {
+                node,
+                lose_unsynced,
+            } => {
                 self.trace(5, u64::from(node), &[u8::from(lose_unsynced)]);
                 self.report.crashes += 1;
                 if lose_unsynced {
@@ -652,7 +699,9 @@ impl World {
 
     fn step_replica(&mut self, i: ReplicaId, input: Input) {
         let node = &mut self.nodes[i as usize];
-        let Some(replica) = node.replica.as_mut() else { return };
+        let Some(replica) = node.replica.as_mut() else {
+            return;
+        };
         let outputs = replica.step(input);
         if node.crash_in_next_step {
             // The crash strikes while this step's records are being written:
@@ -694,7 +743,9 @@ impl World {
                         let have = node.app.seq;
                         self.violate(
                             "state-transfer",
-                            format!("replica {i} restored state of seq {have} for checkpoint {seq}"),
+                            format!(
+                                "replica {i} restored state of seq {have} for checkpoint {seq}"
+                            ),
                         );
                     }
                     if correct && snapshot.is_some() {
@@ -703,7 +754,9 @@ impl World {
                 }
                 Output::Execute(e) => {
                     let input = self.execute(i, &e);
-                    let Some(replica) = self.nodes[i as usize].replica.as_mut() else { return };
+                    let Some(replica) = self.nodes[i as usize].replica.as_mut() else {
+                        return;
+                    };
                     queue.extend(replica.step(input));
                 }
                 Output::Rejected(_) => {}
@@ -716,7 +769,8 @@ impl World {
         if let Record::Stable(st) = &r {
             // Compaction: what the stable checkpoint covers is garbage.
             let stable = st.proof.first().map_or(0, |c| c.payload.seq);
-            node.records.retain(|old| old.seq().is_none_or(|s| s > stable));
+            node.records
+                .retain(|old| old.seq().is_none_or(|s| s > stable));
         }
         node.records.push(r);
     }
@@ -732,7 +786,10 @@ impl World {
                     let d = *d;
                     self.violate(
                         "agreement",
-                        format!("replica {i} executes {:?} at seq {}, another correct replica {d:?}", e.digest, e.seq),
+                        format!(
+                            "replica {i} executes {:?} at seq {}, another correct replica {d:?}",
+                            e.digest, e.seq
+                        ),
                     );
                 }
                 _ => {
@@ -745,7 +802,10 @@ impl World {
             let (seq, hlc) = (app.seq, app.hlc);
             self.violate(
                 "execution-order",
-                format!("replica {i} executes seq {} at {:?} after seq {seq} at {hlc:?}", e.seq, e.hlc),
+                format!(
+                    "replica {i} executes seq {} at {:?} after seq {seq} at {hlc:?}",
+                    e.seq, e.hlc
+                ),
             );
         }
         let app = &mut self.nodes[i as usize].app;
@@ -772,13 +832,22 @@ impl World {
         let snapshot = e.snapshot_wanted.then(|| crate::message::encode(&*app));
         if correct {
             if let Some((c, ts)) = twice {
-                self.violate("exactly-once", format!("replica {i} executes {c:?}/{ts} a second time"));
+                self.violate(
+                    "exactly-once",
+                    format!("replica {i} executes {c:?}/{ts} a second time"),
+                );
             }
             for (r, result) in e.requests.iter().zip(&results) {
                 let key = (r.client, r.timestamp);
                 match self.results.get(&key) {
                     Some(prev) if prev != result => {
-                        self.violate("results", format!("replica {i} returns a different result for {:?}/{}", r.client, r.timestamp));
+                        self.violate(
+                            "results",
+                            format!(
+                                "replica {i} returns a different result for {:?}/{}",
+                                r.client, r.timestamp
+                            ),
+                        );
                     }
                     _ => {
                         self.results.insert(key, result.clone());
@@ -786,7 +855,11 @@ impl World {
                 }
             }
         }
-        Input::Executed { seq: e.seq, results, snapshot }
+        Input::Executed {
+            seq: e.seq,
+            results,
+            snapshot,
+        }
     }
 
     /// Invariants on what correct replicas send.
@@ -795,10 +868,14 @@ impl World {
             match self.checkpoints.get(&c.payload.seq) {
                 Some(d) if *d != c.payload.state_digest => {
                     let seq = c.payload.seq;
-                    self.violate("checkpoint-agreement", format!("replica {i} checkpoints seq {seq} with another digest"));
+                    self.violate(
+                        "checkpoint-agreement",
+                        format!("replica {i} checkpoints seq {seq} with another digest"),
+                    );
                 }
                 _ => {
-                    self.checkpoints.insert(c.payload.seq, c.payload.state_digest);
+                    self.checkpoints
+                        .insert(c.payload.seq, c.payload.state_digest);
                 }
             }
         }
@@ -811,7 +888,12 @@ impl World {
                 .filter(|r| from != Endpoint::Replica(*r))
                 .map(Endpoint::Replica)
                 .collect(),
-            Target::Client(c) => self.client_index.get(&c).map(|j| Endpoint::Client(*j)).into_iter().collect(),
+            Target::Client(c) => self
+                .client_index
+                .get(&c)
+                .map(|j| Endpoint::Client(*j))
+                .into_iter()
+                .collect(),
         }
     }
 
@@ -820,7 +902,9 @@ impl World {
     fn transmit(&mut self, from: Endpoint, to: Endpoint, bytes: Vec<u8>) {
         let faulty = self.faulty_time();
         if faulty {
-            if let (Some(side), Endpoint::Replica(a), Endpoint::Replica(b)) = (&self.partition, from, to) {
+            if let (Some(side), Endpoint::Replica(a), Endpoint::Replica(b)) =
+                (&self.partition, from, to)
+            {
                 if side.contains(&a) != side.contains(&b) {
                     return;
                 }
@@ -829,11 +913,25 @@ impl World {
                 return;
             }
         }
-        let copies = if faulty && self.rng.chance(self.cfg.duplicate) { 2 } else { 1 };
+        let copies = if faulty && self.rng.chance(self.cfg.duplicate) {
+            2
+        } else {
+            1
+        };
         for _ in 0..copies {
-            let jitter = if faulty { self.rng.below(self.cfg.delay_max_us + 1) } else { self.rng.below(200) };
+            let jitter = if faulty {
+                self.rng.below(self.cfg.delay_max_us + 1)
+            } else {
+                self.rng.below(200)
+            };
             let at = self.now_us + 100 + jitter;
-            self.schedule(at, Event::Deliver { to, bytes: bytes.clone() });
+            self.schedule(
+                at,
+                Event::Deliver {
+                    to,
+                    bytes: bytes.clone(),
+                },
+            );
         }
     }
 
@@ -848,7 +946,9 @@ impl World {
                 let bytes = message.encode();
                 for (k, t) in targets.into_iter().enumerate() {
                     match (&alt, t) {
-                        (Some(a), Endpoint::Replica(_)) if k % 2 == 1 => self.transmit(from, t, a.clone()),
+                        (Some(a), Endpoint::Replica(_)) if k % 2 == 1 => {
+                            self.transmit(from, t, a.clone())
+                        }
                         _ => self.transmit(from, t, bytes.clone()),
                     }
                 }
@@ -904,22 +1004,36 @@ impl World {
     }
 
     fn client_receive(&mut self, j: u32, bytes: &[u8]) {
-        let Some(m) = Message::decode(bytes) else { return };
+        let Some(m) = Message::decode(bytes) else {
+            return;
+        };
         let c = &mut self.clients[j as usize];
-        let Some(done) = c.client.on_message(&m) else { return };
+        let Some(done) = c.client.on_message(&m) else {
+            return;
+        };
         c.completed += 1;
         let id = c.client.id();
         self.report.requests_completed += 1;
         if c.submitted < self.cfg.requests_per_client {
-            let spread = self.cfg.fault_duration_us / u64::from(self.cfg.requests_per_client.max(1));
+            let spread =
+                self.cfg.fault_duration_us / u64::from(self.cfg.requests_per_client.max(1));
             let think = self.rng.below(spread.max(1));
             self.clients[j as usize].next_submit_us = Some(self.now_us + think);
         }
         self.trace(9, u64::from(j), &done.result);
         match self.results.get(&(id, done.timestamp)) {
             Some(r) if *r == done.result => {}
-            Some(_) => self.violate("results", format!("client {j} accepted a result no correct replica produced")),
-            None => self.violate("results", format!("client {j} accepted a result for {} that no correct replica executed", done.timestamp)),
+            Some(_) => self.violate(
+                "results",
+                format!("client {j} accepted a result no correct replica produced"),
+            ),
+            None => self.violate(
+                "results",
+                format!(
+                    "client {j} accepted a result for {} that no correct replica executed",
+                    done.timestamp
+                ),
+            ),
         }
     }
 
@@ -928,7 +1042,9 @@ impl World {
     /// Equivocator: a second, validly signed pre-prepare for the same
     /// sequence with a different batch.
     fn equivocate(&mut self, i: ReplicaId, m: &Message) -> Option<Vec<u8>> {
-        let Message::PrePrepare(pp) = m else { return None };
+        let Message::PrePrepare(pp) = m else {
+            return None;
+        };
         if pp.header.from != i {
             return None;
         }
@@ -937,7 +1053,15 @@ impl World {
         batch.hlc = batch.hlc.successor();
         let key = &self.nodes[i as usize].key;
         let h = pp.header.payload;
-        let header = Signed::sign(i, PrePrepare { view: h.view, seq: h.seq, digest: batch.digest() }, key);
+        let header = Signed::sign(
+            i,
+            PrePrepare {
+                view: h.view,
+                seq: h.seq,
+                digest: batch.digest(),
+            },
+            key,
+        );
         Some(Message::PrePrepare(PrePrepareMsg { header, batch }).encode())
     }
 
@@ -948,11 +1072,25 @@ impl World {
         match m {
             Message::Prepare(p) => {
                 let v = p.payload;
-                Message::Prepare(Signed::sign(i, Prepare { digest: skew(v.digest), ..v }, &key))
+                Message::Prepare(Signed::sign(
+                    i,
+                    Prepare {
+                        digest: skew(v.digest),
+                        ..v
+                    },
+                    &key,
+                ))
             }
             Message::Commit(c) => {
                 let v = c.payload;
-                Message::Commit(Signed::sign(i, Commit { digest: skew(v.digest), ..v }, &key))
+                Message::Commit(Signed::sign(
+                    i,
+                    Commit {
+                        digest: skew(v.digest),
+                        ..v
+                    },
+                    &key,
+                ))
             }
             Message::Checkpoint(c) => {
                 let mut v = c.payload;
@@ -961,8 +1099,18 @@ impl World {
             }
             Message::PrePrepare(pp) if pp.header.from == i => {
                 let h = pp.header.payload;
-                let header = Signed::sign(i, PrePrepare { digest: skew(h.digest), ..h }, &key);
-                Message::PrePrepare(PrePrepareMsg { header, batch: pp.batch })
+                let header = Signed::sign(
+                    i,
+                    PrePrepare {
+                        digest: skew(h.digest),
+                        ..h
+                    },
+                    &key,
+                );
+                Message::PrePrepare(PrePrepareMsg {
+                    header,
+                    batch: pp.batch,
+                })
             }
             other => other,
         }
@@ -998,7 +1146,14 @@ impl World {
                 batch.requests[0].request.operation.push(b'!');
                 let h = pp.header.payload;
                 let key = &self.nodes[i as usize].key;
-                let header = Signed::sign(i, PrePrepare { digest: batch.digest(), ..h }, key);
+                let header = Signed::sign(
+                    i,
+                    PrePrepare {
+                        digest: batch.digest(),
+                        ..h
+                    },
+                    key,
+                );
                 out.push(Message::PrePrepare(PrePrepareMsg { header, batch }).encode());
             }
             Message::Reply(r) => {
@@ -1114,7 +1269,10 @@ pub fn run_seeds(base: &SimConfig, start: u64, count: u64) -> Summary {
         rejections: 0,
     };
     for seed in start..start.saturating_add(count) {
-        let cfg = SimConfig { seed, ..base.clone() };
+        let cfg = SimConfig {
+            seed,
+            ..base.clone()
+        };
         let r = run(&cfg);
         s.seeds_run += 1;
         s.requests_completed += r.requests_completed;
