@@ -333,6 +333,8 @@ pub struct Replica {
     client_keys: BTreeMap<ClientId, Option<ed25519_dalek::VerifyingKey>>,
 
     next_status_us: u64,
+    /// When this replica last answered a STATUS from a replica ahead of it.
+    last_pull_us: u64,
     stats: Stats,
     out: Vec<Output>,
 }
@@ -397,6 +399,7 @@ impl Replica {
             waiting: BTreeMap::new(),
             client_keys: BTreeMap::new(),
             next_status_us: 0,
+            last_pull_us: 0,
             stats: Stats::default(),
             out: Vec::new(),
         })
@@ -1425,6 +1428,21 @@ impl Replica {
         let st = s.payload;
         if s.from == self.id {
             return;
+        }
+        let ahead = st.view > self.view
+            || st.last_executed > self.last_executed
+            || st.stable_seq > self.low;
+        if ahead && self.now_us >= self.last_pull_us + self.params.status_interval_us {
+            // The sender knows more: answer with this replica's status so
+            // that it relays what is missing, at most once per interval.
+            self.last_pull_us = self.now_us;
+            let mine = self.sign(Status {
+                view: self.view,
+                view_active: self.view_active,
+                stable_seq: self.low,
+                last_executed: self.last_executed,
+            });
+            self.send(to, Message::Status(mine));
         }
         if st.view < self.view || (st.view == self.view && !st.view_active) {
             if self.view_active {
