@@ -1467,7 +1467,7 @@ impl Replica {
             // lacks; every one is verified by the sender on its own.
             let from = st.last_executed.max(self.low);
             let mut msgs = Vec::new();
-            for (_, slot) in self.log.range(from + 1..) {
+            for (_, slot) in self.log.range(from.saturating_add(1)..) {
                 let Some(pp) = slot.pre_prepare.as_ref() else {
                     continue;
                 };

@@ -1165,3 +1165,110 @@ fn status_relays_committed_messages_to_a_replica_that_missed_them() {
     }
     assert_eq!(net.r(3).last_executed(), 1);
 }
+
+#[test]
+fn mutated_frames_never_panic_and_change_nothing_when_refused() {
+    // Valid frames of every kind, then thousands of random corruptions of
+    // them: each must be handled (most refused) without a panic.
+    let pp = pre_prepare(0, 1, batch(T0, vec![request(1, 10, b"a")]));
+    let d = pp.header.payload.digest;
+    let cert = PreparedCert {
+        pre_prepare: pp.clone(),
+        prepares: (1..3)
+            .map(|i| {
+                signed(
+                    i,
+                    Prepare {
+                        view: 0,
+                        seq: 1,
+                        digest: d,
+                    },
+                )
+            })
+            .collect(),
+    };
+    let vc = signed(
+        3,
+        ViewChange {
+            new_view: 1,
+            stable_seq: 0,
+            checkpoint_proof: vec![],
+            prepared: vec![cert],
+        },
+    );
+    let frames: Vec<Vec<u8>> = vec![
+        Message::Request(request(1, 10, b"a")).encode(),
+        Message::PrePrepare(pp).encode(),
+        Message::Prepare(signed(
+            2,
+            Prepare {
+                view: 0,
+                seq: 1,
+                digest: d,
+            },
+        ))
+        .encode(),
+        Message::Commit(signed(
+            2,
+            Commit {
+                view: 0,
+                seq: 1,
+                digest: d,
+            },
+        ))
+        .encode(),
+        Message::Checkpoint(signed(
+            2,
+            Checkpoint {
+                seq: 2,
+                state_digest: d,
+            },
+        ))
+        .encode(),
+        Message::ViewChange(vc.clone()).encode(),
+        Message::NewView(signed(
+            1,
+            NewView {
+                view: 1,
+                view_changes: vec![vc],
+                pre_prepares: vec![],
+            },
+        ))
+        .encode(),
+        Message::Status(signed(
+            2,
+            Status {
+                view: 0,
+                view_active: true,
+                stable_seq: 0,
+                last_executed: 0,
+            },
+        ))
+        .encode(),
+    ];
+    let mut rng = crate::sim::Rng::new(7);
+    let mut b = replica(2);
+    let rounds: u64 = if cfg!(debug_assertions) { 400 } else { 3000 };
+    for round in 0..rounds {
+        let mut f = frames[(round % frames.len() as u64) as usize].clone();
+        match rng.below(3) {
+            0 => {
+                let i = rng.below(f.len() as u64) as usize;
+                f[i] ^= 1 << rng.below(8);
+            }
+            1 => f.truncate(rng.below(f.len() as u64) as usize),
+            _ => {
+                let i = rng.below(f.len() as u64) as usize;
+                f[i] = rng.next_u64() as u8;
+                f.push(rng.next_u64() as u8);
+            }
+        }
+        let before = b.fingerprint();
+        let out = b.step(Input::Receive(f));
+        if let [Output::Rejected(_)] = out.as_slice() {
+            assert_eq!(b.fingerprint(), before, "a refusal changed state");
+        }
+    }
+    assert!(b.stats().rejected(Reject::Malformed) > 0);
+    assert!(b.stats().rejected(Reject::BadSignature) > 0);
+}
