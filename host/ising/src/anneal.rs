@@ -839,10 +839,19 @@ pub fn auto_beta_range(model: &IsingModel) -> (f64, f64) {
     (hot, cold)
 }
 
-/// `ln(y)` for `y >= 1` with basic IEEE operations only (Newton on
-/// [`exp_neg`]), so the schedule is the same on every machine.
+/// `ln(y)` for a positive finite `y` with basic IEEE operations only (Newton
+/// on [`exp_neg`]), so the schedule is the same on every machine.
 pub(crate) fn ln_det(y: f64) -> f64 {
-    debug_assert!(y >= 1.0 && y.is_finite());
+    debug_assert!(y > 0.0 && y.is_finite());
+    if y < 1.0 {
+        let inverse = 1.0 / y;
+        // Only a subnormal y has no finite inverse; ln of the smallest one.
+        return if inverse.is_finite() {
+            -ln_det(inverse)
+        } else {
+            -744.44
+        };
+    }
     // Start from the binary exponent: ln y ≈ e · ln 2.
     let exponent = ((y.to_bits() >> 52) & 0x7ff) as i64 - 1023;
     let mut t = exponent as f64 * std::f64::consts::LN_2;
@@ -857,7 +866,9 @@ pub(crate) fn ln_det(y: f64) -> f64 {
     t
 }
 
-/// The geometric β schedule: `sweeps` values from `hot` to `cold`.
+/// The geometric β schedule: `sweeps` values from `hot` to `cold`. Works in
+/// logarithms, and computes each half from its own end, so that even a range
+/// spanning the whole of `f64` neither overflows nor underflows.
 fn schedule(hot: f64, cold: f64, sweeps: usize) -> Vec<f64> {
     if sweeps == 0 {
         return Vec::new();
@@ -865,11 +876,17 @@ fn schedule(hot: f64, cold: f64, sweeps: usize) -> Vec<f64> {
     if sweeps == 1 {
         return vec![hot];
     }
-    let span = ln_det(cold / hot);
+    let span = ln_det(cold) - ln_det(hot);
     (0..sweeps)
         .map(|k| {
-            let z = span * k as f64 / (sweeps - 1) as f64;
-            hot / exp_neg(z)
+            // The fraction first, so the last one is exactly 1 and the last β
+            // exactly `cold`.
+            let z = span * (k as f64 / (sweeps - 1) as f64);
+            if z <= span / 2.0 {
+                hot / exp_neg(z)
+            } else {
+                cold * exp_neg(span - z)
+            }
         })
         .collect()
 }
@@ -1272,6 +1289,12 @@ mod tests {
         }
         assert!((ln_det(10.0) - 10f64.ln()).abs() < 1e-14);
         assert!((ln_det(1.0)).abs() < 1e-15);
+        assert!((ln_det(0.01) - 0.01f64.ln()).abs() < 1e-14);
+        // A range as wide as f64 allows: every β finite, positive, growing.
+        let wide = schedule(1e-300, 1e300, 101);
+        assert_eq!((wide[0], wide[100]), (1e-300, 1e300));
+        assert!(wide.windows(2).all(|w| w[0] < w[1] && w[1].is_finite()));
+        assert!((wide[50] - 1.0).abs() < 1e-9);
     }
 
     #[test]

@@ -93,12 +93,21 @@ fn parse_number(line: usize, what: &str, s: &str) -> Result<f64, ParseError> {
     if !v.is_finite() {
         return Err(line_err(line, format!("{what} `{s}` is not finite")));
     }
+    if v.abs() > crate::model::COEFFICIENT_MAX {
+        return Err(line_err(
+            line,
+            format!(
+                "{what} `{s}` is larger than {:e}: rescale the model",
+                crate::model::COEFFICIENT_MAX
+            ),
+        ));
+    }
     Ok(v)
 }
 
 /// Upper bound on declared sizes, so a hostile header cannot make us allocate
 /// gigabytes before a single term is read.
-pub const VARIABLES_MAX: usize = 1 << 26;
+pub const VARIABLES_MAX: usize = 1 << 22;
 
 /// Parses a model file (see the module docs for the formats).
 pub fn parse_problem(text: &str) -> Result<Problem, ParseError> {
@@ -408,6 +417,7 @@ mod tests {
             3
         );
         assert_eq!(line_of(parse_problem("3 1\n1 2 nan\n").unwrap_err()), 2);
+        assert_eq!(line_of(parse_problem("3 1\n1 2 1e308\n").unwrap_err()), 2);
         assert_eq!(line_of(parse_problem("3 1\n1 2\n").unwrap_err()), 2);
         assert_eq!(line_of(parse_problem("qubo 2\n0 2 1\n").unwrap_err()), 2);
         assert_eq!(line_of(parse_problem("qubo\n").unwrap_err()), 1);
@@ -417,6 +427,53 @@ mod tests {
         assert_eq!(line_of(parse_problem("99999999999 1\n").unwrap_err()), 1);
         let msg = parse_problem("3 1\n1 4 1\n").unwrap_err().to_string();
         assert!(msg.contains("line 2") && msg.contains("1..=3"), "{msg}");
+    }
+
+    /// Garbage in: an error, never a panic.
+    #[test]
+    fn random_garbage_never_panics() {
+        let words = [
+            "qubo",
+            "ising",
+            "offset",
+            "3",
+            "0",
+            "1",
+            "-1",
+            "2.5",
+            "1e308",
+            "-1e308",
+            "nan",
+            "x",
+            "#",
+            "99999999999999999999",
+            "\t",
+        ];
+        let mut r = crate::rng::Rng::new(5);
+        let mut parsed = 0;
+        for _ in 0..3000 {
+            let mut text = String::new();
+            for _ in 0..r.below(6) {
+                for _ in 0..r.below(5) {
+                    text.push_str(words[r.below(words.len() as u64) as usize]);
+                    text.push(' ');
+                }
+                text.push('\n');
+            }
+            if let Ok(p) = parse_problem(&text) {
+                parsed += 1;
+                let _ = solve_problem(
+                    &p,
+                    &Params {
+                        sweeps: 5,
+                        reads: 1,
+                        ..Params::default()
+                    },
+                )
+                .unwrap();
+            }
+        }
+        assert!(parsed > 0);
     }
 
     #[test]

@@ -40,10 +40,24 @@ pub enum ModelError {
     /// The offset is NaN or infinite.
     #[error("the offset is {0}: it must be a finite number")]
     OffsetNotFinite(f64),
+    /// A coefficient so large that energies could overflow.
+    #[error("coefficient of term ({i}, {j}) is {value}: magnitudes above {max:e} are refused so energies stay finite; rescale the model", max = COEFFICIENT_MAX)]
+    TooLarge {
+        /// First variable of the term (the offset is reported as `(0, 0)`).
+        i: usize,
+        /// Second variable.
+        j: usize,
+        /// The value given.
+        value: f64,
+    },
     /// More variables than the solver's 32-bit indices can address.
     #[error("{0} variables is more than the solver supports (at most {max})", max = u32::MAX)]
     TooManyVariables(usize),
 }
+
+/// The largest coefficient magnitude a model accepts: with at most 2^32
+/// variables and their couplings, every energy then stays far from overflow.
+pub const COEFFICIENT_MAX: f64 = 1e100;
 
 /// A quadratic term between two distinct variables, `i < j`.
 #[derive(Clone, Copy, Debug, PartialEq, Serialize)]
@@ -115,6 +129,8 @@ impl ModelBuilder {
     pub fn linear(&mut self, i: usize, value: f64) -> &mut Self {
         if !value.is_finite() {
             self.fail(ModelError::NotFinite { i, j: i, value });
+        } else if value.abs() > COEFFICIENT_MAX {
+            self.fail(ModelError::TooLarge { i, j: i, value });
         } else if self.check_index(i) {
             self.linear[i] += value;
         }
@@ -127,6 +143,10 @@ impl ModelBuilder {
     pub fn quadratic(&mut self, i: usize, j: usize, value: f64) -> &mut Self {
         if !value.is_finite() {
             self.fail(ModelError::NotFinite { i, j, value });
+            return self;
+        }
+        if value.abs() > COEFFICIENT_MAX {
+            self.fail(ModelError::TooLarge { i, j, value });
             return self;
         }
         if !(self.check_index(i) && self.check_index(j)) {
@@ -152,6 +172,8 @@ impl ModelBuilder {
     pub fn offset(&mut self, value: f64) -> &mut Self {
         if !value.is_finite() {
             self.fail(ModelError::OffsetNotFinite(value));
+        } else if value.abs() > COEFFICIENT_MAX {
+            self.fail(ModelError::TooLarge { i: 0, j: 0, value });
         } else {
             self.offset += value;
         }
@@ -168,23 +190,20 @@ impl ModelBuilder {
             .filter(|&(_, v)| v != 0.0)
             .map(|((i, j), value)| Coupling { i, j, value })
             .collect::<Vec<_>>();
-        // Sums of finite values can still overflow to infinity.
+        // Sums of terms within the limit can still exceed it.
+        let too_large = |i: usize, j: usize, value: f64| ModelError::TooLarge { i, j, value };
         for c in &couplings {
-            if !c.value.is_finite() {
-                return Err(ModelError::NotFinite {
-                    i: c.i as usize,
-                    j: c.j as usize,
-                    value: c.value,
-                });
+            if c.value.abs() > COEFFICIENT_MAX {
+                return Err(too_large(c.i as usize, c.j as usize, c.value));
             }
         }
         for (i, &v) in self.linear.iter().enumerate() {
-            if !v.is_finite() {
-                return Err(ModelError::NotFinite { i, j: i, value: v });
+            if v.abs() > COEFFICIENT_MAX {
+                return Err(too_large(i, i, v));
             }
         }
-        if !self.offset.is_finite() {
-            return Err(ModelError::OffsetNotFinite(self.offset));
+        if self.offset.abs() > COEFFICIENT_MAX {
+            return Err(too_large(0, 0, self.offset));
         }
         Ok(Parts {
             linear: self.linear,
@@ -578,8 +597,12 @@ mod tests {
             Err(ModelError::OffsetNotFinite(_))
         ));
         let mut b = IsingModel::builder(2);
-        b.linear(0, f64::MAX).linear(0, f64::MAX);
-        assert!(matches!(b.build_ising(), Err(ModelError::NotFinite { .. })));
+        b.linear(0, f64::MAX);
+        assert!(matches!(b.build_ising(), Err(ModelError::TooLarge { .. })));
+        // Terms within the limit whose sum is not.
+        let mut b = IsingModel::builder(2);
+        b.quadratic(0, 1, 0.75e100).quadratic(1, 0, 0.75e100);
+        assert!(matches!(b.build_ising(), Err(ModelError::TooLarge { .. })));
     }
 
     #[test]

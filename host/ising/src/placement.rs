@@ -1472,7 +1472,7 @@ fn anneal_structured(
     let mut best: Vec<usize> = st.copies.iter().map(|&(_, e)| e).collect();
     // Geometric schedule with deterministic arithmetic (no platform `pow`).
     let ratio = if sweeps > 1 {
-        1.0 / exp_neg(ln_det(cold / hot) / (sweeps - 1) as f64)
+        1.0 / exp_neg((ln_det(cold) - ln_det(hot)) / (sweeps - 1) as f64)
     } else {
         1.0
     };
