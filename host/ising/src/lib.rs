@@ -9,10 +9,12 @@
 //!
 //! - [`model`]: [`IsingModel`] and [`QuboModel`], exact conversion, energy.
 //! - [`anneal()`]: simulated annealing with [`Params`] → [`Solution`].
-//! - [`format`]: the max-cut / QUBO / Ising text formats and [`solve_text`],
+//! - [`format`](mod@format): the max-cut / QUBO / Ising text formats and [`solve_text`],
 //!   which the `voidbox ising solve` command calls.
 //! - [`placement`]: the batch-placement Hamiltonian, its solver, the
 //!   feasibility check, repair and greedy fallback.
+//!
+//! Solving a model:
 //!
 //! ```
 //! use voidbox_ising::{anneal, IsingModel, Params};
@@ -23,6 +25,23 @@
 //! let sol = anneal(&model, &Params { sweeps: 100, reads: 4, seed: 7, ..Params::default() }).unwrap();
 //! assert_eq!(sol.energy, -2.0);
 //! assert_ne!(sol.state[0], sol.state[1]);
+//! ```
+//!
+//! Placing a batch (the host builds `Invocation`s and `Executor`s from its
+//! own state; ids, tool digests and blob ids are opaque strings here):
+//!
+//! ```
+//! use voidbox_ising::placement::{place, Executor, Invocation, PlacementParams, PlacementProblem, Weights};
+//! let mut warm = Executor { id: "w1".into(), slots: 4, memory_bytes: 1 << 30, failure_domain: "a".into(), ..Default::default() };
+//! warm.warm_tools.insert("blake3:aa".into());
+//! let cold = Executor { id: "w2".into(), slots: 4, memory_bytes: 1 << 30, failure_domain: "b".into(), ..Default::default() };
+//! let job = Invocation { id: "job".into(), slots: 1, memory_bytes: 1 << 20, replicas: 1, tool: "blake3:aa".into(), ..Default::default() };
+//! let problem = PlacementProblem::new(vec![job], vec![warm, cold], Weights::default()).unwrap();
+//! let placement = place(&problem, &PlacementParams::default()).unwrap();
+//! assert_eq!(placement.assignment, vec![vec![0]]); // the warm executor
+//! assert!(problem.check(&placement.assignment).is_ok());
+//! let explained = placement.explain(&problem); // what `schedule --explain` prints
+//! assert_eq!(explained.invocations[0].executors, vec!["w1".to_string()]);
 //! ```
 
 pub mod anneal;
