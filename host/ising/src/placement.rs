@@ -23,13 +23,22 @@
 //! assignment cost less than every infeasible one (checked by brute force in
 //! the tests).
 //!
-//! Solving: [`place`] anneals the Hamiltonian with moves that keep one-hot
-//! structure (move one copy, or swap two copies), evaluating the same energy
-//! incrementally in O(k) per move, with the slack minimized analytically; or,
-//! with [`Solver::Qubo`], builds the full QUBO ([`PlacementProblem::to_qubo`])
-//! and runs the generic annealer on it. Every result is checked against the
-//! hard constraints in exact units; an infeasible one is repaired, or replaced
-//! by the greedy placement, and [`PlacementOutcome`] says which happened.
+//! Solving: [`place`] first builds a greedy placement (each copy, largest
+//! first, where it adds the least energy). By default it then anneals the
+//! Hamiltonian from there with moves that keep the one-hot structure (move
+//! one copy, or swap two copies of different invocations), evaluating the
+//! same energy incrementally in O(k) per move with the slack minimized
+//! analytically, and ends with a greedy descent. With [`Solver::Qubo`] it
+//! instead builds the full QUBO ([`PlacementProblem::to_qubo`]) and runs the
+//! generic annealer on it (for small batches: the QUBO has a coupling for
+//! every pair of invocations that may share an executor). Every result is
+//! checked against the hard constraints in exact units
+//! ([`PlacementProblem::check`]); an infeasible one is repaired ([`repair`]);
+//! the best feasible candidate, greedy included, is returned, and
+//! [`PlacementOutcome`] says which path produced it. If nothing feasible is
+//! found the answer is [`PlacementError::NoFeasiblePlacement`], never an
+//! assignment that breaks a hard constraint. An executor that is already
+//! over capacity is not a violation unless the placement adds to it.
 //!
 //! Memory (and slots, if huge) are counted in a unit chosen so that at most
 //! [`UNITS_MAX`] units describe any executor: the exact greatest common
