@@ -14,8 +14,9 @@
 //! - Integer arithmetic when every coefficient is a multiple of a power of
 //!   two (max-cut, integer QUBOs): `i32` fields, exact, no drift.
 //! - Up to 8 reads of a sparse integer model run side by side in vector
-//!   lanes: the row of a spin is walked once for all lanes that flip it
-//!   (AVX2 when the CPU has it, chosen at run time; same results either way).
+//!   lanes: the row of a spin is walked once for all lanes that flip it, and
+//!   with AVX2 (detected at run time) the eight Metropolis decisions are
+//!   vector operations too; the results are identical to one read at a time.
 //! - One random word per attempt and a branch-light decision: the
 //!   Metropolis test `u < exp(-βΔE)` uses no `exp` in the common case. The
 //!   top 10 bits of the word pick one of 1024 buckets of `u`, and a table of
@@ -722,7 +723,7 @@ fn sweep_lanes_dispatch(
             return;
         }
     }
-    sweep_lanes(
+    sweep_lanes::<false>(
         row, entries, betas, scale, table, active, rng, s, f, accepted,
     );
 }
@@ -742,14 +743,14 @@ unsafe fn sweep_lanes_avx2(
     f: &mut [[i32; LANES]],
     accepted: &mut [u64; LANES],
 ) {
-    sweep_lanes(
+    sweep_lanes::<true>(
         row, entries, betas, scale, table, active, rng, s, f, accepted,
     );
 }
 
 #[inline(always)]
 #[allow(clippy::too_many_arguments, clippy::needless_range_loop)]
-fn sweep_lanes(
+fn sweep_lanes<const AVX2: bool>(
     row: &[usize],
     entries: &[Entry<i32>],
     betas: &[f64],
@@ -775,17 +776,29 @@ fn sweep_lanes(
             // gain 2J) or +1 → -1 (they lose 2J).
             let mut up = [0i32; LANES];
             let mut down = [0i32; LANES];
-            let mut any = false;
+            let live = (1u32 << active) - 1;
+            let flips = if AVX2 {
+                #[cfg(target_arch = "x86_64")]
+                {
+                    // SAFETY: `AVX2` is true only in `sweep_lanes_avx2`, which
+                    // runs only after the CPU was found to support AVX2.
+                    unsafe { decide_lanes_avx2(table, &si, &fi, &r, beta_scaled) }
+                }
+                #[cfg(not(target_arch = "x86_64"))]
+                {
+                    unreachable!("AVX2 lanes outside x86_64")
+                }
+            } else {
+                decide_lanes(table, &si, &fi, &r, beta_scaled)
+            } & live;
+            if flips == 0 {
+                continue;
+            }
             for l in 0..LANES {
-                let de = -(2 * i32::from(si[l]) * fi[l]);
-                let flip = table.decide(de == 0, f64::from(de) * beta_scaled, r[l]) & (l < active);
+                let flip = (flips >> l) & 1 == 1;
                 up[l] = -i32::from(flip & (si[l] < 0));
                 down[l] = -i32::from(flip & (si[l] > 0));
                 accepted[l] += u64::from(flip);
-                any |= flip;
-            }
-            if !any {
-                continue;
             }
             for l in 0..LANES {
                 // x ^ -2 turns 1 into -1 and back.
@@ -800,6 +813,96 @@ fn sweep_lanes(
                 }
             }
         }
+    }
+}
+
+/// The Metropolis decisions of all lanes for one spin, as a bit mask: bit
+/// `l` is `table.decide` for lane `l`.
+#[inline(always)]
+fn decide_lanes(
+    table: &Metropolis,
+    si: &[i8; LANES],
+    fi: &[i32; LANES],
+    r: &[u64; LANES],
+    beta_scaled: f64,
+) -> u32 {
+    let mut flips = 0u32;
+    for l in 0..LANES {
+        let de = -(2 * i32::from(si[l]) * fi[l]);
+        flips |= u32::from(table.decide(de == 0, f64::from(de) * beta_scaled, r[l])) << l;
+    }
+    flips
+}
+
+/// [`decide_lanes`] with AVX2: the eight `βΔE`, the table bounds (gathered)
+/// and the comparisons as vectors; only the rare close calls go lane by lane
+/// through the same exact test as `Metropolis::decide`.
+///
+/// # Safety
+/// The CPU must support AVX2.
+#[cfg(target_arch = "x86_64")]
+#[target_feature(enable = "avx2")]
+unsafe fn decide_lanes_avx2(
+    table: &Metropolis,
+    si: &[i8; LANES],
+    fi: &[i32; LANES],
+    r: &[u64; LANES],
+    beta_scaled: f64,
+) -> u32 {
+    use std::arch::x86_64::*;
+    const _: () = assert!(LANES == 8 && BUCKET_BITS < 32);
+    let base = table.bounds.as_ptr().cast::<f64>();
+    // SAFETY (whole block): AVX2 is enabled for this function; the loads read
+    // exactly the 8 bytes of `si`, the 32 of `fi` and the 64 of `r`; every
+    // gather index is 2k or 2k + 1 with k < BUCKETS, inside the 2 × BUCKETS
+    // floats of `table.bounds`.
+    unsafe {
+        let spins = _mm256_cvtepi8_epi32(_mm_loadl_epi64(si.as_ptr().cast()));
+        let fields = _mm256_loadu_si256(fi.as_ptr().cast());
+        let product = _mm256_mullo_epi32(spins, fields);
+        // ΔE = -2 s f, exact in i32 (fields are far below 2^28).
+        let de = _mm256_sub_epi32(_mm256_setzero_si256(), _mm256_add_epi32(product, product));
+        let zero = _mm256_movemask_ps(_mm256_castsi256_ps(_mm256_cmpeq_epi32(
+            de,
+            _mm256_setzero_si256(),
+        ))) as u32;
+        let beta = _mm256_set1_pd(beta_scaled);
+        let x = [
+            _mm256_mul_pd(_mm256_cvtepi32_pd(_mm256_castsi256_si128(de)), beta),
+            _mm256_mul_pd(_mm256_cvtepi32_pd(_mm256_extracti128_si256::<1>(de)), beta),
+        ];
+        let mut below = 0u32;
+        let mut under_hi = 0u32;
+        let mut free_bit = 0u32;
+        for (half, &xh) in x.iter().enumerate() {
+            let words = _mm256_loadu_si256(r.as_ptr().add(4 * half).cast());
+            let bucket = _mm256_srli_epi64::<{ 64 - BUCKET_BITS as i32 }>(words);
+            let lo_index = _mm256_slli_epi64::<1>(bucket);
+            let hi_index = _mm256_add_epi64(lo_index, _mm256_set1_epi64x(1));
+            let lo = _mm256_i64gather_pd::<8>(base, lo_index);
+            let hi = _mm256_i64gather_pd::<8>(base, hi_index);
+            let shift = 4 * half as u32;
+            below |= (_mm256_movemask_pd(_mm256_cmp_pd::<_CMP_LT_OQ>(xh, lo)) as u32) << shift;
+            under_hi |= (_mm256_movemask_pd(_mm256_cmp_pd::<_CMP_LT_OQ>(xh, hi)) as u32) << shift;
+            let masked = _mm256_and_si256(words, _mm256_set1_epi64x(FREE_MOVE_BITS as i64));
+            let none = _mm256_movemask_pd(_mm256_castsi256_pd(_mm256_cmpeq_epi64(
+                masked,
+                _mm256_setzero_si256(),
+            ))) as u32;
+            free_bit |= (!none & 0xf) << shift;
+        }
+        let not_zero = !zero & 0xff;
+        let mut flips = (zero & free_bit) | (not_zero & below);
+        let mut unsure = not_zero & !below & under_hi;
+        while unsure != 0 {
+            let l = unsure.trailing_zeros() as usize;
+            unsure &= unsure - 1;
+            let de = -(2 * i32::from(si[l]) * fi[l]);
+            if exp_neg(f64::from(de) * beta_scaled) > open01_from_bits(r[l]) {
+                flips |= 1 << l;
+            }
+        }
+        flips
     }
 }
 
@@ -1177,6 +1280,33 @@ mod tests {
             .map(|&seed| compiled.read(&betas, metropolis(), seed, true))
             .collect();
         assert_eq!(together, alone);
+        // A max-cut-like model (many free moves) and one with large fields,
+        // over a full schedule, through whichever lane code this CPU runs.
+        let mut b = IsingModel::builder(400);
+        let mut r = Rng::new(3);
+        for _ in 0..3000 {
+            b.quadratic(r.below(400) as usize, r.below(400) as usize, 0.5);
+        }
+        let maxcut = b.build_ising().unwrap();
+        let mut b = IsingModel::builder(200);
+        for i in 0..200 {
+            b.linear(i, r.below(2001) as f64 - 1000.0);
+            for _ in 0..5 {
+                b.quadratic(i, r.below(200) as usize, r.below(20001) as f64 - 10000.0);
+            }
+        }
+        let large = b.build_ising().unwrap();
+        for m in [maxcut, large] {
+            let c = Compiled::new(&m, true);
+            let (hot, cold) = auto_beta_range(&m);
+            let betas = schedule(hot, cold, 150);
+            let seeds: Vec<u64> = (0..9).map(|r| stream_seed(4, r)).collect();
+            let alone: Vec<_> = seeds
+                .iter()
+                .map(|&seed| c.read(&betas, metropolis(), seed, true))
+                .collect();
+            assert_eq!(c.read_many(&betas, metropolis(), &seeds, true), alone);
+        }
         // And through the portable path, whatever the CPU.
         if let Compiled::Int(
             k @ Kernel {
@@ -1204,7 +1334,7 @@ mod tests {
                 }
             }
             let mut accepted = [0u64; LANES];
-            sweep_lanes(
+            sweep_lanes::<false>(
                 row,
                 entries,
                 &betas,
