@@ -547,6 +547,38 @@ impl Replica {
     pub fn client_entry(&self, client: &ClientId) -> Option<&ClientEntry> {
         self.client_table.get(client)
     }
+    /// A one-line description of the replica's progress, for logs and
+    /// failure reports.
+    pub fn describe(&self) -> String {
+        let slots: Vec<String> = self
+            .log
+            .iter()
+            .map(|(seq, s)| {
+                let state = match (s.pre_prepare.is_some(), s.prepared, s.committed) {
+                    (_, _, true) => "C",
+                    (_, true, _) => "P",
+                    (true, _, _) => "pp",
+                    _ => "-",
+                };
+                format!("{seq}:{state}/{}p{}c", s.prepares.len(), s.commits.len())
+            })
+            .collect();
+        format!(
+            "view {}{} low {} executed {}{} next_seq {} waiting {} queue {} vc_deadline {:?} vcs {:?} log [{}]",
+            self.view,
+            if self.view_active { "" } else { " (changing)" },
+            self.low,
+            self.last_executed,
+            if self.executing.is_some() { " (executing)" } else { "" },
+            self.next_seq,
+            self.waiting.len(),
+            self.queue.len(),
+            self.view_change_deadline_us,
+            self.view_changes.iter().map(|(v, m)| (*v, m.keys().copied().collect::<Vec<_>>())).collect::<Vec<_>>(),
+            slots.join(" ")
+        )
+    }
+
     /// The earliest time at which a tick would do something, so the driver
     /// can sleep until then (it may tick more often).
     pub fn next_deadline_us(&self) -> u64 {
@@ -791,6 +823,12 @@ impl Replica {
                 self.queue_since_us = self.now_us;
             }
             self.queue.push_back(r);
+            // The primary times its own requests too: one it cannot get
+            // committed (say, a correct backup left for a later view) makes
+            // it join a view change instead of waiting forever.
+            if self.view_change_deadline_us.is_none() {
+                self.view_change_deadline_us = Some(self.now_us + self.view_change_timeout_us());
+            }
             self.try_propose();
         } else {
             let newer = self
@@ -1224,13 +1262,14 @@ impl Replica {
     fn forget_answered(&mut self) {
         let table = &self.client_table;
         let done = |c: &ClientId, ts: u64| table.get(c).is_some_and(|e| e.last_timestamp >= ts);
-        let before = self.waiting.len();
+        let before = self.waiting.len() + self.proposed.len();
         self.waiting.retain(|c, r| !done(c, r.request.timestamp));
         self.proposed.retain(|c, ts| !done(c, *ts));
+        let pending = self.waiting.len() + self.proposed.len();
         if self.view_active {
-            if self.waiting.is_empty() {
+            if pending == 0 {
                 self.view_change_deadline_us = None;
-            } else if self.waiting.len() < before {
+            } else if pending < before {
                 self.view_change_deadline_us = Some(self.now_us + self.view_change_timeout_us());
             }
         }
@@ -1856,7 +1895,8 @@ impl Replica {
                     self.queue.push_back(r);
                 }
             }
-            self.view_change_deadline_us = None;
+            self.view_change_deadline_us =
+                (!self.proposed.is_empty()).then(|| self.now_us + self.view_change_timeout_us());
         } else {
             let primary = self.cluster.primary(v);
             let waiting: Vec<_> = self.waiting.values().cloned().collect();

@@ -556,14 +556,11 @@ impl World {
                     .map(|(i, n)| match &n.replica {
                         None => format!("r{i}: down"),
                         Some(r) => format!(
-                            "r{i}{}: view {}{} stable {} executed {}",
+                            "r{i}{}: {}",
                             n.byzantine
                                 .map(|b| format!(" ({})", b.name()))
                                 .unwrap_or_default(),
-                            r.view(),
-                            if r.view_active() { "" } else { " (changing)" },
-                            r.stable_seq(),
-                            r.last_executed()
+                            r.describe()
                         ),
                     })
                     .collect();
