@@ -88,7 +88,24 @@ pub enum AnnealError {
         "beta range ({0}, {1}) is invalid: give two positive finite numbers, hot (smaller) first"
     )]
     BadBetaRange(f64, f64),
+    /// A parameter is above its limit.
+    #[error("{name} = {value} is above the limit of {max}: ask for less")]
+    OverLimit {
+        /// `sweeps`, `reads` or `threads`.
+        name: &'static str,
+        /// The value given.
+        value: usize,
+        /// The limit.
+        max: usize,
+    },
 }
+
+/// At most this many sweeps per read (the schedule is kept in memory).
+pub const SWEEPS_MAX: usize = 1 << 24;
+/// At most this many reads per call (each keeps its final state).
+pub const READS_MAX: usize = 1 << 20;
+/// At most this many threads per call.
+pub const THREADS_MAX: usize = 256;
 
 /// Counters of one `anneal` call (summed over reads).
 #[derive(Clone, Debug, Default, PartialEq, Serialize)]
@@ -1012,6 +1029,15 @@ pub fn anneal(model: &IsingModel, params: &Params) -> Result<Solution, AnnealErr
     if params.threads == 0 {
         return Err(AnnealError::NoThreads);
     }
+    for (name, value, max) in [
+        ("sweeps", params.sweeps, SWEEPS_MAX),
+        ("reads", params.reads, READS_MAX),
+        ("threads", params.threads, THREADS_MAX),
+    ] {
+        if value > max {
+            return Err(AnnealError::OverLimit { name, value, max });
+        }
+    }
     let (hot, cold) = match params.beta_range {
         Some((a, b)) => {
             if !(a.is_finite() && b.is_finite() && a > 0.0 && b > 0.0 && a <= b) {
@@ -1466,6 +1492,39 @@ mod tests {
         let sol = anneal(&empty, &Params::default()).unwrap();
         assert!(sol.state.is_empty());
         assert_eq!(sol.energy, -1.5);
+        assert!(matches!(
+            anneal(
+                &m,
+                &Params {
+                    sweeps: SWEEPS_MAX + 1,
+                    ..Params::default()
+                }
+            ),
+            Err(AnnealError::OverLimit { name: "sweeps", .. })
+        ));
+        assert!(matches!(
+            anneal(
+                &m,
+                &Params {
+                    reads: usize::MAX,
+                    ..Params::default()
+                }
+            ),
+            Err(AnnealError::OverLimit { name: "reads", .. })
+        ));
+        assert!(matches!(
+            anneal(
+                &m,
+                &Params {
+                    threads: 100_000,
+                    ..Params::default()
+                }
+            ),
+            Err(AnnealError::OverLimit {
+                name: "threads",
+                ..
+            })
+        ));
         // A model with no couplings and no fields: every state is a ground state.
         let flat = IsingModel::builder(5).build_ising().unwrap();
         assert_eq!(anneal(&flat, &Params::default()).unwrap().energy, 0.0);

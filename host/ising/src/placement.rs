@@ -1563,6 +1563,13 @@ pub fn place(p: &PlacementProblem, params: &PlacementParams) -> Result<Placement
     if params.reads == 0 {
         return Err(PlacementError::Params("reads must be at least 1".into()));
     }
+    if params.reads > crate::anneal::READS_MAX || params.sweeps > crate::anneal::SWEEPS_MAX {
+        return Err(PlacementError::Params(format!(
+            "at most {} reads and {} sweeps",
+            crate::anneal::READS_MAX,
+            crate::anneal::SWEEPS_MAX
+        )));
+    }
     // The one clock read: optional timing statistics, never a decision.
     #[allow(clippy::disallowed_methods)]
     let start_time = params.measure_time.then(Instant::now);
