@@ -1,6 +1,6 @@
 //! Plain-text model files and the one-call solve used by the CLI.
 //!
-//! Three formats, told apart by the first non-comment line. Lines may carry a
+//! Four formats, told apart by the first non-comment line. Lines may carry a
 //! `#` comment; blank lines are skipped. Numbers are decimal (weights may be
 //! real, e.g. `-1.5` or `2e3`).
 //!
@@ -13,6 +13,9 @@
 //!   variables; `i == j` is the linear term `q x_i`, otherwise `q x_i x_j`
 //!   (entries for `(i, j)` and `(j, i)` add up). An optional line `offset c`
 //!   adds a constant.
+//! * **qbsolv `.qubo`**: `c` comment lines, a line `p qubo 0 maxNodes nNodes
+//!   nCouplers`, then `nNodes` lines `i i q` and `nCouplers` lines `i j q`,
+//!   0-based (read as a QUBO).
 //! * **Ising list**: a first line `ising N`, then lines `i j v`, 0-based;
 //!   `i == j` is the field `v s_i`, otherwise the coupling `v s_i s_j`; an
 //!   optional `offset c` line.
@@ -111,7 +114,14 @@ pub const VARIABLES_MAX: usize = 1 << 22;
 
 /// Parses a model file (see the module docs for the formats).
 pub fn parse_problem(text: &str) -> Result<Problem, ParseError> {
-    let mut lines = tokens(text);
+    let mut lines = tokens(text).peekable();
+    // qbsolv's format starts with `c` comment lines before its `p` line.
+    let qbsolv = lines
+        .peek()
+        .is_some_and(|(_, f)| f[0] == "c" || f[0] == "p");
+    if qbsolv {
+        return parse_qbsolv(lines.filter(|(_, f)| f[0] != "c"));
+    }
     let (hline, header) = lines.next().ok_or(ParseError::Empty)?;
     let kind = header[0].to_ascii_lowercase();
     if kind == "qubo" || kind == "ising" {
@@ -237,6 +247,68 @@ pub fn parse_problem(text: &str) -> Result<Problem, ParseError> {
         edges,
         model: b.build_ising()?,
     })
+}
+
+/// The qbsolv `.qubo` format: `p qubo 0 maxNodes nNodes nCouplers`, then
+/// `nNodes` diagonal lines `i i q` and `nCouplers` lines `i j q` (0-based).
+fn parse_qbsolv<'a>(
+    mut lines: impl Iterator<Item = (usize, Vec<&'a str>)>,
+) -> Result<Problem, ParseError> {
+    let (hline, header) = lines.next().ok_or(ParseError::Empty)?;
+    if header.len() != 6 || header[0] != "p" || header[1] != "qubo" {
+        return Err(line_err(
+            hline,
+            "a qbsolv header is `p qubo 0 maxNodes nNodes nCouplers`",
+        ));
+    }
+    let n = parse_count(hline, "maxNodes", header[3])?;
+    let nodes = parse_count(hline, "nNodes", header[4])?;
+    let couplers = parse_count(hline, "nCouplers", header[5])?;
+    if n > VARIABLES_MAX {
+        return Err(line_err(
+            hline,
+            format!("{n} variables is more than the {VARIABLES_MAX} supported"),
+        ));
+    }
+    let mut b = QuboModel::builder(n);
+    let (mut seen_nodes, mut seen_couplers) = (0usize, 0usize);
+    let mut last_line = hline;
+    for (line, f) in lines {
+        last_line = line;
+        if f.len() != 3 {
+            return Err(line_err(
+                line,
+                format!("expected `i j value` (3 fields), found {} fields", f.len()),
+            ));
+        }
+        let i = parse_count(line, "variable", f[0])?;
+        let j = parse_count(line, "variable", f[1])?;
+        let v = parse_number(line, "coefficient", f[2])?;
+        for x in [i, j] {
+            if x >= n {
+                return Err(line_err(
+                    line,
+                    format!("variable {x} is out of range: maxNodes is {n} (0-based)"),
+                ));
+            }
+        }
+        if i == j {
+            seen_nodes += 1;
+            b.linear(i, v);
+        } else {
+            seen_couplers += 1;
+            b.quadratic(i, j, v);
+        }
+    }
+    if (seen_nodes, seen_couplers) != (nodes, couplers) {
+        return Err(line_err(
+            last_line,
+            format!(
+                "the header declares {nodes} diagonal and {couplers} coupler lines, the file has {seen_nodes} and {seen_couplers}"
+            ),
+        ));
+    }
+    Ok(Problem::Qubo(b.build_qubo()?))
 }
 
 /// Reads and parses a model file.
@@ -387,6 +459,24 @@ mod tests {
         assert_eq!(report.state, vec![1, 1, 1]);
         assert_eq!(report.energy, 0.5);
         assert_eq!(report.cut, None);
+    }
+
+    #[test]
+    fn qbsolv_file() {
+        let text = "c a qbsolv file\np qubo 0 3 2 1\nc diagonal\n0 0 1\n1 1 1\n0 1 -3\n";
+        let report = solve_text(text, &Params::default()).unwrap();
+        assert_eq!(report.format, "qubo");
+        assert_eq!(report.energy, -1.0);
+        assert_eq!(&report.state[..2], &[1, 1]);
+        assert_eq!(
+            line_of(parse_problem("p qubo 0 3 1 1\n0 0 1\n").unwrap_err()),
+            2
+        );
+        assert_eq!(line_of(parse_problem("p qubo 0 3\n").unwrap_err()), 1);
+        assert_eq!(
+            line_of(parse_problem("c x\np qubo 0 2 0 1\n0 2 1\n").unwrap_err()),
+            3
+        );
     }
 
     #[test]
