@@ -182,6 +182,10 @@ pub struct Params {
     pub message_bytes_max: usize,
     /// Largest operation in a request, in bytes.
     pub operation_bytes_max: usize,
+    /// Most client requests a replica holds unordered (the primary's queue,
+    /// a backup's forwarded requests); past it new ones are refused and the
+    /// clients retry.
+    pub pending_requests_max: usize,
 }
 
 impl Default for Params {
@@ -198,6 +202,7 @@ impl Default for Params {
             clock_ahead_max_us: 500_000,
             message_bytes_max: 16 << 20,
             operation_bytes_max: 1 << 20,
+            pending_requests_max: 65_536,
         }
     }
 }

@@ -205,6 +205,8 @@ pub enum Reject {
     UnexpectedExecution,
     /// A message kind replicas do not accept (a reply).
     NotForReplicas,
+    /// Too many requests already pending (`pending_requests_max`).
+    Overloaded,
 }
 
 /// Counters the driver can read and export.
@@ -813,6 +815,12 @@ impl Replica {
                 self.send(Target::Client(client), Message::Reply(signed));
                 return;
             }
+        }
+        if self.queue.len() + self.waiting.len() >= self.params.pending_requests_max
+            && !self.waiting.contains_key(&client)
+        {
+            self.reject(Reject::Overloaded);
+            return;
         }
         if self.view_active && self.is_primary() {
             if self.proposed.get(&client).is_some_and(|&p| p >= ts) {

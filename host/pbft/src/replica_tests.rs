@@ -25,6 +25,7 @@ fn params() -> Params {
         clock_ahead_max_us: 100_000,
         message_bytes_max: 1 << 20,
         operation_bytes_max: 1024,
+        pending_requests_max: 3,
     }
 }
 
