@@ -11,6 +11,29 @@
 //! [`Input::Tick`], records to persist and batches to execute leave as
 //! [`Output`]s, and the application answers with [`Input::Executed`].
 //!
+//! # Driving a replica
+//!
+//! A driver owns one [`Replica`] and loops:
+//! 1. feed an [`Input`]: every frame from a peer or a client as
+//!    [`Input::Receive`] (the core decodes, bounds and verifies it), the
+//!    clock as [`Input::Tick`] every millisecond or so (or at
+//!    [`Replica::next_deadline_us`]), and the application's answer to each
+//!    [`Output::Execute`] as [`Input::Executed`];
+//! 2. handle the returned [`Output`]s in order: write every
+//!    [`Output::Persist`] record and sync it **before** sending any
+//!    [`Output::Send`] of the same step; send [`Target::AllReplicas`] to
+//!    every other replica and [`Target::Client`] to the connection the
+//!    client's requests come from (its id is `request.client`, a key);
+//!    apply [`Output::RestoreState`] and [`Output::Execute`] to the
+//!    application in order; log [`Output::Rejected`] (it is also counted in
+//!    [`Replica::stats`]).
+//!
+//! After a restart, [`Replica::recover`] takes the records in the order they
+//! were written and returns the outputs that rebuild the application. A
+//! record store may keep only the latest [`Record::Stable`], the latest
+//! [`Record::View`] or [`Record::NewView`], and the records whose
+//! [`Record::seq`] is above the latest stable checkpoint, in their order.
+//!
 //! - [`Replica`]: the core; [`Replica::step`] is the whole interface.
 //! - [`Client`]: signs requests and accepts a result once f + 1 replicas
 //!   signed the same reply.
