@@ -1786,6 +1786,64 @@ impl Placement {
     }
 }
 
+impl std::fmt::Display for Explanation {
+    /// A plain-text table, for `schedule --explain`.
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        let outcome = match self.outcome {
+            PlacementOutcome::Annealed => "annealed",
+            PlacementOutcome::Repaired => "repaired (the annealed state broke a hard constraint)",
+            PlacementOutcome::Greedy => "greedy",
+        };
+        write!(f, "placement: {outcome}")?;
+        if let Some(g) = self.greedy_objective {
+            write!(f, " (greedy alone: {g:.3})")?;
+        }
+        writeln!(f)?;
+        let e = &self.energy;
+        writeln!(
+            f,
+            "energy {:.3} = cold start {:.3} + data {:.3} + topology {:.3} + balance {:.3}; penalties {:.3} (P = {:.3})",
+            e.total,
+            e.cold_start,
+            e.data,
+            e.topology,
+            e.balance,
+            e.penalty_replicas + e.penalty_slots + e.penalty_memory + e.penalty_failure_domain,
+            self.penalty_weight
+        )?;
+        writeln!(
+            f,
+            "{:<24} {:>10} {:>10} {:>10}  executors",
+            "invocation", "cold", "data", "topology"
+        )?;
+        for l in &self.invocations {
+            writeln!(
+                f,
+                "{:<24} {:>10.3} {:>10.3} {:>10.3}  {}",
+                l.id,
+                l.cold_start,
+                l.data,
+                l.topology,
+                l.executors.join(", ")
+            )?;
+        }
+        writeln!(
+            f,
+            "{:<24} {:>10} {:>14} {:>7} {:>10}",
+            "executor", "slots", "load", "copies", "balance"
+        )?;
+        for l in &self.executors {
+            let load = format!("{} -> {}", l.load_before, l.load_after);
+            writeln!(
+                f,
+                "{:<24} {:>10} {:>14} {:>7} {:>10.3}",
+                l.id, l.slots, load, l.copies, l.balance
+            )?;
+        }
+        Ok(())
+    }
+}
+
 /// The exact optimum by enumeration, for small batches: every choice of
 /// `replicas` executors per invocation. `None` if there are more than
 /// `limit` combinations or none is feasible.
@@ -2103,6 +2161,13 @@ mod tests {
                 .sum::<usize>()
         );
         assert_eq!(x.energy.total, x.energy.objective);
+        let text = x.to_string();
+        assert!(text.starts_with("placement: "), "{text}");
+        assert!(x.invocations.iter().all(|l| text.contains(&l.id)));
+        assert_eq!(
+            text.lines().count(),
+            4 + x.invocations.len() + x.executors.len()
+        );
     }
 
     /// Random batches, tight or impossible ones included: every answer is a
