@@ -551,6 +551,7 @@ impl Compiled {
         }
     }
 
+    #[cfg(test)]
     fn read(
         &self,
         betas: &[f64],
@@ -575,27 +576,38 @@ impl Compiled {
         polish: bool,
     ) -> Vec<(Vec<i8>, u64, u64)> {
         match self {
-            Compiled::Int(
-                k @ Kernel {
-                    adj: Adjacency::Sparse { row, entries },
-                    ..
-                },
-            ) => seeds
+            Compiled::Int(k) => k.read_many(betas, table, seeds, polish),
+            Compiled::Float(k) => k.read_many(betas, table, seeds, polish),
+        }
+    }
+}
+
+impl<V: LaneNum> Kernel<V> {
+    /// See [`Compiled::read_many`].
+    fn read_many(
+        &self,
+        betas: &[f64],
+        table: &Metropolis,
+        seeds: &[u64],
+        polish: bool,
+    ) -> Vec<(Vec<i8>, u64, u64)> {
+        match &self.adj {
+            Adjacency::Sparse { row, entries } => seeds
                 .chunks(LANES)
                 .flat_map(|chunk| {
-                    // A lane block costs about as much as LANES_MIN lone reads
-                    // whatever its width, so a few leftover reads run alone.
+                    // A lane block has a fixed cost of a few lone reads, so a
+                    // few leftover reads run alone.
                     if chunk.len() < LANES_MIN {
                         chunk
                             .iter()
-                            .map(|&seed| k.read(betas, table, seed, polish))
+                            .map(|&seed| self.read(betas, table, seed, polish))
                             .collect()
                     } else {
-                        read_lanes(k, row, entries, betas, table, chunk, polish)
+                        read_lanes(self, row, entries, betas, table, chunk, polish)
                     }
                 })
                 .collect(),
-            _ => seeds
+            Adjacency::Dense { .. } => seeds
                 .iter()
                 .map(|&seed| self.read(betas, table, seed, polish))
                 .collect(),
@@ -612,6 +624,87 @@ const LANES: usize = 8;
 /// Fewer reads than this run one at a time rather than in a lane block
 /// (measured: a block costs about 3.5 lone reads of a sparse model).
 const LANES_MIN: usize = 4;
+
+/// What the lanes need of a kernel's arithmetic beyond [`Num`].
+trait LaneNum: Num {
+    /// All bits set or none, to mask a value.
+    type Mask: Copy;
+    const NONE: Self::Mask;
+    const ALL: Self::Mask;
+    /// `v` where the mask is set, zero elsewhere.
+    fn select(v: Self, m: Self::Mask) -> Self;
+    /// A spin `±1` in this arithmetic.
+    fn spin(s: i8) -> Self;
+    /// The eight decisions for one spin, as a bit mask.
+    ///
+    /// # Safety
+    /// The CPU must support AVX2 (implementations may use it).
+    unsafe fn decide_avx2(
+        table: &Metropolis,
+        si: &[i8; LANES],
+        fi: &[Self; LANES],
+        r: &[u64; LANES],
+        beta_scaled: f64,
+    ) -> u32;
+}
+
+impl LaneNum for i32 {
+    type Mask = i32;
+    const NONE: i32 = 0;
+    const ALL: i32 = -1;
+    #[inline(always)]
+    fn select(v: Self, m: i32) -> Self {
+        v & m
+    }
+    #[inline(always)]
+    fn spin(s: i8) -> Self {
+        i32::from(s)
+    }
+    #[inline(always)]
+    unsafe fn decide_avx2(
+        table: &Metropolis,
+        si: &[i8; LANES],
+        fi: &[i32; LANES],
+        r: &[u64; LANES],
+        beta_scaled: f64,
+    ) -> u32 {
+        #[cfg(target_arch = "x86_64")]
+        {
+            // SAFETY: the caller guarantees AVX2.
+            unsafe { decide_lanes_avx2(table, si, fi, r, beta_scaled) }
+        }
+        #[cfg(not(target_arch = "x86_64"))]
+        {
+            decide_lanes(table, si, fi, r, beta_scaled)
+        }
+    }
+}
+
+impl LaneNum for f64 {
+    type Mask = u64;
+    const NONE: u64 = 0;
+    const ALL: u64 = u64::MAX;
+    #[inline(always)]
+    fn select(v: Self, m: u64) -> Self {
+        f64::from_bits(v.to_bits() & m)
+    }
+    #[inline(always)]
+    fn spin(s: i8) -> Self {
+        f64::from(s)
+    }
+    #[inline(always)]
+    unsafe fn decide_avx2(
+        table: &Metropolis,
+        si: &[i8; LANES],
+        fi: &[f64; LANES],
+        r: &[u64; LANES],
+        beta_scaled: f64,
+    ) -> u32 {
+        // No vector decision for floats yet: the portable one, compiled with
+        // AVX2 around it.
+        decide_lanes(table, si, fi, r, beta_scaled)
+    }
+}
 
 /// [`Rng`]s for the lanes, stored word by word so one step of all of them is
 /// a handful of vector operations. Lane `l` gives exactly the sequence of
@@ -657,128 +750,118 @@ impl LaneRng {
     }
 }
 
-/// Up to [`LANES`] reads of a sparse integer kernel, lane `l` seeded with
-/// `seeds[l]`. Every lane makes exactly the decisions, and draws exactly the
-/// random numbers, of [`Kernel::read`] with that seed, so the results are
-/// identical to reading one at a time.
+/// The state of a lane block: generators, spins, fields, counters.
+struct Lanes<V> {
+    rng: LaneRng,
+    s: Vec<[i8; LANES]>,
+    f: Vec<[V; LANES]>,
+    accepted: [u64; LANES],
+    active: usize,
+}
+
 #[allow(clippy::needless_range_loop)]
-fn read_lanes(
-    k: &Kernel<i32>,
+impl<V: LaneNum> Lanes<V> {
+    /// Every lane's random start, drawn exactly as `Kernel::read` draws it.
+    fn new(k: &Kernel<V>, seeds: &[u64]) -> Self {
+        assert!(!seeds.is_empty() && seeds.len() <= LANES);
+        let n = k.len();
+        let mut rng = LaneRng::new(seeds);
+        let mut s = vec![[1i8; LANES]; n];
+        for si in s.iter_mut() {
+            let r = rng.next();
+            for l in 0..LANES {
+                si[l] = if r[l] >> 63 == 1 { 1 } else { -1 };
+            }
+        }
+        let mut f = vec![[V::ZERO; LANES]; n];
+        for l in 0..seeds.len() {
+            let lane: Vec<V> = s.iter().map(|si| V::spin(si[l])).collect();
+            let mut fields = vec![V::ZERO; n];
+            k.fields(&lane, &mut fields);
+            for (fi, v) in f.iter_mut().zip(fields) {
+                fi[l] = v;
+            }
+        }
+        Self {
+            rng,
+            s,
+            f,
+            accepted: [0; LANES],
+            active: seeds.len(),
+        }
+    }
+
+    /// Polishes each live lane's final state: the reads' results.
+    fn finish(self, k: &Kernel<V>, polish: bool) -> Vec<(Vec<i8>, u64, u64)> {
+        (0..self.active)
+            .map(|l| {
+                let lane: Vec<V> = self.s.iter().map(|si| V::spin(si[l])).collect();
+                let (state, polish_flips) = k.finish(lane, polish);
+                (state, self.accepted[l], polish_flips)
+            })
+            .collect()
+    }
+}
+
+/// Up to [`LANES`] reads of a sparse kernel, lane `l` seeded with
+/// `seeds[l]`. Every lane makes exactly the decisions, and draws exactly the
+/// random numbers, of [`Kernel::read`] with that seed, and does the same
+/// arithmetic, so the results are identical to reading one at a time.
+fn read_lanes<V: LaneNum>(
+    k: &Kernel<V>,
     row: &[usize],
-    entries: &[Entry<i32>],
+    entries: &[Entry<V>],
     betas: &[f64],
     table: &Metropolis,
     seeds: &[u64],
     polish: bool,
 ) -> Vec<(Vec<i8>, u64, u64)> {
-    assert!(!seeds.is_empty() && seeds.len() <= LANES);
-    let n = k.len();
-    let active = seeds.len();
-    let mut rng = LaneRng::new(seeds);
-    let mut s = vec![[1i8; LANES]; n];
-    for si in s.iter_mut() {
-        let r = rng.next();
-        for l in 0..LANES {
-            si[l] = if r[l] >> 63 == 1 { 1 } else { -1 };
-        }
-    }
-    let mut f = vec![[0i32; LANES]; n];
-    for l in 0..active {
-        let lane: Vec<i32> = s.iter().map(|si| i32::from(si[l])).collect();
-        let mut fields = vec![0i32; n];
-        k.fields(&lane, &mut fields);
-        for (fi, v) in f.iter_mut().zip(fields) {
-            fi[l] = v;
-        }
-    }
-    let mut accepted = [0u64; LANES];
-    sweep_lanes_dispatch(
-        row,
-        entries,
-        betas,
-        k.scale,
-        table,
-        active,
-        &mut rng,
-        &mut s,
-        &mut f,
-        &mut accepted,
-    );
-    (0..active)
-        .map(|l| {
-            let lane: Vec<i32> = s.iter().map(|si| i32::from(si[l])).collect();
-            let (state, polish_flips) = k.finish(lane, polish);
-            (state, accepted[l], polish_flips)
-        })
-        .collect()
-}
-
-/// Runs the lane sweeps with AVX2 when the CPU has it (integer arithmetic
-/// and the same float expressions: the result is the same either way).
-#[allow(clippy::too_many_arguments)]
-fn sweep_lanes_dispatch(
-    row: &[usize],
-    entries: &[Entry<i32>],
-    betas: &[f64],
-    scale: f64,
-    table: &Metropolis,
-    active: usize,
-    rng: &mut LaneRng,
-    s: &mut [[i8; LANES]],
-    f: &mut [[i32; LANES]],
-    accepted: &mut [u64; LANES],
-) {
+    let mut lanes = Lanes::new(k, seeds);
     #[cfg(target_arch = "x86_64")]
     {
         if std::arch::is_x86_feature_detected!("avx2") {
             // SAFETY: the CPU supports AVX2, checked just above.
-            unsafe {
-                sweep_lanes_avx2(
-                    row, entries, betas, scale, table, active, rng, s, f, accepted,
-                )
-            };
-            return;
+            unsafe { sweep_lanes_avx2(row, entries, betas, k.scale, table, &mut lanes) };
+            return lanes.finish(k, polish);
         }
     }
-    sweep_lanes::<false>(
-        row, entries, betas, scale, table, active, rng, s, f, accepted,
-    );
+    sweep_lanes::<V, false>(row, entries, betas, k.scale, table, &mut lanes);
+    lanes.finish(k, polish)
 }
 
+/// The lane sweeps compiled with AVX2 (the same arithmetic, so the same
+/// results as without).
 #[cfg(target_arch = "x86_64")]
 #[target_feature(enable = "avx2")]
-#[allow(clippy::too_many_arguments)]
-unsafe fn sweep_lanes_avx2(
+unsafe fn sweep_lanes_avx2<V: LaneNum>(
     row: &[usize],
-    entries: &[Entry<i32>],
+    entries: &[Entry<V>],
     betas: &[f64],
     scale: f64,
     table: &Metropolis,
-    active: usize,
-    rng: &mut LaneRng,
-    s: &mut [[i8; LANES]],
-    f: &mut [[i32; LANES]],
-    accepted: &mut [u64; LANES],
+    lanes: &mut Lanes<V>,
 ) {
-    sweep_lanes::<true>(
-        row, entries, betas, scale, table, active, rng, s, f, accepted,
-    );
+    sweep_lanes::<V, true>(row, entries, betas, scale, table, lanes);
 }
 
 #[inline(always)]
-#[allow(clippy::too_many_arguments, clippy::needless_range_loop)]
-fn sweep_lanes<const AVX2: bool>(
+#[allow(clippy::needless_range_loop)]
+fn sweep_lanes<V: LaneNum, const AVX2: bool>(
     row: &[usize],
-    entries: &[Entry<i32>],
+    entries: &[Entry<V>],
     betas: &[f64],
     scale: f64,
     table: &Metropolis,
-    active: usize,
-    rng: &mut LaneRng,
-    s: &mut [[i8; LANES]],
-    f: &mut [[i32; LANES]],
-    accepted: &mut [u64; LANES],
+    lanes: &mut Lanes<V>,
 ) {
+    let Lanes {
+        rng,
+        s,
+        f,
+        accepted,
+        active,
+    } = lanes;
+    let live = (1u32 << *active) - 1;
     let n = s.len();
     assert_eq!(f.len(), n);
     assert_eq!(row.len(), n + 1);
@@ -789,44 +872,34 @@ fn sweep_lanes<const AVX2: bool>(
             let r = rng.next();
             let si = s[i];
             let fi = f[i];
-            // All-ones where the lane's spin goes -1 → +1 (its neighbours
-            // gain 2J) or +1 → -1 (they lose 2J).
-            let mut up = [0i32; LANES];
-            let mut down = [0i32; LANES];
-            let live = (1u32 << active) - 1;
             let flips = if AVX2 {
-                #[cfg(target_arch = "x86_64")]
-                {
-                    // SAFETY: `AVX2` is true only in `sweep_lanes_avx2`, which
-                    // runs only after the CPU was found to support AVX2.
-                    unsafe { decide_lanes_avx2(table, &si, &fi, &r, beta_scaled) }
-                }
-                #[cfg(not(target_arch = "x86_64"))]
-                {
-                    unreachable!("AVX2 lanes outside x86_64")
-                }
+                // SAFETY: `AVX2` is true only in `sweep_lanes_avx2`, which
+                // runs only after the CPU was found to support AVX2.
+                unsafe { V::decide_avx2(table, &si, &fi, &r, beta_scaled) }
             } else {
                 decide_lanes(table, &si, &fi, &r, beta_scaled)
             } & live;
             if flips == 0 {
                 continue;
             }
+            // Set where the lane's spin goes -1 → +1 (its neighbours gain
+            // 2J) or +1 → -1 (they lose 2J).
+            let mut up = [V::NONE; LANES];
+            let mut down = [V::NONE; LANES];
             for l in 0..LANES {
                 let flip = (flips >> l) & 1 == 1;
-                up[l] = -i32::from(flip & (si[l] < 0));
-                down[l] = -i32::from(flip & (si[l] > 0));
+                up[l] = if flip & (si[l] < 0) { V::ALL } else { V::NONE };
+                down[l] = if flip & (si[l] > 0) { V::ALL } else { V::NONE };
                 accepted[l] += u64::from(flip);
-            }
-            for l in 0..LANES {
                 // x ^ -2 turns 1 into -1 and back.
-                s[i][l] = si[l] ^ (((up[l] | down[l]) & -2) as i8);
+                s[i][l] = si[l] ^ (-2 * i8::from(flip));
             }
             for e in &entries[row[i]..row[i + 1]] {
                 let v = e.val;
                 // SAFETY: `Kernel::new` checked every `col` < n = f.len().
                 let fj = unsafe { f.get_unchecked_mut(e.col as usize) };
                 for l in 0..LANES {
-                    fj[l] += (v & up[l]) - (v & down[l]);
+                    fj[l] = fj[l] + V::select(v, up[l]) - V::select(v, down[l]);
                 }
             }
         }
@@ -834,19 +907,20 @@ fn sweep_lanes<const AVX2: bool>(
 }
 
 /// The Metropolis decisions of all lanes for one spin, as a bit mask: bit
-/// `l` is `table.decide` for lane `l`.
+/// `l` is `table.decide` for lane `l`, with the same arithmetic as
+/// `Kernel::read`.
 #[inline(always)]
-fn decide_lanes(
+fn decide_lanes<V: LaneNum>(
     table: &Metropolis,
     si: &[i8; LANES],
-    fi: &[i32; LANES],
+    fi: &[V; LANES],
     r: &[u64; LANES],
     beta_scaled: f64,
 ) -> u32 {
     let mut flips = 0u32;
     for l in 0..LANES {
-        let de = -(2 * i32::from(si[l]) * fi[l]);
-        flips |= u32::from(table.decide(de == 0, f64::from(de) * beta_scaled, r[l])) << l;
+        let de = -(V::TWO * V::spin(si[l]) * fi[l]);
+        flips |= u32::from(table.decide(de == V::ZERO, de.to_f64() * beta_scaled, r[l])) << l;
     }
     flips
 }
@@ -1322,8 +1396,32 @@ mod tests {
             }
         }
         let large = b.build_ising().unwrap();
-        for m in [maxcut, large] {
+        // Real coefficients: the float kernel, in f64 lanes.
+        let mut b = IsingModel::builder(300);
+        for c in large.couplings() {
+            b.quadratic(c.i as usize % 300, c.j as usize % 300, c.value * 1e-3 + 0.1);
+        }
+        let real = b.build_ising().unwrap();
+        assert!(integer_quantum(&real).is_none());
+        for m in [maxcut, large, real] {
             let c = Compiled::new(&m, true);
+            if let Compiled::Float(
+                k @ Kernel {
+                    adj: Adjacency::Sparse { row, entries },
+                    ..
+                },
+            ) = &c
+            {
+                let seeds: Vec<u64> = (0..6).map(|r| stream_seed(8, r)).collect();
+                let betas = schedule(0.01, 20.0, 60);
+                let alone: Vec<_> = seeds
+                    .iter()
+                    .map(|&seed| c.read(&betas, metropolis(), seed, true))
+                    .collect();
+                let mut lanes = Lanes::new(k, &seeds);
+                sweep_lanes::<f64, false>(row, entries, &betas, k.scale, metropolis(), &mut lanes);
+                assert_eq!(lanes.finish(k, true), alone);
+            }
             let (hot, cold) = auto_beta_range(&m);
             let betas = schedule(hot, cold, 150);
             let seeds: Vec<u64> = (0..9).map(|r| stream_seed(4, r)).collect();
@@ -1333,7 +1431,7 @@ mod tests {
                 .collect();
             assert_eq!(c.read_many(&betas, metropolis(), &seeds, true), alone);
         }
-        // And through the portable path, whatever the CPU.
+        // And through the portable path (no AVX2), whatever the CPU.
         if let Compiled::Int(
             k @ Kernel {
                 adj: Adjacency::Sparse { row, entries },
@@ -1341,42 +1439,9 @@ mod tests {
             },
         ) = &compiled
         {
-            let n = k.len();
-            let mut rng = LaneRng::new(&seeds[..3]);
-            let mut s = vec![[1i8; LANES]; n];
-            for si in s.iter_mut() {
-                let r = rng.next();
-                for l in 0..LANES {
-                    si[l] = if r[l] >> 63 == 1 { 1 } else { -1 };
-                }
-            }
-            let mut f = vec![[0i32; LANES]; n];
-            for l in 0..3 {
-                let lane: Vec<i32> = s.iter().map(|si| i32::from(si[l])).collect();
-                let mut fields = vec![0i32; n];
-                k.fields(&lane, &mut fields);
-                for (fi, v) in f.iter_mut().zip(fields) {
-                    fi[l] = v;
-                }
-            }
-            let mut accepted = [0u64; LANES];
-            sweep_lanes::<false>(
-                row,
-                entries,
-                &betas,
-                k.scale,
-                metropolis(),
-                3,
-                &mut rng,
-                &mut s,
-                &mut f,
-                &mut accepted,
-            );
-            for l in 0..3 {
-                let lane: Vec<i32> = s.iter().map(|si| i32::from(si[l])).collect();
-                let (state, polish_flips) = k.finish(lane, true);
-                assert_eq!((state, accepted[l], polish_flips), alone[l]);
-            }
+            let mut lanes = Lanes::new(k, &seeds[..5]);
+            sweep_lanes::<i32, false>(row, entries, &betas, k.scale, metropolis(), &mut lanes);
+            assert_eq!(lanes.finish(k, true), alone[..5]);
         }
     }
 
