@@ -2,7 +2,8 @@
 """Voidbox's annealer against dwave-samplers' SimulatedAnnealingSampler.
 
 Generates the instances deterministically (random max-cut graphs of 800 and
-2000 nodes, random dense QUBOs with integer and with real coefficients),
+2000 nodes, the 800-node graph as an Ising model with real couplings, random
+dense QUBOs with integer and with real coefficients),
 runs the `solve` example of voidbox-ising and SimulatedAnnealingSampler in
 the same run with the same sweeps, reads and beta range (geometric schedule
 in both), and prints one JSON object with the time ratios and best energies.
@@ -60,6 +61,13 @@ def dense_qubo(n, seed, integer):
         for j in range(i + 1, n):
             q[(i, j)] = draw()
     return q
+
+
+def write_ising(path, nodes, couplings):
+    with open(path, "w") as f:
+        f.write(f"ising {nodes}\n")
+        for (i, j), v in couplings.items():
+            f.write(f"{i} {j} {v!r}\n")
 
 
 def write_maxcut(path, nodes, pairs):
@@ -141,6 +149,7 @@ def main():
     cases = [
         ("maxcut_800_19176", "maxcut", (800, 19176), sweeps),
         ("maxcut_2000_19990", "maxcut", (2000, 19990), sweeps),
+        ("sparse_ising_800_real", "ising_real", (800, 19176), sweeps),
         ("dense_qubo_500_integer", "qubo_int", 500, 200),
         ("dense_qubo_500_real", "qubo_real", 500, 200),
     ]
@@ -161,6 +170,16 @@ def main():
                                                             {p: 0.5 for p in pairs})
                 offset = -0.5 * len(pairs)
                 n, couplings = nodes, len(pairs)
+            elif kind == "ising_real":
+                # The max-cut graph's edges with couplings uniform in [-1, 1]:
+                # no integer quantum, so the float kernel runs.
+                nodes, edges = size
+                r = random.Random(seed + 7919)
+                couplings = {p: r.uniform(-1.0, 1.0) for p in maxcut_graph(nodes, edges, seed)}
+                write_ising(path, nodes, couplings)
+                bqm = dimod.BinaryQuadraticModel.from_ising({i: 0.0 for i in range(nodes)}, couplings)
+                offset = 0.0
+                n, couplings = nodes, len(couplings)
             else:
                 n = size
                 q = dense_qubo(n, seed, integer=(kind == "qubo_int"))

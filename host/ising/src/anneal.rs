@@ -700,9 +700,15 @@ impl LaneNum for f64 {
         r: &[u64; LANES],
         beta_scaled: f64,
     ) -> u32 {
-        // No vector decision for floats yet: the portable one, compiled with
-        // AVX2 around it.
-        decide_lanes(table, si, fi, r, beta_scaled)
+        #[cfg(target_arch = "x86_64")]
+        {
+            // SAFETY: the caller guarantees AVX2.
+            unsafe { decide_lanes_avx2_f64(table, si, fi, r, beta_scaled) }
+        }
+        #[cfg(not(target_arch = "x86_64"))]
+        {
+            decide_lanes(table, si, fi, r, beta_scaled)
+        }
     }
 }
 
@@ -925,9 +931,9 @@ fn decide_lanes<V: LaneNum>(
     flips
 }
 
-/// [`decide_lanes`] with AVX2: the eight `βΔE`, the table bounds (gathered)
-/// and the comparisons as vectors; only the rare close calls go lane by lane
-/// through the same exact test as `Metropolis::decide`.
+/// [`decide_lanes`] with AVX2 for integer fields: the eight `βΔE`, the
+/// table bounds (gathered) and the comparisons as vectors; only the rare
+/// close calls go lane by lane through the exact test of `Metropolis::decide`.
 ///
 /// # Safety
 /// The CPU must support AVX2.
@@ -941,12 +947,8 @@ unsafe fn decide_lanes_avx2(
     beta_scaled: f64,
 ) -> u32 {
     use std::arch::x86_64::*;
-    const _: () = assert!(LANES == 8 && BUCKET_BITS < 32);
-    let base = table.bounds.as_ptr().cast::<f64>();
-    // SAFETY (whole block): AVX2 is enabled for this function; the loads read
-    // exactly the 8 bytes of `si`, the 32 of `fi` and the 64 of `r`; every
-    // gather index is 2k or 2k + 1 with k < BUCKETS, inside the 2 × BUCKETS
-    // floats of `table.bounds`.
+    // SAFETY (whole block): AVX2 is enabled for this function, and the loads
+    // read exactly the 8 bytes of `si` and the 32 of `fi`.
     unsafe {
         let spins = _mm256_cvtepi8_epi32(_mm_loadl_epi64(si.as_ptr().cast()));
         let fields = _mm256_loadu_si256(fi.as_ptr().cast());
@@ -962,10 +964,82 @@ unsafe fn decide_lanes_avx2(
             _mm256_mul_pd(_mm256_cvtepi32_pd(_mm256_castsi256_si128(de)), beta),
             _mm256_mul_pd(_mm256_cvtepi32_pd(_mm256_extracti128_si256::<1>(de)), beta),
         ];
-        let mut below = 0u32;
-        let mut under_hi = 0u32;
-        let mut free_bit = 0u32;
-        for (half, &xh) in x.iter().enumerate() {
+        settle_avx2(table, x, zero, r, |l| {
+            f64::from(-(2 * i32::from(si[l]) * fi[l])) * beta_scaled
+        })
+    }
+}
+
+/// [`decide_lanes`] with AVX2 for float fields, same arithmetic as
+/// `Kernel::read` (`-((2 s) f)`, then `× β`).
+///
+/// # Safety
+/// The CPU must support AVX2.
+#[cfg(target_arch = "x86_64")]
+#[target_feature(enable = "avx2")]
+unsafe fn decide_lanes_avx2_f64(
+    table: &Metropolis,
+    si: &[i8; LANES],
+    fi: &[f64; LANES],
+    r: &[u64; LANES],
+    beta_scaled: f64,
+) -> u32 {
+    use std::arch::x86_64::*;
+    // SAFETY (whole block): AVX2 is enabled for this function, and the loads
+    // read exactly the 8 bytes of `si` and the 64 of `fi`.
+    unsafe {
+        let spins = _mm256_cvtepi8_epi32(_mm_loadl_epi64(si.as_ptr().cast()));
+        let s = [
+            _mm256_cvtepi32_pd(_mm256_castsi256_si128(spins)),
+            _mm256_cvtepi32_pd(_mm256_extracti128_si256::<1>(spins)),
+        ];
+        let f = [
+            _mm256_loadu_pd(fi.as_ptr()),
+            _mm256_loadu_pd(fi.as_ptr().add(4)),
+        ];
+        let two = _mm256_set1_pd(2.0);
+        let sign = _mm256_set1_pd(-0.0);
+        let beta = _mm256_set1_pd(beta_scaled);
+        let mut zero = 0u32;
+        let mut x = [_mm256_setzero_pd(); 2];
+        for half in 0..2 {
+            // Negation by the sign bit, exactly as `-(2 s f)` in `Kernel::read`.
+            let de = _mm256_xor_pd(_mm256_mul_pd(_mm256_mul_pd(two, s[half]), f[half]), sign);
+            zero |= (_mm256_movemask_pd(_mm256_cmp_pd::<_CMP_EQ_OQ>(de, _mm256_setzero_pd()))
+                as u32)
+                << (4 * half);
+            x[half] = _mm256_mul_pd(de, beta);
+        }
+        settle_avx2(table, x, zero, r, |l| {
+            -(2.0 * f64::from(si[l]) * fi[l]) * beta_scaled
+        })
+    }
+}
+
+/// The common back end of the AVX2 decisions: from the eight `x = βΔE`
+/// (lanes 0-3, 4-7) and the mask of free moves, the flips; `exact_x(l)`
+/// recomputes lane `l`'s `x` for the rare close call.
+#[cfg(target_arch = "x86_64")]
+#[target_feature(enable = "avx2")]
+#[inline]
+fn settle_avx2(
+    table: &Metropolis,
+    x: [std::arch::x86_64::__m256d; 2],
+    zero: u32,
+    r: &[u64; LANES],
+    exact_x: impl Fn(usize) -> f64,
+) -> u32 {
+    use std::arch::x86_64::*;
+    const _: () = assert!(LANES == 8 && BUCKET_BITS < 32);
+    let base = table.bounds.as_ptr().cast::<f64>();
+    let mut below = 0u32;
+    let mut under_hi = 0u32;
+    let mut free_bit = 0u32;
+    for (half, &xh) in x.iter().enumerate() {
+        // SAFETY: AVX2 is enabled for this function; the load reads 32 of
+        // the 64 bytes of `r`; every gather index is 2k or 2k + 1 with
+        // k < BUCKETS, inside the 2 × BUCKETS floats of `table.bounds`.
+        unsafe {
             let words = _mm256_loadu_si256(r.as_ptr().add(4 * half).cast());
             let bucket = _mm256_srli_epi64::<{ 64 - BUCKET_BITS as i32 }>(words);
             let lo_index = _mm256_slli_epi64::<1>(bucket);
@@ -982,19 +1056,18 @@ unsafe fn decide_lanes_avx2(
             ))) as u32;
             free_bit |= (!none & 0xf) << shift;
         }
-        let not_zero = !zero & 0xff;
-        let mut flips = (zero & free_bit) | (not_zero & below);
-        let mut unsure = not_zero & !below & under_hi;
-        while unsure != 0 {
-            let l = unsure.trailing_zeros() as usize;
-            unsure &= unsure - 1;
-            let de = -(2 * i32::from(si[l]) * fi[l]);
-            if exp_neg(f64::from(de) * beta_scaled) > open01_from_bits(r[l]) {
-                flips |= 1 << l;
-            }
-        }
-        flips
     }
+    let not_zero = !zero & 0xff;
+    let mut flips = (zero & free_bit) | (not_zero & below);
+    let mut unsure = not_zero & !below & under_hi;
+    while unsure != 0 {
+        let l = unsure.trailing_zeros() as usize;
+        unsure &= unsure - 1;
+        if exp_neg(exact_x(l)) > open01_from_bits(r[l]) {
+            flips |= 1 << l;
+        }
+    }
+    flips
 }
 
 /// The default β range of a model: hot enough that the most strongly coupled
