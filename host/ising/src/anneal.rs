@@ -26,9 +26,11 @@
 //!   pass with probability 15/16 (see `FREE_MOVE_BITS`).
 //!
 //! Determinism: every read has its own generator seeded from (seed, read
-//! index), the schedule and the rare `exp` use only basic IEEE operations,
-//! and reads never share state, so the result is the same on every machine
-//! and for every thread count.
+//! index); the schedule, the acceptance table and the rare `exp` use only
+//! basic IEEE operations (no platform libm); reads never share state; lanes
+//! and AVX2 change the speed, never a decision. So the result is the same on
+//! every machine and for every thread count (tests check lanes against
+//! one-at-a-time reads, and thread counts against each other).
 
 use std::time::{Duration, Instant};
 
@@ -194,17 +196,18 @@ pub(crate) struct Metropolis {
 
 impl Metropolis {
     fn new() -> Self {
-        // The table uses the platform `ln`, then widens each band by a relative
-        // 1e-9 so that it is conservative whatever the last bit of `ln`: the
-        // decision is always the one `exp_neg(x) > u` gives.
+        // -ln at the bucket's edges (deterministic `ln`), each band widened by
+        // a relative 1e-9, far more than the error of `ln_det` or `exp_neg`:
+        // a decision the table settles is always the one `exp_neg(x) > u`
+        // would give.
+        let buckets = BUCKETS as f64;
         let bounds = (0..BUCKETS)
             .map(|k| {
-                let upper_u = (k + 1) as f64 / BUCKETS as f64;
-                let lo = -upper_u.ln() * (1.0 - 1e-9);
+                let lo = ln_det(buckets / (k + 1) as f64) * (1.0 - 1e-9);
                 let hi = if k == 0 {
                     f64::INFINITY
                 } else {
-                    -((k as f64) / BUCKETS as f64).ln() * (1.0 + 1e-9) + 1e-12
+                    ln_det(buckets / k as f64) * (1.0 + 1e-9) + 1e-12
                 };
                 [lo, hi]
             })

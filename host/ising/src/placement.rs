@@ -706,7 +706,8 @@ impl PlacementProblem {
         for (t, execs) in assignment.iter().enumerate() {
             let inv = &self.invocations[t];
             let k = f64::from(inv.replicas);
-            b.penalty_replicas += self.penalty * (execs.len() as f64 - k).powi(2);
+            let missing = execs.len() as f64 - k;
+            b.penalty_replicas += self.penalty * missing * missing;
             for (a, &e) in execs.iter().enumerate() {
                 assert!(e < ne, "executor index {e} out of range");
                 if self.cost[t * ne + e].is_finite() {
