@@ -1,1 +1,191 @@
-fn main() {}
+//! `cargo xtask`: the project's tasks beyond cargo. Standard library only,
+//! so it builds in seconds on a fresh machine.
+//!
+//! - `setup`  installs what a fresh machine lacks (the wasm32-wasip2 target,
+//!   Z3 and libclang, Python's pymacaroons)
+//! - `tools`  builds the tools under tools/ for wasm32-wasip2
+//! - `demo`   setup + tools + the host, then a run on a temp data directory
+//! - `test`   setup + fmt check + clippy + every test (what CI runs)
+//! - `bench`  setup + tools + `voidbox bench`
+
+use std::path::{Path, PathBuf};
+use std::process::{Command, ExitCode};
+
+type Result<T = ()> = std::result::Result<T, String>;
+
+fn main() -> ExitCode {
+    let args: Vec<String> = std::env::args().skip(1).collect();
+    let task = args.first().map(String::as_str).unwrap_or("help");
+    let rest = &args[args.len().min(1)..];
+    let result = match task {
+        "setup" => setup(),
+        "tools" => tools(),
+        "demo" => setup().and_then(|_| tools()).and_then(|_| demo()),
+        "test" => setup().and_then(|_| tools()).and_then(|_| test()),
+        "bench" => setup().and_then(|_| tools()).and_then(|_| bench(rest)),
+        _ => {
+            eprintln!("usage: cargo xtask <setup|tools|demo|test|bench [ARGS]>");
+            return ExitCode::from(2);
+        }
+    };
+    match result {
+        Ok(()) => ExitCode::SUCCESS,
+        Err(e) => {
+            eprintln!("xtask {task}: {e}");
+            ExitCode::FAILURE
+        }
+    }
+}
+
+fn root() -> PathBuf {
+    Path::new(env!("CARGO_MANIFEST_DIR"))
+        .parent()
+        .expect("xtask lives one level below the repository root")
+        .to_path_buf()
+}
+
+fn run(cmd: &mut Command) -> Result {
+    eprintln!("$ {}", show(cmd));
+    let status = cmd
+        .status()
+        .map_err(|e| format!("could not start {}: {e}", show(cmd)))?;
+    if status.success() {
+        Ok(())
+    } else {
+        Err(format!("`{}` failed ({status})", show(cmd)))
+    }
+}
+
+fn show(cmd: &Command) -> String {
+    std::iter::once(cmd.get_program().to_string_lossy().into_owned())
+        .chain(cmd.get_args().map(|a| a.to_string_lossy().into_owned()))
+        .collect::<Vec<_>>()
+        .join(" ")
+}
+
+fn succeeds(cmd: &mut Command) -> bool {
+    cmd.stdout(std::process::Stdio::null())
+        .stderr(std::process::Stdio::null())
+        .status()
+        .map(|s| s.success())
+        .unwrap_or(false)
+}
+
+fn cargo() -> Command {
+    let mut c = Command::new(std::env::var("CARGO").unwrap_or_else(|_| "cargo".into()));
+    c.current_dir(root());
+    c
+}
+
+/// Installs what a fresh machine of this kind lacks. Idempotent and quiet
+/// when everything is there.
+fn setup() -> Result {
+    let installed = Command::new("rustup")
+        .args(["target", "list", "--installed"])
+        .output()
+        .map_err(|e| format!("rustup is needed to add the wasm32-wasip2 target: {e}"))?;
+    if !String::from_utf8_lossy(&installed.stdout).contains("wasm32-wasip2") {
+        run(Command::new("rustup").args(["target", "add", "wasm32-wasip2"]))?;
+    }
+    // z3 (contracts) links the system Z3 and runs bindgen, which needs
+    // libclang; the macaroon crate's libsodium comes from the system too
+    // (see .cargo/config.toml) instead of a 2.5-minute bundled build.
+    let missing: Vec<&str> = ["libz3-dev", "libclang-dev", "libsodium-dev", "pkg-config"]
+        .into_iter()
+        .filter(|pkg| !succeeds(Command::new("dpkg").args(["-s", pkg])))
+        .collect();
+    if !missing.is_empty() {
+        run(Command::new("apt-get").arg("update").arg("-qq"))?;
+        run(Command::new("apt-get")
+            .args(["install", "-y", "-qq"])
+            .args(&missing)
+            .env("DEBIAN_FRONTEND", "noninteractive"))?;
+    }
+    if !succeeds(Command::new("python3").args(["-c", "import pymacaroons"])) {
+        run(Command::new("python3").args([
+            "-m",
+            "pip",
+            "install",
+            "--quiet",
+            "--disable-pip-version-check",
+            "pymacaroons",
+        ]))?;
+    }
+    Ok(())
+}
+
+fn tools() -> Result {
+    // The build script of tests/artifacts builds the tools/ workspace for
+    // wasm32-wasip2 and names each component after its tool.
+    run(cargo().args([
+        "build",
+        "--release",
+        "--quiet",
+        "-p",
+        "voidbox-tool-artifacts",
+    ]))
+}
+
+fn tool_path(name: &str) -> PathBuf {
+    root().join(format!("target/wasm-tools/components/{name}.wasm"))
+}
+
+fn demo() -> Result {
+    run(cargo().args(["build", "--release", "--quiet", "-p", "voidbox"]))?;
+    let voidbox = root().join("target/release/voidbox");
+    let home = std::env::temp_dir().join(format!("voidbox-demo-{}", std::process::id()));
+    let vb = |args: &[&str]| {
+        let mut c = Command::new(&voidbox);
+        c.arg("--home").arg(&home).args(args);
+        c
+    };
+    let input = home.join("input.txt");
+    let result = (|| {
+        run(&mut vb(&["init"]))?;
+        let wc = tool_path("wc");
+        run(vb(&["tool", "add"]).arg(&wc))?;
+        run(&mut vb(&["tool", "list"]))?;
+        std::fs::write(
+            &input,
+            "Voidbox runs WebAssembly tools in a sandbox.\nEvery run gets a receipt.\n",
+        )
+        .map_err(|e| e.to_string())?;
+        eprintln!("\n-- output of wc --");
+        run(vb(&["run", "wc", "--input"]).arg(&input))?;
+        eprintln!("\n-- the receipt --");
+        run(vb(&["run", "wc", "--json", "--input"]).arg(&input))?;
+        Ok(())
+    })();
+    let _ = std::fs::remove_dir_all(&home);
+    result
+}
+
+fn test() -> Result {
+    run(cargo().args(["fmt", "--all", "--", "--check"]))?;
+    run(cargo().args([
+        "clippy",
+        "--workspace",
+        "--all-targets",
+        "--quiet",
+        "--",
+        "-D",
+        "warnings",
+    ]))?;
+    run(cargo().args(["test", "--workspace", "--release"]))
+}
+
+fn bench(rest: &[String]) -> Result {
+    run(cargo()
+        .args([
+            "run",
+            "--release",
+            "--quiet",
+            "-p",
+            "voidbox",
+            "--",
+            "bench",
+            "--tool",
+        ])
+        .arg(tool_path("echo"))
+        .args(rest))
+}

@@ -1,0 +1,816 @@
+//! The engine, the compiled-tool cache and the per-invocation store.
+
+use std::collections::HashMap;
+use std::hash::{Hash, Hasher};
+use std::path::{Path, PathBuf};
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::{Arc, Mutex};
+use std::thread::JoinHandle;
+use std::time::{Duration, Instant};
+
+use wasmtime::component::{Component, HasSelf, Linker, ResourceTable};
+use wasmtime::{Config, Engine, InstanceAllocationStrategy, PoolingAllocationConfig, Store, Trap};
+use wasmtime_wasi::p2::bindings::sync::{Command, CommandPre};
+use wasmtime_wasi::p2::pipe::{MemoryInputPipe, MemoryOutputPipe};
+use wasmtime_wasi::{FsPerms, I32Exit, WasiCtx, WasiCtxBuilder, WasiCtxView, WasiView};
+
+use crate::budget::{Limiter, MemoryLimitHit};
+use crate::determinism::{FixedWallClock, SeededRandom, SteppingClock};
+use crate::world::{self, HostState, Tool, ToolPre};
+use crate::{Budget, LoadError, Outcome, RunError, ToolInfo};
+
+/// How often the epoch ticker advances the engine's epoch. The wall-clock
+/// guard is accurate to about this much.
+const EPOCH_TICK: Duration = Duration::from_millis(5);
+
+/// The most stderr kept per run. Stderr is for people (panic messages,
+/// diagnostics), never part of the output.
+const STDERR_BYTES_MAX: usize = 64 << 10;
+
+/// Settings fixed for the life of a [`Sandbox`].
+#[derive(Debug, Clone)]
+pub struct SandboxConfig {
+    /// Where compiled artifacts are kept, keyed by the component's digest and
+    /// the engine's compatibility hash, so a restart does not recompile.
+    /// `None` keeps them in memory only.
+    pub cache_dir: Option<PathBuf>,
+    /// Use wasmtime's pooling allocator (fast instantiation); otherwise
+    /// memories are mapped on demand.
+    pub pooling: bool,
+    /// How many component instances may be alive at once (pool size).
+    pub instances_max: u32,
+    /// The ceiling on any budget's `memory_bytes`: the size of one pooled
+    /// memory slot.
+    pub memory_bytes_max: u64,
+}
+
+impl Default for SandboxConfig {
+    fn default() -> Self {
+        SandboxConfig {
+            cache_dir: None,
+            pooling: true,
+            instances_max: 64,
+            memory_bytes_max: 4 << 30,
+        }
+    }
+}
+
+/// Which world a loaded component implements.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, serde::Serialize, serde::Deserialize)]
+#[serde(rename_all = "kebab-case")]
+pub enum ToolKind {
+    /// The `voidbox:tool/tool` world: `describe` and `invoke`.
+    Tool,
+    /// An unmodified `wasi:cli/command`: input on stdin, output from stdout,
+    /// arguments as argv.
+    Command,
+}
+
+enum Pre {
+    Tool(ToolPre<RunState>),
+    Command(CommandPre<RunState>),
+}
+
+/// A compiled, linked component, ready to be instantiated cheaply.
+pub struct LoadedTool {
+    digest: [u8; 32],
+    kind: ToolKind,
+    pre: Pre,
+    imports: Vec<String>,
+    exports: Vec<String>,
+    compiled_bytes: u64,
+    from_disk_cache: bool,
+}
+
+impl std::fmt::Debug for LoadedTool {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("LoadedTool")
+            .field("kind", &self.kind)
+            .field("imports", &self.imports)
+            .field("exports", &self.exports)
+            .finish_non_exhaustive()
+    }
+}
+
+impl LoadedTool {
+    /// The digest this tool was loaded under.
+    pub fn digest(&self) -> &[u8; 32] {
+        &self.digest
+    }
+
+    /// Which world the component implements.
+    pub fn kind(&self) -> ToolKind {
+        self.kind
+    }
+
+    /// The component's imports, by name (e.g. `wasi:cli/stdout@0.2.0`).
+    pub fn imports(&self) -> &[String] {
+        &self.imports
+    }
+
+    /// The component's exports, by name.
+    pub fn exports(&self) -> &[String] {
+        &self.exports
+    }
+
+    /// Size of the compiled artifact in bytes.
+    pub fn compiled_bytes(&self) -> u64 {
+        self.compiled_bytes
+    }
+
+    /// Whether the compiled code came from the on-disk cache.
+    pub fn from_disk_cache(&self) -> bool {
+        self.from_disk_cache
+    }
+}
+
+/// Access to content-addressed blobs for the `read-blob` import. The sandbox
+/// checks the invocation's grants before it asks; implementations only fetch.
+pub trait BlobSource: Send + Sync {
+    /// Returns the blob's bytes, `Ok(None)` if the host does not have it.
+    /// `digest` is already validated as `blake3:<64 hex>`.
+    fn read_blob(&self, digest: &str) -> Result<Option<Vec<u8>>, String>;
+}
+
+/// A source with no blobs, for runs that grant none.
+#[derive(Debug, Default, Clone, Copy)]
+pub struct NoBlobs;
+
+impl BlobSource for NoBlobs {
+    fn read_blob(&self, _digest: &str) -> Result<Option<Vec<u8>>, String> {
+        Ok(None)
+    }
+}
+
+/// Everything one run needs besides the tool.
+#[derive(Clone)]
+pub struct RunRequest<'a> {
+    /// The input bytes (the `input` parameter, or stdin for a command).
+    pub input: &'a [u8],
+    /// `--arg key=value` pairs, in order.
+    pub args: &'a [(String, String)],
+    /// The limits of this run.
+    pub budget: Budget,
+    /// The consensus time, nanoseconds since the Unix epoch: the guest's
+    /// wall clock and the host `now` import.
+    pub clock_unix_ns: u64,
+    /// Seed for all of the guest's randomness; the host derives it from the
+    /// invocation digest.
+    pub seed: [u8; 32],
+    /// Blob digests (`blake3:<hex>`) the guest may read with `read-blob`.
+    pub grants: &'a [String],
+    /// Where granted blobs are read from.
+    pub blobs: Arc<dyn BlobSource>,
+    /// Host directories visible read-only to the guest, as (host path, guest
+    /// path).
+    pub preopens: &'a [(PathBuf, String)],
+}
+
+impl std::fmt::Debug for RunRequest<'_> {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("RunRequest")
+            .field("input_bytes", &self.input.len())
+            .field("args", &self.args)
+            .field("budget", &self.budget)
+            .field("clock_unix_ns", &self.clock_unix_ns)
+            .field("grants", &self.grants)
+            .finish_non_exhaustive()
+    }
+}
+
+/// A line the guest logged through the `log` import.
+#[derive(Debug, Clone, PartialEq, Eq, serde::Serialize, serde::Deserialize)]
+pub struct LogLine {
+    /// `trace`, `debug`, `info`, `warn` or `error`.
+    pub level: String,
+    /// The text, cut to the host's per-line limit.
+    pub message: String,
+}
+
+/// What a run produced.
+#[derive(Debug, Clone)]
+pub struct RunResult {
+    /// How the run ended.
+    pub outcome: Outcome,
+    /// The output bytes; empty unless the outcome is `ok`.
+    pub output: Vec<u8>,
+    /// Fuel consumed (deterministic).
+    pub fuel_used: u64,
+    /// The largest size any linear memory reached, in bytes.
+    pub memory_peak_bytes: u64,
+    /// Lines logged through the `log` import.
+    pub logs: Vec<LogLine>,
+    /// What the guest wrote to stderr (cut to a limit), e.g. a panic message.
+    pub stderr: Vec<u8>,
+    /// Wall-clock time of the run (not deterministic; never in a receipt's
+    /// identity).
+    pub elapsed: Duration,
+}
+
+/// The store's data for one run.
+pub(crate) struct RunState {
+    wasi: WasiCtx,
+    table: ResourceTable,
+    limiter: Limiter,
+    stderr: MemoryOutputPipe,
+    pub(crate) host: HostState,
+}
+
+impl WasiView for RunState {
+    fn ctx(&mut self) -> WasiCtxView<'_> {
+        WasiCtxView {
+            ctx: &mut self.wasi,
+            table: &mut self.table,
+        }
+    }
+}
+
+/// The Wasm sandbox: one engine, one linker, and a cache of loaded tools.
+///
+/// Cheap to share: wrap it in an `Arc` and call [`Sandbox::run`] from any
+/// thread.
+pub struct Sandbox {
+    engine: Engine,
+    linker: Linker<RunState>,
+    config: SandboxConfig,
+    compat_hash: String,
+    loaded: Mutex<HashMap<[u8; 32], Arc<LoadedTool>>>,
+    ticker_stop: Arc<AtomicBool>,
+    ticker: Option<JoinHandle<()>>,
+}
+
+impl std::fmt::Debug for Sandbox {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Sandbox")
+            .field("config", &self.config)
+            .finish_non_exhaustive()
+    }
+}
+
+impl Drop for Sandbox {
+    fn drop(&mut self) {
+        self.ticker_stop.store(true, Ordering::Relaxed);
+        if let Some(t) = self.ticker.take() {
+            let _ = t.join();
+        }
+    }
+}
+
+/// The engine settings every replica must share for runs to be
+/// deterministic. Kept in one place so the benchmark's bare-wasmtime
+/// baseline uses exactly the same code generation.
+pub fn deterministic_config(config: &SandboxConfig) -> Config {
+    let mut c = Config::new();
+    c.wasm_component_model(true)
+        .consume_fuel(true)
+        .epoch_interruption(true)
+        // Determinism: NaN bit patterns and relaxed SIMD would otherwise
+        // differ between CPUs. Wasm threads, which would make scheduling
+        // visible, are absent: the `threads` feature of wasmtime is not
+        // compiled in.
+        .cranelift_nan_canonicalization(true)
+        .relaxed_simd_deterministic(true)
+        .parallel_compilation(true);
+    if config.pooling {
+        let mut pool = PoolingAllocationConfig::default();
+        let n = config.instances_max.max(1);
+        pool.total_component_instances(n)
+            // A component made by wit-component has a handful of core
+            // instances and tables, and usually one memory.
+            .total_core_instances(n * 16)
+            .total_memories(n * 4)
+            .total_tables(n * 8)
+            .max_memories_per_component(4)
+            .max_memory_size(config.memory_bytes_max as usize)
+            // Batched decommits: measured on the 2-core VM, unmapping one
+            // slot at a time costs a TLB shootdown each; batching them is
+            // the single largest win for instantiation throughput.
+            .decommit_batch_size(32)
+            // Keep a little of each memory resident between uses so the
+            // next instance does not fault its first pages in again.
+            .linear_memory_keep_resident(64 << 10)
+            .table_keep_resident(16 << 10);
+        c.allocation_strategy(InstanceAllocationStrategy::Pooling(pool));
+    }
+    c
+}
+
+impl Sandbox {
+    /// Creates the engine and linker and starts the epoch ticker.
+    pub fn new(config: SandboxConfig) -> Result<Sandbox, LoadError> {
+        let engine = Engine::new(&deterministic_config(&config)).map_err(|e| {
+            LoadError::Engine(format!(
+                "could not create the wasmtime engine: {e:#}; if the pooling allocator cannot \
+                 reserve memory, lower instances_max or memory_bytes_max"
+            ))
+        })?;
+        let mut linker = Linker::new(&engine);
+        wasmtime_wasi::p2::add_to_linker_sync(&mut linker)
+            .map_err(|e| LoadError::Engine(format!("linking WASI: {e:#}")))?;
+        Tool::add_to_linker::<RunState, HasSelf<RunState>>(&mut linker, |s| s)
+            .map_err(|e| LoadError::Engine(format!("linking the voidbox host: {e:#}")))?;
+        if let Some(dir) = &config.cache_dir {
+            std::fs::create_dir_all(dir).map_err(|e| LoadError::Cache {
+                path: dir.clone(),
+                detail: e.to_string(),
+            })?;
+        }
+        let mut h = std::collections::hash_map::DefaultHasher::new();
+        engine.precompile_compatibility_hash().hash(&mut h);
+        let compat_hash = format!("{:016x}", h.finish());
+
+        let ticker_stop = Arc::new(AtomicBool::new(false));
+        let ticker = {
+            let engine = engine.clone();
+            let stop = ticker_stop.clone();
+            std::thread::Builder::new()
+                .name("voidbox-epoch".into())
+                .spawn(move || {
+                    while !stop.load(Ordering::Relaxed) {
+                        std::thread::sleep(EPOCH_TICK);
+                        engine.increment_epoch();
+                    }
+                })
+                .map_err(|e| LoadError::Engine(format!("starting the epoch ticker: {e}")))?
+        };
+        Ok(Sandbox {
+            engine,
+            linker,
+            config,
+            compat_hash,
+            loaded: Mutex::new(HashMap::new()),
+            ticker_stop,
+            ticker: Some(ticker),
+        })
+    }
+
+    /// The wasmtime engine (shared with benchmarks that need a baseline).
+    pub fn engine(&self) -> &Engine {
+        &self.engine
+    }
+
+    /// The settings this sandbox was made with.
+    pub fn config(&self) -> &SandboxConfig {
+        &self.config
+    }
+
+    /// A tool already loaded under `digest`, if any.
+    pub fn loaded(&self, digest: &[u8; 32]) -> Option<Arc<LoadedTool>> {
+        self.loaded
+            .lock()
+            .expect("loaded-tool cache poisoned")
+            .get(digest)
+            .cloned()
+    }
+
+    /// Forgets a loaded tool (its on-disk artifact stays until
+    /// [`Sandbox::remove_artifact`]).
+    pub fn unload(&self, digest: &[u8; 32]) {
+        self.loaded
+            .lock()
+            .expect("loaded-tool cache poisoned")
+            .remove(digest);
+    }
+
+    fn artifact_path(&self, digest: &[u8; 32]) -> Option<PathBuf> {
+        let dir = self.config.cache_dir.as_ref()?;
+        Some(dir.join(format!("{}-{}.cwasm", hex(digest), self.compat_hash)))
+    }
+
+    /// Removes the compiled artifact of a tool from the disk cache.
+    pub fn remove_artifact(&self, digest: &[u8; 32]) {
+        self.unload(digest);
+        if let Some(p) = self.artifact_path(digest) {
+            let _ = std::fs::remove_file(p);
+        }
+    }
+
+    /// Checks that `wasm` looks like a component before handing it to
+    /// wasmtime, so the common mistakes get a precise message.
+    pub fn check_header(wasm: &[u8]) -> Result<(), LoadError> {
+        if wasm.len() < 8 || &wasm[..4] != b"\0asm" {
+            return Err(LoadError::NotWasm);
+        }
+        match wasm[4..8] {
+            [0x0d, 0x00, 0x01, 0x00] => Ok(()),
+            [0x01, 0x00, 0x00, 0x00] => Err(LoadError::CoreModule),
+            _ => Err(LoadError::UnknownVersion(u32::from_le_bytes([
+                wasm[4], wasm[5], wasm[6], wasm[7],
+            ]))),
+        }
+    }
+
+    /// Compiles (or loads from the disk cache) and links a component, and
+    /// keeps it in memory for later runs. `digest` must be the blake3 digest
+    /// of `wasm`; it keys both caches.
+    pub fn load(&self, digest: [u8; 32], wasm: &[u8]) -> Result<Arc<LoadedTool>, LoadError> {
+        if let Some(t) = self.loaded(&digest) {
+            return Ok(t);
+        }
+        Self::check_header(wasm)?;
+        let artifact = self.artifact_path(&digest);
+        let mut from_disk_cache = false;
+        let mut component = None;
+        if let Some(path) = artifact.as_ref().filter(|p| p.exists()) {
+            // SAFETY: the file was written by `Component::serialize` of an
+            // engine with the same compatibility hash (it is in the name) and
+            // lives in the host's own data directory. A file that fails to
+            // deserialize is recompiled below.
+            match unsafe { Component::deserialize_file(&self.engine, path) } {
+                Ok(c) => {
+                    from_disk_cache = true;
+                    component = Some(c);
+                }
+                Err(e) => {
+                    tracing::warn!(path = %path.display(), error = %e, "discarding unusable compiled artifact");
+                    let _ = std::fs::remove_file(path);
+                }
+            }
+        }
+        let component = match component {
+            Some(c) => c,
+            None => {
+                let started = Instant::now();
+                let c = Component::new(&self.engine, wasm)
+                    .map_err(|e| LoadError::Compile(format!("{e:#}")))?;
+                tracing::info!(digest = %hex(&digest), elapsed_ms = started.elapsed().as_millis() as u64, "compiled component");
+                if let Some(path) = &artifact {
+                    self.write_artifact(path, &c)?;
+                }
+                c
+            }
+        };
+        let compiled_bytes = match &artifact {
+            Some(p) => std::fs::metadata(p).map(|m| m.len()).unwrap_or(0),
+            None => 0,
+        };
+        let ty = component.component_type();
+        let imports: Vec<String> = ty
+            .imports(&self.engine)
+            .map(|(n, _)| n.to_string())
+            .collect();
+        let exports: Vec<String> = ty
+            .exports(&self.engine)
+            .map(|(n, _)| n.to_string())
+            .collect();
+        let has = |name: &str| exports.iter().any(|e| e == name);
+        let kind = if has("invoke") && has("describe") {
+            ToolKind::Tool
+        } else if exports.iter().any(|e| e.starts_with("wasi:cli/run@0.2")) {
+            ToolKind::Command
+        } else {
+            return Err(LoadError::WrongWorld { exports });
+        };
+        let instance_pre = self
+            .linker
+            .instantiate_pre(&component)
+            .map_err(|e| LoadError::Link(format!("{e:#}")))?;
+        let pre =
+            match kind {
+                ToolKind::Tool => {
+                    Pre::Tool(
+                        ToolPre::new(instance_pre).map_err(|e| LoadError::WrongWorld {
+                            exports: vec![format!("{e:#}")],
+                        })?,
+                    )
+                }
+                ToolKind::Command => Pre::Command(CommandPre::new(instance_pre).map_err(|e| {
+                    LoadError::WrongWorld {
+                        exports: vec![format!("{e:#}")],
+                    }
+                })?),
+            };
+        let tool = Arc::new(LoadedTool {
+            digest,
+            kind,
+            pre,
+            imports,
+            exports,
+            compiled_bytes,
+            from_disk_cache,
+        });
+        self.loaded
+            .lock()
+            .expect("loaded-tool cache poisoned")
+            .insert(digest, tool.clone());
+        Ok(tool)
+    }
+
+    fn write_artifact(&self, path: &Path, component: &Component) -> Result<(), LoadError> {
+        let bytes = component
+            .serialize()
+            .map_err(|e| LoadError::Compile(format!("serializing compiled code: {e:#}")))?;
+        let cache_err = |e: std::io::Error| LoadError::Cache {
+            path: path.to_path_buf(),
+            detail: e.to_string(),
+        };
+        // Temp file and rename: a crash never leaves half an artifact under
+        // the final name. No fsync: a lost artifact is only recompiled.
+        let tmp = path.with_extension(format!("tmp{}", std::process::id()));
+        std::fs::write(&tmp, &bytes).map_err(cache_err)?;
+        std::fs::rename(&tmp, path).map_err(cache_err)?;
+        Ok(())
+    }
+
+    /// Calls the tool's `describe` export under [`Budget::DESCRIBE`].
+    /// Commands have no description (`Ok(None)`).
+    pub fn describe(&self, tool: &LoadedTool) -> Result<Option<ToolInfo>, RunError> {
+        let Pre::Tool(pre) = &tool.pre else {
+            return Ok(None);
+        };
+        let seed = [0u8; 32];
+        let req = RunRequest {
+            input: &[],
+            args: &[],
+            budget: Budget::DESCRIBE,
+            clock_unix_ns: 0,
+            seed,
+            grants: &[],
+            blobs: Arc::new(NoBlobs),
+            preopens: &[],
+        };
+        let mut store = self.new_store(&req, None, &[])?;
+        let result = pre
+            .instantiate(&mut store)
+            .and_then(|inst| inst.call_describe(&mut store));
+        match result {
+            Ok(info) => Ok(Some(world::tool_info(info))),
+            Err(e) => Err(RunError::Describe(classify(&e, &store).describe())),
+        }
+    }
+
+    fn new_store(
+        &self,
+        req: &RunRequest<'_>,
+        stdout: Option<&MemoryOutputPipe>,
+        argv: &[String],
+    ) -> Result<Store<RunState>, RunError> {
+        let budget = req.budget;
+        if budget.memory_bytes > self.config.memory_bytes_max {
+            return Err(RunError::BudgetTooLarge {
+                what: "memory_bytes",
+                asked: budget.memory_bytes,
+                max: self.config.memory_bytes_max,
+            });
+        }
+        let mut wasi = WasiCtxBuilder::new();
+        wasi.wall_clock(FixedWallClock {
+            since_epoch: Duration::from_nanos(req.clock_unix_ns),
+        })
+        .monotonic_clock(SteppingClock::default())
+        .secure_random(SeededRandom::new(&req.seed, "random"))
+        .insecure_random(SeededRandom::new(&req.seed, "insecure"))
+        .insecure_random_seed(SeededRandom::seed_u128(&req.seed))
+        .allow_tcp(false)
+        .allow_udp(false)
+        .allow_ip_name_lookup(false)
+        .allow_blocking_current_thread(true)
+        .args(argv);
+        // A guest that writes more than this to stderr gets a closed stream,
+        // not more host memory.
+        let stderr = MemoryOutputPipe::new(STDERR_BYTES_MAX);
+        wasi.stderr(stderr.clone());
+        if let Some(out) = stdout {
+            wasi.stdin(MemoryInputPipe::new(req.input.to_vec()))
+                .stdout(out.clone());
+        }
+        for (host_path, guest_path) in req.preopens {
+            wasi.preopened_dir(host_path, guest_path, FsPerms::ReadOnly)
+                .map_err(|e| RunError::Preopen {
+                    path: host_path.clone(),
+                    detail: format!("{e:#}"),
+                })?;
+        }
+        let state = RunState {
+            wasi: wasi.build(),
+            table: ResourceTable::new(),
+            limiter: Limiter {
+                memory_bytes_max: budget.memory_bytes,
+                memory_peak: 0,
+                hit: false,
+            },
+            stderr,
+            host: HostState::new(req),
+        };
+        let mut store = Store::new(&self.engine, state);
+        store.limiter(|s| &mut s.limiter);
+        store
+            .set_fuel(budget.fuel)
+            .expect("fuel is enabled in every sandbox config");
+        let ticks = budget.timeout.as_nanos().div_ceil(EPOCH_TICK.as_nanos()) as u64 + 1;
+        store.set_epoch_deadline(ticks);
+        Ok(store)
+    }
+
+    /// Runs a loaded tool once, in a fresh store, and says how it ended.
+    ///
+    /// Never panics on guest behaviour: every way a guest can misbehave ends
+    /// as an [`Outcome`]. `Err` is reserved for requests the host itself
+    /// cannot serve (a budget over the configured ceiling, a preopen that
+    /// cannot be opened).
+    pub fn run(&self, tool: &LoadedTool, req: &RunRequest<'_>) -> Result<RunResult, RunError> {
+        let started = Instant::now();
+        let budget = req.budget;
+        let (outcome, output, store) = match &tool.pre {
+            Pre::Tool(pre) => {
+                let mut store = self.new_store(req, None, &[])?;
+                let result = pre
+                    .instantiate(&mut store)
+                    .and_then(|inst| inst.call_invoke(&mut store, req.input, req.args));
+                let (outcome, output) = match result {
+                    Ok(Ok(output)) if output.len() as u64 > budget.output_bytes => (
+                        Outcome::OutputTooLarge {
+                            limit: budget.output_bytes,
+                        },
+                        Vec::new(),
+                    ),
+                    Ok(Ok(output)) => (Outcome::Ok, output),
+                    Ok(Err(e)) => (
+                        Outcome::ToolError {
+                            code: e.code,
+                            message: e.message,
+                        },
+                        Vec::new(),
+                    ),
+                    Err(e) => (classify(&e, &store), Vec::new()),
+                };
+                (outcome, output, store)
+            }
+            Pre::Command(pre) => {
+                // One byte over the limit is how we tell "exactly at the
+                // limit" from "tried to write more".
+                let cap =
+                    usize::try_from(budget.output_bytes.saturating_add(1)).unwrap_or(usize::MAX);
+                let stdout = MemoryOutputPipe::new(cap);
+                let mut store = self.new_store(req, Some(&stdout), &command_argv(req.args))?;
+                let result = pre
+                    .instantiate(&mut store)
+                    .and_then(|cmd: Command| cmd.wasi_cli_run().call_run(&mut store));
+                let written = stdout.contents();
+                let outcome = if written.len() as u64 > budget.output_bytes {
+                    Outcome::OutputTooLarge {
+                        limit: budget.output_bytes,
+                    }
+                } else {
+                    match result {
+                        Ok(Ok(())) => Outcome::Ok,
+                        Ok(Err(())) => Outcome::ToolError {
+                            code: "exit-failure".into(),
+                            message: "the command returned an error from main".into(),
+                        },
+                        Err(e) => match e.downcast_ref::<I32Exit>() {
+                            Some(I32Exit(0)) => Outcome::Ok,
+                            Some(I32Exit(code)) => Outcome::ToolError {
+                                code: format!("exit-{code}"),
+                                message: format!("the command exited with status {code}"),
+                            },
+                            None => classify(&e, &store),
+                        },
+                    }
+                };
+                let output = if outcome == Outcome::Ok {
+                    written.to_vec()
+                } else {
+                    Vec::new()
+                };
+                (outcome, output, store)
+            }
+        };
+        let fuel_left = store.get_fuel().unwrap_or(0);
+        let fuel_used = budget.fuel.saturating_sub(fuel_left);
+        let mut state = store.into_data();
+        let stderr = state.stderr.contents().to_vec();
+        Ok(RunResult {
+            outcome,
+            output,
+            fuel_used,
+            memory_peak_bytes: state.limiter.memory_peak,
+            logs: std::mem::take(&mut state.host.logs),
+            stderr,
+            elapsed: started.elapsed(),
+        })
+    }
+}
+
+/// Turns `--arg` pairs into argv for a command: `key=value` becomes
+/// `--key=value`; a pair with an empty key passes its value verbatim (for
+/// positional arguments). argv[0] is `tool`.
+fn command_argv(args: &[(String, String)]) -> Vec<String> {
+    std::iter::once("tool".to_string())
+        .chain(args.iter().map(|(k, v)| {
+            if k.is_empty() {
+                v.clone()
+            } else {
+                format!("--{k}={v}")
+            }
+        }))
+        .collect()
+}
+
+/// Names the way a run failed, from the error wasmtime returned.
+fn classify(err: &wasmtime::Error, store: &Store<RunState>) -> Outcome {
+    if store.data().limiter.hit || err.downcast_ref::<MemoryLimitHit>().is_some() {
+        return Outcome::MemoryLimit;
+    }
+    match err.downcast_ref::<Trap>() {
+        Some(Trap::OutOfFuel) => Outcome::OutOfFuel,
+        Some(Trap::Interrupt) => Outcome::Timeout,
+        Some(trap) => Outcome::Trap {
+            code: kebab(&format!("{trap:?}")),
+        },
+        None => {
+            // Errors that are not traps come from the host side of an import
+            // (e.g. a WASI stream refusing a write). The guest cannot go on,
+            // so this is a trap; the code names it without host details so
+            // that receipts stay identical across hosts.
+            tracing::debug!(error = %format!("{err:#}"), "run failed with a host error");
+            Outcome::Trap {
+                code: "host-error".into(),
+            }
+        }
+    }
+}
+
+fn kebab(name: &str) -> String {
+    let mut out = String::with_capacity(name.len() + 4);
+    for (i, ch) in name.chars().enumerate() {
+        if ch.is_ascii_uppercase() {
+            if i > 0 {
+                out.push('-');
+            }
+            out.push(ch.to_ascii_lowercase());
+        } else {
+            out.push(ch);
+        }
+    }
+    out
+}
+
+pub(crate) fn hex(bytes: &[u8]) -> String {
+    use std::fmt::Write;
+    let mut s = String::with_capacity(bytes.len() * 2);
+    for b in bytes {
+        let _ = write!(s, "{b:02x}");
+    }
+    s
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn trap_names_are_kebab_case() {
+        assert_eq!(kebab("StackOverflow"), "stack-overflow");
+        assert_eq!(kebab("UnreachableCodeReached"), "unreachable-code-reached");
+    }
+
+    #[test]
+    fn argv_for_commands() {
+        let args = vec![
+            ("n".to_string(), "5".to_string()),
+            (String::new(), "file".to_string()),
+        ];
+        assert_eq!(command_argv(&args), ["tool", "--n=5", "file"]);
+    }
+
+    #[test]
+    fn headers_are_told_apart() {
+        assert!(matches!(
+            Sandbox::check_header(b"hello"),
+            Err(LoadError::NotWasm)
+        ));
+        assert!(matches!(
+            Sandbox::check_header(b"\0asm\x01\0\0\0"),
+            Err(LoadError::CoreModule)
+        ));
+        assert!(Sandbox::check_header(b"\0asm\x0d\0\x01\0").is_ok());
+    }
+
+    #[test]
+    fn a_core_module_is_refused_with_a_clear_error() {
+        let sandbox = Sandbox::new(SandboxConfig {
+            pooling: false,
+            ..SandboxConfig::default()
+        })
+        .unwrap();
+        // The empty core module, `(module)`, in binary form.
+        let module = b"\0asm\x01\0\0\0".to_vec();
+        let err = sandbox.load([1; 32], &module).unwrap_err();
+        assert!(err.to_string().contains("core module"), "{err}");
+    }
+
+    #[test]
+    fn a_component_of_another_world_is_refused() {
+        let sandbox = Sandbox::new(SandboxConfig {
+            pooling: false,
+            ..SandboxConfig::default()
+        })
+        .unwrap();
+        // The empty component, `(component)`, in binary form.
+        let component = b"\0asm\x0d\0\x01\0".to_vec();
+        let err = sandbox.load([2; 32], &component).unwrap_err();
+        assert!(matches!(err, LoadError::WrongWorld { .. }), "{err}");
+        assert!(err.to_string().contains("voidbox:tool"), "{err}");
+    }
+}

@@ -1,0 +1,325 @@
+//! `voidbox bench`: the figures of issue #2, measured side by side in one
+//! run so that the ratios mean something on a shared, noisy machine.
+//!
+//! - invocation overhead: [`Host::invoke`] with a fresh input each time (so
+//!   the action cache never answers; input, output and receipt are stored)
+//!   against bare wasmtime on the same component (`InstancePre`, the same
+//!   pooling allocator and engine settings, a fresh store per call);
+//! - throughput with one thread and with two;
+//! - an action-cache hit;
+//! - CAS put and get of 16 MiB blobs against bare blake3 hashing.
+
+use std::path::{Path, PathBuf};
+use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+use serde_json::{json, Value};
+use voidbox_cas::{DiskStore, Durability, OpenOptions, Store};
+use voidbox_sandbox::baseline::Bare;
+use voidbox_sandbox::SandboxConfig;
+
+use crate::{Host, Invocation};
+
+/// One measured figure.
+#[derive(Debug, Clone)]
+pub struct Figure {
+    /// Stable name, used as the JSON key.
+    pub name: &'static str,
+    /// The value.
+    pub value: f64,
+    /// Its unit.
+    pub unit: &'static str,
+    /// The goal from the issue, as text, if there is one.
+    pub goal: Option<&'static str>,
+    /// Whether the value meets the goal.
+    pub meets: Option<bool>,
+}
+
+/// Everything one `voidbox bench` run measured.
+#[derive(Debug, Clone, Default)]
+pub struct Report {
+    /// The figures, in the order measured.
+    pub figures: Vec<Figure>,
+}
+
+impl Report {
+    fn add(&mut self, name: &'static str, value: f64, unit: &'static str) {
+        self.figures.push(Figure {
+            name,
+            value,
+            unit,
+            goal: None,
+            meets: None,
+        });
+    }
+
+    fn goal(
+        &mut self,
+        name: &'static str,
+        value: f64,
+        unit: &'static str,
+        goal: &'static str,
+        meets: bool,
+    ) {
+        self.figures.push(Figure {
+            name,
+            value,
+            unit,
+            goal: Some(goal),
+            meets: Some(meets),
+        });
+    }
+
+    /// One JSON object: each figure by name with its unit and goal.
+    pub fn to_json(&self) -> Value {
+        let mut m = serde_json::Map::new();
+        for f in &self.figures {
+            m.insert(
+                f.name.to_string(),
+                json!({ "value": f.value, "unit": f.unit, "goal": f.goal, "meets_goal": f.meets }),
+            );
+        }
+        json!({ "voidbox_bench": m, "cores": std::thread::available_parallelism().map(|n| n.get()).unwrap_or(1) })
+    }
+
+    /// A table for people.
+    pub fn table(&self) -> String {
+        let mut s = format!(
+            "{:<34} {:>14} {:<10} {}\n",
+            "figure", "value", "unit", "goal"
+        );
+        for f in &self.figures {
+            let goal = match (f.goal, f.meets) {
+                (Some(g), Some(true)) => format!("{g} (met)"),
+                (Some(g), Some(false)) => format!("{g} (NOT met)"),
+                _ => String::new(),
+            };
+            s.push_str(&format!(
+                "{:<34} {:>14.3} {:<10} {}\n",
+                f.name, f.value, f.unit, goal
+            ));
+        }
+        s
+    }
+}
+
+/// Where `cargo xtask tools` puts the echo tool, relative to the running
+/// binary (`target/release/voidbox` → `target/wasm-tools/...`) or the
+/// current directory.
+pub fn default_tool_path() -> Option<PathBuf> {
+    let rel = Path::new("wasm-tools/components/echo.wasm");
+    let mut candidates = Vec::new();
+    if let Ok(exe) = std::env::current_exe() {
+        if let Some(target) = exe.parent().and_then(|p| p.parent()) {
+            candidates.push(target.join(rel));
+        }
+    }
+    candidates.push(Path::new("target").join(rel));
+    candidates.into_iter().find(|p| p.exists())
+}
+
+/// Runs `f` repeatedly for about `window`; returns calls per second.
+fn rate(window: Duration, mut f: impl FnMut(u64)) -> f64 {
+    let started = Instant::now();
+    let mut n = 0u64;
+    while started.elapsed() < window {
+        for _ in 0..64 {
+            f(n);
+            n += 1;
+        }
+    }
+    n as f64 / started.elapsed().as_secs_f64()
+}
+
+/// Runs `f` on `threads` threads for about `window`; returns total calls
+/// per second.
+fn rate_threads(window: Duration, threads: usize, f: impl Fn(usize, u64) + Sync) -> f64 {
+    let stop = AtomicBool::new(false);
+    let total = AtomicU64::new(0);
+    let started = Instant::now();
+    std::thread::scope(|s| {
+        for t in 0..threads {
+            let (stop, total, f) = (&stop, &total, &f);
+            s.spawn(move || {
+                let mut n = 0u64;
+                while !stop.load(Ordering::Relaxed) {
+                    f(t, n);
+                    n += 1;
+                }
+                total.fetch_add(n, Ordering::Relaxed);
+            });
+        }
+        std::thread::sleep(window);
+        stop.store(true, Ordering::Relaxed);
+    });
+    total.load(Ordering::Relaxed) as f64 / started.elapsed().as_secs_f64()
+}
+
+/// Measures everything; `window` is the time per measurement.
+pub fn run(tool: &Path, window: Duration) -> anyhow::Result<Report> {
+    let wasm = std::fs::read(tool)
+        .map_err(|e| anyhow::anyhow!("cannot read the benchmark tool {}: {e}", tool.display()))?;
+    let mut report = Report::default();
+    let dir = tempfile::tempdir()?;
+    let host = Arc::new(Host::init(dir.path().join("home"))?);
+    let record = host.add_tool(&wasm, Some("bench-echo"))?;
+    let budget = host.default_budget();
+    let bare = Bare::new(&SandboxConfig::default(), &wasm)?;
+
+    // Warm both paths (page faults, pool slots, lazy init).
+    for i in 0..500u64 {
+        bare.call(&i.to_le_bytes())
+            .map_err(|e| anyhow::anyhow!("bare wasmtime call failed: {e:#}"))?;
+        let input = host.put_input(format!("warm-{i}").as_bytes())?;
+        host.invoke(&Invocation::new(record.digest, input).budget(budget))?;
+    }
+
+    let invoke_fresh = |thread: usize, i: u64| {
+        let input = host
+            .put_input(format!("{thread}-{i}-{}", dir.path().display()).as_bytes())
+            .expect("put input");
+        let r = host
+            .invoke(&Invocation::new(record.digest, input).budget(budget))
+            .expect("invoke");
+        assert!(!r.cached && r.outcome == voidbox_sandbox::Outcome::Ok);
+    };
+    // Interleave the two so that machine noise hits both alike.
+    let mut bare_rates = Vec::new();
+    let mut host_rates = Vec::new();
+    let half = window / 2;
+    for round in 0..2 {
+        bare_rates.push(rate(half, |i| {
+            bare.call(format!("bare-{round}-{i}").as_bytes())
+                .expect("bare call");
+        }));
+        host_rates.push(rate(half, |i| invoke_fresh(round + 10, i)));
+    }
+    let bare_rate = bare_rates.iter().sum::<f64>() / bare_rates.len() as f64;
+    let host_rate = host_rates.iter().sum::<f64>() / host_rates.len() as f64;
+    let (bare_us, host_us) = (1e6 / bare_rate, 1e6 / host_rate);
+    report.add("bare_wasmtime_call_us", bare_us, "us");
+    report.add("host_invoke_us", host_us, "us");
+    report.goal(
+        "invoke_overhead_ratio",
+        host_us / bare_us,
+        "x",
+        "<= 1.3",
+        host_us / bare_us <= 1.3,
+    );
+    report.goal(
+        "invocations_per_s_1_thread",
+        host_rate,
+        "1/s",
+        ">= 45000",
+        host_rate >= 45_000.0,
+    );
+    let counter = AtomicU64::new(0);
+    let two = rate_threads(window, 2, |t, _| {
+        invoke_fresh(t + 100, counter.fetch_add(1, Ordering::Relaxed))
+    });
+    report.goal(
+        "invocations_per_s_2_threads",
+        two,
+        "1/s",
+        ">= 1.8x one thread",
+        two >= 1.8 * host_rate,
+    );
+    report.add("two_thread_scaling", two / host_rate, "x");
+    let bare_two = rate_threads(window, 2, |t, i| {
+        bare.call(format!("bare2-{t}-{i}").as_bytes())
+            .expect("bare call");
+    });
+    report.add("bare_calls_per_s_2_threads", bare_two, "1/s");
+    host.flush()?;
+
+    // Action-cache hit: the same invocation again and again.
+    let input = host.put_input(b"cache me")?;
+    let inv = Invocation::new(record.digest, input).budget(budget);
+    host.invoke(&inv)?;
+    let hits = rate(window, |_| {
+        let r = host.invoke(&inv).expect("cached invoke");
+        debug_assert!(r.cached);
+    });
+    report.goal(
+        "action_cache_hit_us",
+        1e6 / hits,
+        "us",
+        "<= 2",
+        1e6 / hits <= 2.0,
+    );
+    drop(host);
+
+    cas_figures(&mut report, dir.path(), window)?;
+    Ok(report)
+}
+
+fn cas_figures(report: &mut Report, dir: &Path, window: Duration) -> anyhow::Result<()> {
+    const SIZE: usize = 16 << 20;
+    let mut data = vec![0u8; SIZE];
+    blake3::Hasher::new_derive_key("voidbox bench data")
+        .finalize_xof()
+        .fill(&mut data);
+    let hash_rate = rate(window, |i| {
+        data[..8].copy_from_slice(&i.to_le_bytes());
+        std::hint::black_box(blake3::hash(&data));
+    }) * SIZE as f64;
+    for (durability, label_put, label_ratio) in [
+        (
+            Durability::Deferred,
+            "cas_put_mib_per_s_deferred",
+            "cas_put_vs_hash_deferred",
+        ),
+        (
+            Durability::Immediate,
+            "cas_put_mib_per_s_fsync",
+            "cas_put_vs_hash_fsync",
+        ),
+    ] {
+        let root = dir.join(format!("cas-{durability:?}"));
+        let store = DiskStore::open_with(
+            &root,
+            OpenOptions {
+                durability,
+                read_only: false,
+            },
+        )?;
+        let mut stored = Vec::new();
+        let put_rate = rate(window, |i| {
+            // A distinct blob each time, so dedup never short-cuts a put.
+            data[..8].copy_from_slice(&(i + 1_000_000).to_le_bytes());
+            let d = store.put(&data).expect("put");
+            stored.push(d);
+            if stored.len() > 8 {
+                store.sync().expect("sync");
+                store.remove(&stored.remove(0)).expect("remove");
+            }
+        }) * SIZE as f64;
+        store.sync()?;
+        report.add(label_put, put_rate / (1 << 20) as f64, "MiB/s");
+        let ratio = put_rate / hash_rate;
+        report.goal(label_ratio, ratio, "x", ">= 0.7", ratio >= 0.7);
+        if durability == Durability::Deferred {
+            let d = *stored.last().expect("at least one put");
+            let get_rate = rate(window, |_| {
+                std::hint::black_box(store.get(&d).expect("get"));
+            }) * SIZE as f64;
+            report.add("cas_get_mib_per_s", get_rate / (1 << 20) as f64, "MiB/s");
+            report.goal(
+                "cas_get_vs_hash",
+                get_rate / hash_rate,
+                "x",
+                ">= 0.7",
+                get_rate / hash_rate >= 0.7,
+            );
+        }
+        drop(store);
+        let _ = std::fs::remove_dir_all(&root);
+    }
+    report.add(
+        "blake3_hash_mib_per_s",
+        hash_rate / (1 << 20) as f64,
+        "MiB/s",
+    );
+    Ok(())
+}

@@ -1,0 +1,190 @@
+//! `voidbox.toml`: defaults for runs and settings of the sandbox.
+
+use std::path::{Path, PathBuf};
+use std::time::Duration;
+
+use serde::{Deserialize, Serialize};
+use voidbox_sandbox::Budget;
+
+use crate::error::{Error, Result};
+
+/// The file name inside the data directory.
+pub const CONFIG_FILE: &str = "voidbox.toml";
+
+/// The whole configuration. Every field has a default; a missing file means
+/// all defaults.
+#[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct Config {
+    /// Defaults for `voidbox run` and [`Host::invoke`](crate::Host::invoke)
+    /// callers that do not set a budget.
+    pub defaults: Defaults,
+    /// Settings of the Wasm sandbox.
+    pub sandbox: SandboxSettings,
+    /// Settings of storage.
+    pub storage: StorageSettings,
+}
+
+/// Default budget of a run; flags override each field.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct Defaults {
+    /// Fuel (about one unit per Wasm operator).
+    pub fuel: u64,
+    /// Largest linear memory, in bytes.
+    pub memory_bytes: u64,
+    /// Largest output, in bytes.
+    pub output_bytes: u64,
+    /// Wall-clock guard, in milliseconds.
+    pub timeout_ms: u64,
+    /// Largest input accepted, in bytes.
+    pub input_bytes_max: u64,
+}
+
+/// Settings of the sandbox, fixed while a host runs.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct SandboxSettings {
+    /// Use wasmtime's pooling allocator.
+    pub pooling: bool,
+    /// Instances that may be alive at once.
+    pub instances_max: u32,
+    /// Ceiling for any run's memory budget, in bytes.
+    pub memory_bytes_max: u64,
+}
+
+/// Settings of storage.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct StorageSettings {
+    /// Blobs up to this size are kept inside the database (cheap to write in
+    /// batches); larger ones are files in the CAS directory.
+    pub inline_blob_bytes_max: u64,
+    /// Receipts kept in the in-memory action cache in front of the database.
+    pub action_cache_entries: usize,
+}
+
+impl Default for Defaults {
+    fn default() -> Self {
+        let b = Budget::default();
+        Defaults {
+            fuel: b.fuel,
+            memory_bytes: b.memory_bytes,
+            output_bytes: b.output_bytes,
+            timeout_ms: b.timeout.as_millis() as u64,
+            input_bytes_max: 1 << 30,
+        }
+    }
+}
+
+impl Default for SandboxSettings {
+    fn default() -> Self {
+        SandboxSettings {
+            pooling: true,
+            instances_max: 64,
+            memory_bytes_max: 4 << 30,
+        }
+    }
+}
+
+impl Default for StorageSettings {
+    fn default() -> Self {
+        StorageSettings {
+            inline_blob_bytes_max: 64 << 10,
+            action_cache_entries: 100_000,
+        }
+    }
+}
+
+impl Defaults {
+    /// The default budget.
+    pub fn budget(&self) -> Budget {
+        Budget {
+            fuel: self.fuel,
+            memory_bytes: self.memory_bytes,
+            output_bytes: self.output_bytes,
+            timeout: Duration::from_millis(self.timeout_ms),
+        }
+    }
+}
+
+/// The file `voidbox init` writes: every setting with its default and a
+/// comment, so the file documents itself.
+pub const CONFIG_TEMPLATE: &str = r#"# Voidbox configuration. Every setting is optional; the values below are the
+# defaults. Command-line flags override the [defaults] for one run.
+
+[defaults]
+# Fuel per run: about one unit per Wasm operator. Deterministic.
+fuel = 1000000000
+# Largest size of a tool's linear memory, in bytes (256 MiB).
+memory_bytes = 268435456
+# Largest output a tool may return, in bytes (16 MiB).
+output_bytes = 16777216
+# Wall-clock guard per run, in milliseconds. Fuel bounds CPU; this only
+# catches a host that is far slower than expected.
+timeout_ms = 10000
+# Largest input accepted, in bytes (1 GiB).
+input_bytes_max = 1073741824
+
+[sandbox]
+# wasmtime's pooling allocator: much faster instantiation.
+pooling = true
+# Tool instances alive at once.
+instances_max = 64
+# Ceiling for any run's memory budget, in bytes (4 GiB).
+memory_bytes_max = 4294967296
+
+[storage]
+# Blobs up to this size live in the database, written in batches; larger
+# blobs are files under cas/ (64 KiB).
+inline_blob_bytes_max = 65536
+# Receipts kept in memory in front of the on-disk action cache.
+action_cache_entries = 100000
+"#;
+
+impl Config {
+    /// Reads `voidbox.toml` from `home`; all defaults if it does not exist.
+    pub fn load(home: &Path) -> Result<Config> {
+        let path = home.join(CONFIG_FILE);
+        let text = match std::fs::read_to_string(&path) {
+            Ok(t) => t,
+            Err(e) if e.kind() == std::io::ErrorKind::NotFound => return Ok(Config::default()),
+            Err(e) => return Err(Error::io(path, "check the file's permissions")(e)),
+        };
+        Config::parse(&text, &path)
+    }
+
+    /// Parses configuration text; `path` is only used in messages.
+    pub fn parse(text: &str, path: &Path) -> Result<Config> {
+        toml::from_str(text).map_err(|e| Error::Config {
+            path: PathBuf::from(path),
+            detail: e.to_string().trim_end().replace('\n', " "),
+        })
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn template_is_the_defaults() {
+        let parsed = Config::parse(CONFIG_TEMPLATE, Path::new("voidbox.toml")).unwrap();
+        assert_eq!(parsed, Config::default());
+    }
+
+    #[test]
+    fn unknown_keys_are_named() {
+        let err = Config::parse("[defaults]\nfule = 3\n", Path::new("voidbox.toml")).unwrap_err();
+        let msg = err.to_string();
+        assert!(msg.contains("fule"), "{msg}");
+        assert!(msg.contains("voidbox.toml"), "{msg}");
+    }
+
+    #[test]
+    fn partial_files_keep_other_defaults() {
+        let c = Config::parse("[defaults]\nfuel = 5\n", Path::new("x")).unwrap();
+        assert_eq!(c.defaults.fuel, 5);
+        assert_eq!(c.defaults.memory_bytes, Defaults::default().memory_bytes);
+    }
+}

@@ -1,0 +1,644 @@
+//! The embedding API: [`Host`].
+
+use std::collections::HashMap;
+use std::path::{Path, PathBuf};
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::{Arc, Mutex, RwLock};
+use std::time::{Instant, SystemTime, UNIX_EPOCH};
+
+use redb::{ReadableDatabase, ReadableTable};
+use serde::{Deserialize, Serialize};
+use voidbox_cas::{Digest, GcReport, Store};
+use voidbox_sandbox::{
+    BlobSource, Budget, LoadedTool, Outcome, RunRequest, Sandbox, SandboxConfig, ToolInfo, ToolKind,
+};
+
+use crate::config::{Config, CONFIG_FILE, CONFIG_TEMPLATE};
+use crate::error::{Error, Result};
+use crate::invocation::{Invocation, Receipt};
+use crate::storage::{db_err, Blobs, Storage, NAMES, TOOLS};
+
+/// What the host knows about a registered tool.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct ToolRecord {
+    /// The component's digest.
+    pub digest: Digest,
+    /// The name it is registered under.
+    pub name: String,
+    /// Its version (from `describe`; empty for commands).
+    pub version: String,
+    /// One line for people.
+    pub description: String,
+    /// Which world it implements.
+    pub kind: ToolKind,
+    /// Size of the component in bytes.
+    pub size_bytes: u64,
+    /// What `describe` returned, for `voidbox:tool` components.
+    pub info: Option<ToolInfo>,
+    /// The component's imports.
+    pub imports: Vec<String>,
+    /// The component's exports.
+    pub exports: Vec<String>,
+    /// When it was added, seconds since the Unix epoch.
+    pub added_unix_s: u64,
+}
+
+/// A Voidbox host on one machine: a data directory with its database, CAS
+/// and compiled-code cache, and a sandbox.
+///
+/// ```no_run
+/// use voidbox::{Host, Invocation};
+/// # fn main() -> Result<(), voidbox::Error> {
+/// let host = Host::open("/tmp/voidbox-example")?;
+/// let tool = host.add_tool_file("wc.wasm".as_ref(), None)?;
+/// let input = host.put_input(b"one two three\n")?;
+/// let receipt = host.invoke(&Invocation::new(tool.digest, input))?;
+/// println!("{} -> {:?}", receipt.outcome, host.output(&receipt)?);
+/// # Ok(()) }
+/// ```
+///
+/// `Host` is `Send + Sync`: share it in an `Arc` and invoke from many
+/// threads. Call [`Host::flush`] (or drop the host) to make every receipt
+/// durable; see the `storage` module docs for what is durable when.
+pub struct Host {
+    home: PathBuf,
+    config: Config,
+    storage: Arc<Storage>,
+    blobs: Blobs,
+    blob_source: Arc<dyn BlobSource>,
+    sandbox: Sandbox,
+    /// Registered tools by digest; the database is the source of truth,
+    /// this is its in-memory index for the hot path.
+    tools: RwLock<HashMap<Digest, ToolKind>>,
+    /// The in-memory front of the action cache.
+    recent: Mutex<HashMap<Digest, Arc<Receipt>>>,
+    /// Last timestamp handed out (hybrid logical clock).
+    hlc: AtomicU64,
+}
+
+impl std::fmt::Debug for Host {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Host")
+            .field("home", &self.home)
+            .finish_non_exhaustive()
+    }
+}
+
+impl BlobSource for Blobs {
+    fn read_blob(&self, digest: &str) -> std::result::Result<Option<Vec<u8>>, String> {
+        let d: Digest = digest
+            .parse()
+            .map_err(|e: voidbox_cas::DigestParseError| e.to_string())?;
+        match self.get(&d) {
+            Ok(b) => Ok(Some(b)),
+            Err(voidbox_cas::CasError::NotFound(_)) => Ok(None),
+            Err(e) => Err(e.to_string()),
+        }
+    }
+}
+
+impl Host {
+    /// Creates a data directory at `home` (and a commented `voidbox.toml`)
+    /// if there is none, then opens it.
+    pub fn init(home: impl AsRef<Path>) -> Result<Host> {
+        let home = home.as_ref();
+        std::fs::create_dir_all(home).map_err(Error::io(
+            home,
+            "could not create the data directory; check the parent's permissions or choose another --home",
+        ))?;
+        let cfg = home.join(CONFIG_FILE);
+        if !cfg.exists() {
+            std::fs::write(&cfg, CONFIG_TEMPLATE).map_err(Error::io(
+                &cfg,
+                "the data directory is not writable; check its permissions",
+            ))?;
+        }
+        Host::open_existing(home)
+    }
+
+    /// Opens the data directory at `home`, creating it if needed.
+    pub fn open(home: impl AsRef<Path>) -> Result<Host> {
+        Host::init(home)
+    }
+
+    /// Opens an existing data directory; [`Error::NotInitialized`] if there
+    /// is none (the CLI uses this so a typo in `--home` does not silently
+    /// create an empty host).
+    pub fn open_existing(home: impl AsRef<Path>) -> Result<Host> {
+        let home = home.as_ref().to_path_buf();
+        if !home.join(CONFIG_FILE).exists() && !home.join("voidbox.redb").exists() {
+            return Err(Error::NotInitialized(home));
+        }
+        let config = Config::load(&home)?;
+        let storage = Arc::new(Storage::open(&home, config.storage.inline_blob_bytes_max)?);
+        let blobs = Blobs::new(storage.clone());
+        let sandbox = Sandbox::new(SandboxConfig {
+            cache_dir: Some(home.join("compiled")),
+            pooling: config.sandbox.pooling,
+            instances_max: config.sandbox.instances_max,
+            memory_bytes_max: config.sandbox.memory_bytes_max,
+        })?;
+        let host = Host {
+            blob_source: Arc::new(blobs.clone()),
+            blobs,
+            home,
+            config,
+            storage,
+            sandbox,
+            tools: RwLock::new(HashMap::new()),
+            recent: Mutex::new(HashMap::new()),
+            hlc: AtomicU64::new(0),
+        };
+        let index = host
+            .tools()?
+            .into_iter()
+            .map(|t| (t.digest, t.kind))
+            .collect();
+        *host.tools.write().expect("tool index poisoned") = index;
+        Ok(host)
+    }
+
+    /// The data directory.
+    pub fn home(&self) -> &Path {
+        &self.home
+    }
+
+    /// The configuration read from `voidbox.toml`.
+    pub fn config(&self) -> &Config {
+        &self.config
+    }
+
+    /// The default budget from the configuration.
+    pub fn default_budget(&self) -> Budget {
+        self.config.defaults.budget()
+    }
+
+    /// The content-addressed store.
+    pub fn blobs(&self) -> &Blobs {
+        &self.blobs
+    }
+
+    /// The sandbox (for benchmarks and tests that need the engine).
+    pub fn sandbox(&self) -> &Sandbox {
+        &self.sandbox
+    }
+
+    /// Registers a component as a tool: checks it, compiles it (once; the
+    /// compiled code is cached on disk), calls its `describe`, stores it in
+    /// the CAS and records it. `name` overrides the name from `describe`.
+    /// Nothing is stored unless every step succeeds.
+    pub fn add_tool(&self, wasm: &[u8], name: Option<&str>) -> Result<ToolRecord> {
+        Sandbox::check_header(wasm)?;
+        let digest = Digest::of(wasm);
+        let loaded = self.sandbox.load(*digest.as_bytes(), wasm)?;
+        let info = self.sandbox.describe(&loaded)?;
+        let name = match (name, &info) {
+            (Some(n), _) => n.to_string(),
+            (None, Some(i)) => i.name.clone(),
+            (None, None) => {
+                return Err(Error::BadName(
+                    "(none: a wasi:cli command does not describe itself; pass --name)".into(),
+                ))
+            }
+        };
+        check_name(&name)?;
+        let record = ToolRecord {
+            digest,
+            version: info.as_ref().map(|i| i.version.clone()).unwrap_or_default(),
+            description: info
+                .as_ref()
+                .map(|i| i.description.clone())
+                .unwrap_or_default(),
+            kind: loaded.kind(),
+            size_bytes: wasm.len() as u64,
+            imports: loaded.imports().to_vec(),
+            exports: loaded.exports().to_vec(),
+            info,
+            added_unix_s: SystemTime::now()
+                .duration_since(UNIX_EPOCH)
+                .map(|d| d.as_secs())
+                .unwrap_or(0),
+            name,
+        };
+        self.blobs.put(wasm)?;
+        let p = self.storage.db_path();
+        let txn = self
+            .storage
+            .db
+            .begin_write()
+            .map_err(|e| db_err(p)(e.to_string()))?;
+        {
+            let json = serde_json::to_vec(&record).expect("tool records serialize");
+            let mut tools = txn
+                .open_table(TOOLS)
+                .map_err(|e| db_err(p)(e.to_string()))?;
+            tools
+                .insert(digest.as_bytes(), &json[..])
+                .map_err(|e| db_err(p)(e.to_string()))?;
+            let mut names = txn
+                .open_table(NAMES)
+                .map_err(|e| db_err(p)(e.to_string()))?;
+            names
+                .insert(record.name.as_str(), digest.as_bytes())
+                .map_err(|e| db_err(p)(e.to_string()))?;
+        }
+        txn.commit().map_err(|e| db_err(p)(e.to_string()))?;
+        self.tools
+            .write()
+            .expect("tool index poisoned")
+            .insert(digest, record.kind);
+        Ok(record)
+    }
+
+    /// [`Host::add_tool`] from a file; the file stem is the fallback name
+    /// for commands.
+    pub fn add_tool_file(&self, path: &Path, name: Option<&str>) -> Result<ToolRecord> {
+        let wasm = std::fs::read(path).map_err(Error::io(
+            path,
+            "give the path of a .wasm component (build tools with `cargo xtask tools`)",
+        ))?;
+        let stem = path
+            .file_stem()
+            .and_then(|s| s.to_str())
+            .map(str::to_string);
+        let is_command = matches!(Sandbox::check_header(&wasm), Ok(()))
+            && self
+                .sandbox
+                .load(*Digest::of(&wasm).as_bytes(), &wasm)
+                .map(|t| t.kind() == ToolKind::Command)
+                .unwrap_or(false);
+        let name = name
+            .map(str::to_string)
+            .or(if is_command { stem } else { None });
+        self.add_tool(&wasm, name.as_deref())
+    }
+
+    /// Every registered tool, sorted by name.
+    pub fn tools(&self) -> Result<Vec<ToolRecord>> {
+        let p = self.storage.db_path();
+        let e = |e: &dyn std::fmt::Display| db_err(p)(e.to_string());
+        let txn = self.storage.db.begin_read().map_err(|x| e(&x))?;
+        let table = txn.open_table(TOOLS).map_err(|x| e(&x))?;
+        let mut out = Vec::new();
+        for entry in table.iter().map_err(|x| e(&x))? {
+            let (k, v) = entry.map_err(|x| e(&x))?;
+            let rec: ToolRecord =
+                serde_json::from_slice(v.value()).map_err(|x| Error::Corrupt {
+                    what: format!("tool record {}", Digest(*k.value())),
+                    detail: x.to_string(),
+                })?;
+            out.push(rec);
+        }
+        out.sort_by(|a, b| a.name.cmp(&b.name).then(a.digest.cmp(&b.digest)));
+        Ok(out)
+    }
+
+    /// Finds a tool by name, by `blake3:<hex>` digest, or by bare hex digest.
+    pub fn tool(&self, reference: &str) -> Result<ToolRecord> {
+        let p = self.storage.db_path();
+        let e = |e: &dyn std::fmt::Display| db_err(p)(e.to_string());
+        let digest = if reference.starts_with("blake3:") {
+            reference.parse::<Digest>()?
+        } else if reference.len() == 64 && reference.bytes().all(|b| b.is_ascii_hexdigit()) {
+            format!("blake3:{}", reference.to_ascii_lowercase()).parse::<Digest>()?
+        } else {
+            let txn = self.storage.db.begin_read().map_err(|x| e(&x))?;
+            let names = txn.open_table(NAMES).map_err(|x| e(&x))?;
+            match names.get(reference).map_err(|x| e(&x))? {
+                Some(d) => Digest(*d.value()),
+                None => return Err(Error::NoSuchTool(reference.to_string())),
+            }
+        };
+        let txn = self.storage.db.begin_read().map_err(|x| e(&x))?;
+        let tools = txn.open_table(TOOLS).map_err(|x| e(&x))?;
+        let Some(v) = tools.get(digest.as_bytes()).map_err(|x| e(&x))? else {
+            return Err(Error::NoSuchTool(reference.to_string()));
+        };
+        serde_json::from_slice(v.value()).map_err(|x| Error::Corrupt {
+            what: format!("tool record {digest}"),
+            detail: x.to_string(),
+        })
+    }
+
+    /// Unregisters a tool (its blob stays until `gc`).
+    pub fn remove_tool(&self, reference: &str) -> Result<ToolRecord> {
+        let record = self.tool(reference)?;
+        let p = self.storage.db_path();
+        let e = |e: &dyn std::fmt::Display| db_err(p)(e.to_string());
+        let txn = self.storage.db.begin_write().map_err(|x| e(&x))?;
+        {
+            let mut tools = txn.open_table(TOOLS).map_err(|x| e(&x))?;
+            tools.remove(record.digest.as_bytes()).map_err(|x| e(&x))?;
+            let mut names = txn.open_table(NAMES).map_err(|x| e(&x))?;
+            let points_here = names
+                .get(record.name.as_str())
+                .map_err(|x| e(&x))?
+                .is_some_and(|d| Digest(*d.value()) == record.digest);
+            if points_here {
+                names.remove(record.name.as_str()).map_err(|x| e(&x))?;
+            }
+        }
+        txn.commit().map_err(|x| e(&x))?;
+        self.tools
+            .write()
+            .expect("tool index poisoned")
+            .remove(&record.digest);
+        self.sandbox.remove_artifact(record.digest.as_bytes());
+        Ok(record)
+    }
+
+    /// Stores an input for a later [`Host::invoke`]. Small inputs take the
+    /// write-behind path (durable at the next batch or [`Host::flush`]).
+    pub fn put_input(&self, bytes: &[u8]) -> Result<Digest> {
+        let max = self.config.defaults.input_bytes_max;
+        if bytes.len() as u64 > max {
+            return Err(Error::InputTooLarge {
+                size: bytes.len() as u64,
+                max,
+            });
+        }
+        self.storage.put_blob_deferred(bytes)
+    }
+
+    fn loaded_tool(&self, digest: &Digest) -> Result<Arc<LoadedTool>> {
+        if let Some(t) = self.sandbox.loaded(digest.as_bytes()) {
+            return Ok(t);
+        }
+        if !self
+            .tools
+            .read()
+            .expect("tool index poisoned")
+            .contains_key(digest)
+        {
+            return Err(Error::NoSuchTool(digest.to_string()));
+        }
+        let wasm = self.blobs.get(digest)?;
+        Ok(self.sandbox.load(*digest.as_bytes(), &wasm)?)
+    }
+
+    /// The receipt the action cache holds for `invocation`, if any.
+    pub fn cached(&self, invocation: &Digest) -> Result<Option<Receipt>> {
+        if let Some(r) = self
+            .recent
+            .lock()
+            .expect("action cache poisoned")
+            .get(invocation)
+        {
+            let mut r = (**r).clone();
+            r.cached = true;
+            return Ok(Some(r));
+        }
+        match self.storage.cached_receipt(invocation)? {
+            Some(mut r) => {
+                self.remember(Arc::new(r.clone()), *invocation);
+                r.cached = true;
+                Ok(Some(r))
+            }
+            None => Ok(None),
+        }
+    }
+
+    fn remember(&self, receipt: Arc<Receipt>, invocation: Digest) {
+        let mut recent = self.recent.lock().expect("action cache poisoned");
+        if recent.len() >= self.config.storage.action_cache_entries {
+            // The database holds every entry; the front only saves a lookup.
+            recent.clear();
+        }
+        recent.insert(invocation, receipt);
+    }
+
+    /// Runs an invocation, or answers it from the action cache. The input
+    /// (and any granted blob) must already be stored.
+    pub fn invoke(&self, invocation: &Invocation) -> Result<Receipt> {
+        let inv_digest = invocation.digest();
+        if let Some(r) = self.cached(&inv_digest)? {
+            return Ok(r);
+        }
+        let started = Instant::now();
+        let tool = self.loaded_tool(&invocation.tool)?;
+        let input = match self.blobs.get_shared(&invocation.input) {
+            Ok(b) => b,
+            Err(voidbox_cas::CasError::NotFound(d)) => return Err(Error::NoSuchBlob(d)),
+            Err(e) => return Err(e.into()),
+        };
+        let max = self.config.defaults.input_bytes_max;
+        if input.len() as u64 > max {
+            return Err(Error::InputTooLarge {
+                size: input.len() as u64,
+                max,
+            });
+        }
+        let grants: Vec<String> = invocation.grants.iter().map(|d| d.to_string()).collect();
+        let preopens = invocation
+            .grants
+            .iter()
+            .map(|d| Ok((self.materialize(d)?, format!("/grants/{}", d.hex()))))
+            .collect::<Result<Vec<_>>>()?;
+        let result = self.sandbox.run(
+            &tool,
+            &RunRequest {
+                input: &input,
+                args: &invocation.args,
+                budget: invocation.budget,
+                clock_unix_ns: invocation.time_unix_ns,
+                seed: *inv_digest.as_bytes(),
+                grants: &grants,
+                blobs: self.blob_source.clone(),
+                preopens: &preopens,
+            },
+        )?;
+        let output = match result.outcome {
+            Outcome::Ok => Some(self.storage.put_blob_deferred(&result.output)?),
+            _ => None,
+        };
+        let diagnostics = if result.logs.is_empty() && result.stderr.is_empty() {
+            None
+        } else {
+            let d = serde_json::json!({
+                "logs": result.logs,
+                "stderr": String::from_utf8_lossy(&result.stderr),
+            });
+            Some(
+                self.storage
+                    .put_blob_deferred(&serde_json::to_vec(&d).expect("json"))?,
+            )
+        };
+        let mut receipt = Receipt {
+            receipt: Digest([0; 32]),
+            invocation: inv_digest,
+            tool: invocation.tool,
+            input: invocation.input,
+            output,
+            output_bytes: result.output.len() as u64,
+            outcome: result.outcome,
+            fuel_used: result.fuel_used,
+            memory_peak_bytes: result.memory_peak_bytes,
+            diagnostics,
+            timestamp: self.next_timestamp(),
+            cached: false,
+            duration_us: started.elapsed().as_micros() as u64,
+        };
+        receipt.receipt = receipt.compute_digest();
+        let cacheable = receipt.outcome.is_deterministic();
+        let shared = Arc::new(receipt.clone());
+        self.storage.record(
+            Arc::new(invocation.clone()),
+            inv_digest,
+            shared.clone(),
+            cacheable,
+        )?;
+        if cacheable {
+            self.remember(shared, inv_digest);
+        }
+        Ok(receipt)
+    }
+
+    /// A granted blob as a read-only file for the guest: the directory
+    /// `grants/<hex>/` holding one file, `blob`, with the verified content.
+    /// The guest sees it as `/grants/<hex>/blob`. Written once (temp file
+    /// and rename), reused by later invocations; `gc` clears them.
+    fn materialize(&self, digest: &Digest) -> Result<PathBuf> {
+        let dir = self.home.join("grants").join(digest.hex());
+        let file = dir.join("blob");
+        if !file.exists() {
+            std::fs::create_dir_all(&dir)
+                .map_err(Error::io(&dir, "check that the data directory is writable"))?;
+            match self.blobs.get_to_file(digest, &file) {
+                Ok(_) => {}
+                Err(voidbox_cas::CasError::NotFound(d)) => return Err(Error::NoSuchBlob(d)),
+                Err(e) => return Err(e.into()),
+            }
+        }
+        Ok(dir)
+    }
+
+    /// The output bytes a receipt names, if the run produced any.
+    pub fn output(&self, receipt: &Receipt) -> Result<Option<Vec<u8>>> {
+        match &receipt.output {
+            Some(d) => Ok(Some(self.blobs.get(d)?)),
+            None => Ok(None),
+        }
+    }
+
+    /// A receipt by its digest or by its invocation's digest, with the
+    /// invocation when it is known.
+    pub fn receipt(&self, digest: &Digest) -> Result<(Receipt, Option<Invocation>)> {
+        self.storage
+            .receipt(digest)?
+            .ok_or(Error::NoSuchReceipt(*digest))
+    }
+
+    /// Makes every receipt and blob handed over so far durable.
+    pub fn flush(&self) -> Result<()> {
+        self.storage.flush()
+    }
+
+    /// Removes every blob that no tool, pin, receipt or invocation
+    /// references.
+    pub fn gc(&self) -> Result<GcReport> {
+        let roots = self.storage.roots()?;
+        let report = self.blobs.gc(&roots)?;
+        // Materialized grants are copies; the next invocation that needs
+        // one makes it again from the CAS.
+        let grants = self.home.join("grants");
+        if grants.exists() {
+            std::fs::remove_dir_all(&grants)
+                .map_err(Error::io(&grants, "remove the directory by hand"))?;
+        }
+        Ok(report)
+    }
+
+    /// A hybrid-logical-clock reading: physical time in nanoseconds, made
+    /// strictly increasing within this host.
+    fn next_timestamp(&self) -> u64 {
+        let physical = SystemTime::now()
+            .duration_since(UNIX_EPOCH)
+            .map(|d| d.as_nanos() as u64)
+            .unwrap_or(0);
+        let mut last = self.hlc.load(Ordering::Relaxed);
+        loop {
+            let next = physical.max(last + 1);
+            match self
+                .hlc
+                .compare_exchange_weak(last, next, Ordering::Relaxed, Ordering::Relaxed)
+            {
+                Ok(_) => return next,
+                Err(seen) => last = seen,
+            }
+        }
+    }
+}
+
+/// Tool names: short, unambiguous with digests, safe in file names.
+fn check_name(name: &str) -> Result<()> {
+    let ok_chars = name
+        .bytes()
+        .all(|b| b.is_ascii_alphanumeric() || matches!(b, b'-' | b'_' | b'.'));
+    let looks_like_digest = name.starts_with("blake3:")
+        || (name.len() == 64 && name.bytes().all(|b| b.is_ascii_hexdigit()));
+    if name.is_empty() || name.len() > 64 || !ok_chars || looks_like_digest {
+        return Err(Error::BadName(name.to_string()));
+    }
+    Ok(())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn names_are_checked() {
+        assert!(check_name("wc").is_ok());
+        assert!(check_name("json-query_2.0").is_ok());
+        assert!(check_name("").is_err());
+        assert!(check_name("a b").is_err());
+        assert!(check_name(&"a".repeat(64)).is_err());
+        assert!(check_name("blake3:x").is_err());
+    }
+
+    #[test]
+    fn timestamps_strictly_increase() {
+        let dir = tempfile::tempdir().unwrap();
+        let host = Host::open(dir.path()).unwrap();
+        let a = host.next_timestamp();
+        let b = host.next_timestamp();
+        assert!(b > a);
+    }
+
+    #[test]
+    fn opening_a_missing_home_without_init_is_a_clear_error() {
+        let dir = tempfile::tempdir().unwrap();
+        let err = Host::open_existing(dir.path().join("nope")).unwrap_err();
+        assert!(err.to_string().contains("voidbox init"), "{err}");
+    }
+
+    #[test]
+    fn inputs_over_the_limit_are_refused_before_storing() {
+        let dir = tempfile::tempdir().unwrap();
+        std::fs::write(
+            dir.path().join(CONFIG_FILE),
+            "[defaults]\ninput_bytes_max = 4\n",
+        )
+        .unwrap();
+        let host = Host::open(dir.path()).unwrap();
+        let err = host.put_input(b"12345").unwrap_err();
+        assert!(
+            matches!(err, Error::InputTooLarge { size: 5, max: 4 }),
+            "{err}"
+        );
+        assert!(host.blobs().list().unwrap().is_empty());
+    }
+
+    #[test]
+    fn small_blobs_survive_a_reopen() {
+        let dir = tempfile::tempdir().unwrap();
+        let d = {
+            let host = Host::open(dir.path()).unwrap();
+            let d = host.put_input(b"hello").unwrap();
+            host.flush().unwrap();
+            d
+        };
+        let host = Host::open(dir.path()).unwrap();
+        assert_eq!(host.blobs().get(&d).unwrap(), b"hello");
+    }
+}

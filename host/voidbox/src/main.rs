@@ -1,0 +1,618 @@
+//! The `voidbox` command: thin glue over the `voidbox` library. Only this
+//! file knows clap, terminals and exit codes.
+
+use std::io::{IsTerminal, Read, Write};
+use std::path::PathBuf;
+use std::process::ExitCode;
+use std::time::{Duration, Instant};
+
+use clap::{Args, Parser, Subcommand};
+use voidbox::{Digest, Error, Host, Invocation, Outcome, Receipt, Store, ToolRecord};
+
+/// Exit codes, one per failure class, so scripts can tell them apart.
+mod exit {
+    pub const OK: u8 = 0;
+    /// Something unexpected inside voidbox.
+    pub const INTERNAL: u8 = 1;
+    /// A bad request: unknown tool, malformed digest, file not found, bad
+    /// component, input too large, bad configuration.
+    pub const BAD_REQUEST: u8 = 3;
+    /// Storage problems: corrupt data, database or disk errors.
+    pub const STORAGE: u8 = 4;
+    /// Blobs found corrupt by `cas verify`.
+    pub const CORRUPT: u8 = 5;
+    pub const TOOL_ERROR: u8 = 10;
+    pub const TRAP: u8 = 11;
+    pub const OUT_OF_FUEL: u8 = 12;
+    pub const MEMORY_LIMIT: u8 = 13;
+    pub const OUTPUT_TOO_LARGE: u8 = 14;
+    pub const TIMEOUT: u8 = 15;
+}
+
+#[derive(Parser, Debug)]
+#[command(
+    name = "voidbox",
+    version,
+    about = "Run WebAssembly tools in a deterministic sandbox, with receipts"
+)]
+struct Cli {
+    /// The data directory (default: $XDG_DATA_HOME/voidbox or ~/.local/share/voidbox).
+    #[arg(long, global = true, env = "VOIDBOX_HOME", value_name = "DIR")]
+    home: Option<PathBuf>,
+    /// More logging (-v info, -vv debug, -vvv trace); RUST_LOG overrides.
+    #[arg(short, long, global = true, action = clap::ArgAction::Count)]
+    verbose: u8,
+    #[command(subcommand)]
+    command: Command,
+}
+
+#[derive(Subcommand, Debug)]
+enum Command {
+    /// Create the data directory (with a commented voidbox.toml).
+    Init,
+    /// Add, list, inspect and remove tools.
+    #[command(subcommand)]
+    Tool(ToolCmd),
+    /// Invoke a tool on an input; prints the output (or the receipt with --json).
+    Run(RunArgs),
+    /// The content-addressed store.
+    #[command(subcommand)]
+    Cas(CasCmd),
+    /// Receipts.
+    #[command(subcommand)]
+    Receipt(ReceiptCmd),
+    /// Measure invocation overhead, the action cache and the CAS.
+    Bench(BenchArgs),
+    /// The Ising-model optimizer on its own.
+    #[command(subcommand)]
+    Ising(IsingCmd),
+}
+
+#[derive(Subcommand, Debug)]
+enum ToolCmd {
+    /// Store a component, compile it once, record it; prints its digest.
+    Add {
+        /// The component (.wasm).
+        file: PathBuf,
+        /// The name to register (default: the name the tool describes).
+        #[arg(long)]
+        name: Option<String>,
+    },
+    /// List registered tools.
+    List {
+        #[arg(long)]
+        json: bool,
+    },
+    /// Show a tool's exports, imports, description and contract.
+    Inspect {
+        /// A name or digest.
+        tool: String,
+        #[arg(long)]
+        json: bool,
+    },
+    /// Unregister a tool (its blob stays until `cas gc`).
+    Rm {
+        /// A name or digest.
+        tool: String,
+    },
+}
+
+#[derive(Args, Debug)]
+struct RunArgs {
+    /// A tool name or digest.
+    tool: String,
+    /// The input file, or - for stdin (default: empty input).
+    #[arg(long, short)]
+    input: Option<String>,
+    /// An argument for the tool, KEY=VALUE (repeatable).
+    #[arg(long = "arg", value_name = "KEY=VALUE")]
+    args: Vec<String>,
+    /// Fuel budget (default from voidbox.toml).
+    #[arg(long)]
+    fuel: Option<u64>,
+    /// Memory budget in bytes.
+    #[arg(long)]
+    memory: Option<u64>,
+    /// Output limit in bytes.
+    #[arg(long)]
+    output_limit: Option<u64>,
+    /// Wall-clock guard in milliseconds.
+    #[arg(long)]
+    timeout: Option<u64>,
+    /// A blob the tool may read with read-blob (repeatable).
+    #[arg(long = "grant", value_name = "DIGEST")]
+    grants: Vec<String>,
+    /// The time the tool sees, Unix seconds (default 0: fully reproducible).
+    #[arg(long)]
+    time: Option<u64>,
+    /// Print the whole receipt as JSON instead of the output.
+    #[arg(long)]
+    json: bool,
+}
+
+#[derive(Subcommand, Debug)]
+enum CasCmd {
+    /// Store a file (or - for stdin); prints its digest.
+    Put { file: String },
+    /// Write a blob to stdout or to a file.
+    Get {
+        digest: String,
+        #[arg(short, long)]
+        output: Option<PathBuf>,
+    },
+    /// List blobs.
+    Ls {
+        #[arg(long)]
+        json: bool,
+    },
+    /// Re-hash every blob and report corrupt ones.
+    Verify,
+    /// Remove blobs that no tool, pin or receipt references.
+    Gc,
+    /// Keep a blob through GC.
+    Pin { digest: String },
+    /// Undo a pin.
+    Unpin { digest: String },
+    /// Remove one blob.
+    Rm { digest: String },
+}
+
+#[derive(Subcommand, Debug)]
+enum ReceiptCmd {
+    /// Show a receipt by its digest or its invocation's digest.
+    Show { digest: String },
+}
+
+#[derive(Args, Debug)]
+struct BenchArgs {
+    /// Print one JSON object instead of a table.
+    #[arg(long)]
+    json: bool,
+    /// Seconds per measurement.
+    #[arg(long, default_value_t = 2.0)]
+    seconds: f64,
+    /// The trivial tool to measure (default: the echo tool built by `cargo xtask tools`).
+    #[arg(long)]
+    tool: Option<PathBuf>,
+}
+
+#[derive(Subcommand, Debug)]
+enum IsingCmd {
+    /// Anneal a max-cut edge list or QUBO file; prints JSON.
+    Solve {
+        file: PathBuf,
+        #[arg(long, default_value_t = 1000)]
+        sweeps: usize,
+        #[arg(long, default_value_t = 10)]
+        reads: usize,
+        #[arg(long, default_value_t = 0)]
+        seed: u64,
+        #[arg(long, default_value_t = 1)]
+        threads: usize,
+    },
+}
+
+/// An error with the exit code it maps to.
+struct Failure {
+    code: u8,
+    message: String,
+}
+
+impl From<Error> for Failure {
+    fn from(e: Error) -> Self {
+        let code = match &e {
+            Error::Cas(voidbox::CasError::Corrupt { .. })
+            | Error::Corrupt { .. }
+            | Error::Db { .. }
+            | Error::WriterStopped(_) => exit::STORAGE,
+            Error::Cas(voidbox::CasError::Io { .. }) | Error::Io { .. } => exit::STORAGE,
+            _ => exit::BAD_REQUEST,
+        };
+        Failure {
+            code,
+            message: e.to_string(),
+        }
+    }
+}
+
+impl From<anyhow::Error> for Failure {
+    fn from(e: anyhow::Error) -> Self {
+        Failure {
+            code: exit::BAD_REQUEST,
+            message: format!("{e:#}"),
+        }
+    }
+}
+
+fn fail(code: u8, message: impl Into<String>) -> Failure {
+    Failure {
+        code,
+        message: message.into(),
+    }
+}
+
+fn main() -> ExitCode {
+    let cli = Cli::parse();
+    init_logging(cli.verbose);
+    match dispatch(cli) {
+        Ok(code) => ExitCode::from(code),
+        Err(f) => {
+            eprintln!("voidbox: {}", f.message);
+            ExitCode::from(f.code)
+        }
+    }
+}
+
+fn init_logging(verbose: u8) {
+    let default = match verbose {
+        0 => "warn",
+        1 => "info",
+        2 => "debug",
+        _ => "trace",
+    };
+    let filter = tracing_subscriber::EnvFilter::try_from_default_env()
+        .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new(default));
+    let _ = tracing_subscriber::fmt()
+        .with_env_filter(filter)
+        .with_writer(std::io::stderr)
+        .try_init();
+}
+
+fn default_home() -> Result<PathBuf, Failure> {
+    if let Some(x) = std::env::var_os("XDG_DATA_HOME").filter(|v| !v.is_empty()) {
+        return Ok(PathBuf::from(x).join("voidbox"));
+    }
+    if let Some(h) = std::env::var_os("HOME").filter(|v| !v.is_empty()) {
+        return Ok(PathBuf::from(h).join(".local/share/voidbox"));
+    }
+    Err(fail(
+        exit::BAD_REQUEST,
+        "no data directory: pass --home DIR or set VOIDBOX_HOME",
+    ))
+}
+
+fn dispatch(cli: Cli) -> Result<u8, Failure> {
+    let home = match cli.home {
+        Some(h) => h,
+        None => default_home()?,
+    };
+    match cli.command {
+        Command::Init => {
+            let existed = home.join(voidbox::CONFIG_FILE).exists();
+            let host = Host::init(&home)?;
+            println!(
+                "{} Voidbox data directory at {}",
+                if existed { "Using existing" } else { "Created" },
+                host.home().display()
+            );
+            Ok(exit::OK)
+        }
+        Command::Tool(cmd) => tool(&Host::open_existing(&home)?, cmd),
+        Command::Run(args) => run(&Host::open_existing(&home)?, args),
+        Command::Cas(cmd) => cas(&Host::open_existing(&home)?, cmd),
+        Command::Receipt(ReceiptCmd::Show { digest }) => {
+            let host = Host::open_existing(&home)?;
+            let d: Digest = digest.parse().map_err(Error::from)?;
+            let (receipt, invocation) = host.receipt(&d)?;
+            let out = serde_json::json!({ "receipt": receipt, "invocation": invocation });
+            println!("{}", serde_json::to_string_pretty(&out).expect("json"));
+            Ok(exit::OK)
+        }
+        Command::Bench(args) => bench(args),
+        Command::Ising(IsingCmd::Solve {
+            file,
+            sweeps,
+            reads,
+            seed,
+            threads,
+        }) => {
+            let text = std::fs::read_to_string(&file).map_err(|e| {
+                fail(
+                    exit::BAD_REQUEST,
+                    format!("cannot read {}: {e}", file.display()),
+                )
+            })?;
+            let params = voidbox_ising::Params {
+                sweeps,
+                reads,
+                seed,
+                threads,
+                ..Default::default()
+            };
+            let report = voidbox_ising::solve_text(&text, &params)
+                .map_err(|e| fail(exit::BAD_REQUEST, format!("{}: {e}", file.display())))?;
+            println!("{}", serde_json::to_string(&report).expect("json"));
+            Ok(exit::OK)
+        }
+    }
+}
+
+fn tool(host: &Host, cmd: ToolCmd) -> Result<u8, Failure> {
+    match cmd {
+        ToolCmd::Add { file, name } => {
+            let terminal = std::io::stderr().is_terminal();
+            let size = std::fs::metadata(&file).map(|m| m.len()).unwrap_or(0);
+            let started = Instant::now();
+            if terminal {
+                eprint!("compiling {} ({} KiB)…", file.display(), size / 1024);
+                let _ = std::io::stderr().flush();
+            }
+            let record = host.add_tool_file(&file, name.as_deref());
+            if terminal {
+                eprintln!(" {:.1}s", started.elapsed().as_secs_f64());
+            }
+            let record = record?;
+            println!("{}  {} {}", record.digest, record.name, record.version);
+            Ok(exit::OK)
+        }
+        ToolCmd::List { json } => {
+            let tools = host.tools()?;
+            if json {
+                println!("{}", serde_json::to_string_pretty(&tools).expect("json"));
+            } else if tools.is_empty() {
+                println!("no tools; add one with `voidbox tool add FILE.wasm`");
+            } else {
+                for t in tools {
+                    println!(
+                        "{:<16} {:<8} {:<8} {:>9}  {}",
+                        t.name,
+                        t.version,
+                        kind_name(&t),
+                        t.size_bytes,
+                        t.digest
+                    );
+                }
+            }
+            Ok(exit::OK)
+        }
+        ToolCmd::Inspect { tool, json } => {
+            let t = host.tool(&tool)?;
+            if json {
+                println!("{}", serde_json::to_string_pretty(&t).expect("json"));
+                return Ok(exit::OK);
+            }
+            println!("name:        {}", t.name);
+            println!("digest:      {}", t.digest);
+            println!("kind:        {}", kind_name(&t));
+            println!("version:     {}", t.version);
+            println!("description: {}", t.description);
+            println!("size:        {} bytes", t.size_bytes);
+            if let Some(info) = &t.info {
+                println!(
+                    "contract:    {}",
+                    info.contract.as_deref().unwrap_or("(none declared)")
+                );
+                if let Some(s) = &info.input_schema {
+                    println!("input:       {s}");
+                }
+                if let Some(s) = &info.output_schema {
+                    println!("output:      {s}");
+                }
+            }
+            println!("exports:");
+            for e in &t.exports {
+                println!("  {e}");
+            }
+            println!("imports:");
+            for i in &t.imports {
+                println!("  {i}");
+            }
+            Ok(exit::OK)
+        }
+        ToolCmd::Rm { tool } => {
+            let t = host.remove_tool(&tool)?;
+            println!(
+                "removed {} ({}); run `voidbox cas gc` to free its blob",
+                t.name, t.digest
+            );
+            Ok(exit::OK)
+        }
+    }
+}
+
+fn kind_name(t: &ToolRecord) -> &'static str {
+    match t.kind {
+        voidbox::ToolKind::Tool => "tool",
+        voidbox::ToolKind::Command => "command",
+    }
+}
+
+fn read_input(spec: Option<&str>) -> Result<Vec<u8>, Failure> {
+    match spec {
+        None => Ok(Vec::new()),
+        Some("-") => {
+            let mut buf = Vec::new();
+            std::io::stdin()
+                .read_to_end(&mut buf)
+                .map_err(|e| fail(exit::BAD_REQUEST, format!("cannot read stdin: {e}")))?;
+            Ok(buf)
+        }
+        Some(path) => std::fs::read(path).map_err(|e| {
+            fail(
+                exit::BAD_REQUEST,
+                format!("cannot read input file {path}: {e}; give an existing file or - for stdin"),
+            )
+        }),
+    }
+}
+
+fn run(host: &Host, a: RunArgs) -> Result<u8, Failure> {
+    let tool = host.tool(&a.tool)?;
+    let input = read_input(a.input.as_deref())?;
+    let input = host.put_input(&input)?;
+    let mut budget = host.default_budget();
+    budget.fuel = a.fuel.unwrap_or(budget.fuel);
+    budget.memory_bytes = a.memory.unwrap_or(budget.memory_bytes);
+    budget.output_bytes = a.output_limit.unwrap_or(budget.output_bytes);
+    if let Some(ms) = a.timeout {
+        budget.timeout = Duration::from_millis(ms);
+    }
+    let mut inv = Invocation::new(tool.digest, input).budget(budget);
+    for kv in &a.args {
+        let (k, v) = kv.split_once('=').ok_or_else(|| {
+            fail(
+                exit::BAD_REQUEST,
+                format!("--arg {kv}: expected KEY=VALUE (use an empty key, =VALUE, for a positional argument)"),
+            )
+        })?;
+        inv = inv.arg(k, v);
+    }
+    for g in &a.grants {
+        inv = inv.grant(g.parse().map_err(Error::from)?);
+    }
+    inv.time_unix_ns = a.time.unwrap_or(0).saturating_mul(1_000_000_000);
+    let receipt = host.invoke(&inv)?;
+    host.flush()?;
+    if a.json {
+        println!("{}", serde_json::to_string_pretty(&receipt).expect("json"));
+    } else if let Some(output) = host.output(&receipt)? {
+        std::io::stdout()
+            .write_all(&output)
+            .and_then(|_| std::io::stdout().flush())
+            .map_err(|e| fail(exit::INTERNAL, format!("cannot write the output: {e}")))?;
+    }
+    report_outcome(host, &receipt)
+}
+
+fn report_outcome(host: &Host, receipt: &Receipt) -> Result<u8, Failure> {
+    let code = match receipt.outcome {
+        Outcome::Ok => return Ok(exit::OK),
+        Outcome::ToolError { .. } => exit::TOOL_ERROR,
+        Outcome::Trap { .. } => exit::TRAP,
+        Outcome::OutOfFuel => exit::OUT_OF_FUEL,
+        Outcome::MemoryLimit => exit::MEMORY_LIMIT,
+        Outcome::OutputTooLarge { .. } => exit::OUTPUT_TOO_LARGE,
+        Outcome::Timeout => exit::TIMEOUT,
+    };
+    // A trap's stderr usually holds the panic message: the most useful line.
+    let detail = receipt
+        .diagnostics
+        .and_then(|d| host.blobs().get(&d).ok())
+        .and_then(|b| serde_json::from_slice::<serde_json::Value>(&b).ok())
+        .and_then(|v| {
+            v["stderr"]
+                .as_str()
+                .map(|s| s.trim().lines().last().unwrap_or("").to_string())
+        })
+        .filter(|s| !s.is_empty());
+    eprintln!(
+        "voidbox: {}: {}{} (receipt {})",
+        receipt.outcome.name(),
+        receipt.outcome.describe(),
+        detail
+            .map(|d| format!(" [stderr: {d}]"))
+            .unwrap_or_default(),
+        receipt.receipt
+    );
+    Ok(code)
+}
+
+fn cas(host: &Host, cmd: CasCmd) -> Result<u8, Failure> {
+    let blobs = host.blobs();
+    let digest = |s: &str| -> Result<Digest, Failure> { Ok(s.parse().map_err(Error::from)?) };
+    match cmd {
+        CasCmd::Put { file } => {
+            let (d, len) = if file == "-" {
+                blobs
+                    .put_reader(&mut std::io::stdin().lock())
+                    .map_err(Error::from)?
+            } else {
+                let mut f = std::fs::File::open(&file).map_err(|e| {
+                    fail(
+                        exit::BAD_REQUEST,
+                        format!("cannot open {file}: {e}; give an existing file or - for stdin"),
+                    )
+                })?;
+                blobs.put_reader(&mut f).map_err(Error::from)?
+            };
+            println!("{d}  {len} bytes");
+        }
+        CasCmd::Get { digest: d, output } => {
+            let d = digest(&d)?;
+            match output {
+                Some(path) => {
+                    blobs.get_to_file(&d, &path).map_err(Error::from)?;
+                }
+                None => {
+                    let stdout = std::io::stdout();
+                    let mut lock = stdout.lock();
+                    blobs.copy_to(&d, &mut lock).map_err(Error::from)?;
+                    lock.flush()
+                        .map_err(|e| fail(exit::INTERNAL, e.to_string()))?;
+                }
+            }
+        }
+        CasCmd::Ls { json } => {
+            let list = blobs.list().map_err(Error::from)?;
+            if json {
+                let v: Vec<_> = list
+                    .iter()
+                    .map(|(d, n)| serde_json::json!({"digest": d, "bytes": n}))
+                    .collect();
+                println!("{}", serde_json::to_string_pretty(&v).expect("json"));
+            } else {
+                for (d, n) in list {
+                    println!("{d}  {n}");
+                }
+            }
+        }
+        CasCmd::Verify => {
+            let report = blobs.verify_all().map_err(Error::from)?;
+            println!("checked {} blobs ({} bytes)", report.checked, report.bytes);
+            if !report.corrupt.is_empty() {
+                for (d, what) in &report.corrupt {
+                    println!("CORRUPT {d}: {what}");
+                }
+                return Err(fail(
+                    exit::CORRUPT,
+                    format!(
+                        "{} corrupt blob(s); remove each with `voidbox cas rm DIGEST` and add the original content again",
+                        report.corrupt.len()
+                    ),
+                ));
+            }
+            println!("all blobs intact");
+        }
+        CasCmd::Gc => {
+            let r = host.gc()?;
+            println!(
+                "kept {}, removed {} blobs, freed {} bytes",
+                r.kept, r.removed, r.bytes_freed
+            );
+        }
+        CasCmd::Pin { digest: d } => blobs.pin(&digest(&d)?).map_err(Error::from)?,
+        CasCmd::Unpin { digest: d } => {
+            blobs.unpin(&digest(&d)?).map_err(Error::from)?;
+        }
+        CasCmd::Rm { digest: d } => {
+            let d = digest(&d)?;
+            if !blobs.remove(&d).map_err(Error::from)? {
+                return Err(fail(exit::BAD_REQUEST, format!("no blob {d} in the store")));
+            }
+        }
+    }
+    Ok(exit::OK)
+}
+
+fn bench(args: BenchArgs) -> Result<u8, Failure> {
+    let tool = match args.tool {
+        Some(t) => t,
+        None => voidbox::bench::default_tool_path().ok_or_else(|| {
+            fail(
+                exit::BAD_REQUEST,
+                "no echo tool found; build the tools with `cargo xtask tools` or pass --tool FILE.wasm",
+            )
+        })?,
+    };
+    let report = voidbox::bench::run(&tool, Duration::from_secs_f64(args.seconds))
+        .map_err(|e| fail(exit::INTERNAL, format!("benchmark failed: {e:#}")))?;
+    if args.json {
+        println!(
+            "{}",
+            serde_json::to_string_pretty(&report.to_json()).expect("json")
+        );
+    } else {
+        print!("{}", report.table());
+    }
+    Ok(exit::OK)
+}

@@ -1,0 +1,235 @@
+//! End-to-end tests through the real `voidbox` binary.
+
+use std::io::Write;
+use std::path::{Path, PathBuf};
+use std::process::{Command, Output, Stdio};
+
+use serde_json::Value;
+use voidbox_e2e::{tools, voidbox_bin};
+
+struct Cli {
+    _dir: tempfile::TempDir,
+    home: PathBuf,
+}
+
+impl Cli {
+    fn new() -> Cli {
+        let dir = tempfile::tempdir().unwrap();
+        let home = dir.path().join("home");
+        Cli { _dir: dir, home }
+    }
+
+    fn cmd(&self, args: &[&str]) -> Command {
+        let mut c = Command::new(voidbox_bin());
+        c.arg("--home").arg(&self.home).args(args);
+        c.env_remove("VOIDBOX_HOME").env_remove("RUST_LOG");
+        c
+    }
+
+    fn run(&self, args: &[&str]) -> Output {
+        self.cmd(args).output().unwrap()
+    }
+
+    fn ok(&self, args: &[&str]) -> String {
+        let out = self.run(args);
+        assert!(
+            out.status.success(),
+            "voidbox {args:?} failed: {}\n{}",
+            out.status,
+            String::from_utf8_lossy(&out.stderr)
+        );
+        String::from_utf8(out.stdout).unwrap()
+    }
+
+    fn with_stdin(&self, args: &[&str], stdin: &[u8]) -> Output {
+        let mut child = self
+            .cmd(args)
+            .stdin(Stdio::piped())
+            .stdout(Stdio::piped())
+            .stderr(Stdio::piped())
+            .spawn()
+            .unwrap();
+        child.stdin.take().unwrap().write_all(stdin).unwrap();
+        child.wait_with_output().unwrap()
+    }
+}
+
+fn stderr(o: &Output) -> String {
+    String::from_utf8_lossy(&o.stderr).into_owned()
+}
+
+#[test]
+fn init_add_run_and_inspect() {
+    let cli = Cli::new();
+    assert!(cli.ok(&["init"]).contains("Created"));
+    assert!(cli.home.join("voidbox.toml").exists());
+    let added = cli.ok(&["tool", "add", tools::WC]);
+    assert!(added.starts_with("blake3:"), "{added}");
+    assert!(added.contains(" wc "), "{added}");
+    let list = cli.ok(&["tool", "list", "--json"]);
+    let list: Value = serde_json::from_str(&list).unwrap();
+    assert_eq!(list[0]["name"], "wc");
+
+    let out = cli.with_stdin(&["run", "wc", "--input", "-"], b"a b c\n");
+    assert!(out.status.success(), "{}", stderr(&out));
+    let v: Value = serde_json::from_slice(&out.stdout).unwrap();
+    assert_eq!(v["words"], 3);
+
+    let out = cli.with_stdin(&["run", "wc", "--input", "-", "--json"], b"a b c\n");
+    let receipt: Value = serde_json::from_slice(&out.stdout).unwrap();
+    for field in [
+        "invocation",
+        "tool",
+        "input",
+        "output",
+        "outcome",
+        "fuel_used",
+        "cached",
+        "duration_us",
+    ] {
+        assert!(
+            receipt.get(field).is_some(),
+            "receipt lacks {field}: {receipt}"
+        );
+    }
+    assert_eq!(
+        receipt["cached"], true,
+        "the second identical run is answered from the cache"
+    );
+    assert_eq!(receipt["outcome"]["kind"], "ok");
+
+    let shown = cli.ok(&["receipt", "show", receipt["receipt"].as_str().unwrap()]);
+    let shown: Value = serde_json::from_str(&shown).unwrap();
+    assert_eq!(shown["receipt"]["receipt"], receipt["receipt"]);
+    assert_eq!(shown["invocation"]["tool"], receipt["tool"]);
+
+    let inspect = cli.ok(&["tool", "inspect", "wc"]);
+    assert!(
+        inspect.contains("contract:    fuel <= 400 * input_bytes"),
+        "{inspect}"
+    );
+    assert!(inspect.contains("invoke"), "{inspect}");
+}
+
+#[test]
+fn outcomes_have_distinct_exit_codes_and_one_line_errors() {
+    let cli = Cli::new();
+    cli.ok(&["init"]);
+    cli.ok(&["tool", "add", tools::HOSTILE_LOOP]);
+    cli.ok(&["tool", "add", tools::HOSTILE_PANIC]);
+    cli.ok(&["tool", "add", tools::HOSTILE_BALLOON]);
+    let fuel = cli.run(&["run", "hostile-loop", "--fuel", "1000000"]);
+    assert_eq!(fuel.status.code(), Some(12), "{}", stderr(&fuel));
+    assert!(stderr(&fuel).contains("out-of-fuel"), "{}", stderr(&fuel));
+    assert!(stderr(&fuel).contains("--fuel"), "{}", stderr(&fuel));
+    assert_eq!(stderr(&fuel).lines().count(), 1, "{}", stderr(&fuel));
+    let trap = cli.run(&["run", "hostile-panic"]);
+    assert_eq!(trap.status.code(), Some(11), "{}", stderr(&trap));
+    let mem = cli.run(&["run", "hostile-balloon", "--memory", "33554432"]);
+    assert_eq!(mem.status.code(), Some(13), "{}", stderr(&mem));
+}
+
+#[test]
+fn bad_requests_name_the_problem_and_the_fix() {
+    let cli = Cli::new();
+    // Not initialized yet.
+    let out = cli.run(&["tool", "list"]);
+    assert_eq!(out.status.code(), Some(3));
+    assert!(stderr(&out).contains("voidbox init"), "{}", stderr(&out));
+    cli.ok(&["init"]);
+    let out = cli.run(&["run", "missing-tool"]);
+    assert_eq!(out.status.code(), Some(3));
+    assert!(
+        stderr(&out).contains("voidbox tool list"),
+        "{}",
+        stderr(&out)
+    );
+    let out = cli.run(&["cas", "get", "blake3:xyz"]);
+    assert_eq!(out.status.code(), Some(3));
+    assert!(stderr(&out).contains("blake3:"), "{}", stderr(&out));
+    let not_wasm = cli.home.join("notes.txt");
+    std::fs::write(&not_wasm, "hello").unwrap();
+    let out = cli.run(&["tool", "add", not_wasm.to_str().unwrap()]);
+    assert_eq!(out.status.code(), Some(3));
+    assert!(stderr(&out).contains("not WebAssembly"), "{}", stderr(&out));
+    let out = cli.run(&["run", "x", "--arg", "novalue"]);
+    assert_eq!(out.status.code(), Some(3));
+}
+
+#[test]
+fn cas_put_get_ls_verify_gc() {
+    let cli = Cli::new();
+    cli.ok(&["init"]);
+    let big: Vec<u8> = (0..300_000u32).flat_map(|i| i.to_be_bytes()).collect();
+    let file = cli.home.join("big.bin");
+    std::fs::write(&file, &big).unwrap();
+    let put = cli.ok(&["cas", "put", file.to_str().unwrap()]);
+    let digest = put.split_whitespace().next().unwrap().to_string();
+    let small = cli.with_stdin(&["cas", "put", "-"], b"small blob");
+    assert!(small.status.success());
+    let got = cli.home.join("got.bin");
+    cli.ok(&["cas", "get", &digest, "-o", got.to_str().unwrap()]);
+    assert_eq!(std::fs::read(&got).unwrap(), big);
+    let ls = cli.ok(&["cas", "ls"]);
+    assert!(ls.contains(&digest));
+    assert!(cli.ok(&["cas", "verify"]).contains("all blobs intact"));
+
+    // Damage the big blob on disk: verify and get both report it.
+    let blob = blob_file(&cli.home.join("cas"), &digest["blake3:".len()..]);
+    let mut bytes = std::fs::read(&blob).unwrap();
+    bytes.truncate(bytes.len() / 2);
+    std::fs::write(&blob, &bytes).unwrap();
+    let verify = cli.run(&["cas", "verify"]);
+    assert_eq!(verify.status.code(), Some(5));
+    assert!(String::from_utf8_lossy(&verify.stdout).contains(&digest));
+    let get = cli.run(&["cas", "get", &digest, "-o", got.to_str().unwrap()]);
+    assert_eq!(get.status.code(), Some(4), "{}", stderr(&get));
+    assert_eq!(
+        std::fs::read(&got).unwrap(),
+        big,
+        "a failed get must not touch the output file"
+    );
+
+    // Nothing references the blobs: gc removes them.
+    cli.ok(&["cas", "rm", &digest]);
+    let gc = cli.ok(&["cas", "gc"]);
+    assert!(gc.contains("removed 1"), "{gc}");
+}
+
+fn blob_file(dir: &Path, hex: &str) -> PathBuf {
+    let mut stack = vec![dir.to_path_buf()];
+    while let Some(d) = stack.pop() {
+        for e in std::fs::read_dir(&d).unwrap() {
+            let p = e.unwrap().path();
+            if p.is_dir() {
+                stack.push(p);
+            } else if p.file_name().unwrap().to_string_lossy().contains(&hex[2..]) {
+                return p;
+            }
+        }
+    }
+    panic!("no file for blob {hex} under {}", dir.display());
+}
+
+#[test]
+fn a_data_directory_that_cannot_be_created_is_reported() {
+    let cli = Cli::new();
+    cli.ok(&["init"]);
+    // A regular file where a directory must go: creating under it fails
+    // even for root, who ignores permission bits.
+    let file = cli.home.join("voidbox.toml");
+    let out = Command::new(voidbox_bin())
+        .arg("--home")
+        .arg(file.join("sub"))
+        .arg("init")
+        .output()
+        .unwrap();
+    assert_eq!(out.status.code(), Some(4), "{}", stderr(&out));
+    assert!(
+        stderr(&out).contains("could not create the data directory"),
+        "{}",
+        stderr(&out)
+    );
+    // The existing directory is untouched.
+    assert!(cli.ok(&["tool", "list"]).contains("no tools"));
+}
