@@ -1204,10 +1204,16 @@ pub fn anneal(model: &IsingModel, params: &Params) -> Result<Solution, AnnealErr
     let betas = schedule(hot, cold, params.sweeps);
     let table = metropolis();
     let threads = params.threads.min(params.reads);
-    // Reads go in blocks (vector lanes for sparse integer models), blocks
-    // round-robin over threads. A read's result depends only on its seed, so
+    // Reads go in blocks (vector lanes for sparse models), blocks round-robin
+    // over threads. Full blocks whenever there are enough reads: a lane block
+    // costs nearly the same with 5 lanes as with 8, so splitting 10 reads 5 + 5
+    // would only burn CPU. A read's result depends only on its seed, so
     // neither the blocking nor the thread count changes anything.
-    let block = LANES.min(params.reads.div_ceil(threads)).max(1);
+    let block = if params.reads >= LANES {
+        LANES
+    } else {
+        params.reads.div_ceil(threads).max(1)
+    };
     let blocks: Vec<std::ops::Range<usize>> = (0..params.reads)
         .step_by(block)
         .map(|a| a..(a + block).min(params.reads))
