@@ -32,7 +32,8 @@
 //! were written and returns the outputs that rebuild the application. A
 //! record store may keep only the latest [`Record::Stable`], the latest
 //! [`Record::View`] or [`Record::NewView`], and the records whose
-//! [`Record::seq`] is above the latest stable checkpoint, in their order.
+//! [`Record::seq`] is above the latest stable checkpoint, in their order
+//! ([`compact_records`] does exactly that; the simulator uses it).
 //!
 //! - [`Replica`]: the core; [`Replica::step`] is the whole interface.
 //! - [`Client`]: signs requests and accepts a result once f + 1 replicas
@@ -72,4 +73,6 @@ pub use message::{
     key_from_seed, Batch, ClientId, Digest, Hlc, Message, ReplicaId, Request, Seq, SignedRequest,
     View,
 };
-pub use replica::{Execute, Input, Output, Record, Reject, Replica, ReplicaError, Stats, Target};
+pub use replica::{
+    compact_records, Execute, Input, Output, Record, Reject, Replica, ReplicaError, Stats, Target,
+};

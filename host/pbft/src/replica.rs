@@ -153,6 +153,26 @@ impl Record {
     }
 }
 
+/// Drops the records recovery no longer needs, keeping the order of the
+/// rest: the latest [`Record::Stable`], the latest [`Record::View`] or
+/// [`Record::NewView`], and every record about a sequence number above the
+/// latest stable checkpoint.
+pub fn compact_records(records: &mut Vec<Record>) {
+    let stable = records.iter().rposition(|r| matches!(r, Record::Stable(_)));
+    let stable_seq = stable.and_then(|i| records[i].seq()).unwrap_or(0);
+    let view = records
+        .iter()
+        .rposition(|r| matches!(r, Record::View { .. } | Record::NewView(_)));
+    let mut i = 0;
+    records.retain(|r| {
+        let keep = Some(i) == stable
+            || Some(i) == view
+            || (!matches!(r, Record::Stable(_)) && r.seq().is_some_and(|s| s > stable_seq));
+        i += 1;
+        keep
+    });
+}
+
 /// Why an input was refused. Every refusal leaves the state unchanged.
 #[derive(Clone, Copy, Debug, PartialEq, Eq, PartialOrd, Ord, Hash)]
 pub enum Reject {

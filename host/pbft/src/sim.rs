@@ -35,7 +35,7 @@ use crate::message::{
     key_from_seed, Batch, ClientId, Commit, Digest, Hlc, Message, PrePrepare, PrePrepareMsg,
     Prepare, ReplicaId, Seq, Signed,
 };
-use crate::replica::{Execute, Input, Output, Record, Reject, Replica, Target};
+use crate::replica::{compact_records, Execute, Input, Output, Record, Reject, Replica, Target};
 
 /// A Byzantine behaviour. The replica runs the correct core; the behaviour
 /// rewrites what it sends (or, for `WrongResult`, what its application
@@ -763,13 +763,16 @@ impl World {
 
     fn persist(&mut self, i: ReplicaId, r: Record) {
         let node = &mut self.nodes[i as usize];
-        if let Record::Stable(st) = &r {
-            // Compaction: what the stable checkpoint covers is garbage.
-            let stable = st.proof.first().map_or(0, |c| c.payload.seq);
-            node.records
-                .retain(|old| old.seq().is_none_or(|s| s > stable));
-        }
+        // Compact as a real store would, so recovery is tested on exactly
+        // what the documented compaction keeps.
+        let compact = matches!(
+            r,
+            Record::Stable(_) | Record::View { .. } | Record::NewView(_)
+        );
         node.records.push(r);
+        if compact {
+            compact_records(&mut node.records);
+        }
     }
 
     /// Runs a batch on replica `i`'s application, checking the execution
