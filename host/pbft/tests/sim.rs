@@ -28,6 +28,19 @@ fn requests(release: u32) -> u32 {
     }
 }
 
+/// The default settings, with a shorter fault window in debug builds.
+fn base() -> SimConfig {
+    let cfg = SimConfig::default();
+    if DEBUG {
+        SimConfig {
+            fault_duration_us: 600_000,
+            ..cfg
+        }
+    } else {
+        cfg
+    }
+}
+
 fn assert_clean(cfg: &SimConfig, count: u64) {
     let s = run_seeds(cfg, 0, count);
     assert_eq!(s.seeds_run, count);
@@ -48,7 +61,7 @@ fn assert_clean(cfg: &SimConfig, count: u64) {
 fn four_replicas_under_faults_and_random_byzantine_replicas() {
     let cfg = SimConfig {
         requests_per_client: requests(8),
-        ..SimConfig::default()
+        ..base()
     };
     assert_clean(&cfg, seeds(20));
 }
@@ -58,7 +71,7 @@ fn seven_replicas_under_faults_and_random_byzantine_replicas() {
     let cfg = SimConfig {
         replicas: 7,
         requests_per_client: requests(6),
-        ..SimConfig::default()
+        ..base()
     };
     assert_clean(&cfg, seeds(8));
 }
@@ -69,7 +82,7 @@ fn each_byzantine_behaviour_is_survived() {
         let cfg = SimConfig {
             byzantine: ByzantineMode::Fixed(vec![b]),
             requests_per_client: requests(6),
-            ..SimConfig::default()
+            ..base()
         };
         for seed in 0..seeds(4) {
             let r = run(&SimConfig {
@@ -92,7 +105,7 @@ fn heavy_faults_with_crashes_that_lose_unsynced_records() {
         lose_unsynced: 1.0,
         partition: 0.3,
         requests_per_client: requests(6),
-        ..SimConfig::default()
+        ..base()
     };
     let s = run_seeds(&cfg, 100, seeds(20));
     assert!(s.first_failure.is_none(), "{:?}", s.first_failure);
@@ -104,7 +117,7 @@ fn same_seed_same_trace_and_different_seeds_differ() {
     let cfg = SimConfig {
         seed: 11,
         requests_per_client: requests(4),
-        ..SimConfig::default()
+        ..base()
     };
     let a = run(&cfg);
     let b = run(&cfg);
