@@ -144,3 +144,91 @@ impl Client {
         })
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::config::{ClusterConfig, ReplicaInfo};
+    use crate::message::{key_from_seed, Reply, Signed};
+
+    fn setup() -> (Vec<SigningKey>, Client) {
+        let keys: Vec<_> = (0..4).map(|i| key_from_seed(5, &format!("r{i}"))).collect();
+        let cluster = ClusterConfig {
+            n: 4,
+            f: 1,
+            replicas: keys
+                .iter()
+                .enumerate()
+                .map(|(i, k)| ReplicaInfo {
+                    id: i as u32,
+                    public_key: k.verifying_key().to_bytes(),
+                })
+                .collect(),
+        }
+        .validate()
+        .expect("valid");
+        let client = Client::new(cluster, key_from_seed(5, "client"), 1_000);
+        (keys, client)
+    }
+
+    fn reply(keys: &[SigningKey], from: u32, client: &Client, ts: u64, result: &[u8]) -> Message {
+        let r = Reply {
+            view: 1,
+            client: client.id(),
+            timestamp: ts,
+            hlc: Hlc::default(),
+            result: result.to_vec(),
+        };
+        Message::Reply(Signed::sign(from, r, &keys[from as usize]))
+    }
+
+    #[test]
+    fn accepts_f_plus_one_matching_signed_replies_only() {
+        let (keys, mut c) = setup();
+        let (to, m) = c.submit(b"op".to_vec(), 100).expect("idle");
+        assert_eq!(to, Target::Replica(0));
+        let Message::Request(r) = m else {
+            panic!("request")
+        };
+        assert!(r.verify());
+        let ts = r.request.timestamp;
+        assert!(
+            c.submit(b"again".to_vec(), 101).is_none(),
+            "one request at a time"
+        );
+        // A forged reply (signed by replica 1's key, claiming replica 2) and
+        // a reply for another timestamp do not count.
+        let Message::Reply(mut forged) = reply(&keys, 1, &c, ts, b"evil") else {
+            panic!()
+        };
+        forged.from = 2;
+        assert_eq!(c.on_message(&Message::Reply(forged)), None);
+        assert_eq!(c.on_message(&reply(&keys, 2, &c, ts + 1, b"evil")), None);
+        // One honest reply and one different one: not yet.
+        assert_eq!(c.on_message(&reply(&keys, 0, &c, ts, b"ok")), None);
+        assert_eq!(c.on_message(&reply(&keys, 3, &c, ts, b"evil")), None);
+        // The same replica twice is still one vote.
+        assert_eq!(c.on_message(&reply(&keys, 0, &c, ts, b"ok")), None);
+        let done = c
+            .on_message(&reply(&keys, 1, &c, ts, b"ok"))
+            .expect("f + 1 = 2 matching");
+        assert_eq!(
+            (done.result.as_slice(), done.signers.clone()),
+            (b"ok".as_slice(), vec![0, 1])
+        );
+        assert!(!c.busy());
+        // The view learned from replies picks the next primary.
+        let (to, _) = c.submit(b"next".to_vec(), 50).expect("idle");
+        assert_eq!(to, Target::Replica(1));
+    }
+
+    #[test]
+    fn retransmits_to_all_replicas_after_the_timeout() {
+        let (_, mut c) = setup();
+        c.submit(b"op".to_vec(), 100).expect("idle");
+        assert!(c.tick(500).is_none());
+        let (to, _) = c.tick(1_100).expect("retry");
+        assert_eq!(to, Target::AllReplicas);
+        assert!(c.tick(1_200).is_none());
+    }
+}

@@ -259,6 +259,40 @@ fn backup_forwards_requests_and_suspects_a_silent_primary() {
         .any(|(_, m)| matches!(m, Message::ViewChange(vc) if vc.payload.new_view == 1)));
     assert!(!b.view_active());
     assert_eq!(b.stats().view_changes_started, 1);
+    // While changing views, normal-case messages of the new view wait.
+    let d = Digest::of(b"x");
+    refuse(
+        &mut b,
+        Message::Prepare(signed(
+            2,
+            Prepare {
+                view: 1,
+                seq: 1,
+                digest: d,
+            },
+        )),
+        Reject::ViewChanging,
+    );
+    refuse(
+        &mut b,
+        Message::Prepare(signed(
+            2,
+            Prepare {
+                view: 0,
+                seq: 1,
+                digest: d,
+            },
+        )),
+        Reject::OldView,
+    );
+    // Alone in the view change, it does not run ahead to view 2.
+    let out = b.step(Input::Tick {
+        now_us: T0 + 10_000_000,
+    });
+    assert_eq!(b.view(), 1);
+    assert!(!out
+        .iter()
+        .any(|o| matches!(o, Output::Persist(Record::View { view: 2, .. }))));
 }
 
 #[test]
