@@ -8,7 +8,7 @@
 //! Options (defaults in parentheses): --seeds (100), --start (0),
 //! --replicas (4), --clients (3), --requests (8, per client), --drop,
 //! --duplicate, --delay-max-us, --partition, --crash, --lose-unsynced,
-//! --skew-us, --fault-ms, --bound-ms, --byzantine (random | none | a comma
+//! --skew-us, --drift-ppm, --fault-ms, --bound-ms, --byzantine (random | none | a comma
 //! list of equivocator, forger, replayer, wrong-digest, wrong-result,
 //! silent), --report (also print one JSON line per failing seed).
 //! The exit status is 1 when a seed failed, 2 on a bad option.
@@ -44,6 +44,7 @@ fn main() -> ExitCode {
                 "--crash" => cfg.crash = parse(&a, args.next())?,
                 "--lose-unsynced" => cfg.lose_unsynced = parse(&a, args.next())?,
                 "--skew-us" => cfg.clock_skew_max_us = parse(&a, args.next())?,
+                "--drift-ppm" => cfg.clock_drift_max_ppm = parse(&a, args.next())?,
                 "--fault-ms" => cfg.fault_duration_us = parse::<u64>(&a, args.next())? * 1000,
                 "--bound-ms" => cfg.liveness_bound_us = parse::<u64>(&a, args.next())? * 1000,
                 "--report" => report = true,

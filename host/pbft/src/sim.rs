@@ -7,7 +7,7 @@
 //! Faults, all active until `fault_duration_us` and then stopped: message
 //! drop, duplication, delay and reordering; partitions that heal; crashes
 //! and restarts from persisted records (with or without losing the records
-//! of the step that was running); per-replica clock skew. For the whole
+//! of the step that was running); per-replica clock skew and drift. For the whole
 //! run, up to f replicas are Byzantine, each one of the small named
 //! behaviours in [`Byzantine`].
 //!
@@ -125,6 +125,8 @@ pub struct SimConfig {
     pub lose_unsynced: f64,
     /// Most clock offset of a replica, either way, microseconds.
     pub clock_skew_max_us: u64,
+    /// Most clock drift of a replica, either way, in parts per million.
+    pub clock_drift_max_ppm: u64,
     /// Byzantine replicas.
     pub byzantine: ByzantineMode,
     /// When the faults stop (Byzantine replicas stay), microseconds.
@@ -149,6 +151,7 @@ impl Default for SimConfig {
             crash: 0.02,
             lose_unsynced: 0.5,
             clock_skew_max_us: 50_000,
+            clock_drift_max_ppm: 2_000,
             byzantine: ByzantineMode::Random,
             fault_duration_us: 2_000_000,
             liveness_bound_us: 60_000_000,
@@ -294,6 +297,7 @@ struct Node {
     records: Vec<Record>,
     app: SimApp,
     skew_us: i64,
+    drift_ppm: i64,
     byzantine: Option<Byzantine>,
     key: SigningKey,
     seen: VecDeque<Vec<u8>>,
@@ -387,6 +391,8 @@ impl World {
             } else {
                 rng.below(2 * cfg.clock_skew_max_us + 1) as i64 - cfg.clock_skew_max_us as i64
             };
+            let drift_ppm =
+                rng.below(2 * cfg.clock_drift_max_ppm + 1) as i64 - cfg.clock_drift_max_ppm as i64;
             let replica =
                 match Replica::new(cluster.clone(), i as u32, key.clone(), cfg.params.clone()) {
                     Ok(r) => r,
@@ -401,6 +407,7 @@ impl World {
                 records: Vec::new(),
                 app: SimApp::default(),
                 skew_us: skew,
+                drift_ppm,
                 byzantine,
                 key,
                 seen: VecDeque::new(),
@@ -604,8 +611,13 @@ impl World {
         self.trace.update(bytes);
     }
 
+    /// Replica `i`'s clock: offset by its skew and running fast or slow by
+    /// its drift, never backwards.
     fn replica_clock(&self, i: ReplicaId) -> u64 {
-        (CLOCK_BASE_US as i64 + self.now_us as i64 + self.nodes[i as usize].skew_us) as u64
+        let node = &self.nodes[i as usize];
+        let t = self.now_us as i64;
+        let drift = t / 1_000_000 * node.drift_ppm + (t % 1_000_000) * node.drift_ppm / 1_000_000;
+        (CLOCK_BASE_US as i64 + t + node.skew_us + drift) as u64
     }
 
     fn handle(&mut self, event: Event) {
