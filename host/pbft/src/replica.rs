@@ -1000,6 +1000,12 @@ impl Replica {
             return;
         }
         let hlc = m.batch.hlc;
+        if m.batch == Batch::null() {
+            // A null batch (a gap a NEW-VIEW filled, relayed to a replica
+            // that missed it) carries no time; execution stamps it.
+            self.accept_pre_prepare(m);
+            return;
+        }
         if hlc.physical_us > self.now_us.saturating_add(self.params.clock_ahead_max_us) {
             self.reject(Reject::HlcAhead);
             return;

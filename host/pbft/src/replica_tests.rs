@@ -413,6 +413,12 @@ fn pre_prepare_refusals() {
         Message::PrePrepare(pre_prepare(0, 1, batch(T0 + 200_000, vec![]))),
         Reject::HlcAhead,
     );
+    // A null batch carries no time and is not checked against clocks.
+    assert!(!recv(
+        &mut b,
+        Message::PrePrepare(pre_prepare(0, 3, Batch::null()))
+    )
+    .is_empty());
     // Accept seq 2, then a seq-1 stamp after it goes backwards.
     let later = pre_prepare(0, 2, batch(T0, vec![request(2, 10, b"b")]));
     assert!(!recv(&mut b, Message::PrePrepare(later)).is_empty());
