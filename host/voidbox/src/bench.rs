@@ -156,13 +156,37 @@ fn rate_threads(window: Duration, threads: usize, f: impl Fn(usize, u64) + Sync)
     total.load(Ordering::Relaxed) as f64 / started.elapsed().as_secs_f64()
 }
 
-/// Measures everything; `window` is the time per measurement.
-pub fn run(tool: &Path, window: Duration) -> anyhow::Result<Report> {
-    let wasm = std::fs::read(tool)
-        .map_err(|e| anyhow::anyhow!("cannot read the benchmark tool {}: {e}", tool.display()))?;
+/// Which groups of figures to measure.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Part {
+    /// Invocation overhead, throughput and the action cache.
+    Invoke,
+    /// CAS put and get against hashing.
+    Cas,
+}
+
+/// Measures the `parts` asked for; `window` is the time per measurement.
+pub fn run(tool: &Path, window: Duration, parts: &[Part]) -> anyhow::Result<Report> {
     let mut report = Report::default();
     let dir = tempfile::tempdir()?;
-    let host = Arc::new(Host::init(dir.path().join("home"))?);
+    if parts.contains(&Part::Invoke) {
+        invoke_figures(&mut report, tool, dir.path(), window)?;
+    }
+    if parts.contains(&Part::Cas) {
+        cas_figures(&mut report, dir.path(), window)?;
+    }
+    Ok(report)
+}
+
+fn invoke_figures(
+    report: &mut Report,
+    tool: &Path,
+    dir: &Path,
+    window: Duration,
+) -> anyhow::Result<()> {
+    let wasm = std::fs::read(tool)
+        .map_err(|e| anyhow::anyhow!("cannot read the benchmark tool {}: {e}", tool.display()))?;
+    let host = Arc::new(Host::init(dir.join("home"))?);
     let record = host.add_tool(&wasm, Some("bench-echo"))?;
     let budget = host.default_budget();
     let bare = Bare::new(&SandboxConfig::default(), &wasm)?;
@@ -177,7 +201,7 @@ pub fn run(tool: &Path, window: Duration) -> anyhow::Result<Report> {
 
     let invoke_fresh = |thread: usize, i: u64| {
         let input = host
-            .put_input(format!("{thread}-{i}-{}", dir.path().display()).as_bytes())
+            .put_input(format!("{thread}-{i}-{}", dir.display()).as_bytes())
             .expect("put input");
         let r = host
             .invoke(&Invocation::new(record.digest, input).budget(budget))
@@ -248,10 +272,7 @@ pub fn run(tool: &Path, window: Duration) -> anyhow::Result<Report> {
         "<= 2",
         1e6 / hits <= 2.0,
     );
-    drop(host);
-
-    cas_figures(&mut report, dir.path(), window)?;
-    Ok(report)
+    Ok(())
 }
 
 fn cas_figures(report: &mut Report, dir: &Path, window: Duration) -> anyhow::Result<()> {

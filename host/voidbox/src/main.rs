@@ -174,6 +174,9 @@ struct BenchArgs {
     /// The trivial tool to measure (default: the echo tool built by `cargo xtask tools`).
     #[arg(long)]
     tool: Option<PathBuf>,
+    /// Measure only one group: `invoke` or `cas`.
+    #[arg(long, value_parser = ["invoke", "cas"])]
+    only: Option<String>,
 }
 
 #[derive(Subcommand, Debug)]
@@ -604,7 +607,13 @@ fn bench(args: BenchArgs) -> Result<u8, Failure> {
             )
         })?,
     };
-    let report = voidbox::bench::run(&tool, Duration::from_secs_f64(args.seconds))
+    use voidbox::bench::Part;
+    let parts = match args.only.as_deref() {
+        Some("invoke") => vec![Part::Invoke],
+        Some("cas") => vec![Part::Cas],
+        _ => vec![Part::Invoke, Part::Cas],
+    };
+    let report = voidbox::bench::run(&tool, Duration::from_secs_f64(args.seconds), &parts)
         .map_err(|e| fail(exit::INTERNAL, format!("benchmark failed: {e:#}")))?;
     if args.json {
         println!(
