@@ -357,6 +357,8 @@ pub struct Replica {
     next_status_us: u64,
     /// When this replica last answered a STATUS from a replica ahead of it.
     last_pull_us: u64,
+    /// When this replica last served state or relayed messages to a peer.
+    served_us: BTreeMap<ReplicaId, u64>,
     stats: Stats,
     out: Vec<Output>,
 }
@@ -422,6 +424,7 @@ impl Replica {
             client_keys: BTreeMap::new(),
             next_status_us: 0,
             last_pull_us: 0,
+            served_us: BTreeMap::new(),
             stats: Stats::default(),
             out: Vec::new(),
         })
@@ -1530,6 +1533,13 @@ impl Replica {
                 }
             }
         }
+        // What follows can be large; serve each peer at most once per half
+        // interval so a Byzantine peer's STATUS flood cannot amplify.
+        let served = self.served_us.get(&s.from).copied();
+        if served.is_some_and(|t| self.now_us < t + self.params.status_interval_us / 2) {
+            return;
+        }
+        self.served_us.insert(s.from, self.now_us);
         if st.last_executed < self.low {
             if let Some(stable) = self.stable.clone() {
                 self.send(to, Message::State(Box::new(stable)));
