@@ -141,6 +141,20 @@ pub enum Record {
 }
 
 impl Record {
+    /// The record's canonical bytes, for the store.
+    pub fn encode(&self) -> Vec<u8> {
+        crate::message::encode(self)
+    }
+
+    /// Parses bytes from [`Record::encode`]; `None` if they are not exactly
+    /// one record (a torn or corrupted write).
+    pub fn decode(bytes: &[u8]) -> Option<Record> {
+        match postcard::take_from_bytes::<Record>(bytes) {
+            Ok((r, [])) => Some(r),
+            _ => None,
+        }
+    }
+
     /// The sequence number the record is about, if any.
     pub fn seq(&self) -> Option<Seq> {
         match self {

@@ -1332,6 +1332,12 @@ fn regression_recovered_primary_still_serves_its_new_view() {
     }
     assert!(p.view_active() && p.view() == 1);
     assert!(records.iter().any(|r| matches!(r, Record::NewView(_))));
+    // Records survive their encoding, and a torn one is detected.
+    for r in &records {
+        let bytes = r.encode();
+        assert_eq!(Record::decode(&bytes).as_ref(), Some(r));
+        assert_eq!(Record::decode(&bytes[..bytes.len() - 1]), None);
+    }
     let (mut recovered, _) =
         Replica::recover(cluster(), 1, keys()[1].clone(), params(), &records).expect("recover");
     recovered.step(Input::Tick { now_us: T0 });
