@@ -1803,11 +1803,16 @@ impl Replica {
         if votes.len() < self.cluster.quorum() || !votes.contains_key(&self.id) {
             return;
         }
-        let vcs: Vec<_> = votes
-            .values()
-            .take(self.cluster.quorum())
-            .cloned()
-            .collect();
+        // Its own view-change first: its stable checkpoint and certificates
+        // are then part of the new view's starting point.
+        let mut vcs: Vec<_> = votes.get(&self.id).cloned().into_iter().collect();
+        vcs.extend(
+            votes
+                .iter()
+                .filter(|(from, _)| **from != self.id)
+                .map(|(_, vc)| vc.clone())
+                .take(self.cluster.quorum() - 1),
+        );
         let (_, batches) = Self::new_view_batches(&vcs);
         let pre_prepares = batches
             .into_iter()
