@@ -1228,6 +1228,9 @@ pub struct Summary {
     pub failures: u64,
     /// The first of them and what it broke.
     pub first_failure: Option<(u64, Violation)>,
+    /// The failing seeds with what they broke and their trace hashes (the
+    /// first 100).
+    pub failed: Vec<(u64, Violation, String)>,
     /// Requests completed over all seeds.
     pub requests_completed: u64,
     /// Crashes injected over all seeds.
@@ -1274,6 +1277,7 @@ pub fn run_seeds(base: &SimConfig, start: u64, count: u64) -> Summary {
         seeds_run: 0,
         failures: 0,
         first_failure: None,
+        failed: Vec::new(),
         requests_completed: 0,
         crashes: 0,
         views: 0,
@@ -1294,6 +1298,9 @@ pub fn run_seeds(base: &SimConfig, start: u64, count: u64) -> Summary {
         s.rejections += r.rejections;
         if let Some(v) = r.violation {
             s.failures += 1;
+            if s.failed.len() < 100 {
+                s.failed.push((seed, v.clone(), r.trace_hash.clone()));
+            }
             if s.first_failure.is_none() {
                 s.first_failure = Some((seed, v));
             }

@@ -126,3 +126,20 @@ fn same_seed_same_trace_and_different_seeds_differ() {
     let c = run(&SimConfig { seed: 12, ..cfg });
     assert_ne!(a.trace_hash, c.trace_hash);
 }
+
+#[test]
+fn liveness_checker_fires_when_the_bound_is_too_short() {
+    // A control for the checker itself: with 1 ms to finish after the
+    // faults stop, requests are still in flight and the run must fail.
+    let cfg = SimConfig {
+        seed: 1,
+        fault_duration_us: 100_000,
+        liveness_bound_us: 1_000,
+        requests_per_client: requests(4),
+        ..base()
+    };
+    let r = run(&cfg);
+    let v = r.violation.expect("the liveness invariant fires");
+    assert_eq!(v.invariant, "liveness");
+    assert!(r.requests_completed < u64::from(cfg.clients * cfg.requests_per_client));
+}
