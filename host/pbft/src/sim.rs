@@ -1168,6 +1168,12 @@ impl World {
                 );
                 out.push(Message::PrePrepare(PrePrepareMsg { header, batch }).encode());
             }
+            Message::Request(r) => {
+                // A forwarded request altered after the client signed it.
+                let mut f = r.clone();
+                f.request.operation.push(b'!');
+                out.push(Message::Request(f).encode());
+            }
             Message::Reply(r) => {
                 let mut f = r.clone();
                 f.from = victim;
