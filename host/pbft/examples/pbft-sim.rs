@@ -7,7 +7,7 @@
 //!
 //! Options (defaults in parentheses): --seeds (100), --start (0),
 //! --replicas (4), --clients (3), --requests (8, per client), --drop,
-//! --duplicate, --delay-max-us, --partition, --crash, --lose-unsynced,
+//! --duplicate, --corrupt, --delay-max-us, --partition, --crash, --lose-unsynced,
 //! --skew-us, --drift-ppm, --fault-ms, --bound-ms, --byzantine (random | none | a comma
 //! list of equivocator, forger, replayer, wrong-digest, wrong-result,
 //! silent), --report (also print one JSON line per failing seed, the first
@@ -40,6 +40,7 @@ fn main() -> ExitCode {
                 "--requests" => cfg.requests_per_client = parse(&a, args.next())?,
                 "--drop" => cfg.drop = parse(&a, args.next())?,
                 "--duplicate" => cfg.duplicate = parse(&a, args.next())?,
+                "--corrupt" => cfg.corrupt = parse(&a, args.next())?,
                 "--delay-max-us" => cfg.delay_max_us = parse(&a, args.next())?,
                 "--partition" => cfg.partition = parse(&a, args.next())?,
                 "--crash" => cfg.crash = parse(&a, args.next())?,

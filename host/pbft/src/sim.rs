@@ -5,7 +5,7 @@
 //! replays exactly and the same seed always yields the same trace hash.
 //!
 //! Faults, all active until `fault_duration_us` and then stopped: message
-//! drop, duplication, delay and reordering; partitions that heal; crashes
+//! drop, duplication, corruption, delay and reordering; partitions that heal; crashes
 //! and restarts from persisted records (with or without losing the records
 //! of the step that was running); per-replica clock skew and drift. For the whole
 //! run, up to f replicas are Byzantine, each one of the small named
@@ -114,6 +114,8 @@ pub struct SimConfig {
     pub drop: f64,
     /// Probability that a message is delivered twice.
     pub duplicate: f64,
+    /// Probability that a message arrives with one byte changed.
+    pub corrupt: f64,
     /// Most extra delay of a message (reorders them), microseconds.
     pub delay_max_us: u64,
     /// Probability, every 100 ms, that a partition starts.
@@ -146,6 +148,7 @@ impl Default for SimConfig {
             requests_per_client: 8,
             drop: 0.02,
             duplicate: 0.02,
+            corrupt: 0.01,
             delay_max_us: 3_000,
             partition: 0.05,
             crash: 0.02,
@@ -924,6 +927,11 @@ impl World {
             if self.rng.chance(self.cfg.drop) {
                 return;
             }
+        }
+        let mut bytes = bytes;
+        if faulty && !bytes.is_empty() && self.rng.chance(self.cfg.corrupt) {
+            let i = self.rng.below(bytes.len() as u64) as usize;
+            bytes[i] ^= 1 << self.rng.below(8);
         }
         let copies = if faulty && self.rng.chance(self.cfg.duplicate) {
             2
