@@ -164,6 +164,9 @@ pub struct Params {
     pub watermark_window: u64,
     /// Most requests in one batch.
     pub batch_requests_max: usize,
+    /// Most bytes of operations (plus 128 per request for its framing) in
+    /// one batch; keeps pre-prepares under `message_bytes_max`.
+    pub batch_bytes_max: usize,
     /// Longest a request waits at the primary while earlier batches are in
     /// flight; with nothing in flight a batch is cut at once.
     pub batch_delay_us: u64,
@@ -194,6 +197,7 @@ impl Default for Params {
             checkpoint_interval: 16,
             watermark_window: 64,
             batch_requests_max: 256,
+            batch_bytes_max: 4 << 20,
             batch_delay_us: 500,
             batches_in_flight_max: 4,
             view_change_timeout_us: 200_000,

@@ -401,6 +401,13 @@ impl Replica {
                 "watermark_window must be a multiple of checkpoint_interval and at least twice it",
             ));
         }
+        if params.batch_bytes_max < params.operation_bytes_max + 128
+            || params.batch_bytes_max >= params.message_bytes_max
+        {
+            return Err(ReplicaError::BadParams(
+                "batch_bytes_max must hold one largest operation and stay below message_bytes_max",
+            ));
+        }
         if params.batch_requests_max == 0 || params.batches_in_flight_max == 0 {
             return Err(ReplicaError::BadParams(
                 "batch_requests_max and batches_in_flight_max must be at least 1",
@@ -916,10 +923,17 @@ impl Replica {
                 break;
             }
             let mut requests = Vec::new();
+            let mut bytes = 0usize;
             while requests.len() < self.params.batch_requests_max {
                 let Some(r) = self.queue.pop_front() else {
                     break;
                 };
+                let size = r.request.operation.len() + 128;
+                if !requests.is_empty() && bytes + size > self.params.batch_bytes_max {
+                    self.queue.push_front(r);
+                    break;
+                }
+                bytes += size;
                 let stale = self
                     .client_table
                     .get(&r.request.client)

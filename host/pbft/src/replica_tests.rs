@@ -17,6 +17,7 @@ fn params() -> Params {
         checkpoint_interval: 2,
         watermark_window: 4,
         batch_requests_max: 8,
+        batch_bytes_max: 1 << 16,
         batch_delay_us: 0,
         batches_in_flight_max: 2,
         view_change_timeout_us: 100_000,
@@ -161,6 +162,14 @@ fn new_checks_identity_and_parameters() {
         Err(ReplicaError::BadParams(_))
     ));
     let bad = Params {
+        batch_bytes_max: 100,
+        ..params()
+    };
+    assert!(matches!(
+        Replica::new(cluster(), 0, k[0].clone(), bad),
+        Err(ReplicaError::BadParams(_))
+    ));
+    let bad = Params {
         checkpoint_interval: 0,
         ..params()
     };
@@ -232,6 +241,37 @@ fn busy_primary_accumulates_until_the_batch_delay() {
         })
         .collect();
     assert_eq!(batches, vec![2]);
+}
+
+#[test]
+fn batches_are_bounded_in_bytes() {
+    let mut p = Replica::new(
+        cluster(),
+        0,
+        keys()[0].clone(),
+        Params {
+            batch_bytes_max: 2 * (1000 + 128),
+            batch_delay_us: 1_000,
+            ..params()
+        },
+    )
+    .expect("replica");
+    p.step(Input::Tick { now_us: T0 });
+    recv(&mut p, Message::Request(request(1, 10, &[1; 1000])));
+    for c in 2..6 {
+        recv(&mut p, Message::Request(request(c, 10, &[c as u8; 1000])));
+    }
+    let out = p.step(Input::Tick { now_us: T0 + 1_000 });
+    let sizes: Vec<_> = sends(&out)
+        .into_iter()
+        .filter_map(|(_, m)| match m {
+            Message::PrePrepare(pp) => Some(pp.batch.requests.len()),
+            _ => None,
+        })
+        .collect();
+    // One batch is in flight (the first request) and in-flight is capped
+    // at 2, so one more batch goes out: two requests fill its byte budget.
+    assert_eq!(sizes, vec![2]);
 }
 
 #[test]
