@@ -95,7 +95,12 @@ pub enum Output {
     },
     /// Replace the application's state with `snapshot` (after recovery or
     /// state transfer); `None` means the empty initial state. The batches
-    /// that follow continue from `seq + 1`.
+    /// that follow continue from `seq + 1`. A batch handed out before this
+    /// and not yet answered is void: its `Executed` is refused.
+    ///
+    /// The application's snapshot must be canonical: replicas that executed
+    /// the same batches produce the same bytes (its blake3 is part of the
+    /// checkpoint digest).
     RestoreState {
         /// The checkpoint the state belongs to.
         seq: Seq,
