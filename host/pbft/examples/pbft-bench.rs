@@ -154,7 +154,7 @@ fn main() -> ExitCode {
     let secs = t0.elapsed().as_secs_f64();
     println!(
         "{{\"replicas\":{n},\"clients\":{clients},\"requests\":{done},\"batches\":{batches},\
-         \"mean_batch\":{:.1},\"cpu_seconds_one_thread\":{secs:.3},\"requests_per_cpu_second\":{:.0}}}",
+         \"mean_batch\":{:.1},\"wall_seconds_one_thread\":{secs:.3},\"requests_per_second_one_thread\":{:.0}}}",
         done as f64 / batches.max(1) as f64,
         done as f64 / secs
     );
