@@ -1209,7 +1209,7 @@ impl World {
     }
 
     fn finish(mut self) -> SimReport {
-        for (i, node) in self.nodes.iter().enumerate() {
+        for node in &self.nodes {
             if node.byzantine.is_some() {
                 continue;
             }
@@ -1220,7 +1220,6 @@ impl World {
                     *self.report.rejections_by_reason.entry(*k).or_insert(0) += v;
                 }
             }
-            let _ = i;
         }
         self.report.violation = self.violation.take();
         let hash = self.trace.finalize();
