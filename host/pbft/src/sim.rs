@@ -198,6 +198,9 @@ pub struct SimReport {
     pub sim_time_us: u64,
     /// Client requests completed.
     pub requests_completed: u64,
+    /// How long after the faults stopped the last request completed
+    /// (0 if all completed before), microseconds.
+    pub settle_us: u64,
     /// Messages delivered.
     pub messages_delivered: u64,
     /// Messages delivered to replicas, by kind.
@@ -441,6 +444,7 @@ impl World {
             trace_hash: String::new(),
             sim_time_us: 0,
             requests_completed: 0,
+            settle_us: 0,
             messages_delivered: 0,
             messages_by_kind: BTreeMap::new(),
             max_view: 0,
@@ -1034,6 +1038,10 @@ impl World {
         c.completed += 1;
         let id = c.client.id();
         self.report.requests_completed += 1;
+        self.report.settle_us = self
+            .report
+            .settle_us
+            .max(self.now_us.saturating_sub(self.cfg.fault_duration_us));
         if c.submitted < self.cfg.requests_per_client {
             let spread =
                 self.cfg.fault_duration_us / u64::from(self.cfg.requests_per_client.max(1));
@@ -1246,6 +1254,8 @@ pub struct Summary {
     pub failed: Vec<(u64, Violation, String)>,
     /// Requests completed over all seeds.
     pub requests_completed: u64,
+    /// The longest any seed took to finish after its faults stopped.
+    pub settle_us_max: u64,
     /// Crashes injected over all seeds.
     pub crashes: u64,
     /// View changes seen (highest view per seed, summed).
@@ -1270,12 +1280,13 @@ impl Summary {
         };
         format!(
             "{{\"seeds_run\":{},\"start_seed\":{start},\"replicas\":{},\"failures\":{},\"first_failure\":{first},\
-             \"requests_completed\":{},\"crashes\":{},\"views_total\":{},\"state_transfers\":{},\"rejections\":{},\
+             \"requests_completed\":{},\"settle_ms_max\":{},\"crashes\":{},\"views_total\":{},\"state_transfers\":{},\"rejections\":{},\
              \"elapsed_ms\":{elapsed_ms}}}",
             self.seeds_run,
             config.replicas,
             self.failures,
             self.requests_completed,
+            self.settle_us_max / 1000,
             self.crashes,
             self.views,
             self.state_transfers,
@@ -1292,6 +1303,7 @@ pub fn run_seeds(base: &SimConfig, start: u64, count: u64) -> Summary {
         first_failure: None,
         failed: Vec::new(),
         requests_completed: 0,
+        settle_us_max: 0,
         crashes: 0,
         views: 0,
         state_transfers: 0,
@@ -1305,6 +1317,7 @@ pub fn run_seeds(base: &SimConfig, start: u64, count: u64) -> Summary {
         let r = run(&cfg);
         s.seeds_run += 1;
         s.requests_completed += r.requests_completed;
+        s.settle_us_max = s.settle_us_max.max(r.settle_us);
         s.crashes += r.crashes;
         s.views += r.max_view;
         s.state_transfers += r.state_transfers;
