@@ -35,6 +35,18 @@
 //! [`Record::seq`] is above the latest stable checkpoint, in their order
 //! ([`compact_records`] does exactly that; the simulator uses it).
 //!
+//! # Known limits
+//!
+//! - VIEW-CHANGE and NEW-VIEW carry whole batches (not digests with a
+//!   separate fetch), so their size grows with `watermark_window` times
+//!   `batch_bytes_max`; keep operations small (the host orders digests,
+//!   not blobs) or the window short.
+//! - State transfer sends the application's snapshot in one message; large
+//!   objects (CAS blobs) are the host's to fetch and verify by digest.
+//! - Every reply carries its own signature (no batched reply signatures).
+//! - The client table keeps one row per client ever seen; admission of
+//!   clients (capabilities) is the host's job.
+//!
 //! - [`Replica`]: the core; [`Replica::step`] is the whole interface.
 //! - [`Client`]: signs requests and accepts a result once f + 1 replicas
 //!   signed the same reply.
