@@ -11,6 +11,16 @@
 //! [`Input::Tick`], records to persist and batches to execute leave as
 //! [`Output`]s, and the application answers with [`Input::Executed`].
 //!
+//! # Contents
+//!
+//! - [`Replica`]: the core; [`Replica::step`] is the whole interface.
+//! - [`Client`]: signs requests and accepts a result once f + 1 replicas
+//!   signed the same reply.
+//! - [`message`]: every message and the canonical encoding that is signed.
+//! - [`sim`]: a seeded simulator that runs replicas and clients under
+//!   network faults, crashes, clock skew and Byzantine replicas, checking
+//!   safety and liveness invariants after every step.
+//!
 //! # Driving a replica
 //!
 //! A driver owns one [`Replica`] and loops:
@@ -47,13 +57,7 @@
 //! - The client table keeps one row per client ever seen; admission of
 //!   clients (capabilities) is the host's job.
 //!
-//! - [`Replica`]: the core; [`Replica::step`] is the whole interface.
-//! - [`Client`]: signs requests and accepts a result once f + 1 replicas
-//!   signed the same reply.
-//! - [`message`]: every message and the canonical encoding that is signed.
-//! - [`sim`]: a seeded simulator that runs replicas and clients under
-//!   network faults, crashes, clock skew and Byzantine replicas, checking
-//!   safety and liveness invariants after every step.
+//! # Example
 //!
 //! ```
 //! use voidbox_pbft::{key_from_seed, ClusterConfig, Input, Params, Replica, ReplicaInfo};
