@@ -25,6 +25,7 @@ use std::io::{Read, Write};
 use std::path::{Path, PathBuf};
 use std::sync::{Arc, Mutex};
 use std::thread::JoinHandle;
+use std::time::{Duration, Instant};
 
 use crossbeam_channel::{Receiver, Sender};
 use redb::{
@@ -51,7 +52,12 @@ const BLOBS: TableDefinition<&[u8; 32], &[u8]> = TableDefinition::new("blobs");
 const PINS: TableDefinition<&[u8; 32], ()> = TableDefinition::new("pins");
 
 /// Most operations committed in one batch.
-const BATCH_OPS_MAX: usize = 8192;
+const BATCH_OPS_MAX: usize = 32_768;
+/// How long the writer gathers operations before it commits, unless a
+/// flush is waiting. Each commit rewrites every B-tree page it touched, and
+/// digests as keys scatter inserts over the whole tree, so many invocations
+/// per commit cut the bytes written per invocation.
+const BATCH_WINDOW: Duration = Duration::from_millis(20);
 /// Most operations waiting for the writer; past this `invoke` waits, so a
 /// slow disk slows callers instead of growing memory without bound.
 const QUEUE_OPS_MAX: usize = 65_536;
@@ -345,10 +351,16 @@ struct Writer {
 impl Writer {
     fn run(self, rx: Receiver<Op>) {
         while let Ok(first) = rx.recv() {
+            let deadline = Instant::now() + BATCH_WINDOW;
+            let mut flush_waiting = matches!(first, Op::Flush(_));
             let mut batch = vec![first];
-            while batch.len() < BATCH_OPS_MAX {
-                match rx.try_recv() {
-                    Ok(op) => batch.push(op),
+            while batch.len() < BATCH_OPS_MAX && !flush_waiting {
+                match rx.recv_deadline(deadline) {
+                    Ok(op) => {
+                        flush_waiting = matches!(op, Op::Flush(_));
+                        batch.push(op);
+                    }
+                    // The window closed, or the host is closing.
                     Err(_) => break,
                 }
             }
