@@ -434,3 +434,38 @@ fn gc_keeps_what_is_referenced_and_removes_the_rest() {
     let (r, _) = h.run(wc, b"after gc", &[]);
     assert_eq!(r.outcome, Outcome::Ok);
 }
+
+#[test]
+fn a_granted_blob_is_a_read_only_file_and_nothing_else_is_visible() {
+    let h = TestHost::new();
+    let escape = h.add(tools::HOSTILE_ESCAPE);
+    let blob = h.host.put_input(b"granted file content").unwrap();
+    let path = format!("/grants/{}/blob", blob.hex());
+    let write = format!("/grants/{}/planted", blob.hex());
+    let input = h.host.put_input(b"").unwrap();
+    let inv = Invocation::new(escape, input)
+        .arg("read", &path)
+        .arg("write", &write)
+        .arg("write", &path);
+    let attempt = |receipt: &voidbox::Receipt, name: &str, target: &str| -> Value {
+        let v = json(&h.host.output(receipt).unwrap().unwrap());
+        v["attempts"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .find(|a| a["name"] == name && a["target"] == target)
+            .cloned()
+            .unwrap_or_else(|| panic!("no {name} attempt on {target}: {v}"))
+    };
+    // Without the grant the path does not exist for the guest.
+    let denied = h.host.invoke(&inv).unwrap();
+    assert_eq!(attempt(&denied, "fs-read", &path)["refused"], true);
+    // With it, the file reads back exactly, and writes are refused.
+    let granted = h.host.invoke(&inv.clone().grant(blob)).unwrap();
+    let read = attempt(&granted, "fs-read", &path);
+    assert_eq!(read["refused"], false, "{read}");
+    assert_eq!(read["result"], "ok: 20 bytes");
+    assert_eq!(attempt(&granted, "fs-write", &write)["refused"], true);
+    assert_eq!(attempt(&granted, "fs-write", &path)["refused"], true);
+    assert_eq!(h.host.blobs().get(&blob).unwrap(), b"granted file content");
+}

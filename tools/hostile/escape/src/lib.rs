@@ -1,8 +1,10 @@
 //! `hostile-escape`: tries to reach what the invocation does not grant and
 //! reports what each attempt got. Input ignored.
 //!
-//! Arguments: `digest` (optional, repeatable): more digests to try with
-//! `read-blob`, besides the built-in ungranted one.
+//! Arguments (all optional and repeatable): `digest`, more digests to try
+//! with `read-blob` besides the built-in ungranted one; `read` and `write`,
+//! more paths to try to read and to write (a test uses them on a granted
+//! file, which must be readable and stay read-only).
 //!
 //! Output: compact JSON
 //! `{"all_refused":BOOL,"attempts":[{"name":"…","target":"…","refused":BOOL,"result":"…"}]}`
@@ -64,7 +66,11 @@ fn attempt<T, E: std::fmt::Display>(
 pub const UNGRANTED_DIGEST: &str =
     "blake3:6c07b1cd153d567c8452d7f38393ce91abdeb2c5a476d947b96caa32455c0122";
 
-fn probe(extra_digests: Vec<String>) -> Report {
+fn probe(
+    extra_digests: Vec<String>,
+    extra_reads: Vec<String>,
+    extra_writes: Vec<String>,
+) -> Report {
     let mut attempts = Vec::new();
     let digests = std::iter::once(UNGRANTED_DIGEST.to_string()).chain(extra_digests);
     for digest in digests {
@@ -91,6 +97,11 @@ fn probe(extra_digests: Vec<String>) -> Report {
             format!("{} bytes", b.len())
         }));
     }
+    for path in &extra_reads {
+        attempts.push(attempt("fs-read", path, std::fs::read(path), |b| {
+            format!("{} bytes", b.len())
+        }));
+    }
     for path in ["/", ".", ".."] {
         let got = std::fs::read_dir(path);
         attempts.push(attempt("fs-read-dir", path, got, |entries| {
@@ -98,6 +109,10 @@ fn probe(extra_digests: Vec<String>) -> Report {
         }));
     }
     for path in ["/tmp/voidbox-escape", "escape.txt"] {
+        let got = std::fs::write(path, b"escaped");
+        attempts.push(attempt("fs-write", path, got, |()| "written".to_string()));
+    }
+    for path in &extra_writes {
         let got = std::fs::write(path, b"escaped");
         attempts.push(attempt("fs-write", path, got, |()| "written".to_string()));
     }
@@ -131,10 +146,9 @@ impl Tool for Escape {
     }
 
     fn invoke(_input: Vec<u8>, args: &Args) -> Result<Json<Report>, ToolError> {
-        args.reject_unknown(&["digest"])?;
-        Ok(Json(probe(
-            args.get_all("digest").map(str::to_string).collect(),
-        )))
+        args.reject_unknown(&["digest", "read", "write"])?;
+        let all = |key| args.get_all(key).map(str::to_string).collect();
+        Ok(Json(probe(all("digest"), all("read"), all("write"))))
     }
 }
 
