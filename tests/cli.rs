@@ -233,3 +233,54 @@ fn a_data_directory_that_cannot_be_created_is_reported() {
     // The existing directory is untouched.
     assert!(cli.ok(&["tool", "list"]).contains("no tools"));
 }
+
+#[test]
+fn tokens_narrow_deny_and_revoke_through_the_cli() {
+    let cli = Cli::new();
+    cli.ok(&["init"]);
+    cli.ok(&["tool", "add", tools::ECHO]);
+    cli.ok(&["tool", "add", tools::WC]);
+    let token = cli.ok(&[
+        "token",
+        "mint",
+        "--caveat",
+        "tool-name = echo",
+        "--caveat",
+        "uses <= 2",
+    ]);
+    let token = token.trim();
+    let inspect = cli.ok(&["token", "inspect", token]);
+    assert!(inspect.contains("only the tool named `echo`"), "{inspect}");
+    // The wrong tool: denied with the caveat named, and no use counted.
+    let wrong = cli.with_stdin(&["run", "wc", "--input", "-", "--token", token], b"x");
+    assert_eq!(wrong.status.code(), Some(25), "{}", stderr(&wrong));
+    assert!(
+        stderr(&wrong).contains("tool-name = echo"),
+        "{}",
+        stderr(&wrong)
+    );
+    let narrowed = cli.ok(&["token", "attenuate", token, "--caveat", "uses <= 1"]);
+    let narrowed = narrowed.trim();
+    let ok = cli.with_stdin(
+        &["run", "echo", "--input", "-", "--token", narrowed],
+        b"once",
+    );
+    assert!(ok.status.success(), "{}", stderr(&ok));
+    assert_eq!(ok.stdout, b"once");
+    let twice = cli.with_stdin(
+        &["run", "echo", "--input", "-", "--token", narrowed],
+        b"twice",
+    );
+    assert_eq!(twice.status.code(), Some(30), "{}", stderr(&twice));
+    cli.ok(&["token", "revoke", token]);
+    let revoked = cli.with_stdin(&["run", "echo", "--input", "-", "--token", token], b"x");
+    assert_eq!(revoked.status.code(), Some(23), "{}", stderr(&revoked));
+    let tampered = format!("{}A", &token[..token.len() - 1]);
+    let bad = cli.with_stdin(&["run", "echo", "--input", "-", "--token", &tampered], b"x");
+    assert!(!bad.status.success());
+    let audit = std::fs::read_to_string(cli.home.join("audit.log")).unwrap();
+    assert!(
+        audit.lines().filter(|l| l.contains("\"deny\"")).count() >= 3,
+        "{audit}"
+    );
+}

@@ -469,3 +469,109 @@ fn a_granted_blob_is_a_read_only_file_and_nothing_else_is_visible() {
     assert_eq!(attempt(&granted, "fs-write", &path)["refused"], true);
     assert_eq!(h.host.blobs().get(&blob).unwrap(), b"granted file content");
 }
+
+#[test]
+fn a_single_use_token_admits_exactly_one_of_many_concurrent_invocations() {
+    let h = TestHost::new();
+    let echo = h.add(tools::ECHO);
+    let token = h
+        .host
+        .mint_token(voidbox::OWNER_TENANT, &["uses <= 1".parse().unwrap()])
+        .unwrap();
+    let results: Vec<_> = std::thread::scope(|s| {
+        let handles: Vec<_> = (0..8)
+            .map(|i| {
+                let (host, token) = (&h.host, &token);
+                s.spawn(move || {
+                    let input = host.put_input(format!("racer {i}").as_bytes()).unwrap();
+                    host.invoke_with_token(token, &Invocation::new(echo, input))
+                })
+            })
+            .collect();
+        handles.into_iter().map(|h| h.join().unwrap()).collect()
+    });
+    let ok = results.iter().filter(|r| r.is_ok()).count();
+    assert_eq!(ok, 1, "{results:?}");
+    for r in results.iter().filter_map(|r| r.as_ref().err()) {
+        assert!(r.to_string().contains("uses-exhausted"), "{r}");
+    }
+}
+
+#[test]
+fn contracts_are_checked_at_add_at_admission_and_after_the_run() {
+    let h = TestHost::new();
+    let wasm = std::fs::read(tools::ECHO).unwrap();
+    // Bad contracts are refused at add, and nothing is registered.
+    for (contract, expected) in [
+        ("fuel <= input_bytes * output_bytes", "linear"),
+        ("fuel < 0", "no run"),
+        ("fuel <= 10 +", "column"),
+    ] {
+        let err = h
+            .host
+            .add_tool_with_contract(&wasm, Some("strict"), Some(contract))
+            .unwrap_err();
+        assert!(
+            err.to_string().to_lowercase().contains(expected),
+            "{contract}: {err}"
+        );
+    }
+    assert!(h.host.tools().unwrap().is_empty());
+
+    // A contract the run breaks: the output is withheld.
+    let strict = h
+        .host
+        .add_tool_with_contract(&wasm, Some("strict"), Some("output_bytes <= 4"))
+        .unwrap();
+    assert_eq!(
+        h.host
+            .tool("strict")
+            .unwrap()
+            .contract
+            .as_deref()
+            .map(str::trim),
+        Some("output_bytes <= 4")
+    );
+    let owner = h.host.owner_token().unwrap();
+    let short = h.host.put_input(b"abc").unwrap();
+    let r = h
+        .host
+        .invoke_with_token(&owner, &Invocation::new(strict.digest, short))
+        .unwrap();
+    assert_eq!(r.outcome, Outcome::Ok);
+    let long = h.host.put_input(b"far too long").unwrap();
+    let r = h
+        .host
+        .invoke_with_token(&owner, &Invocation::new(strict.digest, long))
+        .unwrap();
+    assert_eq!(
+        r.outcome,
+        Outcome::ContractViolation {
+            clause: "output_bytes <= 4".into()
+        }
+    );
+    assert!(r.output.is_none());
+
+    // Admission: the wc contract needs 400 fuel per input byte.
+    let wc = h.add(tools::WC);
+    let token = h
+        .host
+        .mint_token(voidbox::OWNER_TENANT, &["fuel <= 3000000".parse().unwrap()])
+        .unwrap();
+    let small = h.host.put_input(&[b'a'; 1000]).unwrap();
+    assert!(h
+        .host
+        .invoke_with_token(&token, &Invocation::new(wc, small))
+        .is_ok());
+    let big = h.host.put_input(&vec![b'a'; 10_000]).unwrap();
+    let err = h
+        .host
+        .invoke_with_token(&token, &Invocation::new(wc, big))
+        .unwrap_err();
+    assert!(matches!(err, Error::NotAdmitted(_)), "{err}");
+    assert!(
+        err.to_string()
+            .contains("input of 10000 bytes may need fuel 6,000,000 > the token's 3,000,000"),
+        "{err}"
+    );
+}

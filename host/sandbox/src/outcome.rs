@@ -35,6 +35,13 @@ pub enum Outcome {
     },
     /// The wall-clock guard fired before the run finished.
     Timeout,
+    /// The run finished, but its figures break the tool's declared contract,
+    /// so its output is withheld. Set by the host (the sandbox does not know
+    /// contracts).
+    ContractViolation {
+        /// The clause that failed, as written in the contract.
+        clause: String,
+    },
 }
 
 impl Outcome {
@@ -48,6 +55,7 @@ impl Outcome {
             Outcome::MemoryLimit => "memory-limit",
             Outcome::OutputTooLarge { .. } => "output-too-large",
             Outcome::Timeout => "timeout",
+            Outcome::ContractViolation { .. } => "contract-violation",
         }
     }
 
@@ -81,6 +89,9 @@ impl Outcome {
                 "the tool hit the wall-clock guard; the host may be overloaded, or raise --timeout"
                     .into()
             }
+            Outcome::ContractViolation { clause } => format!(
+                "the run broke the tool's contract clause `{clause}`, so its output is withheld; the tool's contract is wrong for this input"
+            ),
         }
     }
 }

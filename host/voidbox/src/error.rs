@@ -84,9 +84,29 @@ pub enum Error {
     /// A tool name that cannot be used.
     #[error("`{0}` is not a usable tool name: use 1 to 64 letters, digits, `-`, `_` or `.`, not starting with `blake3:` or made of 64 hex digits")]
     BadName(String),
+    /// A capability operation failed (keys, tenants, token text).
+    #[error("{detail}")]
+    Auth {
+        /// What failed and what to do.
+        detail: String,
+    },
+    /// The token does not allow this invocation.
+    #[error("{}", denied_message(.0))]
+    Denied(voidbox_auth::Denied),
+    /// Z3 could not prove that the tool's contract fits the budget.
+    #[error("not admitted: {0}; ask for a smaller input or a token with a larger budget")]
+    NotAdmitted(String),
+    /// A contract that cannot be used.
+    #[error("the tool's contract is not usable: {0}")]
+    Contract(String),
     /// The background writer stopped; nothing more can be made durable.
     #[error("the storage writer stopped: {0}; restart the host")]
     WriterStopped(String),
+}
+
+fn denied_message(d: &voidbox_auth::Denied) -> String {
+    // The message already names the failing caveat, never the key.
+    format!("denied ({}): {}", d.kind.as_str(), d.message)
 }
 
 /// Shorthand.

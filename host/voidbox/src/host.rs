@@ -13,6 +13,12 @@ use voidbox_sandbox::{
     BlobSource, Budget, LoadedTool, Outcome, RunRequest, Sandbox, SandboxConfig, ToolInfo, ToolKind,
 };
 
+use voidbox_auth::{
+    Authorized, Caveat, Digest as AuthDigest, Request as AuthRequest, Token, TokenId,
+};
+use voidbox_contract::{Contract, Figures};
+
+use crate::capability::{Capabilities, OWNER_TOKEN_FILE};
 use crate::config::{Config, CONFIG_FILE, CONFIG_TEMPLATE};
 use crate::error::{Error, Result};
 use crate::invocation::{Invocation, Receipt};
@@ -41,6 +47,32 @@ pub struct ToolRecord {
     pub exports: Vec<String>,
     /// When it was added, seconds since the Unix epoch.
     pub added_unix_s: u64,
+    /// The tool's resource contract (canonical text), checked by Z3 when the
+    /// tool was added: from `describe`, or given with `--contract`.
+    #[serde(default)]
+    pub contract: Option<String>,
+}
+
+/// What the hot path needs to know about a registered tool.
+#[derive(Debug, Clone)]
+struct ToolEntry {
+    name: String,
+    contract: Option<Arc<Contract>>,
+}
+
+impl ToolEntry {
+    fn of(record: &ToolRecord) -> Result<ToolEntry> {
+        let contract = match &record.contract {
+            Some(text) => Some(Arc::new(
+                Contract::parse(text).map_err(|e| Error::Contract(e.to_string()))?,
+            )),
+            None => None,
+        };
+        Ok(ToolEntry {
+            name: record.name.clone(),
+            contract,
+        })
+    }
 }
 
 /// A Voidbox host on one machine: a data directory with its database, CAS
@@ -69,7 +101,9 @@ pub struct Host {
     sandbox: Sandbox,
     /// Registered tools by digest; the database is the source of truth,
     /// this is its in-memory index for the hot path.
-    tools: RwLock<HashMap<Digest, ToolKind>>,
+    tools: RwLock<HashMap<Digest, ToolEntry>>,
+    /// Keys, revocations, use counters, admission proofs, the audit log.
+    caps: Capabilities,
     /// The in-memory front of the action cache.
     recent: Mutex<HashMap<Digest, Arc<Receipt>>>,
     /// Last timestamp handed out (hybrid logical clock).
@@ -138,7 +172,9 @@ impl Host {
             instances_max: config.sandbox.instances_max,
             memory_bytes_max: config.sandbox.memory_bytes_max,
         })?;
+        let caps = Capabilities::open(&home, storage.db.clone())?;
         let host = Host {
+            caps,
             blob_source: Arc::new(blobs.clone()),
             blobs,
             home,
@@ -151,9 +187,9 @@ impl Host {
         };
         let index = host
             .tools()?
-            .into_iter()
-            .map(|t| (t.digest, t.kind))
-            .collect();
+            .iter()
+            .map(|t| Ok((t.digest, ToolEntry::of(t)?)))
+            .collect::<Result<_>>()?;
         *host.tools.write().expect("tool index poisoned") = index;
         Ok(host)
     }
@@ -188,6 +224,18 @@ impl Host {
     /// the CAS and records it. `name` overrides the name from `describe`.
     /// Nothing is stored unless every step succeeds.
     pub fn add_tool(&self, wasm: &[u8], name: Option<&str>) -> Result<ToolRecord> {
+        self.add_tool_with_contract(wasm, name, None)
+    }
+
+    /// [`Host::add_tool`] with a contract that replaces the one the tool
+    /// describes. The contract is parsed (errors point at the column) and
+    /// Z3 checks that some run can meet it.
+    pub fn add_tool_with_contract(
+        &self,
+        wasm: &[u8],
+        name: Option<&str>,
+        contract: Option<&str>,
+    ) -> Result<ToolRecord> {
         Sandbox::check_header(wasm)?;
         let digest = Digest::of(wasm);
         let loaded = self.sandbox.load(*digest.as_bytes(), wasm)?;
@@ -202,7 +250,17 @@ impl Host {
             }
         };
         check_name(&name)?;
+        let contract = match contract.or(info.as_ref().and_then(|i| i.contract.as_deref())) {
+            Some(text) => {
+                let c = Contract::parse(text).map_err(|e| Error::Contract(e.to_string()))?;
+                c.check_satisfiable()
+                    .map_err(|e| Error::Contract(e.to_string()))?;
+                Some(c.canonical_text().to_string())
+            }
+            None => None,
+        };
         let record = ToolRecord {
+            contract,
             digest,
             version: info.as_ref().map(|i| i.version.clone()).unwrap_or_default(),
             description: info
@@ -246,13 +304,23 @@ impl Host {
         self.tools
             .write()
             .expect("tool index poisoned")
-            .insert(digest, record.kind);
+            .insert(digest, ToolEntry::of(&record)?);
         Ok(record)
     }
 
     /// [`Host::add_tool`] from a file; the file stem is the fallback name
     /// for commands.
     pub fn add_tool_file(&self, path: &Path, name: Option<&str>) -> Result<ToolRecord> {
+        self.add_tool_file_with_contract(path, name, None)
+    }
+
+    /// [`Host::add_tool_with_contract`] from a file.
+    pub fn add_tool_file_with_contract(
+        &self,
+        path: &Path,
+        name: Option<&str>,
+        contract: Option<&str>,
+    ) -> Result<ToolRecord> {
         let wasm = std::fs::read(path).map_err(Error::io(
             path,
             "give the path of a .wasm component (build tools with `cargo xtask tools`)",
@@ -270,7 +338,7 @@ impl Host {
         let name = name
             .map(str::to_string)
             .or(if is_command { stem } else { None });
-        self.add_tool(&wasm, name.as_deref())
+        self.add_tool_with_contract(&wasm, name.as_deref(), contract)
     }
 
     /// Every registered tool, sorted by name.
@@ -376,6 +444,171 @@ impl Host {
         Ok(self.sandbox.load(*digest.as_bytes(), &wasm)?)
     }
 
+    fn tool_entry(&self, digest: &Digest) -> Result<ToolEntry> {
+        self.tools
+            .read()
+            .expect("tool index poisoned")
+            .get(digest)
+            .cloned()
+            .ok_or_else(|| Error::NoSuchTool(digest.to_string()))
+    }
+
+    /// The owner token `voidbox init` minted (no caveats: everything is
+    /// allowed). The local CLI uses it unless given another.
+    pub fn owner_token(&self) -> Result<String> {
+        let path = self.home.join(OWNER_TOKEN_FILE);
+        std::fs::read_to_string(&path)
+            .map(|t| t.trim().to_string())
+            .map_err(Error::io(
+                path,
+                "pass a token with --token or VOIDBOX_TOKEN",
+            ))
+    }
+
+    /// Creates a root key for a new tenant.
+    pub fn add_tenant(&self, tenant: &str) -> Result<()> {
+        self.caps.add_tenant(tenant)
+    }
+
+    /// Mints a token for `tenant` (default: the owner) with caveats.
+    pub fn mint_token(&self, tenant: &str, caveats: &[Caveat]) -> Result<String> {
+        self.caps.mint(tenant, caveats)
+    }
+
+    /// Narrows a token offline with more caveats. Z3 checks that the
+    /// child's numeric limits stay within the parent's and can still be met;
+    /// returns the new token and that verdict in words.
+    pub fn attenuate_token(&self, token: &str, caveats: &[Caveat]) -> Result<(String, String)> {
+        let parent = Token::decode(token).map_err(|e| Error::Auth {
+            detail: format!("the token cannot be read: {e}"),
+        })?;
+        let child = parent.attenuate(caveats).map_err(|e| Error::Auth {
+            detail: e.to_string(),
+        })?;
+        let verdict = voidbox_contract::check_attenuation(
+            &crate::capability::limits_of(&parent)?,
+            &crate::capability::limits_of(&child)?,
+        )
+        .map_err(|e| Error::Auth {
+            detail: format!("refused: {e}"),
+        })?;
+        let ranges: Vec<String> = verdict
+            .ranges
+            .iter()
+            .map(|r| format!("{} in {}..={}", r.name, r.min, r.max))
+            .collect();
+        let words = if ranges.is_empty() {
+            "Z3: the new caveats add no numeric limit; the token is narrowed by them alone"
+                .to_string()
+        } else {
+            format!(
+                "Z3: the child's limits are within the parent's and satisfiable ({})",
+                ranges.join(", ")
+            )
+        };
+        Ok((child.encode(), words))
+    }
+
+    /// Revokes a token and every token narrowed from it.
+    pub fn revoke_token(&self, token: &str) -> Result<TokenId> {
+        let t = Token::decode(token).map_err(|e| Error::Auth {
+            detail: format!("the token cannot be read: {e}"),
+        })?;
+        self.caps.revoke(t.id())?;
+        self.caps
+            .audit(serde_json::json!({"event": "revoke", "token": t.id().to_string()}));
+        Ok(t.id().clone())
+    }
+
+    /// Checks a token against an invocation without side effects: what
+    /// `voidbox token verify` shows. Returns the authorization and the
+    /// invocation with its effective budget.
+    pub fn authorize(
+        &self,
+        token: &str,
+        invocation: &Invocation,
+    ) -> Result<(Authorized, Invocation)> {
+        let entry = self.tool_entry(&invocation.tool)?;
+        let input_bytes = match self.blobs.size(&invocation.input)? {
+            Some(n) => n,
+            None => return Err(Error::NoSuchBlob(invocation.input)),
+        };
+        let reads: Vec<AuthDigest> = invocation.grants.iter().map(|d| AuthDigest(d.0)).collect();
+        let b = invocation.budget;
+        let request = AuthRequest {
+            tool_digest: AuthDigest(invocation.tool.0),
+            tool_name: &entry.name,
+            now_unix: SystemTime::now()
+                .duration_since(UNIX_EPOCH)
+                .map(|d| d.as_secs())
+                .unwrap_or(0),
+            budget: voidbox_auth::Budget {
+                fuel: b.fuel,
+                memory_bytes: b.memory_bytes,
+                output_bytes: b.output_bytes,
+            },
+            input_bytes,
+            reads: &reads,
+        };
+        let authorized =
+            voidbox_auth::verify_encoded(token, &request, self.caps.keys(), &self.caps).map_err(
+                |d| {
+                    self.audit_denial(invocation, d.kind.as_str(), &d.message);
+                    Error::Denied(d)
+                },
+            )?;
+        let mut effective = invocation.clone();
+        effective.budget.fuel = authorized.budget.fuel;
+        effective.budget.memory_bytes = authorized.budget.memory_bytes;
+        effective.budget.output_bytes = authorized.budget.output_bytes;
+        if let Some(contract) = &entry.contract {
+            let budget = voidbox_contract::Budget {
+                // Every input the token allows; without an input-bytes
+                // caveat, the input at hand.
+                max_input_bytes: Some(authorized.limits.input_bytes.unwrap_or(input_bytes)),
+                max_args_bytes: Some(args_bytes(&invocation.args)),
+                fuel: effective.budget.fuel,
+                memory_bytes: effective.budget.memory_bytes,
+                output_bytes: effective.budget.output_bytes,
+            };
+            self.caps.admit(contract, &budget).map_err(|e| {
+                self.audit_denial(invocation, "not-admitted", &e.to_string());
+                Error::NotAdmitted(e.to_string())
+            })?;
+        }
+        Ok((authorized, effective))
+    }
+
+    /// Runs an invocation under a capability: verifies the token, proves
+    /// the tool's contract fits the effective budget, takes a use when the
+    /// token is limited-use, then runs (or answers from the cache). A
+    /// denial has no side effects besides an audit line.
+    pub fn invoke_with_token(&self, token: &str, invocation: &Invocation) -> Result<Receipt> {
+        let (authorized, effective) = self.authorize(token, invocation)?;
+        authorized.take_use(&self.caps).map_err(|d| {
+            self.audit_denial(invocation, d.kind.as_str(), &d.message);
+            Error::Denied(d)
+        })?;
+        let receipt = self.invoke(&effective)?;
+        self.caps.audit(serde_json::json!({
+            "event": "invoke",
+            "token": authorized.token_id.to_string(),
+            "invocation": receipt.invocation,
+            "outcome": receipt.outcome.name(),
+        }));
+        Ok(receipt)
+    }
+
+    fn audit_denial(&self, invocation: &Invocation, kind: &str, message: &str) {
+        self.caps.audit(serde_json::json!({
+            "event": "deny",
+            "tool": invocation.tool,
+            "input": invocation.input,
+            "kind": kind,
+            "message": message,
+        }));
+    }
+
     /// The receipt the action cache holds for `invocation`, if any.
     pub fn cached(&self, invocation: &Digest) -> Result<Option<Receipt>> {
         if let Some(r) = self
@@ -447,7 +680,28 @@ impl Host {
                 preopens: &preopens,
             },
         )?;
-        let output = match result.outcome {
+        let mut outcome = result.outcome;
+        if outcome == Outcome::Ok {
+            if let Some(contract) = self.tool_entry(&invocation.tool)?.contract {
+                let figures = Figures {
+                    input_bytes: input.len() as u64,
+                    args_bytes: args_bytes(&invocation.args),
+                    output_bytes: result.output.len() as u64,
+                    fuel: result.fuel_used,
+                    memory_bytes: result.memory_peak_bytes,
+                };
+                if let Err(v) = contract.check_post(&figures) {
+                    // Deterministic like the run itself, so the receipt (and
+                    // its cache entry) says so for every identical invocation.
+                    let clause = match v.label {
+                        Some(label) => format!("{label}: {}", v.text),
+                        None => v.text,
+                    };
+                    outcome = Outcome::ContractViolation { clause };
+                }
+            }
+        }
+        let output = match outcome {
             Outcome::Ok => Some(self.storage.put_blob_deferred(&result.output)?),
             _ => None,
         };
@@ -470,7 +724,7 @@ impl Host {
             input: invocation.input,
             output,
             output_bytes: result.output.len() as u64,
-            outcome: result.outcome,
+            outcome,
             fuel_used: result.fuel_used,
             memory_peak_bytes: result.memory_peak_bytes,
             diagnostics,
@@ -567,6 +821,11 @@ impl Host {
             }
         }
     }
+}
+
+/// The size of the arguments as the contract language's `args_bytes`.
+fn args_bytes(args: &[(String, String)]) -> u64 {
+    args.iter().map(|(k, v)| (k.len() + v.len()) as u64).sum()
 }
 
 /// Tool names: short, unambiguous with digests, safe in file names.

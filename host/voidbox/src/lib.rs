@@ -32,12 +32,14 @@
 //! plain data.
 
 pub mod bench;
+mod capability;
 mod config;
 mod error;
 mod host;
 mod invocation;
 mod storage;
 
+pub use capability::{OWNER_TENANT, OWNER_TOKEN_FILE};
 pub use config::{
     Config, Defaults, SandboxSettings, StorageSettings, CONFIG_FILE, CONFIG_TEMPLATE,
 };
@@ -48,3 +50,5 @@ pub use storage::Blobs;
 
 pub use voidbox_cas::{CasError, Digest, Store};
 pub use voidbox_sandbox::{Budget, Outcome, ToolInfo, ToolKind};
+/// The capability and contract crates, re-exported for embedders.
+pub use {voidbox_auth as auth, voidbox_contract as contract};

@@ -27,6 +27,11 @@ mod exit {
     pub const MEMORY_LIMIT: u8 = 13;
     pub const OUTPUT_TOO_LARGE: u8 = 14;
     pub const TIMEOUT: u8 = 15;
+    pub const CONTRACT_VIOLATION: u8 = 16;
+    // 20–34: a token was denied; the code names the kind (voidbox-auth's
+    // `DeniedKind::exit_code`).
+    /// Z3 could not prove the tool's contract fits the budget.
+    pub const NOT_ADMITTED: u8 = 35;
 }
 
 #[derive(Parser, Debug)]
@@ -66,6 +71,50 @@ enum Command {
     /// The Ising-model optimizer on its own.
     #[command(subcommand)]
     Ising(IsingCmd),
+    /// Capabilities: mint, narrow, inspect, check and revoke tokens.
+    #[command(subcommand)]
+    Token(TokenCmd),
+    /// Tenants: each has its own root key.
+    #[command(subcommand)]
+    Tenant(TenantCmd),
+}
+
+#[derive(Subcommand, Debug)]
+enum TokenCmd {
+    /// Mint a token with a tenant's root key; prints it.
+    Mint {
+        /// The tenant whose key signs it.
+        #[arg(long, default_value = voidbox::OWNER_TENANT)]
+        tenant: String,
+        /// A caveat, e.g. `fuel <= 1000000`, `tool-name = wc`, `uses <= 1` (repeatable).
+        #[arg(long = "caveat", value_name = "CAVEAT")]
+        caveats: Vec<String>,
+    },
+    /// Narrow a token with more caveats (offline; anyone holding it can).
+    Attenuate {
+        token: String,
+        #[arg(long = "caveat", value_name = "CAVEAT", required = true)]
+        caveats: Vec<String>,
+    },
+    /// Show a token's caveats in plain words.
+    Inspect { token: String },
+    /// Check a token against a tool and input without running anything.
+    Verify {
+        token: String,
+        #[arg(long)]
+        tool: String,
+        /// The input file, or - for stdin (default: empty input).
+        #[arg(long, short)]
+        input: Option<String>,
+    },
+    /// Revoke a token and every token narrowed from it.
+    Revoke { token: String },
+}
+
+#[derive(Subcommand, Debug)]
+enum TenantCmd {
+    /// Create a root key for a tenant.
+    Add { name: String },
 }
 
 #[derive(Subcommand, Debug)]
@@ -77,6 +126,9 @@ enum ToolCmd {
         /// The name to register (default: the name the tool describes).
         #[arg(long)]
         name: Option<String>,
+        /// A contract file that replaces the contract the tool describes.
+        #[arg(long, value_name = "CONTRACT_FILE")]
+        contract: Option<PathBuf>,
     },
     /// List registered tools.
     List {
@@ -128,6 +180,9 @@ struct RunArgs {
     /// Print the whole receipt as JSON instead of the output.
     #[arg(long)]
     json: bool,
+    /// The capability to run under (default: the owner token `voidbox init` made).
+    #[arg(long, env = "VOIDBOX_TOKEN", hide_env_values = true)]
+    token: Option<String>,
 }
 
 #[derive(Subcommand, Debug)]
@@ -204,6 +259,8 @@ struct Failure {
 impl From<Error> for Failure {
     fn from(e: Error) -> Self {
         let code = match &e {
+            Error::Denied(d) => d.kind.exit_code(),
+            Error::NotAdmitted(_) => exit::NOT_ADMITTED,
             Error::Cas(voidbox::CasError::Corrupt { .. })
             | Error::Corrupt { .. }
             | Error::Db { .. }
@@ -302,6 +359,12 @@ fn dispatch(cli: Cli) -> Result<u8, Failure> {
             Ok(exit::OK)
         }
         Command::Bench(args) => bench(args),
+        Command::Token(cmd) => token(&Host::open_existing(&home)?, cmd),
+        Command::Tenant(TenantCmd::Add { name }) => {
+            Host::open_existing(&home)?.add_tenant(&name)?;
+            println!("created a root key for tenant `{name}`; mint tokens with `voidbox token mint --tenant {name}`");
+            Ok(exit::OK)
+        }
         Command::Ising(IsingCmd::Solve {
             file,
             sweeps,
@@ -332,7 +395,20 @@ fn dispatch(cli: Cli) -> Result<u8, Failure> {
 
 fn tool(host: &Host, cmd: ToolCmd) -> Result<u8, Failure> {
     match cmd {
-        ToolCmd::Add { file, name } => {
+        ToolCmd::Add {
+            file,
+            name,
+            contract,
+        } => {
+            let contract = match contract {
+                Some(path) => Some(std::fs::read_to_string(&path).map_err(|e| {
+                    fail(
+                        exit::BAD_REQUEST,
+                        format!("cannot read contract file {}: {e}", path.display()),
+                    )
+                })?),
+                None => None,
+            };
             let terminal = std::io::stderr().is_terminal();
             let size = std::fs::metadata(&file).map(|m| m.len()).unwrap_or(0);
             let started = Instant::now();
@@ -340,7 +416,8 @@ fn tool(host: &Host, cmd: ToolCmd) -> Result<u8, Failure> {
                 eprint!("compiling {} ({} KiB)…", file.display(), size / 1024);
                 let _ = std::io::stderr().flush();
             }
-            let record = host.add_tool_file(&file, name.as_deref());
+            let record =
+                host.add_tool_file_with_contract(&file, name.as_deref(), contract.as_deref());
             if terminal {
                 eprintln!(" {:.1}s", started.elapsed().as_secs_f64());
             }
@@ -439,8 +516,70 @@ fn read_input(spec: Option<&str>) -> Result<Vec<u8>, Failure> {
     }
 }
 
+fn parse_caveats(texts: &[String]) -> Result<Vec<voidbox::auth::Caveat>, Failure> {
+    texts
+        .iter()
+        .map(|c| {
+            c.parse().map_err(|e| {
+                fail(
+                    exit::BAD_REQUEST,
+                    format!("caveat `{c}`: {e}; caveats look like `fuel <= 1000000` or `tool-name = wc`"),
+                )
+            })
+        })
+        .collect()
+}
+
+fn token(host: &Host, cmd: TokenCmd) -> Result<u8, Failure> {
+    match cmd {
+        TokenCmd::Mint { tenant, caveats } => {
+            println!("{}", host.mint_token(&tenant, &parse_caveats(&caveats)?)?);
+        }
+        TokenCmd::Attenuate { token, caveats } => {
+            let (child, verdict) = host.attenuate_token(&token, &parse_caveats(&caveats)?)?;
+            println!("{child}");
+            eprintln!("{verdict}");
+        }
+        TokenCmd::Inspect { token } => {
+            let t = voidbox::auth::Token::decode(&token)
+                .map_err(|e| fail(exit::BAD_REQUEST, format!("the token cannot be read: {e}")))?;
+            for line in voidbox::auth::inspect(&t) {
+                println!("{line}");
+            }
+        }
+        TokenCmd::Verify { token, tool, input } => {
+            let tool = host.tool(&tool)?;
+            let input = host.put_input(&read_input(input.as_deref())?)?;
+            let inv = Invocation::new(tool.digest, input).budget(host.default_budget());
+            let (auth, effective) = host.authorize(&token, &inv)?;
+            let b = effective.budget;
+            println!(
+                "allowed: {} may run {} with fuel {}, memory {} bytes, output {} bytes{}",
+                auth.token_id,
+                tool.name,
+                b.fuel,
+                b.memory_bytes,
+                b.output_bytes,
+                match auth.uses_limit {
+                    Some(n) => format!(", at most {n} uses in all"),
+                    None => String::new(),
+                }
+            );
+        }
+        TokenCmd::Revoke { token } => {
+            let id = host.revoke_token(&token)?;
+            println!("revoked {id} and every token narrowed from it");
+        }
+    }
+    Ok(exit::OK)
+}
+
 fn run(host: &Host, a: RunArgs) -> Result<u8, Failure> {
     let tool = host.tool(&a.tool)?;
+    let token = match &a.token {
+        Some(t) => t.clone(),
+        None => host.owner_token()?,
+    };
     let input = read_input(a.input.as_deref())?;
     let input = host.put_input(&input)?;
     let mut budget = host.default_budget();
@@ -464,7 +603,7 @@ fn run(host: &Host, a: RunArgs) -> Result<u8, Failure> {
         inv = inv.grant(g.parse().map_err(Error::from)?);
     }
     inv.time_unix_ns = a.time.unwrap_or(0).saturating_mul(1_000_000_000);
-    let receipt = host.invoke(&inv)?;
+    let receipt = host.invoke_with_token(&token, &inv)?;
     host.flush()?;
     if a.json {
         println!("{}", serde_json::to_string_pretty(&receipt).expect("json"));
@@ -486,6 +625,7 @@ fn report_outcome(host: &Host, receipt: &Receipt) -> Result<u8, Failure> {
         Outcome::MemoryLimit => exit::MEMORY_LIMIT,
         Outcome::OutputTooLarge { .. } => exit::OUTPUT_TOO_LARGE,
         Outcome::Timeout => exit::TIMEOUT,
+        Outcome::ContractViolation { .. } => exit::CONTRACT_VIOLATION,
     };
     // A trap's stderr usually holds the panic message: the most useful line.
     let detail = receipt
