@@ -284,3 +284,39 @@ fn tokens_narrow_deny_and_revoke_through_the_cli() {
         "{audit}"
     );
 }
+
+#[test]
+fn schedule_explains_a_placement_and_refuses_bad_batches() {
+    let cli = Cli::new();
+    let example = concat!(env!("CARGO_MANIFEST_DIR"), "/data/schedule-example.json");
+    let out = cli.ok(&["schedule", "--explain", example, "--json"]);
+    let v: Value = serde_json::from_str(&out).unwrap();
+    let invocations = v["invocations"].as_array().unwrap();
+    assert_eq!(invocations.len(), 4);
+    // md-1 runs on two executors in different failure domains.
+    let md = invocations.iter().find(|i| i["id"] == "md-1").unwrap();
+    assert_eq!(md["executors"].as_array().unwrap().len(), 2, "{md}");
+    for term in [
+        "penalty_replicas",
+        "penalty_slots",
+        "penalty_memory",
+        "penalty_failure_domain",
+    ] {
+        assert_eq!(v["energy"][term], 0.0, "{term}: {}", v["energy"]);
+    }
+    assert!(v["energy"]["total"].as_f64().unwrap() <= v["greedy_objective"].as_f64().unwrap());
+    // More demand than capacity: a clear error, no placement.
+    let mut batch: Value =
+        serde_json::from_str(&std::fs::read_to_string(example).unwrap()).unwrap();
+    let one = batch["invocations"][0].clone();
+    for i in 0..20 {
+        let mut extra = one.clone();
+        extra["id"] = Value::from(format!("extra-{i}"));
+        batch["invocations"].as_array_mut().unwrap().push(extra);
+    }
+    let file = cli._dir.path().join("too-big.json");
+    std::fs::write(&file, batch.to_string()).unwrap();
+    let out = cli.run(&["schedule", file.to_str().unwrap()]);
+    assert_eq!(out.status.code(), Some(3), "{}", stderr(&out));
+    assert!(!stderr(&out).is_empty());
+}

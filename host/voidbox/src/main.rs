@@ -71,6 +71,21 @@ enum Command {
     /// The Ising-model optimizer on its own.
     #[command(subcommand)]
     Ising(IsingCmd),
+    /// Place a batch of invocations on executors with the Ising optimizer
+    /// and show the placement with its energy split by term.
+    Schedule {
+        /// A JSON file: {"invocations": [...], "executors": [...], "weights": {...}}
+        /// (weights optional); see tests/data/schedule-example.json.
+        file: PathBuf,
+        /// Show the placement and its energy by term (the default and only mode for now).
+        #[arg(long, default_value_t = true)]
+        explain: bool,
+        /// Print JSON instead of a table.
+        #[arg(long)]
+        json: bool,
+        #[arg(long, default_value_t = 0)]
+        seed: u64,
+    },
     /// Capabilities: mint, narrow, inspect, check and revoke tokens.
     #[command(subcommand)]
     Token(TokenCmd),
@@ -360,6 +375,12 @@ fn dispatch(cli: Cli) -> Result<u8, Failure> {
         }
         Command::Bench(args) => bench(args),
         Command::Token(cmd) => token(&Host::open_existing(&home)?, cmd),
+        Command::Schedule {
+            file,
+            explain: _,
+            json,
+            seed,
+        } => schedule(&file, json, seed),
         Command::Tenant(TenantCmd::Add { name }) => {
             Host::open_existing(&home)?.add_tenant(&name)?;
             println!("created a root key for tenant `{name}`; mint tokens with `voidbox token mint --tenant {name}`");
@@ -514,6 +535,57 @@ fn read_input(spec: Option<&str>) -> Result<Vec<u8>, Failure> {
             )
         }),
     }
+}
+
+/// The input of `voidbox schedule`.
+#[derive(serde::Deserialize)]
+#[serde(deny_unknown_fields)]
+struct ScheduleFile {
+    invocations: Vec<voidbox_ising::placement::Invocation>,
+    executors: Vec<voidbox_ising::placement::Executor>,
+    #[serde(default)]
+    weights: Option<voidbox_ising::placement::Weights>,
+}
+
+fn schedule(file: &std::path::Path, json: bool, seed: u64) -> Result<u8, Failure> {
+    use voidbox_ising::placement::{place, PlacementParams, PlacementProblem};
+    let text = std::fs::read_to_string(file).map_err(|e| {
+        fail(
+            exit::BAD_REQUEST,
+            format!("cannot read {}: {e}", file.display()),
+        )
+    })?;
+    let batch: ScheduleFile = serde_json::from_str(&text).map_err(|e| {
+        fail(
+            exit::BAD_REQUEST,
+            format!(
+                "{}: {e}; see tests/data/schedule-example.json for the format",
+                file.display()
+            ),
+        )
+    })?;
+    let problem = PlacementProblem::new(
+        batch.invocations,
+        batch.executors,
+        batch.weights.unwrap_or_default(),
+    )
+    .map_err(|e| fail(exit::BAD_REQUEST, format!("{}: {e}", file.display())))?;
+    let params = PlacementParams {
+        seed,
+        ..PlacementParams::default()
+    };
+    let placement = place(&problem, &params)
+        .map_err(|e| fail(exit::BAD_REQUEST, format!("{}: {e}", file.display())))?;
+    let explanation = placement.explain(&problem);
+    if json {
+        println!(
+            "{}",
+            serde_json::to_string_pretty(&explanation).expect("json")
+        );
+    } else {
+        print!("{explanation}");
+    }
+    Ok(exit::OK)
 }
 
 fn parse_caveats(texts: &[String]) -> Result<Vec<voidbox::auth::Caveat>, Failure> {
