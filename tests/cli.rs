@@ -320,3 +320,81 @@ fn schedule_explains_a_placement_and_refuses_bad_batches() {
     assert_eq!(out.status.code(), Some(3), "{}", stderr(&out));
     assert!(!stderr(&out).is_empty());
 }
+
+#[test]
+fn third_party_discharges_are_required_and_bound() {
+    let cli = Cli::new();
+    cli.ok(&["init"]);
+    cli.ok(&["tool", "add", tools::ECHO]);
+    let secret = cli.ok(&["token", "third-party-key"]);
+    let secret = secret.trim();
+    assert_eq!(secret.len(), 64);
+    let base = cli.ok(&["token", "mint"]);
+    let needs = cli.ok(&[
+        "token",
+        "require",
+        base.trim(),
+        "--location",
+        "https://approvals.example",
+        "--third-party-key",
+        secret,
+        "--caveat-id",
+        "approve-42",
+    ]);
+    let needs = needs.trim();
+    // Without the discharge: denied, and nothing is stored.
+    let before = cli.ok(&["cas", "ls"]);
+    let missing = cli.with_stdin(
+        &["run", "echo", "--input", "-", "--token", needs],
+        b"secret input",
+    );
+    assert_eq!(missing.status.code(), Some(31), "{}", stderr(&missing));
+    assert_eq!(
+        cli.ok(&["cas", "ls"]),
+        before,
+        "a denied run stored something"
+    );
+    // The third party discharges it, bound to this token.
+    let bundle = cli.ok(&[
+        "token",
+        "discharge",
+        "--for",
+        needs,
+        "--location",
+        "https://approvals.example",
+        "--third-party-key",
+        secret,
+        "--caveat-id",
+        "approve-42",
+    ]);
+    let ok = cli.with_stdin(
+        &["run", "echo", "--input", "-", "--token", bundle.trim()],
+        b"approved",
+    );
+    assert!(ok.status.success(), "{}", stderr(&ok));
+    assert_eq!(ok.stdout, b"approved");
+    // A discharge made with the wrong secret does not verify.
+    let wrong = cli.ok(&["token", "third-party-key"]);
+    let forged = cli.ok(&[
+        "token",
+        "discharge",
+        "--for",
+        needs,
+        "--location",
+        "x",
+        "--third-party-key",
+        wrong.trim(),
+        "--caveat-id",
+        "approve-42",
+    ]);
+    let denied = cli.with_stdin(
+        &["run", "echo", "--input", "-", "--token", forged.trim()],
+        b"x",
+    );
+    assert!(!denied.status.success());
+    assert!(
+        (20..=34).contains(&denied.status.code().unwrap()),
+        "{}",
+        stderr(&denied)
+    );
+}

@@ -528,11 +528,22 @@ impl Host {
         token: &str,
         invocation: &Invocation,
     ) -> Result<(Authorized, Invocation)> {
-        let entry = self.tool_entry(&invocation.tool)?;
         let input_bytes = match self.blobs.size(&invocation.input)? {
             Some(n) => n,
             None => return Err(Error::NoSuchBlob(invocation.input)),
         };
+        self.authorize_sized(token, invocation, input_bytes)
+    }
+
+    /// [`Host::authorize`] for an input that need not be stored: the
+    /// caller names it by digest in `invocation.input` and gives its size.
+    pub fn authorize_sized(
+        &self,
+        token: &str,
+        invocation: &Invocation,
+        input_bytes: u64,
+    ) -> Result<(Authorized, Invocation)> {
+        let entry = self.tool_entry(&invocation.tool)?;
         let reads: Vec<AuthDigest> = invocation.grants.iter().map(|d| AuthDigest(d.0)).collect();
         let b = invocation.budget;
         let request = AuthRequest {
@@ -589,6 +600,42 @@ impl Host {
             self.audit_denial(invocation, d.kind.as_str(), &d.message);
             Error::Denied(d)
         })?;
+        let receipt = self.invoke(&effective)?;
+        self.caps.audit(serde_json::json!({
+            "event": "invoke",
+            "token": authorized.token_id.to_string(),
+            "invocation": receipt.invocation,
+            "outcome": receipt.outcome.name(),
+        }));
+        Ok(receipt)
+    }
+
+    /// [`Host::invoke_with_token`] for an input that is not stored yet: the
+    /// input is stored only once the token, the admission proof and the use
+    /// count have all said yes, so a denied request stores nothing.
+    /// `template.input` is replaced by the input's digest.
+    pub fn run_with_token(
+        &self,
+        token: &str,
+        template: &Invocation,
+        input: &[u8],
+    ) -> Result<Receipt> {
+        let max = self.config.defaults.input_bytes_max;
+        if input.len() as u64 > max {
+            return Err(Error::InputTooLarge {
+                size: input.len() as u64,
+                max,
+            });
+        }
+        let mut invocation = template.clone();
+        invocation.input = Digest::of(input);
+        let (authorized, effective) =
+            self.authorize_sized(token, &invocation, input.len() as u64)?;
+        authorized.take_use(&self.caps).map_err(|d| {
+            self.audit_denial(&invocation, d.kind.as_str(), &d.message);
+            Error::Denied(d)
+        })?;
+        self.put_input(input)?;
         let receipt = self.invoke(&effective)?;
         self.caps.audit(serde_json::json!({
             "event": "invoke",

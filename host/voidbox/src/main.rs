@@ -124,6 +124,37 @@ enum TokenCmd {
     },
     /// Revoke a token and every token narrowed from it.
     Revoke { token: String },
+    /// Make a secret to share with a third party (an approval or quota service).
+    ThirdPartyKey,
+    /// Narrow a token so it also needs a discharge from a third party.
+    Require {
+        token: String,
+        /// Where the third party is (free text, e.g. a URL).
+        #[arg(long)]
+        location: String,
+        /// The secret shared with the third party (64 hex digits).
+        #[arg(long, env = "VOIDBOX_THIRD_PARTY_KEY", hide_env_values = true)]
+        third_party_key: String,
+        /// What the third party is asked to approve, e.g. `approve-run-42`.
+        #[arg(long)]
+        caveat_id: String,
+    },
+    /// As the third party: issue a discharge for a caveat id, bound to the
+    /// token it is for; prints `TOKEN,DISCHARGE` for `run --token`.
+    Discharge {
+        /// The token that carries the third-party caveat.
+        #[arg(long = "for")]
+        for_token: String,
+        #[arg(long)]
+        location: String,
+        #[arg(long, env = "VOIDBOX_THIRD_PARTY_KEY", hide_env_values = true)]
+        third_party_key: String,
+        #[arg(long)]
+        caveat_id: String,
+        /// Caveats on the discharge itself, e.g. `expires < ...` (repeatable).
+        #[arg(long = "caveat", value_name = "CAVEAT")]
+        caveats: Vec<String>,
+    },
 }
 
 #[derive(Subcommand, Debug)]
@@ -621,9 +652,11 @@ fn token(host: &Host, cmd: TokenCmd) -> Result<u8, Failure> {
         }
         TokenCmd::Verify { token, tool, input } => {
             let tool = host.tool(&tool)?;
-            let input = host.put_input(&read_input(input.as_deref())?)?;
-            let inv = Invocation::new(tool.digest, input).budget(host.default_budget());
-            let (auth, effective) = host.authorize(&token, &inv)?;
+            // Checking stores nothing: the input is only named by digest.
+            let bytes = read_input(input.as_deref())?;
+            let inv =
+                Invocation::new(tool.digest, Digest::of(&bytes)).budget(host.default_budget());
+            let (auth, effective) = host.authorize_sized(&token, &inv, bytes.len() as u64)?;
             let b = effective.budget;
             println!(
                 "allowed: {} may run {} with fuel {}, memory {} bytes, output {} bytes{}",
@@ -642,8 +675,72 @@ fn token(host: &Host, cmd: TokenCmd) -> Result<u8, Failure> {
             let id = host.revoke_token(&token)?;
             println!("revoked {id} and every token narrowed from it");
         }
+        TokenCmd::ThirdPartyKey => {
+            let key = voidbox::auth::ThirdPartyKey::generate(&mut voidbox::auth::OsEntropy);
+            println!("{}", hex(key.as_bytes()));
+        }
+        TokenCmd::Require {
+            token,
+            location,
+            third_party_key,
+            caveat_id,
+        } => {
+            let key = third_party_key_from_hex(&third_party_key)?;
+            let t = decode_token(&token)?;
+            let narrowed = t
+                .add_third_party_caveat(&location, &key.caveat_key(&caveat_id), &caveat_id)
+                .map_err(|e| fail(exit::BAD_REQUEST, e.to_string()))?;
+            println!("{}", narrowed.encode());
+        }
+        TokenCmd::Discharge {
+            for_token,
+            location,
+            third_party_key,
+            caveat_id,
+            caveats,
+        } => {
+            let key = third_party_key_from_hex(&third_party_key)?;
+            let t = decode_token(&for_token)?;
+            let discharge = voidbox::auth::Discharge::create(
+                &location,
+                &key.caveat_key(&caveat_id),
+                &caveat_id,
+                &parse_caveats(&caveats)?,
+            )
+            .map_err(|e| fail(exit::BAD_REQUEST, e.to_string()))?;
+            let bound = t
+                .bind(&discharge)
+                .map_err(|e| fail(exit::BAD_REQUEST, e.to_string()))?;
+            println!("{}", voidbox::auth::encode_bundle(&t, &[bound]));
+        }
     }
     Ok(exit::OK)
+}
+
+fn decode_token(text: &str) -> Result<voidbox::auth::Token, Failure> {
+    voidbox::auth::Token::decode(text)
+        .map_err(|e| fail(exit::BAD_REQUEST, format!("the token cannot be read: {e}")))
+}
+
+fn third_party_key_from_hex(text: &str) -> Result<voidbox::auth::ThirdPartyKey, Failure> {
+    let bytes: Option<Vec<u8>> = (text.len() == 64)
+        .then(|| {
+            (0..32)
+                .map(|i| u8::from_str_radix(&text[2 * i..2 * i + 2], 16).ok())
+                .collect()
+        })
+        .flatten();
+    match bytes.and_then(|b| <[u8; 32]>::try_from(b).ok()) {
+        Some(b) => Ok(voidbox::auth::ThirdPartyKey::from_bytes(b)),
+        None => Err(fail(
+            exit::BAD_REQUEST,
+            "the third-party key must be 64 hex digits; make one with `voidbox token third-party-key`",
+        )),
+    }
+}
+
+fn hex(bytes: &[u8]) -> String {
+    bytes.iter().map(|b| format!("{b:02x}")).collect()
 }
 
 fn run(host: &Host, a: RunArgs) -> Result<u8, Failure> {
@@ -652,8 +749,9 @@ fn run(host: &Host, a: RunArgs) -> Result<u8, Failure> {
         Some(t) => t.clone(),
         None => host.owner_token()?,
     };
-    let input = read_input(a.input.as_deref())?;
-    let input = host.put_input(&input)?;
+    let input_bytes = read_input(a.input.as_deref())?;
+    // Named by digest now, stored only if the token allows the run.
+    let input = Digest::of(&input_bytes);
     let mut budget = host.default_budget();
     budget.fuel = a.fuel.unwrap_or(budget.fuel);
     budget.memory_bytes = a.memory.unwrap_or(budget.memory_bytes);
@@ -675,7 +773,7 @@ fn run(host: &Host, a: RunArgs) -> Result<u8, Failure> {
         inv = inv.grant(g.parse().map_err(Error::from)?);
     }
     inv.time_unix_ns = a.time.unwrap_or(0).saturating_mul(1_000_000_000);
-    let receipt = host.invoke_with_token(&token, &inv)?;
+    let receipt = host.run_with_token(&token, &inv, &input_bytes)?;
     host.flush()?;
     if a.json {
         println!("{}", serde_json::to_string_pretty(&receipt).expect("json"));
