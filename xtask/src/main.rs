@@ -5,7 +5,8 @@
 //!   Z3 and libclang, Python's pymacaroons)
 //! - `tools`  builds the tools under tools/ for wasm32-wasip2
 //! - `demo`   setup + tools + the host, then a run on a temp data directory
-//! - `test`   setup + fmt check + clippy + every test (what CI runs)
+//! - `test`   setup + fmt check + clippy + every test + 1,000 PBFT
+//!   simulator seeds (what CI runs)
 //! - `bench`  setup + tools + `voidbox bench`
 
 use std::path::{Path, PathBuf};
@@ -171,7 +172,68 @@ fn test() -> Result {
         "-D",
         "warnings",
     ]))?;
-    run(cargo().args(["test", "--workspace", "--release"]))
+    let (passed, failed) = run_counting_tests(cargo().args(["test", "--workspace", "--release"]))?;
+    // The slow group: 1,000 seeds of the PBFT simulator with faults and a
+    // random Byzantine replica (about a minute). Any failing seed fails CI
+    // and is printed with its trace hash, so it replays exactly.
+    run(cargo().args([
+        "run",
+        "--release",
+        "--quiet",
+        "-p",
+        "voidbox-pbft",
+        "--example",
+        "pbft-sim",
+        "--",
+        "--seeds",
+        "1000",
+        "--start",
+        "0",
+        "--replicas",
+        "4",
+        "--drop",
+        "0.05",
+        "--byzantine",
+        "random",
+    ]))?;
+    // One plain closing line over every test binary and doc-test run.
+    println!("tests: {passed} passed, {failed} failed");
+    Ok(())
+}
+
+/// Runs `cargo test`, passing its output through, and adds up the
+/// `test result:` lines of every test binary.
+fn run_counting_tests(cmd: &mut Command) -> Result<(u64, u64)> {
+    use std::io::{BufRead, BufReader};
+    eprintln!("$ {}", show(cmd));
+    let mut child = cmd
+        .stdout(std::process::Stdio::piped())
+        .spawn()
+        .map_err(|e| format!("could not start {}: {e}", show(cmd)))?;
+    let (mut passed, mut failed) = (0u64, 0u64);
+    let stdout = child.stdout.take().expect("stdout is piped");
+    for line in BufReader::new(stdout).lines() {
+        let line = line.map_err(|e| e.to_string())?;
+        println!("{line}");
+        if let Some(rest) = line.strip_prefix("test result: ") {
+            let count = |word: &str| -> u64 {
+                rest.split(';')
+                    .find_map(|part| part.trim().strip_suffix(word))
+                    .and_then(|n| n.trim().rsplit(' ').next().and_then(|n| n.parse().ok()))
+                    .unwrap_or(0)
+            };
+            passed += count(" passed");
+            failed += count(" failed");
+        }
+    }
+    let status = child.wait().map_err(|e| e.to_string())?;
+    if !status.success() {
+        return Err(format!(
+            "`{}` failed ({status}); {failed} failed",
+            show(cmd)
+        ));
+    }
+    Ok((passed, failed))
 }
 
 fn bench(rest: &[String]) -> Result {
