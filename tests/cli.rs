@@ -398,3 +398,35 @@ fn third_party_discharges_are_required_and_bound() {
         stderr(&denied)
     );
 }
+
+#[test]
+fn a_contract_given_at_add_is_checked_and_shown() {
+    let cli = Cli::new();
+    cli.ok(&["init"]);
+    let bad = cli.home.join("bad.contract");
+    std::fs::write(&bad, "fuel <= 3 * * input_bytes\n").unwrap();
+    let out = cli.run(&[
+        "tool",
+        "add",
+        tools::ECHO,
+        "--contract",
+        bad.to_str().unwrap(),
+    ]);
+    assert_eq!(out.status.code(), Some(36), "{}", stderr(&out));
+    assert!(stderr(&out).contains("column"), "{}", stderr(&out));
+    let good = cli.home.join("good.contract");
+    std::fs::write(
+        &good,
+        "fuel <= 50 * input_bytes + 200_000\noutput_bytes <= input_bytes\n",
+    )
+    .unwrap();
+    cli.ok(&[
+        "tool",
+        "add",
+        tools::ECHO,
+        "--contract",
+        good.to_str().unwrap(),
+    ]);
+    let inspect = cli.ok(&["tool", "inspect", "echo"]);
+    assert!(inspect.contains("output_bytes <= input_bytes"), "{inspect}");
+}

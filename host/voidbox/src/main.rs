@@ -32,6 +32,8 @@ mod exit {
     // `DeniedKind::exit_code`).
     /// Z3 could not prove the tool's contract fits the budget.
     pub const NOT_ADMITTED: u8 = 35;
+    /// A contract that does not parse or that no run can meet.
+    pub const BAD_CONTRACT: u8 = 36;
 }
 
 #[derive(Parser, Debug)]
@@ -307,6 +309,7 @@ impl From<Error> for Failure {
         let code = match &e {
             Error::Denied(d) => d.kind.exit_code(),
             Error::NotAdmitted(_) => exit::NOT_ADMITTED,
+            Error::Contract(_) => exit::BAD_CONTRACT,
             Error::Cas(voidbox::CasError::Corrupt { .. })
             | Error::Corrupt { .. }
             | Error::Db { .. }
@@ -509,11 +512,14 @@ fn tool(host: &Host, cmd: ToolCmd) -> Result<u8, Failure> {
             println!("version:     {}", t.version);
             println!("description: {}", t.description);
             println!("size:        {} bytes", t.size_bytes);
+            println!(
+                "contract:    {}",
+                t.contract
+                    .as_deref()
+                    .map(str::trim)
+                    .unwrap_or("(none declared)")
+            );
             if let Some(info) = &t.info {
-                println!(
-                    "contract:    {}",
-                    info.contract.as_deref().unwrap_or("(none declared)")
-                );
                 if let Some(s) = &info.input_schema {
                     println!("input:       {s}");
                 }
