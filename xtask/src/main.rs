@@ -172,6 +172,9 @@ fn test() -> Result {
         "-D",
         "warnings",
     ]))?;
+    // tests/cli.rs drives the real binary, which `cargo test` does not
+    // build for another package's tests.
+    run(cargo().args(["build", "--release", "--quiet", "-p", "voidbox", "--bins"]))?;
     let (passed, failed) = run_counting_tests(cargo().args(["test", "--workspace", "--release"]))?;
     // The slow group: 1,000 seeds of the PBFT simulator with faults and a
     // random Byzantine replica (about a minute). Any failing seed fails CI
