@@ -596,18 +596,7 @@ impl Host {
     /// denial has no side effects besides an audit line.
     pub fn invoke_with_token(&self, token: &str, invocation: &Invocation) -> Result<Receipt> {
         let (authorized, effective) = self.authorize(token, invocation)?;
-        authorized.take_use(&self.caps).map_err(|d| {
-            self.audit_denial(invocation, d.kind.as_str(), &d.message);
-            Error::Denied(d)
-        })?;
-        let receipt = self.invoke(&effective)?;
-        self.caps.audit(serde_json::json!({
-            "event": "invoke",
-            "token": authorized.token_id.to_string(),
-            "invocation": receipt.invocation,
-            "outcome": receipt.outcome.name(),
-        }));
-        Ok(receipt)
+        self.run_authorized(&authorized, &effective, None)
     }
 
     /// [`Host::invoke_with_token`] for an input that is not stored yet: the
@@ -631,12 +620,25 @@ impl Host {
         invocation.input = Digest::of(input);
         let (authorized, effective) =
             self.authorize_sized(token, &invocation, input.len() as u64)?;
+        self.run_authorized(&authorized, &effective, Some(input))
+    }
+
+    /// The last steps of an authorized run: take a use (the only step that
+    /// can still deny), store the input if it is not stored yet, run, audit.
+    fn run_authorized(
+        &self,
+        authorized: &Authorized,
+        effective: &Invocation,
+        input: Option<&[u8]>,
+    ) -> Result<Receipt> {
         authorized.take_use(&self.caps).map_err(|d| {
-            self.audit_denial(&invocation, d.kind.as_str(), &d.message);
+            self.audit_denial(effective, d.kind.as_str(), &d.message);
             Error::Denied(d)
         })?;
-        self.put_input(input)?;
-        let receipt = self.invoke(&effective)?;
+        if let Some(input) = input {
+            self.put_input(input)?;
+        }
+        let receipt = self.invoke(effective)?;
         self.caps.audit(serde_json::json!({
             "event": "invoke",
             "token": authorized.token_id.to_string(),

@@ -131,15 +131,8 @@ enum TokenCmd {
     /// Narrow a token so it also needs a discharge from a third party.
     Require {
         token: String,
-        /// Where the third party is (free text, e.g. a URL).
-        #[arg(long)]
-        location: String,
-        /// The secret shared with the third party (64 hex digits).
-        #[arg(long, env = "VOIDBOX_THIRD_PARTY_KEY", hide_env_values = true)]
-        third_party_key: String,
-        /// What the third party is asked to approve, e.g. `approve-run-42`.
-        #[arg(long)]
-        caveat_id: String,
+        #[command(flatten)]
+        third_party: ThirdPartyArgs,
     },
     /// As the third party: issue a discharge for a caveat id, bound to the
     /// token it is for; prints `TOKEN,DISCHARGE` for `run --token`.
@@ -147,16 +140,26 @@ enum TokenCmd {
         /// The token that carries the third-party caveat.
         #[arg(long = "for")]
         for_token: String,
-        #[arg(long)]
-        location: String,
-        #[arg(long, env = "VOIDBOX_THIRD_PARTY_KEY", hide_env_values = true)]
-        third_party_key: String,
-        #[arg(long)]
-        caveat_id: String,
+        #[command(flatten)]
+        third_party: ThirdPartyArgs,
         /// Caveats on the discharge itself, e.g. `expires < ...` (repeatable).
         #[arg(long = "caveat", value_name = "CAVEAT")]
         caveats: Vec<String>,
     },
+}
+
+/// Which third party, and the secret shared with it.
+#[derive(Args, Debug)]
+struct ThirdPartyArgs {
+    /// Where the third party is (free text, e.g. a URL).
+    #[arg(long)]
+    location: String,
+    /// The secret shared with the third party (64 hex digits).
+    #[arg(long, env = "VOIDBOX_THIRD_PARTY_KEY", hide_env_values = true)]
+    third_party_key: String,
+    /// What the third party is asked to approve, e.g. `approve-run-42`.
+    #[arg(long)]
+    caveat_id: String,
 }
 
 #[derive(Subcommand, Debug)]
@@ -685,12 +688,12 @@ fn token(host: &Host, cmd: TokenCmd) -> Result<u8, Failure> {
             let key = voidbox::auth::ThirdPartyKey::generate(&mut voidbox::auth::OsEntropy);
             println!("{}", hex(key.as_bytes()));
         }
-        TokenCmd::Require {
-            token,
-            location,
-            third_party_key,
-            caveat_id,
-        } => {
+        TokenCmd::Require { token, third_party } => {
+            let ThirdPartyArgs {
+                location,
+                third_party_key,
+                caveat_id,
+            } = third_party;
             let key = third_party_key_from_hex(&third_party_key)?;
             let t = decode_token(&token)?;
             let narrowed = t
@@ -700,11 +703,14 @@ fn token(host: &Host, cmd: TokenCmd) -> Result<u8, Failure> {
         }
         TokenCmd::Discharge {
             for_token,
-            location,
-            third_party_key,
-            caveat_id,
+            third_party,
             caveats,
         } => {
+            let ThirdPartyArgs {
+                location,
+                third_party_key,
+                caveat_id,
+            } = third_party;
             let key = third_party_key_from_hex(&third_party_key)?;
             let t = decode_token(&for_token)?;
             let discharge = voidbox::auth::Discharge::create(
