@@ -84,6 +84,35 @@ fn tokens(text: &str) -> impl Iterator<Item = (usize, Vec<&str>)> {
     })
 }
 
+/// One `i j value` line of a QUBO, Ising or qbsolv file: two 0-based
+/// variables below `n` and a coefficient. `bound` names what `n` is, for
+/// the message (`variables are 0..` or `maxNodes is `).
+fn parse_entry(
+    line: usize,
+    f: &[&str],
+    n: usize,
+    bound: &str,
+) -> Result<(usize, usize, f64), ParseError> {
+    if f.len() != 3 {
+        return Err(line_err(
+            line,
+            format!("expected `i j value` (3 fields), found {} fields", f.len()),
+        ));
+    }
+    let i = parse_count(line, "variable", f[0])?;
+    let j = parse_count(line, "variable", f[1])?;
+    let v = parse_number(line, "coefficient", f[2])?;
+    for x in [i, j] {
+        if x >= n {
+            return Err(line_err(
+                line,
+                format!("variable {x} is out of range: {bound}{n} (0-based)"),
+            ));
+        }
+    }
+    Ok((i, j, v))
+}
+
 fn parse_count(line: usize, what: &str, s: &str) -> Result<usize, ParseError> {
     s.parse::<usize>()
         .map_err(|_| line_err(line, format!("{what} `{s}` is not a non-negative integer")))
@@ -151,23 +180,7 @@ pub fn parse_problem(text: &str) -> Result<Problem, ParseError> {
                 b.offset(parse_number(line, "the offset", f[1])?);
                 continue;
             }
-            if f.len() != 3 {
-                return Err(line_err(
-                    line,
-                    format!("expected `i j value` (3 fields), found {} fields", f.len()),
-                ));
-            }
-            let i = parse_count(line, "variable", f[0])?;
-            let j = parse_count(line, "variable", f[1])?;
-            let v = parse_number(line, "coefficient", f[2])?;
-            for x in [i, j] {
-                if x >= n {
-                    return Err(line_err(
-                        line,
-                        format!("variable {x} is out of range: variables are 0..{n} (0-based)"),
-                    ));
-                }
-            }
+            let (i, j, v) = parse_entry(line, &f, n, "variables are 0..")?;
             if i == j {
                 b.linear(i, v);
             } else {
@@ -275,23 +288,7 @@ fn parse_qbsolv<'a>(
     let mut last_line = hline;
     for (line, f) in lines {
         last_line = line;
-        if f.len() != 3 {
-            return Err(line_err(
-                line,
-                format!("expected `i j value` (3 fields), found {} fields", f.len()),
-            ));
-        }
-        let i = parse_count(line, "variable", f[0])?;
-        let j = parse_count(line, "variable", f[1])?;
-        let v = parse_number(line, "coefficient", f[2])?;
-        for x in [i, j] {
-            if x >= n {
-                return Err(line_err(
-                    line,
-                    format!("variable {x} is out of range: maxNodes is {n} (0-based)"),
-                ));
-            }
-        }
+        let (i, j, v) = parse_entry(line, &f, n, "maxNodes is ")?;
         if i == j {
             seen_nodes += 1;
             b.linear(i, v);
