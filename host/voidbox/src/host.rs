@@ -543,16 +543,33 @@ impl Host {
         invocation: &Invocation,
         input_bytes: u64,
     ) -> Result<(Authorized, Invocation)> {
+        let now_unix = SystemTime::now()
+            .duration_since(UNIX_EPOCH)
+            .map(|d| d.as_secs())
+            .unwrap_or(0);
+        self.authorize_at(token, invocation, input_bytes, now_unix, &self.caps)
+    }
+
+    /// [`Host::authorize_sized`] at a given time and against a given set of
+    /// revocations: what a cluster replica does, with the consensus time and
+    /// the replicated state, so that every correct replica decides alike.
+    /// It takes no use; the caller counts uses in its replicated state
+    /// ([`Authorized::take_use`]).
+    pub fn authorize_at(
+        &self,
+        token: &str,
+        invocation: &Invocation,
+        input_bytes: u64,
+        now_unix: u64,
+        revocations: &dyn voidbox_auth::Revocations,
+    ) -> Result<(Authorized, Invocation)> {
         let entry = self.tool_entry(&invocation.tool)?;
         let reads: Vec<AuthDigest> = invocation.grants.iter().map(|d| AuthDigest(d.0)).collect();
         let b = invocation.budget;
         let request = AuthRequest {
             tool_digest: AuthDigest(invocation.tool.0),
             tool_name: &entry.name,
-            now_unix: SystemTime::now()
-                .duration_since(UNIX_EPOCH)
-                .map(|d| d.as_secs())
-                .unwrap_or(0),
+            now_unix,
             budget: voidbox_auth::Budget {
                 fuel: b.fuel,
                 memory_bytes: b.memory_bytes,
@@ -562,7 +579,7 @@ impl Host {
             reads: &reads,
         };
         let authorized =
-            voidbox_auth::verify_encoded(token, &request, self.caps.keys(), &self.caps).map_err(
+            voidbox_auth::verify_encoded(token, &request, self.caps.keys(), revocations).map_err(
                 |d| {
                     self.audit_denial(invocation, d.kind.as_str(), &d.message);
                     Error::Denied(d)
