@@ -9,7 +9,9 @@ use std::collections::BTreeMap;
 use ed25519_dalek::SigningKey;
 
 use crate::config::Cluster;
-use crate::message::{ClientId, Hlc, Message, ReplicaId, Request, SignedRequest, View};
+use crate::message::{
+    ClientId, Hlc, Message, ReplicaId, Reply, Request, Signed, SignedRequest, View,
+};
 use crate::replica::Target;
 
 /// A result that f + 1 replicas signed.
@@ -23,13 +25,16 @@ pub struct Completed {
     pub result: Vec<u8>,
     /// The replicas whose signed replies agreed (at least f + 1).
     pub signers: Vec<ReplicaId>,
+    /// Those signed replies, in the order of `signers`: the proof a third
+    /// party can check offline against the replicas' public keys.
+    pub proof: Vec<Signed<Reply>>,
 }
 
 #[derive(Clone, Debug)]
 struct Pending {
     request: SignedRequest,
     sent_at_us: u64,
-    replies: BTreeMap<ReplicaId, (Hlc, Vec<u8>)>,
+    replies: BTreeMap<ReplicaId, Signed<Reply>>,
 }
 
 /// One client with at most one request outstanding (as PBFT assumes).
@@ -123,15 +128,15 @@ impl Client {
             return None;
         }
         self.view = self.view.max(r.view);
-        p.replies.insert(reply.from, (r.hlc, r.result.clone()));
         let want = (r.hlc, r.result.clone());
-        let signers: Vec<ReplicaId> = p
+        p.replies.insert(reply.from, reply.clone());
+        let proof: Vec<Signed<Reply>> = p
             .replies
-            .iter()
-            .filter(|(_, v)| **v == want)
-            .map(|(id, _)| *id)
+            .values()
+            .filter(|s| (s.payload.hlc, &s.payload.result) == (want.0, &want.1))
+            .cloned()
             .collect();
-        if signers.len() <= self.cluster.f() as usize {
+        if proof.len() <= self.cluster.f() as usize {
             return None;
         }
         let timestamp = p.request.request.timestamp;
@@ -140,7 +145,8 @@ impl Client {
             timestamp,
             hlc: want.0,
             result: want.1,
-            signers,
+            signers: proof.iter().map(|s| s.from).collect(),
+            proof,
         })
     }
 }
@@ -149,7 +155,7 @@ impl Client {
 mod tests {
     use super::*;
     use crate::config::{ClusterConfig, ReplicaInfo};
-    use crate::message::{key_from_seed, Reply, Signed};
+    use crate::message::key_from_seed;
 
     fn setup() -> (Vec<SigningKey>, Client) {
         let keys: Vec<_> = (0..4).map(|i| key_from_seed(5, &format!("r{i}"))).collect();
@@ -216,6 +222,11 @@ mod tests {
             (done.result.as_slice(), done.signers.clone()),
             (b"ok".as_slice(), vec![0, 1])
         );
+        let keys_ok = done
+            .proof
+            .iter()
+            .all(|s| s.verify(&keys[s.from as usize].verifying_key()));
+        assert!(keys_ok && done.proof.len() == 2, "the proof is the signed replies");
         assert!(!c.busy());
         // The view learned from replies picks the next primary.
         let (to, _) = c.submit(b"next".to_vec(), 50).expect("idle");
