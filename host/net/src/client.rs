@@ -3,17 +3,19 @@
 use std::collections::BTreeMap;
 use std::fmt;
 use std::net::SocketAddr;
+use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::Arc;
 
 use tokio::sync::{mpsc, watch};
 
 use crate::hello::Hello;
 use crate::link::{self, Inbound, LinkSpec};
+use crate::node::OutLink;
 use crate::stats::{bump, Counters, Stats};
 use crate::Limits;
 
 struct ClientInner {
-    links: BTreeMap<u32, mpsc::Sender<Arc<[u8]>>>,
+    links: BTreeMap<u32, OutLink>,
     counters: Arc<Counters>,
     stop: watch::Sender<bool>,
     frame_bytes_max: usize,
@@ -62,13 +64,21 @@ pub async fn connect_client(
             continue;
         }
         let (tx, rx) = mpsc::channel(limits.queue_frames);
-        links.insert(replica, tx);
+        let up = Arc::new(AtomicBool::new(false));
+        links.insert(
+            replica,
+            OutLink {
+                queue: tx,
+                up: up.clone(),
+            },
+        );
         let spec = LinkSpec {
             replica,
             addr,
             hello: Hello::Client,
             frame_bytes_max: limits.frame_bytes_max,
             counters: counters.clone(),
+            up,
         };
         tokio::spawn(link::run_link(
             spec,
@@ -111,7 +121,7 @@ impl ClientHandle {
             );
             return;
         }
-        if let Err(mpsc::error::TrySendError::Full(_)) = link.try_send(frame) {
+        if let Err(mpsc::error::TrySendError::Full(_)) = link.queue.try_send(frame) {
             bump(&counters.dropped_queue_full);
             tracing::debug!(replica, "client link queue full; frame dropped");
         }
@@ -126,8 +136,14 @@ impl ClientHandle {
 
     /// Frames waiting in the link to a replica (None if it is unknown).
     pub fn queued(&self, replica: u32) -> Option<usize> {
-        let link = self.inner.links.get(&replica)?;
-        Some(link.max_capacity() - link.capacity())
+        let queue = &self.inner.links.get(&replica)?.queue;
+        Some(queue.max_capacity() - queue.capacity())
+    }
+
+    /// Whether the link to a replica is connected now (None if it is
+    /// unknown). A frame sent while it is not waits in the queue.
+    pub fn connected(&self, replica: u32) -> Option<bool> {
+        Some(self.inner.links.get(&replica)?.up.load(Ordering::Relaxed))
     }
 
     /// A snapshot of the counters.

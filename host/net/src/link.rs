@@ -5,6 +5,7 @@
 //! every replica; the two differ only in what the far side sends back.
 
 use std::net::SocketAddr;
+use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::Arc;
 use std::time::Duration;
 
@@ -64,6 +65,8 @@ pub(crate) struct LinkSpec {
     pub hello: Hello,
     pub frame_bytes_max: usize,
     pub counters: Arc<Counters>,
+    /// True while the link has a connection on which its hello went out.
+    pub up: Arc<AtomicBool>,
 }
 
 /// Resolves when the owner asks to stop or has dropped its handle.
@@ -88,24 +91,25 @@ pub(crate) async fn run_link(
 async fn link_loop(spec: &LinkSpec, queue: &mut Queue, inbound: &Inbound) {
     let mut backoff = BACKOFF_MIN;
     let mut ever_connected = false;
+    // Say once, not on every retry, that a replica cannot be reached.
+    let mut failures_in_a_row = 0u64;
     loop {
-        let stream =
-            match tokio::time::timeout(CONNECT_TIMEOUT, TcpStream::connect(spec.addr)).await {
-                Ok(Ok(stream)) => stream,
-                Ok(Err(error)) => {
+        let stream = match connect(spec.addr).await {
+            Ok(stream) => stream,
+            Err(error) => {
+                failures_in_a_row += 1;
+                if failures_in_a_row == 1 {
+                    tracing::info!(replica = spec.replica, addr = %spec.addr, %error,
+                        "cannot connect; retrying with backoff up to {BACKOFF_MAX:?}");
+                } else {
                     tracing::debug!(replica = spec.replica, addr = %spec.addr, %error,
-                    retry_ms = backoff.as_millis() as u64, "connect failed");
-                    tokio::time::sleep(backoff).await;
-                    backoff = (backoff * 2).min(BACKOFF_MAX);
-                    continue;
+                        retry_ms = backoff.as_millis() as u64, "connect failed");
                 }
-                Err(_elapsed) => {
-                    tracing::debug!(replica = spec.replica, addr = %spec.addr,
-                    "connect timed out after {CONNECT_TIMEOUT:?}");
-                    backoff = (backoff * 2).min(BACKOFF_MAX);
-                    continue;
-                }
-            };
+                tokio::time::sleep(backoff).await;
+                backoff = (backoff * 2).min(BACKOFF_MAX);
+                continue;
+            }
+        };
         if let Err(error) = stream.set_nodelay(true) {
             tracing::debug!(replica = spec.replica, %error, "cannot set TCP_NODELAY");
         }
@@ -117,6 +121,7 @@ async fn link_loop(spec: &LinkSpec, queue: &mut Queue, inbound: &Inbound) {
             tracing::debug!(replica = spec.replica, addr = %spec.addr, "connected");
         }
         ever_connected = true;
+        failures_in_a_row = 0;
         let since = Instant::now();
         let open = OpenConn::new(&spec.counters);
         let end = run_connection(spec, stream, queue, inbound).await;
@@ -139,6 +144,16 @@ async fn link_loop(spec: &LinkSpec, queue: &mut Queue, inbound: &Inbound) {
     }
 }
 
+async fn connect(addr: SocketAddr) -> std::io::Result<TcpStream> {
+    match tokio::time::timeout(CONNECT_TIMEOUT, TcpStream::connect(addr)).await {
+        Ok(result) => result,
+        Err(_elapsed) => Err(std::io::Error::new(
+            std::io::ErrorKind::TimedOut,
+            format!("no answer within {CONNECT_TIMEOUT:?}"),
+        )),
+    }
+}
+
 async fn run_connection(
     spec: &LinkSpec,
     stream: TcpStream,
@@ -154,9 +169,27 @@ async fn run_connection(
     if let Err(error) = wr.flush().await {
         return ConnEnd::Lost(format!("sending the hello failed: {error}"));
     }
+    let _up = Up::new(&spec.up);
     tokio::select! {
         end = pump(&mut wr, queue, &spec.counters) => end,
         end = read_side(spec, rd, inbound) => end,
+    }
+}
+
+/// Marks a link up for as long as its connection lives, including when the
+/// link's task is dropped at shutdown.
+struct Up(Arc<AtomicBool>);
+
+impl Up {
+    fn new(flag: &Arc<AtomicBool>) -> Up {
+        flag.store(true, Ordering::Relaxed);
+        Up(flag.clone())
+    }
+}
+
+impl Drop for Up {
+    fn drop(&mut self) {
+        self.0.store(false, Ordering::Relaxed);
     }
 }
 

@@ -4,7 +4,7 @@
 use std::collections::{BTreeMap, HashMap};
 use std::fmt;
 use std::net::SocketAddr;
-use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::sync::{Arc, Mutex, MutexGuard};
 use std::time::Duration;
 
@@ -88,9 +88,15 @@ impl Core {
     }
 }
 
+/// The caller's side of an outbound link.
+pub(crate) struct OutLink {
+    pub queue: mpsc::Sender<Arc<[u8]>>,
+    pub up: Arc<AtomicBool>,
+}
+
 struct NodeInner {
     core: Arc<Core>,
-    links: BTreeMap<u32, mpsc::Sender<Arc<[u8]>>>,
+    links: BTreeMap<u32, OutLink>,
     stop: watch::Sender<bool>,
     local_addr: SocketAddr,
 }
@@ -163,13 +169,21 @@ pub async fn start_node(
     let mut links = BTreeMap::new();
     for (&peer, &addr) in &peers {
         let (tx, rx) = mpsc::channel(limits.queue_frames);
-        links.insert(peer, tx);
+        let up = Arc::new(AtomicBool::new(false));
+        links.insert(
+            peer,
+            OutLink {
+                queue: tx,
+                up: up.clone(),
+            },
+        );
         let spec = LinkSpec {
             replica: peer,
             addr,
             hello: Hello::Replica(config.id),
             frame_bytes_max: limits.frame_bytes_max,
             counters: counters.clone(),
+            up,
         };
         tokio::spawn(link::run_link(spec, rx, Inbound::Silent, stop.subscribe()));
     }
@@ -225,7 +239,7 @@ impl NodeHandle {
         if self.refuse_oversized(&frame, Peer::Replica(id)) {
             return;
         }
-        if let Err(mpsc::error::TrySendError::Full(_)) = link.try_send(frame) {
+        if let Err(mpsc::error::TrySendError::Full(_)) = link.queue.try_send(frame) {
             bump(&counters.dropped_queue_full);
             tracing::debug!(replica = id, "link queue full; frame dropped");
         }
@@ -261,8 +275,14 @@ impl NodeHandle {
 
     /// Frames waiting in the link to a peer (None if `id` is not a peer).
     pub fn queued(&self, id: u32) -> Option<usize> {
-        let link = self.inner.links.get(&id)?;
-        Some(link.max_capacity() - link.capacity())
+        let queue = &self.inner.links.get(&id)?.queue;
+        Some(queue.max_capacity() - queue.capacity())
+    }
+
+    /// Whether the link to a peer is connected now (None if `id` is not a
+    /// peer). A frame sent while it is not waits in the queue.
+    pub fn peer_connected(&self, id: u32) -> Option<bool> {
+        Some(self.inner.links.get(&id)?.up.load(Ordering::Relaxed))
     }
 
     /// The client connections open now.

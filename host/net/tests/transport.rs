@@ -457,3 +457,105 @@ async fn many_frames_arrive_complete_and_in_order_under_load() {
     }
     assert_eq!(n0.stats().dropped_queue_full, 0);
 }
+
+#[tokio::test]
+async fn links_report_when_they_are_up() {
+    let addrs = free_addrs(2);
+    let (n0, _e0) = start_node(config(0, &addrs, Limits::default()))
+        .await
+        .unwrap();
+    assert_eq!(n0.peer_connected(1), Some(false), "peer 1 is not up yet");
+    assert_eq!(n0.peer_connected(5), None);
+    let (n1, _e1) = start_node(config(1, &addrs, Limits::default()))
+        .await
+        .unwrap();
+    eventually("both links up", || {
+        n0.peer_connected(1) == Some(true) && n1.peer_connected(0) == Some(true)
+    })
+    .await;
+    // The peer's link is up once its hello is sent, which may be before
+    // node 0 has accepted the connection.
+    eventually("one link out and one peer link in", || {
+        n0.stats().conns_open == 2
+    })
+    .await;
+    n1.shutdown();
+    n1.closed().await;
+    eventually("node 0 sees the link go down", || {
+        n0.peer_connected(1) == Some(false)
+    })
+    .await;
+    eventually("node 0's connections closed", || n0.stats().conns_open == 0).await;
+}
+
+#[tokio::test]
+async fn client_reconnects_to_a_restarted_replica() {
+    let addrs = free_addrs(1);
+    let (n0, _e0) = start_node(config(0, &addrs, Limits::default()))
+        .await
+        .unwrap();
+    let (client, mut replies) = connect_client(vec![(0, addrs[0])], Limits::default()).await;
+    eventually("client link up", || client.connected(0) == Some(true)).await;
+    n0.shutdown();
+    n0.closed().await;
+    eventually("client link down", || client.connected(0) == Some(false)).await;
+
+    let (n0, mut e0) = start_node(config(0, &addrs, Limits::default()))
+        .await
+        .unwrap();
+    eventually("client link up again", || client.connected(0) == Some(true)).await;
+    client.send(0, frame("hello again"));
+    let (from, bytes) = next_frame(&mut e0).await;
+    assert_eq!(bytes, b"hello again");
+    let Peer::Conn(conn) = from else {
+        panic!("client frame came as {from:?}")
+    };
+    assert!(n0.send_conn(conn, frame("welcome back")));
+    let reply = tokio::time::timeout(WAIT, replies.recv())
+        .await
+        .unwrap()
+        .unwrap();
+    assert_eq!(reply, (0, b"welcome back".to_vec()));
+    let stats = client.stats();
+    assert_eq!((stats.connects, stats.reconnects), (2, 1), "{stats:?}");
+}
+
+#[tokio::test]
+async fn client_closes_a_replica_connection_that_sends_an_oversized_frame() {
+    // A fake replica: reads the client's hello, then announces a huge frame.
+    let fake = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let addr = fake.local_addr().unwrap();
+    let limits = Limits {
+        frame_bytes_max: 1024,
+        ..Limits::default()
+    };
+    let (client, mut replies) = connect_client(vec![(4, addr)], limits).await;
+
+    let (mut conn, _) = fake.accept().await.unwrap();
+    let hello = voidbox_net::read_frame(&mut conn, 64)
+        .await
+        .unwrap()
+        .unwrap();
+    assert_eq!(hello, Hello::Client.encode());
+    write_frame(&mut conn, &[1u8; 1025]).await.unwrap();
+    closed_by_peer(&mut conn).await;
+    assert_eq!(client.stats().oversized, 1);
+
+    // The client dials again and takes frames within the limit.
+    let (mut conn, _) = tokio::time::timeout(WAIT, fake.accept())
+        .await
+        .unwrap()
+        .unwrap();
+    let hello = voidbox_net::read_frame(&mut conn, 64)
+        .await
+        .unwrap()
+        .unwrap();
+    assert_eq!(Hello::decode(&hello), Ok(Hello::Client));
+    write_frame(&mut conn, &[2u8; 1024]).await.unwrap();
+    let reply = tokio::time::timeout(WAIT, replies.recv())
+        .await
+        .unwrap()
+        .unwrap();
+    assert_eq!(reply, (4, vec![2u8; 1024]));
+    assert_eq!(client.stats().reconnects, 1);
+}
