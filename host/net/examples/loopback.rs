@@ -1,11 +1,13 @@
 //! Measures the transport over loopback: one-way replica-to-replica frames
-//! per second, and closed-loop client round trips (request on a client
-//! link, reply with `send_conn`).
+//! per second, closed-loop client round trips (request on a client link,
+//! reply with `send_conn`), and four nodes broadcasting to each other at
+//! once (the shape of PBFT's prepare and commit phases).
 //!
 //! ```text
 //! cargo run --release -p voidbox-net --example loopback -- [frames] [frame_bytes] [round_trips]
 //! ```
-//! Defaults: 500000 frames of 128 bytes, 20000 round trips.
+//! Defaults: 500000 frames of 128 bytes, 20000 round trips; the all-to-all
+//! part has each of the 4 nodes broadcast frames / 4.
 
 use std::sync::Arc;
 use std::time::{Duration, Instant};
@@ -129,4 +131,81 @@ async fn main() {
     client.shutdown();
     n0.shutdown();
     n1.shutdown();
+
+    all_to_all(4, frames / 4, frame_bytes).await;
+}
+
+/// Every node broadcasts `per_node` frames while receiving everyone else's.
+async fn all_to_all(n: usize, per_node: usize, frame_bytes: usize) {
+    let addrs: Vec<_> = (0..n)
+        .map(|_| std::net::TcpListener::bind("127.0.0.1:0").unwrap())
+        .collect::<Vec<_>>()
+        .iter()
+        .map(|l| l.local_addr().unwrap())
+        .collect();
+    let limits = Limits::default();
+    let mut nodes = Vec::new();
+    for id in 0..n {
+        let peers = (0..n)
+            .filter(|&p| p != id)
+            .map(|p| (p as u32, addrs[p]))
+            .collect();
+        let config = NodeConfig {
+            id: id as u32,
+            listen: addrs[id],
+            peers,
+            limits,
+        };
+        nodes.push(start_node(config).await.expect("node starts"));
+    }
+    let started = Instant::now();
+    let mut tasks = Vec::new();
+    for (node, mut events) in nodes {
+        let body: Arc<[u8]> = Arc::from(vec![0x33; frame_bytes]);
+        tasks.push(tokio::spawn(async move {
+            let peers: Vec<u32> = (0..n as u32).filter(|&p| p != node.id()).collect();
+            let want = per_node * (n - 1);
+            let (mut sent, mut received) = (0, 0);
+            while received < want {
+                // Send while the queues have room, then take what arrived.
+                while sent < per_node
+                    && peers
+                        .iter()
+                        .all(|&p| node.queued(p).unwrap_or(0) < limits.queue_frames / 2)
+                {
+                    node.broadcast(body.clone());
+                    sent += 1;
+                    if sent % 64 == 0 {
+                        break;
+                    }
+                }
+                match events.try_recv() {
+                    Ok(Event::Frame { .. }) => received += 1,
+                    Ok(Event::Closed(_)) => {}
+                    Err(_) if sent < per_node => tokio::task::yield_now().await,
+                    Err(_) => {
+                        if let Some(Event::Frame { .. }) = events.recv().await {
+                            received += 1;
+                        }
+                    }
+                }
+            }
+            let dropped = node.stats().dropped_queue_full;
+            node.shutdown();
+            dropped
+        }));
+    }
+    let mut dropped = 0;
+    for task in tasks {
+        dropped += task.await.unwrap();
+    }
+    let elapsed = started.elapsed();
+    let delivered = n * per_node * (n - 1);
+    println!(
+        "{{\"all_to_all\": {{\"nodes\": {n}, \"broadcasts_per_node\": {per_node}, \
+         \"frame_bytes\": {frame_bytes}, \"seconds\": {:.3}, \"delivered_frames_per_s\": {:.0}, \
+         \"dropped\": {dropped}}}}}",
+        elapsed.as_secs_f64(),
+        delivered as f64 / elapsed.as_secs_f64()
+    );
 }

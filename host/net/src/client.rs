@@ -9,8 +9,7 @@ use std::sync::Arc;
 use tokio::sync::{mpsc, watch};
 
 use crate::hello::Hello;
-use crate::link::{self, Inbound, LinkSpec};
-use crate::node::OutLink;
+use crate::link::{self, Inbound, LinkSpec, OutLink};
 use crate::stats::{bump, Counters, Stats};
 use crate::Limits;
 

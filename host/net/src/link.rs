@@ -56,6 +56,14 @@ pub(crate) enum Inbound {
     Deliver(mpsc::Sender<(u32, Vec<u8>)>),
 }
 
+/// The caller's side of an outbound link.
+#[derive(Debug)]
+pub(crate) struct OutLink {
+    pub queue: mpsc::Sender<Arc<[u8]>>,
+    /// Shared with the link's [`LinkSpec::up`].
+    pub up: Arc<AtomicBool>,
+}
+
 /// Where a link goes and what it says.
 #[derive(Debug)]
 pub(crate) struct LinkSpec {

@@ -15,7 +15,7 @@ use tokio::sync::{mpsc, watch};
 
 use crate::frame::{read_frame, FrameError};
 use crate::hello::{Hello, HELLO_BYTES_MAX};
-use crate::link::{self, pump, stopped, ConnEnd, Inbound, LinkSpec};
+use crate::link::{self, pump, stopped, ConnEnd, Inbound, LinkSpec, OutLink};
 use crate::stats::{add, bump, Counters, OpenConn, Stats};
 use crate::{Limits, NetError};
 
@@ -86,12 +86,6 @@ impl Core {
             .lock()
             .unwrap_or_else(|poisoned| poisoned.into_inner())
     }
-}
-
-/// The caller's side of an outbound link.
-pub(crate) struct OutLink {
-    pub queue: mpsc::Sender<Arc<[u8]>>,
-    pub up: Arc<AtomicBool>,
 }
 
 struct NodeInner {
