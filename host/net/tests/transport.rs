@@ -559,3 +559,24 @@ async fn client_closes_a_replica_connection_that_sends_an_oversized_frame() {
     assert_eq!(reply, (4, vec![2u8; 1024]));
     assert_eq!(client.stats().reconnects, 1);
 }
+
+#[tokio::test]
+async fn dropping_the_last_handle_stops_the_node_and_frees_its_port() {
+    let addrs = free_addrs(2);
+    let (n0, mut e0) = start_node(config(0, &addrs, Limits::default()))
+        .await
+        .unwrap();
+    let clone = n0.clone();
+    drop(n0);
+    clone.send_replica(1, frame("a clone still works"));
+    drop(clone);
+    // The event channel ends once every task of the node has ended.
+    let after = tokio::time::timeout(WAIT, e0.recv()).await.unwrap();
+    assert!(
+        after.is_none(),
+        "event after the handles were dropped: {after:?}"
+    );
+    let (_again, _e) = start_node(config(0, &addrs, Limits::default()))
+        .await
+        .expect("the port is free again");
+}
