@@ -230,7 +230,7 @@ fn db_error(home: &Path, e: impl std::fmt::Display) -> Error {
 }
 
 /// Writes a file readable by its owner only (tokens are bearer secrets).
-fn write_private(path: &Path, bytes: &[u8]) -> Result<()> {
+pub(crate) fn write_private(path: &Path, bytes: &[u8]) -> Result<()> {
     use std::os::unix::fs::OpenOptionsExt;
     let hint = "check that the data directory is writable";
     let mut f = std::fs::OpenOptions::new()

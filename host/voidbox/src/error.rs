@@ -99,6 +99,10 @@ pub enum Error {
     /// A contract that cannot be used.
     #[error("the tool's contract is not usable: {0}")]
     Contract(String),
+    /// A cluster operation failed: configuration, keys, or replicas that
+    /// cannot be reached or do not agree.
+    #[error("{0}")]
+    Cluster(String),
     /// The background writer stopped; nothing more can be made durable.
     #[error("the storage writer stopped: {0}; restart the host")]
     WriterStopped(String),

@@ -33,10 +33,12 @@
 
 pub mod bench;
 mod capability;
+pub mod cluster;
 mod config;
 mod error;
 mod host;
 mod invocation;
+pub mod pool;
 mod storage;
 
 pub use capability::{OWNER_TENANT, OWNER_TOKEN_FILE};

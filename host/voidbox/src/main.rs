@@ -7,7 +7,9 @@ use std::process::ExitCode;
 use std::time::{Duration, Instant};
 
 use clap::{Args, Parser, Subcommand};
-use voidbox::{Digest, Error, Host, Invocation, Outcome, Receipt, Store, ToolRecord};
+use voidbox::{Budget, Digest, Error, Host, Invocation, Outcome, Receipt, Store, ToolRecord};
+
+mod cli_cluster;
 
 /// Exit codes, one per failure class, so scripts can tell them apart.
 mod exit {
@@ -21,6 +23,9 @@ mod exit {
     pub const STORAGE: u8 = 4;
     /// Blobs found corrupt by `cas verify`.
     pub const CORRUPT: u8 = 5;
+    /// The cluster could not be reached, or its replicas did not agree, or
+    /// a receipt's signatures do not verify.
+    pub const CLUSTER: u8 = 6;
     pub const TOOL_ERROR: u8 = 10;
     pub const TRAP: u8 = 11;
     pub const OUT_OF_FUEL: u8 = 12;
@@ -94,6 +99,18 @@ enum Command {
     /// Tenants: each has its own root key.
     #[command(subcommand)]
     Tenant(TenantCmd),
+    /// A replicated cluster: init, up, status, down, bench.
+    #[command(subcommand)]
+    Cluster(cli_cluster::ClusterCmd),
+    /// Run one replica of a cluster in the foreground (`cluster up` starts these).
+    Replica {
+        /// The cluster file.
+        #[arg(long)]
+        cluster: PathBuf,
+        /// This replica's id.
+        #[arg(long)]
+        id: u32,
+    },
 }
 
 #[derive(Subcommand, Debug)]
@@ -180,6 +197,9 @@ enum ToolCmd {
         /// A contract file that replaces the contract the tool describes.
         #[arg(long, value_name = "CONTRACT_FILE")]
         contract: Option<PathBuf>,
+        /// Add it on every replica of this cluster instead (DIR/cluster.toml).
+        #[arg(long, value_name = "CLUSTER_FILE")]
+        cluster: Option<PathBuf>,
     },
     /// List registered tools.
     List {
@@ -231,15 +251,25 @@ struct RunArgs {
     /// Print the whole receipt as JSON instead of the output.
     #[arg(long)]
     json: bool,
-    /// The capability to run under (default: the owner token `voidbox init` made).
+    /// The capability to run under (default: the owner token `voidbox init`,
+    /// or `voidbox cluster init`, made).
     #[arg(long, env = "VOIDBOX_TOKEN", hide_env_values = true)]
     token: Option<String>,
+    /// Submit to this cluster (DIR/cluster.toml) and wait for f + 1 matching
+    /// signed results; --json prints the signed receipt.
+    #[arg(long, value_name = "CLUSTER_FILE")]
+    cluster: Option<PathBuf>,
 }
 
 #[derive(Subcommand, Debug)]
 enum CasCmd {
     /// Store a file (or - for stdin); prints its digest.
-    Put { file: String },
+    Put {
+        file: String,
+        /// Store it on every replica of this cluster instead.
+        #[arg(long, value_name = "CLUSTER_FILE")]
+        cluster: Option<PathBuf>,
+    },
     /// Write a blob to stdout or to a file.
     Get {
         digest: String,
@@ -267,6 +297,15 @@ enum CasCmd {
 enum ReceiptCmd {
     /// Show a receipt by its digest or its invocation's digest.
     Show { digest: String },
+    /// Check a signed cluster receipt (`run --cluster --json` output) offline:
+    /// f + 1 replica signatures over exactly its bytes.
+    Verify {
+        /// The signed receipt file (or - for stdin).
+        file: String,
+        /// The cluster's configuration, for the replicas' public keys.
+        #[arg(long, value_name = "CLUSTER_FILE")]
+        cluster: PathBuf,
+    },
 }
 
 #[derive(Args, Debug)]
@@ -318,6 +357,7 @@ impl From<Error> for Failure {
             | Error::Db { .. }
             | Error::WriterStopped(_) => exit::STORAGE,
             Error::Cas(voidbox::CasError::Io { .. }) | Error::Io { .. } => exit::STORAGE,
+            Error::Cluster(_) => exit::CLUSTER,
             _ => exit::BAD_REQUEST,
         };
         Failure {
@@ -370,6 +410,8 @@ fn init_logging(verbose: u8) {
     let _ = tracing_subscriber::fmt()
         .with_env_filter(filter)
         .with_writer(std::io::stderr)
+        // Replicas log to files: colour codes only on a terminal.
+        .with_ansi(std::io::stderr().is_terminal())
         .try_init();
 }
 
@@ -392,6 +434,25 @@ fn dispatch(cli: Cli) -> Result<u8, Failure> {
         None => default_home()?,
     };
     match cli.command {
+        Command::Cluster(cmd) => cli_cluster::dispatch(cmd),
+        Command::Replica { cluster, id } => {
+            voidbox::cluster::run_replica(&cluster, id)?;
+            Ok(exit::OK)
+        }
+        Command::Tool(ToolCmd::Add {
+            file,
+            name,
+            contract,
+            cluster: Some(cluster),
+        }) => cli_cluster::tool_add(&cluster, &file, name.as_deref(), contract.as_deref()),
+        Command::Run(args) if args.cluster.is_some() => cli_cluster::run(args),
+        Command::Cas(CasCmd::Put {
+            file,
+            cluster: Some(cluster),
+        }) => cli_cluster::cas_put(&cluster, &read_input(Some(&file))?),
+        Command::Receipt(ReceiptCmd::Verify { file, cluster }) => {
+            cli_cluster::verify(&file, &cluster)
+        }
         Command::Init => {
             let existed = home.join(voidbox::CONFIG_FILE).exists();
             let host = Host::init(&home)?;
@@ -460,6 +521,7 @@ fn tool(host: &Host, cmd: ToolCmd) -> Result<u8, Failure> {
             file,
             name,
             contract,
+            cluster: _,
         } => {
             let contract = match contract {
                 Some(path) => Some(std::fs::read_to_string(&path).map_err(|e| {
@@ -767,14 +829,38 @@ fn run(host: &Host, a: RunArgs) -> Result<u8, Failure> {
     let input_bytes = read_input(a.input.as_deref())?;
     // Named by digest now, stored only if the token allows the run.
     let input = Digest::of(&input_bytes);
-    let mut budget = host.default_budget();
+    let inv = invocation_of(&a, tool.digest, input, host.default_budget())?;
+    let receipt = host.run_with_token(&token, &inv, &input_bytes)?;
+    host.flush()?;
+    if a.json {
+        println!("{}", serde_json::to_string_pretty(&receipt).expect("json"));
+    } else if let Some(output) = host.output(&receipt)? {
+        write_stdout(&output)?;
+    }
+    report_outcome(host, &receipt)
+}
+
+fn write_stdout(bytes: &[u8]) -> Result<(), Failure> {
+    std::io::stdout()
+        .write_all(bytes)
+        .and_then(|_| std::io::stdout().flush())
+        .map_err(|e| fail(exit::INTERNAL, format!("cannot write the output: {e}")))
+}
+
+/// The invocation `voidbox run` asks for: the flags over `budget`.
+fn invocation_of(
+    a: &RunArgs,
+    tool: Digest,
+    input: Digest,
+    mut budget: Budget,
+) -> Result<Invocation, Failure> {
     budget.fuel = a.fuel.unwrap_or(budget.fuel);
     budget.memory_bytes = a.memory.unwrap_or(budget.memory_bytes);
     budget.output_bytes = a.output_limit.unwrap_or(budget.output_bytes);
     if let Some(ms) = a.timeout {
         budget.timeout = Duration::from_millis(ms);
     }
-    let mut inv = Invocation::new(tool.digest, input).budget(budget);
+    let mut inv = Invocation::new(tool, input).budget(budget);
     for kv in &a.args {
         let (k, v) = kv.split_once('=').ok_or_else(|| {
             fail(
@@ -788,22 +874,13 @@ fn run(host: &Host, a: RunArgs) -> Result<u8, Failure> {
         inv = inv.grant(g.parse().map_err(Error::from)?);
     }
     inv.time_unix_ns = a.time.unwrap_or(0).saturating_mul(1_000_000_000);
-    let receipt = host.run_with_token(&token, &inv, &input_bytes)?;
-    host.flush()?;
-    if a.json {
-        println!("{}", serde_json::to_string_pretty(&receipt).expect("json"));
-    } else if let Some(output) = host.output(&receipt)? {
-        std::io::stdout()
-            .write_all(&output)
-            .and_then(|_| std::io::stdout().flush())
-            .map_err(|e| fail(exit::INTERNAL, format!("cannot write the output: {e}")))?;
-    }
-    report_outcome(host, &receipt)
+    Ok(inv)
 }
 
-fn report_outcome(host: &Host, receipt: &Receipt) -> Result<u8, Failure> {
-    let code = match receipt.outcome {
-        Outcome::Ok => return Ok(exit::OK),
+/// The exit code of an outcome.
+fn outcome_code(outcome: &Outcome) -> u8 {
+    match outcome {
+        Outcome::Ok => exit::OK,
         Outcome::ToolError { .. } => exit::TOOL_ERROR,
         Outcome::Trap { .. } => exit::TRAP,
         Outcome::OutOfFuel => exit::OUT_OF_FUEL,
@@ -811,7 +888,14 @@ fn report_outcome(host: &Host, receipt: &Receipt) -> Result<u8, Failure> {
         Outcome::OutputTooLarge { .. } => exit::OUTPUT_TOO_LARGE,
         Outcome::Timeout => exit::TIMEOUT,
         Outcome::ContractViolation { .. } => exit::CONTRACT_VIOLATION,
-    };
+    }
+}
+
+fn report_outcome(host: &Host, receipt: &Receipt) -> Result<u8, Failure> {
+    let code = outcome_code(&receipt.outcome);
+    if code == exit::OK {
+        return Ok(code);
+    }
     // A trap's stderr usually holds the panic message: the most useful line.
     let detail = receipt
         .diagnostics
@@ -839,7 +923,7 @@ fn cas(host: &Host, cmd: CasCmd) -> Result<u8, Failure> {
     let blobs = host.blobs();
     let digest = |s: &str| -> Result<Digest, Failure> { Ok(s.parse().map_err(Error::from)?) };
     match cmd {
-        CasCmd::Put { file } => {
+        CasCmd::Put { file, cluster: _ } => {
             let (d, len) = if file == "-" {
                 blobs
                     .put_reader(&mut std::io::stdin().lock())

@@ -1,0 +1,572 @@
+//! `voidbox cluster …` and the `--cluster` forms of `tool add`, `cas put`,
+//! `run` and `receipt verify`: glue over `voidbox::cluster`.
+
+use std::path::{Path, PathBuf};
+use std::process::{Command, Stdio};
+use std::time::{Duration, Instant};
+
+use clap::Subcommand;
+use voidbox::cluster::wire::{Op, OpResult};
+use voidbox::cluster::{init_cluster, ClusterClient, ClusterFile, SignedReceipt};
+use voidbox::{Budget, Digest, Invocation};
+
+use super::{exit, fail, invocation_of, outcome_code, read_input, write_stdout, Failure, RunArgs};
+
+#[derive(Subcommand, Debug)]
+pub(crate) enum ClusterCmd {
+    /// Write keys, data directories and DIR/cluster.toml for a new cluster.
+    Init {
+        /// Where to put it.
+        dir: PathBuf,
+        /// How many replicas: 3f + 1 (4 tolerates one fault).
+        #[arg(long, default_value_t = 4)]
+        replicas: u32,
+        /// Replica i listens on 127.0.0.1:(base-port + i).
+        #[arg(long, default_value_t = 7420)]
+        base_port: u16,
+        /// Do not sync the protocol log (for measurements only: a crash can
+        /// then lose what a replica promised).
+        #[arg(long)]
+        no_fsync: bool,
+    },
+    /// Start every replica as its own process on loopback and wait until
+    /// each answers.
+    Up {
+        /// The cluster directory (or its cluster.toml).
+        dir: PathBuf,
+    },
+    /// Show each replica's view, progress and counters.
+    Status {
+        /// The cluster directory (or its cluster.toml).
+        dir: PathBuf,
+        #[arg(long)]
+        json: bool,
+    },
+    /// Stop the replicas `cluster up` started.
+    Down {
+        /// The cluster directory (or its cluster.toml).
+        dir: PathBuf,
+    },
+    /// Measure the running cluster: one closed-loop client, then many.
+    Bench {
+        /// The cluster directory (or its cluster.toml).
+        dir: PathBuf,
+        /// A tool already added with `tool add --cluster` (name or digest).
+        #[arg(long, default_value = "echo")]
+        tool: String,
+        /// Seconds per phase.
+        #[arg(long, default_value_t = 10.0)]
+        seconds: f64,
+        /// Concurrent closed-loop clients in the throughput phase.
+        #[arg(long, default_value_t = 64)]
+        clients: usize,
+        #[arg(long)]
+        json: bool,
+    },
+}
+
+fn cluster_file(dir: &Path) -> Result<ClusterFile, Failure> {
+    Ok(ClusterFile::load(dir)?)
+}
+
+fn pid_file(file: &ClusterFile, id: u32) -> Result<PathBuf, Failure> {
+    Ok(file.home_of(id)?.join("replica.pid"))
+}
+
+fn alive(pid: u32) -> bool {
+    // A zombie (exited, not yet reaped) is not alive.
+    std::fs::read_to_string(format!("/proc/{pid}/stat"))
+        .map(|s| {
+            s.rsplit_once(')')
+                .map(|(_, rest)| !rest.trim_start().starts_with('Z'))
+                .unwrap_or(false)
+        })
+        .unwrap_or(false)
+}
+
+fn read_pid(path: &Path) -> Option<u32> {
+    std::fs::read_to_string(path).ok()?.trim().parse().ok()
+}
+
+pub(crate) fn dispatch(cmd: ClusterCmd) -> Result<u8, Failure> {
+    match cmd {
+        ClusterCmd::Init {
+            dir,
+            replicas,
+            base_port,
+            no_fsync,
+        } => {
+            let made = init_cluster(&dir, replicas, base_port)?;
+            if no_fsync {
+                let text = std::fs::read_to_string(&made.file)
+                    .map_err(|e| fail(exit::STORAGE, format!("{}: {e}", made.file.display())))?;
+                std::fs::write(&made.file, text.replace("fsync = true", "fsync = false"))
+                    .map_err(|e| fail(exit::STORAGE, format!("{}: {e}", made.file.display())))?;
+            }
+            println!(
+                "Created a cluster of {} replicas (f = {}) in {}",
+                made.cluster.n(),
+                made.cluster.f,
+                dir.display()
+            );
+            for r in &made.cluster.replicas {
+                println!("  replica {} at {} ({})", r.id, r.address, r.home.display());
+            }
+            println!("Start it with `voidbox cluster up {}`", dir.display());
+            Ok(exit::OK)
+        }
+        ClusterCmd::Up { dir } => up(&cluster_file(&dir)?),
+        ClusterCmd::Status { dir, json } => status(&cluster_file(&dir)?, json),
+        ClusterCmd::Down { dir } => down(&cluster_file(&dir)?),
+        ClusterCmd::Bench {
+            dir,
+            tool,
+            seconds,
+            clients,
+            json,
+        } => bench(
+            &cluster_file(&dir)?,
+            &tool,
+            Duration::from_secs_f64(seconds),
+            clients,
+            json,
+        ),
+    }
+}
+
+fn up(file: &ClusterFile) -> Result<u8, Failure> {
+    let exe = std::env::current_exe().map_err(|e| {
+        fail(
+            exit::INTERNAL,
+            format!("cannot find the voidbox binary: {e}"),
+        )
+    })?;
+    let cluster_toml = file.dir.join(voidbox::cluster::CLUSTER_FILE);
+    for r in &file.replicas {
+        let pid_path = pid_file(file, r.id)?;
+        if let Some(pid) = read_pid(&pid_path).filter(|p| alive(*p)) {
+            println!("replica {} already running (pid {pid})", r.id);
+            continue;
+        }
+        let home = file.home_of(r.id)?;
+        let log_path = home.join("replica.log");
+        let log = std::fs::OpenOptions::new()
+            .create(true)
+            .append(true)
+            .open(&log_path)
+            .map_err(|e| fail(exit::STORAGE, format!("{}: {e}", log_path.display())))?;
+        let log2 = log
+            .try_clone()
+            .map_err(|e| fail(exit::STORAGE, format!("{}: {e}", log_path.display())))?;
+        let mut cmd = Command::new(&exe);
+        cmd.arg("replica")
+            .arg("--cluster")
+            .arg(&cluster_toml)
+            .arg("--id")
+            .arg(r.id.to_string())
+            .stdin(Stdio::null())
+            .stdout(log)
+            .stderr(log2);
+        if std::env::var_os("RUST_LOG").is_none() {
+            cmd.env("RUST_LOG", "info");
+        }
+        {
+            // Its own process group: a Ctrl-C at the terminal that ran
+            // `cluster up` does not stop the cluster.
+            use std::os::unix::process::CommandExt;
+            cmd.process_group(0);
+        }
+        let child = cmd.spawn().map_err(|e| {
+            fail(
+                exit::INTERNAL,
+                format!("cannot start replica {}: {e}", r.id),
+            )
+        })?;
+        std::fs::write(&pid_path, child.id().to_string())
+            .map_err(|e| fail(exit::STORAGE, format!("{}: {e}", pid_path.display())))?;
+        println!(
+            "replica {} starting: pid {}, {}, log {}",
+            r.id,
+            child.id(),
+            r.address,
+            log_path.display()
+        );
+    }
+    let client = ClusterClient::connect(&file.dir)?;
+    let start = Instant::now();
+    let mut seen = std::collections::BTreeSet::new();
+    while seen.len() < file.replicas.len() && start.elapsed() < Duration::from_secs(30) {
+        for (id, s) in client.status(Duration::from_millis(300)) {
+            if seen.insert(id) {
+                println!(
+                    "replica {id} up after {:.1}s: view {}{}, executed seq {}",
+                    start.elapsed().as_secs_f64(),
+                    s.view,
+                    if s.primary { " (primary)" } else { "" },
+                    s.last_executed
+                );
+            }
+        }
+    }
+    if seen.len() < file.replicas.len() {
+        let missing: Vec<String> = file
+            .replicas
+            .iter()
+            .filter(|r| !seen.contains(&r.id))
+            .map(|r| r.id.to_string())
+            .collect();
+        return Err(fail(
+            exit::CLUSTER,
+            format!(
+                "replica(s) {} did not answer within 30 s; see their replica.log",
+                missing.join(", ")
+            ),
+        ));
+    }
+    println!(
+        "cluster up: {} replicas, f = {}",
+        file.replicas.len(),
+        file.f
+    );
+    Ok(exit::OK)
+}
+
+fn status(file: &ClusterFile, json: bool) -> Result<u8, Failure> {
+    let client = ClusterClient::connect(&file.dir)?;
+    let statuses = client.status(Duration::from_secs(1));
+    if json {
+        let v: Vec<_> = file
+            .replicas
+            .iter()
+            .map(|r| {
+                serde_json::json!({
+                    "id": r.id,
+                    "address": r.address.to_string(),
+                    "up": statuses.contains_key(&r.id),
+                    "status": statuses.get(&r.id),
+                })
+            })
+            .collect();
+        println!("{}", serde_json::to_string_pretty(&v).expect("json"));
+    } else {
+        println!(
+            "{:<8} {:<22} {:<6} {:>6} {:>10} {:>10} {:>10} {:>9}",
+            "replica", "address", "state", "view", "executed", "stable", "requests", "rejected"
+        );
+        for r in &file.replicas {
+            match statuses.get(&r.id) {
+                Some(s) => println!(
+                    "{:<8} {:<22} {:<6} {:>6} {:>10} {:>10} {:>10} {:>9}",
+                    r.id,
+                    r.address.to_string(),
+                    if s.primary {
+                        "prim"
+                    } else if s.view_active {
+                        "up"
+                    } else {
+                        "vchg"
+                    },
+                    s.view,
+                    s.last_executed,
+                    s.stable,
+                    s.executed_requests,
+                    s.rejected + s.transport_refused
+                ),
+                None => println!("{:<8} {:<22} down", r.id, r.address.to_string()),
+            }
+        }
+    }
+    let up = statuses.len();
+    let quorum = (2 * file.f + 1) as usize;
+    if up < quorum {
+        eprintln!(
+            "voidbox: only {up} of {} replicas answer; the cluster needs {quorum} to make progress (`voidbox cluster up`)",
+            file.n()
+        );
+        return Ok(exit::CLUSTER);
+    }
+    Ok(exit::OK)
+}
+
+fn down(file: &ClusterFile) -> Result<u8, Failure> {
+    let mut stopping = Vec::new();
+    for r in &file.replicas {
+        let path = pid_file(file, r.id)?;
+        match read_pid(&path) {
+            Some(pid) if alive(pid) => {
+                let _ = Command::new("kill")
+                    .arg("-TERM")
+                    .arg(pid.to_string())
+                    .status();
+                stopping.push((r.id, pid, path));
+            }
+            _ => {
+                let _ = std::fs::remove_file(&path);
+            }
+        }
+    }
+    let start = Instant::now();
+    for (id, pid, path) in stopping {
+        while alive(pid) && start.elapsed() < Duration::from_secs(10) {
+            std::thread::sleep(Duration::from_millis(50));
+        }
+        if alive(pid) {
+            let _ = Command::new("kill")
+                .arg("-KILL")
+                .arg(pid.to_string())
+                .status();
+            println!("replica {id} (pid {pid}) did not stop; killed");
+        } else {
+            println!("replica {id} (pid {pid}) stopped");
+        }
+        let _ = std::fs::remove_file(&path);
+    }
+    Ok(exit::OK)
+}
+
+pub(crate) fn tool_add(
+    cluster: &Path,
+    file: &Path,
+    name: Option<&str>,
+    contract: Option<&Path>,
+) -> Result<u8, Failure> {
+    let wasm = std::fs::read(file).map_err(|e| {
+        fail(
+            exit::BAD_REQUEST,
+            format!("cannot read {}: {e}", file.display()),
+        )
+    })?;
+    let contract = match contract {
+        Some(p) => Some(std::fs::read_to_string(p).map_err(|e| {
+            fail(
+                exit::BAD_REQUEST,
+                format!("cannot read contract file {}: {e}", p.display()),
+            )
+        })?),
+        None => None,
+    };
+    let client = ClusterClient::connect(cluster)?;
+    let tool = client.add_tool(&wasm, name, contract.as_deref())?;
+    println!("{}  {} {}", tool.digest, tool.name, tool.version);
+    Ok(exit::OK)
+}
+
+pub(crate) fn cas_put(cluster: &Path, bytes: &[u8]) -> Result<u8, Failure> {
+    let client = ClusterClient::connect(cluster)?;
+    println!("{}", client.put_blob(bytes)?);
+    Ok(exit::OK)
+}
+
+fn owner_token(file: &ClusterFile) -> Result<String, Failure> {
+    let path = file.dir.join(voidbox::OWNER_TOKEN_FILE);
+    std::fs::read_to_string(&path)
+        .map(|t| t.trim().to_string())
+        .map_err(|e| {
+            fail(
+                exit::BAD_REQUEST,
+                format!(
+                    "no token given and the owner token {} cannot be read: {e}; pass --token",
+                    path.display()
+                ),
+            )
+        })
+}
+
+pub(crate) fn run(a: RunArgs) -> Result<u8, Failure> {
+    let path = a.cluster.clone().expect("called with --cluster");
+    let client = ClusterClient::connect(&path)?;
+    let token = match &a.token {
+        Some(t) => t.clone(),
+        None => owner_token(client.file())?,
+    };
+    let tool = client.tool(&a.tool)?;
+    let input = read_input(a.input.as_deref())?;
+    let template = invocation_of(&a, tool.digest, Digest::of(&input), Budget::default())?;
+    let signed = client.run(&token, &template, &input)?;
+    if a.json {
+        println!("{}", serde_json::to_string_pretty(&signed).expect("json"));
+    }
+    result_code(&client, &signed, !a.json)
+}
+
+/// Prints the output (unless `quiet`) and maps the result to an exit code.
+fn result_code(client: &ClusterClient, signed: &SignedReceipt, print: bool) -> Result<u8, Failure> {
+    match &signed.result {
+        OpResult::Receipt { receipt, .. } => {
+            if print {
+                if let Some(out) = client.output(signed)? {
+                    write_stdout(&out)?;
+                }
+            }
+            let code = outcome_code(&receipt.outcome);
+            if code != exit::OK {
+                eprintln!(
+                    "voidbox: {}: {} (receipt {}, signed by replicas {:?})",
+                    receipt.outcome.name(),
+                    receipt.outcome.describe(),
+                    receipt.receipt,
+                    signed
+                        .signatures
+                        .iter()
+                        .map(|s| s.replica)
+                        .collect::<Vec<_>>()
+                );
+            }
+            Ok(code)
+        }
+        OpResult::Denied { kind, message } => {
+            let code = if kind == "not-admitted" {
+                exit::NOT_ADMITTED
+            } else {
+                voidbox::auth::DeniedKind::ALL
+                    .iter()
+                    .find(|k| k.as_str() == kind)
+                    .map(|k| k.exit_code())
+                    .unwrap_or(exit::BAD_REQUEST)
+            };
+            eprintln!("voidbox: denied ({kind}) by the cluster: {message}");
+            Ok(code)
+        }
+        OpResult::Failed { message } => Err(fail(exit::BAD_REQUEST, message.clone())),
+    }
+}
+
+pub(crate) fn verify(file: &str, cluster: &Path) -> Result<u8, Failure> {
+    let bytes = read_input(Some(file))?;
+    let signed: SignedReceipt = serde_json::from_slice(&bytes).map_err(|e| {
+        fail(
+            exit::BAD_REQUEST,
+            format!("{file} is not a signed receipt (the output of `voidbox run --cluster … --json`): {e}"),
+        )
+    })?;
+    let cluster = ClusterFile::load(cluster)?;
+    let signers = signed.verify(&cluster)?;
+    match signed.receipt() {
+        Some(r) => println!(
+            "receipt {} verified: signed by replicas {:?} of {} (f = {})",
+            r.receipt,
+            signers,
+            cluster.n(),
+            cluster.f
+        ),
+        None => println!(
+            "result verified: signed by replicas {:?} of {} (f = {})",
+            signers,
+            cluster.n(),
+            cluster.f
+        ),
+    }
+    Ok(exit::OK)
+}
+
+/// CPU seconds (user + system) a process has used, from /proc.
+fn cpu_seconds(pid: u32) -> Option<f64> {
+    let stat = std::fs::read_to_string(format!("/proc/{pid}/stat")).ok()?;
+    let rest = stat.rsplit_once(')')?.1;
+    let fields: Vec<&str> = rest.split_whitespace().collect();
+    // After the command: state is field 3; utime and stime are fields 14, 15.
+    let utime: f64 = fields.get(11)?.parse().ok()?;
+    let stime: f64 = fields.get(12)?.parse().ok()?;
+    Some((utime + stime) / 100.0)
+}
+
+fn percentile(sorted: &[Duration], p: f64) -> f64 {
+    if sorted.is_empty() {
+        return f64::NAN;
+    }
+    let i = ((sorted.len() as f64 - 1.0) * p).round() as usize;
+    sorted[i].as_secs_f64() * 1e6
+}
+
+fn bench(
+    file: &ClusterFile,
+    tool: &str,
+    duration: Duration,
+    clients: usize,
+    json: bool,
+) -> Result<u8, Failure> {
+    let client = ClusterClient::connect(&file.dir)?;
+    let token = owner_token(file)?;
+    let tool = client.tool(tool)?;
+    let input = client.put_blob(b"bench")?;
+    let pids: Vec<u32> = file
+        .replicas
+        .iter()
+        .filter_map(|r| pid_file(file, r.id).ok().and_then(|p| read_pid(&p)))
+        .collect();
+    // Every request is a distinct invocation (an argument counts up), so
+    // the action cache never answers and every replica runs the tool.
+    let counter = std::sync::atomic::AtomicU64::new(0);
+    let make = |_: u64| {
+        let n = counter.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
+        Op::Invoke {
+            token: token.clone(),
+            invocation: Invocation::new(tool.digest, input).arg("n", n.to_string()),
+        }
+        .encode()
+    };
+    let mut phases = Vec::new();
+    for (label, c) in [("one client", 1usize), ("throughput", clients.max(1))] {
+        let before = client.status(Duration::from_secs(1));
+        let cpu0: f64 = pids.iter().filter_map(|p| cpu_seconds(*p)).sum();
+        let t = Instant::now();
+        let (mut lat, failed) = client.load(c, duration, &make);
+        let secs = t.elapsed().as_secs_f64();
+        let cpu1: f64 = pids.iter().filter_map(|p| cpu_seconds(*p)).sum();
+        let after = client.status(Duration::from_secs(1));
+        lat.sort();
+        let batches: u64 = after
+            .values()
+            .map(|s| s.last_executed)
+            .max()
+            .unwrap_or(0)
+            .saturating_sub(before.values().map(|s| s.last_executed).max().unwrap_or(0));
+        let n = lat.len() as f64;
+        phases.push(serde_json::json!({
+            "phase": label,
+            "clients": c,
+            "seconds": secs,
+            "completed": lat.len(),
+            "failed": failed,
+            "invocations_per_s": n / secs,
+            "latency_p50_us": percentile(&lat, 0.5),
+            "latency_p99_us": percentile(&lat, 0.99),
+            "latency_max_us": percentile(&lat, 1.0),
+            "batches": batches,
+            "mean_batch_size": if batches > 0 { n / batches as f64 } else { f64::NAN },
+            "replica_cpu_s": cpu1 - cpu0,
+            "replica_cpu_us_per_invocation": if n > 0.0 { (cpu1 - cpu0) * 1e6 / n } else { f64::NAN },
+        }));
+    }
+    let report = serde_json::json!({
+        "replicas": file.n(),
+        "f": file.f,
+        "fsync": file.fsync,
+        "tool": tool.name,
+        "phases": phases,
+    });
+    if json {
+        println!("{}", serde_json::to_string_pretty(&report).expect("json"));
+    } else {
+        println!(
+            "cluster bench: {} replicas, fsync {}, tool {}",
+            file.n(),
+            if file.fsync { "on" } else { "off" },
+            tool.name
+        );
+        for p in &phases {
+            println!(
+                "  {:<11} clients {:>3}: {:>8.0} inv/s, p50 {:>8.0} us, p99 {:>8.0} us, batch {:>5.1}, cpu {:>6.0} us/inv, failed {}",
+                p["phase"].as_str().unwrap_or(""),
+                p["clients"],
+                p["invocations_per_s"].as_f64().unwrap_or(f64::NAN),
+                p["latency_p50_us"].as_f64().unwrap_or(f64::NAN),
+                p["latency_p99_us"].as_f64().unwrap_or(f64::NAN),
+                p["mean_batch_size"].as_f64().unwrap_or(f64::NAN),
+                p["replica_cpu_us_per_invocation"].as_f64().unwrap_or(f64::NAN),
+                p["failed"],
+            );
+        }
+    }
+    Ok(exit::OK)
+}

@@ -1,0 +1,652 @@
+//! The client side of a cluster: what `voidbox … --cluster` and embedders
+//! use. It puts blobs and tools on every replica (by digest, outside the
+//! ordered log), submits operations through PBFT, and accepts a result once
+//! f + 1 replicas signed the same one; that proof travels with the result
+//! as a [`SignedReceipt`], which anyone can check offline against
+//! `cluster.toml` ([`SignedReceipt::verify`]).
+
+use std::collections::{BTreeMap, HashMap};
+use std::path::Path;
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::{Arc, Mutex};
+use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
+
+use ed25519_dalek::SigningKey;
+use serde::{Deserialize, Serialize};
+use tokio::sync::mpsc;
+use voidbox_net::ClientHandle;
+use voidbox_pbft::message::{Reply, Sig, Signed};
+use voidbox_pbft::{Client, ClientId, Cluster, Completed, Hlc, Message, Target};
+
+use super::config::{hex, parse_key_hex, read_signing_key, ClusterFile, CLIENT_KEY_FILE};
+use super::wire::{
+    frame, parse_side, side_frame, Op, OpResult, SideRequest, SideResponse, Status, ToolSummary,
+    SIDE_BLOB_MAX, TAG_PBFT, TAG_SIDE_REQUEST, TAG_SIDE_RESPONSE,
+};
+use crate::{Digest, Error, Invocation, Receipt, Result};
+
+/// How long a side request waits for replicas.
+const SIDE_TIMEOUT: Duration = Duration::from_secs(10);
+/// How long an ordered operation may take before the client gives up.
+const ORDER_TIMEOUT: Duration = Duration::from_secs(30);
+/// A client retransmits to every replica after this long.
+const RETRY_US: u64 = 300_000;
+
+fn now_us() -> u64 {
+    SystemTime::now()
+        .duration_since(UNIX_EPOCH)
+        .map(|d| d.as_micros() as u64)
+        .unwrap_or(0)
+}
+
+/// One replica's signature over the reply that carried a result.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct ReplySignature {
+    /// The replica.
+    pub replica: u32,
+    /// The view it replied in (part of what it signed).
+    pub view: u64,
+    /// ed25519, hex.
+    pub signature: String,
+}
+
+/// A result the cluster agreed on, with the f + 1 (or more) signatures
+/// that make it checkable offline.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct SignedReceipt {
+    /// What came of the operation.
+    pub result: OpResult,
+    /// The exact bytes the replicas signed (the encoded `result`), hex.
+    pub result_bytes: String,
+    /// The client's id (public key), hex.
+    pub client: String,
+    /// The request's timestamp.
+    pub timestamp: u64,
+    /// Consensus time of the batch: microseconds of the primary's clock.
+    pub hlc_us: u64,
+    /// And its logical counter.
+    pub hlc_logical: u32,
+    /// The signatures.
+    pub signatures: Vec<ReplySignature>,
+}
+
+impl SignedReceipt {
+    fn from_completed(client: ClientId, done: &Completed) -> Result<SignedReceipt> {
+        let result = OpResult::decode(&done.result).map_err(Error::Cluster)?;
+        Ok(SignedReceipt {
+            result,
+            result_bytes: hex(&done.result),
+            client: hex(&client.0),
+            timestamp: done.timestamp,
+            hlc_us: done.hlc.physical_us,
+            hlc_logical: done.hlc.logical,
+            signatures: done
+                .proof
+                .iter()
+                .map(|s| ReplySignature {
+                    replica: s.from,
+                    view: s.payload.view,
+                    signature: hex(&s.signature.0),
+                })
+                .collect(),
+        })
+    }
+
+    /// The receipt, when the tool ran.
+    pub fn receipt(&self) -> Option<&Receipt> {
+        match &self.result {
+            OpResult::Receipt { receipt, .. } => Some(receipt),
+            _ => None,
+        }
+    }
+
+    /// Checks the proof against the cluster's keys: at least f + 1 distinct
+    /// replicas signed exactly these bytes, the bytes are `result`, and a
+    /// receipt's digest matches its fields. Returns the signers.
+    pub fn verify(&self, cluster: &ClusterFile) -> Result<Vec<u32>> {
+        let bad = |m: String| Error::Cluster(format!("the receipt does not verify: {m}"));
+        let bytes =
+            unhex(&self.result_bytes).ok_or_else(|| bad("result_bytes is not hex".into()))?;
+        let decoded = OpResult::decode(&bytes).map_err(bad)?;
+        if decoded != self.result {
+            return Err(bad("`result` differs from the signed bytes".into()));
+        }
+        if let Some(r) = self.receipt() {
+            if !r.is_consistent() {
+                return Err(bad(format!(
+                    "receipt {} does not match its fields",
+                    r.receipt
+                )));
+            }
+        }
+        let client = ClientId(parse_key_hex(&self.client).map_err(|e| bad(format!("client {e}")))?);
+        let keys: BTreeMap<u32, _> = cluster.verifying_keys()?.into_iter().collect();
+        let mut signers = Vec::new();
+        for s in &self.signatures {
+            let key = keys
+                .get(&s.replica)
+                .ok_or_else(|| bad(format!("replica {} is not in this cluster", s.replica)))?;
+            let sig: [u8; 64] = unhex(&s.signature)
+                .and_then(|v| v.try_into().ok())
+                .ok_or_else(|| {
+                    bad(format!(
+                        "replica {}'s signature is not 64 bytes of hex",
+                        s.replica
+                    ))
+                })?;
+            let signed = Signed {
+                from: s.replica,
+                payload: Reply {
+                    view: s.view,
+                    client,
+                    timestamp: self.timestamp,
+                    hlc: Hlc {
+                        physical_us: self.hlc_us,
+                        logical: self.hlc_logical,
+                    },
+                    result: bytes.clone(),
+                },
+                signature: Sig(sig),
+            };
+            if !signed.verify(key) {
+                return Err(bad(format!("replica {}'s signature is invalid", s.replica)));
+            }
+            if !signers.contains(&s.replica) {
+                signers.push(s.replica);
+            }
+        }
+        if signers.len() <= cluster.f as usize {
+            return Err(bad(format!(
+                "{} replica(s) signed; a cluster with f = {} needs {}",
+                signers.len(),
+                cluster.f,
+                cluster.f + 1
+            )));
+        }
+        Ok(signers)
+    }
+}
+
+fn unhex(s: &str) -> Option<Vec<u8>> {
+    if s.len() % 2 != 0 {
+        return None;
+    }
+    (0..s.len())
+        .step_by(2)
+        .map(|i| u8::from_str_radix(s.get(i..i + 2)?, 16).ok())
+        .collect()
+}
+
+/// Routing tables shared by the connection's reader task and callers.
+#[derive(Default)]
+struct Routes {
+    /// Side requests waiting for answers, by request id.
+    side: Mutex<HashMap<u64, mpsc::UnboundedSender<(u32, SideResponse)>>>,
+    /// Ordered requests waiting for replies, by client id.
+    replies: Mutex<HashMap<ClientId, mpsc::UnboundedSender<Message>>>,
+}
+
+/// A connection to a cluster.
+pub struct ClusterClient {
+    runtime: tokio::runtime::Runtime,
+    file: ClusterFile,
+    cluster: Cluster,
+    net: ClientHandle,
+    routes: Arc<Routes>,
+    next_id: AtomicU64,
+    key: SigningKey,
+}
+
+impl std::fmt::Debug for ClusterClient {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("ClusterClient")
+            .field("replicas", &self.file.n())
+            .finish()
+    }
+}
+
+impl ClusterClient {
+    /// Connects to the cluster of `cluster_file` (or its directory) with the
+    /// client key written beside it by `voidbox cluster init`.
+    pub fn connect(cluster_file: &Path) -> Result<ClusterClient> {
+        let file = ClusterFile::load(cluster_file)?;
+        let key = read_signing_key(&file.dir.join(CLIENT_KEY_FILE))?;
+        ClusterClient::connect_with(file, key)
+    }
+
+    /// Connects with a given client key.
+    pub fn connect_with(file: ClusterFile, key: SigningKey) -> Result<ClusterClient> {
+        let cluster = file.cluster()?;
+        let runtime = tokio::runtime::Builder::new_multi_thread()
+            .worker_threads(1)
+            .enable_all()
+            .build()
+            .map_err(|e| Error::Cluster(format!("cannot start the runtime: {e}")))?;
+        let routes = Arc::new(Routes::default());
+        let replicas = file.replicas.iter().map(|r| (r.id, r.address)).collect();
+        let net = runtime.block_on(async {
+            let (net, mut incoming) =
+                voidbox_net::connect_client(replicas, voidbox_net::Limits::default()).await;
+            let routes = routes.clone();
+            tokio::spawn(async move {
+                while let Some((from, bytes)) = incoming.recv().await {
+                    route(&routes, from, &bytes);
+                }
+            });
+            net
+        });
+        Ok(ClusterClient {
+            runtime,
+            file,
+            cluster,
+            net,
+            routes,
+            next_id: AtomicU64::new(1),
+            key,
+        })
+    }
+
+    /// The cluster's configuration.
+    pub fn file(&self) -> &ClusterFile {
+        &self.file
+    }
+
+    /// Sends a side request to every replica and collects the answers that
+    /// arrive within `timeout` (stopping early once all did).
+    fn ask_all(
+        &self,
+        make: impl Fn(u64) -> SideRequest,
+        timeout: Duration,
+    ) -> BTreeMap<u32, SideResponse> {
+        let id = self.next_id.fetch_add(1, Ordering::Relaxed);
+        let (tx, mut rx) = mpsc::unbounded_channel();
+        self.routes.side.lock().expect("routes").insert(id, tx);
+        self.net.broadcast(side_frame(TAG_SIDE_REQUEST, &make(id)));
+        let n = self.file.n() as usize;
+        let answers = self.runtime.block_on(async {
+            let mut answers = BTreeMap::new();
+            let deadline = tokio::time::Instant::now() + timeout;
+            while answers.len() < n {
+                match tokio::time::timeout_at(deadline, rx.recv()).await {
+                    Ok(Some((from, response))) => {
+                        answers.insert(from, response);
+                    }
+                    _ => break,
+                }
+            }
+            answers
+        });
+        self.routes.side.lock().expect("routes").remove(&id);
+        answers
+    }
+
+    /// Stores a blob on every replica; succeeds when at least n - f stored
+    /// it (the others fetch it from a peer when they need it).
+    pub fn put_blob(&self, bytes: &[u8]) -> Result<Digest> {
+        if bytes.len() > SIDE_BLOB_MAX {
+            return Err(Error::Cluster(format!(
+                "a blob of {} bytes is larger than the {} a cluster put moves in one piece; use a smaller input",
+                bytes.len(),
+                SIDE_BLOB_MAX
+            )));
+        }
+        let digest = Digest::of(bytes);
+        let answers = self.ask_all(
+            |id| SideRequest::PutBlob {
+                id,
+                bytes: bytes.to_vec(),
+            },
+            SIDE_TIMEOUT,
+        );
+        let stored = answers
+            .values()
+            .filter(|a| matches!(a, SideResponse::Stored { digest: d, .. } if *d == digest.0))
+            .count();
+        self.need_n_minus_f(stored, &answers, "store the blob")?;
+        Ok(digest)
+    }
+
+    fn need_n_minus_f(
+        &self,
+        ok: usize,
+        answers: &BTreeMap<u32, SideResponse>,
+        what: &str,
+    ) -> Result<()> {
+        let need = (self.file.n() - self.file.f) as usize;
+        if ok >= need {
+            return Ok(());
+        }
+        let errors: Vec<String> = answers
+            .iter()
+            .filter_map(|(r, a)| match a {
+                SideResponse::Error { message, .. } => Some(format!("replica {r}: {message}")),
+                _ => None,
+            })
+            .collect();
+        Err(Error::Cluster(format!(
+            "only {ok} of {} replicas could {what} (need {need}){}{}",
+            self.file.n(),
+            if errors.is_empty() { "" } else { ": " },
+            if errors.is_empty() {
+                "; is the cluster up? (`voidbox cluster status`)".to_string()
+            } else {
+                errors.join("; ")
+            }
+        )))
+    }
+
+    /// Adds a tool on every replica.
+    pub fn add_tool(
+        &self,
+        wasm: &[u8],
+        name: Option<&str>,
+        contract: Option<&str>,
+    ) -> Result<ToolSummary> {
+        let digest = self.put_blob(wasm)?;
+        let answers = self.ask_all(
+            |id| SideRequest::AddTool {
+                id,
+                digest: digest.0,
+                name: name.map(str::to_string),
+                contract: contract.map(str::to_string),
+            },
+            SIDE_TIMEOUT * 3,
+        );
+        let tools: Vec<&ToolSummary> = answers
+            .values()
+            .filter_map(|a| match a {
+                SideResponse::Tool { tool, .. } if tool.digest == digest => Some(tool),
+                _ => None,
+            })
+            .collect();
+        self.need_n_minus_f(tools.len(), &answers, "register the tool")?;
+        Ok(tools[0].clone())
+    }
+
+    /// A tool by name or digest, as f + 1 replicas agree it is.
+    pub fn tool(&self, reference: &str) -> Result<ToolSummary> {
+        let answers = self.ask_all(
+            |id| SideRequest::Tool {
+                id,
+                reference: reference.to_string(),
+            },
+            SIDE_TIMEOUT,
+        );
+        let mut votes: Vec<(&ToolSummary, usize)> = Vec::new();
+        for a in answers.values() {
+            if let SideResponse::Tool { tool, .. } = a {
+                match votes.iter_mut().find(|(t, _)| *t == tool) {
+                    Some((_, n)) => *n += 1,
+                    None => votes.push((tool, 1)),
+                }
+            }
+        }
+        if let Some((tool, _)) = votes.iter().find(|(_, n)| *n > self.file.f as usize) {
+            return Ok((*tool).clone());
+        }
+        let why = answers
+            .values()
+            .find_map(|a| match a {
+                SideResponse::Error { message, .. } => Some(message.clone()),
+                _ => None,
+            })
+            .unwrap_or_else(|| "the replicas do not agree on it".into());
+        Err(Error::Cluster(format!(
+            "tool `{reference}`: {why}; add it with `voidbox tool add --cluster`"
+        )))
+    }
+
+    /// Every replica's status (a replica that did not answer is missing).
+    pub fn status(&self, timeout: Duration) -> BTreeMap<u32, Status> {
+        self.ask_all(|id| SideRequest::Status { id }, timeout)
+            .into_iter()
+            .filter_map(|(r, a)| match a {
+                SideResponse::Status { status, .. } => Some((r, status)),
+                _ => None,
+            })
+            .collect()
+    }
+
+    /// Which receipt each replica holds for an invocation digest.
+    pub fn receipts_of(&self, invocation: &Digest) -> BTreeMap<u32, Option<Digest>> {
+        self.ask_all(
+            |id| SideRequest::Receipt {
+                id,
+                invocation: invocation.0,
+            },
+            SIDE_TIMEOUT,
+        )
+        .into_iter()
+        .filter_map(|(r, a)| match a {
+            SideResponse::Receipt { receipt, .. } => Some((r, receipt.map(Digest))),
+            _ => None,
+        })
+        .collect()
+    }
+
+    /// A blob by digest from any replica that has it (checked).
+    pub fn get_blob(&self, digest: &Digest) -> Result<Vec<u8>> {
+        let answers = self.ask_all(
+            |id| SideRequest::GetBlob {
+                id,
+                digest: digest.0,
+            },
+            SIDE_TIMEOUT,
+        );
+        answers
+            .into_values()
+            .find_map(|a| match a {
+                SideResponse::Blob { bytes: Some(b), .. } if Digest::of(&b) == *digest => Some(b),
+                _ => None,
+            })
+            .ok_or_else(|| Error::Cluster(format!("no replica returned {digest}")))
+    }
+
+    /// The output of a receipt: inline in the result, or fetched.
+    pub fn output(&self, signed: &SignedReceipt) -> Result<Option<Vec<u8>>> {
+        match &signed.result {
+            OpResult::Receipt {
+                output: Some(o), ..
+            } => Ok(Some(o.clone())),
+            OpResult::Receipt { receipt, .. } => match receipt.output {
+                Some(d) => self.get_blob(&d).map(Some),
+                None => Ok(None),
+            },
+            _ => Ok(None),
+        }
+    }
+
+    /// Orders an invocation and waits for f + 1 matching signed results.
+    pub fn invoke(&self, token: &str, invocation: &Invocation) -> Result<SignedReceipt> {
+        let op = Op::Invoke {
+            token: token.to_string(),
+            invocation: invocation.clone(),
+        };
+        let mut session = Session::new(self, self.key.clone());
+        let done = self.runtime.block_on(session.order(op.encode()))?;
+        SignedReceipt::from_completed(session.client.id(), &done)
+    }
+
+    /// Puts `input` on the replicas, then orders `template` on it.
+    pub fn run(&self, token: &str, template: &Invocation, input: &[u8]) -> Result<SignedReceipt> {
+        let mut invocation = template.clone();
+        invocation.input = self.put_blob(input)?;
+        self.invoke(token, &invocation)
+    }
+
+    /// `clients` closed-loop clients (fresh keys) ordering the operations
+    /// `make` returns for `duration`: the latencies of every completed
+    /// operation and how many failed. For `voidbox cluster bench`.
+    pub fn load(
+        &self,
+        clients: usize,
+        duration: Duration,
+        make: &(dyn Fn(u64) -> Vec<u8> + Sync),
+    ) -> (Vec<Duration>, u64) {
+        self.runtime.block_on(async {
+            let mut tasks = Vec::new();
+            for _ in 0..clients {
+                let mut session = Session::new(self, super::config::generate_key());
+                tasks.push(async move {
+                    let mut lat = Vec::new();
+                    let mut failed = 0u64;
+                    let end = Instant::now() + duration;
+                    let mut i = 0;
+                    while Instant::now() < end {
+                        let t = Instant::now();
+                        i += 1;
+                        match session.order(make(i)).await {
+                            Ok(_) => lat.push(t.elapsed()),
+                            Err(_) => failed += 1,
+                        }
+                    }
+                    (lat, failed)
+                });
+            }
+            let mut all = Vec::new();
+            let mut failed = 0;
+            for (lat, f) in futures_join_all(tasks).await {
+                all.extend(lat);
+                failed += f;
+            }
+            (all, failed)
+        })
+    }
+}
+
+/// Runs futures concurrently on the current task and collects their outputs
+/// in order (tokio has no join_all; a JoinSet would need 'static futures).
+async fn futures_join_all<F: std::future::Future>(futures: Vec<F>) -> Vec<F::Output> {
+    let mut pinned: Vec<_> = futures.into_iter().map(Box::pin).collect();
+    let mut outputs: Vec<Option<F::Output>> = (0..pinned.len()).map(|_| None).collect();
+    std::future::poll_fn(|cx| {
+        let mut pending = false;
+        for (i, f) in pinned.iter_mut().enumerate() {
+            if outputs[i].is_none() {
+                match f.as_mut().poll(cx) {
+                    std::task::Poll::Ready(v) => outputs[i] = Some(v),
+                    std::task::Poll::Pending => pending = true,
+                }
+            }
+        }
+        if pending {
+            std::task::Poll::Pending
+        } else {
+            std::task::Poll::Ready(())
+        }
+    })
+    .await;
+    outputs
+        .into_iter()
+        .map(|o| o.expect("every future finished"))
+        .collect()
+}
+
+/// One PBFT client identity with its reply channel.
+struct Session<'a> {
+    owner: &'a ClusterClient,
+    client: Client,
+    replies: mpsc::UnboundedReceiver<Message>,
+}
+
+impl<'a> Session<'a> {
+    fn new(owner: &'a ClusterClient, key: SigningKey) -> Session<'a> {
+        let client = Client::new(owner.cluster.clone(), key, RETRY_US);
+        let (tx, replies) = mpsc::unbounded_channel();
+        owner
+            .routes
+            .replies
+            .lock()
+            .expect("routes")
+            .insert(client.id(), tx);
+        Session {
+            owner,
+            client,
+            replies,
+        }
+    }
+
+    fn send(&self, to: Target, message: &Message) {
+        let f = frame(TAG_PBFT, &message.encode());
+        match to {
+            Target::Replica(r) => self.owner.net.send(r, f),
+            _ => self.owner.net.broadcast(f),
+        }
+    }
+
+    async fn order(&mut self, operation: Vec<u8>) -> Result<Completed> {
+        let (to, message) = self
+            .client
+            .submit(operation, now_us())
+            .ok_or_else(|| Error::Cluster("a request is already pending".into()))?;
+        self.send(to, &message);
+        let deadline = tokio::time::Instant::now() + ORDER_TIMEOUT;
+        let mut retry = tokio::time::interval(Duration::from_millis(20));
+        loop {
+            tokio::select! {
+                m = self.replies.recv() => {
+                    let Some(m) = m else {
+                        return Err(Error::Cluster("the connection closed".into()));
+                    };
+                    if let Some(done) = self.client.on_message(&m) {
+                        return Ok(done);
+                    }
+                }
+                _ = retry.tick() => {
+                    if let Some((to, m)) = self.client.tick(now_us()) {
+                        self.send(to, &m);
+                    }
+                }
+                _ = tokio::time::sleep_until(deadline) => {
+                    return Err(Error::Cluster(format!(
+                        "no f + 1 matching replies within {}s; check `voidbox cluster status`",
+                        ORDER_TIMEOUT.as_secs()
+                    )));
+                }
+            }
+        }
+    }
+}
+
+impl Drop for Session<'_> {
+    fn drop(&mut self) {
+        self.owner
+            .routes
+            .replies
+            .lock()
+            .expect("routes")
+            .remove(&self.client.id());
+    }
+}
+
+fn route(routes: &Routes, from: u32, bytes: &[u8]) {
+    let Some((&tag, body)) = bytes.split_first() else {
+        return;
+    };
+    match tag {
+        TAG_PBFT => {
+            let Some(m) = Message::decode(body) else {
+                tracing::debug!(replica = from, "undecodable message dropped");
+                return;
+            };
+            if let Message::Reply(r) = &m {
+                if let Some(tx) = routes
+                    .replies
+                    .lock()
+                    .expect("routes")
+                    .get(&r.payload.client)
+                {
+                    let _ = tx.send(m);
+                }
+            }
+        }
+        TAG_SIDE_RESPONSE => {
+            if let Some(resp) = parse_side::<SideResponse>(body) {
+                if let Some(tx) = routes.side.lock().expect("routes").get(&resp.id()) {
+                    let _ = tx.send((from, resp));
+                }
+            }
+        }
+        _ => tracing::debug!(replica = from, tag, "frame with an unknown tag dropped"),
+    }
+}

@@ -1,0 +1,495 @@
+//! One replica as a process: the thin driver around the pure PBFT core.
+//!
+//! One tokio task owns the [`Replica`] and feeds it frames, the clock and
+//! execution results; a dedicated thread owns the [`App`] and runs
+//! committed batches on the host's sandbox, so the protocol keeps moving
+//! while a batch runs. Records are synced ([`ProtocolLog::append`]) before
+//! the messages of the same step are sent. Side requests (blobs, tools,
+//! status) are served beside the protocol on blocking threads.
+
+use std::collections::HashMap;
+use std::path::Path;
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::{mpsc as std_mpsc, Arc, Mutex};
+use std::time::{Duration, SystemTime, UNIX_EPOCH};
+
+use tokio::sync::mpsc;
+use voidbox_net::{ConnId, Event, NodeConfig, NodeHandle, Peer};
+use voidbox_pbft::{ClientId, Execute, Input, Message, Output, Record, Replica, Target};
+
+use super::app::App;
+use super::config::{read_signing_key, ClusterFile, REPLICA_KEY_FILE};
+use super::log::ProtocolLog;
+use super::wire::{
+    frame, parse_side, side_frame, SideRequest, SideResponse, Status, ToolSummary, SIDE_BLOB_MAX,
+    TAG_PBFT, TAG_SIDE_REQUEST, TAG_SIDE_RESPONSE,
+};
+use crate::{Digest, Error, Host, Result, Store};
+
+/// How long a replica waits for a peer to answer a blob fetch.
+const FETCH_TIMEOUT: Duration = Duration::from_secs(3);
+
+/// The wall clock in microseconds: the HLC's physical part.
+fn now_us() -> u64 {
+    SystemTime::now()
+        .duration_since(UNIX_EPOCH)
+        .map(|d| d.as_micros() as u64)
+        .unwrap_or(0)
+}
+
+/// Work for the execution thread, in protocol order.
+enum Job {
+    Restore { snapshot: Option<Vec<u8>> },
+    Execute(Execute),
+}
+
+/// What the execution thread hands back.
+struct Executed {
+    seq: u64,
+    results: Vec<Vec<u8>>,
+    snapshot: Option<Vec<u8>>,
+    executed_requests: u64,
+}
+
+/// Blob fetches waiting for a peer's answer.
+type Waiting = Arc<Mutex<HashMap<u64, std_mpsc::Sender<SideResponse>>>>;
+
+/// Runs replica `id` of the cluster in `cluster_file` until the process is
+/// stopped. Blocks.
+pub fn run_replica(cluster_file: &Path, id: u32) -> Result<()> {
+    let file = ClusterFile::load(cluster_file)?;
+    let cluster = file.cluster()?;
+    let entry = file.replica(id)?.clone();
+    let home = file.home_of(id)?;
+    let key = read_signing_key(&home.join(REPLICA_KEY_FILE))?;
+    let host = Arc::new(Host::open_existing(&home)?);
+    let (log, records) = ProtocolLog::open(&home.join("pbft.redb"), file.fsync)?;
+    let (replica, outputs) = Replica::recover(cluster, id, key, file.params(), &records)
+        .map_err(|e| Error::Cluster(format!("replica {id} cannot start: {e}")))?;
+    tracing::info!(
+        replica = id,
+        records = records.len(),
+        "recovered; {}",
+        replica.describe()
+    );
+    let peers: Vec<(u32, std::net::SocketAddr)> = file
+        .replicas
+        .iter()
+        .filter(|r| r.id != id)
+        .map(|r| (r.id, r.address))
+        .collect();
+    let peer_ids = peers.iter().map(|p| p.0).collect();
+    let runtime = tokio::runtime::Builder::new_multi_thread()
+        .worker_threads(1)
+        .max_blocking_threads(4)
+        .enable_all()
+        .build()
+        .map_err(|e| Error::Cluster(format!("cannot start the runtime: {e}")))?;
+    runtime.block_on(async move {
+        let (net, events) = voidbox_net::start_node(NodeConfig {
+            id,
+            listen: entry.address,
+            peers,
+            limits: voidbox_net::Limits::default(),
+        })
+        .await
+        .map_err(|e| {
+            Error::Cluster(format!(
+                "replica {id} cannot listen on {}: {e}; is another replica running there?",
+                entry.address
+            ))
+        })?;
+        tracing::info!(replica = id, address = %net.local_addr(), "listening");
+        let driver = Driver::new(replica, log, host, net, peer_ids);
+        driver.run(events, outputs).await
+    })
+}
+
+struct Driver {
+    replica: Replica,
+    log: ProtocolLog,
+    host: Arc<Host>,
+    net: NodeHandle,
+    jobs: crossbeam_channel::Sender<Job>,
+    done: Option<mpsc::UnboundedReceiver<Result<Executed>>>,
+    waiting: Waiting,
+    routes: HashMap<ClientId, ConnId>,
+    executed_requests: Arc<AtomicU64>,
+    pending_records: Vec<Record>,
+}
+
+impl Driver {
+    fn new(
+        replica: Replica,
+        log: ProtocolLog,
+        host: Arc<Host>,
+        net: NodeHandle,
+        peers: Vec<u32>,
+    ) -> Driver {
+        let (jobs, job_rx) = crossbeam_channel::unbounded::<Job>();
+        let (done_tx, done) = mpsc::unbounded_channel();
+        let waiting: Waiting = Arc::default();
+        let executed_requests = Arc::new(AtomicU64::new(0));
+        let fetch = fetcher(net.clone(), waiting.clone(), peers);
+        let mut app = App::new(host.clone(), fetch);
+        let counter = executed_requests.clone();
+        let exec_host = host.clone();
+        std::thread::Builder::new()
+            .name("voidbox-exec".into())
+            .spawn(move || {
+                for job in job_rx {
+                    let out = match job {
+                        Job::Restore { snapshot } => {
+                            if let Err(e) = app.restore(snapshot.as_deref()) {
+                                let _ = done_tx.send(Err(Error::Cluster(e)));
+                            }
+                            counter.store(app.state().executed, Ordering::Relaxed);
+                            continue;
+                        }
+                        Job::Execute(batch) => {
+                            let results = app.execute(&batch);
+                            let snapshot = if batch.snapshot_wanted {
+                                // Receipts up to a checkpoint are durable before
+                                // the checkpoint can become stable and the log
+                                // below it is dropped.
+                                if let Err(e) = exec_host.flush() {
+                                    let _ = done_tx.send(Err(e));
+                                    return;
+                                }
+                                Some(app.state().snapshot())
+                            } else {
+                                None
+                            };
+                            counter.store(app.state().executed, Ordering::Relaxed);
+                            Executed {
+                                seq: batch.seq,
+                                results,
+                                snapshot,
+                                executed_requests: app.state().executed,
+                            }
+                        }
+                    };
+                    if done_tx.send(Ok(out)).is_err() {
+                        return;
+                    }
+                }
+            })
+            .expect("spawning the execution thread");
+        Driver {
+            replica,
+            log,
+            host,
+            net,
+            jobs,
+            done: Some(done),
+            waiting,
+            routes: HashMap::new(),
+            executed_requests,
+            pending_records: Vec::new(),
+        }
+    }
+
+    async fn run(
+        mut self,
+        mut events: mpsc::Receiver<Event>,
+        recovered: Vec<Output>,
+    ) -> Result<()> {
+        self.handle(recovered)?;
+        let mut done = self.done.take().expect("the driver runs once");
+        let mut tick = tokio::time::interval(Duration::from_millis(1));
+        tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+        let mut shutdown = Box::pin(shutdown_signal());
+        loop {
+            tokio::select! {
+                ev = events.recv() => match ev {
+                    Some(Event::Frame { from, bytes }) => self.on_frame(from, bytes)?,
+                    Some(Event::Closed(conn)) => self.routes.retain(|_, c| *c != conn),
+                    None => return Ok(()),
+                },
+                ex = done.recv() => match ex {
+                    Some(Ok(ex)) => {
+                        tracing::trace!(seq = ex.seq, requests = ex.executed_requests, "executed");
+                        let out = self.replica.step(Input::Executed {
+                            seq: ex.seq,
+                            results: ex.results,
+                            snapshot: ex.snapshot,
+                        });
+                        self.handle(out)?;
+                    }
+                    Some(Err(e)) => return Err(e),
+                    None => return Err(Error::Cluster("the execution thread stopped".into())),
+                },
+                _ = tick.tick() => {
+                    let now = now_us();
+                    if now >= self.replica.next_deadline_us() {
+                        let out = self.replica.step(Input::Tick { now_us: now });
+                        self.handle(out)?;
+                    }
+                }
+                _ = &mut shutdown => {
+                    tracing::info!(replica = self.replica.id(), "stopping");
+                    self.net.shutdown();
+                    return Ok(());
+                }
+            }
+        }
+    }
+
+    fn on_frame(&mut self, from: Peer, bytes: Vec<u8>) -> Result<()> {
+        let Some((&tag, body)) = bytes.split_first() else {
+            tracing::debug!(?from, "empty frame refused");
+            return Ok(());
+        };
+        match tag {
+            TAG_PBFT => {
+                if let Peer::Conn(conn) = from {
+                    // Replies go back on the connection the client's
+                    // requests arrive on.
+                    if let Some(Message::Request(r)) = Message::decode(body) {
+                        self.routes.insert(r.request.client, conn);
+                    }
+                }
+                // The core keeps its clock from the last tick; a frame does
+                // not need a fresh reading.
+                let out = self.replica.step(Input::Receive(body.to_vec()));
+                self.handle(out)
+            }
+            TAG_SIDE_REQUEST => {
+                let Some(request) = parse_side::<SideRequest>(body) else {
+                    tracing::warn!(?from, "malformed side request refused");
+                    return Ok(());
+                };
+                self.on_side_request(from, request);
+                Ok(())
+            }
+            TAG_SIDE_RESPONSE => {
+                let Some(response) = parse_side::<SideResponse>(body) else {
+                    tracing::warn!(?from, "malformed side response refused");
+                    return Ok(());
+                };
+                if let Some(tx) = self
+                    .waiting
+                    .lock()
+                    .expect("fetch table poisoned")
+                    .remove(&response.id())
+                {
+                    let _ = tx.send(response);
+                }
+                Ok(())
+            }
+            other => {
+                tracing::warn!(?from, tag = other, "frame with an unknown tag refused");
+                Ok(())
+            }
+        }
+    }
+
+    fn on_side_request(&mut self, from: Peer, request: SideRequest) {
+        if let SideRequest::Status { id } = request {
+            let stats = self.net.stats();
+            let status = Status {
+                id: self.replica.id(),
+                view: self.replica.view(),
+                view_active: self.replica.view_active(),
+                primary: self.replica.is_primary(),
+                last_executed: self.replica.last_executed(),
+                stable: self.replica.stable_seq(),
+                executed_requests: self.executed_requests.load(Ordering::Relaxed),
+                rejected: self.replica.stats().rejected_total(),
+                transport_refused: stats.oversized + stats.bad_hello + stats.dropped_queue_full,
+                pid: std::process::id(),
+            };
+            reply(&self.net, from, &SideResponse::Status { id, status });
+            return;
+        }
+        let host = self.host.clone();
+        let net = self.net.clone();
+        tokio::task::spawn_blocking(move || {
+            let response = serve_side(&host, request);
+            reply(&net, from, &response);
+        });
+    }
+
+    /// Handles one step's outputs: records are synced before the first
+    /// message that follows them is sent.
+    fn handle(&mut self, outputs: Vec<Output>) -> Result<()> {
+        for output in outputs {
+            match output {
+                Output::Persist(record) => self.pending_records.push(record),
+                Output::Send { to, message } => {
+                    self.sync()?;
+                    let f = frame(TAG_PBFT, &message.encode());
+                    match to {
+                        Target::Replica(r) => self.net.send_replica(r, f),
+                        Target::AllReplicas => self.net.broadcast(f),
+                        Target::Client(c) => match self.routes.get(&c) {
+                            Some(conn) => {
+                                if !self.net.send_conn(*conn, f) {
+                                    self.routes.remove(&c);
+                                }
+                            }
+                            // The client is not connected here; it retries
+                            // to every replica and gets the reply then.
+                            None => tracing::debug!(client = ?c, "no route to client"),
+                        },
+                    }
+                }
+                Output::RestoreState { seq, snapshot } => {
+                    self.sync()?;
+                    tracing::info!(seq, "restoring the application state");
+                    self.job(Job::Restore { snapshot })?;
+                }
+                Output::Execute(batch) => {
+                    self.sync()?;
+                    self.job(Job::Execute(batch))?;
+                }
+                Output::Rejected(reason) => {
+                    tracing::debug!(?reason, "input refused");
+                }
+            }
+        }
+        self.sync()
+    }
+
+    fn sync(&mut self) -> Result<()> {
+        if self.pending_records.is_empty() {
+            return Ok(());
+        }
+        let records = std::mem::take(&mut self.pending_records);
+        self.log.append(&records)
+    }
+
+    fn job(&self, job: Job) -> Result<()> {
+        self.jobs
+            .send(job)
+            .map_err(|_| Error::Cluster("the execution thread stopped".into()))
+    }
+}
+
+/// A blocking blob fetch over the replica's links: asks each peer in turn.
+fn fetcher(net: NodeHandle, waiting: Waiting, peers: Vec<u32>) -> super::app::Fetch {
+    let next_id = AtomicU64::new(1 << 63);
+    Box::new(move |digest: Digest| {
+        for &peer in &peers {
+            let id = next_id.fetch_add(1, Ordering::Relaxed);
+            let (tx, rx) = std_mpsc::channel();
+            waiting.lock().expect("fetch table poisoned").insert(id, tx);
+            net.send_replica(
+                peer,
+                side_frame(
+                    TAG_SIDE_REQUEST,
+                    &SideRequest::GetBlob {
+                        id,
+                        digest: *digest.as_bytes(),
+                    },
+                ),
+            );
+            let answer = rx.recv_timeout(FETCH_TIMEOUT);
+            waiting.lock().expect("fetch table poisoned").remove(&id);
+            if let Ok(SideResponse::Blob {
+                bytes: Some(bytes), ..
+            }) = answer
+            {
+                if Digest::of(&bytes) == digest {
+                    tracing::info!(%digest, peer, "fetched a missing blob");
+                    return Some(bytes);
+                }
+                tracing::warn!(%digest, peer, "a peer sent a blob that does not match its digest");
+            }
+        }
+        None
+    })
+}
+
+fn reply(net: &NodeHandle, to: Peer, response: &SideResponse) {
+    let f = side_frame(TAG_SIDE_RESPONSE, response);
+    match to {
+        Peer::Replica(r) => net.send_replica(r, f),
+        Peer::Conn(c) => {
+            net.send_conn(c, f);
+        }
+    }
+}
+
+/// Serves one side request from the host's stores.
+fn serve_side(host: &Host, request: SideRequest) -> SideResponse {
+    let id = request.id();
+    let result: Result<SideResponse> = (|| match request {
+        SideRequest::PutBlob { bytes, .. } => {
+            let digest = host.put_input(&bytes)?;
+            Ok(SideResponse::Stored {
+                id,
+                digest: *digest.as_bytes(),
+            })
+        }
+        SideRequest::GetBlob { digest, .. } => {
+            let bytes = host.blobs().get(&Digest(digest)).ok();
+            let bytes = bytes.filter(|b| b.len() <= SIDE_BLOB_MAX);
+            Ok(SideResponse::Blob { id, bytes })
+        }
+        SideRequest::AddTool {
+            digest,
+            name,
+            contract,
+            ..
+        } => {
+            let digest = Digest(digest);
+            let wasm = host.blobs().get(&digest).map_err(|_| {
+                Error::Cluster(format!(
+                    "the replica does not have {digest}; put the component first"
+                ))
+            })?;
+            let record = match contract {
+                Some(c) => host.add_tool_with_contract(&wasm, name.as_deref(), Some(&c))?,
+                None => host.add_tool(&wasm, name.as_deref())?,
+            };
+            Ok(SideResponse::Tool {
+                id,
+                tool: ToolSummary {
+                    digest: record.digest,
+                    name: record.name,
+                    version: record.version,
+                },
+            })
+        }
+        SideRequest::Tool { reference, .. } => {
+            let record = host.tool(&reference)?;
+            Ok(SideResponse::Tool {
+                id,
+                tool: ToolSummary {
+                    digest: record.digest,
+                    name: record.name,
+                    version: record.version,
+                },
+            })
+        }
+        SideRequest::Receipt { invocation, .. } => {
+            let receipt = host.cached(&Digest(invocation))?;
+            Ok(SideResponse::Receipt {
+                id,
+                receipt: receipt.map(|r| *r.receipt.as_bytes()),
+            })
+        }
+        SideRequest::Status { .. } => Err(Error::Cluster("status is served by the driver".into())),
+    })();
+    result.unwrap_or_else(|e| SideResponse::Error {
+        id,
+        message: e.to_string(),
+    })
+}
+
+/// Resolves on SIGTERM or Ctrl-C.
+async fn shutdown_signal() {
+    #[cfg(unix)]
+    {
+        use tokio::signal::unix::{signal, SignalKind};
+        if let Ok(mut term) = signal(SignalKind::terminate()) {
+            tokio::select! {
+                _ = term.recv() => {}
+                _ = tokio::signal::ctrl_c() => {}
+            }
+            return;
+        }
+    }
+    let _ = tokio::signal::ctrl_c().await;
+}

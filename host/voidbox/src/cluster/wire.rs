@@ -1,0 +1,317 @@
+//! What travels between clients and replicas besides the PBFT protocol.
+//!
+//! Every frame starts with a tag byte: a PBFT message (ordered, signed), or
+//! a side request/response (blob transfer, tool registration, lookups,
+//! status). Side traffic is never ordered: it moves content-addressed data
+//! whose digest the receiver checks, or answers questions whose answers a
+//! client cross-checks with f + 1 replicas.
+//!
+//! Ordered operations ([`Op`]) and their results ([`OpResult`]) are JSON:
+//! small, and their bytes must be identical on every correct replica, which
+//! a fixed struct serialized by one code path gives.
+
+use serde::{Deserialize, Serialize};
+
+use crate::{Digest, Invocation, Receipt};
+
+/// A PBFT message ([`voidbox_pbft::Message`]).
+pub const TAG_PBFT: u8 = 0;
+/// A [`SideRequest`].
+pub const TAG_SIDE_REQUEST: u8 = 1;
+/// A [`SideResponse`].
+pub const TAG_SIDE_RESPONSE: u8 = 2;
+
+/// Outputs up to this size travel inside the signed reply; larger ones are
+/// fetched by digest.
+pub const INLINE_OUTPUT_MAX: u64 = 64 << 10;
+
+/// Largest blob moved in one side frame.
+pub const SIDE_BLOB_MAX: usize = 15 << 20;
+
+/// An operation a client asks the cluster to order.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub enum Op {
+    /// Run a tool under a capability. The replicas set the invocation's
+    /// time to the consensus time before running it.
+    Invoke {
+        /// The capability (token, with discharges).
+        token: String,
+        /// What to run; `time_unix_ns` is ignored.
+        invocation: Invocation,
+    },
+}
+
+/// What came of an ordered operation: the bytes every correct replica
+/// signs in its reply.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "kebab-case", tag = "result")]
+pub enum OpResult {
+    /// The tool ran (or the action cache answered): the receipt with its
+    /// replica-specific fields cleared (`cached` false, `duration_us` 0,
+    /// `timestamp` the consensus time), and the output when small.
+    Receipt {
+        /// The receipt.
+        receipt: Box<Receipt>,
+        /// The output bytes when at most [`INLINE_OUTPUT_MAX`].
+        output: Option<Vec<u8>>,
+    },
+    /// The capability or the admission proof said no.
+    Denied {
+        /// The denial's kind (`expired`, `not-admitted`, ...).
+        kind: String,
+        /// What failed and what to do.
+        message: String,
+    },
+    /// The operation could not run (a malformed operation, a tool or input
+    /// no replica has).
+    Failed {
+        /// What failed and what to do.
+        message: String,
+    },
+}
+
+impl Op {
+    /// The operation's bytes for a request.
+    pub fn encode(&self) -> Vec<u8> {
+        serde_json::to_vec(self).expect("an operation serializes")
+    }
+
+    /// Parses an operation.
+    pub fn decode(bytes: &[u8]) -> Result<Op, String> {
+        serde_json::from_slice(bytes).map_err(|e| format!("malformed operation: {e}"))
+    }
+}
+
+impl OpResult {
+    /// The result's bytes for a reply.
+    pub fn encode(&self) -> Vec<u8> {
+        serde_json::to_vec(self).expect("a result serializes")
+    }
+
+    /// Parses a result.
+    pub fn decode(bytes: &[u8]) -> Result<OpResult, String> {
+        serde_json::from_slice(bytes).map_err(|e| format!("malformed result: {e}"))
+    }
+}
+
+/// A question to one replica, outside the ordered log.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub enum SideRequest {
+    /// Store a blob (an input, a tool's bytes).
+    PutBlob {
+        /// Matches the response.
+        id: u64,
+        /// The bytes.
+        bytes: Vec<u8>,
+    },
+    /// A blob by digest (clients fetch outputs; replicas fetch what they
+    /// lack from peers).
+    GetBlob {
+        /// Matches the response.
+        id: u64,
+        /// blake3 of the blob.
+        digest: [u8; 32],
+    },
+    /// Register a stored blob as a tool.
+    AddTool {
+        /// Matches the response.
+        id: u64,
+        /// The component's digest (put it first).
+        digest: [u8; 32],
+        /// Its name.
+        name: Option<String>,
+        /// A contract text that overrides the tool's own.
+        contract: Option<String>,
+    },
+    /// A tool by name or digest.
+    Tool {
+        /// Matches the response.
+        id: u64,
+        /// Name or `blake3:` digest.
+        reference: String,
+    },
+    /// The receipt the replica holds for an invocation digest.
+    Receipt {
+        /// Matches the response.
+        id: u64,
+        /// blake3 of the invocation.
+        invocation: [u8; 32],
+    },
+    /// The replica's protocol state.
+    Status {
+        /// Matches the response.
+        id: u64,
+    },
+}
+
+impl SideRequest {
+    /// The request id.
+    pub fn id(&self) -> u64 {
+        match self {
+            SideRequest::PutBlob { id, .. }
+            | SideRequest::GetBlob { id, .. }
+            | SideRequest::AddTool { id, .. }
+            | SideRequest::Tool { id, .. }
+            | SideRequest::Receipt { id, .. }
+            | SideRequest::Status { id } => *id,
+        }
+    }
+}
+
+/// A replica's status.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct Status {
+    /// Replica id.
+    pub id: u32,
+    /// Current view.
+    pub view: u64,
+    /// Whether the view is installed (false while changing views).
+    pub view_active: bool,
+    /// Whether it is the primary.
+    pub primary: bool,
+    /// Last executed sequence number.
+    pub last_executed: u64,
+    /// Latest stable checkpoint.
+    pub stable: u64,
+    /// Requests executed since the cluster started (replicated).
+    pub executed_requests: u64,
+    /// Inputs the protocol core refused.
+    pub rejected: u64,
+    /// Frames the transport refused (oversized, bad hello) or dropped.
+    pub transport_refused: u64,
+    /// Process id, so `cluster status` can match processes.
+    pub pid: u32,
+}
+
+/// A tool as a replica knows it.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct ToolSummary {
+    /// Component digest.
+    pub digest: Digest,
+    /// Registered name.
+    pub name: String,
+    /// Version from `describe`.
+    pub version: String,
+}
+
+/// A replica's answer.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub enum SideResponse {
+    /// Done (a blob stored: its digest).
+    Stored {
+        /// Matches the request.
+        id: u64,
+        /// blake3 of what was stored.
+        digest: [u8; 32],
+    },
+    /// A blob, or `None` when the replica does not have it.
+    Blob {
+        /// Matches the request.
+        id: u64,
+        /// The bytes.
+        bytes: Option<Vec<u8>>,
+    },
+    /// A tool.
+    Tool {
+        /// Matches the request.
+        id: u64,
+        /// The tool.
+        tool: ToolSummary,
+    },
+    /// A receipt digest, or `None`.
+    Receipt {
+        /// Matches the request.
+        id: u64,
+        /// The receipt digest held for the invocation.
+        receipt: Option<[u8; 32]>,
+    },
+    /// Status.
+    Status {
+        /// Matches the request.
+        id: u64,
+        /// The status.
+        status: Status,
+    },
+    /// The request failed.
+    Error {
+        /// Matches the request.
+        id: u64,
+        /// What failed and what to do.
+        message: String,
+    },
+}
+
+impl SideResponse {
+    /// The id of the request this answers.
+    pub fn id(&self) -> u64 {
+        match self {
+            SideResponse::Stored { id, .. }
+            | SideResponse::Blob { id, .. }
+            | SideResponse::Tool { id, .. }
+            | SideResponse::Receipt { id, .. }
+            | SideResponse::Status { id, .. }
+            | SideResponse::Error { id, .. } => *id,
+        }
+    }
+}
+
+/// A frame: the tag, then the body.
+pub fn frame(tag: u8, body: &[u8]) -> std::sync::Arc<[u8]> {
+    let mut v = Vec::with_capacity(body.len() + 1);
+    v.push(tag);
+    v.extend_from_slice(body);
+    v.into()
+}
+
+/// A side request or response as a frame.
+pub fn side_frame<T: Serialize>(tag: u8, value: &T) -> std::sync::Arc<[u8]> {
+    let body = postcard::to_allocvec(value).expect("side messages serialize");
+    frame(tag, &body)
+}
+
+/// Parses the body of a side frame; `None` if it is not exactly one value.
+pub fn parse_side<T: serde::de::DeserializeOwned>(body: &[u8]) -> Option<T> {
+    match postcard::take_from_bytes::<T>(body) {
+        Ok((v, [])) => Some(v),
+        _ => None,
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn side_messages_round_trip_and_garbage_is_refused() {
+        let r = SideRequest::AddTool {
+            id: 7,
+            digest: [3; 32],
+            name: Some("wc".into()),
+            contract: None,
+        };
+        let f = side_frame(TAG_SIDE_REQUEST, &r);
+        assert_eq!(f[0], TAG_SIDE_REQUEST);
+        assert_eq!(parse_side::<SideRequest>(&f[1..]), Some(r));
+        assert_eq!(parse_side::<SideRequest>(&[200, 1, 2]), None);
+        let mut long = f[1..].to_vec();
+        long.push(0);
+        assert_eq!(parse_side::<SideRequest>(&long), None, "trailing bytes");
+    }
+
+    #[test]
+    fn ops_round_trip_and_bad_ones_name_the_problem() {
+        let op = Op::Invoke {
+            token: "t".into(),
+            invocation: Invocation::new(Digest::of(b"tool"), Digest::of(b"in")).arg("k", "v"),
+        };
+        assert_eq!(Op::decode(&op.encode()).unwrap(), op);
+        assert!(Op::decode(b"{")
+            .unwrap_err()
+            .contains("malformed operation"));
+        let res = OpResult::Denied {
+            kind: "expired".into(),
+            message: "m".into(),
+        };
+        assert_eq!(OpResult::decode(&res.encode()).unwrap(), res);
+    }
+}
