@@ -8,6 +8,8 @@
 //! - `test`   setup + fmt check + clippy + every test + 1,000 PBFT
 //!   simulator seeds (what CI runs)
 //! - `bench`  setup + tools + `voidbox bench`
+//! - `bench-cluster [--seconds N] [--clients N]`  a 4-replica cluster in a
+//!   temp directory, with fsync on and then off: `voidbox cluster bench`
 
 use std::path::{Path, PathBuf};
 use std::process::{Command, ExitCode};
@@ -24,8 +26,13 @@ fn main() -> ExitCode {
         "demo" => setup().and_then(|_| tools()).and_then(|_| demo()),
         "test" => setup().and_then(|_| tools()).and_then(|_| test()),
         "bench" => setup().and_then(|_| tools()).and_then(|_| bench(rest)),
+        "bench-cluster" => setup()
+            .and_then(|_| tools())
+            .and_then(|_| bench_cluster(rest)),
         _ => {
-            eprintln!("usage: cargo xtask <setup|tools|demo|test|bench [ARGS]>");
+            eprintln!(
+                "usage: cargo xtask <setup|tools|demo|test|bench [ARGS]|bench-cluster [ARGS]>"
+            );
             return ExitCode::from(2);
         }
     };
@@ -253,4 +260,40 @@ fn bench(rest: &[String]) -> Result {
         ])
         .arg(tool_path("echo"))
         .args(rest))
+}
+
+/// Starts a 4-replica cluster in a temp directory (fsync on, then off),
+/// adds the echo tool, and runs `voidbox cluster bench --json` on it.
+fn bench_cluster(rest: &[String]) -> Result {
+    run(cargo().args(["build", "--release", "-p", "voidbox", "--bin", "voidbox"]))?;
+    let bin = root().join("target/release/voidbox");
+    let base = std::env::temp_dir().join(format!("voidbox-bench-cluster-{}", std::process::id()));
+    let mut result = Ok(());
+    for (i, fsync) in [true, false].into_iter().enumerate() {
+        let dir = base.join(if fsync { "fsync" } else { "nofsync" });
+        let port = (7520 + 10 * i).to_string();
+        let dir_s = dir.to_string_lossy().into_owned();
+        let mut init = vec!["cluster", "init", "--base-port", &port, &dir_s];
+        if !fsync {
+            init.push("--no-fsync");
+        }
+        result = run(Command::new(&bin).args(&init))
+            .and_then(|_| run(Command::new(&bin).args(["cluster", "up", &dir_s])))
+            .and_then(|_| {
+                run(Command::new(&bin)
+                    .args(["tool", "add", "--cluster", &dir_s])
+                    .arg(tool_path("echo")))
+            })
+            .and_then(|_| {
+                run(Command::new(&bin)
+                    .args(["cluster", "bench", &dir_s, "--json"])
+                    .args(rest))
+            });
+        let _ = run(Command::new(&bin).args(["cluster", "down", &dir_s]));
+        if result.is_err() {
+            break;
+        }
+    }
+    let _ = std::fs::remove_dir_all(&base);
+    result
 }

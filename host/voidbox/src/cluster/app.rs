@@ -1,6 +1,7 @@
 //! The replicated application: what a replica does with each committed
 //! batch. It knows the host and the operation format, not sockets or the
-//! protocol's messages beyond the batch it is handed.
+//! protocol's messages beyond the batch it is handed; peers are reached
+//! through the [`Peers`] trait the driver implements.
 //!
 //! Every decision that must agree across replicas is taken here from
 //! replicated inputs only: the consensus time of the batch (capability
@@ -9,10 +10,20 @@
 //! step ahead of its protocol log). The receipts themselves live in the
 //! host's stores; running a batch twice after a restart hits the action
 //! cache and yields the same receipt.
+//!
+//! Every result is also journaled with the chain value after it
+//! ([`Results`]). A replica that state transfer moves past work it never
+//! did fetches the missing entries from a peer, checks that they chain
+//! from its own last entry to the checkpoint's chain (so a lying peer is
+//! caught), and re-runs their invocations, so it holds the same receipts as
+//! the replicas that did the work.
 
 use std::cell::RefCell;
 use std::collections::BTreeMap;
+use std::path::{Path, PathBuf};
 use std::sync::Arc;
+
+use redb::{Database, Durability, ReadableDatabase, TableDefinition};
 
 use serde::{Deserialize, Serialize};
 use voidbox_auth::{NoRevocations, StoreError, TakeError, TokenId, UseCounter};
@@ -52,13 +63,138 @@ impl AppState {
     }
 
     fn record(&mut self, result: &[u8]) {
-        let mut h = blake3::Hasher::new();
-        h.update(b"voidbox-cluster-chain-v1");
-        h.update(&self.chain);
-        h.update(blake3::hash(result).as_bytes());
-        self.chain = *h.finalize().as_bytes();
+        self.chain = chain_step(&self.chain, result);
         self.executed += 1;
     }
+}
+
+/// The chain value after `result`.
+fn chain_step(chain: &[u8; 32], result: &[u8]) -> [u8; 32] {
+    let mut h = blake3::Hasher::new();
+    h.update(b"voidbox-cluster-chain-v1");
+    h.update(chain);
+    h.update(blake3::hash(result).as_bytes());
+    *h.finalize().as_bytes()
+}
+
+/// One executed request in the journal.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct ResultEntry {
+    /// Its number: requests executed since genesis, this one included.
+    pub number: u64,
+    /// The invocation as it ran (effective budget, consensus time), JSON,
+    /// when the tool ran; a re-run yields the same receipt.
+    pub invocation: Option<Vec<u8>>,
+    /// The result bytes the replicas signed.
+    pub result: Vec<u8>,
+    /// The chain value after this result.
+    pub chain: [u8; 32],
+}
+
+const RESULTS: TableDefinition<u64, &[u8]> = TableDefinition::new("results");
+
+/// Most journal entries asked for, or served, at once (each holds at most
+/// 64 KiB of inline output and a receipt, so a response stays far below the
+/// frame limit).
+pub const RESULTS_CHUNK: u64 = 128;
+
+/// The journal of results, by number, in the replica's `results.redb`.
+#[derive(Debug, Clone)]
+pub struct Results {
+    db: Arc<Database>,
+    path: PathBuf,
+}
+
+impl Results {
+    /// Opens (or creates) the journal.
+    pub fn open(path: &Path) -> crate::Result<Results> {
+        let err = |e: &dyn std::fmt::Display| Error::Db {
+            path: path.to_path_buf(),
+            detail: format!("{e}; check the replica's data directory"),
+        };
+        let db = Database::create(path).map_err(|e| err(&e))?;
+        let txn = db.begin_write().map_err(|e| err(&e))?;
+        txn.open_table(RESULTS).map_err(|e| err(&e))?;
+        txn.commit().map_err(|e| err(&e))?;
+        Ok(Results {
+            db: Arc::new(db),
+            path: path.to_path_buf(),
+        })
+    }
+
+    fn err(&self, e: impl std::fmt::Display) -> Error {
+        Error::Db {
+            path: self.path.clone(),
+            detail: format!("{e}; check the replica's data directory"),
+        }
+    }
+
+    /// Appends entries; durable at once when `sync`, otherwise with the
+    /// next synced append (a lost unsynced entry is re-executed after a
+    /// restart, because it is above the stable checkpoint).
+    pub fn append(&self, entries: &[ResultEntry], sync: bool) -> crate::Result<()> {
+        let mut txn = self.db.begin_write().map_err(|e| self.err(e))?;
+        txn.set_durability(if sync {
+            Durability::Immediate
+        } else {
+            Durability::None
+        })
+        .map_err(|e| self.err(e))?;
+        {
+            let mut t = txn.open_table(RESULTS).map_err(|e| self.err(e))?;
+            for e in entries {
+                let bytes = postcard::to_allocvec(e).expect("entries serialize");
+                t.insert(e.number, bytes.as_slice())
+                    .map_err(|e| self.err(e))?;
+            }
+        }
+        txn.commit().map_err(|e| self.err(e))
+    }
+
+    /// Entries numbered `from..from + count` that are present, in order.
+    pub fn range(&self, from: u64, count: u64) -> crate::Result<Vec<ResultEntry>> {
+        let txn = self.db.begin_read().map_err(|e| self.err(e))?;
+        let t = txn.open_table(RESULTS).map_err(|e| self.err(e))?;
+        let mut out = Vec::new();
+        for row in t
+            .range(from..from.saturating_add(count))
+            .map_err(|e| self.err(e))?
+        {
+            let (_, v) = row.map_err(|e| self.err(e))?;
+            match postcard::from_bytes::<ResultEntry>(v.value()) {
+                Ok(e) => out.push(e),
+                Err(e) => return Err(self.err(format!("a journal entry does not decode: {e}"))),
+            }
+        }
+        Ok(out)
+    }
+
+    /// The entry with the highest number at most `n`.
+    pub fn last_at_most(&self, n: u64) -> crate::Result<Option<ResultEntry>> {
+        let txn = self.db.begin_read().map_err(|e| self.err(e))?;
+        let t = txn.open_table(RESULTS).map_err(|e| self.err(e))?;
+        let last = t
+            .range(..=n)
+            .map_err(|e| self.err(e))?
+            .next_back()
+            .transpose()
+            .map_err(|e| self.err(e))?;
+        match last {
+            Some((_, v)) => postcard::from_bytes(v.value())
+                .map(Some)
+                .map_err(|e| self.err(format!("a journal entry does not decode: {e}"))),
+            None => Ok(None),
+        }
+    }
+}
+
+/// The replica's peers, as the application needs them.
+pub trait Peers: Send {
+    /// A blob by digest from any peer (unchecked; the caller checks).
+    fn blob(&self, digest: Digest) -> Option<Vec<u8>>;
+    /// Journal entries `from..from + count` from each peer that answers,
+    /// one list per peer, best first.
+    fn results(&self, from: u64, count: u64) -> Vec<Vec<ResultEntry>>;
 }
 
 /// Use counting over the replicated map (one thread executes batches, so
@@ -81,14 +217,12 @@ impl UseCounter for Uses<'_> {
     }
 }
 
-/// Fetches a blob the replica lacks from its peers (checked by digest).
-pub type Fetch = Box<dyn Fn(Digest) -> Option<Vec<u8>> + Send>;
-
 /// A replica's application.
 pub struct App {
     host: Arc<Host>,
     state: AppState,
-    fetch: Fetch,
+    peers: Box<dyn Peers>,
+    results: Results,
 }
 
 impl std::fmt::Debug for App {
@@ -98,12 +232,14 @@ impl std::fmt::Debug for App {
 }
 
 impl App {
-    /// An application over `host`, fetching missing blobs with `fetch`.
-    pub fn new(host: Arc<Host>, fetch: Fetch) -> App {
+    /// An application over `host`, journaling to `results` and fetching
+    /// what it lacks from `peers`.
+    pub fn new(host: Arc<Host>, results: Results, peers: Box<dyn Peers>) -> App {
         App {
             host,
             state: AppState::default(),
-            fetch,
+            peers,
+            results,
         }
     }
 
@@ -112,34 +248,188 @@ impl App {
         &self.state
     }
 
-    /// Replaces the state (recovery, state transfer).
-    pub fn restore(&mut self, snapshot: Option<&[u8]>) -> Result<(), String> {
-        self.state = AppState::restore(snapshot)?;
+    /// Replaces the state (recovery, state transfer). When the checkpoint
+    /// is past what this replica executed, the results in between are
+    /// fetched, checked against the checkpoint's chain and re-run, so the
+    /// replica holds their receipts too.
+    pub fn restore(&mut self, snapshot: Option<&[u8]>) -> crate::Result<()> {
+        let target = AppState::restore(snapshot).map_err(Error::Cluster)?;
+        let have = self
+            .results
+            .last_at_most(target.executed)
+            .map_err(|e| Error::Cluster(e.to_string()))?;
+        let (from, chain) = match &have {
+            Some(e) if e.number == target.executed && e.chain == target.chain => {
+                self.state = target;
+                return Ok(());
+            }
+            Some(e) if e.number < target.executed => (e.number + 1, e.chain),
+            Some(_) => {
+                return Err(Error::Cluster(format!(
+                    "this replica's result journal disagrees with the stable checkpoint at request {}; \
+                     its data directory holds a different history: reinitialize it from a peer",
+                    target.executed
+                )))
+            }
+            None => (1, [0; 32]),
+        };
+        if target.executed > 0 {
+            if let Err(e) = self.catch_up(from, chain, &target) {
+                // The checkpoint itself is proven (2f + 1 signed it), so the
+                // replica goes on from it; only receipts of the gap are
+                // missing here, and the log says which.
+                tracing::error!("{e}; receipts of that range are missing on this replica");
+            }
+        }
+        self.state = target;
         Ok(())
     }
 
-    /// Runs a committed batch; one result per request, in order.
-    pub fn execute(&mut self, batch: &Execute) -> Vec<Vec<u8>> {
-        let mut results = Vec::with_capacity(batch.requests.len());
-        for request in &batch.requests {
-            let result = self.run(request, batch.hlc).encode();
-            self.state.record(&result);
-            results.push(result);
+    /// Fetches entries `from..=target.executed`, checks they chain from
+    /// `chain` to the target's, journals them and re-runs their invocations.
+    fn catch_up(&mut self, from: u64, chain: [u8; 32], target: &AppState) -> crate::Result<()> {
+        let mut next = from;
+        let mut chain = chain;
+        let mut failures = 0;
+        while next <= target.executed {
+            let count = RESULTS_CHUNK.min(target.executed - next + 1);
+            let mut accepted = None;
+            for entries in self.peers.results(next, count) {
+                // A peer's entries count only if they are the ones asked for
+                // (a prefix of them) and chain from ours; the last one is
+                // checked against the checkpoint, which 2f + 1 signed.
+                let mut c = chain;
+                let ok = !entries.is_empty()
+                    && entries.len() as u64 <= count
+                    && entries.iter().enumerate().all(|(i, e)| {
+                        c = chain_step(&c, &e.result);
+                        e.number == next + i as u64 && e.chain == c
+                    });
+                let last = next + entries.len() as u64 - 1;
+                if ok && (last < target.executed || c == target.chain) {
+                    accepted = Some((entries, c));
+                    break;
+                }
+            }
+            let Some((entries, c)) = accepted else {
+                failures += 1;
+                if failures < 5 {
+                    // Peers may be busy or still starting; ask again.
+                    std::thread::sleep(std::time::Duration::from_millis(200 * failures));
+                    continue;
+                }
+                return Err(Error::Cluster(format!(
+                    "no peer returned results {next}..={} that chain to the stable checkpoint",
+                    target.executed
+                )));
+            };
+            for e in &entries {
+                self.rerun(e);
+            }
+            self.results.append(&entries, true)?;
+            chain = c;
+            next += entries.len() as u64;
         }
-        results
+        tracing::info!(
+            from,
+            to = target.executed,
+            "caught up with results from peers"
+        );
+        Ok(())
     }
 
-    fn run(&mut self, request: &Request, hlc: Hlc) -> OpResult {
+    /// Re-runs a fetched entry's invocation so this host holds its receipt.
+    fn rerun(&self, entry: &ResultEntry) {
+        let Some(json) = &entry.invocation else {
+            return;
+        };
+        let Ok(invocation) = serde_json::from_slice::<crate::Invocation>(json) else {
+            tracing::warn!(
+                number = entry.number,
+                "a fetched invocation does not decode"
+            );
+            return;
+        };
+        let want = match OpResult::decode(&entry.result) {
+            Ok(OpResult::Receipt { receipt, .. }) => receipt.receipt,
+            _ => return,
+        };
+        let got = self
+            .ensure_tool(invocation.tool)
+            .and_then(|_| self.ensure_blob(invocation.input).map(|_| ()))
+            .and_then(|_| self.host.invoke(&invocation));
+        match got {
+            Ok(r) if r.receipt == want => {}
+            Ok(r) => tracing::error!(
+                number = entry.number,
+                ours = %r.receipt,
+                agreed = %want,
+                "re-running a fetched invocation gave another receipt"
+            ),
+            Err(e) => tracing::warn!(
+                number = entry.number,
+                "cannot re-run a fetched invocation: {e}"
+            ),
+        }
+    }
+
+    /// Runs a committed batch; one result per request, in order. The
+    /// results are journaled, synced at checkpoints.
+    pub fn execute(&mut self, batch: &Execute) -> crate::Result<Vec<Vec<u8>>> {
+        let mut results = Vec::with_capacity(batch.requests.len());
+        let mut entries = Vec::with_capacity(batch.requests.len());
+        for request in &batch.requests {
+            let (result, invocation) = self.run(request, batch.hlc);
+            let result = result.encode();
+            self.state.record(&result);
+            entries.push(ResultEntry {
+                number: self.state.executed,
+                invocation: invocation
+                    .map(|i| serde_json::to_vec(&i).expect("invocations serialize")),
+                result: result.clone(),
+                chain: self.state.chain,
+            });
+            results.push(result);
+        }
+        if !entries.is_empty() || batch.snapshot_wanted {
+            self.results.append(&entries, batch.snapshot_wanted)?;
+        }
+        Ok(results)
+    }
+
+    /// The journal, for serving peers.
+    pub fn results(&self) -> &Results {
+        &self.results
+    }
+
+    fn run(&mut self, request: &Request, hlc: Hlc) -> (OpResult, Option<crate::Invocation>) {
         let op = match Op::decode(&request.operation) {
             Ok(op) => op,
-            Err(message) => return OpResult::Failed { message },
+            Err(message) => return (OpResult::Failed { message }, None),
         };
         match op {
             Op::Invoke { token, invocation } => self.invoke(&token, invocation, hlc),
         }
     }
 
-    fn invoke(&mut self, token: &str, mut invocation: crate::Invocation, hlc: Hlc) -> OpResult {
+    fn invoke(
+        &mut self,
+        token: &str,
+        invocation: crate::Invocation,
+        hlc: Hlc,
+    ) -> (OpResult, Option<crate::Invocation>) {
+        let mut ran = None;
+        let result = self.invoke_inner(token, invocation, hlc, &mut ran);
+        (result, ran)
+    }
+
+    fn invoke_inner(
+        &mut self,
+        token: &str,
+        mut invocation: crate::Invocation,
+        hlc: Hlc,
+        ran: &mut Option<crate::Invocation>,
+    ) -> OpResult {
         // The guest's clock is the consensus time, so every replica runs
         // the same invocation (and the digest says when it ran).
         invocation.time_unix_ns = hlc.physical_us.saturating_mul(1_000);
@@ -191,6 +481,7 @@ impl App {
             Ok(r) => r,
             Err(e) => return failed(e),
         };
+        *ran = Some(effective);
         let output = if receipt.output_bytes <= INLINE_OUTPUT_MAX {
             match self.host.output(&receipt) {
                 Ok(o) => o,
@@ -230,7 +521,7 @@ impl App {
     }
 
     fn fetched(&self, digest: Digest) -> crate::Result<Vec<u8>> {
-        match (self.fetch)(digest) {
+        match self.peers.blob(digest) {
             Some(b) if Digest::of(&b) == digest => Ok(b),
             _ => Err(Error::Cluster(format!(
                 "no replica has {digest}; put it with `voidbox cas put --cluster` (or `tool add --cluster`) first"

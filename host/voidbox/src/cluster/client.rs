@@ -29,6 +29,8 @@ use crate::{Digest, Error, Invocation, Receipt, Result};
 const SIDE_TIMEOUT: Duration = Duration::from_secs(10);
 /// How long an ordered operation may take before the client gives up.
 const ORDER_TIMEOUT: Duration = Duration::from_secs(30);
+/// How long a side request waits for the last replicas once enough answered.
+const STRAGGLER_WAIT: Duration = Duration::from_millis(50);
 /// A client retransmits to every replica after this long.
 const RETRY_US: u64 = 300_000;
 
@@ -252,11 +254,14 @@ impl ClusterClient {
     }
 
     /// Sends a side request to every replica and collects the answers that
-    /// arrive within `timeout` (stopping early once all did).
+    /// arrive within `timeout`, stopping once all did, or [`STRAGGLER_WAIT`]
+    /// after `enough` did (a replica that is down must not make every
+    /// request wait the whole timeout).
     fn ask_all(
         &self,
         make: impl Fn(u64) -> SideRequest,
         timeout: Duration,
+        enough: usize,
     ) -> BTreeMap<u32, SideResponse> {
         let id = self.next_id.fetch_add(1, Ordering::Relaxed);
         let (tx, mut rx) = mpsc::unbounded_channel();
@@ -265,11 +270,14 @@ impl ClusterClient {
         let n = self.file.n() as usize;
         let answers = self.runtime.block_on(async {
             let mut answers = BTreeMap::new();
-            let deadline = tokio::time::Instant::now() + timeout;
+            let mut deadline = tokio::time::Instant::now() + timeout;
             while answers.len() < n {
                 match tokio::time::timeout_at(deadline, rx.recv()).await {
                     Ok(Some((from, response))) => {
                         answers.insert(from, response);
+                        if answers.len() == enough {
+                            deadline = deadline.min(tokio::time::Instant::now() + STRAGGLER_WAIT);
+                        }
                     }
                     _ => break,
                 }
@@ -297,6 +305,7 @@ impl ClusterClient {
                 bytes: bytes.to_vec(),
             },
             SIDE_TIMEOUT,
+            self.n_minus_f(),
         );
         let stored = answers
             .values()
@@ -304,6 +313,10 @@ impl ClusterClient {
             .count();
         self.need_n_minus_f(stored, &answers, "store the blob")?;
         Ok(digest)
+    }
+
+    fn n_minus_f(&self) -> usize {
+        (self.file.n() - self.file.f) as usize
     }
 
     fn need_n_minus_f(
@@ -351,6 +364,7 @@ impl ClusterClient {
                 contract: contract.map(str::to_string),
             },
             SIDE_TIMEOUT * 3,
+            self.n_minus_f(),
         );
         let tools: Vec<&ToolSummary> = answers
             .values()
@@ -371,6 +385,7 @@ impl ClusterClient {
                 reference: reference.to_string(),
             },
             SIDE_TIMEOUT,
+            self.n_minus_f(),
         );
         let mut votes: Vec<(&ToolSummary, usize)> = Vec::new();
         for a in answers.values() {
@@ -398,13 +413,17 @@ impl ClusterClient {
 
     /// Every replica's status (a replica that did not answer is missing).
     pub fn status(&self, timeout: Duration) -> BTreeMap<u32, Status> {
-        self.ask_all(|id| SideRequest::Status { id }, timeout)
-            .into_iter()
-            .filter_map(|(r, a)| match a {
-                SideResponse::Status { status, .. } => Some((r, status)),
-                _ => None,
-            })
-            .collect()
+        self.ask_all(
+            |id| SideRequest::Status { id },
+            timeout,
+            self.file.n() as usize,
+        )
+        .into_iter()
+        .filter_map(|(r, a)| match a {
+            SideResponse::Status { status, .. } => Some((r, status)),
+            _ => None,
+        })
+        .collect()
     }
 
     /// Which receipt each replica holds for an invocation digest.
@@ -415,6 +434,7 @@ impl ClusterClient {
                 invocation: invocation.0,
             },
             SIDE_TIMEOUT,
+            self.file.n() as usize,
         )
         .into_iter()
         .filter_map(|(r, a)| match a {
@@ -432,6 +452,7 @@ impl ClusterClient {
                 digest: digest.0,
             },
             SIDE_TIMEOUT,
+            self.n_minus_f(),
         );
         answers
             .into_values()

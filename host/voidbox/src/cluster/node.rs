@@ -17,7 +17,7 @@ use tokio::sync::mpsc;
 use voidbox_net::{ConnId, Event, NodeConfig, NodeHandle, Peer};
 use voidbox_pbft::{ClientId, Execute, Input, Message, Output, Record, Replica, Target};
 
-use super::app::App;
+use super::app::{App, Peers, ResultEntry, Results, RESULTS_CHUNK};
 use super::config::{read_signing_key, ClusterFile, REPLICA_KEY_FILE};
 use super::log::ProtocolLog;
 use super::wire::{
@@ -64,6 +64,7 @@ pub fn run_replica(cluster_file: &Path, id: u32) -> Result<()> {
     let key = read_signing_key(&home.join(REPLICA_KEY_FILE))?;
     let host = Arc::new(Host::open_existing(&home)?);
     let (log, records) = ProtocolLog::open(&home.join("pbft.redb"), file.fsync)?;
+    let results = Results::open(&home.join("results.redb"))?;
     let (replica, outputs) = Replica::recover(cluster, id, key, file.params(), &records)
         .map_err(|e| Error::Cluster(format!("replica {id} cannot start: {e}")))?;
     tracing::info!(
@@ -100,7 +101,7 @@ pub fn run_replica(cluster_file: &Path, id: u32) -> Result<()> {
             ))
         })?;
         tracing::info!(replica = id, address = %net.local_addr(), "listening");
-        let driver = Driver::new(replica, log, host, net, peer_ids);
+        let driver = Driver::new(replica, log, host, net, peer_ids, results);
         driver.run(events, outputs).await
     })
 }
@@ -116,6 +117,7 @@ struct Driver {
     routes: HashMap<ClientId, ConnId>,
     executed_requests: Arc<AtomicU64>,
     pending_records: Vec<Record>,
+    results: Results,
 }
 
 impl Driver {
@@ -125,13 +127,19 @@ impl Driver {
         host: Arc<Host>,
         net: NodeHandle,
         peers: Vec<u32>,
+        results: Results,
     ) -> Driver {
         let (jobs, job_rx) = crossbeam_channel::unbounded::<Job>();
         let (done_tx, done) = mpsc::unbounded_channel();
         let waiting: Waiting = Arc::default();
         let executed_requests = Arc::new(AtomicU64::new(0));
-        let fetch = fetcher(net.clone(), waiting.clone(), peers);
-        let mut app = App::new(host.clone(), fetch);
+        let links = PeerLinks {
+            net: net.clone(),
+            waiting: waiting.clone(),
+            peers,
+            next_id: AtomicU64::new(1 << 63),
+        };
+        let mut app = App::new(host.clone(), results.clone(), Box::new(links));
         let counter = executed_requests.clone();
         let exec_host = host.clone();
         std::thread::Builder::new()
@@ -141,13 +149,20 @@ impl Driver {
                     let out = match job {
                         Job::Restore { snapshot } => {
                             if let Err(e) = app.restore(snapshot.as_deref()) {
-                                let _ = done_tx.send(Err(Error::Cluster(e)));
+                                let _ = done_tx.send(Err(e));
+                                return;
                             }
                             counter.store(app.state().executed, Ordering::Relaxed);
                             continue;
                         }
                         Job::Execute(batch) => {
-                            let results = app.execute(&batch);
+                            let results = match app.execute(&batch) {
+                                Ok(r) => r,
+                                Err(e) => {
+                                    let _ = done_tx.send(Err(e));
+                                    return;
+                                }
+                            };
                             let snapshot = if batch.snapshot_wanted {
                                 // Receipts up to a checkpoint are durable before
                                 // the checkpoint can become stable and the log
@@ -186,6 +201,7 @@ impl Driver {
             routes: HashMap::new(),
             executed_requests,
             pending_records: Vec::new(),
+            results,
         }
     }
 
@@ -196,8 +212,6 @@ impl Driver {
     ) -> Result<()> {
         self.handle(recovered)?;
         let mut done = self.done.take().expect("the driver runs once");
-        let mut tick = tokio::time::interval(Duration::from_millis(1));
-        tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
         let mut shutdown = Box::pin(shutdown_signal());
         loop {
             tokio::select! {
@@ -219,12 +233,12 @@ impl Driver {
                     Some(Err(e)) => return Err(e),
                     None => return Err(Error::Cluster("the execution thread stopped".into())),
                 },
-                _ = tick.tick() => {
-                    let now = now_us();
-                    if now >= self.replica.next_deadline_us() {
-                        let out = self.replica.step(Input::Tick { now_us: now });
-                        self.handle(out)?;
-                    }
+                // Wake for the core's next deadline rather than on a fixed
+                // period: four replicas on two cores should not spend their
+                // time being woken for nothing.
+                _ = tokio::time::sleep(self.until_deadline()) => {
+                    let out = self.replica.step(Input::Tick { now_us: now_us() });
+                    self.handle(out)?;
                 }
                 _ = &mut shutdown => {
                     tracing::info!(replica = self.replica.id(), "stopping");
@@ -233,6 +247,13 @@ impl Driver {
                 }
             }
         }
+    }
+
+    /// Time until the core wants a tick (at most 10 ms, so a clock jump
+    /// cannot stall it).
+    fn until_deadline(&self) -> Duration {
+        let wait = self.replica.next_deadline_us().saturating_sub(now_us());
+        Duration::from_micros(wait.min(10_000))
     }
 
     fn on_frame(&mut self, from: Peer, bytes: Vec<u8>) -> Result<()> {
@@ -304,8 +325,9 @@ impl Driver {
         }
         let host = self.host.clone();
         let net = self.net.clone();
+        let results = self.results.clone();
         tokio::task::spawn_blocking(move || {
-            let response = serve_side(&host, request);
+            let response = serve_side(&host, &results, request);
             reply(&net, from, &response);
         });
     }
@@ -366,27 +388,42 @@ impl Driver {
     }
 }
 
-/// A blocking blob fetch over the replica's links: asks each peer in turn.
-fn fetcher(net: NodeHandle, waiting: Waiting, peers: Vec<u32>) -> super::app::Fetch {
-    let next_id = AtomicU64::new(1 << 63);
-    Box::new(move |digest: Digest| {
-        for &peer in &peers {
-            let id = next_id.fetch_add(1, Ordering::Relaxed);
-            let (tx, rx) = std_mpsc::channel();
-            waiting.lock().expect("fetch table poisoned").insert(id, tx);
-            net.send_replica(
-                peer,
-                side_frame(
-                    TAG_SIDE_REQUEST,
-                    &SideRequest::GetBlob {
-                        id,
-                        digest: *digest.as_bytes(),
-                    },
-                ),
-            );
-            let answer = rx.recv_timeout(FETCH_TIMEOUT);
-            waiting.lock().expect("fetch table poisoned").remove(&id);
-            if let Ok(SideResponse::Blob {
+/// The replica's peers, reached with blocking side requests over its links
+/// (used from the execution thread).
+struct PeerLinks {
+    net: NodeHandle,
+    waiting: Waiting,
+    peers: Vec<u32>,
+    next_id: AtomicU64,
+}
+
+impl PeerLinks {
+    fn ask(&self, peer: u32, make: impl Fn(u64) -> SideRequest) -> Option<SideResponse> {
+        let id = self.next_id.fetch_add(1, Ordering::Relaxed);
+        let (tx, rx) = std_mpsc::channel();
+        self.waiting
+            .lock()
+            .expect("fetch table poisoned")
+            .insert(id, tx);
+        self.net
+            .send_replica(peer, side_frame(TAG_SIDE_REQUEST, &make(id)));
+        let answer = rx.recv_timeout(FETCH_TIMEOUT).ok();
+        self.waiting
+            .lock()
+            .expect("fetch table poisoned")
+            .remove(&id);
+        answer
+    }
+}
+
+impl Peers for PeerLinks {
+    fn blob(&self, digest: Digest) -> Option<Vec<u8>> {
+        for &peer in &self.peers {
+            let answer = self.ask(peer, |id| SideRequest::GetBlob {
+                id,
+                digest: digest.0,
+            });
+            if let Some(SideResponse::Blob {
                 bytes: Some(bytes), ..
             }) = answer
             {
@@ -398,7 +435,19 @@ fn fetcher(net: NodeHandle, waiting: Waiting, peers: Vec<u32>) -> super::app::Fe
             }
         }
         None
-    })
+    }
+
+    fn results(&self, from: u64, count: u64) -> Vec<Vec<ResultEntry>> {
+        self.peers
+            .iter()
+            .filter_map(|&peer| {
+                match self.ask(peer, |id| SideRequest::Results { id, from, count }) {
+                    Some(SideResponse::Results { entries, .. }) => Some(entries),
+                    _ => None,
+                }
+            })
+            .collect()
+    }
 }
 
 fn reply(net: &NodeHandle, to: Peer, response: &SideResponse) {
@@ -412,7 +461,7 @@ fn reply(net: &NodeHandle, to: Peer, response: &SideResponse) {
 }
 
 /// Serves one side request from the host's stores.
-fn serve_side(host: &Host, request: SideRequest) -> SideResponse {
+fn serve_side(host: &Host, results: &Results, request: SideRequest) -> SideResponse {
     let id = request.id();
     let result: Result<SideResponse> = (|| match request {
         SideRequest::PutBlob { bytes, .. } => {
@@ -470,6 +519,11 @@ fn serve_side(host: &Host, request: SideRequest) -> SideResponse {
                 receipt: receipt.map(|r| *r.receipt.as_bytes()),
             })
         }
+        SideRequest::Results { from, count, .. } => Ok(SideResponse::Results {
+            id,
+            // Bounded so that a response stays far below the frame limit.
+            entries: results.range(from, count.min(RESULTS_CHUNK))?,
+        }),
         SideRequest::Status { .. } => Err(Error::Cluster("status is served by the driver".into())),
     })();
     result.unwrap_or_else(|e| SideResponse::Error {

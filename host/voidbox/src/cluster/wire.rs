@@ -142,6 +142,15 @@ pub enum SideRequest {
         /// Matches the response.
         id: u64,
     },
+    /// Journaled results `from..from + count` (a replica catching up).
+    Results {
+        /// Matches the response.
+        id: u64,
+        /// First result number.
+        from: u64,
+        /// How many.
+        count: u64,
+    },
 }
 
 impl SideRequest {
@@ -153,6 +162,7 @@ impl SideRequest {
             | SideRequest::AddTool { id, .. }
             | SideRequest::Tool { id, .. }
             | SideRequest::Receipt { id, .. }
+            | SideRequest::Results { id, .. }
             | SideRequest::Status { id } => *id,
         }
     }
@@ -232,6 +242,13 @@ pub enum SideResponse {
         /// The status.
         status: Status,
     },
+    /// Journaled results.
+    Results {
+        /// Matches the request.
+        id: u64,
+        /// The entries held, in order.
+        entries: Vec<super::app::ResultEntry>,
+    },
     /// The request failed.
     Error {
         /// Matches the request.
@@ -250,6 +267,7 @@ impl SideResponse {
             | SideResponse::Tool { id, .. }
             | SideResponse::Receipt { id, .. }
             | SideResponse::Status { id, .. }
+            | SideResponse::Results { id, .. }
             | SideResponse::Error { id, .. } => *id,
         }
     }

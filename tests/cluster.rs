@@ -1,0 +1,388 @@
+//! A real cluster: four `voidbox replica` processes on loopback, started by
+//! `voidbox cluster up`, driven through the binary and the client library,
+//! and killed with SIGKILL.
+
+use std::collections::BTreeMap;
+use std::net::TcpListener;
+use std::path::{Path, PathBuf};
+use std::process::{Command, Output, Stdio};
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::{Arc, Mutex};
+use std::time::{Duration, Instant};
+
+use serde_json::Value;
+use voidbox::cluster::config::generate_key;
+use voidbox::cluster::wire::OpResult;
+use voidbox::cluster::{ClusterClient, ClusterFile};
+use voidbox::{Digest, Invocation};
+use voidbox_e2e::{tools, voidbox_bin};
+
+/// Four consecutive free ports on loopback (checked by binding them);
+/// tests in one process get different ones.
+fn free_base_port() -> u16 {
+    static NEXT: std::sync::atomic::AtomicU16 = std::sync::atomic::AtomicU16::new(0);
+    let seed = (std::process::id() as u16).wrapping_mul(7);
+    for _ in 0..200 {
+        let attempt = NEXT.fetch_add(1, Ordering::Relaxed);
+        let base = 20_000 + seed.wrapping_add(attempt.wrapping_mul(97)) % 30_000;
+        let ok = (0..4).all(|i| TcpListener::bind(("127.0.0.1", base + i)).is_ok());
+        if ok {
+            return base;
+        }
+    }
+    panic!("no four consecutive free ports on loopback");
+}
+
+/// A cluster directory whose replicas are stopped when the test ends, even
+/// when it fails.
+struct TestCluster {
+    _dir: tempfile::TempDir,
+    path: PathBuf,
+}
+
+impl TestCluster {
+    fn init(extra: &[&str]) -> TestCluster {
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("c");
+        let base = free_base_port().to_string();
+        let mut args = vec!["cluster", "init", "--base-port", &base];
+        args.extend_from_slice(extra);
+        let out = voidbox(&args, Some(&path));
+        assert!(out.status.success(), "init: {}", stderr(&out));
+        TestCluster { _dir: dir, path }
+    }
+
+    fn file(&self) -> PathBuf {
+        self.path.join("cluster.toml")
+    }
+
+    fn ok(&self, args: &[&str]) -> String {
+        let out = self.run(args);
+        assert!(
+            out.status.success(),
+            "voidbox {args:?}: {}\n{}",
+            out.status,
+            stderr(&out)
+        );
+        String::from_utf8(out.stdout).unwrap()
+    }
+
+    /// Runs `voidbox ARGS…`, with `{c}` in an argument replaced by the
+    /// cluster directory.
+    fn run(&self, args: &[&str]) -> Output {
+        let c = self.path.to_str().unwrap();
+        let args: Vec<String> = args.iter().map(|a| a.replace("{c}", c)).collect();
+        let args: Vec<&str> = args.iter().map(String::as_str).collect();
+        voidbox(&args, None)
+    }
+
+    fn pid(&self, id: u32) -> u32 {
+        std::fs::read_to_string(self.path.join(format!("replica-{id}/replica.pid")))
+            .unwrap()
+            .trim()
+            .parse()
+            .unwrap()
+    }
+
+    fn sigkill(&self, id: u32) {
+        let pid = self.pid(id);
+        let st = Command::new("kill")
+            .args(["-KILL", &pid.to_string()])
+            .status()
+            .unwrap();
+        assert!(st.success());
+        // Wait until it is gone (the parent that spawned it has exited, so
+        // init reaps it).
+        let start = Instant::now();
+        while Path::new(&format!("/proc/{pid}")).exists()
+            && start.elapsed() < Duration::from_secs(5)
+        {
+            std::thread::sleep(Duration::from_millis(20));
+        }
+    }
+}
+
+impl Drop for TestCluster {
+    fn drop(&mut self) {
+        let _ = self.run(&["cluster", "down", "{c}"]);
+        if std::thread::panicking() {
+            // The replicas' own words are the best clue to a failure.
+            for id in 0..4 {
+                let log = self.path.join(format!("replica-{id}/replica.log"));
+                let text = std::fs::read_to_string(&log).unwrap_or_default();
+                let lines: Vec<&str> = text.lines().collect();
+                eprintln!("--- replica {id}, last lines of its log ---");
+                for l in &lines[lines.len().saturating_sub(25)..] {
+                    eprintln!("{l}");
+                }
+            }
+        }
+    }
+}
+
+fn voidbox(args: &[&str], last: Option<&Path>) -> Output {
+    let mut c = Command::new(voidbox_bin());
+    c.args(args);
+    if let Some(p) = last {
+        c.arg(p);
+    }
+    c.env_remove("VOIDBOX_HOME")
+        .env_remove("RUST_LOG")
+        .env_remove("VOIDBOX_TOKEN")
+        .stdin(Stdio::null());
+    c.output().unwrap()
+}
+
+fn stderr(o: &Output) -> String {
+    String::from_utf8_lossy(&o.stderr).into_owned()
+}
+
+fn write(dir: &Path, name: &str, bytes: &[u8]) -> String {
+    let p = dir.join(name);
+    std::fs::write(&p, bytes).unwrap();
+    p.to_str().unwrap().to_string()
+}
+
+#[test]
+fn a_cluster_orders_runs_and_signs_invocations() {
+    let c = TestCluster::init(&[]);
+    // A token with one use, minted before the replicas hold their
+    // databases open (every replica shares the owner root key).
+    let once = c.ok(&[
+        "--home",
+        "{c}/replica-0",
+        "token",
+        "mint",
+        "--caveat",
+        "uses <= 1",
+    ]);
+    let up = c.ok(&["cluster", "up", "{c}"]);
+    assert_eq!(up.matches(" up after ").count(), 4, "{up}");
+    c.ok(&["tool", "add", "--cluster", "{c}/cluster.toml", tools::WC]);
+    c.ok(&["tool", "add", "--cluster", "{c}", tools::HOSTILE_LOOP]);
+    let input = write(&c.path, "in.txt", b"one two three\nfour\n");
+
+    let out = c.ok(&["run", "--cluster", "{c}", "wc", "--input", &input]);
+    let v: Value = serde_json::from_str(&out).unwrap();
+    assert_eq!(
+        (v["lines"].as_u64(), v["words"].as_u64()),
+        (Some(2), Some(4))
+    );
+
+    let signed = c.ok(&["run", "--cluster", "{c}", "wc", "--input", &input, "--json"]);
+    let receipt_file = write(&c.path, "receipt.json", signed.as_bytes());
+    let v: Value = serde_json::from_str(&signed).unwrap();
+    assert_eq!(v["result"]["result"], "receipt");
+    assert_eq!(v["result"]["receipt"]["outcome"]["kind"], "ok");
+    assert!(v["signatures"].as_array().unwrap().len() >= 2, "{signed}");
+    let verified = c.ok(&["receipt", "verify", &receipt_file, "--cluster", "{c}"]);
+    assert!(verified.contains("verified"), "{verified}");
+
+    // A changed result, or a proof with one signature, does not verify.
+    let mut tampered = v.clone();
+    let bytes = tampered["result_bytes"].as_str().unwrap().to_string();
+    let flipped = format!(
+        "{}{}",
+        &bytes[..bytes.len() - 2],
+        if bytes.ends_with("7d") { "7e" } else { "7d" }
+    );
+    tampered["result_bytes"] = Value::String(flipped);
+    let bad = write(&c.path, "bad.json", tampered.to_string().as_bytes());
+    let out = c.run(&["receipt", "verify", &bad, "--cluster", "{c}"]);
+    assert_eq!(out.status.code(), Some(6), "{}", stderr(&out));
+    let mut short = v.clone();
+    short["signatures"].as_array_mut().unwrap().truncate(1);
+    let bad = write(&c.path, "short.json", short.to_string().as_bytes());
+    let out = c.run(&["receipt", "verify", &bad, "--cluster", "{c}"]);
+    assert_eq!(out.status.code(), Some(6), "{}", stderr(&out));
+    assert!(stderr(&out).contains("needs 2"), "{}", stderr(&out));
+
+    // Outcomes keep their exit codes through the cluster.
+    let out = c.run(&[
+        "run",
+        "--cluster",
+        "{c}",
+        "hostile-loop",
+        "--fuel",
+        "1000000",
+    ]);
+    assert_eq!(out.status.code(), Some(12), "{}", stderr(&out));
+
+    // Use counters are replicated: the one-use token runs once, then every
+    // correct replica denies it alike.
+    let once = once.trim();
+    c.ok(&[
+        "run",
+        "--cluster",
+        "{c}",
+        "wc",
+        "--token",
+        once,
+        "--input",
+        &input,
+    ]);
+    let out = c.run(&[
+        "run",
+        "--cluster",
+        "{c}",
+        "wc",
+        "--token",
+        once,
+        "--input",
+        &input,
+    ]);
+    assert!(
+        stderr(&out).contains("uses-exhausted"),
+        "{:?} {}",
+        out.status,
+        stderr(&out)
+    );
+    assert!(!out.status.success());
+
+    // A bad request names the fix.
+    let out = c.run(&["run", "--cluster", "{c}", "no-such-tool"]);
+    assert_eq!(out.status.code(), Some(6), "{}", stderr(&out));
+    assert!(
+        stderr(&out).contains("tool add --cluster"),
+        "{}",
+        stderr(&out)
+    );
+
+    let status = c.ok(&["cluster", "status", "{c}", "--json"]);
+    let status: Value = serde_json::from_str(&status).unwrap();
+    let executed: Vec<u64> = status
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|r| r["status"]["executed_requests"].as_u64().unwrap())
+        .collect();
+    assert!(executed.iter().all(|&e| e >= 5), "{executed:?}");
+
+    let down = c.ok(&["cluster", "down", "{c}"]);
+    assert_eq!(down.matches("stopped").count(), 4, "{down}");
+    let out = c.run(&["cluster", "status", "{c}"]);
+    assert_eq!(out.status.code(), Some(6), "all down: {}", stderr(&out));
+}
+
+#[test]
+fn bad_cluster_files_are_refused() {
+    let dir = tempfile::tempdir().unwrap();
+    let out = voidbox(
+        &["cluster", "init", "--replicas", "3"],
+        Some(&dir.path().join("x")),
+    );
+    assert_eq!(out.status.code(), Some(6));
+    assert!(stderr(&out).contains("--replicas 4"), "{}", stderr(&out));
+    let out = voidbox(&["cluster", "status"], Some(&dir.path().join("nothing")));
+    assert!(stderr(&out).contains("cluster init"), "{}", stderr(&out));
+}
+
+/// Acknowledged receipts, by invocation digest.
+type Acked = Arc<Mutex<BTreeMap<Digest, Digest>>>;
+
+/// Closed-loop load through the client library until `stop`.
+fn load(file: ClusterFile, tool: Digest, token: String, stop: Arc<AtomicBool>, acked: Acked) {
+    let client = ClusterClient::connect_with(file, generate_key()).unwrap();
+    let mut n = 0u64;
+    while !stop.load(Ordering::Relaxed) {
+        n += 1;
+        let input = format!("request {n}\n");
+        let template = Invocation::new(tool, Digest::of(b""));
+        // A failure (the cluster changing views beyond the client's
+        // patience) is not acknowledged, so nothing is claimed for it.
+        if let Ok(signed) = client.run(&token, &template, input.as_bytes()) {
+            if let OpResult::Receipt { receipt, .. } = &signed.result {
+                acked
+                    .lock()
+                    .unwrap()
+                    .insert(receipt.invocation, receipt.receipt);
+            }
+        }
+    }
+}
+
+#[test]
+fn acknowledged_invocations_survive_sigkill_of_a_backup_and_the_primary() {
+    let c = TestCluster::init(&[]);
+    c.ok(&["cluster", "up", "{c}"]);
+    c.ok(&["tool", "add", "--cluster", "{c}", tools::WC]);
+    let file = ClusterFile::load(&c.file()).unwrap();
+    let token = std::fs::read_to_string(c.path.join("owner.token")).unwrap();
+    let probe = ClusterClient::connect_with(file.clone(), generate_key()).unwrap();
+    let tool = probe.tool("wc").unwrap().digest;
+
+    let stop = Arc::new(AtomicBool::new(false));
+    let acked: Acked = Arc::default();
+    let workers: Vec<_> = (0..3)
+        .map(|_| {
+            let (file, token, stop, acked) = (
+                file.clone(),
+                token.trim().to_string(),
+                stop.clone(),
+                acked.clone(),
+            );
+            std::thread::spawn(move || load(file, tool, token, stop, acked))
+        })
+        .collect();
+    let wait_acks = |more: usize| {
+        let start_len = acked.lock().unwrap().len();
+        let t = Instant::now();
+        while acked.lock().unwrap().len() < start_len + more {
+            assert!(
+                t.elapsed() < Duration::from_secs(60),
+                "the cluster stopped acknowledging"
+            );
+            std::thread::sleep(Duration::from_millis(50));
+        }
+    };
+    wait_acks(30);
+    // A backup dies mid-load, misses work, and comes back.
+    c.sigkill(2);
+    wait_acks(100);
+    c.ok(&["cluster", "up", "{c}"]);
+    wait_acks(30);
+    // Then the primary dies: the others change views and go on.
+    let primary = probe
+        .status(Duration::from_secs(1))
+        .into_values()
+        .find(|s| s.primary)
+        .expect("a primary answers")
+        .id;
+    c.sigkill(primary);
+    wait_acks(60);
+    c.ok(&["cluster", "up", "{c}"]);
+    wait_acks(30);
+    stop.store(true, Ordering::Relaxed);
+    for w in workers {
+        w.join().unwrap();
+    }
+
+    // Every replica catches up to the same point...
+    let t = Instant::now();
+    loop {
+        let s = probe.status(Duration::from_secs(1));
+        let done: Vec<u64> = s.values().map(|s| s.executed_requests).collect();
+        if s.len() == 4 && done.iter().all(|d| *d == done[0]) {
+            break;
+        }
+        assert!(
+            t.elapsed() < Duration::from_secs(60),
+            "replicas did not converge: {s:?}"
+        );
+        std::thread::sleep(Duration::from_millis(200));
+    }
+    // ...and holds every acknowledged invocation with the same receipt.
+    let acked = acked.lock().unwrap().clone();
+    assert!(acked.len() >= 250, "{} acknowledged", acked.len());
+    for (invocation, receipt) in &acked {
+        let held = probe.receipts_of(invocation);
+        assert_eq!(held.len(), 4, "every replica answers for {invocation}");
+        for (replica, r) in held {
+            assert_eq!(
+                r,
+                Some(*receipt),
+                "replica {replica} holds a different receipt for {invocation}"
+            );
+        }
+    }
+}
