@@ -13,7 +13,7 @@ use std::time::{Duration, Instant};
 use serde_json::Value;
 use voidbox::cluster::config::generate_key;
 use voidbox::cluster::wire::OpResult;
-use voidbox::cluster::{ClusterClient, ClusterFile};
+use voidbox::cluster::{ClusterClient, ClusterFile, Invoker};
 use voidbox::{Digest, Invocation};
 use voidbox_e2e::{tools, voidbox_bin};
 
@@ -257,6 +257,23 @@ fn a_cluster_orders_runs_and_signs_invocations() {
         .map(|r| r["status"]["executed_requests"].as_u64().unwrap())
         .collect();
     assert!(executed.iter().all(|&e| e >= 5), "{executed:?}");
+
+    // The same embedding code runs on a single host and on the cluster.
+    fn count_words(on: &dyn Invoker, token: &str) -> Vec<u8> {
+        let wc = on.tool_digest("wc").unwrap();
+        let r = on
+            .run_with_token(token, &Invocation::new(wc, Digest::of(b"")), b"a b c d e\n")
+            .unwrap();
+        on.output(&r).unwrap().unwrap()
+    }
+    let single = voidbox_e2e::TestHost::new();
+    single.add(tools::WC);
+    let client = ClusterClient::connect(&c.path).unwrap();
+    let owner = std::fs::read_to_string(c.path.join("owner.token")).unwrap();
+    assert_eq!(
+        count_words(&client, owner.trim()),
+        count_words(&single.host, &single.host.owner_token().unwrap())
+    );
 
     let down = c.ok(&["cluster", "down", "{c}"]);
     assert_eq!(down.matches("stopped").count(), 4, "{down}");

@@ -11,6 +11,7 @@
 //! - [`log`]: the protocol log in redb, synced before dependent sends.
 //! - [`node`]: the replica process, the thin tokio driver around the core.
 //! - [`client`]: the client handle, and offline receipt verification.
+//! - [`embed`]: [`Invoker`], one embedding API over a host and a cluster.
 //!
 //! The PBFT core decides; this module only moves bytes, persists records
 //! and runs batches. Nothing here may decide differently on two correct
@@ -21,10 +22,12 @@
 pub mod app;
 pub mod client;
 pub mod config;
+pub mod embed;
 pub mod log;
 pub mod node;
 pub mod wire;
 
 pub use client::{ClusterClient, SignedReceipt};
 pub use config::{init_cluster, ClusterFile, CLUSTER_FILE};
+pub use embed::Invoker;
 pub use node::run_replica;
