@@ -34,7 +34,9 @@ pub struct Completed {
 struct Pending {
     request: SignedRequest,
     sent_at_us: u64,
-    replies: BTreeMap<ReplicaId, Signed<Reply>>,
+    /// The latest reply claiming to be from each replica, and whether its
+    /// signature was checked (a checked one is never replaced).
+    replies: BTreeMap<ReplicaId, (Signed<Reply>, bool)>,
 }
 
 /// One client with at most one request outstanding (as PBFT assumes).
@@ -123,22 +125,42 @@ impl Client {
         if r.client != self.id || r.timestamp != p.request.request.timestamp {
             return None;
         }
-        let key = self.cluster.key(reply.from)?;
-        if !reply.verify(key) {
+        self.cluster.key(reply.from)?;
+        if p.replies
+            .get(&reply.from)
+            .is_some_and(|(_, checked)| *checked)
+        {
             return None;
         }
-        self.view = self.view.max(r.view);
+        p.replies.insert(reply.from, (reply.clone(), false));
+        // Signatures are checked only once f + 1 replies agree: with
+        // correct replicas that is f + 1 checks per request, not n.
         let want = (r.hlc, r.result.clone());
-        p.replies.insert(reply.from, reply.clone());
+        let matches = |s: &Signed<Reply>| (s.payload.hlc, &s.payload.result) == (want.0, &want.1);
+        if p.replies.values().filter(|(s, _)| matches(s)).count() <= self.cluster.f() as usize {
+            return None;
+        }
+        let cluster = &self.cluster;
+        p.replies.retain(|_, (s, checked)| {
+            if !*checked && matches(s) {
+                *checked = cluster.key(s.from).is_some_and(|k| s.verify(k));
+                return *checked;
+            }
+            true
+        });
         let proof: Vec<Signed<Reply>> = p
             .replies
             .values()
-            .filter(|s| (s.payload.hlc, &s.payload.result) == (want.0, &want.1))
-            .cloned()
+            .filter(|(s, checked)| *checked && matches(s))
+            .map(|(s, _)| s.clone())
             .collect();
         if proof.len() <= self.cluster.f() as usize {
             return None;
         }
+        self.view = proof
+            .iter()
+            .map(|s| s.payload.view)
+            .fold(self.view, u64::max);
         let timestamp = p.request.request.timestamp;
         self.pending = None;
         Some(Completed {
@@ -226,7 +248,10 @@ mod tests {
             .proof
             .iter()
             .all(|s| s.verify(&keys[s.from as usize].verifying_key()));
-        assert!(keys_ok && done.proof.len() == 2, "the proof is the signed replies");
+        assert!(
+            keys_ok && done.proof.len() == 2,
+            "the proof is the signed replies"
+        );
         assert!(!c.busy());
         // The view learned from replies picks the next primary.
         let (to, _) = c.submit(b"next".to_vec(), 50).expect("idle");
