@@ -281,6 +281,70 @@ fn a_cluster_orders_runs_and_signs_invocations() {
     assert_eq!(out.status.code(), Some(6), "all down: {}", stderr(&out));
 }
 
+/// One length-prefixed frame.
+fn frame(bytes: &[u8]) -> Vec<u8> {
+    let mut f = (bytes.len() as u32).to_be_bytes().to_vec();
+    f.extend_from_slice(bytes);
+    f
+}
+
+#[test]
+fn hostile_frames_are_refused_and_counted_and_the_cluster_goes_on() {
+    use std::io::Write;
+    let c = TestCluster::init(&[]);
+    c.ok(&["cluster", "up", "{c}"]);
+    c.ok(&["tool", "add", "--cluster", "{c}", tools::WC]);
+    let file = ClusterFile::load(&c.file()).unwrap();
+    let addr = file.replicas[1].address;
+    let client = ClusterClient::connect(&c.path).unwrap();
+    let refused = |client: &ClusterClient| {
+        let s = client.status(Duration::from_secs(1));
+        s[&1].rejected + s[&1].transport_refused
+    };
+    let before = refused(&client);
+    let mut hello = b"voidbox-net/1".to_vec();
+    hello.push(b'C');
+    let attacks: Vec<Vec<u8>> = vec![
+        // Not our protocol at all.
+        b"GET / HTTP/1.1\r\nHost: x\r\n\r\n".to_vec(),
+        // A client hello, then a frame claiming 4 GiB.
+        [frame(&hello), u32::MAX.to_be_bytes().to_vec()].concat(),
+        // A client hello, then PBFT frames that are garbage, a truncated
+        // message, and an unknown tag.
+        [
+            frame(&hello),
+            frame(&[0, 0xff, 0xff, 0xff]),
+            frame(&[0]),
+            frame(&[9, 1, 2, 3]),
+        ]
+        .concat(),
+        // A replica hello naming a replica that does not exist.
+        [frame(
+            &[b"voidbox-net/1".as_slice(), b"R", &77u32.to_be_bytes()].concat(),
+        )]
+        .concat(),
+    ];
+    for bytes in attacks {
+        let mut s = std::net::TcpStream::connect(addr).unwrap();
+        s.write_all(&bytes).unwrap();
+        std::thread::sleep(Duration::from_millis(100));
+    }
+    let after = refused(&client);
+    assert!(after >= before + 3, "refusals counted: {before} -> {after}");
+    // The replica that saw all of that still orders and runs invocations.
+    let out = c.run(&[
+        "run",
+        "--cluster",
+        "{c}",
+        "wc",
+        "--input",
+        "{c}/cluster.toml",
+    ]);
+    assert!(out.status.success(), "{}", stderr(&out));
+    let s = client.status(Duration::from_secs(1));
+    assert_eq!(s.len(), 4, "every replica still answers: {s:?}");
+}
+
 #[test]
 fn bad_cluster_files_are_refused() {
     let dir = tempfile::tempdir().unwrap();
