@@ -173,6 +173,30 @@ fn signing_bytes<T: Payload>(signer: &[u8], payload: &T) -> Vec<u8> {
     }
 }
 
+/// Checks the signatures of `requests` made by `keys` (one key per
+/// request, in order). Two or more are checked as one batch, about twice as
+/// fast as one by one. The batch's random coefficients come from a
+/// transcript of its inputs, so every replica decides alike on the same
+/// batch; a request a correct client signed passes either way.
+pub(crate) fn verify_requests(requests: &[SignedRequest], keys: &[VerifyingKey]) -> bool {
+    if requests.len() != keys.len() {
+        return false;
+    }
+    if requests.len() < 2 {
+        return requests.iter().zip(keys).all(|(r, k)| r.verify_with(k));
+    }
+    let messages: Vec<Vec<u8>> = requests
+        .iter()
+        .map(|r| signing_bytes(&[], &r.request))
+        .collect();
+    let messages: Vec<&[u8]> = messages.iter().map(Vec::as_slice).collect();
+    let signatures: Vec<ed25519_dalek::Signature> = requests
+        .iter()
+        .map(|r| ed25519_dalek::Signature::from_bytes(&r.signature.0))
+        .collect();
+    ed25519_dalek::verify_batch(&messages, &signatures, keys).is_ok()
+}
+
 /// Parses a client id as a key, refusing invalid and small-order keys.
 pub fn client_key(client: &ClientId) -> Option<VerifyingKey> {
     VerifyingKey::from_bytes(&client.0)
@@ -571,6 +595,41 @@ pub fn key_from_seed(seed: u64, label: &str) -> SigningKey {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn request_batches_verify_only_when_every_signature_does() {
+        let keys: Vec<SigningKey> = (0..5).map(|i| key_from_seed(3, &format!("c{i}"))).collect();
+        let requests: Vec<SignedRequest> = keys
+            .iter()
+            .enumerate()
+            .map(|(i, k)| {
+                SignedRequest::sign(
+                    Request {
+                        client: ClientId(k.verifying_key().to_bytes()),
+                        timestamp: i as u64,
+                        operation: vec![i as u8; i],
+                    },
+                    k,
+                )
+            })
+            .collect();
+        let vks: Vec<VerifyingKey> = keys.iter().map(|k| k.verifying_key()).collect();
+        assert!(verify_requests(&requests, &vks));
+        assert!(verify_requests(&requests[..1], &vks[..1]));
+        assert!(verify_requests(&[], &[]));
+        assert!(
+            !verify_requests(&requests, &vks[..4]),
+            "one key per request"
+        );
+        // One changed operation, or one key swapped, fails the whole batch.
+        let mut bad = requests.clone();
+        bad[3].request.operation.push(0);
+        assert!(!verify_requests(&bad, &vks));
+        let mut swapped = vks.clone();
+        swapped.swap(1, 2);
+        assert!(!verify_requests(&requests, &swapped));
+        assert!(!verify_requests(&bad[3..4], &vks[3..4]));
+    }
 
     #[test]
     fn signature_round_trips_and_binds_kind_and_signer() {

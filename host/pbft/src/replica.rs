@@ -978,18 +978,34 @@ impl Replica {
 
     /// Checks a batch's size and every client signature in it.
     fn batch_ok(&mut self, batch: &Batch) -> bool {
-        batch.requests.len() <= self.params.batch_requests_max
-            && batch.requests.iter().all(|r| {
-                r.request.operation.len() <= self.params.operation_bytes_max
-                    && self.request_signature_ok(r)
-            })
+        if batch.requests.len() > self.params.batch_requests_max
+            || batch
+                .requests
+                .iter()
+                .any(|r| r.request.operation.len() > self.params.operation_bytes_max)
+        {
+            return false;
+        }
+        let mut keys = Vec::with_capacity(batch.requests.len());
+        for r in &batch.requests {
+            match self.client_key(r.request.client) {
+                Some(k) => keys.push(k),
+                None => return false,
+            }
+        }
+        crate::message::verify_requests(&batch.requests, &keys)
     }
 
     fn request_signature_ok(&mut self, r: &SignedRequest) -> bool {
+        self.client_key(r.request.client)
+            .is_some_and(|k| r.verify_with(&k))
+    }
+
+    /// A client's key from its id, parsed once and cached.
+    fn client_key(&mut self, client: ClientId) -> Option<ed25519_dalek::VerifyingKey> {
         /// Bound on the cache; past it, it starts over.
         const CLIENT_KEYS_MAX: usize = 65_536;
-        let client = r.request.client;
-        let key = match self.client_keys.get(&client) {
+        match self.client_keys.get(&client) {
             Some(k) => *k,
             None => {
                 if self.client_keys.len() >= CLIENT_KEYS_MAX {
@@ -999,8 +1015,7 @@ impl Replica {
                 self.client_keys.insert(client, k);
                 k
             }
-        };
-        key.is_some_and(|k| r.verify_with(&k))
+        }
     }
 
     // ----- normal case ---------------------------------------------------
