@@ -98,10 +98,18 @@ fn setup() -> Result {
     // z3 (contracts) links the system Z3 and runs bindgen, which needs
     // libclang; the macaroon crate's libsodium comes from the system too
     // (see .cargo/config.toml) instead of a 2.5-minute bundled build.
-    let missing: Vec<&str> = ["libz3-dev", "libclang-dev", "libsodium-dev", "pkg-config"]
-        .into_iter()
-        .filter(|pkg| !succeeds(Command::new("dpkg").args(["-s", pkg])))
-        .collect();
+    // procps gives `kill`, which `voidbox cluster down` and the cluster
+    // tests use to stop replica processes.
+    let missing: Vec<&str> = [
+        "libz3-dev",
+        "libclang-dev",
+        "libsodium-dev",
+        "pkg-config",
+        "procps",
+    ]
+    .into_iter()
+    .filter(|pkg| !succeeds(Command::new("dpkg").args(["-s", pkg])))
+    .collect();
     if !missing.is_empty() {
         run(Command::new("apt-get").arg("update").arg("-qq"))?;
         run(Command::new("apt-get")
