@@ -356,6 +356,15 @@ fn bad_cluster_files_are_refused() {
     assert!(stderr(&out).contains("--replicas 4"), "{}", stderr(&out));
     let out = voidbox(&["cluster", "status"], Some(&dir.path().join("nothing")));
     assert!(stderr(&out).contains("cluster init"), "{}", stderr(&out));
+    // A cluster that is not up is reported as such.
+    let c = TestCluster::init(&[]);
+    let out = c.run(&["run", "--cluster", "{c}", "wc"]);
+    assert_eq!(out.status.code(), Some(6), "{}", stderr(&out));
+    assert!(
+        stderr(&out).contains("voidbox cluster up"),
+        "{}",
+        stderr(&out)
+    );
 }
 
 /// Acknowledged receipts, by invocation digest.

@@ -29,6 +29,8 @@ use crate::{Digest, Error, Invocation, Receipt, Result};
 const SIDE_TIMEOUT: Duration = Duration::from_secs(10);
 /// How long an ordered operation may take before the client gives up.
 const ORDER_TIMEOUT: Duration = Duration::from_secs(30);
+/// How long a client waits for enough replicas to accept its connections.
+const CONNECT_WAIT: Duration = Duration::from_secs(3);
 /// How long a side request waits for the last replicas once enough answered.
 const STRAGGLER_WAIT: Duration = Duration::from_millis(50);
 /// A client retransmits to every replica after this long.
@@ -253,6 +255,35 @@ impl ClusterClient {
         &self.file
     }
 
+    /// Waits (up to [`CONNECT_WAIT`]) until n - f replicas accept the
+    /// connection, so a cluster that is down is reported at once, not
+    /// after every timeout.
+    fn ensure_reachable(&self) -> Result<()> {
+        let need = self.n_minus_f();
+        let start = Instant::now();
+        loop {
+            let up: Vec<u32> = self
+                .file
+                .replicas
+                .iter()
+                .map(|r| r.id)
+                .filter(|id| self.net.connected(*id) == Some(true))
+                .collect();
+            if up.len() >= need {
+                return Ok(());
+            }
+            if start.elapsed() >= CONNECT_WAIT {
+                return Err(Error::Cluster(format!(
+                    "only {} of {} replicas accept connections (need {need}); start them with `voidbox cluster up {}`",
+                    up.len(),
+                    self.file.n(),
+                    self.file.dir.display()
+                )));
+            }
+            std::thread::sleep(Duration::from_millis(10));
+        }
+    }
+
     /// Sends a side request to every replica and collects the answers that
     /// arrive within `timeout`, stopping once all did, or [`STRAGGLER_WAIT`]
     /// after `enough` did (a replica that is down must not make every
@@ -298,6 +329,7 @@ impl ClusterClient {
                 SIDE_BLOB_MAX
             )));
         }
+        self.ensure_reachable()?;
         let digest = Digest::of(bytes);
         let answers = self.ask_all(
             |id| SideRequest::PutBlob {
@@ -379,6 +411,7 @@ impl ClusterClient {
 
     /// A tool by name or digest, as f + 1 replicas agree it is.
     pub fn tool(&self, reference: &str) -> Result<ToolSummary> {
+        self.ensure_reachable()?;
         let answers = self.ask_all(
             |id| SideRequest::Tool {
                 id,
@@ -479,6 +512,7 @@ impl ClusterClient {
 
     /// Orders an invocation and waits for f + 1 matching signed results.
     pub fn invoke(&self, token: &str, invocation: &Invocation) -> Result<SignedReceipt> {
+        self.ensure_reachable()?;
         let op = Op::Invoke {
             token: token.to_string(),
             invocation: invocation.clone(),
