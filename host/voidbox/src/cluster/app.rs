@@ -93,6 +93,10 @@ pub struct ResultEntry {
 
 const RESULTS: TableDefinition<u64, &[u8]> = TableDefinition::new("results");
 
+/// How many rounds of asking every peer for a missing blob (with
+/// doubling waits from 100 ms) before the request fails.
+const FETCH_ATTEMPTS: u32 = 4;
+
 /// Most journal entries asked for, or served, at once (each holds at most
 /// 64 KiB of inline output and a receipt, so a response stays far below the
 /// frame limit).
@@ -195,6 +199,9 @@ pub trait Peers: Send {
     /// Journal entries `from..from + count` from each peer that answers,
     /// one list per peer, best first.
     fn results(&self, from: u64, count: u64) -> Vec<Vec<ResultEntry>>;
+    /// How many peers may be faulty (f): more answers than that agreeing
+    /// on something means a correct peer said it.
+    fn faults(&self) -> usize;
 }
 
 /// Use counting over the replicated map (one thread executes batches, so
@@ -264,17 +271,31 @@ impl App {
                 return Ok(());
             }
             Some(e) if e.number < target.executed => (e.number + 1, e.chain),
+            // This replica's results diverged from the quorum's (a run that
+            // hit the wall-clock guard here and not elsewhere, a local
+            // disk error): take the quorum's history from genesis, which
+            // the checkpoint's chain vouches for.
             Some(_) => {
-                return Err(Error::Cluster(format!(
-                    "this replica's result journal disagrees with the stable checkpoint at request {}; \
-                     its data directory holds a different history: reinitialize it from a peer",
-                    target.executed
-                )))
+                tracing::warn!(
+                    executed = target.executed,
+                    "this replica's results diverged from the stable checkpoint; adopting the quorum's"
+                );
+                (1, [0; 32])
             }
             None => (1, [0; 32]),
         };
         if target.executed > 0 {
-            if let Err(e) = self.catch_up(from, chain, &target) {
+            let mut caught = self.catch_up(from, chain, &target);
+            if matches!(caught, Ok(false)) {
+                // Peers answered, but nothing chains from this replica's
+                // last result: its results diverged before it stopped.
+                tracing::warn!(
+                    from,
+                    "this replica's results diverged from the quorum's; adopting the quorum's from the start"
+                );
+                caught = self.catch_up(1, [0; 32], &target);
+            }
+            if let Err(e) = caught {
                 // The checkpoint itself is proven (2f + 1 signed it), so the
                 // replica goes on from it; only receipts of the gap are
                 // missing here, and the log says which.
@@ -287,14 +308,20 @@ impl App {
 
     /// Fetches entries `from..=target.executed`, checks they chain from
     /// `chain` to the target's, journals them and re-runs their invocations.
-    fn catch_up(&mut self, from: u64, chain: [u8; 32], target: &AppState) -> crate::Result<()> {
+    /// `Ok(false)` when peers answered with entries that do not chain from
+    /// `chain` at all (this replica's own history diverged).
+    fn catch_up(&mut self, from: u64, chain: [u8; 32], target: &AppState) -> crate::Result<bool> {
         let mut next = from;
         let mut chain = chain;
         let mut failures = 0;
         while next <= target.executed {
             let count = RESULTS_CHUNK.min(target.executed - next + 1);
             let mut accepted = None;
+            let mut answered = 0;
             for entries in self.peers.results(next, count) {
+                if entries.first().is_some_and(|e| e.number == next) {
+                    answered += 1;
+                }
                 // A peer's entries count only if they are the ones asked for
                 // (a prefix of them) and chain from ours; the last one is
                 // checked against the checkpoint, which 2f + 1 signed.
@@ -312,6 +339,9 @@ impl App {
                 }
             }
             let Some((entries, c)) = accepted else {
+                if next == from && from > 1 && answered > self.peers.faults() {
+                    return Ok(false);
+                }
                 failures += 1;
                 if failures < 5 {
                     // Peers may be busy or still starting; ask again.
@@ -324,7 +354,12 @@ impl App {
                 )));
             };
             for e in &entries {
-                self.rerun(e);
+                // Entries this replica already holds as they are need no
+                // re-run.
+                let same = self.results.range(e.number, 1)?.first() == Some(e);
+                if !same {
+                    self.rerun(e);
+                }
             }
             self.results.append(&entries, true)?;
             chain = c;
@@ -335,7 +370,7 @@ impl App {
             to = target.executed,
             "caught up with results from peers"
         );
-        Ok(())
+        Ok(true)
     }
 
     /// Re-runs a fetched entry's invocation so this host holds its receipt.
@@ -520,13 +555,19 @@ impl App {
         Ok(bytes.len() as u64)
     }
 
+    /// A blob from the peers. Asked a few times: a result that differs
+    /// only because this replica could not reach a peer for a moment would
+    /// make it diverge from the others, so it waits rather than fail fast.
     fn fetched(&self, digest: Digest) -> crate::Result<Vec<u8>> {
-        match self.peers.blob(digest) {
-            Some(b) if Digest::of(&b) == digest => Ok(b),
-            _ => Err(Error::Cluster(format!(
-                "no replica has {digest}; put it with `voidbox cas put --cluster` (or `tool add --cluster`) first"
-            ))),
+        for attempt in 0..FETCH_ATTEMPTS {
+            match self.peers.blob(digest) {
+                Some(b) if Digest::of(&b) == digest => return Ok(b),
+                _ => std::thread::sleep(std::time::Duration::from_millis(100 << attempt)),
+            }
         }
+        Err(Error::Cluster(format!(
+            "no replica has {digest}; put it with `voidbox cas put --cluster` (or `tool add --cluster`) first"
+        )))
     }
 }
 
@@ -555,12 +596,96 @@ mod tests {
         assert!(AppState::restore(Some(b"\xff\xff\xff")).is_err());
     }
 
+    /// Peers that all hold one history of denial results.
+    struct FakePeers(Vec<ResultEntry>);
+
+    impl Peers for FakePeers {
+        fn blob(&self, _: Digest) -> Option<Vec<u8>> {
+            None
+        }
+        fn results(&self, from: u64, count: u64) -> Vec<Vec<ResultEntry>> {
+            let mine: Vec<ResultEntry> = self
+                .0
+                .iter()
+                .filter(|e| e.number >= from && e.number < from + count)
+                .cloned()
+                .collect();
+            // One lying peer first: a history that does not chain.
+            let mut lie = mine.clone();
+            if let Some(e) = lie.first_mut() {
+                e.result = b"forged".to_vec();
+            }
+            vec![lie, mine]
+        }
+        fn faults(&self) -> usize {
+            1
+        }
+    }
+
+    fn history(tag: &str, n: u64) -> (Vec<ResultEntry>, AppState) {
+        let mut state = AppState::default();
+        let mut entries = Vec::new();
+        for i in 0..n {
+            let result = OpResult::Denied {
+                kind: "expired".into(),
+                message: format!("{tag} {i}"),
+            }
+            .encode();
+            state.record(&result);
+            entries.push(ResultEntry {
+                number: state.executed,
+                invocation: None,
+                result,
+                chain: state.chain,
+            });
+        }
+        (entries, state)
+    }
+
+    #[test]
+    fn restore_catches_up_from_peers_and_repairs_a_diverged_journal() {
+        let dir = tempfile::tempdir().unwrap();
+        let host = Arc::new(Host::init(dir.path().join("home")).unwrap());
+        let (quorum, target) = history("quorum", 300);
+        // This replica did the first 100 like everyone, then diverged.
+        let (mut local, _) = history("quorum", 100);
+        let (diverged, _) = history("other", 150);
+        local.extend(diverged.into_iter().skip(100));
+        let results = Results::open(&dir.path().join("results.redb")).unwrap();
+        results.append(&local, true).unwrap();
+        let mut app = App::new(host, results.clone(), Box::new(FakePeers(quorum.clone())));
+        app.restore(Some(&target.snapshot())).unwrap();
+        assert_eq!(app.state(), &target);
+        assert_eq!(
+            results.range(1, 1000).unwrap(),
+            quorum,
+            "the quorum's history, checked"
+        );
+
+        // Behind by a gap: fetched from the point this replica reached.
+        let dir2 = tempfile::tempdir().unwrap();
+        let host2 = Arc::new(Host::init(dir2.path().join("home")).unwrap());
+        let results2 = Results::open(&dir2.path().join("results.redb")).unwrap();
+        results2.append(&quorum[..40], true).unwrap();
+        let mut behind = App::new(host2, results2.clone(), Box::new(FakePeers(quorum.clone())));
+        behind.restore(Some(&target.snapshot())).unwrap();
+        assert_eq!(results2.range(1, 1000).unwrap(), quorum);
+
+        // No peer can vouch for the gap: the proven checkpoint is still
+        // taken, the journal keeps what it had.
+        let dir3 = tempfile::tempdir().unwrap();
+        let host3 = Arc::new(Host::init(dir3.path().join("home")).unwrap());
+        let results3 = Results::open(&dir3.path().join("results.redb")).unwrap();
+        let mut alone = App::new(host3, results3.clone(), Box::new(FakePeers(Vec::new())));
+        alone.restore(Some(&target.snapshot())).unwrap();
+        assert_eq!(alone.state(), &target);
+        assert!(results3.range(1, 1000).unwrap().is_empty());
+    }
+
     #[test]
     fn uses_are_counted_in_the_replicated_map() {
         let mut map = BTreeMap::new();
-        let id: TokenId = "owner:000102030405060708090a0b0c0d0e0f"
-            .parse()
-            .expect("a token id");
+        let id = TokenId::new(voidbox_auth::KeyId::new("owner").unwrap(), [7; 16]);
         let uses = Uses(RefCell::new(&mut map));
         assert_eq!(uses.try_take(&id, 2).unwrap(), 1);
         assert_eq!(uses.try_take(&id, 2).unwrap(), 2);

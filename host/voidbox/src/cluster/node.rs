@@ -448,6 +448,11 @@ impl Peers for PeerLinks {
             })
             .collect()
     }
+
+    fn faults(&self) -> usize {
+        // n = 3f + 1 replicas, this one and its peers.
+        self.peers.len() / 3
+    }
 }
 
 fn reply(net: &NodeHandle, to: Peer, response: &SideResponse) {
