@@ -69,11 +69,28 @@ fn main() -> Result<(), Box<dyn std::error::Error>> {
             .unwrap();
         host.invoke(&Invocation::new(tool.digest, input)).unwrap();
     });
+    let batch = 64u64;
+    time("invoke_batch (per invocation)", n / batch, |b| {
+        let invocations: Vec<Invocation> = (0..batch)
+            .map(|i| {
+                let input = host
+                    .put_input(format!("batch {b} {i} {salt}").as_bytes())
+                    .unwrap();
+                Invocation::new(tool.digest, input)
+            })
+            .collect();
+        for r in host.invoke_batch(&invocations) {
+            r.unwrap();
+        }
+    });
+    println!("  (per batch of {batch}; divide by {batch} for one invocation)");
+    println!("{:?}", host.pool_stats());
     let started = Instant::now();
     host.flush()?;
     println!(
         "final flush {:.1} ms",
         started.elapsed().as_secs_f64() * 1e3
     );
+    println!("{:?}", host.storage_stats());
     Ok(())
 }

@@ -5,7 +5,9 @@
 //!   the action cache never answers; input, output and receipt are stored)
 //!   against bare wasmtime on the same component (`InstancePre`, the same
 //!   pooling allocator and engine settings, a fresh store per call);
-//! - throughput with one thread and with two;
+//! - throughput with one thread and with two, and through
+//!   [`Host::invoke_batch`] on the worker slots, with how the Ising
+//!   placement placed each batch (annealed, repaired or greedy);
 //! - an action-cache hit;
 //! - CAS put and get of 16 MiB blobs against bare blake3 hashing.
 
@@ -41,6 +43,8 @@ pub struct Figure {
 pub struct Report {
     /// The figures, in the order measured.
     pub figures: Vec<Figure>,
+    /// What a reader needs to know to compare the figures fairly.
+    pub notes: Vec<String>,
 }
 
 impl Report {
@@ -80,7 +84,11 @@ impl Report {
                 json!({ "value": f.value, "unit": f.unit, "goal": f.goal, "meets_goal": f.meets }),
             );
         }
-        json!({ "voidbox_bench": m, "cores": std::thread::available_parallelism().map(|n| n.get()).unwrap_or(1) })
+        json!({
+            "voidbox_bench": m,
+            "notes": self.notes,
+            "cores": std::thread::available_parallelism().map(|n| n.get()).unwrap_or(1),
+        })
     }
 
     /// A table for people.
@@ -99,6 +107,9 @@ impl Report {
                 "{:<34} {:>14.3} {:<10} {}\n",
                 f.name, f.value, f.unit, goal
             ));
+        }
+        for n in &self.notes {
+            s.push_str(&format!("note: {n}\n"));
         }
         s
     }
@@ -130,6 +141,28 @@ fn rate(window: Duration, mut f: impl FnMut(u64)) -> f64 {
         }
     }
     n as f64 / started.elapsed().as_secs_f64()
+}
+
+/// CPU time this process has used so far (all threads, user and system).
+fn cpu_time() -> Duration {
+    // SAFETY: getrusage only writes the struct it is given.
+    let usage = unsafe {
+        let mut u = std::mem::zeroed::<libc::rusage>();
+        libc::getrusage(libc::RUSAGE_SELF, &mut u);
+        u
+    };
+    let tv = |t: libc::timeval| Duration::new(t.tv_sec as u64, t.tv_usec as u32 * 1000);
+    tv(usage.ru_utime) + tv(usage.ru_stime)
+}
+
+/// Runs `f` and returns its result with the cores the process used
+/// meanwhile (CPU seconds per wall second): on a shared machine, what the
+/// threads were actually given.
+fn with_cores<T>(f: impl FnOnce() -> T) -> (T, f64) {
+    let (cpu, wall) = (cpu_time(), Instant::now());
+    let out = f();
+    let cores = (cpu_time() - cpu).as_secs_f64() / wall.elapsed().as_secs_f64();
+    (out, cores)
 }
 
 /// Runs `f` on `threads` threads for about `window`; returns total calls
@@ -211,13 +244,20 @@ fn invoke_figures(
     // Interleave the two so that machine noise hits both alike.
     let mut bare_rates = Vec::new();
     let mut host_rates = Vec::new();
+    let (mut bare_cpu_us, mut host_cpu_us) = (0.0, 0.0);
     let half = window / 2;
     for round in 0..2 {
-        bare_rates.push(rate(half, |i| {
-            bare.call(format!("bare-{round}-{i}").as_bytes())
-                .expect("bare call");
-        }));
-        host_rates.push(rate(half, |i| invoke_fresh(round + 10, i)));
+        let (r, cores) = with_cores(|| {
+            rate(half, |i| {
+                bare.call(format!("bare-{round}-{i}").as_bytes())
+                    .expect("bare call");
+            })
+        });
+        bare_rates.push(r);
+        bare_cpu_us += cores / r * 1e6 / 2.0;
+        let (r, cores) = with_cores(|| rate(half, |i| invoke_fresh(round + 10, i)));
+        host_rates.push(r);
+        host_cpu_us += cores / r * 1e6 / 2.0;
     }
     let bare_rate = bare_rates.iter().sum::<f64>() / bare_rates.len() as f64;
     let host_rate = host_rates.iter().sum::<f64>() / host_rates.len() as f64;
@@ -239,8 +279,10 @@ fn invoke_figures(
         host_rate >= 45_000.0,
     );
     let counter = AtomicU64::new(0);
-    let two = rate_threads(window, 2, |t, _| {
-        invoke_fresh(t + 100, counter.fetch_add(1, Ordering::Relaxed))
+    let (two, two_cores) = with_cores(|| {
+        rate_threads(window, 2, |t, _| {
+            invoke_fresh(t + 100, counter.fetch_add(1, Ordering::Relaxed))
+        })
     });
     report.goal(
         "invocations_per_s_2_threads",
@@ -250,12 +292,124 @@ fn invoke_figures(
         two >= 1.8 * host_rate,
     );
     report.add("two_thread_scaling", two / host_rate, "x");
-    let bare_two = rate_threads(window, 2, |t, i| {
-        bare.call(format!("bare2-{t}-{i}").as_bytes())
-            .expect("bare call");
+    report.add("cores_used_2_threads", two_cores, "cores");
+    report.add("bare_cpu_us_per_call_1_thread", bare_cpu_us, "us");
+    report.add("host_cpu_us_per_invocation_1_thread", host_cpu_us, "us");
+    report.add(
+        "host_cpu_us_per_invocation_2_threads",
+        two_cores / two * 1e6,
+        "us",
+    );
+    // The storage's leftover work (a checkpoint) must not run during the
+    // bare measurement.
+    host.checkpoint()?;
+    let (bare_two, bare_two_cores) = with_cores(|| {
+        rate_threads(window, 2, |t, i| {
+            bare.call(format!("bare2-{t}-{i}").as_bytes())
+                .expect("bare call");
+        })
     });
     report.add("bare_calls_per_s_2_threads", bare_two, "1/s");
+    report.add("bare_two_thread_scaling", bare_two / bare_rate, "x");
+    report.add("cores_used_bare_2_threads", bare_two_cores, "cores");
+    report.add(
+        "bare_cpu_us_per_call_2_threads",
+        bare_two_cores / bare_two * 1e6,
+        "us",
+    );
+
+    // The executor pool: batches of fresh invocations placed on the worker
+    // slots (one per core) and run there.
+    const BATCH: usize = 64;
+    let before = host.pool_stats();
+    let next = AtomicU64::new(0);
+    let (batches, pool_cores) = with_cores(|| {
+        rate(window, |_| {
+            let batch: Vec<Invocation> = (0..BATCH)
+                .map(|_| {
+                    let i = next.fetch_add(1, Ordering::Relaxed);
+                    let input = host
+                        .put_input(format!("batch-{i}-{}", dir.display()).as_bytes())
+                        .expect("put input");
+                    Invocation::new(record.digest, input).budget(budget)
+                })
+                .collect();
+            for r in host.invoke_batch(&batch) {
+                let r = r.expect("batch invoke");
+                assert!(!r.cached && r.outcome == voidbox_sandbox::Outcome::Ok);
+            }
+        })
+    });
+    let pooled = batches * BATCH as f64;
+    let stats = host.pool_stats();
+    report.add("worker_slots", stats.worker_slots as f64, "slots");
+    report.goal(
+        "invoke_batch_per_s_pool",
+        pooled,
+        "1/s",
+        ">= 1.8x one thread",
+        pooled >= 1.8 * host_rate,
+    );
+    report.add("pool_scaling", pooled / host_rate, "x");
+    report.add("cores_used_pool", pool_cores, "cores");
+    report.add(
+        "pool_cpu_us_per_invocation",
+        pool_cores / pooled * 1e6,
+        "us",
+    );
+    let placed = (stats.batches - before.batches).max(1);
+    report.add(
+        "placement_us_per_batch",
+        (stats.placement_us - before.placement_us) as f64 / placed as f64,
+        "us",
+    );
+    report.add(
+        "placement_annealed_batches",
+        (stats.placed_annealed - before.placed_annealed) as f64,
+        "batches",
+    );
+    report.add(
+        "placement_repaired_batches",
+        (stats.placed_repaired - before.placed_repaired) as f64,
+        "batches",
+    );
+    report.add(
+        "placement_greedy_batches",
+        (stats.placed_greedy - before.placed_greedy) as f64,
+        "batches",
+    );
+    report.add(
+        "placement_failed_batches",
+        (stats.placement_failed - before.placement_failed) as f64,
+        "batches",
+    );
+    report.notes.push(
+        "cores_used_*: CPU seconds the whole process got per wall second while measuring; \
+         below 2 on two cores means other processes had the rest; *_cpu_us_*: those CPU \
+         seconds per call (host figures include the journal's flusher thread)"
+            .into(),
+    );
+    report.notes.push(format!(
+        "invoke_batch_per_s_pool: batches of {BATCH} fresh invocations, placed by the Ising \
+         placement on {} worker slots (warm tool = locality) and run there; the placement \
+         counters say which path placed each batch",
+        stats.worker_slots
+    ));
     host.flush()?;
+    let storage = host.storage_stats();
+    report.add("journal_group_commits", storage.frames as f64, "fsyncs");
+    report.add(
+        "journal_checkpoints",
+        storage.checkpoints as f64,
+        "checkpoints",
+    );
+    report.notes.push(format!(
+        "host invocations store input, output and receipt in the journal (one write and fsync \
+         per group commit); {} checkpoints of the journal into redb ran inside the measured \
+         windows and are in the figures (the tail left at the end is checkpointed when the host \
+         closes, unmeasured)",
+        storage.checkpoints
+    ));
 
     // Action-cache hit: the same invocation again and again.
     let input = host.put_input(b"cache me")?;
@@ -350,6 +504,11 @@ fn cas_figures(report: &mut Report, dir: &Path, window: Duration) -> anyhow::Res
         "blake3_hash_mib_per_s",
         hash_rate / (1 << 20) as f64,
         "MiB/s",
+    );
+    report.notes.push(
+        "CAS ratios: a 16 MiB put hashes on the calling thread while a second thread writes \
+         (two cores busy); the baseline is blake3 on one thread, no I/O"
+            .into(),
     );
     Ok(())
 }

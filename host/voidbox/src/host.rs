@@ -2,8 +2,8 @@
 
 use std::collections::HashMap;
 use std::path::{Path, PathBuf};
-use std::sync::atomic::{AtomicU64, Ordering};
-use std::sync::{Arc, Mutex, RwLock};
+use std::sync::atomic::{AtomicU64, AtomicUsize, Ordering};
+use std::sync::{Arc, Mutex, OnceLock, RwLock};
 use std::time::{Instant, SystemTime, UNIX_EPOCH};
 
 use redb::{ReadableDatabase, ReadableTable};
@@ -22,7 +22,8 @@ use crate::capability::{Capabilities, OWNER_TOKEN_FILE};
 use crate::config::{Config, CONFIG_FILE, CONFIG_TEMPLATE};
 use crate::error::{Error, Result};
 use crate::invocation::{Invocation, Receipt};
-use crate::storage::{db_err, Blobs, Storage, NAMES, TOOLS};
+use crate::pool::{Pool, PoolStats};
+use crate::storage::{db_err, Blobs, Storage, StorageStats, NAMES, TOOLS};
 
 /// What the host knows about a registered tool.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
@@ -108,6 +109,13 @@ pub struct Host {
     recent: Mutex<HashMap<Digest, Arc<Receipt>>>,
     /// Last timestamp handed out (hybrid logical clock).
     hlc: AtomicU64,
+    /// The worker slots of [`Host::invoke_batch`], started on first use.
+    pool: OnceLock<Pool>,
+    /// Worker slots asked for with [`Host::set_worker_slots`] (0: one per
+    /// core).
+    worker_slots: AtomicUsize,
+    /// Runs in the sandbox (not cache answers), for tests and benchmarks.
+    runs: AtomicU64,
 }
 
 impl std::fmt::Debug for Host {
@@ -184,6 +192,9 @@ impl Host {
             tools: RwLock::new(HashMap::new()),
             recent: Mutex::new(HashMap::new()),
             hlc: AtomicU64::new(0),
+            pool: OnceLock::new(),
+            worker_slots: AtomicUsize::new(0),
+            runs: AtomicU64::new(0),
         };
         let index = host
             .tools()?
@@ -713,6 +724,127 @@ impl Host {
         if let Some(r) = self.cached(&inv_digest)? {
             return Ok(r);
         }
+        self.execute(invocation, inv_digest)
+    }
+
+    /// Runs a batch of invocations on the worker slots and returns their
+    /// results in the batch's order: the same receipts (digests) as calling
+    /// [`Host::invoke`] on each in turn. Cache answers are given first; the
+    /// rest are placed on the slots by the Ising placement (a slot that ran
+    /// the tool recently has it warm) and run there, each exactly once: a
+    /// repeated invocation in the batch is answered from the first one's
+    /// receipt, marked `cached`, as a sequential run would answer it.
+    pub fn invoke_batch(&self, invocations: &[Invocation]) -> Vec<Result<Receipt>> {
+        let digests: Vec<Digest> = invocations.iter().map(Invocation::digest).collect();
+        let mut results: Vec<Option<Result<Receipt>>> =
+            (0..invocations.len()).map(|_| None).collect();
+        // The first occurrence of each invocation, and where later ones are.
+        let mut first: HashMap<Digest, usize> = HashMap::with_capacity(invocations.len());
+        let mut repeats: Vec<(usize, usize)> = Vec::new();
+        let mut to_run: Vec<usize> = Vec::with_capacity(invocations.len());
+        for (i, d) in digests.iter().enumerate() {
+            if let Some(&f) = first.get(d) {
+                repeats.push((i, f));
+                continue;
+            }
+            first.insert(*d, i);
+            match self.cached(d) {
+                Ok(Some(r)) => results[i] = Some(Ok(r)),
+                Ok(None) => to_run.push(i),
+                Err(e) => results[i] = Some(Err(e)),
+            }
+        }
+        if !to_run.is_empty() {
+            let pool = self.pool();
+            let tools: Vec<Digest> = to_run.iter().map(|&i| invocations[i].tool).collect();
+            let seed = u64::from_le_bytes(
+                digests[to_run[0]].as_bytes()[..8]
+                    .try_into()
+                    .expect("8 bytes"),
+            );
+            let plan = pool.plan(&tools, seed);
+            let ran = pool.run(&plan, &tools, |j| {
+                let i = to_run[j];
+                self.execute(&invocations[i], digests[i])
+            });
+            for (j, r) in ran.into_iter().enumerate() {
+                results[to_run[j]] = Some(r);
+            }
+        }
+        for (i, f) in repeats {
+            let again = match &results[f] {
+                Some(Ok(r)) if r.outcome.is_deterministic() => {
+                    let mut r = r.clone();
+                    r.cached = true;
+                    Ok(r)
+                }
+                // Not cached (a timeout, or an error): a sequential caller
+                // would have tried again, so try again.
+                _ => self.invoke(&invocations[i]),
+            };
+            results[i] = Some(again);
+        }
+        results
+            .into_iter()
+            .map(|r| r.expect("every invocation of the batch has a result"))
+            .collect()
+    }
+
+    /// Sets the number of worker slots of [`Host::invoke_batch`] (default:
+    /// one per core). Only before the first batch, which starts the pool:
+    /// returns `false` (and changes nothing) after it.
+    pub fn set_worker_slots(&self, slots: usize) -> bool {
+        if self.pool.get().is_some() {
+            return false;
+        }
+        self.worker_slots.store(slots, Ordering::Relaxed);
+        true
+    }
+
+    fn pool(&self) -> &Pool {
+        self.pool.get_or_init(|| {
+            let asked = self.worker_slots.load(Ordering::Relaxed);
+            let slots = if asked > 0 {
+                asked
+            } else {
+                std::thread::available_parallelism().map_or(1, |n| n.get())
+            };
+            // A pool that cannot start threads runs batches on the caller's
+            // thread: slower, never wrong.
+            Pool::new(slots).unwrap_or_else(|e| {
+                tracing::warn!(error = %e, "could not start worker threads; running batches on one slot");
+                Pool::new(1).expect("a one-slot pool starts no thread")
+            })
+        })
+    }
+
+    /// How [`Host::invoke_batch`] placed and ran its batches so far.
+    pub fn pool_stats(&self) -> PoolStats {
+        match self.pool.get() {
+            Some(p) => p.stats(),
+            None => PoolStats::default(),
+        }
+    }
+
+    /// Invocations run in the sandbox so far (cache answers excluded).
+    pub fn runs(&self) -> u64 {
+        self.runs.load(Ordering::Relaxed)
+    }
+
+    /// Moves everything the journal holds into the database and waits
+    /// until it is there (the host does this by itself as the journal
+    /// grows, and when it closes).
+    pub fn checkpoint(&self) -> Result<()> {
+        self.storage.checkpoint()
+    }
+
+    /// What the storage did so far: journal frames, bytes, checkpoints.
+    pub fn storage_stats(&self) -> StorageStats {
+        self.storage.stats()
+    }
+
+    /// Runs an invocation that the action cache did not answer.
+    fn execute(&self, invocation: &Invocation, inv_digest: Digest) -> Result<Receipt> {
         let started = Instant::now();
         let tool = self.loaded_tool(&invocation.tool)?;
         let input = match self.blobs.get_shared(&invocation.input) {
@@ -733,6 +865,7 @@ impl Host {
             .iter()
             .map(|d| Ok((self.materialize(d)?, format!("/grants/{}", d.hex()))))
             .collect::<Result<Vec<_>>>()?;
+        self.runs.fetch_add(1, Ordering::Relaxed);
         let result = self.sandbox.run(
             &tool,
             &RunRequest {
@@ -748,7 +881,15 @@ impl Host {
         )?;
         let mut outcome = result.outcome;
         if outcome == Outcome::Ok {
-            if let Some(contract) = self.tool_entry(&invocation.tool)?.contract {
+            let contract = self
+                .tools
+                .read()
+                .expect("tool index poisoned")
+                .get(&invocation.tool)
+                .ok_or_else(|| Error::NoSuchTool(invocation.tool.to_string()))?
+                .contract
+                .clone();
+            if let Some(contract) = contract {
                 let figures = Figures {
                     input_bytes: input.len() as u64,
                     args_bytes: args_bytes(&invocation.args),
@@ -800,16 +941,14 @@ impl Host {
         };
         receipt.receipt = receipt.compute_digest();
         let cacheable = receipt.outcome.is_deterministic();
-        let shared = Arc::new(receipt.clone());
+        // The storage's tail answers the next identical invocation; the
+        // in-memory front is filled when an answer comes from the database.
         self.storage.record(
             Arc::new(invocation.clone()),
             inv_digest,
-            shared.clone(),
+            Arc::new(receipt.clone()),
             cacheable,
         )?;
-        if cacheable {
-            self.remember(shared, inv_digest);
-        }
         Ok(receipt)
     }
 
@@ -906,6 +1045,10 @@ fn check_name(name: &str) -> Result<()> {
     }
     Ok(())
 }
+
+#[cfg(test)]
+#[path = "batch_tests.rs"]
+mod batch_tests;
 
 #[cfg(test)]
 mod tests {

@@ -1,33 +1,50 @@
 //! Durable state of a host: the embedded database (redb), the blob store,
-//! and the write-behind path that keeps both off the invocation's hot path.
+//! and the journal that keeps both off the invocation's hot path.
 //!
 //! Layout of a data directory:
 //!
 //! ```text
 //! voidbox.toml        configuration (optional)
 //! voidbox.redb        tools, names, receipts, the action cache, small blobs
+//! journal/            records not yet checkpointed into voidbox.redb
 //! cas/                blobs larger than `inline_blob_bytes_max` (voidbox-cas)
 //! compiled/           compiled tool artifacts (a cache; safe to delete)
 //! ```
 //!
+//! The hot path: an invocation's small input and output, its receipt and
+//! its action-cache entry are appended as records to an in-memory buffer
+//! (and to an in-memory index, the *tail*, that readers consult before the
+//! database). A flusher thread writes the buffer to the journal as one
+//! frame per group commit (every `BATCH_WINDOW`, or at once when someone
+//! waits in [`Storage::flush`]), after syncing any large blobs the frame's
+//! receipts name, and fsyncs it. The journal is a sequence of segment
+//! files; when the open one passes `CHECKPOINT_BYTES` (and when the host
+//! closes, or GC asks), the flusher takes the tail (a pointer swap) and
+//! starts a new segment, and a checkpointer thread copies the taken tail
+//! into the redb tables in one sorted transaction, then deletes the
+//! segments it covers. Group commits go on meanwhile. Opening a host
+//! replays the segments' intact frames into the tail; a frame torn by a
+//! crash is cut off, with everything after it.
+//!
 //! What is durable when: a tool is durable when `add_tool` returns. An
-//! invocation's input, output and receipt are handed to a writer thread
-//! that commits them in batches, one redb transaction (with fsync) per batch,
-//! after making any large blobs of the batch durable. A receipt and its
-//! action-cache entry are written in the same transaction as the blobs they
-//! name, so a crash can lose the newest receipts (they are recomputed on the
-//! next identical invocation) but never leaves a cache entry that points at
-//! a missing or wrong output. [`Storage::flush`] waits until everything
-//! handed over so far is durable; the CLI calls it before it exits.
+//! invocation's records are durable once the frame holding them is fsynced
+//! (within `BATCH_WINDOW`, or when [`Storage::flush`] returns). Records are
+//! replayed strictly in order and a receipt's record is appended after the
+//! blobs it names (large blobs are synced before the frame is written), so
+//! a crash can lose the newest receipts and cache entries (the next
+//! identical invocation recomputes them) but never leaves a receipt or a
+//! cache entry that points at a missing or wrong blob.
+
+mod journal;
 
 use std::collections::{BTreeSet, HashMap};
+use std::fs::File;
 use std::io::{Read, Write};
 use std::path::{Path, PathBuf};
-use std::sync::{Arc, Mutex};
+use std::sync::{Arc, Condvar, Mutex, MutexGuard};
 use std::thread::JoinHandle;
 use std::time::{Duration, Instant};
 
-use crossbeam_channel::{Receiver, Sender};
 use redb::{
     Database, Durability, ReadableDatabase, ReadableTable, ReadableTableMetadata, TableDefinition,
 };
@@ -51,45 +68,138 @@ const BLOBS: TableDefinition<&[u8; 32], &[u8]> = TableDefinition::new("blobs");
 /// Pins of inline blobs (the disk store keeps its own).
 const PINS: TableDefinition<&[u8; 32], ()> = TableDefinition::new("pins");
 
-/// Most operations committed in one batch.
-const BATCH_OPS_MAX: usize = 32_768;
-/// How long the writer gathers operations before it commits, unless a
-/// flush is waiting. Each commit rewrites every B-tree page it touched, and
-/// digests as keys scatter inserts over the whole tree, so many invocations
-/// per commit cut the bytes written per invocation.
-const BATCH_WINDOW: Duration = Duration::from_millis(20);
-/// Most operations waiting for the writer; past this `invoke` waits, so a
-/// slow disk slows callers instead of growing memory without bound.
-const QUEUE_OPS_MAX: usize = 65_536;
+/// The journal's directory in the data directory: segment files
+/// `<sequence number>.log`, replayed in order.
+const JOURNAL_DIR: &str = "journal";
+/// How long the flusher gathers records before it writes and fsyncs a
+/// frame, unless someone waits for durability. One fsync per window, not
+/// per invocation.
+const BATCH_WINDOW: Duration = Duration::from_millis(10);
+/// Segment size past which the flusher starts a new segment and hands the
+/// tail to the checkpointer.
+/// Many invocations per checkpoint amortize the B-tree page rewrites that
+/// random digest keys cause; the tail (which mirrors the journal in
+/// memory) and the replay time at open are bounded by it.
+const CHECKPOINT_BYTES: u64 = 32 << 20;
+/// Most bytes of records waiting for the flusher; past this, appenders wait,
+/// so a slow disk slows callers instead of growing memory without bound.
+const BUFFER_BYTES_MAX: usize = 64 << 20;
 
-enum Op {
-    Blob(Digest, Arc<[u8]>),
-    Outcome {
-        invocation: Arc<Invocation>,
-        invocation_digest: Digest,
-        receipt: Arc<Receipt>,
-        cache: bool,
-    },
-    Flush(Sender<Result<(), String>>),
-}
-
-/// Written but not yet committed: readers look here before the database.
+/// Records not yet checkpointed into redb, by key. Readers look here
+/// before the database.
 #[derive(Default)]
-struct Pending {
+struct Tail {
     blobs: HashMap<Digest, Arc<[u8]>>,
     receipts: HashMap<Digest, Arc<Receipt>>,
+    invocations: HashMap<Digest, Arc<Invocation>>,
+    cache: HashMap<Digest, Digest>,
 }
 
-/// The database, the blob store and the writer thread.
+impl Tail {
+    /// A tail sized for a segment's worth of records, so that inserting
+    /// under the lock never rehashes a large table.
+    fn presized() -> Tail {
+        // About 600 bytes of journal per invocation (input, output, receipt).
+        let n = (CHECKPOINT_BYTES / 600) as usize;
+        Tail {
+            blobs: HashMap::with_capacity(2 * n),
+            receipts: HashMap::with_capacity(n),
+            invocations: HashMap::with_capacity(n),
+            cache: HashMap::with_capacity(n),
+        }
+    }
+
+    fn records(&self) -> usize {
+        self.blobs.len() + self.receipts.len() + self.invocations.len() + self.cache.len()
+    }
+}
+
+/// What the invoking threads and the flusher share, under one lock: the
+/// record buffer and the tail change together, so a record is readable
+/// exactly when it is queued for the journal, in the same order.
+struct State {
+    /// Encoded records of the open generation.
+    buffer: Vec<u8>,
+    /// The generation now being appended to (starts at 1; 0 is what a
+    /// replay at open found).
+    generation: u64,
+    /// Every generation up to this one is durable in the journal.
+    durable: u64,
+    flush_wanted: bool,
+    checkpoints_asked: u64,
+    checkpoints_done: u64,
+    shutdown: bool,
+    failed: Option<String>,
+    /// Where new records go.
+    tail: Tail,
+    /// Tails taken by a checkpoint that is still writing them into redb:
+    /// still read, until the checkpoint's commit is visible. Taking the tail
+    /// is a pointer swap, so a checkpoint never holds the lock for long.
+    sealed: Vec<Arc<Tail>>,
+    /// Counters for `voidbox bench`.
+    stats: StorageStats,
+}
+
+/// What the storage did so far (for benchmarks and tests).
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
+pub struct StorageStats {
+    /// Frames written to the journal (group commits, one fsync each).
+    pub frames: u64,
+    /// Bytes written to the journal.
+    pub journal_bytes: u64,
+    /// Checkpoints into redb.
+    pub checkpoints: u64,
+    /// Records moved into redb by checkpoints.
+    pub checkpointed_records: u64,
+}
+
+struct Shared {
+    state: Mutex<State>,
+    /// Wakes the flusher: work arrived, or a flush, checkpoint or shutdown.
+    wake: Condvar,
+    /// Wakes waiters: a frame became durable, a checkpoint ended, the buffer
+    /// drained, or the flusher failed.
+    done: Condvar,
+}
+
+impl Shared {
+    fn lock(&self) -> MutexGuard<'_, State> {
+        self.state.lock().expect("storage state poisoned")
+    }
+}
+
+impl State {
+    /// The current tail, then the sealed ones, newest first.
+    fn tails(&self) -> impl Iterator<Item = &Tail> {
+        std::iter::once(&self.tail).chain(self.sealed.iter().rev().map(|t| &**t))
+    }
+
+    fn blob(&self, d: &Digest) -> Option<&Arc<[u8]>> {
+        self.tails().find_map(|t| t.blobs.get(d))
+    }
+
+    fn receipt(&self, d: &Digest) -> Option<&Arc<Receipt>> {
+        self.tails().find_map(|t| t.receipts.get(d))
+    }
+
+    fn invocation(&self, d: &Digest) -> Option<&Arc<Invocation>> {
+        self.tails().find_map(|t| t.invocations.get(d))
+    }
+
+    fn cached(&self, invocation: &Digest) -> Option<&Digest> {
+        self.tails().find_map(|t| t.cache.get(invocation))
+    }
+}
+
+/// The database, the blob store, the journal and its flusher thread.
 pub(crate) struct Storage {
     pub(crate) db: Arc<Database>,
     db_path: PathBuf,
     disk: Arc<DiskStore>,
     inline_max: u64,
-    pending: Arc<Mutex<Pending>>,
-    tx: Option<Sender<Op>>,
-    writer: Option<JoinHandle<()>>,
-    failed: Arc<Mutex<Option<String>>>,
+    shared: Arc<Shared>,
+    flusher: Option<JoinHandle<()>>,
+    checkpointer: Option<JoinHandle<()>>,
 }
 
 impl std::fmt::Debug for Storage {
@@ -102,10 +212,15 @@ impl std::fmt::Debug for Storage {
 
 impl Drop for Storage {
     fn drop(&mut self) {
-        // Closing the channel ends the writer after it commits what it has.
-        self.tx.take();
-        if let Some(w) = self.writer.take() {
-            let _ = w.join();
+        // The flusher writes what it has, hands the tail over, and ends;
+        // the checkpointer ends once it has written what it was handed.
+        self.shared.lock().shutdown = true;
+        self.shared.wake.notify_all();
+        if let Some(f) = self.flusher.take() {
+            let _ = f.join();
+        }
+        if let Some(c) = self.checkpointer.take() {
+            let _ = c.join();
         }
     }
 }
@@ -151,32 +266,68 @@ impl Storage {
                 read_only: false,
             },
         )?;
+        let journal_dir = home.join(JOURNAL_DIR);
+        let (tail, next_segment) = replay_journal(&journal_dir)?;
+        let segment = Segment::create(&journal_dir, next_segment)?;
         let db = Arc::new(db);
         let disk = Arc::new(disk);
-        let pending = Arc::new(Mutex::new(Pending::default()));
-        let failed = Arc::new(Mutex::new(None));
-        let (tx, rx) = crossbeam_channel::bounded(QUEUE_OPS_MAX);
-        let writer = {
-            let writer = Writer {
+        let shared = Arc::new(Shared {
+            state: Mutex::new(State {
+                buffer: Vec::with_capacity(1 << 20),
+                generation: 1,
+                durable: 0,
+                flush_wanted: false,
+                checkpoints_asked: 0,
+                checkpoints_done: 0,
+                shutdown: false,
+                failed: None,
+                tail,
+                sealed: Vec::new(),
+                stats: StorageStats::default(),
+            }),
+            wake: Condvar::new(),
+            done: Condvar::new(),
+        });
+        let (to_checkpointer, checkpoints) = crossbeam_channel::unbounded();
+        let checkpointer = {
+            let checkpointer = Checkpointer {
                 db: db.clone(),
                 disk: disk.clone(),
-                pending: pending.clone(),
-                failed: failed.clone(),
+                shared: shared.clone(),
+                journal_dir: journal_dir.clone(),
             };
             std::thread::Builder::new()
-                .name("voidbox-writer".into())
-                .spawn(move || writer.run(rx))
-                .map_err(Error::io(home, "could not start the storage writer thread"))?
+                .name("voidbox-checkpoint".into())
+                .spawn(move || checkpointer.run(checkpoints))
+                .map_err(Error::io(
+                    home,
+                    "could not start the storage checkpoint thread",
+                ))?
+        };
+        let flusher = {
+            let flusher = Flusher {
+                disk: disk.clone(),
+                shared: shared.clone(),
+                journal_dir,
+                segment,
+                to_checkpointer,
+            };
+            std::thread::Builder::new()
+                .name("voidbox-flusher".into())
+                .spawn(move || flusher.run())
+                .map_err(Error::io(
+                    home,
+                    "could not start the storage flusher thread",
+                ))?
         };
         Ok(Storage {
             db,
             db_path,
             disk,
             inline_max,
-            pending,
-            tx: Some(tx),
-            writer: Some(writer),
-            failed,
+            shared,
+            flusher: Some(flusher),
+            checkpointer: Some(checkpointer),
         })
     }
 
@@ -184,50 +335,108 @@ impl Storage {
         &self.db_path
     }
 
-    fn send(&self, op: Op) -> Result<()> {
-        let tx = self.tx.as_ref().expect("sender lives as long as storage");
-        tx.send(op).map_err(|_| {
-            Error::WriterStopped(
-                self.failed
-                    .lock()
-                    .expect("writer status poisoned")
-                    .clone()
-                    .unwrap_or_else(|| "the writer thread exited".into()),
-            )
-        })
+    /// What the storage did so far.
+    pub(crate) fn stats(&self) -> StorageStats {
+        self.shared.lock().stats
     }
 
-    /// Waits until everything handed to the writer so far is durable.
+    /// Appends records (written by `encode`) and updates the tail (`index`)
+    /// under one lock, so that readers and the journal see them together
+    /// and in the same order.
+    fn append(
+        &self,
+        encode: impl FnOnce(&mut Vec<u8>),
+        index: impl FnOnce(&mut Tail),
+    ) -> Result<()> {
+        let mut st = self.shared.lock();
+        while st.buffer.len() > BUFFER_BYTES_MAX && st.failed.is_none() {
+            st.flush_wanted = true;
+            self.shared.wake.notify_one();
+            st = self.shared.done.wait(st).expect("storage state poisoned");
+        }
+        if let Some(e) = &st.failed {
+            return Err(Error::WriterStopped(e.clone()));
+        }
+        let was_empty = st.buffer.is_empty();
+        encode(&mut st.buffer);
+        index(&mut st.tail);
+        drop(st);
+        if was_empty {
+            // Starts the flusher's batch window.
+            self.shared.wake.notify_one();
+        }
+        Ok(())
+    }
+
+    /// Waits until everything appended so far is durable.
     pub(crate) fn flush(&self) -> Result<()> {
-        let (tx, rx) = crossbeam_channel::bounded(1);
-        self.send(Op::Flush(tx))?;
-        match rx.recv() {
-            Ok(Ok(())) => Ok(()),
-            Ok(Err(e)) => Err(Error::WriterStopped(e)),
-            Err(_) => Err(Error::WriterStopped("the writer thread exited".into())),
+        let mut st = self.shared.lock();
+        let target = if st.buffer.is_empty() {
+            st.generation - 1
+        } else {
+            st.generation
+        };
+        if st.durable < target {
+            st.flush_wanted = true;
+            self.shared.wake.notify_one();
+        }
+        while st.durable < target && st.failed.is_none() {
+            st = self.shared.done.wait(st).expect("storage state poisoned");
+        }
+        match &st.failed {
+            Some(e) => Err(Error::WriterStopped(e.clone())),
+            None => Ok(()),
         }
     }
 
-    /// Stores a blob through the write-behind path (small blobs) or the
-    /// disk store with deferred durability (large ones). Durable after the
-    /// next batch commit or [`Storage::flush`].
+    /// Waits until everything appended so far is in redb and out of the
+    /// journal. Operations that scan or delete from the tables (GC, `cas
+    /// rm`, listings) call this first, so the tables are the whole truth
+    /// and a journal replay cannot bring back what they removed.
+    pub(crate) fn checkpoint(&self) -> Result<()> {
+        let mut st = self.shared.lock();
+        st.checkpoints_asked += 1;
+        let ticket = st.checkpoints_asked;
+        self.shared.wake.notify_one();
+        while st.checkpoints_done < ticket && st.failed.is_none() {
+            st = self.shared.done.wait(st).expect("storage state poisoned");
+        }
+        match &st.failed {
+            Some(e) => Err(Error::WriterStopped(e.clone())),
+            None => Ok(()),
+        }
+    }
+
+    /// Stores a blob through the journal (small blobs) or the disk store
+    /// with deferred durability (large ones). Durable after the next group
+    /// commit or [`Storage::flush`].
     pub(crate) fn put_blob_deferred(&self, bytes: &[u8]) -> Result<Digest> {
         if bytes.len() as u64 > self.inline_max {
             return Ok(self.disk.put(bytes)?);
         }
         let digest = Digest::of(bytes);
-        let blob: Arc<[u8]> = Arc::from(bytes);
-        self.pending
-            .lock()
-            .expect("pending poisoned")
-            .blobs
-            .insert(digest, blob.clone());
-        self.send(Op::Blob(digest, blob))?;
+        self.put_blob_known(digest, bytes)?;
         Ok(digest)
     }
 
+    /// [`Storage::put_blob_deferred`] for a small blob whose digest the
+    /// caller already computed (saves hashing it twice).
+    fn put_blob_known(&self, digest: Digest, bytes: &[u8]) -> Result<()> {
+        // A blob already queued need not be queued again.
+        if self.shared.lock().blob(&digest).is_some() {
+            return Ok(());
+        }
+        let blob: Arc<[u8]> = Arc::from(bytes);
+        self.append(
+            |buf| journal::put_blob(buf, &digest, bytes),
+            |tail| {
+                tail.blobs.insert(digest, blob);
+            },
+        )
+    }
+
     /// Records an invocation's receipt (and, for deterministic outcomes, its
-    /// action-cache entry) through the write-behind path.
+    /// action-cache entry) through the journal.
     pub(crate) fn record(
         &self,
         invocation: Arc<Invocation>,
@@ -235,21 +444,37 @@ impl Storage {
         receipt: Arc<Receipt>,
         cache: bool,
     ) -> Result<()> {
-        self.pending
-            .lock()
-            .expect("pending poisoned")
-            .receipts
-            .insert(receipt.receipt, receipt.clone());
-        self.send(Op::Outcome {
-            invocation,
-            invocation_digest,
-            receipt,
-            cache,
-        })
+        let (encoded_invocation, encoded_receipt) = (invocation.clone(), receipt.clone());
+        self.append(
+            |buf| {
+                journal::put_outcome(
+                    buf,
+                    &invocation_digest,
+                    cache,
+                    &encoded_invocation,
+                    &encoded_receipt,
+                );
+            },
+            |tail| {
+                tail.invocations.insert(invocation_digest, invocation);
+                if cache {
+                    tail.cache.insert(invocation_digest, receipt.receipt);
+                }
+                tail.receipts.insert(receipt.receipt, receipt);
+            },
+        )
     }
 
     /// The receipt the action cache holds for an invocation, if any.
     pub(crate) fn cached_receipt(&self, invocation: &Digest) -> Result<Option<Receipt>> {
+        {
+            let st = self.shared.lock();
+            if let Some(r) = st.cached(invocation) {
+                if let Some(receipt) = st.receipt(r) {
+                    return Ok(Some((**receipt).clone()));
+                }
+            }
+        }
         let p = &self.db_path;
         let txn = dbtry!(p, self.db.begin_read())?;
         let cache = dbtry!(p, txn.open_table(ACTION_CACHE))?;
@@ -257,6 +482,9 @@ impl Storage {
             return Ok(None);
         };
         let receipt_digest = Digest(*r.value());
+        if let Some(receipt) = self.shared.lock().receipt(&receipt_digest) {
+            return Ok(Some((**receipt).clone()));
+        }
         let receipts = dbtry!(p, txn.open_table(RECEIPTS))?;
         match dbtry!(p, receipts.get(receipt_digest.as_bytes()))? {
             Some(v) => Ok(Some(decode_receipt(&receipt_digest, v.value())?)),
@@ -266,34 +494,30 @@ impl Storage {
 
     /// A receipt by its own digest, or by its invocation's digest.
     pub(crate) fn receipt(&self, digest: &Digest) -> Result<Option<(Receipt, Option<Invocation>)>> {
-        let pending = self
-            .pending
-            .lock()
-            .expect("pending poisoned")
-            .receipts
-            .get(digest)
-            .cloned();
+        let in_tail = self.shared.lock().receipt(digest).cloned();
         let p = &self.db_path;
-        let txn = dbtry!(p, self.db.begin_read())?;
-        let receipts = dbtry!(p, txn.open_table(RECEIPTS))?;
-        let receipt = match pending {
+        let receipt = match in_tail {
             Some(r) => Some((*r).clone()),
-            None => match dbtry!(p, receipts.get(digest.as_bytes()))? {
-                Some(v) => Some(decode_receipt(digest, v.value())?),
-                None => self.cached_receipt(digest)?,
-            },
+            None => {
+                let txn = dbtry!(p, self.db.begin_read())?;
+                let receipts = dbtry!(p, txn.open_table(RECEIPTS))?;
+                match dbtry!(p, receipts.get(digest.as_bytes()))? {
+                    Some(v) => Some(decode_receipt(digest, v.value())?),
+                    None => self.cached_receipt(digest)?,
+                }
+            }
         };
         let Some(receipt) = receipt else {
             return Ok(None);
         };
+        let in_tail = self.shared.lock().invocation(&receipt.invocation).cloned();
+        if let Some(i) = in_tail {
+            return Ok(Some((receipt, Some((*i).clone()))));
+        }
+        let txn = dbtry!(p, self.db.begin_read())?;
         let invocations = dbtry!(p, txn.open_table(INVOCATIONS))?;
         let invocation = match dbtry!(p, invocations.get(receipt.invocation.as_bytes()))? {
-            Some(v) => Some(
-                serde_json::from_slice(v.value()).map_err(|e| Error::Corrupt {
-                    what: format!("invocation {}", receipt.invocation),
-                    detail: e.to_string(),
-                })?,
-            ),
+            Some(v) => Some(decode_invocation(&receipt.invocation, v.value())?),
             None => None,
         };
         Ok(Some((receipt, invocation)))
@@ -302,7 +526,7 @@ impl Storage {
     /// Every digest that something still refers to: tools, and the blobs
     /// named by receipts and invocations. GC keeps these.
     pub(crate) fn roots(&self) -> Result<BTreeSet<Digest>> {
-        self.flush()?;
+        self.checkpoint()?;
         let p = &self.db_path;
         let txn = dbtry!(p, self.db.begin_read())?;
         let mut roots = BTreeSet::new();
@@ -318,130 +542,439 @@ impl Storage {
             roots.extend(r.diagnostics);
         }
         for entry in dbtry!(p, dbtry!(p, txn.open_table(INVOCATIONS))?.iter())? {
-            let (_, v) = dbtry!(p, entry)?;
-            if let Ok(inv) = serde_json::from_slice::<Invocation>(v.value()) {
-                roots.extend(inv.grants);
+            let (k, v) = dbtry!(p, entry)?;
+            let inv = decode_invocation(&Digest(*k.value()), v.value())?;
+            roots.extend(inv.grants);
+        }
+        // Whatever ran since the checkpoint is referenced too.
+        let st = self.shared.lock();
+        for tail in st.tails() {
+            for r in tail.receipts.values() {
+                roots.insert(r.input);
+                roots.extend(r.output);
+                roots.extend(r.diagnostics);
+            }
+            for i in tail.invocations.values() {
+                roots.extend(i.grants.iter().copied());
             }
         }
         Ok(roots)
     }
+
+    fn tail_blob(&self, digest: &Digest) -> Option<Arc<[u8]>> {
+        self.shared.lock().blob(digest).cloned()
+    }
 }
 
+/// One journal segment file, open for appending.
+struct Segment {
+    file: File,
+    path: PathBuf,
+    sequence: u64,
+    len: u64,
+}
+
+impl Segment {
+    fn path(dir: &Path, sequence: u64) -> PathBuf {
+        dir.join(format!("{sequence:016}.log"))
+    }
+
+    fn create(dir: &Path, sequence: u64) -> Result<Segment> {
+        let path = Segment::path(dir, sequence);
+        let file = std::fs::OpenOptions::new()
+            .append(true)
+            .create(true)
+            .open(&path)
+            .map_err(Error::io(
+                &path,
+                "check that the data directory is writable",
+            ))?;
+        // The new name must survive a crash, or the frames in it would not.
+        sync_dir(dir)?;
+        Ok(Segment {
+            file,
+            path,
+            sequence,
+            len: 0,
+        })
+    }
+}
+
+fn sync_dir(dir: &Path) -> Result<()> {
+    File::open(dir)
+        .and_then(|d| d.sync_all())
+        .map_err(Error::io(dir, "check the disk"))
+}
+
+/// The sequence numbers of the journal's segments, ascending.
+fn segments(dir: &Path) -> Result<Vec<u64>> {
+    let mut out = Vec::new();
+    for entry in std::fs::read_dir(dir)
+        .map_err(Error::io(dir, "check that the data directory is readable"))?
+    {
+        let entry = entry.map_err(Error::io(dir, "check that the data directory is readable"))?;
+        let name = entry.file_name();
+        if let Some(n) = name
+            .to_str()
+            .and_then(|n| n.strip_suffix(".log"))
+            .and_then(|n| n.parse::<u64>().ok())
+        {
+            out.push(n);
+        }
+    }
+    out.sort_unstable();
+    Ok(out)
+}
+
+/// Replays the journal's segments in order into a tail, and returns the
+/// sequence number for the next segment. Replay stops at the first torn
+/// frame (a crash during a group commit): that segment is cut there and
+/// later ones, if any, are removed, so that what survives is always a
+/// prefix of what was appended.
+fn replay_journal(dir: &Path) -> Result<(Tail, u64)> {
+    std::fs::create_dir_all(dir)
+        .map_err(Error::io(dir, "check that the data directory is writable"))?;
+    let mut tail = Tail::presized();
+    let sequences = segments(dir)?;
+    let mut torn = false;
+    for &sequence in &sequences {
+        let path = Segment::path(dir, sequence);
+        if torn {
+            tracing::warn!(path = %path.display(), "removing a journal segment that follows a torn frame");
+            std::fs::remove_file(&path).map_err(Error::io(
+                &path,
+                "check that the data directory is writable",
+            ))?;
+            continue;
+        }
+        let bytes = std::fs::read(&path).map_err(Error::io(
+            &path,
+            "check that the data directory is readable",
+        ))?;
+        let (records, intact) = journal::replay(&bytes).map_err(|detail| Error::Corrupt {
+            what: format!("journal segment {}", path.display()),
+            detail: format!(
+                "{detail}; move the journal directory away to open the host without the newest receipts"
+            ),
+        })?;
+        if intact < bytes.len() {
+            torn = true;
+            tracing::warn!(
+                path = %path.display(),
+                kept = intact,
+                dropped = bytes.len() - intact,
+                "the journal ends in a torn frame (a crash during a group commit); cutting it off"
+            );
+            let file = std::fs::OpenOptions::new()
+                .write(true)
+                .open(&path)
+                .map_err(Error::io(
+                    &path,
+                    "check that the data directory is writable",
+                ))?;
+            file.set_len(intact as u64).map_err(Error::io(
+                &path,
+                "check that the data directory is writable",
+            ))?;
+            file.sync_all()
+                .map_err(Error::io(&path, "check the disk"))?;
+        }
+        for record in records {
+            match record {
+                journal::Record::Blob(d, b) => {
+                    tail.blobs.insert(d, Arc::from(b));
+                }
+                journal::Record::Outcome {
+                    invocation_digest,
+                    cacheable,
+                    invocation,
+                    receipt,
+                } => {
+                    if cacheable {
+                        tail.cache.insert(invocation_digest, receipt.receipt);
+                    }
+                    tail.invocations
+                        .insert(invocation_digest, Arc::from(invocation));
+                    tail.receipts.insert(receipt.receipt, Arc::from(receipt));
+                }
+            }
+        }
+    }
+    let next = sequences.last().map_or(1, |s| s + 1);
+    Ok((tail, next))
+}
+
+/// Receipts in redb are the journal's binary encoding; older databases
+/// hold JSON (which always starts with `{`).
 fn decode_receipt(digest: &Digest, bytes: &[u8]) -> Result<Receipt> {
-    let r: Receipt = serde_json::from_slice(bytes).map_err(|e| Error::Corrupt {
+    let corrupt = |detail: String| Error::Corrupt {
         what: format!("receipt {digest}"),
-        detail: e.to_string(),
-    })?;
-    if !r.is_consistent() {
-        return Err(Error::Corrupt {
-            what: format!("receipt {digest}"),
-            detail: "its content does not match its digest".into(),
-        });
+        detail,
+    };
+    let r: Receipt = if bytes.first() == Some(&b'{') {
+        serde_json::from_slice(bytes).map_err(|e| corrupt(e.to_string()))?
+    } else {
+        journal::decode_receipt_value(bytes).map_err(corrupt)?
+    };
+    if !r.is_consistent() || r.receipt != *digest {
+        return Err(corrupt("its content does not match its digest".into()));
     }
     Ok(r)
 }
 
-struct Writer {
-    db: Arc<Database>,
-    disk: Arc<DiskStore>,
-    pending: Arc<Mutex<Pending>>,
-    failed: Arc<Mutex<Option<String>>>,
+/// Invocations in redb: binary, or JSON in older databases.
+fn decode_invocation(digest: &Digest, bytes: &[u8]) -> Result<Invocation> {
+    let corrupt = |detail: String| Error::Corrupt {
+        what: format!("invocation {digest}"),
+        detail,
+    };
+    if bytes.first() == Some(&b'{') {
+        serde_json::from_slice(bytes).map_err(|e| corrupt(e.to_string()))
+    } else {
+        journal::decode_invocation_value(bytes).map_err(corrupt)
+    }
 }
 
-impl Writer {
-    fn run(self, rx: Receiver<Op>) {
-        while let Ok(first) = rx.recv() {
-            let deadline = Instant::now() + BATCH_WINDOW;
-            let mut flush_waiting = matches!(first, Op::Flush(_));
-            let mut batch = vec![first];
-            while batch.len() < BATCH_OPS_MAX && !flush_waiting {
-                match rx.recv_deadline(deadline) {
-                    Ok(op) => {
-                        flush_waiting = matches!(op, Op::Flush(_));
-                        batch.push(op);
-                    }
-                    // The window closed, or the host is closing.
-                    Err(_) => break,
+/// A tail handed to the checkpointer: it covers every journal segment up
+/// to `last_segment`, and answers checkpoint requests up to `ticket`.
+struct Handover {
+    tail: Arc<Tail>,
+    last_segment: u64,
+    ticket: u64,
+}
+
+/// The flusher thread: group commits to the journal, segment rotation.
+struct Flusher {
+    disk: Arc<DiskStore>,
+    shared: Arc<Shared>,
+    journal_dir: PathBuf,
+    segment: Segment,
+    to_checkpointer: crossbeam_channel::Sender<Handover>,
+}
+
+impl Flusher {
+    fn run(mut self) {
+        let mut spare: Vec<u8> = Vec::with_capacity(1 << 20);
+        // Allocated outside the lock, swapped in at the next rotation.
+        let mut next_tail = Tail::presized();
+        let mut handed_ticket = 0;
+        loop {
+            let mut st = self.shared.lock();
+            let mut window_start: Option<Instant> = None;
+            loop {
+                if st.failed.is_some() {
+                    // The checkpointer failed; nothing more may be written.
+                    return;
+                }
+                if st.shutdown || st.flush_wanted || st.checkpoints_asked > handed_ticket {
+                    break;
+                }
+                if st.buffer.is_empty() {
+                    st = self.shared.wake.wait(st).expect("storage state poisoned");
+                    continue;
+                }
+                let deadline = *window_start.get_or_insert_with(Instant::now) + BATCH_WINDOW;
+                let now = Instant::now();
+                if now >= deadline {
+                    break;
+                }
+                st = self
+                    .shared
+                    .wake
+                    .wait_timeout(st, deadline - now)
+                    .expect("storage state poisoned")
+                    .0;
+            }
+            // Seal the open generation; appenders go on with a fresh buffer.
+            spare.clear();
+            let mut payload = std::mem::replace(&mut st.buffer, spare);
+            let generation = st.generation;
+            st.generation += 1;
+            st.flush_wanted = false;
+            let ticket = st.checkpoints_asked;
+            let shutdown = st.shutdown;
+            drop(st);
+            // Room for appenders that waited on a full buffer.
+            self.shared.done.notify_all();
+
+            let mut result = self.write_frame(&payload);
+            if result.is_ok() {
+                let mut st = self.shared.lock();
+                st.durable = generation;
+                if !payload.is_empty() {
+                    st.stats.frames += 1;
+                    st.stats.journal_bytes += (payload.len() + journal::FRAME_HEADER_BYTES) as u64;
+                }
+                drop(st);
+                self.shared.done.notify_all();
+                if ticket > handed_ticket || shutdown || self.segment.len >= CHECKPOINT_BYTES {
+                    result = self.rotate(&mut next_tail, ticket, shutdown);
+                    handed_ticket = ticket;
                 }
             }
-            let result = self.commit(&batch).map_err(|e| e.to_string());
-            if let Err(e) = &result {
-                tracing::error!(error = %e, "storage writer failed; later writes will be refused");
-                *self.failed.lock().expect("writer status poisoned") = Some(e.clone());
+            payload.clear();
+            spare = payload;
+            if let Err(e) = result {
+                fail(&self.shared, e);
+                return;
             }
-            let mut pending = self.pending.lock().expect("pending poisoned");
-            for op in batch {
-                match op {
-                    Op::Blob(d, _) if result.is_ok() => {
-                        pending.blobs.remove(&d);
-                    }
-                    Op::Outcome { receipt, .. } if result.is_ok() => {
-                        pending.receipts.remove(&receipt.receipt);
-                    }
-                    Op::Flush(reply) => {
-                        let _ = reply.send(result.clone());
-                    }
-                    _ => {}
-                }
-            }
-            if result.is_err() {
-                // Refuse everything from now on: later receipts could name
-                // blobs that were never made durable.
-                drop(pending);
-                for op in rx.iter() {
-                    if let Op::Flush(reply) = op {
-                        let _ = reply.send(result.clone());
-                    }
-                }
+            if shutdown {
                 return;
             }
         }
     }
 
-    fn commit(&self, batch: &[Op]) -> std::result::Result<(), String> {
-        // Large blobs named by this batch's receipts must be durable before
-        // the receipts are.
+    /// Makes the large blobs of the sealed generation durable, then writes
+    /// and fsyncs its frame.
+    fn write_frame(&mut self, payload: &[u8]) -> std::result::Result<(), String> {
+        if payload.is_empty() {
+            return Ok(());
+        }
+        // Large blobs named by this frame's receipts must be durable before
+        // the receipts are. Every one was put before its receipt was
+        // appended, hence before the seal.
         self.disk.sync().map_err(|e| e.to_string())?;
+        let header = journal::frame_header(payload);
+        let seg = &mut self.segment;
+        let io = |e: std::io::Error| format!("journal {}: {e}", seg.path.display());
+        seg.file.write_all(&header).map_err(io)?;
+        seg.file.write_all(payload).map_err(io)?;
+        seg.file.sync_data().map_err(io)?;
+        seg.len += (header.len() + payload.len()) as u64;
+        Ok(())
+    }
+
+    /// Takes the tail (a pointer swap under the lock), hands it to the
+    /// checkpointer with the segments it covers, and starts a new segment
+    /// (unless the host is closing). Every record in the segments so far
+    /// was in the tail when it was taken, because records enter the tail
+    /// when they are appended, before any frame holds them.
+    fn rotate(
+        &mut self,
+        next_tail: &mut Tail,
+        ticket: u64,
+        last: bool,
+    ) -> std::result::Result<(), String> {
+        let tail = {
+            let mut st = self.shared.lock();
+            let tail = Arc::new(std::mem::replace(&mut st.tail, std::mem::take(next_tail)));
+            st.sealed.push(tail.clone());
+            tail
+        };
+        let last_segment = self.segment.sequence;
+        if !last {
+            self.segment =
+                Segment::create(&self.journal_dir, last_segment + 1).map_err(|e| e.to_string())?;
+            *next_tail = Tail::presized();
+        }
+        self.to_checkpointer
+            .send(Handover {
+                tail,
+                last_segment,
+                ticket,
+            })
+            .map_err(|_| "the checkpoint thread stopped".to_string())
+    }
+}
+
+/// Marks the storage failed: every later write and wait is refused, since
+/// later receipts could name blobs that were never made durable.
+fn fail(shared: &Shared, e: String) {
+    tracing::error!(error = %e, "storage failed; later writes will be refused");
+    let mut st = shared.lock();
+    if st.failed.is_none() {
+        st.failed = Some(e);
+    }
+    drop(st);
+    shared.done.notify_all();
+}
+
+/// The checkpoint thread: writes taken tails into redb, then deletes the
+/// journal segments they cover.
+struct Checkpointer {
+    db: Arc<Database>,
+    disk: Arc<DiskStore>,
+    shared: Arc<Shared>,
+    journal_dir: PathBuf,
+}
+
+impl Checkpointer {
+    fn run(self, handovers: crossbeam_channel::Receiver<Handover>) {
+        for h in handovers {
+            if let Err(e) = self.checkpoint(&h) {
+                fail(&self.shared, e);
+                return;
+            }
+            let mut st = self.shared.lock();
+            st.sealed.retain(|t| !Arc::ptr_eq(t, &h.tail));
+            st.checkpoints_done = st.checkpoints_done.max(h.ticket);
+            st.stats.checkpoints += 1;
+            st.stats.checkpointed_records += h.tail.records() as u64;
+            drop(st);
+            self.shared.done.notify_all();
+            // The taken tail is freed here, outside the lock.
+            drop(h);
+        }
+    }
+
+    /// Writes the tail into redb in one transaction, then deletes the
+    /// segments it covers. The tail may hold records of a generation not
+    /// yet written: they reach redb early and the journal again later,
+    /// which is harmless because every table is keyed by content. A crash
+    /// between the commit and the deletion only replays records that redb
+    /// already has.
+    fn checkpoint(&self, h: &Handover) -> std::result::Result<(), String> {
+        let taken = &h.tail;
         let s = |e: &dyn std::fmt::Display| e.to_string();
-        let mut txn = self.db.begin_write().map_err(|e| s(&e))?;
-        txn.set_durability(Durability::Immediate)
-            .map_err(|e| s(&e))?;
-        {
-            let mut blobs = txn.open_table(BLOBS).map_err(|e| s(&e))?;
-            let mut receipts = txn.open_table(RECEIPTS).map_err(|e| s(&e))?;
-            let mut invocations = txn.open_table(INVOCATIONS).map_err(|e| s(&e))?;
-            let mut cache = txn.open_table(ACTION_CACHE).map_err(|e| s(&e))?;
-            for op in batch {
-                match op {
-                    Op::Blob(d, bytes) => {
-                        blobs.insert(d.as_bytes(), &bytes[..]).map_err(|e| s(&e))?;
-                    }
-                    Op::Outcome {
-                        invocation,
-                        invocation_digest,
-                        receipt,
-                        cache: cacheable,
-                    } => {
-                        let r = serde_json::to_vec(&**receipt).map_err(|e| s(&e))?;
-                        receipts
-                            .insert(receipt.receipt.as_bytes(), &r[..])
-                            .map_err(|e| s(&e))?;
-                        let i = serde_json::to_vec(&**invocation).map_err(|e| s(&e))?;
-                        invocations
-                            .insert(invocation_digest.as_bytes(), &i[..])
-                            .map_err(|e| s(&e))?;
-                        if *cacheable {
-                            cache
-                                .insert(invocation_digest.as_bytes(), receipt.receipt.as_bytes())
-                                .map_err(|e| s(&e))?;
-                        }
-                    }
-                    Op::Flush(_) => {}
+        if taken.records() > 0 {
+            // The tail may name large blobs of the open generation, which
+            // the next frame would have synced: sync them now, before redb
+            // makes their receipts durable.
+            self.disk.sync().map_err(|e| e.to_string())?;
+            let mut txn = self.db.begin_write().map_err(|e| s(&e))?;
+            txn.set_durability(Durability::Immediate)
+                .map_err(|e| s(&e))?;
+            {
+                // Sorted keys: each B-tree page is visited once per table.
+                let mut t = txn.open_table(BLOBS).map_err(|e| s(&e))?;
+                for (d, b) in sorted(&taken.blobs) {
+                    t.insert(d.as_bytes(), &b[..]).map_err(|e| s(&e))?;
+                }
+                let mut t = txn.open_table(RECEIPTS).map_err(|e| s(&e))?;
+                let mut value = Vec::with_capacity(512);
+                for (d, r) in sorted(&taken.receipts) {
+                    value.clear();
+                    journal::put_receipt_value(&mut value, r);
+                    t.insert(d.as_bytes(), &value[..]).map_err(|e| s(&e))?;
+                }
+                let mut t = txn.open_table(INVOCATIONS).map_err(|e| s(&e))?;
+                for (d, i) in sorted(&taken.invocations) {
+                    value.clear();
+                    journal::put_invocation_value(&mut value, i);
+                    t.insert(d.as_bytes(), &value[..]).map_err(|e| s(&e))?;
+                }
+                let mut t = txn.open_table(ACTION_CACHE).map_err(|e| s(&e))?;
+                for (d, r) in sorted(&taken.cache) {
+                    t.insert(d.as_bytes(), r.as_bytes()).map_err(|e| s(&e))?;
                 }
             }
+            txn.commit().map_err(|e| s(&e))?;
         }
-        txn.commit().map_err(|e| s(&e))
+        for sequence in segments(&self.journal_dir).map_err(|e| e.to_string())? {
+            if sequence <= h.last_segment {
+                let path = Segment::path(&self.journal_dir, sequence);
+                std::fs::remove_file(&path)
+                    .map_err(|e| format!("journal {}: {e}", path.display()))?;
+            }
+        }
+        Ok(())
     }
+}
+
+fn sorted<T>(map: &HashMap<Digest, T>) -> Vec<(&Digest, &T)> {
+    let mut v: Vec<(&Digest, &T)> = map.iter().collect();
+    v.sort_unstable_by(|a, b| a.0.cmp(b.0));
+    v
 }
 
 /// The host's content-addressed store: small blobs inline in the database,
@@ -458,15 +991,8 @@ impl Blobs {
     }
 
     fn inline(&self, digest: &Digest) -> Result<Option<Arc<[u8]>>, CasError> {
-        if let Some(b) = self
-            .storage
-            .pending
-            .lock()
-            .expect("pending poisoned")
-            .blobs
-            .get(digest)
-        {
-            return Ok(Some(b.clone()));
+        if let Some(b) = self.storage.tail_blob(digest) {
+            return Ok(Some(b));
         }
         let txn = self.storage.db.begin_read().map_err(cas_db)?;
         let table = txn.open_table(BLOBS).map_err(cas_db)?;
@@ -519,7 +1045,9 @@ impl Blobs {
     }
 
     fn inline_entries(&self) -> Result<Vec<(Digest, Vec<u8>)>, CasError> {
-        self.storage.flush().map_err(|e| cas_db(e.to_string()))?;
+        self.storage
+            .checkpoint()
+            .map_err(|e| cas_db(e.to_string()))?;
         let txn = self.storage.db.begin_read().map_err(cas_db)?;
         let table = txn.open_table(BLOBS).map_err(cas_db)?;
         let mut out = Vec::new();
@@ -617,7 +1145,11 @@ impl Store for Blobs {
         if self.inline_pins()?.contains(digest) {
             return Err(CasError::Pinned(*digest));
         }
-        self.storage.flush().map_err(|e| cas_db(e.to_string()))?;
+        // After a checkpoint the blob is in the table only, so removing it
+        // there is final (a journal replay cannot bring it back).
+        self.storage
+            .checkpoint()
+            .map_err(|e| cas_db(e.to_string()))?;
         let txn = self.storage.db.begin_write().map_err(cas_db)?;
         let removed_inline = {
             let mut t = txn.open_table(BLOBS).map_err(cas_db)?;
@@ -631,6 +1163,8 @@ impl Store for Blobs {
 
     fn pin(&self, digest: &Digest) -> Result<(), CasError> {
         if self.inline(digest)?.is_some() {
+            // A pin must not outlive a crash that loses its blob.
+            self.storage.flush().map_err(|e| cas_db(e.to_string()))?;
             let txn = self.storage.db.begin_write().map_err(cas_db)?;
             {
                 let mut t = txn.open_table(PINS).map_err(cas_db)?;
@@ -678,6 +1212,9 @@ impl Store for Blobs {
     }
 
     fn gc(&self, roots: &BTreeSet<Digest>) -> Result<GcReport, CasError> {
+        self.storage
+            .checkpoint()
+            .map_err(|e| cas_db(e.to_string()))?;
         let mut keep = roots.clone();
         keep.extend(self.inline_pins()?);
         let mut report = self.storage.disk.gc(&keep)?;
@@ -704,5 +1241,125 @@ impl Store for Blobs {
 
     fn sync(&self) -> Result<(), CasError> {
         self.storage.flush().map_err(|e| cas_db(e.to_string()))
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn receipt_for(input: &[u8]) -> (Invocation, Receipt) {
+        let inv = Invocation::new(Digest::of(b"tool"), Digest::of(input));
+        let mut r = Receipt {
+            receipt: Digest([0; 32]),
+            invocation: inv.digest(),
+            tool: inv.tool,
+            input: inv.input,
+            output: Some(Digest::of(input)),
+            output_bytes: input.len() as u64,
+            outcome: voidbox_sandbox::Outcome::Ok,
+            fuel_used: 1,
+            memory_peak_bytes: 0,
+            diagnostics: None,
+            timestamp: 1,
+            cached: false,
+            duration_us: 1,
+        };
+        r.receipt = r.compute_digest();
+        (inv, r)
+    }
+
+    fn frame(records: &[u8]) -> Vec<u8> {
+        let mut f = journal::frame_header(records).to_vec();
+        f.extend_from_slice(records);
+        f
+    }
+
+    #[test]
+    fn replay_keeps_the_prefix_before_a_torn_frame() {
+        let home = tempfile::tempdir().unwrap();
+        let dir = home.path().join(JOURNAL_DIR);
+        std::fs::create_dir_all(&dir).unwrap();
+        let (inv, r) = receipt_for(b"one");
+        let mut a = Vec::new();
+        journal::put_blob(&mut a, &Digest::of(b"one"), b"one");
+        journal::put_outcome(&mut a, &inv.digest(), true, &inv, &r);
+        let (inv2, r2) = receipt_for(b"two");
+        let mut b = Vec::new();
+        journal::put_blob(&mut b, &Digest::of(b"two"), b"two");
+        journal::put_outcome(&mut b, &inv2.digest(), true, &inv2, &r2);
+        // Segment 1: a whole frame, then half of the next one (a crash
+        // during its write). Segment 2 must not be replayed after that.
+        let mut seg1 = frame(&a);
+        let whole = seg1.len();
+        let torn = frame(&b);
+        seg1.extend_from_slice(&torn[..torn.len() / 2]);
+        std::fs::write(Segment::path(&dir, 1), &seg1).unwrap();
+        std::fs::write(Segment::path(&dir, 2), frame(&b)).unwrap();
+
+        let storage = Storage::open(home.path(), 1 << 16).unwrap();
+        assert_eq!(
+            storage.cached_receipt(&inv.digest()).unwrap(),
+            Some(r.clone())
+        );
+        assert_eq!(storage.cached_receipt(&inv2.digest()).unwrap(), None);
+        assert_eq!(storage.tail_blob(&Digest::of(b"two")), None);
+        // The torn segment was cut at its last whole frame.
+        assert_eq!(
+            std::fs::metadata(Segment::path(&dir, 1)).unwrap().len(),
+            whole as u64
+        );
+        assert!(!Segment::path(&dir, 2).exists());
+        drop(storage);
+        // A clean close moved everything into redb and emptied the journal.
+        assert!(segments(&dir).unwrap().is_empty());
+        let storage = Storage::open(home.path(), 1 << 16).unwrap();
+        assert_eq!(
+            storage.cached_receipt(&inv.digest()).unwrap(),
+            Some(r.clone())
+        );
+        let (again, invocation) = storage.receipt(&r.receipt).unwrap().unwrap();
+        assert_eq!((again, invocation), (r, Some(inv)));
+    }
+
+    #[test]
+    fn records_are_readable_before_during_and_after_a_checkpoint() {
+        let home = tempfile::tempdir().unwrap();
+        let storage = Storage::open(home.path(), 1 << 16).unwrap();
+        let mut expected = Vec::new();
+        for i in 0..200u32 {
+            let input = format!("input {i}");
+            let d = storage.put_blob_deferred(input.as_bytes()).unwrap();
+            let (inv, r) = receipt_for(input.as_bytes());
+            storage
+                .record(
+                    Arc::new(inv.clone()),
+                    inv.digest(),
+                    Arc::new(r.clone()),
+                    true,
+                )
+                .unwrap();
+            expected.push((d, inv, r));
+            if i == 100 {
+                storage.checkpoint().unwrap();
+                assert!(storage.shared.lock().tail.records() == 0);
+            }
+        }
+        storage.flush().unwrap();
+        for (d, inv, r) in &expected {
+            assert!(
+                storage.tail_blob(d).is_some() || {
+                    let txn = storage.db.begin_read().unwrap();
+                    let t = txn.open_table(BLOBS).unwrap();
+                    t.get(d.as_bytes()).unwrap().is_some()
+                }
+            );
+            assert_eq!(
+                storage.cached_receipt(&inv.digest()).unwrap().as_ref(),
+                Some(r)
+            );
+        }
+        let stats = storage.stats();
+        assert!(stats.checkpoints >= 1 && stats.frames >= 1, "{stats:?}");
     }
 }

@@ -1,0 +1,72 @@
+//! Bare wasmtime calls (the benchmark's baseline), or full host invocations
+//! with fresh inputs, on N threads for a few seconds, for profilers:
+//! `bare_threads TOOL.wasm THREADS SECONDS [host]`. Prints calls per second.
+
+use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
+use std::time::{Duration, Instant};
+
+use voidbox_sandbox::baseline::Bare;
+use voidbox_sandbox::SandboxConfig;
+
+fn main() -> Result<(), Box<dyn std::error::Error>> {
+    let args: Vec<String> = std::env::args().skip(1).collect();
+    let (tool, threads, seconds, host) = match &args[..] {
+        [t, n, s] => (t, n, s, false),
+        [t, n, s, h] if h == "host" => (t, n, s, true),
+        _ => return Err("usage: bare_threads TOOL.wasm THREADS SECONDS [host]".into()),
+    };
+    let threads: usize = threads.parse()?;
+    let window = Duration::from_secs_f64(seconds.parse()?);
+    let wasm = std::fs::read(tool)?;
+    let bare = Bare::new(&SandboxConfig::default(), &wasm)?;
+    for i in 0..1000u64 {
+        bare.call(&i.to_le_bytes())?;
+    }
+    let dir = tempfile::tempdir()?;
+    let h = voidbox::Host::open(dir.path())?;
+    let digest = h.add_tool(&wasm, Some("echo"))?.digest;
+    let call = |t: usize, n: u64| {
+        let input = format!("{t}-{n}");
+        if host {
+            let d = h.put_input(input.as_bytes()).expect("put");
+            h.invoke(&voidbox::Invocation::new(digest, d))
+                .expect("invoke");
+        } else {
+            bare.call(input.as_bytes()).expect("call");
+        }
+    };
+    let slow = AtomicU64::new(0);
+    let slow_us = AtomicU64::new(0);
+    let stop = AtomicBool::new(false);
+    let calls = AtomicU64::new(0);
+    let started = Instant::now();
+    std::thread::scope(|s| {
+        for t in 0..threads {
+            let (call, stop, calls, slow, slow_us) = (&call, &stop, &calls, &slow, &slow_us);
+            s.spawn(move || {
+                let mut n = 0u64;
+                while !stop.load(Ordering::Relaxed) {
+                    let t0 = Instant::now();
+                    call(t, n);
+                    let us = t0.elapsed().as_micros() as u64;
+                    if us > 200 {
+                        slow.fetch_add(1, Ordering::Relaxed);
+                        slow_us.fetch_add(us, Ordering::Relaxed);
+                    }
+                    n += 1;
+                }
+                calls.fetch_add(n, Ordering::Relaxed);
+            });
+        }
+        std::thread::sleep(window);
+        stop.store(true, Ordering::Relaxed);
+    });
+    let n = calls.load(Ordering::Relaxed) as f64;
+    println!(
+        "{threads} threads: {:.0} calls/s; {} calls over 200 us, {} ms in them",
+        n / started.elapsed().as_secs_f64(),
+        slow.load(Ordering::Relaxed),
+        slow_us.load(Ordering::Relaxed) / 1000
+    );
+    Ok(())
+}

@@ -1,0 +1,381 @@
+//! The executor pool: worker slots (threads) that run a batch of
+//! invocations, and the placement that decides which slot runs which.
+//!
+//! A batch is placed with the Ising placement of `voidbox-ising`: each
+//! worker slot is an executor whose capacity is its share of the batch,
+//! and the locality reward goes to slots that already hold a warm instance
+//! of the invocation's tool (they ran it recently, so the pooling
+//! allocator's memory slot for that module, its code and its data are hot
+//! on that core). The placement is checked, repaired or replaced by greedy
+//! inside `voidbox-ising`; the pool counts which of these happened and
+//! says so in a `tracing` debug line.
+//!
+//! Few threads, on purpose: on this host's two cores, two threads
+//! instantiating in one process pay for each other's TLB shootdowns when
+//! linear memories are decommitted, so the pool has one worker per core
+//! (never more), the caller's thread only waits, and the sandbox resets
+//! memories without unmapping them where it can (see `voidbox-sandbox`).
+//!
+//! This module knows nothing of storage or receipts: it places opaque tool
+//! digests and runs a closure per job.
+
+use std::collections::{HashMap, VecDeque};
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::Mutex;
+use std::time::Instant;
+
+use voidbox_cas::Digest;
+use voidbox_ising::placement::{
+    self, Executor, PlacementError, PlacementOutcome, PlacementParams, PlacementProblem, Weights,
+};
+
+/// The storage's counters, shown next to the pool's by `voidbox bench`.
+pub use crate::storage::StorageStats;
+
+/// Tools remembered as warm per worker slot (most recent first).
+const WARM_TOOLS_PER_SLOT: usize = 8;
+/// Annealing sweeps per batch. The annealer starts from the greedy
+/// placement and keeps the best feasible one it sees, greedy included, so
+/// fewer sweeps never place worse than greedy; a few dozen identical slots
+/// need few sweeps, and each sweep costs about a microsecond per 64 jobs
+/// on the batch's critical path.
+const PLACEMENT_SWEEPS: usize = 20;
+/// Most worker slots a pool has, whatever the machine.
+pub const WORKER_SLOTS_MAX: usize = 64;
+
+/// How a batch was placed on the worker slots, counted over the pool's life.
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+pub struct PoolStats {
+    /// Worker slots (threads) in the pool.
+    pub worker_slots: usize,
+    /// Batches run.
+    pub batches: u64,
+    /// Batches whose annealed placement was used as it was.
+    pub placed_annealed: u64,
+    /// Batches whose annealed placement broke a hard constraint and was
+    /// repaired.
+    pub placed_repaired: u64,
+    /// Batches placed by the greedy fallback (better than the annealer's, or
+    /// the annealer's could not be repaired).
+    pub placed_greedy: u64,
+    /// Batches the placement refused (an error); they were dealt round-robin.
+    pub placement_failed: u64,
+    /// Batches with at most one job to run, or a pool of one slot: nothing
+    /// to place.
+    pub placement_skipped: u64,
+    /// Time spent placing, in microseconds, over all batches.
+    pub placement_us: u64,
+    /// Jobs run, per slot.
+    pub jobs_per_slot: Vec<u64>,
+}
+
+/// Where each job of a batch runs, and which path of the placement chose it.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub(crate) struct BatchPlan {
+    /// `slot[j]`: the worker slot of job `j`.
+    pub(crate) slot: Vec<usize>,
+    /// `None` when nothing was placed (one slot, or one job).
+    pub(crate) outcome: Option<Result<PlacementOutcome, String>>,
+}
+
+/// Worker slots and their warm tools.
+pub(crate) struct Pool {
+    /// `None` for a pool of one slot: jobs run on the caller's thread.
+    threads: Option<rayon::ThreadPool>,
+    slots: usize,
+    warm: Mutex<Vec<VecDeque<Digest>>>,
+    stats: Mutex<PoolStats>,
+    jobs_per_slot: Vec<AtomicU64>,
+}
+
+impl std::fmt::Debug for Pool {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Pool")
+            .field("slots", &self.slots)
+            .finish_non_exhaustive()
+    }
+}
+
+impl Pool {
+    /// A pool of `slots` worker threads (clamped to `1..=WORKER_SLOTS_MAX`).
+    pub(crate) fn new(slots: usize) -> std::io::Result<Pool> {
+        let slots = slots.clamp(1, WORKER_SLOTS_MAX);
+        let threads = if slots > 1 {
+            Some(
+                rayon::ThreadPoolBuilder::new()
+                    .num_threads(slots)
+                    .thread_name(|i| format!("voidbox-worker-{i}"))
+                    .build()
+                    .map_err(std::io::Error::other)?,
+            )
+        } else {
+            None
+        };
+        Ok(Pool {
+            threads,
+            slots,
+            warm: Mutex::new(vec![VecDeque::new(); slots]),
+            stats: Mutex::new(PoolStats {
+                worker_slots: slots,
+                ..PoolStats::default()
+            }),
+            jobs_per_slot: (0..slots).map(|_| AtomicU64::new(0)).collect(),
+        })
+    }
+
+    /// What the pool did so far.
+    pub(crate) fn stats(&self) -> PoolStats {
+        let mut s = self.stats.lock().expect("pool stats poisoned").clone();
+        s.jobs_per_slot = self
+            .jobs_per_slot
+            .iter()
+            .map(|n| n.load(Ordering::Relaxed))
+            .collect();
+        s
+    }
+
+    /// Places jobs (one tool digest each) on the worker slots. Never fails:
+    /// if the placement refuses the batch, jobs are dealt round-robin (and
+    /// the refusal is counted and logged).
+    pub(crate) fn plan(&self, tools: &[Digest], seed: u64) -> BatchPlan {
+        let started = Instant::now();
+        let plan = if self.slots == 1 || tools.len() <= 1 {
+            BatchPlan {
+                slot: vec![0; tools.len()],
+                outcome: None,
+            }
+        } else {
+            let warm = self.warm.lock().expect("warm tools poisoned").clone();
+            let capacity = slot_capacity(tools.len(), self.slots);
+            match place_on_slots(tools, &warm, capacity, seed) {
+                Ok((slot, outcome)) => BatchPlan {
+                    slot,
+                    outcome: Some(Ok(outcome)),
+                },
+                Err(e) => BatchPlan {
+                    slot: (0..tools.len()).map(|j| j % self.slots).collect(),
+                    outcome: Some(Err(e.to_string())),
+                },
+            }
+        };
+        let us = started.elapsed().as_micros() as u64;
+        let mut s = self.stats.lock().expect("pool stats poisoned");
+        s.batches += 1;
+        s.placement_us += us;
+        match &plan.outcome {
+            None => s.placement_skipped += 1,
+            Some(Ok(PlacementOutcome::Annealed)) => s.placed_annealed += 1,
+            Some(Ok(PlacementOutcome::Repaired)) => s.placed_repaired += 1,
+            Some(Ok(PlacementOutcome::Greedy)) => s.placed_greedy += 1,
+            Some(Err(_)) => s.placement_failed += 1,
+        }
+        drop(s);
+        match &plan.outcome {
+            None => tracing::debug!(jobs = tools.len(), "batch: nothing to place"),
+            Some(Ok(outcome)) => tracing::debug!(
+                jobs = tools.len(),
+                slots = self.slots,
+                placement = ?outcome,
+                elapsed_us = us,
+                "batch placed on worker slots (Annealed: the annealer's placement; Repaired: it broke a constraint and was repaired; Greedy: the greedy fallback)"
+            ),
+            Some(Err(e)) => tracing::debug!(
+                jobs = tools.len(),
+                error = %e,
+                "placement refused the batch; dealt round-robin"
+            ),
+        }
+        plan
+    }
+
+    /// Runs job `j` on slot `plan.slot[j]`, each slot's jobs in order, all
+    /// slots at once; returns the results in job order.
+    pub(crate) fn run<R: Send>(
+        &self,
+        plan: &BatchPlan,
+        tools: &[Digest],
+        job: impl Fn(usize) -> R + Sync,
+    ) -> Vec<R> {
+        assert_eq!(plan.slot.len(), tools.len(), "one slot per job");
+        let run_slot = |slot: usize| -> Vec<(usize, R)> {
+            let mut out = Vec::new();
+            for (j, _) in plan.slot.iter().enumerate().filter(|(_, s)| **s == slot) {
+                out.push((j, job(j)));
+                self.jobs_per_slot[slot].fetch_add(1, Ordering::Relaxed);
+            }
+            out
+        };
+        let per_slot: Vec<Vec<(usize, R)>> = match &self.threads {
+            None => vec![run_slot(0)],
+            // Every pool thread runs its own slot's jobs: a slot is a thread,
+            // so the warm state the placement counted on is where the job runs.
+            Some(threads) => threads.broadcast(|ctx| run_slot(ctx.index())),
+        };
+        self.note_warm(plan, tools);
+        let mut results: Vec<Option<R>> = (0..tools.len()).map(|_| None).collect();
+        for (j, r) in per_slot.into_iter().flatten() {
+            assert!(results[j].is_none(), "job {j} ran twice");
+            results[j] = Some(r);
+        }
+        results
+            .into_iter()
+            .enumerate()
+            .map(|(j, r)| r.unwrap_or_else(|| panic!("job {j} never ran")))
+            .collect()
+    }
+
+    /// Remembers which tools each slot just ran (most recent first).
+    fn note_warm(&self, plan: &BatchPlan, tools: &[Digest]) {
+        let mut warm = self.warm.lock().expect("warm tools poisoned");
+        for (j, &slot) in plan.slot.iter().enumerate() {
+            let w = &mut warm[slot];
+            if w.front() == Some(&tools[j]) {
+                continue;
+            }
+            w.retain(|d| *d != tools[j]);
+            w.push_front(tools[j]);
+            w.truncate(WARM_TOOLS_PER_SLOT);
+        }
+    }
+}
+
+/// How many jobs of a batch one slot may take: its even share plus a
+/// quarter, so that locality can move some jobs to warm slots without
+/// piling the batch onto one of them.
+pub(crate) fn slot_capacity(jobs: usize, slots: usize) -> u32 {
+    let share = jobs.div_ceil(slots);
+    u32::try_from(share + share.div_ceil(4)).unwrap_or(u32::MAX)
+}
+
+/// The one call into `voidbox-ising`: places `tools[j]` on a slot with
+/// room for `capacity` jobs, preferring slots where the tool is warm.
+/// Returns each job's slot and which path of the placement chose it.
+pub(crate) fn place_on_slots(
+    tools: &[Digest],
+    warm: &[VecDeque<Digest>],
+    capacity: u32,
+    seed: u64,
+) -> Result<(Vec<usize>, PlacementOutcome), PlacementError> {
+    // Tools are opaque keys to the placement: a short name per distinct
+    // tool (hex digests would cost more to make than to compare).
+    let mut names: HashMap<Digest, String> = HashMap::new();
+    let mut name = |d: &Digest| {
+        let n = names.len();
+        names.entry(*d).or_insert_with(|| format!("t{n}")).clone()
+    };
+    let jobs: Vec<placement::Invocation> = tools
+        .iter()
+        .enumerate()
+        .map(|(j, d)| placement::Invocation {
+            id: j.to_string(),
+            slots: 1,
+            memory_bytes: 0,
+            replicas: 1,
+            tool: name(d),
+            ..placement::Invocation::default()
+        })
+        .collect();
+    let executors: Vec<Executor> = warm
+        .iter()
+        .enumerate()
+        .map(|(i, w)| Executor {
+            id: format!("slot-{i}"),
+            slots: capacity,
+            // Memory is the sandbox's business (each run has its own pooled
+            // slot); only job counts are placed here.
+            memory_bytes: 1,
+            warm_tools: w.iter().map(&mut name).collect(),
+            ..Executor::default()
+        })
+        .collect();
+    let problem = PlacementProblem::new(jobs, executors, Weights::default())?;
+    let placed = placement::place(
+        &problem,
+        &PlacementParams {
+            seed,
+            sweeps: PLACEMENT_SWEEPS,
+            measure_time: false,
+            ..PlacementParams::default()
+        },
+    )?;
+    let slot = placed
+        .assignment
+        .iter()
+        .map(|copies| {
+            assert_eq!(copies.len(), 1, "one copy per job");
+            copies[0]
+        })
+        .collect();
+    Ok((slot, placed.outcome))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn tool(n: u8) -> Digest {
+        Digest::of(&[n])
+    }
+
+    #[test]
+    fn placement_respects_slot_capacity() {
+        for slots in 2..=4usize {
+            for jobs in [2usize, 3, 7, 16, 33, 64] {
+                // Every tool warm on slot 0 only: locality pulls everything
+                // there, capacity must stop it.
+                let mut warm = vec![VecDeque::new(); slots];
+                for t in 0..4 {
+                    warm[0].push_back(tool(t));
+                }
+                let tools: Vec<Digest> = (0..jobs).map(|j| tool((j % 4) as u8)).collect();
+                let cap = slot_capacity(jobs, slots);
+                let (slot, _) = place_on_slots(&tools, &warm, cap, 7).unwrap();
+                assert_eq!(slot.len(), jobs);
+                let mut count = vec![0u32; slots];
+                for s in slot {
+                    assert!(s < slots);
+                    count[s] += 1;
+                }
+                assert!(
+                    count.iter().all(|&c| c <= cap),
+                    "{slots} slots, {jobs} jobs, capacity {cap}: {count:?}"
+                );
+            }
+        }
+    }
+
+    #[test]
+    fn warm_slots_attract_their_tools() {
+        // Tool 1 is warm on slot 0 and tool 2 on slot 1: with room enough,
+        // each job goes where its tool is warm.
+        let warm = vec![VecDeque::from([tool(1)]), VecDeque::from([tool(2)])];
+        let tools = [tool(1), tool(2), tool(1), tool(2)];
+        let (slot, _) = place_on_slots(&tools, &warm, 2, 1).unwrap();
+        assert_eq!(slot, [0, 1, 0, 1]);
+    }
+
+    #[test]
+    fn every_job_runs_once_and_results_keep_job_order() {
+        let pool = Pool::new(3).unwrap();
+        let tools: Vec<Digest> = (0..20).map(|j| tool(j % 5)).collect();
+        let plan = pool.plan(&tools, 3);
+        let ran: Vec<AtomicU64> = (0..tools.len()).map(|_| AtomicU64::new(0)).collect();
+        let out = pool.run(&plan, &tools, |j| {
+            ran[j].fetch_add(1, Ordering::Relaxed);
+            j * 10
+        });
+        assert_eq!(out, (0..20).map(|j| j * 10).collect::<Vec<_>>());
+        assert!(ran.iter().all(|n| n.load(Ordering::Relaxed) == 1));
+        let stats = pool.stats();
+        assert_eq!(stats.jobs_per_slot.iter().sum::<u64>(), 20);
+        assert_eq!(stats.batches, 1);
+        assert_eq!(
+            stats.placed_annealed + stats.placed_repaired + stats.placed_greedy,
+            1,
+            "{stats:?}"
+        );
+        // The slots now hold their tools warm.
+        let warm = pool.warm.lock().unwrap();
+        assert!(warm.iter().any(|w| !w.is_empty()));
+    }
+}

@@ -1,0 +1,474 @@
+//! The write-ahead journal: the hot path's storage format.
+//!
+//! Every invocation writes a few small records (its input and output when
+//! they are small, its receipt, its action-cache entry). Inserting those
+//! into B-trees keyed by digests scatters each commit over the whole tree,
+//! so the hot path appends them to one file instead, and the B-trees are
+//! updated later, in large sorted batches (a *checkpoint*, see `storage`).
+//!
+//! The file is a sequence of frames, one per group commit:
+//!
+//! ```text
+//! frame   = magic "VBJ1" | payload length u32 | blake3(payload)[..16] | payload
+//! payload = record*
+//! record  = 1 | digest[32] | length u32 | bytes                  a small blob
+//!         | 2 | invocation digest[32] | cacheable u8
+//!             | length u32 | invocation | length u32 | receipt   an outcome
+//! ```
+//!
+//! All integers are little-endian. A frame is checked as a whole, so a
+//! group commit is the unit of durability: replay stops at the first frame
+//! that is short or does not match its hash (a write torn by a crash) and
+//! the file is cut there. Because records are replayed strictly in order,
+//! a receipt that survives always comes with the blobs appended before it.
+//!
+//! This module knows the byte formats only; it does no I/O of its own
+//! besides reading a whole journal for replay.
+
+use std::time::Duration;
+
+use voidbox_cas::Digest;
+use voidbox_sandbox::{Budget, Outcome};
+
+use crate::invocation::{Invocation, Receipt};
+
+const MAGIC: &[u8; 4] = b"VBJ1";
+/// Bytes before a frame's payload.
+pub(crate) const FRAME_HEADER_BYTES: usize = 4 + 4 + 16;
+/// The largest payload one frame may carry; a length above this is a torn
+/// or foreign frame, not a reason to allocate.
+pub(crate) const FRAME_PAYLOAD_BYTES_MAX: usize = 1 << 30;
+
+const TAG_BLOB: u8 = 1;
+const TAG_OUTCOME: u8 = 2;
+
+/// One decoded record.
+#[derive(Debug)]
+pub(crate) enum Record {
+    Blob(Digest, Vec<u8>),
+    Outcome {
+        invocation_digest: Digest,
+        cacheable: bool,
+        invocation: Box<Invocation>,
+        receipt: Box<Receipt>,
+    },
+}
+
+/// Appends a small blob record.
+pub(crate) fn put_blob(out: &mut Vec<u8>, digest: &Digest, bytes: &[u8]) {
+    out.push(TAG_BLOB);
+    out.extend_from_slice(digest.as_bytes());
+    put_len(out, bytes.len());
+    out.extend_from_slice(bytes);
+}
+
+/// Appends an outcome record.
+pub(crate) fn put_outcome(
+    out: &mut Vec<u8>,
+    invocation_digest: &Digest,
+    cacheable: bool,
+    invocation: &Invocation,
+    receipt: &Receipt,
+) {
+    out.push(TAG_OUTCOME);
+    out.extend_from_slice(invocation_digest.as_bytes());
+    out.push(u8::from(cacheable));
+    let at = out.len();
+    put_len(out, 0);
+    encode_invocation(out, invocation);
+    patch_len(out, at);
+    let at = out.len();
+    put_len(out, 0);
+    encode_receipt(out, receipt);
+    patch_len(out, at);
+}
+
+/// The first byte of a receipt or invocation stored in redb in this
+/// module's binary encoding (JSON, the older format, starts with `{`).
+const VALUE_V1: u8 = 1;
+
+/// A receipt as a redb value.
+pub(crate) fn put_receipt_value(out: &mut Vec<u8>, r: &Receipt) {
+    out.push(VALUE_V1);
+    encode_receipt(out, r);
+}
+
+/// An invocation as a redb value.
+pub(crate) fn put_invocation_value(out: &mut Vec<u8>, i: &Invocation) {
+    out.push(VALUE_V1);
+    encode_invocation(out, i);
+}
+
+/// Reads [`put_receipt_value`]'s encoding (checks the receipt's digest).
+pub(crate) fn decode_receipt_value(bytes: &[u8]) -> Result<Receipt, String> {
+    match bytes.split_first() {
+        Some((&VALUE_V1, rest)) => decode_receipt(rest),
+        _ => Err("unknown receipt encoding".into()),
+    }
+}
+
+/// Reads [`put_invocation_value`]'s encoding.
+pub(crate) fn decode_invocation_value(bytes: &[u8]) -> Result<Invocation, String> {
+    match bytes.split_first() {
+        Some((&VALUE_V1, rest)) => decode_invocation(rest),
+        _ => Err("unknown invocation encoding".into()),
+    }
+}
+
+/// Wraps a payload in a frame header (written before the payload).
+pub(crate) fn frame_header(payload: &[u8]) -> [u8; FRAME_HEADER_BYTES] {
+    assert!(payload.len() <= FRAME_PAYLOAD_BYTES_MAX, "frame too large");
+    let mut h = [0u8; FRAME_HEADER_BYTES];
+    h[..4].copy_from_slice(MAGIC);
+    h[4..8].copy_from_slice(&(payload.len() as u32).to_le_bytes());
+    h[8..].copy_from_slice(&blake3::hash(payload).as_bytes()[..16]);
+    h
+}
+
+/// Replays a journal's bytes: every record of every intact frame, in order,
+/// and the length of the intact prefix (where the file must be cut).
+pub(crate) fn replay(bytes: &[u8]) -> Result<(Vec<Record>, usize), String> {
+    let mut records = Vec::new();
+    let mut at = 0;
+    while bytes.len() - at >= FRAME_HEADER_BYTES {
+        let h = &bytes[at..at + FRAME_HEADER_BYTES];
+        if &h[..4] != MAGIC {
+            break;
+        }
+        let len = u32::from_le_bytes(h[4..8].try_into().expect("4 bytes")) as usize;
+        let start = at + FRAME_HEADER_BYTES;
+        if len > FRAME_PAYLOAD_BYTES_MAX || bytes.len() - start < len {
+            break;
+        }
+        let payload = &bytes[start..start + len];
+        if blake3::hash(payload).as_bytes()[..16] != h[8..] {
+            break;
+        }
+        // The hash matched, so the frame is what this host wrote: a record
+        // that does not decode is a bug or corruption, not a torn write.
+        decode_payload(payload, &mut records)?;
+        at = start + len;
+    }
+    Ok((records, at))
+}
+
+fn decode_payload(payload: &[u8], records: &mut Vec<Record>) -> Result<(), String> {
+    let mut r = Reader(payload);
+    while !r.0.is_empty() {
+        match r.u8()? {
+            TAG_BLOB => {
+                let digest = r.digest()?;
+                let len = r.len()?;
+                records.push(Record::Blob(digest, r.take(len)?.to_vec()));
+            }
+            TAG_OUTCOME => {
+                let invocation_digest = r.digest()?;
+                let cacheable = r.u8()? != 0;
+                let len = r.len()?;
+                let invocation = Box::new(decode_invocation(r.take(len)?)?);
+                let len = r.len()?;
+                let receipt = Box::new(decode_receipt(r.take(len)?)?);
+                records.push(Record::Outcome {
+                    invocation_digest,
+                    cacheable,
+                    invocation,
+                    receipt,
+                });
+            }
+            tag => return Err(format!("unknown record tag {tag}")),
+        }
+    }
+    Ok(())
+}
+
+fn put_len(out: &mut Vec<u8>, len: usize) {
+    out.extend_from_slice(
+        &u32::try_from(len)
+            .expect("record fits in u32")
+            .to_le_bytes(),
+    );
+}
+
+fn patch_len(out: &mut [u8], at: usize) {
+    let len = out.len() - at - 4;
+    out[at..at + 4].copy_from_slice(&u32::try_from(len).expect("fits").to_le_bytes());
+}
+
+fn put_u64(out: &mut Vec<u8>, v: u64) {
+    out.extend_from_slice(&v.to_le_bytes());
+}
+
+fn put_str(out: &mut Vec<u8>, s: &str) {
+    put_len(out, s.len());
+    out.extend_from_slice(s.as_bytes());
+}
+
+fn put_opt_digest(out: &mut Vec<u8>, d: &Option<Digest>) {
+    match d {
+        Some(d) => {
+            out.push(1);
+            out.extend_from_slice(d.as_bytes());
+        }
+        None => out.push(0),
+    }
+}
+
+fn encode_invocation(out: &mut Vec<u8>, i: &Invocation) {
+    out.extend_from_slice(i.tool.as_bytes());
+    put_str(out, &i.export);
+    out.extend_from_slice(i.input.as_bytes());
+    put_len(out, i.args.len());
+    for (k, v) in &i.args {
+        put_str(out, k);
+        put_str(out, v);
+    }
+    put_u64(out, i.budget.fuel);
+    put_u64(out, i.budget.memory_bytes);
+    put_u64(out, i.budget.output_bytes);
+    put_u64(
+        out,
+        i.budget.timeout.as_millis().try_into().unwrap_or(u64::MAX),
+    );
+    put_len(out, i.grants.len());
+    for g in &i.grants {
+        out.extend_from_slice(g.as_bytes());
+    }
+    put_u64(out, i.time_unix_ns);
+}
+
+fn encode_receipt(out: &mut Vec<u8>, r: &Receipt) {
+    out.extend_from_slice(r.receipt.as_bytes());
+    out.extend_from_slice(r.invocation.as_bytes());
+    out.extend_from_slice(r.tool.as_bytes());
+    out.extend_from_slice(r.input.as_bytes());
+    put_opt_digest(out, &r.output);
+    put_u64(out, r.output_bytes);
+    match &r.outcome {
+        // The common case without a JSON round trip.
+        Outcome::Ok => put_len(out, 0),
+        other => {
+            let json = serde_json::to_vec(other).expect("outcomes serialize");
+            put_len(out, json.len());
+            out.extend_from_slice(&json);
+        }
+    }
+    put_u64(out, r.fuel_used);
+    put_u64(out, r.memory_peak_bytes);
+    put_opt_digest(out, &r.diagnostics);
+    put_u64(out, r.timestamp);
+    out.push(u8::from(r.cached));
+    put_u64(out, r.duration_us);
+}
+
+struct Reader<'a>(&'a [u8]);
+
+impl<'a> Reader<'a> {
+    fn take(&mut self, n: usize) -> Result<&'a [u8], String> {
+        if self.0.len() < n {
+            return Err("record ends early".into());
+        }
+        let (head, rest) = self.0.split_at(n);
+        self.0 = rest;
+        Ok(head)
+    }
+
+    fn u8(&mut self) -> Result<u8, String> {
+        Ok(self.take(1)?[0])
+    }
+
+    fn len(&mut self) -> Result<usize, String> {
+        Ok(u32::from_le_bytes(self.take(4)?.try_into().expect("4 bytes")) as usize)
+    }
+
+    fn u64(&mut self) -> Result<u64, String> {
+        Ok(u64::from_le_bytes(
+            self.take(8)?.try_into().expect("8 bytes"),
+        ))
+    }
+
+    fn digest(&mut self) -> Result<Digest, String> {
+        Ok(Digest(self.take(32)?.try_into().expect("32 bytes")))
+    }
+
+    fn opt_digest(&mut self) -> Result<Option<Digest>, String> {
+        match self.u8()? {
+            0 => Ok(None),
+            1 => Ok(Some(self.digest()?)),
+            t => Err(format!("bad option tag {t}")),
+        }
+    }
+
+    fn string(&mut self) -> Result<String, String> {
+        let n = self.len()?;
+        String::from_utf8(self.take(n)?.to_vec()).map_err(|e| e.to_string())
+    }
+
+    fn end(&self) -> Result<(), String> {
+        if self.0.is_empty() {
+            Ok(())
+        } else {
+            Err(format!("{} unexpected bytes after a record", self.0.len()))
+        }
+    }
+}
+
+fn decode_invocation(bytes: &[u8]) -> Result<Invocation, String> {
+    let mut r = Reader(bytes);
+    let tool = r.digest()?;
+    let export = r.string()?;
+    let input = r.digest()?;
+    let n = r.len()?;
+    let mut args = Vec::with_capacity(n.min(1024));
+    for _ in 0..n {
+        args.push((r.string()?, r.string()?));
+    }
+    let budget = Budget {
+        fuel: r.u64()?,
+        memory_bytes: r.u64()?,
+        output_bytes: r.u64()?,
+        timeout: Duration::from_millis(r.u64()?),
+    };
+    let n = r.len()?;
+    let mut grants = Vec::with_capacity(n.min(1024));
+    for _ in 0..n {
+        grants.push(r.digest()?);
+    }
+    let time_unix_ns = r.u64()?;
+    r.end()?;
+    Ok(Invocation {
+        tool,
+        export,
+        input,
+        args,
+        budget,
+        grants,
+        time_unix_ns,
+    })
+}
+
+fn decode_receipt(bytes: &[u8]) -> Result<Receipt, String> {
+    let mut r = Reader(bytes);
+    let receipt = r.digest()?;
+    let invocation = r.digest()?;
+    let tool = r.digest()?;
+    let input = r.digest()?;
+    let output = r.opt_digest()?;
+    let output_bytes = r.u64()?;
+    let n = r.len()?;
+    let outcome = if n == 0 {
+        Outcome::Ok
+    } else {
+        serde_json::from_slice(r.take(n)?).map_err(|e| format!("outcome: {e}"))?
+    };
+    let out = Receipt {
+        receipt,
+        invocation,
+        tool,
+        input,
+        output,
+        output_bytes,
+        outcome,
+        fuel_used: r.u64()?,
+        memory_peak_bytes: r.u64()?,
+        diagnostics: r.opt_digest()?,
+        timestamp: r.u64()?,
+        cached: r.u8()? != 0,
+        duration_us: r.u64()?,
+    };
+    r.end()?;
+    if !out.is_consistent() {
+        return Err(format!(
+            "receipt {} does not match its content",
+            out.receipt
+        ));
+    }
+    Ok(out)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn receipt(outcome: Outcome) -> (Invocation, Receipt) {
+        let inv = Invocation::new(Digest::of(b"tool"), Digest::of(b"in"))
+            .arg("k", "v")
+            .grant(Digest::of(b"g"));
+        let mut r = Receipt {
+            receipt: Digest([0; 32]),
+            invocation: inv.digest(),
+            tool: inv.tool,
+            input: inv.input,
+            output: Some(Digest::of(b"out")),
+            output_bytes: 3,
+            outcome,
+            fuel_used: 7,
+            memory_peak_bytes: 65536,
+            diagnostics: None,
+            timestamp: 42,
+            cached: false,
+            duration_us: 9,
+        };
+        r.receipt = r.compute_digest();
+        (inv, r)
+    }
+
+    fn framed(payload: &[u8]) -> Vec<u8> {
+        let mut f = frame_header(payload).to_vec();
+        f.extend_from_slice(payload);
+        f
+    }
+
+    #[test]
+    fn records_round_trip() {
+        let (inv, ok) = receipt(Outcome::Ok);
+        let (_, trap) = receipt(Outcome::Trap {
+            code: "unreachable".into(),
+        });
+        let mut p = Vec::new();
+        put_blob(&mut p, &Digest::of(b"in"), b"in");
+        put_outcome(&mut p, &inv.digest(), true, &inv, &ok);
+        put_outcome(&mut p, &inv.digest(), false, &inv, &trap);
+        let bytes = framed(&p);
+        let (records, end) = replay(&bytes).unwrap();
+        assert_eq!(end, bytes.len());
+        assert_eq!(records.len(), 3);
+        assert!(matches!(&records[0], Record::Blob(d, b) if *d == Digest::of(b"in") && b == b"in"));
+        match &records[1] {
+            Record::Outcome {
+                invocation_digest,
+                cacheable,
+                invocation,
+                receipt,
+            } => {
+                assert_eq!(*invocation_digest, inv.digest());
+                assert!(*cacheable);
+                assert_eq!(**invocation, inv);
+                assert_eq!(**receipt, ok);
+            }
+            other => panic!("{other:?}"),
+        }
+        assert!(
+            matches!(&records[2], Record::Outcome { receipt, cacheable: false, .. } if **receipt == trap)
+        );
+    }
+
+    #[test]
+    fn a_torn_frame_ends_the_replay_at_the_last_whole_one() {
+        let mut a = Vec::new();
+        put_blob(&mut a, &Digest::of(b"a"), b"a");
+        let mut b = Vec::new();
+        put_blob(&mut b, &Digest::of(b"b"), b"b");
+        let first = framed(&a);
+        let mut bytes = first.clone();
+        bytes.extend_from_slice(&framed(&b));
+        for cut in first.len()..bytes.len() {
+            let (records, end) = replay(&bytes[..cut]).unwrap();
+            assert_eq!((records.len(), end), (1, first.len()), "cut at {cut}");
+        }
+        // A flipped bit in the second frame drops that frame only.
+        let last = bytes.len() - 1;
+        bytes[last] ^= 1;
+        let (records, end) = replay(&bytes).unwrap();
+        assert_eq!((records.len(), end), (1, first.len()));
+    }
+}
