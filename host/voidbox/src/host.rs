@@ -729,9 +729,10 @@ impl Host {
 
     /// Runs a batch of invocations on the worker slots and returns their
     /// results in the batch's order: the same receipts (digests) as calling
-    /// [`Host::invoke`] on each in turn. Cache answers are given first; the
-    /// rest are placed on the slots by the Ising placement (a slot that ran
-    /// the tool recently has it warm) and run there, each exactly once: a
+    /// [`Host::invoke`] on each in turn. Distinct invocations are placed on
+    /// the slots by the Ising placement (a slot that ran the tool recently
+    /// has it warm), answered there from the cache or run, each exactly
+    /// once: a
     /// repeated invocation in the batch is answered from the first one's
     /// receipt, marked `cached`, as a sequential run would answer it.
     pub fn invoke_batch(&self, invocations: &[Invocation]) -> Vec<Result<Receipt>> {
@@ -748,11 +749,7 @@ impl Host {
                 continue;
             }
             first.insert(*d, i);
-            match self.cached(d) {
-                Ok(Some(r)) => results[i] = Some(Ok(r)),
-                Ok(None) => to_run.push(i),
-                Err(e) => results[i] = Some(Err(e)),
-            }
+            to_run.push(i);
         }
         if !to_run.is_empty() {
             let pool = self.pool();
@@ -763,9 +760,15 @@ impl Host {
                     .expect("8 bytes"),
             );
             let plan = pool.plan(&tools, seed);
+            // The cache is asked on the slots too: a miss costs a database
+            // lookup, which would otherwise run on one thread for the batch.
             let ran = pool.run(&plan, &tools, |j| {
                 let i = to_run[j];
-                self.execute(&invocations[i], digests[i])
+                match self.cached(&digests[i]) {
+                    Ok(Some(r)) => Ok(r),
+                    Ok(None) => self.execute(&invocations[i], digests[i]),
+                    Err(e) => Err(e),
+                }
             });
             for (j, r) in ran.into_iter().enumerate() {
                 results[to_run[j]] = Some(r);

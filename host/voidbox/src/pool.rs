@@ -26,7 +26,8 @@ use std::time::Instant;
 
 use voidbox_cas::Digest;
 use voidbox_ising::placement::{
-    self, Executor, PlacementError, PlacementOutcome, PlacementParams, PlacementProblem, Weights,
+    self, Executor, PlacementError, PlacementOutcome, PlacementParams, PlacementProblem, Placer,
+    Weights,
 };
 
 /// The storage's counters, shown next to the pool's by `voidbox bench`.
@@ -84,6 +85,8 @@ pub(crate) struct Pool {
     threads: Option<rayon::ThreadPool>,
     slots: usize,
     warm: Mutex<Vec<VecDeque<Digest>>>,
+    /// The placer keeps its scratch space from one batch to the next.
+    placer: Mutex<Placer>,
     stats: Mutex<PoolStats>,
     jobs_per_slot: Vec<AtomicU64>,
 }
@@ -115,6 +118,7 @@ impl Pool {
             threads,
             slots,
             warm: Mutex::new(vec![VecDeque::new(); slots]),
+            placer: Mutex::new(slot_placer()),
             stats: Mutex::new(PoolStats {
                 worker_slots: slots,
                 ..PoolStats::default()
@@ -147,7 +151,8 @@ impl Pool {
         } else {
             let warm = self.warm.lock().expect("warm tools poisoned").clone();
             let capacity = slot_capacity(tools.len(), self.slots);
-            match place_on_slots(tools, &warm, capacity, seed) {
+            let mut placer = self.placer.lock().expect("placer poisoned");
+            match place_on_slots(&mut placer, tools, &warm, capacity, seed) {
                 Ok((slot, outcome)) => BatchPlan {
                     slot,
                     outcome: Some(Ok(outcome)),
@@ -247,10 +252,22 @@ pub(crate) fn slot_capacity(jobs: usize, slots: usize) -> u32 {
     u32::try_from(share + share.div_ceil(4)).unwrap_or(u32::MAX)
 }
 
+/// The placer for worker slots: few sweeps (see `PLACEMENT_SWEEPS`), no
+/// timing.
+pub(crate) fn slot_placer() -> Placer {
+    Placer::new(PlacementParams {
+        sweeps: PLACEMENT_SWEEPS,
+        measure_time: false,
+        ..PlacementParams::default()
+    })
+    .expect("the slot placement parameters are valid")
+}
+
 /// The one call into `voidbox-ising`: places `tools[j]` on a slot with
 /// room for `capacity` jobs, preferring slots where the tool is warm.
 /// Returns each job's slot and which path of the placement chose it.
 pub(crate) fn place_on_slots(
+    placer: &mut Placer,
     tools: &[Digest],
     warm: &[VecDeque<Digest>],
     capacity: u32,
@@ -289,15 +306,7 @@ pub(crate) fn place_on_slots(
         })
         .collect();
     let problem = PlacementProblem::new(jobs, executors, Weights::default())?;
-    let placed = placement::place(
-        &problem,
-        &PlacementParams {
-            seed,
-            sweeps: PLACEMENT_SWEEPS,
-            measure_time: false,
-            ..PlacementParams::default()
-        },
-    )?;
+    let placed = placer.place_with_seed(&problem, seed)?;
     let slot = placed
         .assignment
         .iter()
@@ -329,7 +338,7 @@ mod tests {
                 }
                 let tools: Vec<Digest> = (0..jobs).map(|j| tool((j % 4) as u8)).collect();
                 let cap = slot_capacity(jobs, slots);
-                let (slot, _) = place_on_slots(&tools, &warm, cap, 7).unwrap();
+                let (slot, _) = place_on_slots(&mut slot_placer(), &tools, &warm, cap, 7).unwrap();
                 assert_eq!(slot.len(), jobs);
                 let mut count = vec![0u32; slots];
                 for s in slot {
@@ -350,7 +359,7 @@ mod tests {
         // each job goes where its tool is warm.
         let warm = vec![VecDeque::from([tool(1)]), VecDeque::from([tool(2)])];
         let tools = [tool(1), tool(2), tool(1), tool(2)];
-        let (slot, _) = place_on_slots(&tools, &warm, 2, 1).unwrap();
+        let (slot, _) = place_on_slots(&mut slot_placer(), &tools, &warm, 2, 1).unwrap();
         assert_eq!(slot, [0, 1, 0, 1]);
     }
 
