@@ -502,7 +502,10 @@ impl Storage {
                 let txn = dbtry!(p, self.db.begin_read())?;
                 let receipts = dbtry!(p, txn.open_table(RECEIPTS))?;
                 match dbtry!(p, receipts.get(digest.as_bytes()))? {
-                    Some(v) => Some(decode_receipt(digest, v.value())?),
+                    Some(v) => match decode_receipt_value(digest, v.value())? {
+                        (r, Some(i)) => return Ok(Some((r, Some(i)))),
+                        (r, None) => Some(r),
+                    },
                     None => self.cached_receipt(digest)?,
                 }
             }
@@ -536,10 +539,11 @@ impl Storage {
         }
         for entry in dbtry!(p, dbtry!(p, txn.open_table(RECEIPTS))?.iter())? {
             let (k, v) = dbtry!(p, entry)?;
-            let r = decode_receipt(&Digest(*k.value()), v.value())?;
+            let (r, invocation) = decode_receipt_value(&Digest(*k.value()), v.value())?;
             roots.insert(r.input);
             roots.extend(r.output);
             roots.extend(r.diagnostics);
+            roots.extend(invocation.into_iter().flat_map(|i| i.grants));
         }
         for entry in dbtry!(p, dbtry!(p, txn.open_table(INVOCATIONS))?.iter())? {
             let (k, v) = dbtry!(p, entry)?;
@@ -704,22 +708,36 @@ fn replay_journal(dir: &Path) -> Result<(Tail, u64)> {
     Ok((tail, next))
 }
 
-/// Receipts in redb are the journal's binary encoding; older databases
-/// hold JSON (which always starts with `{`).
-fn decode_receipt(digest: &Digest, bytes: &[u8]) -> Result<Receipt> {
+/// Receipts in redb are the journal's binary encoding, usually with the
+/// invocation in the same value; older databases hold JSON (which always
+/// starts with `{`) and the invocation in its own table.
+fn decode_receipt_value(digest: &Digest, bytes: &[u8]) -> Result<(Receipt, Option<Invocation>)> {
     let corrupt = |detail: String| Error::Corrupt {
         what: format!("receipt {digest}"),
         detail,
     };
-    let r: Receipt = if bytes.first() == Some(&b'{') {
-        serde_json::from_slice(bytes).map_err(|e| corrupt(e.to_string()))?
+    let (r, invocation): (Receipt, Option<Invocation>) = if bytes.first() == Some(&b'{') {
+        (
+            serde_json::from_slice(bytes).map_err(|e| corrupt(e.to_string()))?,
+            None,
+        )
     } else {
         journal::decode_receipt_value(bytes).map_err(corrupt)?
     };
     if !r.is_consistent() || r.receipt != *digest {
         return Err(corrupt("its content does not match its digest".into()));
     }
-    Ok(r)
+    if invocation
+        .as_ref()
+        .is_some_and(|i| i.digest() != r.invocation)
+    {
+        return Err(corrupt("its invocation does not match the receipt".into()));
+    }
+    Ok((r, invocation))
+}
+
+fn decode_receipt(digest: &Digest, bytes: &[u8]) -> Result<Receipt> {
+    Ok(decode_receipt_value(digest, bytes)?.0)
 }
 
 /// Invocations in redb: binary, or JSON in older databases.
@@ -940,15 +958,28 @@ impl Checkpointer {
                 for (d, b) in sorted(&taken.blobs) {
                     t.insert(d.as_bytes(), &b[..]).map_err(|e| s(&e))?;
                 }
+                // A receipt goes with its invocation in one value; an
+                // invocation without a receipt here (none is recorded that
+                // way today) would get its own row.
                 let mut t = txn.open_table(RECEIPTS).map_err(|e| s(&e))?;
                 let mut value = Vec::with_capacity(512);
+                let mut paired = std::collections::HashSet::with_capacity(taken.receipts.len());
                 for (d, r) in sorted(&taken.receipts) {
                     value.clear();
-                    journal::put_receipt_value(&mut value, r);
+                    match taken.invocations.get(&r.invocation) {
+                        Some(i) => {
+                            journal::put_receipt_with_invocation(&mut value, r, i);
+                            paired.insert(r.invocation);
+                        }
+                        None => journal::put_receipt_value(&mut value, r),
+                    }
                     t.insert(d.as_bytes(), &value[..]).map_err(|e| s(&e))?;
                 }
                 let mut t = txn.open_table(INVOCATIONS).map_err(|e| s(&e))?;
                 for (d, i) in sorted(&taken.invocations) {
+                    if paired.contains(d) {
+                        continue;
+                    }
                     value.clear();
                     journal::put_invocation_value(&mut value, i);
                     t.insert(d.as_bytes(), &value[..]).map_err(|e| s(&e))?;

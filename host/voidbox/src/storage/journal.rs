@@ -99,10 +99,31 @@ pub(crate) fn put_invocation_value(out: &mut Vec<u8>, i: &Invocation) {
     encode_invocation(out, i);
 }
 
-/// Reads [`put_receipt_value`]'s encoding (checks the receipt's digest).
-pub(crate) fn decode_receipt_value(bytes: &[u8]) -> Result<Receipt, String> {
+/// The first byte of a receipt stored together with its invocation.
+const VALUE_WITH_INVOCATION: u8 = 2;
+
+/// A receipt and its invocation as one redb value: one insert instead of
+/// two per invocation at each checkpoint.
+pub(crate) fn put_receipt_with_invocation(out: &mut Vec<u8>, r: &Receipt, i: &Invocation) {
+    out.push(VALUE_WITH_INVOCATION);
+    let at = out.len();
+    put_len(out, 0);
+    encode_receipt(out, r);
+    patch_len(out, at);
+    encode_invocation(out, i);
+}
+
+/// Reads a receipt value of either form (checks the receipt's digest),
+/// with the invocation when the value holds it.
+pub(crate) fn decode_receipt_value(bytes: &[u8]) -> Result<(Receipt, Option<Invocation>), String> {
     match bytes.split_first() {
-        Some((&VALUE_V1, rest)) => decode_receipt(rest),
+        Some((&VALUE_V1, rest)) => Ok((decode_receipt(rest)?, None)),
+        Some((&VALUE_WITH_INVOCATION, rest)) => {
+            let mut r = Reader(rest);
+            let n = r.len()?;
+            let receipt = decode_receipt(r.take(n)?)?;
+            Ok((receipt, Some(decode_invocation(r.0)?)))
+        }
         _ => Err("unknown receipt encoding".into()),
     }
 }
