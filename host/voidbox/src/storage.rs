@@ -289,6 +289,7 @@ impl Storage {
             done: Condvar::new(),
         });
         let (to_checkpointer, checkpoints) = crossbeam_channel::unbounded();
+        let (recycle, recycled) = crossbeam_channel::bounded(2);
         let checkpointer = {
             let checkpointer = Checkpointer {
                 db: db.clone(),
@@ -298,7 +299,7 @@ impl Storage {
             };
             std::thread::Builder::new()
                 .name("voidbox-checkpoint".into())
-                .spawn(move || checkpointer.run(checkpoints))
+                .spawn(move || checkpointer.run(checkpoints, recycle))
                 .map_err(Error::io(
                     home,
                     "could not start the storage checkpoint thread",
@@ -311,6 +312,7 @@ impl Storage {
                 journal_dir,
                 segment,
                 to_checkpointer,
+                recycled,
             };
             std::thread::Builder::new()
                 .name("voidbox-flusher".into())
@@ -768,6 +770,11 @@ struct Flusher {
     journal_dir: PathBuf,
     segment: Segment,
     to_checkpointer: crossbeam_channel::Sender<Handover>,
+    /// Emptied tails back from the checkpointer, their tables still
+    /// allocated: reusing them spares the process large frees and
+    /// allocations, whose unmapping would flush the TLB of every core
+    /// running an invocation.
+    recycled: crossbeam_channel::Receiver<Tail>,
 }
 
 impl Flusher {
@@ -883,7 +890,10 @@ impl Flusher {
         if !last {
             self.segment =
                 Segment::create(&self.journal_dir, last_segment + 1).map_err(|e| e.to_string())?;
-            *next_tail = Tail::presized();
+            *next_tail = self
+                .recycled
+                .try_recv()
+                .unwrap_or_else(|_| Tail::presized());
         }
         self.to_checkpointer
             .send(Handover {
@@ -917,7 +927,11 @@ struct Checkpointer {
 }
 
 impl Checkpointer {
-    fn run(self, handovers: crossbeam_channel::Receiver<Handover>) {
+    fn run(
+        self,
+        handovers: crossbeam_channel::Receiver<Handover>,
+        recycle: crossbeam_channel::Sender<Tail>,
+    ) {
         for h in handovers {
             if let Err(e) = self.checkpoint(&h) {
                 fail(&self.shared, e);
@@ -930,8 +944,16 @@ impl Checkpointer {
             st.stats.checkpointed_records += h.tail.records() as u64;
             drop(st);
             self.shared.done.notify_all();
-            // The taken tail is freed here, outside the lock.
-            drop(h);
+            // Emptied outside the lock and handed back for reuse (readers
+            // only borrow sealed tails under the lock, so this is the last
+            // reference).
+            if let Ok(mut tail) = Arc::try_unwrap(h.tail) {
+                tail.blobs.clear();
+                tail.receipts.clear();
+                tail.invocations.clear();
+                tail.cache.clear();
+                let _ = recycle.try_send(tail);
+            }
         }
     }
 
