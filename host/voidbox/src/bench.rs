@@ -386,7 +386,8 @@ fn invoke_figures(
     report.notes.push(
         "cores_used_*: CPU seconds the whole process got per wall second while measuring; \
          below 2 on two cores means other processes had the rest; *_cpu_us_*: those CPU \
-         seconds per call (host figures include the journal's flusher thread)"
+         seconds per call (host figures include the journal's flusher and checkpoint \
+         threads)"
             .into(),
     );
     report.notes.push(format!(
