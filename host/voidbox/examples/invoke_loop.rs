@@ -70,7 +70,7 @@ fn main() -> Result<(), Box<dyn std::error::Error>> {
         host.invoke(&Invocation::new(tool.digest, input)).unwrap();
     });
     let batch = 64u64;
-    time("invoke_batch (per invocation)", n / batch, |b| {
+    time("invoke_batch of 64", n / batch, |b| {
         let invocations: Vec<Invocation> = (0..batch)
             .map(|i| {
                 let input = host
@@ -83,7 +83,7 @@ fn main() -> Result<(), Box<dyn std::error::Error>> {
             r.unwrap();
         }
     });
-    println!("  (per batch of {batch}; divide by {batch} for one invocation)");
+    println!("  (per batch; divide by {batch} for one invocation)");
     println!("{:?}", host.pool_stats());
     let started = Instant::now();
     host.flush()?;
