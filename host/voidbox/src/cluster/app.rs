@@ -204,6 +204,14 @@ pub trait Peers: Send {
     fn faults(&self) -> usize;
 }
 
+/// What admission made of one request.
+enum Step {
+    /// Admitted: run this (effective budget, consensus time).
+    Run(crate::Invocation),
+    /// Answered without a run (denied, malformed, a missing blob).
+    Done(OpResult),
+}
+
 /// Use counting over the replicated map (one thread executes batches, so
 /// the atomicity `UseCounter` asks for is trivial).
 struct Uses<'a>(RefCell<&'a mut BTreeMap<String, u64>>);
@@ -411,10 +419,32 @@ impl App {
     /// Runs a committed batch; one result per request, in order. The
     /// results are journaled, synced at checkpoints.
     pub fn execute(&mut self, batch: &Execute) -> crate::Result<Vec<Vec<u8>>> {
+        // Admission first, in order (it takes uses of the replicated
+        // counters); then every admitted run at once on the host's worker
+        // slots, placed by the Ising optimizer; then the results, in order.
+        let steps: Vec<Step> = batch
+            .requests
+            .iter()
+            .map(|r| self.admit(r, batch.hlc))
+            .collect();
+        let to_run: Vec<crate::Invocation> = steps
+            .iter()
+            .filter_map(|s| match s {
+                Step::Run(i) => Some(i.clone()),
+                Step::Done(_) => None,
+            })
+            .collect();
+        let mut receipts = self.host.invoke_batch(&to_run).into_iter();
         let mut results = Vec::with_capacity(batch.requests.len());
         let mut entries = Vec::with_capacity(batch.requests.len());
-        for request in &batch.requests {
-            let (result, invocation) = self.run(request, batch.hlc);
+        for step in steps {
+            let (result, invocation) = match step {
+                Step::Done(r) => (r, None),
+                Step::Run(inv) => {
+                    let ran = receipts.next().expect("one result per run");
+                    (self.finish(&inv, ran), Some(inv))
+                }
+            };
             let result = result.encode();
             self.state.record(&result);
             entries.push(ResultEntry {
@@ -437,39 +467,23 @@ impl App {
         &self.results
     }
 
-    fn run(&mut self, request: &Request, hlc: Hlc) -> (OpResult, Option<crate::Invocation>) {
-        let op = match Op::decode(&request.operation) {
-            Ok(op) => op,
-            Err(message) => return (OpResult::Failed { message }, None),
-        };
-        match op {
-            Op::Invoke { token, invocation } => self.invoke(&token, invocation, hlc),
+    /// Decodes a request and admits it: the invocation to run (with its
+    /// effective budget and the consensus time), or the result already.
+    fn admit(&mut self, request: &Request, hlc: Hlc) -> Step {
+        match Op::decode(&request.operation) {
+            Ok(Op::Invoke { token, invocation }) => self.admit_invoke(&token, invocation, hlc),
+            Err(message) => Step::Done(OpResult::Failed { message }),
         }
     }
 
-    fn invoke(
-        &mut self,
-        token: &str,
-        invocation: crate::Invocation,
-        hlc: Hlc,
-    ) -> (OpResult, Option<crate::Invocation>) {
-        let mut ran = None;
-        let result = self.invoke_inner(token, invocation, hlc, &mut ran);
-        (result, ran)
-    }
-
-    fn invoke_inner(
-        &mut self,
-        token: &str,
-        mut invocation: crate::Invocation,
-        hlc: Hlc,
-        ran: &mut Option<crate::Invocation>,
-    ) -> OpResult {
+    fn admit_invoke(&mut self, token: &str, mut invocation: crate::Invocation, hlc: Hlc) -> Step {
         // The guest's clock is the consensus time, so every replica runs
         // the same invocation (and the digest says when it ran).
         invocation.time_unix_ns = hlc.physical_us.saturating_mul(1_000);
-        let failed = |e: Error| OpResult::Failed {
-            message: e.to_string(),
+        let failed = |e: Error| {
+            Step::Done(OpResult::Failed {
+                message: e.to_string(),
+            })
         };
         if let Err(e) = self.ensure_tool(invocation.tool) {
             return failed(e);
@@ -486,37 +500,42 @@ impl App {
         let now_unix = hlc.physical_us / 1_000_000;
         // Revocation is not replicated yet: a replica's local revocation
         // list would make replicas disagree, so none is consulted.
+        let denied = |kind: &str, message: String| {
+            Step::Done(OpResult::Denied {
+                kind: kind.to_string(),
+                message,
+            })
+        };
         let (authorized, effective) =
             match self
                 .host
                 .authorize_at(token, &invocation, input_bytes, now_unix, &NoRevocations)
             {
                 Ok(a) => a,
-                Err(Error::Denied(d)) => {
-                    return OpResult::Denied {
-                        kind: d.kind.as_str().to_string(),
-                        message: d.message,
-                    }
-                }
-                Err(Error::NotAdmitted(m)) => {
-                    return OpResult::Denied {
-                        kind: "not-admitted".into(),
-                        message: m,
-                    }
-                }
+                Err(Error::Denied(d)) => return denied(d.kind.as_str(), d.message),
+                Err(Error::NotAdmitted(m)) => return denied("not-admitted", m),
                 Err(e) => return failed(e),
             };
         if let Err(d) = authorized.take_use(&Uses(RefCell::new(&mut self.state.uses))) {
-            return OpResult::Denied {
-                kind: d.kind.as_str().to_string(),
-                message: d.message,
-            };
+            return denied(d.kind.as_str(), d.message);
         }
-        let mut receipt = match self.host.invoke(&effective) {
+        Step::Run(effective)
+    }
+
+    /// The result of a run: the receipt with its replica-specific fields
+    /// cleared, and the output when small.
+    fn finish(
+        &self,
+        invocation: &crate::Invocation,
+        ran: crate::Result<crate::Receipt>,
+    ) -> OpResult {
+        let failed = |e: Error| OpResult::Failed {
+            message: e.to_string(),
+        };
+        let mut receipt = match ran {
             Ok(r) => r,
             Err(e) => return failed(e),
         };
-        *ran = Some(effective);
         let output = if receipt.output_bytes <= INLINE_OUTPUT_MAX {
             match self.host.output(&receipt) {
                 Ok(o) => o,
