@@ -118,6 +118,7 @@ struct Driver {
     executed_requests: Arc<AtomicU64>,
     pending_records: Vec<Record>,
     results: Results,
+    refusals: std::collections::BTreeMap<voidbox_pbft::Reject, u64>,
 }
 
 impl Driver {
@@ -202,6 +203,7 @@ impl Driver {
             executed_requests,
             pending_records: Vec::new(),
             results,
+            refusals: std::collections::BTreeMap::new(),
         }
     }
 
@@ -366,7 +368,16 @@ impl Driver {
                     self.job(Job::Execute(batch))?;
                 }
                 Output::Rejected(reason) => {
-                    tracing::debug!(?reason, "input refused");
+                    // Every refusal is counted (`cluster status`); the log
+                    // gets the 1st, 2nd, 4th, 8th... of each kind, so a
+                    // flood cannot fill the disk.
+                    let n = self.refusals.entry(reason).or_insert(0);
+                    *n += 1;
+                    if n.is_power_of_two() {
+                        tracing::info!(?reason, count = *n, "input refused");
+                    } else {
+                        tracing::debug!(?reason, "input refused");
+                    }
                 }
             }
         }
