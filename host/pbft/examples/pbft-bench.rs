@@ -12,8 +12,7 @@ use std::process::ExitCode;
 use std::time::Instant;
 
 use voidbox_pbft::{
-    key_from_seed, Client, ClusterConfig, Input, Message, Output, Params, Replica, ReplicaInfo,
-    Target,
+    key_from_seed, Client, ClusterConfig, Input, Message, Output, Params, Replica, Target,
 };
 
 fn main() -> ExitCode {
@@ -40,18 +39,7 @@ fn main() -> ExitCode {
     let keys: Vec<_> = (0..n)
         .map(|i| key_from_seed(1, &format!("replica-{i}")))
         .collect();
-    let config = ClusterConfig {
-        n,
-        f: (n - 1) / 3,
-        replicas: keys
-            .iter()
-            .enumerate()
-            .map(|(i, k)| ReplicaInfo {
-                id: i as u32,
-                public_key: k.verifying_key().to_bytes(),
-            })
-            .collect(),
-    };
+    let config = ClusterConfig::from_keys((n - 1) / 3, &keys);
     let cluster = match config.validate() {
         Ok(c) => c,
         Err(e) => {

@@ -176,25 +176,14 @@ impl Client {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::config::{ClusterConfig, ReplicaInfo};
+    use crate::config::ClusterConfig;
     use crate::message::key_from_seed;
 
     fn setup() -> (Vec<SigningKey>, Client) {
         let keys: Vec<_> = (0..4).map(|i| key_from_seed(5, &format!("r{i}"))).collect();
-        let cluster = ClusterConfig {
-            n: 4,
-            f: 1,
-            replicas: keys
-                .iter()
-                .enumerate()
-                .map(|(i, k)| ReplicaInfo {
-                    id: i as u32,
-                    public_key: k.verifying_key().to_bytes(),
-                })
-                .collect(),
-        }
-        .validate()
-        .expect("valid");
+        let cluster = ClusterConfig::from_keys(1, &keys)
+            .validate()
+            .expect("valid");
         let client = Client::new(cluster, key_from_seed(5, "client"), 1_000);
         (keys, client)
     }

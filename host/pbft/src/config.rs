@@ -78,6 +78,23 @@ pub struct Cluster {
 }
 
 impl ClusterConfig {
+    /// The configuration of replicas `0..keys.len()` whose public keys are
+    /// those of `keys`, in order, tolerating `f` faults (not yet validated).
+    pub fn from_keys(f: u32, keys: &[ed25519_dalek::SigningKey]) -> ClusterConfig {
+        ClusterConfig {
+            n: keys.len() as u32,
+            f,
+            replicas: keys
+                .iter()
+                .enumerate()
+                .map(|(i, k)| ReplicaInfo {
+                    id: i as u32,
+                    public_key: k.verifying_key().to_bytes(),
+                })
+                .collect(),
+        }
+    }
+
     /// Checks n >= 3f + 1, f >= 1, ids exactly `0..n`, distinct and valid keys.
     pub fn validate(&self) -> Result<Cluster, ConfigError> {
         if self.f == 0 {

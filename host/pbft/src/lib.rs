@@ -60,17 +60,9 @@
 //! # Example
 //!
 //! ```
-//! use voidbox_pbft::{key_from_seed, ClusterConfig, Input, Params, Replica, ReplicaInfo};
+//! use voidbox_pbft::{key_from_seed, ClusterConfig, Input, Params, Replica};
 //! let keys: Vec<_> = (0..4).map(|i| key_from_seed(7, &format!("replica-{i}"))).collect();
-//! let config = ClusterConfig {
-//!     n: 4,
-//!     f: 1,
-//!     replicas: keys
-//!         .iter()
-//!         .enumerate()
-//!         .map(|(i, k)| ReplicaInfo { id: i as u32, public_key: k.verifying_key().to_bytes() })
-//!         .collect(),
-//! };
+//! let config = ClusterConfig::from_keys(1, &keys);
 //! let cluster = config.validate().expect("4 replicas tolerate 1 fault");
 //! let mut replica = Replica::new(cluster, 0, keys[0].clone(), Params::default()).unwrap();
 //! let outputs = replica.step(Input::Tick { now_us: 1_000 });

@@ -6,7 +6,7 @@ use std::collections::{BTreeSet, VecDeque};
 
 use super::*;
 use crate::client::Client;
-use crate::config::{ClusterConfig, ReplicaInfo};
+use crate::config::ClusterConfig;
 use crate::message::{encode, key_from_seed, Sig};
 
 const N: u32 = 4;
@@ -37,20 +37,9 @@ fn keys() -> Vec<SigningKey> {
 }
 
 fn cluster() -> Cluster {
-    ClusterConfig {
-        n: N,
-        f: 1,
-        replicas: keys()
-            .iter()
-            .enumerate()
-            .map(|(i, k)| ReplicaInfo {
-                id: i as u32,
-                public_key: k.verifying_key().to_bytes(),
-            })
-            .collect(),
-    }
-    .validate()
-    .expect("valid cluster")
+    ClusterConfig::from_keys(1, &keys())
+        .validate()
+        .expect("valid cluster")
 }
 
 fn replica(id: ReplicaId) -> Replica {

@@ -30,7 +30,7 @@ use ed25519_dalek::SigningKey;
 use serde::{Deserialize, Serialize};
 
 use crate::client::Client;
-use crate::config::{Cluster, ClusterConfig, Params, ReplicaInfo};
+use crate::config::{Cluster, ClusterConfig, Params};
 use crate::message::{
     key_from_seed, Batch, ClientId, Commit, Digest, Hlc, Message, PrePrepare, PrePrepareMsg,
     Prepare, ReplicaId, Seq, Signed,
@@ -360,18 +360,7 @@ impl World {
         let keys: Vec<SigningKey> = (0..n)
             .map(|i| key_from_seed(cfg.seed, &format!("replica-{i}")))
             .collect();
-        let config = ClusterConfig {
-            n,
-            f,
-            replicas: keys
-                .iter()
-                .enumerate()
-                .map(|(i, k)| ReplicaInfo {
-                    id: i as u32,
-                    public_key: k.verifying_key().to_bytes(),
-                })
-                .collect(),
-        };
+        let config = ClusterConfig::from_keys(f, &keys);
         let cluster = match config.validate() {
             Ok(c) => c,
             Err(e) => panic!("the simulator builds a valid cluster: {e}"),
