@@ -210,27 +210,18 @@ fn a_cluster_orders_runs_and_signs_invocations() {
 
     // Use counters are replicated: the one-use token runs once, then every
     // correct replica denies it alike.
-    let once = once.trim();
-    c.ok(&[
+    let run_once = [
         "run",
         "--cluster",
         "{c}",
         "wc",
         "--token",
-        once,
+        once.trim(),
         "--input",
         &input,
-    ]);
-    let out = c.run(&[
-        "run",
-        "--cluster",
-        "{c}",
-        "wc",
-        "--token",
-        once,
-        "--input",
-        &input,
-    ]);
+    ];
+    c.ok(&run_once);
+    let out = c.run(&run_once);
     assert!(
         stderr(&out).contains("uses-exhausted"),
         "{:?} {}",
