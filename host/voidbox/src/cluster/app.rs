@@ -456,6 +456,12 @@ impl App {
             });
             results.push(result);
         }
+        if batch.snapshot_wanted {
+            // At a checkpoint the receipts become durable first, then the
+            // journal that vouches for them: a journal entry that survives a
+            // crash never stands for a receipt that did not.
+            self.host.flush()?;
+        }
         if !entries.is_empty() || batch.snapshot_wanted {
             self.results.append(&entries, batch.snapshot_wanted)?;
         }

@@ -142,7 +142,6 @@ impl Driver {
         };
         let mut app = App::new(host.clone(), results.clone(), Box::new(links));
         let counter = executed_requests.clone();
-        let exec_host = host.clone();
         std::thread::Builder::new()
             .name("voidbox-exec".into())
             .spawn(move || {
@@ -164,18 +163,10 @@ impl Driver {
                                     return;
                                 }
                             };
-                            let snapshot = if batch.snapshot_wanted {
-                                // Receipts up to a checkpoint are durable before
-                                // the checkpoint can become stable and the log
-                                // below it is dropped.
-                                if let Err(e) = exec_host.flush() {
-                                    let _ = done_tx.send(Err(e));
-                                    return;
-                                }
-                                Some(app.state().snapshot())
-                            } else {
-                                None
-                            };
+                            // `execute` made the receipts and the journal
+                            // durable at a checkpoint, before the checkpoint
+                            // can become stable and the log below it goes.
+                            let snapshot = batch.snapshot_wanted.then(|| app.state().snapshot());
                             counter.store(app.state().executed, Ordering::Relaxed);
                             Executed {
                                 seq: batch.seq,
