@@ -307,7 +307,10 @@ impl DiskStore {
             .to_path_buf();
         match fs::rename(temp, &target) {
             Ok(()) => Ok(shard),
-            Err(e) if e.kind() == io::ErrorKind::NotFound && !shard.exists() => {
+            // The shard directory is missing, or another thread is creating
+            // it right now (checking `shard.exists()` here would race with
+            // it): create it, tolerating that it exists, and retry once.
+            Err(e) if e.kind() == io::ErrorKind::NotFound => {
                 // Made durable in both modes: in deferred mode this runs in
                 // `sync`, whose promise covers the new directory too.
                 create_dir(&shard)?;
