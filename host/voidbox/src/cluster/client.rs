@@ -18,7 +18,7 @@ use voidbox_net::ClientHandle;
 use voidbox_pbft::message::{Reply, Sig, Signed};
 use voidbox_pbft::{Client, ClientId, Cluster, Completed, Hlc, Message, Target};
 
-use super::config::{hex, parse_key_hex, read_signing_key, ClusterFile, CLIENT_KEY_FILE};
+use super::config::{hex, parse_key_hex, read_signing_key, unhex, ClusterFile, CLIENT_KEY_FILE};
 use super::wire::{
     frame, parse_side, side_frame, Op, OpResult, SideRequest, SideResponse, Status, ToolSummary,
     SIDE_BLOB_MAX, TAG_PBFT, TAG_SIDE_REQUEST, TAG_SIDE_RESPONSE,
@@ -169,16 +169,6 @@ impl SignedReceipt {
         }
         Ok(signers)
     }
-}
-
-fn unhex(s: &str) -> Option<Vec<u8>> {
-    if s.len() % 2 != 0 {
-        return None;
-    }
-    (0..s.len())
-        .step_by(2)
-        .map(|i| u8::from_str_radix(s.get(i..i + 2)?, 16).ok())
-        .collect()
 }
 
 /// Routing tables shared by the connection's reader task and callers.

@@ -268,20 +268,24 @@ pub fn hex(bytes: &[u8]) -> String {
     s
 }
 
+/// Bytes from hex digits; `None` if the text is not an even number of
+/// hex digits.
+pub fn unhex(s: &str) -> Option<Vec<u8>> {
+    // `from_str_radix` alone would take a sign ("+f").
+    if s.len() % 2 != 0 || !s.bytes().all(|b| b.is_ascii_hexdigit()) {
+        return None;
+    }
+    (0..s.len())
+        .step_by(2)
+        .map(|i| u8::from_str_radix(s.get(i..i + 2)?, 16).ok())
+        .collect()
+}
+
 /// 32 bytes from 64 hex digits.
 pub fn parse_key_hex(text: &str) -> std::result::Result<[u8; 32], String> {
-    if text.len() != 64 || !text.bytes().all(|b| b.is_ascii_hexdigit()) {
-        return Err(format!(
-            "must be 64 hex digits, got {} characters",
-            text.len()
-        ));
-    }
-    let mut out = [0u8; 32];
-    for (i, chunk) in text.as_bytes().chunks(2).enumerate() {
-        let s = std::str::from_utf8(chunk).map_err(|e| e.to_string())?;
-        out[i] = u8::from_str_radix(s, 16).map_err(|e| e.to_string())?;
-    }
-    Ok(out)
+    unhex(text)
+        .and_then(|b| <[u8; 32]>::try_from(b).ok())
+        .ok_or_else(|| format!("must be 64 hex digits, got {} characters", text.len()))
 }
 
 #[cfg(test)]

@@ -21,8 +21,8 @@ use super::app::{App, Peers, ResultEntry, Results, RESULTS_CHUNK};
 use super::config::{read_signing_key, ClusterFile, REPLICA_KEY_FILE};
 use super::log::ProtocolLog;
 use super::wire::{
-    frame, parse_side, side_frame, SideRequest, SideResponse, Status, ToolSummary, SIDE_BLOB_MAX,
-    TAG_PBFT, TAG_SIDE_REQUEST, TAG_SIDE_RESPONSE,
+    frame, parse_side, side_frame, SideRequest, SideResponse, Status, SIDE_BLOB_MAX, TAG_PBFT,
+    TAG_SIDE_REQUEST, TAG_SIDE_RESPONSE,
 };
 use crate::{Digest, Error, Host, Result, Store};
 
@@ -495,30 +495,17 @@ fn serve_side(host: &Host, results: &Results, request: SideRequest) -> SideRespo
                     "the replica does not have {digest}; put the component first"
                 ))
             })?;
-            let record = match contract {
-                Some(c) => host.add_tool_with_contract(&wasm, name.as_deref(), Some(&c))?,
-                None => host.add_tool(&wasm, name.as_deref())?,
-            };
+            let record =
+                host.add_tool_with_contract(&wasm, name.as_deref(), contract.as_deref())?;
             Ok(SideResponse::Tool {
                 id,
-                tool: ToolSummary {
-                    digest: record.digest,
-                    name: record.name,
-                    version: record.version,
-                },
+                tool: record.into(),
             })
         }
-        SideRequest::Tool { reference, .. } => {
-            let record = host.tool(&reference)?;
-            Ok(SideResponse::Tool {
-                id,
-                tool: ToolSummary {
-                    digest: record.digest,
-                    name: record.name,
-                    version: record.version,
-                },
-            })
-        }
+        SideRequest::Tool { reference, .. } => Ok(SideResponse::Tool {
+            id,
+            tool: host.tool(&reference)?.into(),
+        }),
         SideRequest::Receipt { invocation, .. } => {
             let receipt = host.cached(&Digest(invocation))?;
             Ok(SideResponse::Receipt {

@@ -204,6 +204,16 @@ pub struct ToolSummary {
     pub version: String,
 }
 
+impl From<crate::ToolRecord> for ToolSummary {
+    fn from(r: crate::ToolRecord) -> Self {
+        ToolSummary {
+            digest: r.digest,
+            name: r.name,
+            version: r.version,
+        }
+    }
+}
+
 /// A replica's answer.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
 pub enum SideResponse {
