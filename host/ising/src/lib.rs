@@ -62,8 +62,8 @@ pub mod placement;
 pub mod rng;
 
 pub use anneal::{
-    anneal, auto_beta_range, AnnealError, Params, Solution, Stats, READS_MAX, SWEEPS_MAX,
-    THREADS_MAX,
+    anneal, auto_beta_range, extremes_beta_range, AnnealError, Params, Solution, Stats, READS_MAX,
+    SWEEPS_MAX, THREADS_MAX,
 };
 pub use format::{
     parse_problem, read_problem, solve_problem, solve_text, ParseError, Problem, SolveError,
