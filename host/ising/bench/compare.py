@@ -5,10 +5,22 @@ Generates the instances deterministically (random max-cut graphs of 800 and
 2000 nodes, the 800-node graph as an Ising model with real couplings, random
 dense QUBOs with integer and with real coefficients),
 runs the `solve` example of voidbox-ising and SimulatedAnnealingSampler in
-the same run with the same sweeps, reads and beta range (geometric schedule
-in both), and prints one JSON object with the time ratios and best energies.
+the same run with the same sweeps and reads and a geometric schedule in
+both, and prints one JSON object with the time ratios and best energies.
 
-    python3 host/ising/bench/compare.py [--quick] [--seeds N]
+    python3 host/ising/bench/compare.py [--quick] [--seeds N] [--shared-range voidbox|dwave]
+
+The beta range (see "mode" in the output):
+- default, "own_default_ranges": each sampler with its own default range,
+  voidbox's from the scale of the local fields (`auto_beta_range`),
+  dwave's from the extreme coefficients. This is the comparison of the two
+  solvers as a user gets them, at the same sweeps and reads.
+- `--shared-range voidbox`: dwave is handed voidbox's default range.
+- `--shared-range dwave`: voidbox is handed dwave's default range (as
+  dwave reports it in `info["beta_range"]`).
+With a shared range the two run the same algorithm (in-order sweeps,
+Metropolis test, geometric schedule), so their energies should tie; any
+difference there is the implementation, not the range.
 
 Installs dwave-samplers with pip if it is missing. Each side runs once per
 seed (--seeds N, default 10, seeds 1..N, the same seeds for both): times are
@@ -134,10 +146,12 @@ def build_solver():
     return os.path.join(target, "release", "examples", "solve")
 
 
-def run_voidbox(binary, path, sweeps, reads, threads, seed):
+def run_voidbox(binary, path, sweeps, reads, threads, seed, beta_range=None):
+    """beta_range None: voidbox's own default range."""
+    extra = [] if beta_range is None else ["--beta-range", repr(float(beta_range[0])), repr(float(beta_range[1]))]
     out = subprocess.check_output(
         [binary, path, "--sweeps", str(sweeps), "--reads", str(reads), "--seed", str(seed),
-         "--threads", str(threads), "--no-state"]
+         "--threads", str(threads), "--no-state"] + extra
     )
     report = json.loads(out)
     return {
@@ -150,13 +164,15 @@ def run_voidbox(binary, path, sweeps, reads, threads, seed):
 
 
 def run_dwave(bqm, offset, sweeps, reads, beta_range, seed):
+    """beta_range None: dwave's own default range."""
     from dwave.samplers import SimulatedAnnealingSampler
 
     sampler = SimulatedAnnealingSampler()
+    kwargs = {} if beta_range is None else {"beta_range": [float(b) for b in beta_range]}
     t0 = time.perf_counter()
     c0 = time.process_time()
-    ss = sampler.sample(bqm, num_reads=reads, num_sweeps=sweeps, beta_range=list(beta_range),
-                        beta_schedule_type="geometric", seed=seed)
+    ss = sampler.sample(bqm, num_reads=reads, num_sweeps=sweeps,
+                        beta_schedule_type="geometric", seed=seed, **kwargs)
     cpu = time.process_time() - c0
     elapsed = time.perf_counter() - t0
     return {
@@ -164,7 +180,33 @@ def run_dwave(bqm, offset, sweeps, reads, beta_range, seed):
         "mean_energy": float(ss.record.energy.mean()) + offset,
         "seconds": elapsed,
         "cpu_seconds": cpu,
+        "beta_range": [float(b) for b in ss.info["beta_range"]],
     }
+
+
+MODES = {None: "own_default_ranges", "voidbox": "shared_voidbox_range", "dwave": "shared_dwave_range"}
+
+
+def parse_shared_range(argv):
+    """The --shared-range argument (None when absent)."""
+    if "--shared-range" not in argv:
+        return None
+    k = argv.index("--shared-range")
+    shared = argv[k + 1] if k + 1 < len(argv) else ""
+    if shared not in ("voidbox", "dwave"):
+        sys.exit("--shared-range takes voidbox or dwave")
+    return shared
+
+
+def run_pair(binary, path, bqm, offset, sweeps, reads, threads, seed, shared):
+    """One seed of both samplers under the range mode; returns (voidbox, dwave)."""
+    if shared == "dwave":
+        theirs = run_dwave(bqm, offset, sweeps, reads, None, seed)
+        ours = run_voidbox(binary, path, sweeps, reads, threads, seed, theirs["beta_range"])
+    else:
+        ours = run_voidbox(binary, path, sweeps, reads, threads, seed)
+        theirs = run_dwave(bqm, offset, sweeps, reads, ours["beta_range"] if shared else None, seed)
+    return ours, theirs
 
 
 def median(values):
@@ -182,6 +224,8 @@ def main():
     if "--seeds" in sys.argv:
         n_seeds = int(sys.argv[sys.argv.index("--seeds") + 1])
     seeds = list(range(1, n_seeds + 1))
+    shared = parse_shared_range(sys.argv)
+    load_at_start = os.getloadavg()
     ensure_dwave()
     binary = build_solver()
     reads = 10
@@ -195,10 +239,11 @@ def main():
             bqm, offset, n, couplings = make_instance(kind, size, 1000 + k, path)
             ours1, ours2, theirs = [], [], []
             for seed in seeds:
-                o1 = run_voidbox(binary, path, case_sweeps, reads, 1, seed)
+                o1, t = run_pair(binary, path, bqm, offset, case_sweeps, reads, 1, seed, shared)
                 ours1.append(o1)
-                ours2.append(run_voidbox(binary, path, case_sweeps, reads, 2, seed))
-                theirs.append(run_dwave(bqm, offset, case_sweeps, reads, o1["beta_range"], seed))
+                theirs.append(t)
+                ours2.append(run_voidbox(binary, path, case_sweeps, reads, 2, seed,
+                                         t["beta_range"] if shared == "dwave" else None))
             tol = 1e-9 * max(1.0, abs(theirs[0]["best_energy"]))
             results.append({
                 "instance": name,
@@ -207,7 +252,8 @@ def main():
                 "sweeps": case_sweeps,
                 "reads": reads,
                 "seeds": seeds,
-                "beta_range": ours1[0]["beta_range"],
+                "voidbox_beta_range": ours1[0]["beta_range"],
+                "dwave_beta_range": theirs[0]["beta_range"],
                 "dwave_median_seconds": median([t["seconds"] for t in theirs]),
                 "voidbox_1_thread_median_seconds": median([o["seconds"] for o in ours1]),
                 "voidbox_2_threads_median_seconds": median([o["seconds"] for o in ours2]),
@@ -237,7 +283,9 @@ def main():
 
     print(json.dumps({
         "dwave_samplers_version": getattr(dwave.samplers, "__version__", "unknown"),
+        "mode": MODES[shared],
         "seeds": seeds,
+        "load_average_at_start": load_at_start,
         "load_average_at_end": os.getloadavg(),
         "cpus": os.cpu_count(),
         "results": results,
