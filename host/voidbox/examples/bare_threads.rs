@@ -1,12 +1,26 @@
 //! Bare wasmtime calls (the benchmark's baseline), or full host invocations
 //! with fresh inputs, on N threads for a few seconds, for profilers:
-//! `bare_threads TOOL.wasm THREADS SECONDS [host]`. Prints calls per second.
+//! `bare_threads TOOL.wasm THREADS SECONDS [host]`. Prints calls per second and
+//! CPU time per call (all threads of the process).
 
 use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::time::{Duration, Instant};
 
 use voidbox_sandbox::baseline::Bare;
 use voidbox_sandbox::SandboxConfig;
+
+/// CPU time of the whole process (all threads, user and system): on a
+/// shared machine, CPU per call is steadier than calls per second.
+fn cpu_time() -> Duration {
+    // SAFETY: getrusage only writes the struct it is given.
+    let u = unsafe {
+        let mut u = std::mem::zeroed::<libc::rusage>();
+        libc::getrusage(libc::RUSAGE_SELF, &mut u);
+        u
+    };
+    let tv = |t: libc::timeval| Duration::new(t.tv_sec as u64, t.tv_usec as u32 * 1000);
+    tv(u.ru_utime) + tv(u.ru_stime)
+}
 
 fn main() -> Result<(), Box<dyn std::error::Error>> {
     let args: Vec<String> = std::env::args().skip(1).collect();
@@ -39,6 +53,7 @@ fn main() -> Result<(), Box<dyn std::error::Error>> {
     let slow_us = AtomicU64::new(0);
     let stop = AtomicBool::new(false);
     let calls = AtomicU64::new(0);
+    let cpu_before = cpu_time();
     let started = Instant::now();
     std::thread::scope(|s| {
         for t in 0..threads {
@@ -61,10 +76,14 @@ fn main() -> Result<(), Box<dyn std::error::Error>> {
         std::thread::sleep(window);
         stop.store(true, Ordering::Relaxed);
     });
+    let wall = started.elapsed().as_secs_f64();
+    let cpu = (cpu_time() - cpu_before).as_secs_f64();
     let n = calls.load(Ordering::Relaxed) as f64;
     println!(
-        "{threads} threads: {:.0} calls/s; {} calls over 200 us, {} ms in them",
-        n / started.elapsed().as_secs_f64(),
+        "{threads} threads: {:.0} calls/s, {:.2} CPU us per call, {:.2} cores; {} calls over 200 us, {} ms in them",
+        n / wall,
+        cpu / n * 1e6,
+        cpu / wall,
         slow.load(Ordering::Relaxed),
         slow_us.load(Ordering::Relaxed) / 1000
     );
