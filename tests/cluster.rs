@@ -196,6 +196,20 @@ fn a_cluster_orders_runs_and_signs_invocations() {
     let out = c.run(&["receipt", "verify", &bad, "--cluster", "{c}"]);
     assert_eq!(out.status.code(), Some(6), "{}", stderr(&out));
     assert!(stderr(&out).contains("needs 2"), "{}", stderr(&out));
+    // Each signature covers a batch's root; the reply must be a leaf of it
+    // at the stated place, and the root must be the one signed.
+    let mut moved = v.clone();
+    let leaves = moved["signatures"][0]["leaves"].as_u64().unwrap();
+    moved["signatures"][0]["index"] = Value::from(leaves);
+    let bad = write(&c.path, "moved.json", moved.to_string().as_bytes());
+    let out = c.run(&["receipt", "verify", &bad, "--cluster", "{c}"]);
+    assert_eq!(out.status.code(), Some(6), "{}", stderr(&out));
+    assert!(stderr(&out).contains("not in the tree"), "{}", stderr(&out));
+    let mut rooted = v.clone();
+    rooted["signatures"][0]["root"] = Value::String("ab".repeat(32));
+    let bad = write(&c.path, "rooted.json", rooted.to_string().as_bytes());
+    let out = c.run(&["receipt", "verify", &bad, "--cluster", "{c}"]);
+    assert_eq!(out.status.code(), Some(6), "{}", stderr(&out));
 
     // Outcomes keep their exit codes through the cluster.
     let out = c.run(&[

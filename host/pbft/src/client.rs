@@ -1,6 +1,7 @@
 //! The client side of the protocol, also pure: it signs requests, sends
 //! them to the primary it believes in, collects replies and accepts a
-//! result once f + 1 replicas signed the same one; on timeout it sends the
+//! result once f + 1 replicas vouch for the same one (each reply proved by
+//! its path to a signed root of the replica's batch of replies); on timeout it sends the
 //! request to every replica (which forward it to the primary and start
 //! suspecting it).
 
@@ -10,7 +11,7 @@ use ed25519_dalek::SigningKey;
 
 use crate::config::Cluster;
 use crate::message::{
-    ClientId, Hlc, Message, ReplicaId, Reply, Request, Signed, SignedRequest, View,
+    CertifiedReply, ClientId, Hlc, Message, ReplicaId, Request, SignedRequest, VerifiedRoots, View,
 };
 use crate::replica::Target;
 
@@ -25,9 +26,9 @@ pub struct Completed {
     pub result: Vec<u8>,
     /// The replicas whose signed replies agreed (at least f + 1).
     pub signers: Vec<ReplicaId>,
-    /// Those signed replies, in the order of `signers`: the proof a third
-    /// party can check offline against the replicas' public keys.
-    pub proof: Vec<Signed<Reply>>,
+    /// Those replies with their proofs, in the order of `signers`: what a
+    /// third party checks offline against the replicas' public keys.
+    pub proof: Vec<CertifiedReply>,
 }
 
 #[derive(Clone, Debug)]
@@ -36,7 +37,7 @@ struct Pending {
     sent_at_us: u64,
     /// The latest reply claiming to be from each replica, and whether its
     /// signature was checked (a checked one is never replaced).
-    replies: BTreeMap<ReplicaId, (Signed<Reply>, bool)>,
+    replies: BTreeMap<ReplicaId, (CertifiedReply, bool)>,
 }
 
 /// One client with at most one request outstanding (as PBFT assumes).
@@ -49,6 +50,8 @@ pub struct Client {
     last_timestamp: u64,
     retry_us: u64,
     pending: Option<Pending>,
+    /// Root signatures already checked, for `on_message`.
+    roots: VerifiedRoots,
 }
 
 impl Client {
@@ -63,6 +66,7 @@ impl Client {
             last_timestamp: 0,
             retry_us,
             pending: None,
+            roots: VerifiedRoots::new(),
         }
     }
 
@@ -115,40 +119,52 @@ impl Client {
     }
 
     /// Handles a message from a replica; returns the result once f + 1
-    /// matching signed replies arrived. Invalid replies are ignored.
+    /// matching verified replies arrived. Invalid replies are ignored.
     pub fn on_message(&mut self, message: &Message) -> Option<Completed> {
+        let mut roots = std::mem::take(&mut self.roots);
+        let done = self.on_message_with(message, &mut roots);
+        self.roots = roots;
+        done
+    }
+
+    /// [`Client::on_message`] with a cache of checked root signatures that
+    /// many clients of one process can share: the replies one replica sends
+    /// for one batch then cost one signature check between them.
+    pub fn on_message_with(
+        &mut self,
+        message: &Message,
+        roots: &mut VerifiedRoots,
+    ) -> Option<Completed> {
         let Message::Reply(reply) = message else {
             return None;
         };
         let p = self.pending.as_mut()?;
-        let r = &reply.payload;
+        let r = &reply.reply;
+        let from = reply.from();
         if r.client != self.id || r.timestamp != p.request.request.timestamp {
             return None;
         }
-        self.cluster.key(reply.from)?;
-        if p.replies
-            .get(&reply.from)
-            .is_some_and(|(_, checked)| *checked)
-        {
+        self.cluster.key(from)?;
+        if p.replies.get(&from).is_some_and(|(_, checked)| *checked) {
             return None;
         }
-        p.replies.insert(reply.from, (reply.clone(), false));
-        // Signatures are checked only once f + 1 replies agree: with
-        // correct replicas that is f + 1 checks per request, not n.
+        p.replies.insert(from, (reply.clone(), false));
+        // Proofs are checked only once f + 1 replies agree: with correct
+        // replicas that is f + 1 checks per request, not n.
         let want = (r.hlc, r.result.clone());
-        let matches = |s: &Signed<Reply>| (s.payload.hlc, &s.payload.result) == (want.0, &want.1);
+        let matches = |s: &CertifiedReply| (s.reply.hlc, &s.reply.result) == (want.0, &want.1);
         if p.replies.values().filter(|(s, _)| matches(s)).count() <= self.cluster.f() as usize {
             return None;
         }
         let cluster = &self.cluster;
         p.replies.retain(|_, (s, checked)| {
             if !*checked && matches(s) {
-                *checked = cluster.key(s.from).is_some_and(|k| s.verify(k));
+                *checked = cluster.key(s.from()).is_some_and(|k| roots.verify(s, k));
                 return *checked;
             }
             true
         });
-        let proof: Vec<Signed<Reply>> = p
+        let proof: Vec<CertifiedReply> = p
             .replies
             .values()
             .filter(|(s, checked)| *checked && matches(s))
@@ -157,17 +173,14 @@ impl Client {
         if proof.len() <= self.cluster.f() as usize {
             return None;
         }
-        self.view = proof
-            .iter()
-            .map(|s| s.payload.view)
-            .fold(self.view, u64::max);
+        self.view = proof.iter().map(|s| s.reply.view).fold(self.view, u64::max);
         let timestamp = p.request.request.timestamp;
         self.pending = None;
         Some(Completed {
             timestamp,
             hlc: want.0,
             result: want.1,
-            signers: proof.iter().map(|s| s.from).collect(),
+            signers: proof.iter().map(CertifiedReply::from).collect(),
             proof,
         })
     }
@@ -177,7 +190,7 @@ impl Client {
 mod tests {
     use super::*;
     use crate::config::ClusterConfig;
-    use crate::message::key_from_seed;
+    use crate::message::{certify_replies, key_from_seed, Reply};
 
     fn setup() -> (Vec<SigningKey>, Client) {
         let keys: Vec<_> = (0..4).map(|i| key_from_seed(5, &format!("r{i}"))).collect();
@@ -196,7 +209,8 @@ mod tests {
             hlc: Hlc::default(),
             result: result.to_vec(),
         };
-        Message::Reply(Signed::sign(from, r, &keys[from as usize]))
+        let mut certified = certify_replies(from, vec![r], &keys[from as usize]);
+        Message::Reply(certified.remove(0))
     }
 
     #[test]
@@ -218,7 +232,7 @@ mod tests {
         let Message::Reply(mut forged) = reply(&keys, 1, &c, ts, b"evil") else {
             panic!()
         };
-        forged.from = 2;
+        forged.root.from = 2;
         assert_eq!(c.on_message(&Message::Reply(forged)), None);
         assert_eq!(c.on_message(&reply(&keys, 2, &c, ts + 1, b"evil")), None);
         // One honest reply and one different one: not yet.
@@ -236,10 +250,10 @@ mod tests {
         let keys_ok = done
             .proof
             .iter()
-            .all(|s| s.verify(&keys[s.from as usize].verifying_key()));
+            .all(|s| s.verify(&keys[s.from() as usize].verifying_key()));
         assert!(
             keys_ok && done.proof.len() == 2,
-            "the proof is the signed replies"
+            "the proof is the certified replies"
         );
         assert!(!c.busy());
         // The view learned from replies picks the next primary.

@@ -78,8 +78,8 @@ pub mod sim;
 pub use client::{Client, Completed};
 pub use config::{Cluster, ClusterConfig, ConfigError, Params, ReplicaInfo};
 pub use message::{
-    key_from_seed, Batch, ClientId, Digest, Hlc, Message, ReplicaId, Request, Seq, SignedRequest,
-    View,
+    key_from_seed, Batch, CertifiedReply, ClientId, Digest, Hlc, Message, ReplicaId, Reply,
+    ReplyRoot, Request, Seq, SignedRequest, VerifiedRoots, View,
 };
 pub use replica::{
     compact_records, Execute, Input, Output, Record, Reject, Replica, ReplicaError, Stats, Target,

@@ -428,7 +428,12 @@ impl Payload for NewView {
     const KIND: u8 = 7;
 }
 
-/// A reply to a client, signed by the replica that executed the request.
+/// A reply to a client: what one replica says a request came to. A reply
+/// is not signed alone: after executing a batch a replica signs the root of
+/// a Merkle tree over all the batch's replies ([`ReplyRoot`]), and each reply
+/// travels with its path to that root ([`CertifiedReply`]). A batch of k
+/// replies so costs the replica one signature instead of k, and a client
+/// that receives several replies of one batch checks that signature once.
 #[derive(Clone, PartialEq, Eq, Debug, Serialize, Deserialize)]
 pub struct Reply {
     /// The replica's view, so the client learns the primary.
@@ -443,8 +448,187 @@ pub struct Reply {
     pub result: Vec<u8>,
 }
 
-impl Payload for Reply {
-    const KIND: u8 = 8;
+impl Reply {
+    /// This reply's leaf in a reply tree.
+    pub fn leaf(&self) -> Digest {
+        let mut h = blake3::Hasher::new();
+        h.update(&[LEAF]);
+        h.update(&encode(self));
+        Digest(*h.finalize().as_bytes())
+    }
+}
+
+/// Leaf and inner nodes hash under different prefixes, so no inner node
+/// can pass for a reply (the second-preimage trick on Merkle trees).
+const LEAF: u8 = 0;
+const NODE: u8 = 1;
+
+fn node(left: &Digest, right: &Digest) -> Digest {
+    let mut h = blake3::Hasher::new();
+    h.update(&[NODE]);
+    h.update(&left.0);
+    h.update(&right.0);
+    Digest(*h.finalize().as_bytes())
+}
+
+/// What a replica signs once per batch of replies: the root of the tree
+/// over their leaves and how many leaves it has. The tree pairs nodes left
+/// to right, level by level; an odd node out moves up a level unchanged.
+#[derive(Clone, Copy, PartialEq, Eq, Debug, Serialize, Deserialize)]
+pub struct ReplyRoot {
+    /// Number of replies (leaves).
+    pub count: u32,
+    /// The tree's root.
+    pub root: Digest,
+}
+
+impl Payload for ReplyRoot {
+    const KIND: u8 = 10;
+}
+
+/// A reply with the proof that its replica vouches for it: the reply's
+/// position among the leaves, the sibling hashes from it to the root, and
+/// the replica's signature over the root.
+#[derive(Clone, PartialEq, Eq, Debug, Serialize, Deserialize)]
+pub struct CertifiedReply {
+    /// The reply.
+    pub reply: Reply,
+    /// Its leaf's position, `0..root.payload.count`.
+    pub index: u32,
+    /// Sibling hashes, from the leaf's level upwards.
+    pub path: Vec<Digest>,
+    /// The signed root.
+    pub root: Signed<ReplyRoot>,
+}
+
+impl CertifiedReply {
+    /// The replica that vouches for the reply.
+    pub fn from(&self) -> ReplicaId {
+        self.root.from
+    }
+
+    /// Whether the reply is leaf `index` of the tree with the signed root
+    /// (hashing only; the signature is [`CertifiedReply::verify`]'s job).
+    pub fn path_ok(&self) -> bool {
+        let ReplyRoot { count, root } = self.root.payload;
+        if self.index >= count {
+            return false;
+        }
+        let (mut at, mut width) = (self.index, count);
+        let mut hash = self.reply.leaf();
+        let mut siblings = self.path.iter();
+        while width > 1 {
+            if at % 2 == 1 {
+                let Some(left) = siblings.next() else {
+                    return false;
+                };
+                hash = node(left, &hash);
+            } else if at + 1 < width {
+                let Some(right) = siblings.next() else {
+                    return false;
+                };
+                hash = node(&hash, right);
+            }
+            at /= 2;
+            width = width.div_ceil(2);
+        }
+        siblings.next().is_none() && hash == root
+    }
+
+    /// Whether `key` signed a root that this reply reaches.
+    pub fn verify(&self, key: &VerifyingKey) -> bool {
+        self.path_ok() && self.root.verify(key)
+    }
+}
+
+/// Builds the tree over `replies`, signs its root as replica `from`, and
+/// gives every reply its proof, in order. One signature for the lot.
+pub fn certify_replies(
+    from: ReplicaId,
+    replies: Vec<Reply>,
+    key: &SigningKey,
+) -> Vec<CertifiedReply> {
+    let mut levels: Vec<Vec<Digest>> = vec![replies.iter().map(Reply::leaf).collect()];
+    while levels.last().is_some_and(|l| l.len() > 1) {
+        let below = levels.last().map(Vec::as_slice).unwrap_or_default();
+        let above = below
+            .chunks(2)
+            .map(|pair| match pair {
+                [left, right] => node(left, right),
+                [odd] => *odd,
+                _ => unreachable!("chunks of two"),
+            })
+            .collect();
+        levels.push(above);
+    }
+    let root = levels
+        .last()
+        .and_then(|l| l.first())
+        .copied()
+        .unwrap_or_default();
+    let count = u32::try_from(replies.len()).expect("a batch holds fewer than 2^32 replies");
+    let signed = Signed::sign(from, ReplyRoot { count, root }, key);
+    replies
+        .into_iter()
+        .enumerate()
+        .map(|(i, reply)| {
+            let mut path = Vec::new();
+            let mut at = i;
+            for level in &levels[..levels.len() - 1] {
+                // The sibling of node `at` is `at ^ 1`; an odd node out
+                // has none and moves up as it is.
+                if let Some(d) = level.get(at ^ 1) {
+                    path.push(*d);
+                }
+                at /= 2;
+            }
+            CertifiedReply {
+                reply,
+                index: i as u32,
+                path,
+                root: signed.clone(),
+            }
+        })
+        .collect()
+}
+
+/// Root signatures a client already checked, so that the replies of one
+/// batch cost one signature check per replica, not one per reply. Keyed by
+/// signer, root and signature: a different signature over a known root is
+/// checked afresh. Bounded: past `capacity` entries it starts over.
+#[derive(Debug, Default)]
+pub struct VerifiedRoots {
+    seen: std::collections::BTreeSet<(ReplicaId, Digest, Sig)>,
+}
+
+impl VerifiedRoots {
+    const CAPACITY: usize = 4096;
+
+    /// An empty cache.
+    pub fn new() -> Self {
+        Self::default()
+    }
+
+    /// Whether `reply` verifies under `key`, checking its root's signature
+    /// only if this cache has not seen it pass.
+    pub fn verify(&mut self, reply: &CertifiedReply, key: &VerifyingKey) -> bool {
+        if !reply.path_ok() {
+            return false;
+        }
+        let r = &reply.root;
+        let id = (r.from, r.payload.root, r.signature);
+        if self.seen.contains(&id) {
+            return true;
+        }
+        if !r.verify(key) {
+            return false;
+        }
+        if self.seen.len() >= Self::CAPACITY {
+            self.seen.clear();
+        }
+        self.seen.insert(id);
+        true
+    }
 }
 
 /// STATUS: the sender's progress, sent periodically so that peers can
@@ -538,8 +722,8 @@ pub enum Message {
     Status(Signed<Status>),
     /// Checkpoint state for a replica that fell behind.
     State(Box<StateTransfer>),
-    /// A reply to a client.
-    Reply(Signed<Reply>),
+    /// A reply to a client, with its proof.
+    Reply(CertifiedReply),
 }
 
 impl Message {
@@ -681,6 +865,99 @@ mod tests {
         longer.push(0);
         assert_eq!(Message::decode(&longer), None);
         assert_eq!(Message::decode(&bytes[..bytes.len() - 1]), None);
+    }
+
+    fn replies(n: u64) -> Vec<Reply> {
+        (0..n)
+            .map(|i| Reply {
+                view: 3,
+                client: ClientId([i as u8; 32]),
+                timestamp: 100 + i,
+                hlc: Hlc {
+                    physical_us: 7,
+                    logical: 1,
+                },
+                result: vec![b'r'; i as usize],
+            })
+            .collect()
+    }
+
+    #[test]
+    fn every_reply_of_a_batch_proves_itself_under_one_signature() {
+        let key = key_from_seed(1, "r1");
+        let vk = key.verifying_key();
+        let other = key_from_seed(1, "r2").verifying_key();
+        for n in 1..=17 {
+            let certified = certify_replies(1, replies(n), &key);
+            assert_eq!(certified.len() as u64, n);
+            let root = &certified[0].root;
+            for (i, c) in certified.iter().enumerate() {
+                assert_eq!(&c.root, root, "one signed root per batch");
+                assert_eq!(c.index as usize, i);
+                assert!(c.path.len() <= (n as f64).log2().ceil() as usize);
+                assert!(c.verify(&vk), "reply {i} of {n}");
+                assert!(!c.verify(&other), "another replica's key");
+                let mut bad = c.clone();
+                bad.reply.result.push(b'!');
+                assert!(!bad.verify(&vk), "a changed result");
+                let mut bad = c.clone();
+                bad.reply.view += 1;
+                assert!(!bad.path_ok(), "a changed view");
+                if n > 1 {
+                    let mut moved = c.clone();
+                    moved.index = (c.index + 1) % n as u32;
+                    assert!(!moved.path_ok(), "the proof of another position");
+                    let mut bad = c.clone();
+                    bad.path[0].0[0] ^= 1;
+                    assert!(!bad.path_ok(), "a changed sibling");
+                    let mut short = c.clone();
+                    short.path.pop();
+                    assert!(!short.path_ok(), "a truncated path");
+                }
+                let mut longer = c.clone();
+                longer.path.push(Digest::of(b"x"));
+                assert!(!longer.path_ok(), "a path with an extra step");
+                let mut wider = c.clone();
+                wider.root.payload.count += 1;
+                assert!(!wider.verify(&vk), "a count the replica did not sign");
+                let mut outside = c.clone();
+                outside.index = n as u32;
+                assert!(!outside.path_ok(), "an index past the leaves");
+            }
+        }
+    }
+
+    #[test]
+    fn a_proof_does_not_carry_over_to_a_tree_of_another_width() {
+        // Reply 0 of a two-reply tree, presented as the only leaf of a
+        // one-leaf tree with the pair's root, does not verify: the root of
+        // a pair is a node hash, never a leaf hash.
+        let key = key_from_seed(1, "r1");
+        let pair = certify_replies(1, replies(2), &key);
+        let single = certify_replies(1, replies(1), &key);
+        assert_ne!(pair[0].root.payload.root, single[0].root.payload.root);
+        let mut spliced = pair[0].clone();
+        spliced.root.payload.count = 1;
+        spliced.path.clear();
+        assert!(!spliced.path_ok());
+    }
+
+    #[test]
+    fn the_root_cache_checks_each_signature_once_and_never_a_bad_one() {
+        let key = key_from_seed(1, "r1");
+        let vk = key.verifying_key();
+        let certified = certify_replies(1, replies(5), &key);
+        let mut cache = VerifiedRoots::new();
+        assert!(certified.iter().all(|c| cache.verify(c, &vk)));
+        assert_eq!(cache.seen.len(), 1, "one root, checked once");
+        // A forged signature over the same root is checked, and fails.
+        let mut forged = certified[1].clone();
+        forged.root.signature.0[5] ^= 1;
+        assert!(!cache.verify(&forged, &vk));
+        // A known root does not excuse a reply that is not among its leaves.
+        let mut changed = certified[2].clone();
+        changed.reply.result = b"other".to_vec();
+        assert!(!cache.verify(&changed, &vk));
     }
 
     #[test]

@@ -712,6 +712,16 @@ impl Replica {
         Signed::sign(self.id, payload, &self.key)
     }
 
+    /// Signs one root over `replies` and sends each to its client.
+    fn send_replies(&mut self, replies: Vec<Reply>) {
+        if replies.is_empty() {
+            return;
+        }
+        for r in crate::message::certify_replies(self.id, replies, &self.key) {
+            self.send(Target::Client(r.reply.client), Message::Reply(r));
+        }
+    }
+
     /// Checks signer membership and signature, counting a refusal.
     fn verified<T: Payload>(&mut self, s: &Signed<T>) -> bool {
         match self.cluster.key(s.from) {
@@ -859,9 +869,8 @@ impl Replica {
                     hlc: entry.hlc,
                     result: entry.result.clone(),
                 };
-                let signed = self.sign(reply);
                 self.stats.replies_resent += 1;
-                self.send(Target::Client(client), Message::Reply(signed));
+                self.send_replies(vec![reply]);
                 return;
             }
         }
@@ -1296,6 +1305,7 @@ impl Replica {
         let Some(ex) = self.executing.take() else {
             return;
         };
+        let mut replies = Vec::with_capacity(results.len());
         for (request, result) in ex.requests.iter().zip(results) {
             let entry = ClientEntry {
                 client: request.client,
@@ -1304,15 +1314,15 @@ impl Replica {
                 result: result.clone(),
             };
             self.client_table.insert(request.client, entry);
-            let reply = self.sign(Reply {
+            replies.push(Reply {
                 view: self.view,
                 client: request.client,
                 timestamp: request.timestamp,
                 hlc: ex.hlc,
                 result,
             });
-            self.send(Target::Client(request.client), Message::Reply(reply));
         }
+        self.send_replies(replies);
         self.stats.batches_executed += 1;
         self.stats.requests_executed += ex.requests.len() as u64;
         self.last_executed = seq;

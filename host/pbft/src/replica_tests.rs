@@ -356,16 +356,18 @@ fn malformed_and_oversized_frames_are_refused() {
         Input::Receive(vec![0; (1 << 20) + 1]),
         Reject::Oversized,
     );
-    let reply = signed(
+    let reply = crate::message::certify_replies(
         2,
-        Reply {
+        vec![Reply {
             view: 0,
             client: ClientId([0; 32]),
             timestamp: 1,
             hlc: Hlc::default(),
             result: vec![],
-        },
-    );
+        }],
+        &keys()[2],
+    )
+    .remove(0);
     refuse(&mut r, Message::Reply(reply), Reject::NotForReplicas);
 }
 
@@ -684,14 +686,14 @@ fn prepared_then_committed_then_executed() {
     };
     assert_eq!(c, request(1, 10, b"a").request.client);
     assert_eq!(
-        (r.payload.timestamp, r.payload.result.as_slice()),
+        (r.reply.timestamp, r.reply.result.as_slice()),
         (10, b"A".as_slice())
     );
     assert_eq!(b.last_executed(), 1);
     // A retry of that request gets the stored reply again, not a re-run.
     let out = recv(&mut b, Message::Request(request(1, 10, b"a")));
     assert!(
-        matches!(sends(&out)[0], (Target::Client(_), Message::Reply(r2)) if r2.payload.result == b"A")
+        matches!(sends(&out)[0], (Target::Client(_), Message::Reply(r2)) if r2.reply.result == b"A")
     );
     assert_eq!(b.stats().replies_resent, 1);
     // An older request of that client is stale.

@@ -1181,8 +1181,8 @@ impl World {
             }
             Message::Reply(r) => {
                 let mut f = r.clone();
-                f.from = victim;
-                f.payload.result = b"forged result".to_vec();
+                f.root.from = victim;
+                f.reply.result = b"forged result".to_vec();
                 out.push(Message::Reply(f).encode());
             }
             _ => {}

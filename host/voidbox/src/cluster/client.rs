@@ -15,7 +15,9 @@ use ed25519_dalek::SigningKey;
 use serde::{Deserialize, Serialize};
 use tokio::sync::mpsc;
 use voidbox_net::ClientHandle;
-use voidbox_pbft::message::{Reply, Sig, Signed};
+use voidbox_pbft::message::{
+    CertifiedReply, Digest as TreeDigest, Reply, ReplyRoot, Sig, Signed, VerifiedRoots,
+};
 use voidbox_pbft::{Client, ClientId, Cluster, Completed, Hlc, Message, Target};
 
 use super::config::{hex, parse_key_hex, read_signing_key, unhex, ClusterFile, CLIENT_KEY_FILE};
@@ -43,14 +45,24 @@ fn now_us() -> u64 {
         .unwrap_or(0)
 }
 
-/// One replica's signature over the reply that carried a result.
+/// One replica's word for a result: it signed the root of a Merkle tree
+/// over the replies of the batch that ran the request, and the reply that
+/// carried this result is leaf `index` of that tree.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
 pub struct ReplySignature {
     /// The replica.
     pub replica: u32,
-    /// The view it replied in (part of what it signed).
+    /// The view it replied in (part of the leaf).
     pub view: u64,
-    /// ed25519, hex.
+    /// The reply's leaf position in the batch's tree.
+    pub index: u32,
+    /// Leaves in that tree (part of what was signed).
+    pub leaves: u32,
+    /// Sibling hashes from the leaf up, hex.
+    pub path: Vec<String>,
+    /// The tree's root, hex (what was signed, with `leaves`).
+    pub root: String,
+    /// ed25519 over the root, hex.
     pub signature: String,
 }
 
@@ -88,9 +100,13 @@ impl SignedReceipt {
                 .proof
                 .iter()
                 .map(|s| ReplySignature {
-                    replica: s.from,
-                    view: s.payload.view,
-                    signature: hex(&s.signature.0),
+                    replica: s.from(),
+                    view: s.reply.view,
+                    index: s.index,
+                    leaves: s.root.payload.count,
+                    path: s.path.iter().map(|d| hex(&d.0)).collect(),
+                    root: hex(&s.root.payload.root.0),
+                    signature: hex(&s.root.signature.0),
                 })
                 .collect(),
         })
@@ -130,17 +146,18 @@ impl SignedReceipt {
             let key = keys
                 .get(&s.replica)
                 .ok_or_else(|| bad(format!("replica {} is not in this cluster", s.replica)))?;
+            let field = |what: &str| bad(format!("replica {}'s {what} is not hex", s.replica));
             let sig: [u8; 64] = unhex(&s.signature)
                 .and_then(|v| v.try_into().ok())
-                .ok_or_else(|| {
-                    bad(format!(
-                        "replica {}'s signature is not 64 bytes of hex",
-                        s.replica
-                    ))
-                })?;
-            let signed = Signed {
-                from: s.replica,
-                payload: Reply {
+                .ok_or_else(|| field("signature (64 bytes)"))?;
+            let digest = |h: &str| -> Result<TreeDigest> {
+                unhex(h)
+                    .and_then(|v| v.try_into().ok())
+                    .map(TreeDigest)
+                    .ok_or_else(|| field("hash (32 bytes)"))
+            };
+            let certified = CertifiedReply {
+                reply: Reply {
                     view: s.view,
                     client,
                     timestamp: self.timestamp,
@@ -150,9 +167,24 @@ impl SignedReceipt {
                     },
                     result: bytes.clone(),
                 },
-                signature: Sig(sig),
+                index: s.index,
+                path: s.path.iter().map(|h| digest(h)).collect::<Result<_>>()?,
+                root: Signed {
+                    from: s.replica,
+                    payload: ReplyRoot {
+                        count: s.leaves,
+                        root: digest(&s.root)?,
+                    },
+                    signature: Sig(sig),
+                },
             };
-            if !signed.verify(key) {
+            if !certified.path_ok() {
+                return Err(bad(format!(
+                    "replica {}'s reply is not in the tree it signed",
+                    s.replica
+                )));
+            }
+            if !certified.root.verify(key) {
                 return Err(bad(format!("replica {}'s signature is invalid", s.replica)));
             }
             if !signers.contains(&s.replica) {
@@ -178,6 +210,10 @@ struct Routes {
     side: Mutex<HashMap<u64, mpsc::UnboundedSender<(u32, SideResponse)>>>,
     /// Ordered requests waiting for replies, by client id.
     replies: Mutex<HashMap<ClientId, mpsc::UnboundedSender<Message>>>,
+    /// Reply-root signatures already checked, shared by every session of
+    /// this connection: the replies one replica sends for one batch cost
+    /// one signature check between all the sessions they answer.
+    roots: Mutex<VerifiedRoots>,
 }
 
 /// A connection to a cluster.
@@ -633,7 +669,8 @@ impl<'a> Session<'a> {
                     let Some(m) = m else {
                         return Err(Error::Cluster("the connection closed".into()));
                     };
-                    if let Some(done) = self.client.on_message(&m) {
+                    let mut roots = self.owner.routes.roots.lock().expect("roots");
+                    if let Some(done) = self.client.on_message_with(&m, &mut roots) {
                         return Ok(done);
                     }
                 }
@@ -675,12 +712,7 @@ fn route(routes: &Routes, from: u32, bytes: &[u8]) {
                 return;
             };
             if let Message::Reply(r) = &m {
-                if let Some(tx) = routes
-                    .replies
-                    .lock()
-                    .expect("routes")
-                    .get(&r.payload.client)
-                {
+                if let Some(tx) = routes.replies.lock().expect("routes").get(&r.reply.client) {
                     let _ = tx.send(m);
                 }
             }

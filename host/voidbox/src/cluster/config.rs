@@ -31,6 +31,12 @@ pub struct ReplicaEntry {
     pub public_key: String,
     /// Its data directory, relative to the directory of `cluster.toml`.
     pub home: PathBuf,
+    /// Threads that run its committed batches (absent: one per core).
+    /// `cluster init` puts every replica on this machine, so it shares the
+    /// cores out: idle worker threads of four processes on two cores would
+    /// only take turns spinning.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub worker_slots: Option<usize>,
 }
 
 /// The whole file.
@@ -93,6 +99,12 @@ impl ClusterFile {
     pub fn cluster(&self) -> Result<Cluster> {
         let mut replicas = Vec::with_capacity(self.replicas.len());
         for r in &self.replicas {
+            if r.worker_slots == Some(0) {
+                return Err(Error::Cluster(format!(
+                    "replica {}: worker_slots = 0; give it at least 1, or leave it out for one per core",
+                    r.id
+                )));
+            }
             replicas.push(ReplicaInfo {
                 id: r.id,
                 public_key: parse_key_hex(&r.public_key).map_err(|detail| {
@@ -206,6 +218,8 @@ pub fn init_cluster(dir: &Path, n: u32, base_port: u16) -> Result<Initialized> {
     std::fs::create_dir_all(dir).map_err(Error::io(dir, "check that the directory is writable"))?;
     let mut replicas = Vec::new();
     let mut owner: Option<(Vec<u8>, Vec<u8>)> = None;
+    let cores = std::thread::available_parallelism().map_or(1, usize::from);
+    let worker_slots = (cores / n as usize).max(1);
     for id in 0..n {
         let rel = PathBuf::from(format!("replica-{id}"));
         let home = dir.join(&rel);
@@ -239,6 +253,7 @@ pub fn init_cluster(dir: &Path, n: u32, base_port: u16) -> Result<Initialized> {
             address: SocketAddr::from(([127, 0, 0, 1], port)),
             public_key: hex(key.verifying_key().as_bytes()),
             home: rel,
+            worker_slots: Some(worker_slots),
         });
     }
     write_key(&dir.join(CLIENT_KEY_FILE), &generate_key())?;
@@ -334,5 +349,13 @@ mod tests {
         std::fs::write(&path, text.replace("f = 1", "f = 2")).unwrap();
         let e = ClusterFile::load(&path).unwrap_err().to_string();
         assert!(e.contains("3f + 1"), "{e}");
+        // Replicas share this machine's cores; zero threads is refused.
+        let cores = std::thread::available_parallelism().map_or(1, usize::from);
+        let slots = loaded.replicas[2].worker_slots.unwrap();
+        assert_eq!(slots, (cores / 4).max(1));
+        let zero = text.replacen(&format!("worker_slots = {slots}"), "worker_slots = 0", 1);
+        std::fs::write(&path, zero).unwrap();
+        let e = ClusterFile::load(&path).unwrap_err().to_string();
+        assert!(e.contains("worker_slots = 0"), "{e}");
     }
 }

@@ -63,6 +63,9 @@ pub fn run_replica(cluster_file: &Path, id: u32) -> Result<()> {
     let home = file.home_of(id)?;
     let key = read_signing_key(&home.join(REPLICA_KEY_FILE))?;
     let host = Arc::new(Host::open_existing(&home)?);
+    if let Some(slots) = entry.worker_slots {
+        host.set_worker_slots(slots);
+    }
     let (log, records) = ProtocolLog::open(&home.join("pbft.redb"), file.fsync)?;
     let results = Results::open(&home.join("results.redb"))?;
     let (replica, outputs) = Replica::recover(cluster, id, key, file.params(), &records)
