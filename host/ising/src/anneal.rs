@@ -566,14 +566,17 @@ impl<V: Num> Kernel<V> {
     /// of the two is lower (the final one on a tie). So the answer is never
     /// worse than the polished final state.
     fn finish(&self, s: Vec<V>, best: Option<Vec<V>>, polish: bool) -> (Vec<i8>, u64) {
-        let (mut state, mut polish_flips) = self.polish(s, polish);
-        if let Some(best) = best {
-            let (other, flips) = self.polish(best, polish);
-            polish_flips += flips;
-            if self.energy_units(&other) < self.energy_units(&state) {
-                state = other;
+        let (state, polish_flips) = match best {
+            None => self.polish(s, polish),
+            Some(best) => {
+                let (final_state, final_fields, final_flips) = self.polish_with_fields(s, polish);
+                let (other, other_fields, other_flips) = self.polish_with_fields(best, polish);
+                let lower = self.energy_units(&other, &other_fields)
+                    < self.energy_units(&final_state, &final_fields);
+                let state = if lower { other } else { final_state };
+                (state, final_flips + other_flips)
             }
-        }
+        };
         let spins = state
             .iter()
             .map(|&v| if v > V::ZERO { 1 } else { -1 })
@@ -581,14 +584,14 @@ impl<V: Num> Kernel<V> {
         (spins, polish_flips)
     }
 
-    /// The energy of `s` in kernel units, without the offset: `Σ s_i (h_i +
-    /// f_i) / 2` from fresh fields (integer kernels: every term an integer
-    /// below 2^30, so the f64 sum is exact).
-    fn energy_units(&self, s: &[V]) -> f64 {
-        let mut f = vec![V::ZERO; s.len()];
-        self.fields(s, &mut f);
+    /// The energy of `s` in kernel units, without the offset, from its
+    /// fields `f`: `Σ s_i (h_i + f_i) / 2` (integer kernels: every term an
+    /// integer below 2^30, so the f64 sum is exact; float kernels: the
+    /// fields the polish kept, so a deterministic value within rounding of
+    /// the true one).
+    fn energy_units(&self, s: &[V], f: &[V]) -> f64 {
         let mut twice = 0.0f64;
-        for ((&si, &fi), &hi) in s.iter().zip(&f).zip(&self.h) {
+        for ((&si, &fi), &hi) in s.iter().zip(f).zip(&self.h) {
             twice += (si * (fi + hi)).to_f64();
         }
         twice / 2.0
@@ -596,13 +599,22 @@ impl<V: Num> Kernel<V> {
 
     /// A greedy descent (if asked) from `s`: flips every spin that lowers
     /// the energy until none does.
-    fn polish(&self, mut s: Vec<V>, polish: bool) -> (Vec<V>, u64) {
+    fn polish(&self, s: Vec<V>, polish: bool) -> (Vec<V>, u64) {
+        if !polish || self.len() == 0 {
+            return (s, 0);
+        }
+        let (s, _, flips) = self.polish_with_fields(s, true);
+        (s, flips)
+    }
+
+    /// [`Kernel::polish`], also giving the fields of the state it returns.
+    fn polish_with_fields(&self, mut s: Vec<V>, polish: bool) -> (Vec<V>, Vec<V>, u64) {
         let n = self.len();
         let mut polish_flips = 0u64;
-        if polish && n > 0 {
-            let mut f = vec![V::ZERO; n];
-            // Fresh fields: float fields may carry rounding drift.
-            self.fields(&s, &mut f);
+        // Fresh fields: float fields may carry rounding drift.
+        let mut f = vec![V::ZERO; n];
+        self.fields(&s, &mut f);
+        if polish {
             // Each flip strictly lowers the energy, so this ends; the pass cap
             // only guards against rounding making a move look downhill both ways.
             for _pass in 0..10_000 {
@@ -619,7 +631,7 @@ impl<V: Num> Kernel<V> {
                 }
             }
         }
-        (s, polish_flips)
+        (s, f, polish_flips)
     }
 }
 
@@ -1879,7 +1891,9 @@ mod tests {
         assert!(took_best > 0 && took_best < 40, "{took_best}");
         // The energy the kernel compares by is the model's, less the offset.
         let s = random_state();
-        let e = k.energy_units(&s) * k.scale;
+        let mut f = vec![0; 60];
+        k.fields(&s, &mut f);
+        let e = k.energy_units(&s, &f) * k.scale;
         assert_eq!(e, m.energy(&spins(&s)) - m.offset());
     }
 
