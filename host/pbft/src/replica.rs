@@ -308,6 +308,8 @@ struct Slot {
     commits: BTreeMap<ReplicaId, Signed<Commit>>,
     prepared: bool,
     committed: bool,
+    /// When the pre-prepare was accepted (driver clock).
+    accepted_us: u64,
 }
 
 impl Slot {
@@ -1108,8 +1110,10 @@ impl Replica {
         let h = m.header.payload;
         self.note_hlc(m.batch.hlc);
         self.persist(Record::PrePrepare(m.clone()));
+        let now_us = self.now_us;
         let slot = self.log.entry(h.seq).or_default();
         slot.pre_prepare = Some(m);
+        slot.accepted_us = now_us;
         if !self.is_primary() {
             let prepare = self.sign(Prepare {
                 view: h.view,
@@ -1126,8 +1130,29 @@ impl Replica {
         self.check_prepared(h.seq);
     }
 
+    /// Whether a vote for `seq` can be dropped before its signature is
+    /// checked (a signature check costs more than the rest of handling a
+    /// vote): an exact copy of a vote already held is a retransmission, and
+    /// once the slot reached the quorum this vote would add to in the
+    /// current view, no vote of that phase changes anything.
+    fn vote_needless<T: PartialEq>(
+        &self,
+        view: View,
+        seq: Seq,
+        votes: impl Fn(&Slot) -> Option<&T>,
+        vote: &T,
+        done: impl Fn(&Slot) -> bool,
+    ) -> bool {
+        self.log
+            .get(&seq)
+            .is_some_and(|slot| votes(slot) == Some(vote) || (view == self.view && done(slot)))
+    }
+
     fn on_prepare(&mut self, p: Signed<Prepare>) {
         let v = p.payload;
+        if self.vote_needless(v.view, v.seq, |s| s.prepares.get(&p.from), &p, |s| s.prepared) {
+            return;
+        }
         if !self.verified(&p) || !self.normal_case_view_ok(v.view) {
             return;
         }
@@ -1200,6 +1225,9 @@ impl Replica {
 
     fn on_commit(&mut self, c: Signed<Commit>) {
         let v = c.payload;
+        if self.vote_needless(v.view, v.seq, |s| s.commits.get(&c.from), &c, |s| s.committed) {
+            return;
+        }
         if !self.verified(&c) || !self.normal_case_view_ok(v.view) {
             return;
         }
@@ -1534,8 +1562,12 @@ impl Replica {
             }
             return;
         }
+        // Only slots that have waited a whole status interval: under load
+        // there are always a few batches in flight, and re-sending their
+        // votes every interval would make every peer check them again.
+        let stale = |s: &&Slot| s.accepted_us + self.params.status_interval_us <= self.now_us;
         let mut msgs = Vec::new();
-        for slot in self.log.values().filter(|s| !s.committed) {
+        for slot in self.log.values().filter(|s| !s.committed).filter(stale) {
             let Some(pp) = slot.pre_prepare.as_ref() else {
                 continue;
             };

@@ -705,6 +705,60 @@ fn prepared_then_committed_then_executed() {
 }
 
 #[test]
+fn votes_past_the_quorum_and_exact_copies_cost_no_signature_check() {
+    let mut b = replica(1);
+    let pp = pre_prepare(0, 1, batch(T0, vec![request(1, 10, b"a")]));
+    let d = pp.header.payload.digest;
+    recv(&mut b, Message::PrePrepare(pp));
+    let prepare = |from| {
+        signed(
+            from,
+            Prepare {
+                view: 0,
+                seq: 1,
+                digest: d,
+            },
+        )
+    };
+    let commit = |from| {
+        signed(
+            from,
+            Commit {
+                view: 0,
+                seq: 1,
+                digest: d,
+            },
+        )
+    };
+    let garbled = |mut s: Sig| {
+        s.0[0] ^= 1;
+        s
+    };
+    // Before the quorum a bad signature is checked and refused...
+    let mut bad = prepare(2);
+    bad.signature = garbled(bad.signature);
+    refuse(&mut b, Message::Prepare(bad), Reject::BadSignature);
+    recv(&mut b, Message::Prepare(prepare(2)));
+    // ...after it (own prepare + replica 2's = 2f) the third one is not
+    // even checked: a bad copy is dropped without a refusal or a change.
+    let mut late = prepare(3);
+    late.signature = garbled(late.signature);
+    let (state, rejected) = (b.fingerprint(), b.stats().rejected_total());
+    assert_eq!(recv(&mut b, Message::Prepare(late)), vec![]);
+    // A retransmitted copy of a held vote is dropped the same way.
+    assert_eq!(recv(&mut b, Message::Prepare(prepare(2))), vec![]);
+    assert_eq!(b.fingerprint(), state);
+    recv(&mut b, Message::Commit(commit(0)));
+    let out = recv(&mut b, Message::Commit(commit(2)));
+    assert!(out.iter().any(|o| matches!(o, Output::Execute(_))));
+    let mut late = commit(3);
+    late.signature = garbled(late.signature);
+    assert_eq!(recv(&mut b, Message::Commit(late)), vec![]);
+    assert_eq!(recv(&mut b, Message::Commit(commit(0))), vec![]);
+    assert_eq!(b.stats().rejected_total(), rejected);
+}
+
+#[test]
 fn executed_must_answer_the_outstanding_batch() {
     let mut b = replica(1);
     assert_refused(
