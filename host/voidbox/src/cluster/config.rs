@@ -159,6 +159,11 @@ impl ClusterFile {
             // VIEW-CHANGE messages small.
             operation_bytes_max: 64 << 10,
             batch_bytes_max: 4 << 20,
+            // Replicas share machines with other work: a process not
+            // scheduled for a few hundred milliseconds is not a faulty
+            // primary, and a view change costs far more than the wait.
+            view_change_timeout_us: 1_000_000,
+            view_change_timeout_max_us: 16_000_000,
             ..Params::default()
         }
     }
