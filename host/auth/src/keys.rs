@@ -207,9 +207,38 @@ impl KeyStore for MemoryKeyStore {
 
 /// Keys as files `<dir>/<key id>.key` holding 64 hex digits, created with mode
 /// 0600 (owner-only) and refused when group or others can read them.
+///
+/// Every lookup checks the file's metadata (one `stat`); the key is read
+/// again only when the file changed (inode, length or modification time). So deleting a key file, or opening its
+/// permissions, takes effect at the next lookup, while the hot path (a
+/// capability check per invocation) costs one system call, not four.
 #[derive(Debug, Clone)]
 pub struct DirKeyStore {
     dir: PathBuf,
+    read: Arc<std::sync::Mutex<std::collections::BTreeMap<KeyId, (FileStamp, RootKey)>>>,
+}
+
+/// What identifies one version of a key file.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+struct FileStamp {
+    len: u64,
+    modified: Option<std::time::SystemTime>,
+    #[cfg(unix)]
+    inode: (u64, u64),
+}
+
+impl FileStamp {
+    fn of(m: &std::fs::Metadata) -> FileStamp {
+        FileStamp {
+            len: m.len(),
+            modified: m.modified().ok(),
+            #[cfg(unix)]
+            inode: {
+                use std::os::unix::fs::MetadataExt;
+                (m.dev(), m.ino())
+            },
+        }
+    }
 }
 
 impl DirKeyStore {
@@ -225,7 +254,10 @@ impl DirKeyStore {
             path: dir.clone(),
             source,
         })?;
-        Ok(DirKeyStore { dir })
+        Ok(DirKeyStore {
+            dir,
+            read: Arc::default(),
+        })
     }
 
     /// The file that holds key `id`.
@@ -259,6 +291,38 @@ impl DirKeyStore {
 impl KeyStore for DirKeyStore {
     fn get(&self, id: &KeyId) -> Result<Option<RootKey>, StoreError> {
         let path = self.path_of(id);
+        let cache = || self.read.lock().expect("key cache poisoned");
+        let meta = match std::fs::metadata(&path) {
+            Ok(meta) => meta,
+            Err(e) if e.kind() == std::io::ErrorKind::NotFound => {
+                cache().remove(id);
+                return Ok(None);
+            }
+            Err(source) => {
+                return Err(StoreError::Io {
+                    what: "cannot stat key file",
+                    path,
+                    source,
+                })
+            }
+        };
+        #[cfg(unix)]
+        {
+            use std::os::unix::fs::PermissionsExt;
+            let mode = meta.permissions().mode();
+            if mode & 0o077 != 0 {
+                return Err(StoreError::Permissions {
+                    path,
+                    mode: mode & 0o777,
+                });
+            }
+        }
+        let stamp = FileStamp::of(&meta);
+        if let Some((seen, key)) = cache().get(id) {
+            if *seen == stamp {
+                return Ok(Some(key.clone()));
+            }
+        }
         let text = match std::fs::read_to_string(&path) {
             Ok(text) => text,
             Err(e) if e.kind() == std::io::ErrorKind::NotFound => return Ok(None),
@@ -270,27 +334,9 @@ impl KeyStore for DirKeyStore {
                 })
             }
         };
-        #[cfg(unix)]
-        {
-            use std::os::unix::fs::PermissionsExt;
-            let mode = std::fs::metadata(&path)
-                .map_err(|source| StoreError::Io {
-                    what: "cannot stat key file",
-                    path: path.clone(),
-                    source,
-                })?
-                .permissions()
-                .mode();
-            if mode & 0o077 != 0 {
-                return Err(StoreError::Permissions {
-                    path,
-                    mode: mode & 0o777,
-                });
-            }
-        }
-        RootKey::from_hex(&text)
-            .map(Some)
-            .ok_or(StoreError::Corrupt { path })
+        let key = RootKey::from_hex(&text).ok_or(StoreError::Corrupt { path })?;
+        cache().insert(id.clone(), (stamp, key.clone()));
+        Ok(Some(key))
     }
 }
 
@@ -354,6 +400,18 @@ mod tests {
             std::fs::write(&path, "not hex").unwrap();
             assert!(matches!(store.get(&id), Err(StoreError::Corrupt { .. })));
         }
+        // Lookups are served from memory only while the file is unchanged:
+        // a replaced key is read again, a deleted one is gone. (The pause
+        // moves the file clock on: a replacement within one tick of the
+        // coarse kernel clock, reusing the inode, would look unchanged.)
+        std::thread::sleep(std::time::Duration::from_millis(20));
+        let other = RootKey::generate(&mut OsEntropy);
+        let path = store.path_of(&id);
+        std::fs::remove_file(&path).unwrap();
+        store.insert(&id, &other).unwrap();
+        assert_eq!(store.get(&id).unwrap(), Some(other));
+        std::fs::remove_file(&path).unwrap();
+        assert_eq!(store.get(&id).unwrap(), None);
         std::fs::remove_dir_all(&dir).unwrap();
     }
 }

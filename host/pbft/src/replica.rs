@@ -1150,7 +1150,13 @@ impl Replica {
 
     fn on_prepare(&mut self, p: Signed<Prepare>) {
         let v = p.payload;
-        if self.vote_needless(v.view, v.seq, |s| s.prepares.get(&p.from), &p, |s| s.prepared) {
+        if self.vote_needless(
+            v.view,
+            v.seq,
+            |s| s.prepares.get(&p.from),
+            &p,
+            |s| s.prepared,
+        ) {
             return;
         }
         if !self.verified(&p) || !self.normal_case_view_ok(v.view) {
@@ -1225,7 +1231,13 @@ impl Replica {
 
     fn on_commit(&mut self, c: Signed<Commit>) {
         let v = c.payload;
-        if self.vote_needless(v.view, v.seq, |s| s.commits.get(&c.from), &c, |s| s.committed) {
+        if self.vote_needless(
+            v.view,
+            v.seq,
+            |s| s.commits.get(&c.from),
+            &c,
+            |s| s.committed,
+        ) {
             return;
         }
         if !self.verified(&c) || !self.normal_case_view_ok(v.view) {

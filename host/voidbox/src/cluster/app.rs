@@ -238,6 +238,10 @@ pub struct App {
     state: AppState,
     peers: Box<dyn Peers>,
     results: Results,
+    /// Tools known to be registered on the host. The cluster never removes
+    /// a tool, so once seen a tool needs no registry read (and no parse of
+    /// its record) per invocation.
+    tools_present: std::sync::Mutex<std::collections::BTreeSet<Digest>>,
 }
 
 impl std::fmt::Debug for App {
@@ -255,6 +259,7 @@ impl App {
             state: AppState::default(),
             peers,
             results,
+            tools_present: Default::default(),
         }
     }
 
@@ -560,14 +565,20 @@ impl App {
     }
 
     fn ensure_tool(&self, digest: Digest) -> crate::Result<()> {
+        let present = || self.tools_present.lock().expect("tool set poisoned");
+        if present().contains(&digest) {
+            return Ok(());
+        }
         match self.host.tool(&digest.to_string()) {
-            Ok(_) => Ok(()),
+            Ok(_) => {}
             Err(Error::NoSuchTool(_)) => {
                 let wasm = self.fetched(digest)?;
-                self.host.add_tool(&wasm, None).map(|_| ())
+                self.host.add_tool(&wasm, None)?;
             }
-            Err(e) => Err(e),
+            Err(e) => return Err(e),
         }
+        present().insert(digest);
+        Ok(())
     }
 
     /// Makes sure a blob is stored; returns its size.
