@@ -497,8 +497,14 @@ impl<V: Num> Kernel<V> {
                 }
             }
             Adjacency::Dense { n, m } => {
-                for (i, fi) in f.iter_mut().enumerate() {
-                    for (&v, &sj) in m[i * n..(i + 1) * n].iter().zip(s) {
+                // Row j of the symmetric matrix is column j: adding
+                // `s_j × row j` to every field, j by j, does each field's
+                // sum in the same order as the textbook `Σ_j m_ij s_j` (so
+                // the same bits in floating point), but across a contiguous
+                // row, which vectorizes; the textbook loop is one long chain
+                // of dependent float additions.
+                for (j, &sj) in s.iter().enumerate() {
+                    for (fi, &v) in f.iter_mut().zip(&m[j * n..(j + 1) * n]) {
                         *fi = *fi + v * sj;
                     }
                 }
