@@ -268,13 +268,15 @@ struct Sum {
 }
 
 impl Sum {
+    #[inline]
     fn add(&mut self, v: f64) {
         let t = self.s + v;
-        if self.s.abs() >= v.abs() {
-            self.c += (self.s - t) + v;
-        } else {
-            self.c += (v - t) + self.s;
-        }
+        // The larger and the smaller magnitude chosen by selects, not a
+        // branch (random magnitudes mispredict it): the same arithmetic.
+        let s_larger = self.s.abs() >= v.abs();
+        let big = if s_larger { self.s } else { v };
+        let small = if s_larger { v } else { self.s };
+        self.c += (big - t) + small;
         self.s = t;
     }
     fn value(self) -> f64 {
