@@ -33,10 +33,14 @@
 //!   row for dense ones) and a test costs O(1).
 //! - Integer arithmetic when every coefficient is a multiple of a power of
 //!   two (max-cut, integer QUBOs): `i32` fields, exact, no drift.
-//! - Up to 8 reads of a sparse integer model run side by side in vector
-//!   lanes: the row of a spin is walked once for all lanes that flip it, and
-//!   with AVX2 (detected at run time) the eight Metropolis decisions are
-//!   vector operations too; the results are identical to one read at a time.
+//! - Up to 8 reads of a sparse model run side by side in vector lanes: the
+//!   row of a spin is walked once for all lanes that flip it, and with AVX2
+//!   (detected at run time) the eight generators, the eight Metropolis
+//!   decisions (one gather of a packed `f32` band per four lanes) are vector
+//!   operations too; the results are identical to one read at a time.
+//! - Dense reads are compiled twice, and run with AVX2 when the CPU has it
+//!   (a flip's row update twice as wide; no fused multiply-add, so the same
+//!   bits); dense fields are summed row by row, which vectorizes.
 //! - One random word per attempt and a branch-light decision: the
 //!   Metropolis test `u < exp(-βΔE)` uses no `exp` in the common case. The
 //!   top 10 bits of the word pick one of 1024 buckets of `u`, and a table of
@@ -54,8 +58,10 @@
 //! on the dense QUBOs a descent over all pairs (flip two, then single
 //! descent, until no pair lowers the energy) improved none of 20 best-of-10
 //! answers on either dense instance. For the β range, also measured (same
-//! figures): a hotter start (`0.5/σ`) or a colder one (`2/σ`) than `1/σ`
-//! was no better; the cold end was tuned as recorded at `COLD_OVER_HOT`;
+//! figures): a hotter start (`0.5/σ`, `0.7/σ`) or a colder one (`1.5/σ`,
+//! `2/σ`) than `1/σ` was not consistently better (within about two
+//! standard errors, either way by instance); the cold end was tuned as
+//! recorded at `COLD_OVER_HOT`;
 //! with the best-state check, a warmer (`ln 30 / gap`) or colder (`ln 300 /
 //! gap`) gap rule on the max-cut graphs was within noise of `ln 100 / gap`.
 //!
@@ -821,7 +827,8 @@ impl<V: LaneNum> Kernel<V> {
 const LANES: usize = 8;
 
 /// Fewer reads than this run one at a time rather than in a lane block
-/// (measured: a block costs about 3.5 lone reads of a sparse model).
+/// (measured at the default β range on the `bench/compare.py` max-cut
+/// graphs: a block of 8 costs about 5.5 lone reads, a block of 4 about 4).
 const LANES_MIN: usize = 4;
 
 /// What the lanes need of a kernel's arithmetic beyond [`Num`].
