@@ -1,26 +1,45 @@
 //! Runs N invocations of a tool with fresh inputs, for profilers
 //! (`perf record`), and times the pieces of the path separately. Usage:
 //! `invoke_loop HOME TOOL.wasm [N]`; reuse HOME so the compiled tool comes
-//! from the disk cache.
+//! from the disk cache. Alongside wall time it prints the calling thread's
+//! CPU time, which a busy machine disturbs much less, and the host/bare
+//! ratio of it (the invocation overhead without the background threads).
 
 use std::sync::Arc;
-use std::time::Instant;
+use std::time::{Duration, Instant};
 
 use voidbox::{Digest, Host, Invocation};
-use voidbox_sandbox::{NoBlobs, RunRequest};
+use voidbox_sandbox::baseline::Bare;
+use voidbox_sandbox::{NoBlobs, RunRequest, SandboxConfig};
 
-fn time(label: &str, n: u64, mut f: impl FnMut(u64)) {
-    let started = Instant::now();
+/// CPU time of the calling thread: unlike wall time, it does not count
+/// the time other processes on a busy machine had the core.
+fn thread_cpu() -> Duration {
+    // SAFETY: clock_gettime only writes the struct it is given.
+    let t = unsafe {
+        let mut t = std::mem::zeroed::<libc::timespec>();
+        libc::clock_gettime(libc::CLOCK_THREAD_CPUTIME_ID, &mut t);
+        t
+    };
+    Duration::new(t.tv_sec as u64, t.tv_nsec as u32)
+}
+
+/// Runs `f` n times; prints wall and thread-CPU microseconds per call and
+/// returns the CPU figure.
+fn time(label: &str, n: u64, mut f: impl FnMut(u64)) -> f64 {
+    let (started, cpu) = (Instant::now(), thread_cpu());
     for i in 0..n {
         f(i);
     }
     let per = started.elapsed().as_secs_f64() * 1e6 / n as f64;
-    println!("{label:<28} {per:8.2} us");
+    let per_cpu = (thread_cpu() - cpu).as_secs_f64() * 1e6 / n as f64;
+    println!("{label:<28} {per:8.2} us wall {per_cpu:8.2} us CPU (this thread)");
+    per_cpu
 }
 
 fn main() -> Result<(), Box<dyn std::error::Error>> {
     let mut args = std::env::args().skip(1);
-    let (home, tool) = match (args.next(), args.next()) {
+    let (home, tool_path) = match (args.next(), args.next()) {
         (Some(h), Some(t)) => (h, t),
         _ => return Err("usage: invoke_loop HOME TOOL.wasm [N]".into()),
     };
@@ -30,13 +49,38 @@ fn main() -> Result<(), Box<dyn std::error::Error>> {
         .transpose()?
         .unwrap_or(10_000);
     let host = Host::init(&home)?;
-    let tool = host.add_tool_file(tool.as_ref(), Some("profiled"))?;
+    let tool = host.add_tool_file(tool_path.as_ref(), Some("profiled"))?;
     let loaded = host
         .sandbox()
         .loaded(tool.digest.as_bytes())
         .expect("loaded by add");
     let salt = format!("{:?}", Instant::now());
     let blobs: Arc<dyn voidbox_sandbox::BlobSource> = Arc::new(NoBlobs);
+    let wasm = std::fs::read(&tool_path)?;
+    let bare = Bare::new(&SandboxConfig::default(), &wasm)?;
+    for i in 0..500u64 {
+        bare.call(&i.to_le_bytes())?;
+        let input = host.put_input(format!("warm {i} {salt}").as_bytes())?;
+        host.invoke(&Invocation::new(tool.digest, input))?;
+    }
+    // Alternated, so that a busy moment of the machine hits both alike.
+    let (mut bare_cpu, mut host_cpu) = (0.0, 0.0);
+    for round in 0..3 {
+        bare_cpu += time("bare wasmtime call", n, |i| {
+            bare.call(format!("bare {round} {i} {salt}").as_bytes())
+                .unwrap();
+        });
+        host_cpu += time("put_input + invoke", n, |i| {
+            let input = host
+                .put_input(format!("input {round} {i} {salt}").as_bytes())
+                .unwrap();
+            host.invoke(&Invocation::new(tool.digest, input)).unwrap();
+        });
+    }
+    println!(
+        "host / bare, CPU of the calling thread: {:.3}",
+        host_cpu / bare_cpu
+    );
     time("sandbox.run", n, |i| {
         let input = format!("run {i} {salt}");
         host.sandbox()
@@ -62,12 +106,6 @@ fn main() -> Result<(), Box<dyn std::error::Error>> {
     time("cache miss lookup", n, |i| {
         host.cached(&Digest::of(format!("miss {i} {salt}").as_bytes()))
             .unwrap();
-    });
-    time("put_input + invoke", n, |i| {
-        let input = host
-            .put_input(format!("input {i} {salt}").as_bytes())
-            .unwrap();
-        host.invoke(&Invocation::new(tool.digest, input)).unwrap();
     });
     let batch = 64u64;
     time("invoke_batch of 64", n / batch, |b| {

@@ -23,7 +23,7 @@ use crate::config::{Config, CONFIG_FILE, CONFIG_TEMPLATE};
 use crate::error::{Error, Result};
 use crate::invocation::{Invocation, Receipt};
 use crate::pool::{Pool, PoolStats};
-use crate::storage::{db_err, Blobs, Storage, StorageStats, NAMES, TOOLS};
+use crate::storage::{db_err, Blobs, DigestMap, Storage, StorageStats, NAMES, TOOLS};
 
 /// What the host knows about a registered tool.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
@@ -106,7 +106,7 @@ pub struct Host {
     /// Keys, revocations, use counters, admission proofs, the audit log.
     caps: Capabilities,
     /// The in-memory front of the action cache.
-    recent: Mutex<HashMap<Digest, Arc<Receipt>>>,
+    recent: Mutex<DigestMap<Digest, Arc<Receipt>>>,
     /// Last timestamp handed out (hybrid logical clock).
     hlc: AtomicU64,
     /// The worker slots of [`Host::invoke_batch`], started on first use.
@@ -190,7 +190,7 @@ impl Host {
             storage,
             sandbox,
             tools: RwLock::new(HashMap::new()),
-            recent: Mutex::new(HashMap::new()),
+            recent: Mutex::new(DigestMap::default()),
             hlc: AtomicU64::new(0),
             pool: OnceLock::new(),
             worker_slots: AtomicUsize::new(0),
