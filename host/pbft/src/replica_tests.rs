@@ -233,6 +233,67 @@ fn busy_primary_accumulates_until_the_batch_delay() {
 }
 
 #[test]
+fn a_busy_primary_checks_signatures_per_batch_and_drops_forgeries() {
+    let mut p = Replica::new(
+        cluster(),
+        0,
+        keys()[0].clone(),
+        Params {
+            batch_delay_us: 1_000,
+            batches_in_flight_max: 4,
+            pending_requests_max: 16,
+            ..params()
+        },
+    )
+    .expect("replica");
+    p.step(Input::Tick { now_us: T0 });
+    recv(&mut p, Message::Request(request(1, 10, b"a")));
+    // Busy now: requests queue unchecked.
+    let forged = |client, ts| {
+        let mut f = request(client, ts, b"x");
+        f.request.operation = b"forged".to_vec();
+        f
+    };
+    assert_eq!(recv(&mut p, Message::Request(forged(2, 10))), vec![]);
+    assert_eq!(recv(&mut p, Message::Request(forged(3, 10))), vec![]);
+    recv(&mut p, Message::Request(request(4, 10, b"d")));
+    // Client 3's genuine request arrives while a forgery of it waits: it is
+    // checked at once and takes the forgery's place.
+    assert_eq!(recv(&mut p, Message::Request(request(3, 10, b"c"))), vec![]);
+    let out = p.step(Input::Tick { now_us: T0 + 1_000 });
+    assert_eq!(
+        out.iter()
+            .filter(|o| **o == Output::Rejected(Reject::BadSignature))
+            .count(),
+        1,
+        "client 2's forgery is refused when the batch is cut"
+    );
+    let proposed: Vec<Vec<u8>> = sends(&out)
+        .into_iter()
+        .filter_map(|(_, m)| match m {
+            Message::PrePrepare(pp) => Some(pp.batch.requests.clone()),
+            _ => None,
+        })
+        .flatten()
+        .map(|r| r.request.operation)
+        .collect();
+    assert_eq!(proposed, vec![b"c".to_vec(), b"d".to_vec()]);
+    // Client 2's genuine request is still taken after its forgery failed.
+    recv(&mut p, Message::Request(request(2, 10, b"b")));
+    let out = p.step(Input::Tick { now_us: T0 + 2_000 });
+    let proposed: Vec<Vec<u8>> = sends(&out)
+        .into_iter()
+        .filter_map(|(_, m)| match m {
+            Message::PrePrepare(pp) => Some(pp.batch.requests.clone()),
+            _ => None,
+        })
+        .flatten()
+        .map(|r| r.request.operation)
+        .collect();
+    assert_eq!(proposed, vec![b"b".to_vec()]);
+}
+
+#[test]
 fn batches_are_bounded_in_bytes() {
     let mut p = Replica::new(
         cluster(),
