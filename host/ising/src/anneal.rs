@@ -36,7 +36,8 @@
 //! - Up to 8 reads of a sparse model run side by side in vector lanes: the
 //!   row of a spin is walked once for all lanes that flip it, and with AVX2
 //!   (detected at run time) the eight generators, the eight Metropolis
-//!   decisions (one gather of a packed `f32` band per four lanes) are vector
+//!   decisions (one gather of a packed `f32` band per four lanes) and, for
+//!   integer lanes, the bookkeeping of the lanes that flip are vector
 //!   operations too; the results are identical to one read at a time.
 //! - Dense reads are compiled twice, and run with AVX2 when the CPU has it
 //!   (a flip's row update twice as wide; no fused multiply-add, so the same
