@@ -36,9 +36,8 @@
 //! - Up to 8 reads of a sparse model run side by side in vector lanes: the
 //!   row of a spin is walked once for all lanes that flip it, and with AVX2
 //!   (detected at run time) the eight generators, the eight Metropolis
-//!   decisions (one gather of a packed `f32` band per four lanes) and, for
-//!   integer lanes, the bookkeeping of the lanes that flip are vector
-//!   operations too; the results are identical to one read at a time.
+//!   decisions (one gather of a packed `f32` band per four lanes) and the
+//!   bookkeeping of the lanes that flip are vector operations too; the results are identical to one read at a time.
 //! - Dense reads are compiled twice, and run with AVX2 when the CPU has it
 //!   (a flip's row update twice as wide; no fused multiply-add, so the same
 //!   bits); dense fields are summed row by row, which vectorizes.
@@ -932,6 +931,24 @@ impl LaneNum for f64 {
         f64::from(s)
     }
     #[inline(always)]
+    unsafe fn flip_lanes_avx2(
+        flips: u32,
+        si: &mut [i8; LANES],
+        fi: &[f64; LANES],
+        accepted: &mut [u64; LANES],
+        energy: &mut [f64; LANES],
+    ) -> ([u64; LANES], [u64; LANES]) {
+        #[cfg(target_arch = "x86_64")]
+        {
+            // SAFETY: the caller guarantees AVX2.
+            unsafe { flip_lanes_avx2_f64(flips, si, fi, accepted, energy) }
+        }
+        #[cfg(not(target_arch = "x86_64"))]
+        {
+            flip_lanes(flips, si, fi, accepted, energy)
+        }
+    }
+    #[inline(always)]
     unsafe fn decide_avx2(
         table: &Metropolis,
         si: &[i8; LANES],
@@ -1312,6 +1329,86 @@ fn flip_lanes_avx2_i32(
         );
         let bytes = _mm_packs_epi16(words, words);
         _mm_storel_epi64(si.as_mut_ptr().cast(), bytes);
+    }
+    (up, down)
+}
+
+/// [`flip_lanes`] for float lanes with AVX2, as [`flip_lanes_avx2_i32`]:
+/// the same results, `ΔE` with the same operations as `Kernel::read`
+/// (`-((2 s) f)`).
+///
+/// # Safety
+/// The CPU must support AVX2.
+#[cfg(target_arch = "x86_64")]
+#[target_feature(enable = "avx2")]
+#[inline]
+fn flip_lanes_avx2_f64(
+    flips: u32,
+    si: &mut [i8; LANES],
+    fi: &[f64; LANES],
+    accepted: &mut [u64; LANES],
+    energy: &mut [f64; LANES],
+) -> ([u64; LANES], [u64; LANES]) {
+    use std::arch::x86_64::*;
+    const _: () = assert!(LANES == 8);
+    let mut up = [0u64; LANES];
+    let mut down = [0u64; LANES];
+    // SAFETY (whole block): AVX2 is enabled for this function; every load
+    // and store covers one half (4 lanes) of an 8-lane array, or the 8
+    // bytes of `si`.
+    unsafe {
+        let spins = _mm256_cvtepi8_epi32(_mm_loadl_epi64(si.as_ptr().cast()));
+        let negative = _mm256_srai_epi32::<31>(spins);
+        let flip32 = {
+            let bits = _mm256_setr_epi32(1, 2, 4, 8, 16, 32, 64, 128);
+            _mm256_cmpeq_epi32(
+                _mm256_and_si256(_mm256_set1_epi32(flips as i32), bits),
+                bits,
+            )
+        };
+        let two = _mm256_set1_pd(2.0);
+        let sign = _mm256_set1_pd(-0.0);
+        let halves = [
+            (
+                _mm256_castsi256_si128(spins),
+                _mm256_castsi256_si128(negative),
+                _mm256_castsi256_si128(flip32),
+            ),
+            (
+                _mm256_extracti128_si256::<1>(spins),
+                _mm256_extracti128_si256::<1>(negative),
+                _mm256_extracti128_si256::<1>(flip32),
+            ),
+        ];
+        for (half, (s, neg, flip)) in halves.into_iter().enumerate() {
+            let at = 4 * half;
+            let flip = _mm256_cvtepi32_epi64(flip);
+            let neg = _mm256_cvtepi32_epi64(neg);
+            _mm256_storeu_si256(up.as_mut_ptr().add(at).cast(), _mm256_and_si256(flip, neg));
+            _mm256_storeu_si256(
+                down.as_mut_ptr().add(at).cast(),
+                _mm256_andnot_si256(neg, flip),
+            );
+            let f = _mm256_loadu_pd(fi.as_ptr().add(at));
+            let de = _mm256_xor_pd(
+                _mm256_mul_pd(_mm256_mul_pd(two, _mm256_cvtepi32_pd(s)), f),
+                sign,
+            );
+            let e = _mm256_loadu_pd(energy.as_ptr().add(at));
+            let step = _mm256_and_pd(de, _mm256_castsi256_pd(flip));
+            _mm256_storeu_pd(energy.as_mut_ptr().add(at), _mm256_add_pd(e, step));
+            let a = _mm256_loadu_si256(accepted.as_ptr().add(at).cast());
+            _mm256_storeu_si256(
+                accepted.as_mut_ptr().add(at).cast(),
+                _mm256_sub_epi64(a, flip),
+            );
+        }
+        let turned = _mm256_xor_si256(spins, _mm256_and_si256(flip32, _mm256_set1_epi32(-2)));
+        let words = _mm_packs_epi32(
+            _mm256_castsi256_si128(turned),
+            _mm256_extracti128_si256::<1>(turned),
+        );
+        _mm_storel_epi64(si.as_mut_ptr().cast(), _mm_packs_epi16(words, words));
     }
     (up, down)
 }
