@@ -18,9 +18,11 @@ The beta range (see "mode" in the output):
 - `--shared-range voidbox`: dwave is handed voidbox's default range.
 - `--shared-range dwave`: voidbox is handed dwave's default range (as
   dwave reports it in `info["beta_range"]`).
-With a shared range the two run the same algorithm (in-order sweeps,
-Metropolis test, geometric schedule), so their energies should tie; any
-difference there is the implementation, not the range.
+With a shared range the two anneal the same way (in-order sweeps,
+Metropolis test, geometric schedule); what still differs is that a voidbox
+read answers with the lowest state it saw at the end of a sweep when that
+is lower than its final state (both polished), and the implementation's
+speed.
 
 Installs dwave-samplers with pip if it is missing. Each side runs once per
 seed (--seeds N, default 10, seeds 1..N, the same seeds for both): times are
