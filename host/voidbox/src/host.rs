@@ -167,6 +167,7 @@ impl Host {
     /// is none (the CLI uses this so a typo in `--home` does not silently
     /// create an empty host).
     pub fn open_existing(home: impl AsRef<Path>) -> Result<Host> {
+        crate::tune_allocator();
         let home = home.as_ref().to_path_buf();
         if !home.join(CONFIG_FILE).exists() && !home.join("voidbox.redb").exists() {
             return Err(Error::NotInitialized(home));
