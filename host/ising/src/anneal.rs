@@ -841,6 +841,20 @@ trait LaneNum: Num {
     fn select(v: Self, m: Self::Mask) -> Self;
     /// A spin `±1` in this arithmetic.
     fn spin(s: i8) -> Self;
+    /// [`walk_row`], with AVX2 where an implementation has it.
+    ///
+    /// # Safety
+    /// The CPU must support AVX2 (implementations may use it), and every
+    /// `col` of `neighbours` must be below `f.len()`.
+    #[inline(always)]
+    unsafe fn walk_row_avx2(
+        neighbours: &[Entry<Self>],
+        f: &mut [[Self; LANES]],
+        up: &[Self::Mask; LANES],
+        down: &[Self::Mask; LANES],
+    ) {
+        walk_row(neighbours, f, up, down);
+    }
     /// [`flip_lanes`], with AVX2 where an implementation has it.
     ///
     /// # Safety
@@ -879,6 +893,23 @@ impl LaneNum for i32 {
     #[inline(always)]
     fn spin(s: i8) -> Self {
         i32::from(s)
+    }
+    #[inline(always)]
+    unsafe fn walk_row_avx2(
+        neighbours: &[Entry<i32>],
+        f: &mut [[i32; LANES]],
+        up: &[i32; LANES],
+        down: &[i32; LANES],
+    ) {
+        #[cfg(target_arch = "x86_64")]
+        {
+            // SAFETY: the caller guarantees AVX2 and the columns.
+            unsafe { walk_row_avx2_i32(neighbours, f, up, down) }
+        }
+        #[cfg(not(target_arch = "x86_64"))]
+        {
+            walk_row(neighbours, f, up, down)
+        }
     }
     #[inline(always)]
     unsafe fn flip_lanes_avx2(
@@ -1218,13 +1249,12 @@ fn sweep_lanes<V: LaneNum, const AVX2: bool>(
             } else {
                 flip_lanes(flips, &mut s[i], &fi, accepted, energy)
             };
-            for e in &entries[row[i]..row[i + 1]] {
-                let v = e.val;
-                // SAFETY: `Kernel::new` checked every `col` < n = f.len().
-                let fj = unsafe { f.get_unchecked_mut(e.col as usize) };
-                for l in 0..LANES {
-                    fj[l] = fj[l] + V::select(v, up[l]) - V::select(v, down[l]);
-                }
+            let neighbours = &entries[row[i]..row[i + 1]];
+            if AVX2 {
+                // SAFETY: as for `flip_lanes_avx2` above.
+                unsafe { V::walk_row_avx2(neighbours, f, &up, &down) };
+            } else {
+                walk_row(neighbours, f, &up, &down);
             }
         }
         record_best(s, energy, best_energy, best_seen, best_s);
@@ -1411,6 +1441,61 @@ fn flip_lanes_avx2_f64(
         _mm_storel_epi64(si.as_mut_ptr().cast(), _mm_packs_epi16(words, words));
     }
     (up, down)
+}
+
+/// Adds `±2J` to the neighbours' fields in the lanes whose spin went up
+/// (`+`) or down (`-`), one neighbour at a time.
+#[inline(always)]
+#[allow(clippy::needless_range_loop)]
+fn walk_row<V: LaneNum>(
+    neighbours: &[Entry<V>],
+    f: &mut [[V; LANES]],
+    up: &[V::Mask; LANES],
+    down: &[V::Mask; LANES],
+) {
+    for e in neighbours {
+        let v = e.val;
+        // SAFETY: `Kernel::new` checked every `col` < n = f.len().
+        let fj = unsafe { f.get_unchecked_mut(e.col as usize) };
+        for l in 0..LANES {
+            fj[l] = fj[l] + V::select(v, up[l]) - V::select(v, down[l]);
+        }
+    }
+}
+
+/// [`walk_row`] for integer lanes with AVX2: the lane directions as one
+/// vector of +1 / -1 / 0, applied to each coupling by a sign instruction.
+/// The same integers, so the same fields.
+///
+/// # Safety
+/// The CPU must support AVX2, and every `col` must be below `f.len()`.
+#[cfg(target_arch = "x86_64")]
+#[target_feature(enable = "avx2")]
+#[inline]
+unsafe fn walk_row_avx2_i32(
+    neighbours: &[Entry<i32>],
+    f: &mut [[i32; LANES]],
+    up: &[i32; LANES],
+    down: &[i32; LANES],
+) {
+    use std::arch::x86_64::*;
+    const _: () = assert!(LANES == 8);
+    // SAFETY (whole block): AVX2 is enabled for this function; `up` and
+    // `down` are 32 bytes each; each field row `f[col]` is 32 bytes, and the
+    // caller guarantees `col < f.len()`.
+    unsafe {
+        // up = -1 → +1, down = -1 → -1, neither → 0.
+        let direction = _mm256_sub_epi32(
+            _mm256_loadu_si256(down.as_ptr().cast()),
+            _mm256_loadu_si256(up.as_ptr().cast()),
+        );
+        let base = f.as_mut_ptr();
+        for e in neighbours {
+            let fj = base.add(e.col as usize).cast::<__m256i>();
+            let delta = _mm256_sign_epi32(_mm256_set1_epi32(e.val), direction);
+            _mm256_storeu_si256(fj, _mm256_add_epi32(_mm256_loadu_si256(fj), delta));
+        }
+    }
 }
 
 /// At the end of a sweep: every lane below its best energy so far records
