@@ -828,7 +828,8 @@ const LANES: usize = 8;
 
 /// Fewer reads than this run one at a time rather than in a lane block
 /// (measured at the default β range on the `bench/compare.py` max-cut
-/// graphs: a block of 8 costs about 5.5 lone reads, a block of 4 about 4).
+/// graphs: a block of 8 costs about 4.5 lone reads, a block of 4 about as
+/// much as 4 lone reads, a block of 3 more than 3).
 const LANES_MIN: usize = 4;
 
 /// What the lanes need of a kernel's arithmetic beyond [`Num`].
