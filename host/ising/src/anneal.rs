@@ -2374,6 +2374,34 @@ mod tests {
     }
 
     #[test]
+    fn dense_reads_are_the_same_with_and_without_avx2() {
+        // `read_many` takes the AVX2 build of a dense read where the CPU has
+        // it; `read` here is the portable build.
+        for (integer, seed) in [(true, 31), (false, 32)] {
+            let mut r = Rng::new(seed);
+            let mut b = IsingModel::builder(60);
+            for i in 0..60 {
+                b.linear(i, r.below(7) as f64 - 3.0);
+                for j in i + 1..60 {
+                    let v = r.below(201) as f64 - 100.0;
+                    b.quadratic(i, j, if integer { v } else { v * 0.013 });
+                }
+            }
+            let m = b.build_ising().unwrap();
+            let c = Compiled::new(&m, true);
+            assert_eq!(matches!(c, Compiled::Int(_)), integer);
+            let (hot, cold) = auto_beta_range(&m);
+            let betas = schedule(hot, cold, 80);
+            let seeds: Vec<u64> = (0..4).map(|k| stream_seed(seed, k)).collect();
+            let alone: Vec<_> = seeds
+                .iter()
+                .map(|&s| c.read(&betas, metropolis(), s, true))
+                .collect();
+            assert_eq!(c.read_many(&betas, metropolis(), &seeds, true), alone);
+        }
+    }
+
+    #[test]
     fn auto_beta_range_follows_the_field_scale() {
         // A ring of J = 1: every σ_i = sqrt(2); the gap rule (ln 100 / 2)
         // is warmer than 25 / sqrt(2), so it sets the cold end.
