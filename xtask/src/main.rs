@@ -142,13 +142,23 @@ fn tools() -> Result {
     ]))
 }
 
+/// The release `voidbox` binary, in `CARGO_TARGET_DIR` when that is set
+/// (cargo builds it there), else in the repository's `target/`.
+fn voidbox_bin() -> PathBuf {
+    std::env::var_os("CARGO_TARGET_DIR")
+        .map(PathBuf::from)
+        .map(|t| if t.is_absolute() { t } else { root().join(t) })
+        .unwrap_or_else(|| root().join("target"))
+        .join("release/voidbox")
+}
+
 fn tool_path(name: &str) -> PathBuf {
     root().join(format!("target/wasm-tools/components/{name}.wasm"))
 }
 
 fn demo() -> Result {
     run(cargo().args(["build", "--release", "--quiet", "-p", "voidbox"]))?;
-    let voidbox = root().join("target/release/voidbox");
+    let voidbox = voidbox_bin();
     let home = std::env::temp_dir().join(format!("voidbox-demo-{}", std::process::id()));
     let vb = |args: &[&str]| {
         let mut c = Command::new(&voidbox);
@@ -274,7 +284,7 @@ fn bench(rest: &[String]) -> Result {
 /// adds the echo tool, and runs `voidbox cluster bench --json` on it.
 fn bench_cluster(rest: &[String]) -> Result {
     run(cargo().args(["build", "--release", "-p", "voidbox", "--bin", "voidbox"]))?;
-    let bin = root().join("target/release/voidbox");
+    let bin = voidbox_bin();
     let base = std::env::temp_dir().join(format!("voidbox-bench-cluster-{}", std::process::id()));
     let mut result = Ok(());
     for (i, fsync) in [true, false].into_iter().enumerate() {
