@@ -1038,6 +1038,7 @@ impl Replica {
                 seq,
                 Slot {
                     pre_prepare: Some(msg.clone()),
+                    accepted_us: self.now_us,
                     ..Slot::default()
                 },
             );

@@ -294,6 +294,40 @@ fn a_busy_primary_checks_signatures_per_batch_and_drops_forgeries() {
 }
 
 #[test]
+fn only_batches_waiting_a_status_interval_are_sent_again() {
+    let mut p = replica(0);
+    recv(&mut p, Message::Request(request(1, 10, b"a")));
+    // Busy from T0: the next status (with retransmissions) is due one
+    // interval after the tick that saw it busy.
+    p.step(Input::Tick {
+        now_us: T0 + 10_000,
+    });
+    p.step(Input::Tick {
+        now_us: T0 + 40_000,
+    });
+    recv(&mut p, Message::Request(request(2, 10, b"b")));
+    // Then batch 1 (proposed at T0) has waited long enough to be sent
+    // again; batch 2 (proposed 20 ms before) has not.
+    let out = p.step(Input::Tick {
+        now_us: T0 + 60_000,
+    });
+    assert!(
+        sends(&out)
+            .iter()
+            .any(|(_, m)| matches!(m, Message::Status(_))),
+        "a status round"
+    );
+    let resent: Vec<Seq> = sends(&out)
+        .into_iter()
+        .filter_map(|(_, m)| match m {
+            Message::PrePrepare(pp) => Some(pp.header.payload.seq),
+            _ => None,
+        })
+        .collect();
+    assert_eq!(resent, vec![1]);
+}
+
+#[test]
 fn batches_are_bounded_in_bytes() {
     let mut p = Replica::new(
         cluster(),
