@@ -232,6 +232,19 @@ fn busy_primary_accumulates_until_the_batch_delay() {
     assert_eq!(batches, vec![2]);
 }
 
+/// The operations of every request the outputs pre-prepare, in order.
+fn proposed_operations(out: &[Output]) -> Vec<Vec<u8>> {
+    sends(out)
+        .into_iter()
+        .filter_map(|(_, m)| match m {
+            Message::PrePrepare(pp) => Some(pp.batch.requests.clone()),
+            _ => None,
+        })
+        .flatten()
+        .map(|r| r.request.operation)
+        .collect()
+}
+
 #[test]
 fn a_busy_primary_checks_signatures_per_batch_and_drops_forgeries() {
     let mut p = Replica::new(
@@ -268,29 +281,14 @@ fn a_busy_primary_checks_signatures_per_batch_and_drops_forgeries() {
         1,
         "client 2's forgery is refused when the batch is cut"
     );
-    let proposed: Vec<Vec<u8>> = sends(&out)
-        .into_iter()
-        .filter_map(|(_, m)| match m {
-            Message::PrePrepare(pp) => Some(pp.batch.requests.clone()),
-            _ => None,
-        })
-        .flatten()
-        .map(|r| r.request.operation)
-        .collect();
-    assert_eq!(proposed, vec![b"c".to_vec(), b"d".to_vec()]);
+    assert_eq!(
+        proposed_operations(&out),
+        vec![b"c".to_vec(), b"d".to_vec()]
+    );
     // Client 2's genuine request is still taken after its forgery failed.
     recv(&mut p, Message::Request(request(2, 10, b"b")));
     let out = p.step(Input::Tick { now_us: T0 + 2_000 });
-    let proposed: Vec<Vec<u8>> = sends(&out)
-        .into_iter()
-        .filter_map(|(_, m)| match m {
-            Message::PrePrepare(pp) => Some(pp.batch.requests.clone()),
-            _ => None,
-        })
-        .flatten()
-        .map(|r| r.request.operation)
-        .collect();
-    assert_eq!(proposed, vec![b"b".to_vec()]);
+    assert_eq!(proposed_operations(&out), vec![b"b".to_vec()]);
 }
 
 #[test]
