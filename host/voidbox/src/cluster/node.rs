@@ -83,8 +83,10 @@ pub fn run_replica(cluster_file: &Path, id: u32) -> Result<()> {
         .map(|r| (r.id, r.address))
         .collect();
     let peer_ids = peers.iter().map(|p| p.0).collect();
-    let runtime = tokio::runtime::Builder::new_multi_thread()
-        .worker_threads(1)
+    // One thread for the protocol and every socket: a frame read on one
+    // thread and stepped on another paid a wake-up across threads (a futex
+    // call and a context switch) per message, several per batch.
+    let runtime = tokio::runtime::Builder::new_current_thread()
         .max_blocking_threads(4)
         .enable_all()
         .build()
