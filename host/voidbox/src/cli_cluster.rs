@@ -509,10 +509,12 @@ fn bench(
     for (label, c) in [("one client", 1usize), ("throughput", clients.max(1))] {
         let before = client.status(Duration::from_secs(1));
         let cpu0: f64 = pids.iter().filter_map(|p| cpu_seconds(*p)).sum();
+        let own0 = cpu_seconds(std::process::id()).unwrap_or(f64::NAN);
         let t = Instant::now();
         let (mut lat, failed) = client.load(c, duration, &make);
         let secs = t.elapsed().as_secs_f64();
         let cpu1: f64 = pids.iter().filter_map(|p| cpu_seconds(*p)).sum();
+        let own1 = cpu_seconds(std::process::id()).unwrap_or(f64::NAN);
         let after = client.status(Duration::from_secs(1));
         lat.sort();
         let batches: u64 = after
@@ -536,6 +538,8 @@ fn bench(
             "mean_batch_size": if batches > 0 { n / batches as f64 } else { f64::NAN },
             "replica_cpu_s": cpu1 - cpu0,
             "replica_cpu_us_per_invocation": if n > 0.0 { (cpu1 - cpu0) * 1e6 / n } else { f64::NAN },
+            // The client's side: signing requests, checking replies.
+            "client_cpu_us_per_invocation": if n > 0.0 { (own1 - own0) * 1e6 / n } else { f64::NAN },
         }));
     }
     let report = serde_json::json!({
@@ -556,7 +560,7 @@ fn bench(
         );
         for p in &phases {
             println!(
-                "  {:<11} clients {:>3}: {:>8.0} inv/s, p50 {:>8.0} us, p99 {:>8.0} us, batch {:>5.1}, cpu {:>6.0} us/inv, failed {}",
+                "  {:<11} clients {:>3}: {:>8.0} inv/s, p50 {:>8.0} us, p99 {:>8.0} us, batch {:>5.1}, replica cpu {:>6.0} us/inv, client cpu {:>5.0} us/inv, failed {}",
                 p["phase"].as_str().unwrap_or(""),
                 p["clients"],
                 p["invocations_per_s"].as_f64().unwrap_or(f64::NAN),
@@ -564,6 +568,7 @@ fn bench(
                 p["latency_p99_us"].as_f64().unwrap_or(f64::NAN),
                 p["mean_batch_size"].as_f64().unwrap_or(f64::NAN),
                 p["replica_cpu_us_per_invocation"].as_f64().unwrap_or(f64::NAN),
+                p["client_cpu_us_per_invocation"].as_f64().unwrap_or(f64::NAN),
                 p["failed"],
             );
         }
