@@ -103,10 +103,16 @@ const FETCH_ATTEMPTS: u32 = 4;
 pub const RESULTS_CHUNK: u64 = 128;
 
 /// The journal of results, by number, in the replica's `results.redb`.
+/// Entries appended without `sync` wait in memory and reach the database
+/// with the next synced append (every checkpoint): they would not survive
+/// a crash in the database either (they are written without durability),
+/// and a write transaction per batch cost more than the batch's signatures.
+/// Readers see both.
 #[derive(Debug, Clone)]
 pub struct Results {
     db: Arc<Database>,
     path: PathBuf,
+    unsynced: Arc<std::sync::Mutex<Vec<ResultEntry>>>,
 }
 
 impl Results {
@@ -123,6 +129,7 @@ impl Results {
         Ok(Results {
             db: Arc::new(db),
             path: path.to_path_buf(),
+            unsynced: Arc::default(),
         })
     }
 
@@ -137,40 +144,56 @@ impl Results {
     /// next synced append (a lost unsynced entry is re-executed after a
     /// restart, because it is above the stable checkpoint).
     pub fn append(&self, entries: &[ResultEntry], sync: bool) -> crate::Result<()> {
+        let mut unsynced = self.unsynced.lock().expect("journal buffer poisoned");
+        if !sync {
+            unsynced.extend_from_slice(entries);
+            return Ok(());
+        }
         let mut txn = self.db.begin_write().map_err(|e| self.err(e))?;
-        txn.set_durability(if sync {
-            Durability::Immediate
-        } else {
-            Durability::None
-        })
-        .map_err(|e| self.err(e))?;
+        txn.set_durability(Durability::Immediate)
+            .map_err(|e| self.err(e))?;
         {
             let mut t = txn.open_table(RESULTS).map_err(|e| self.err(e))?;
-            for e in entries {
+            for e in unsynced.iter().chain(entries) {
                 let bytes = postcard::to_allocvec(e).expect("entries serialize");
                 t.insert(e.number, bytes.as_slice())
                     .map_err(|e| self.err(e))?;
             }
         }
-        txn.commit().map_err(|e| self.err(e))
+        txn.commit().map_err(|e| self.err(e))?;
+        unsynced.clear();
+        Ok(())
+    }
+
+    /// Unsynced entries numbered within `range`, in order of number.
+    fn unsynced_in(&self, range: impl std::ops::RangeBounds<u64>) -> Vec<ResultEntry> {
+        let unsynced = self.unsynced.lock().expect("journal buffer poisoned");
+        let mut out: Vec<ResultEntry> = unsynced
+            .iter()
+            .filter(|e| range.contains(&e.number))
+            .cloned()
+            .collect();
+        out.sort_by_key(|e| e.number);
+        out
     }
 
     /// Entries numbered `from..from + count` that are present, in order.
     pub fn range(&self, from: u64, count: u64) -> crate::Result<Vec<ResultEntry>> {
         let txn = self.db.begin_read().map_err(|e| self.err(e))?;
         let t = txn.open_table(RESULTS).map_err(|e| self.err(e))?;
-        let mut out = Vec::new();
-        for row in t
-            .range(from..from.saturating_add(count))
-            .map_err(|e| self.err(e))?
-        {
+        let mut out = std::collections::BTreeMap::new();
+        let wanted = from..from.saturating_add(count);
+        for row in t.range(wanted.clone()).map_err(|e| self.err(e))? {
             let (_, v) = row.map_err(|e| self.err(e))?;
             match postcard::from_bytes::<ResultEntry>(v.value()) {
-                Ok(e) => out.push(e),
+                Ok(e) => out.insert(e.number, e),
                 Err(e) => return Err(self.err(format!("a journal entry does not decode: {e}"))),
-            }
+            };
         }
-        Ok(out)
+        // An unsynced entry is newer than a stored one of the same number
+        // (one re-executed after a divergence).
+        out.extend(self.unsynced_in(wanted).into_iter().map(|e| (e.number, e)));
+        Ok(out.into_values().collect())
     }
 
     /// The entry with the highest number at most `n`.
@@ -183,12 +206,18 @@ impl Results {
             .next_back()
             .transpose()
             .map_err(|e| self.err(e))?;
-        match last {
-            Some((_, v)) => postcard::from_bytes(v.value())
-                .map(Some)
-                .map_err(|e| self.err(format!("a journal entry does not decode: {e}"))),
-            None => Ok(None),
-        }
+        let stored: Option<ResultEntry> = match last {
+            Some((_, v)) => Some(
+                postcard::from_bytes(v.value())
+                    .map_err(|e| self.err(format!("a journal entry does not decode: {e}")))?,
+            ),
+            None => None,
+        };
+        let pending = self.unsynced_in(..=n).pop();
+        Ok(match (stored, pending) {
+            (Some(s), Some(p)) if s.number > p.number => Some(s),
+            (stored, pending) => pending.or(stored),
+        })
     }
 }
 
@@ -676,6 +705,42 @@ mod tests {
             });
         }
         (entries, state)
+    }
+
+    #[test]
+    fn unsynced_results_are_read_from_memory_and_written_with_the_next_sync() {
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("results.redb");
+        let (entries, _) = history("h", 30);
+        let results = Results::open(&path).unwrap();
+        results.append(&entries[..10], true).unwrap();
+        results.append(&entries[10..20], false).unwrap();
+        results.append(&entries[20..25], false).unwrap();
+        // Readers see synced and unsynced entries alike, in order.
+        assert_eq!(results.range(1, 100).unwrap(), entries[..25]);
+        assert_eq!(results.range(8, 5).unwrap(), entries[7..12]);
+        assert_eq!(
+            results.last_at_most(17).unwrap().as_ref(),
+            Some(&entries[16])
+        );
+        assert_eq!(results.last_at_most(9).unwrap().as_ref(), Some(&entries[8]));
+        assert_eq!(
+            results.last_at_most(1000).unwrap().as_ref(),
+            Some(&entries[24])
+        );
+        // The unsynced ones are not on disk yet: a restart loses them (the
+        // replica re-executes what is above its stable checkpoint).
+        drop(results);
+        let reopened = Results::open(&path).unwrap();
+        assert_eq!(reopened.range(1, 100).unwrap(), entries[..10]);
+        // The next synced append writes what waited and what it brings.
+        reopened.append(&entries[10..20], false).unwrap();
+        reopened.append(&entries[20..30], true).unwrap();
+        drop(reopened);
+        assert_eq!(
+            Results::open(&path).unwrap().range(1, 100).unwrap(),
+            entries
+        );
     }
 
     #[test]
