@@ -9,6 +9,11 @@ use std::time::{Duration, Instant};
 use voidbox_sandbox::baseline::Bare;
 use voidbox_sandbox::SandboxConfig;
 
+/// mimalloc, as in the `voidbox` binary (see its `main.rs`), so the figures
+/// match what the binary does.
+#[global_allocator]
+static ALLOCATOR: mimalloc::MiMalloc = mimalloc::MiMalloc;
+
 /// CPU time of the whole process (all threads, user and system): on a
 /// shared machine, CPU per call is steadier than calls per second.
 fn cpu_time() -> Duration {

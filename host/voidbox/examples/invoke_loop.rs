@@ -12,6 +12,11 @@ use voidbox::{Digest, Host, Invocation};
 use voidbox_sandbox::baseline::Bare;
 use voidbox_sandbox::{NoBlobs, RunRequest, SandboxConfig};
 
+/// mimalloc, as in the `voidbox` binary (see its `main.rs`), so the figures
+/// match what the binary does.
+#[global_allocator]
+static ALLOCATOR: mimalloc::MiMalloc = mimalloc::MiMalloc;
+
 /// CPU time of the calling thread: unlike wall time, it does not count
 /// the time other processes on a busy machine had the core.
 fn thread_cpu() -> Duration {

@@ -31,19 +31,10 @@
 //! know clap, terminals or JSON-over-HTTP; the library takes and returns
 //! plain data.
 
-/// The process's allocator, for every program that links this crate (the
-/// CLI, replicas, tests, examples). glibc's malloc grows each thread's arena
-/// a page at a time with `mprotect` and takes the owning arena's lock when
-/// another thread frees into it: with the journal's checkpoint thread
-/// freeing what invoking threads allocated, `strace -f -c` counted one
-/// `mprotect` per three invocations (14,757 in 3 s on two threads), each a
-/// page-table change, against about 2,000 with mimalloc, whose per-thread
-/// heaps take cross-thread frees without a lock.
-#[global_allocator]
-static ALLOCATOR: mimalloc::MiMalloc = mimalloc::MiMalloc;
-
 /// Makes mimalloc keep freed memory for 10 s before returning it to the
-/// system (its default is 1 s). Every checkpoint frees a whole journal tail
+/// system (its default is 1 s), for programs that run on it (the `voidbox`
+/// binary and the examples declare it their allocator; a library leaves
+/// that choice to the program, so this does nothing for one that did not). Every checkpoint frees a whole journal tail
 /// at once, about once a second under load; returned, that memory comes
 /// back as fresh pages to fault in and zero, and each return is an
 /// `madvise` that flushes the TLB of every core running the process. With
