@@ -168,6 +168,17 @@ fn a_cluster_orders_runs_and_signs_invocations() {
         (v["lines"].as_u64(), v["words"].as_u64()),
         (Some(2), Some(4))
     );
+    // A new connection's first request reaches every replica, so each can
+    // reply on it at once: no replica had to answer a retry.
+    let status = c.ok(&["cluster", "status", "{c}", "--json"]);
+    let status: Value = serde_json::from_str(&status).unwrap();
+    let resent: Vec<u64> = status
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|r| r["status"]["replies_resent"].as_u64().unwrap())
+        .collect();
+    assert_eq!(resent, vec![0; 4], "{status}");
 
     let signed = c.ok(&["run", "--cluster", "{c}", "wc", "--input", &input, "--json"]);
     let receipt_file = write(&c.path, "receipt.json", signed.as_bytes());

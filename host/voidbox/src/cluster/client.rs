@@ -214,6 +214,12 @@ struct Routes {
     /// this connection: the replies one replica sends for one batch cost
     /// one signature check between all the sessions they answer.
     roots: Mutex<VerifiedRoots>,
+    /// Client ids that have sent a request to every replica on this
+    /// connection. A replica sends replies back on the connection a
+    /// client's request arrived on; backups see a request only inside the
+    /// primary's pre-prepare, so until one reaches them directly they have
+    /// nowhere to reply, and the client would wait for its retry.
+    announced: Mutex<std::collections::BTreeSet<ClientId>>,
 }
 
 /// A connection to a cluster.
@@ -660,7 +666,14 @@ impl<'a> Session<'a> {
             .client
             .submit(operation, now_us())
             .ok_or_else(|| Error::Cluster("a request is already pending".into()))?;
-        self.send(to, &message);
+        let first = self
+            .owner
+            .routes
+            .announced
+            .lock()
+            .expect("routes")
+            .insert(self.client.id());
+        self.send(if first { Target::AllReplicas } else { to }, &message);
         let deadline = tokio::time::Instant::now() + ORDER_TIMEOUT;
         let mut retry = tokio::time::interval(Duration::from_millis(20));
         loop {

@@ -315,6 +315,7 @@ impl Driver {
                 stable: self.replica.stable_seq(),
                 executed_requests: self.executed_requests.load(Ordering::Relaxed),
                 rejected: self.replica.stats().rejected_total(),
+                replies_resent: self.replica.stats().replies_resent,
                 transport_refused: stats.oversized + stats.bad_hello + stats.dropped_queue_full,
                 pid: std::process::id(),
             };

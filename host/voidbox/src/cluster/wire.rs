@@ -187,6 +187,9 @@ pub struct Status {
     pub executed_requests: u64,
     /// Inputs the protocol core refused.
     pub rejected: u64,
+    /// Replies sent again because a client re-sent a request that had
+    /// already run (it did not get f + 1 replies in time).
+    pub replies_resent: u64,
     /// Frames the transport refused (oversized, bad hello) or dropped.
     pub transport_refused: u64,
     /// Process id, so `cluster status` can match processes.
