@@ -56,6 +56,22 @@ impl TestCluster {
         self.path.join("cluster.toml")
     }
 
+    /// One field of every replica's `cluster status --json`, in id order.
+    fn status_of(&self, field: &str) -> Vec<u64> {
+        let status: Value = serde_json::from_str(&self.ok(&["cluster", "status", "{c}", "--json"]))
+            .expect("status is JSON");
+        status
+            .as_array()
+            .expect("one entry per replica")
+            .iter()
+            .map(|r| {
+                r["status"][field]
+                    .as_u64()
+                    .unwrap_or_else(|| panic!("{field} in {r}"))
+            })
+            .collect()
+    }
+
     fn ok(&self, args: &[&str]) -> String {
         let out = self.run(args);
         assert!(
@@ -170,15 +186,7 @@ fn a_cluster_orders_runs_and_signs_invocations() {
     );
     // A new connection's first request reaches every replica, so each can
     // reply on it at once: no replica had to answer a retry.
-    let status = c.ok(&["cluster", "status", "{c}", "--json"]);
-    let status: Value = serde_json::from_str(&status).unwrap();
-    let resent: Vec<u64> = status
-        .as_array()
-        .unwrap()
-        .iter()
-        .map(|r| r["status"]["replies_resent"].as_u64().unwrap())
-        .collect();
-    assert_eq!(resent, vec![0; 4], "{status}");
+    assert_eq!(c.status_of("replies_resent"), vec![0; 4]);
 
     let signed = c.ok(&["run", "--cluster", "{c}", "wc", "--input", &input, "--json"]);
     let receipt_file = write(&c.path, "receipt.json", signed.as_bytes());
@@ -264,14 +272,7 @@ fn a_cluster_orders_runs_and_signs_invocations() {
         stderr(&out)
     );
 
-    let status = c.ok(&["cluster", "status", "{c}", "--json"]);
-    let status: Value = serde_json::from_str(&status).unwrap();
-    let executed: Vec<u64> = status
-        .as_array()
-        .unwrap()
-        .iter()
-        .map(|r| r["status"]["executed_requests"].as_u64().unwrap())
-        .collect();
+    let executed = c.status_of("executed_requests");
     assert!(executed.iter().all(|&e| e >= 5), "{executed:?}");
 
     // The same embedding code runs on a single host and on the cluster.
