@@ -179,6 +179,12 @@ fn signing_bytes<T: Payload>(signer: &[u8], payload: &T) -> Vec<u8> {
 /// transcript of its inputs, so every replica decides alike on the same
 /// batch; a request a correct client signed passes either way.
 pub(crate) fn verify_requests(requests: &[SignedRequest], keys: &[VerifyingKey]) -> bool {
+    let refs: Vec<&SignedRequest> = requests.iter().collect();
+    verify_request_refs(&refs, keys)
+}
+
+/// [`verify_requests`] over borrowed requests.
+pub(crate) fn verify_request_refs(requests: &[&SignedRequest], keys: &[VerifyingKey]) -> bool {
     if requests.len() != keys.len() {
         return false;
     }

@@ -318,6 +318,16 @@ impl Slot {
     }
 }
 
+/// A request waiting in the primary's queue.
+#[derive(Clone, Debug, PartialEq, Eq)]
+struct Queued {
+    request: SignedRequest,
+    /// Whether its signature was already checked (on arrival, when the
+    /// primary was idle, or as a backup before a view change made it
+    /// primary); a busy primary defers the check to the batch cut.
+    checked: bool,
+}
+
 /// The batch handed to the application and not yet answered.
 #[derive(Clone, Debug)]
 struct Executing {
@@ -365,7 +375,7 @@ pub struct Replica {
     /// Primary: next sequence to assign.
     next_seq: Seq,
     /// Primary: requests waiting for a batch.
-    queue: VecDeque<SignedRequest>,
+    queue: VecDeque<Queued>,
     queue_since_us: u64,
     /// Primary: latest timestamp queued or proposed per client.
     proposed: BTreeMap<ClientId, u64>,
@@ -899,11 +909,15 @@ impl Replica {
                 // client's, takes the place of what may be a forgery (so
                 // that a forger cannot hold a client's request back).
                 let unchecked = self.queue.iter().position(|q| {
-                    q.request.client == client && q.request.timestamp == ts && *q != r
+                    let c = &q.request;
+                    !q.checked && c.request.client == client && c.request.timestamp == ts && *c != r
                 });
                 if let Some(i) = unchecked {
                     if self.request_signature_ok(&r) {
-                        self.queue[i] = r;
+                        self.queue[i] = Queued {
+                            request: r,
+                            checked: true,
+                        };
                     } else {
                         self.reject(Reject::BadSignature);
                     }
@@ -914,7 +928,10 @@ impl Replica {
             if self.queue.is_empty() {
                 self.queue_since_us = self.now_us;
             }
-            self.queue.push_back(r);
+            self.queue.push_back(Queued {
+                request: r,
+                checked: !deferred,
+            });
             // The primary times its own requests too: one it cannot get
             // committed (say, a correct backup left for a later view) makes
             // it join a view change instead of waiting forever.
@@ -941,27 +958,36 @@ impl Replica {
         }
     }
 
-    /// Checks a batch's client signatures (as one batch) before the primary
-    /// proposes it, and removes any that fail, forgetting them as proposed
-    /// so the client's genuine request is taken when it comes.
-    fn drop_forged(&mut self, requests: &mut Vec<SignedRequest>) {
-        let keys: Option<Vec<_>> = requests
+    /// Checks the client signatures of a batch's requests not checked yet
+    /// (as one batch) before the primary proposes it, and removes any that
+    /// fail, forgetting them as proposed so the client's genuine request is
+    /// taken when it comes.
+    fn drop_forged(&mut self, queued: Vec<Queued>) -> Vec<SignedRequest> {
+        let unchecked: Vec<&SignedRequest> = queued
+            .iter()
+            .filter(|q| !q.checked)
+            .map(|q| &q.request)
+            .collect();
+        let keys: Option<Vec<_>> = unchecked
             .iter()
             .map(|r| self.client_key(r.request.client))
             .collect();
-        if keys.is_some_and(|k| crate::message::verify_requests(requests, &k)) {
-            return;
+        let all_ok = unchecked.is_empty()
+            || keys.is_some_and(|k| crate::message::verify_request_refs(&unchecked, &k));
+        if all_ok {
+            return queued.into_iter().map(|q| q.request).collect();
         }
         let mut forged = Vec::new();
-        requests.retain(|r| {
+        let mut requests = Vec::with_capacity(queued.len());
+        for q in queued {
             // Only after a failed batch: parse afresh rather than trust a
             // cache that the collection above may have cleared.
-            let ok = r.verify();
-            if !ok {
-                forged.push((r.request.client, r.request.timestamp));
+            if q.checked || q.request.verify() {
+                requests.push(q.request);
+            } else {
+                forged.push((q.request.request.client, q.request.request.timestamp));
             }
-            ok
-        });
+        }
         for (client, ts) in forged {
             self.reject(Reject::BadSignature);
             if self.proposed.get(&client) == Some(&ts) {
@@ -972,6 +998,7 @@ impl Replica {
             // Nothing genuine pending: no reason to suspect anyone.
             self.view_change_deadline_us = None;
         }
+        requests
     }
 
     fn in_flight(&self) -> u64 {
@@ -998,12 +1025,13 @@ impl Replica {
             let mut requests = Vec::new();
             let mut bytes = 0usize;
             while requests.len() < self.params.batch_requests_max {
-                let Some(r) = self.queue.pop_front() else {
+                let Some(q) = self.queue.pop_front() else {
                     break;
                 };
+                let r = &q.request;
                 let size = r.request.operation.len() + 128;
                 if !requests.is_empty() && bytes + size > self.params.batch_bytes_max {
-                    self.queue.push_front(r);
+                    self.queue.push_front(q);
                     break;
                 }
                 bytes += size;
@@ -1012,11 +1040,11 @@ impl Replica {
                     .get(&r.request.client)
                     .is_some_and(|e| e.last_timestamp >= r.request.timestamp);
                 if !stale {
-                    requests.push(r);
+                    requests.push(q);
                 }
             }
             self.queue_since_us = self.now_us;
-            self.drop_forged(&mut requests);
+            let requests = self.drop_forged(requests);
             if requests.is_empty() {
                 continue;
             }
@@ -2102,7 +2130,11 @@ impl Replica {
                     if self.queue.is_empty() {
                         self.queue_since_us = self.now_us;
                     }
-                    self.queue.push_back(r);
+                    // Checked when it arrived here as a backup.
+                    self.queue.push_back(Queued {
+                        request: r,
+                        checked: true,
+                    });
                 }
             }
             self.view_change_deadline_us =
