@@ -20,9 +20,10 @@
 //! receipts name, and fsyncs it. The journal is a sequence of segment
 //! files; when the open one passes `CHECKPOINT_BYTES` (and when the host
 //! closes, or GC asks), the flusher takes the tail (a pointer swap) and
-//! starts a new segment, and a checkpointer thread copies the taken tail
-//! into the redb tables in one sorted transaction, then deletes the
-//! segments it covers. Group commits go on meanwhile. Opening a host
+//! starts a new segment, and a checkpointer thread appends the taken tail
+//! to redb's two logs (receipts with their invocations, small blobs) and
+//! their index entries as one sorted run ([`runs`]) in one transaction,
+//! then deletes the segments it covers. Group commits go on meanwhile. Opening a host
 //! replays the segments' intact frames into the tail; a frame torn by a
 //! crash is cut off, with everything after it.
 //!
@@ -37,6 +38,7 @@
 
 mod digest_hash;
 mod journal;
+mod runs;
 
 use std::cell::RefCell;
 use std::collections::BTreeSet;
@@ -71,14 +73,30 @@ const RECEIPTS: TableDefinition<&[u8; 32], &[u8]> = TableDefinition::new("receip
 /// database (16.8 us on a fresh one, 24 us averaged over 12 s of
 /// invocations on one thread).
 const RECEIPT_LOG: TableDefinition<u64, &[u8]> = TableDefinition::new("receipt_log");
-/// Receipt digest → its sequence number in [`RECEIPT_LOG`]: the only
-/// random-keyed table a receipt adds to, with 8-byte values.
+/// Receipt digest → its sequence number in [`RECEIPT_LOG`]: what
+/// databases written before the index runs hold; read, never written.
 const RECEIPT_INDEX: TableDefinition<&[u8; 32], u64> = TableDefinition::new("receipt_index");
-/// Invocation digest → invocation (JSON).
+/// Sequence number → a small blob (its digest, then its bytes), in
+/// checkpoint order: found through the index runs.
+const BLOB_LOG: TableDefinition<u64, &[u8]> = TableDefinition::new("blob_log");
+/// Index run id → its number of entries. Ids only grow: the highest is the
+/// newest run, whose entries win over older ones with the same key.
+const RUN_SIZES: TableDefinition<u64, u64> = TableDefinition::new("index_run_sizes");
+/// Index run id → its fences ([`runs::RunMeta`]).
+const RUN_FENCES: TableDefinition<u64, &[u8]> = TableDefinition::new("index_run_fences");
+/// (Index run id, block number) → a block of sorted index entries
+/// ([`runs`]): digests of blobs, receipts and invocations → positions in
+/// [`BLOB_LOG`] and [`RECEIPT_LOG`].
+const RUN_BLOCKS: TableDefinition<(u64, u32), &[u8]> = TableDefinition::new("index_run_blocks");
+/// Invocation digest → invocation (JSON), for invocations recorded
+/// without their receipt (none is, today) and those of older databases.
 const INVOCATIONS: TableDefinition<&[u8; 32], &[u8]> = TableDefinition::new("invocations");
-/// Invocation digest → receipt digest: the action cache.
+/// Invocation digest → receipt digest: the action cache of databases
+/// written before the index runs, and entries whose receipt a checkpoint
+/// does not hold.
 const ACTION_CACHE: TableDefinition<&[u8; 32], &[u8; 32]> = TableDefinition::new("action_cache");
-/// Small blobs, stored inline: digest → content.
+/// Small blobs stored at once by `cas put` and `tool add` (and every small
+/// blob of databases written before the blob log): digest → content.
 const BLOBS: TableDefinition<&[u8; 32], &[u8]> = TableDefinition::new("blobs");
 /// Pins of inline blobs (the disk store keeps its own).
 const PINS: TableDefinition<&[u8; 32], ()> = TableDefinition::new("pins");
@@ -239,9 +257,51 @@ thread_local! {
     static SCRATCH: RefCell<Vec<u8>> = RefCell::new(Vec::with_capacity(1024));
 }
 
+/// Decoded fences of the index runs by id, shared by readers and the
+/// checkpointer. A run never changes once written, so an entry is never
+/// stale; a reader whose snapshot still has a run merged away since reads
+/// its fences from that snapshot.
+#[derive(Default)]
+struct RunCache(Mutex<std::collections::HashMap<u64, Arc<runs::RunMeta>>>);
+
+impl RunCache {
+    fn insert(&self, id: u64, meta: runs::RunMeta) {
+        self.0
+            .lock()
+            .expect("run cache poisoned")
+            .insert(id, Arc::new(meta));
+    }
+
+    /// Drops runs merged away (a reader still holding a snapshot with one
+    /// reads its fences again from that snapshot).
+    fn forget(&self, ids: &[u64]) {
+        let mut m = self.0.lock().expect("run cache poisoned");
+        for id in ids {
+            m.remove(id);
+        }
+    }
+
+    fn get(
+        &self,
+        id: u64,
+        read: impl FnOnce() -> Result<runs::RunMeta>,
+    ) -> Result<Arc<runs::RunMeta>> {
+        if let Some(m) = self.0.lock().expect("run cache poisoned").get(&id) {
+            return Ok(m.clone());
+        }
+        let meta = Arc::new(read()?);
+        self.0
+            .lock()
+            .expect("run cache poisoned")
+            .insert(id, meta.clone());
+        Ok(meta)
+    }
+}
+
 /// The database, the blob store, the journal and its flusher thread.
 pub(crate) struct Storage {
     pub(crate) db: Arc<Database>,
+    runs: Arc<RunCache>,
     db_path: PathBuf,
     disk: Arc<DiskStore>,
     inline_max: u64,
@@ -307,6 +367,10 @@ impl Storage {
             dbtry!(&db_path, txn.open_table(ACTION_CACHE))?;
             dbtry!(&db_path, txn.open_table(BLOBS))?;
             dbtry!(&db_path, txn.open_table(PINS))?;
+            dbtry!(&db_path, txn.open_table(BLOB_LOG))?;
+            dbtry!(&db_path, txn.open_table(RUN_SIZES))?;
+            dbtry!(&db_path, txn.open_table(RUN_FENCES))?;
+            dbtry!(&db_path, txn.open_table(RUN_BLOCKS))?;
             dbtry!(&db_path, txn.commit())?;
         }
         let disk = DiskStore::open_with(
@@ -319,10 +383,17 @@ impl Storage {
         let journal_dir = home.join(JOURNAL_DIR);
         let (tail, next_segment) = replay_journal(&journal_dir)?;
         let mut cache_filter = DigestSet::default();
-        let next_receipt = {
+        let next_key = |table: TableDefinition<u64, &[u8]>| -> Result<u64> {
             let txn = dbtry!(&db_path, db.begin_read())?;
-            let log = dbtry!(&db_path, txn.open_table(RECEIPT_LOG))?;
-            let next = dbtry!(&db_path, log.last())?.map_or(0, |(k, _)| k.value() + 1);
+            let t = dbtry!(&db_path, txn.open_table(table))?;
+            let next = dbtry!(&db_path, t.last())?.map_or(0, |(k, _)| k.value() + 1);
+            Ok(next)
+        };
+        let (next_receipt, next_blob) = (next_key(RECEIPT_LOG)?, next_key(BLOB_LOG)?);
+        let next_run = {
+            let txn = dbtry!(&db_path, db.begin_read())?;
+            let t = dbtry!(&db_path, txn.open_table(RUN_SIZES))?;
+            let next = dbtry!(&db_path, t.last())?.map_or(0, |(k, _)| k.value() + 1);
             next
         };
         {
@@ -333,11 +404,26 @@ impl Storage {
                 let (k, _) = dbtry!(&db_path, entry)?;
                 cache_filter.insert(filter_key(&Digest(*k.value())));
             }
+            let blocks = dbtry!(&db_path, txn.open_table(RUN_BLOCKS))?;
+            for entry in dbtry!(&db_path, blocks.iter())? {
+                let (k, v) = dbtry!(&db_path, entry)?;
+                let entries = runs::decode_block(v.value()).map_err(|detail| Error::Corrupt {
+                    what: format!("block {:?} of the index", k.value()),
+                    detail,
+                })?;
+                cache_filter.extend(
+                    entries
+                        .iter()
+                        .filter(|e| e.kind == runs::Kind::Cache)
+                        .map(|e| filter_key(&Digest(e.key))),
+                );
+            }
         }
         cache_filter.extend(tail.cache.keys().map(filter_key));
         let segment = Segment::create(&journal_dir, next_segment)?;
         let db = Arc::new(db);
         let disk = Arc::new(disk);
+        let run_cache = Arc::new(RunCache::default());
         let shared = Arc::new(Shared {
             state: Mutex::new(State {
                 buffer: Vec::with_capacity(1 << 20),
@@ -361,6 +447,9 @@ impl Storage {
         let checkpointer = {
             let checkpointer = Checkpointer {
                 next_receipt,
+                next_blob,
+                next_run,
+                runs: run_cache.clone(),
                 db: db.clone(),
                 disk: disk.clone(),
                 shared: shared.clone(),
@@ -393,6 +482,7 @@ impl Storage {
         };
         Ok(Storage {
             db,
+            runs: run_cache,
             db_path,
             disk,
             inline_max,
@@ -549,6 +639,22 @@ impl Storage {
         }
         let p = &self.db_path;
         let txn = dbtry!(p, self.db.begin_read())?;
+        let indexed = self.index_find(&txn, invocation, |e| {
+            if e.kind != runs::Kind::Cache {
+                return Ok(None);
+            }
+            let (r, _) = self.logged_receipt(&txn, e.seq)?;
+            if r.invocation != *invocation {
+                return Err(index_corrupt(
+                    invocation,
+                    "names a receipt of another invocation",
+                ));
+            }
+            Ok(Some(r))
+        })?;
+        if indexed.is_some() {
+            return Ok(indexed);
+        }
         let cache = dbtry!(p, txn.open_table(ACTION_CACHE))?;
         let Some(r) = dbtry!(p, cache.get(invocation.as_bytes()))? else {
             return Ok(None);
@@ -560,14 +666,83 @@ impl Storage {
         Ok(self.stored_receipt(&txn, &receipt_digest)?.map(|(r, _)| r))
     }
 
-    /// A receipt in redb by its digest: in the receipt log, or in the table
-    /// of older databases.
+    /// Calls `f` with each index entry whose key is `key`, newest run
+    /// first, until it returns something. An entry may point at a blob
+    /// that `cas rm` or GC removed since: `f` then returns `None` and the
+    /// search goes on.
+    fn index_find<T>(
+        &self,
+        txn: &redb::ReadTransaction,
+        key: &Digest,
+        mut f: impl FnMut(runs::Entry) -> Result<Option<T>>,
+    ) -> Result<Option<T>> {
+        let p = &self.db_path;
+        let sizes = dbtry!(p, txn.open_table(RUN_SIZES))?;
+        if dbtry!(p, sizes.is_empty())? {
+            return Ok(None);
+        }
+        let fences = dbtry!(p, txn.open_table(RUN_FENCES))?;
+        let blocks = dbtry!(p, txn.open_table(RUN_BLOCKS))?;
+        for run in dbtry!(p, sizes.iter())?.rev() {
+            let id = dbtry!(p, run)?.0.value();
+            let meta = self.runs.get(id, || {
+                let bytes = dbtry!(p, fences.get(id))?
+                    .ok_or_else(|| run_corrupt(id, "its fences are missing".into()))?;
+                runs::RunMeta::decode(bytes.value()).map_err(|d| run_corrupt(id, d))
+            })?;
+            for b in meta.candidate_blocks(&key.0) {
+                let block = dbtry!(p, blocks.get((id, b)))?
+                    .ok_or_else(|| run_corrupt(id, format!("block {b} is missing")))?;
+                for e in
+                    runs::search_block(block.value(), &key.0).map_err(|d| run_corrupt(id, d))?
+                {
+                    if let Some(t) = f(e)? {
+                        return Ok(Some(t));
+                    }
+                }
+            }
+        }
+        Ok(None)
+    }
+
+    /// Entry `seq` of the receipt log, which an index entry names.
+    fn logged_receipt(
+        &self,
+        txn: &redb::ReadTransaction,
+        seq: u64,
+    ) -> Result<(Receipt, Option<Invocation>)> {
+        let p = &self.db_path;
+        let log = dbtry!(p, txn.open_table(RECEIPT_LOG))?;
+        match dbtry!(p, log.get(seq))? {
+            Some(v) => decode_logged_receipt(seq, v.value()),
+            None => Err(Error::Corrupt {
+                what: format!("entry {seq} of the receipt log"),
+                detail: "the index names it, but it is missing".into(),
+            }),
+        }
+    }
+
+    /// A receipt in redb by its digest: through the index into the receipt
+    /// log, or in the tables of older databases.
     fn stored_receipt(
         &self,
         txn: &redb::ReadTransaction,
         digest: &Digest,
     ) -> Result<Option<(Receipt, Option<Invocation>)>> {
         let p = &self.db_path;
+        let indexed = self.index_find(txn, digest, |e| {
+            if e.kind != runs::Kind::Receipt {
+                return Ok(None);
+            }
+            let (r, i) = self.logged_receipt(txn, e.seq)?;
+            if r.receipt != *digest {
+                return Err(index_corrupt(digest, "names another receipt"));
+            }
+            Ok(Some((r, i)))
+        })?;
+        if indexed.is_some() {
+            return Ok(indexed);
+        }
         let index = dbtry!(p, txn.open_table(RECEIPT_INDEX))?;
         if let Some(seq) = dbtry!(p, index.get(digest.as_bytes()))? {
             let log = dbtry!(p, txn.open_table(RECEIPT_LOG))?;
@@ -612,6 +787,15 @@ impl Storage {
             return Ok(Some((receipt, Some((*i).clone()))));
         }
         let txn = dbtry!(p, self.db.begin_read())?;
+        let indexed = self.index_find(&txn, &receipt.invocation, |e| {
+            if !matches!(e.kind, runs::Kind::Cache | runs::Kind::Invocation) {
+                return Ok(None);
+            }
+            Ok(self.logged_receipt(&txn, e.seq)?.1)
+        })?;
+        if let Some(i) = indexed {
+            return Ok(Some((receipt, Some(i))));
+        }
         let invocations = dbtry!(p, txn.open_table(INVOCATIONS))?;
         let invocation = match dbtry!(p, invocations.get(receipt.invocation.as_bytes()))? {
             Some(v) => Some(decode_invocation(&receipt.invocation, v.value())?),
@@ -667,9 +851,54 @@ impl Storage {
         Ok(roots)
     }
 
+    /// A small blob in the blob log, through the index: the newest entry
+    /// whose log row is still there.
+    fn logged_blob(
+        &self,
+        txn: &redb::ReadTransaction,
+        digest: &Digest,
+    ) -> Result<Option<Arc<[u8]>>> {
+        let p = &self.db_path;
+        let log = dbtry!(p, txn.open_table(BLOB_LOG))?;
+        self.index_find(txn, digest, |e| {
+            if e.kind != runs::Kind::Blob {
+                return Ok(None);
+            }
+            let Some(v) = dbtry!(p, log.get(e.seq))? else {
+                return Ok(None);
+            };
+            match split_logged_blob(v.value()) {
+                Some((d, bytes)) if d == *digest => Ok(Some(Arc::from(bytes))),
+                _ => Err(index_corrupt(
+                    digest,
+                    "names a row of the blob log that holds another blob",
+                )),
+            }
+        })
+    }
+
+    /// Every row of the blob log that holds `digest` (a blob recorded again
+    /// after an earlier checkpoint has more than one).
+    fn logged_blob_rows(&self, txn: &redb::ReadTransaction, digest: &Digest) -> Result<Vec<u64>> {
+        let mut rows = Vec::new();
+        self.index_find(txn, digest, |e| {
+            if e.kind == runs::Kind::Blob {
+                rows.push(e.seq);
+            }
+            Ok(None::<()>)
+        })?;
+        Ok(rows)
+    }
+
     fn tail_blob(&self, digest: &Digest) -> Option<Arc<[u8]>> {
         self.shared.lock().blob(digest).cloned()
     }
+}
+
+/// A row of the blob log: the blob's digest and its bytes.
+fn split_logged_blob(row: &[u8]) -> Option<(Digest, &[u8])> {
+    let (d, bytes) = row.split_first_chunk::<32>()?;
+    Some((Digest(*d), bytes))
 }
 
 /// One journal segment file, open for appending.
@@ -808,6 +1037,20 @@ fn replay_journal(dir: &Path) -> Result<(Tail, u64)> {
     }
     let next = sequences.last().map_or(1, |s| s + 1);
     Ok((tail, next))
+}
+
+fn run_corrupt(id: u64, detail: String) -> Error {
+    Error::Corrupt {
+        what: format!("index run {id}"),
+        detail,
+    }
+}
+
+fn index_corrupt(key: &Digest, detail: &str) -> Error {
+    Error::Corrupt {
+        what: format!("the index entry of {key}"),
+        detail: detail.into(),
+    }
 }
 
 /// Receipts in redb are the journal's binary encoding, usually with the
@@ -1031,6 +1274,11 @@ fn fail(shared: &Shared, e: String) {
 struct Checkpointer {
     /// The key of the next entry of the receipt log.
     next_receipt: u64,
+    /// The key of the next row of the blob log.
+    next_blob: u64,
+    /// The id of the next index run.
+    next_run: u64,
+    runs: Arc<RunCache>,
     db: Arc<Database>,
     disk: Arc<DiskStore>,
     shared: Arc<Shared>,
@@ -1085,43 +1333,73 @@ impl Checkpointer {
             // the next frame would have synced: sync them now, before redb
             // makes their receipts durable.
             self.disk.sync().map_err(|e| e.to_string())?;
+            let mut entries = Vec::with_capacity(taken.records());
             let mut txn = self.db.begin_write().map_err(|e| s(&e))?;
             txn.set_durability(Durability::Immediate)
                 .map_err(|e| s(&e))?;
             {
-                // Sorted keys: each B-tree page is visited once per table.
-                let mut t = txn.open_table(BLOBS).map_err(|e| s(&e))?;
-                for (d, b) in sorted(&taken.blobs) {
-                    t.insert(d.as_bytes(), &b[..]).map_err(|e| s(&e))?;
+                // Records go to the two logs in any order (their keys only
+                // grow, so each insert appends); the index entries that find
+                // them are sorted once, into one new run.
+                let mut blobs = txn.open_table(BLOB_LOG).map_err(|e| s(&e))?;
+                let mut value = Vec::with_capacity(512);
+                for (d, b) in &taken.blobs {
+                    value.clear();
+                    value.extend_from_slice(d.as_bytes());
+                    value.extend_from_slice(b);
+                    let seq = self.next_blob;
+                    self.next_blob += 1;
+                    blobs.insert(seq, &value[..]).map_err(|e| s(&e))?;
+                    entries.push(runs::Entry {
+                        key: d.0,
+                        kind: runs::Kind::Blob,
+                        seq,
+                    });
                 }
                 // A receipt goes with its invocation in one value; an
                 // invocation without a receipt here (none is recorded that
-                // way today) would get its own row.
+                // way today) gets its own row, and so does a cache entry
+                // whose receipt is not here.
                 let mut log = txn.open_table(RECEIPT_LOG).map_err(|e| s(&e))?;
-                let mut index = txn.open_table(RECEIPT_INDEX).map_err(|e| s(&e))?;
-                let mut value = Vec::with_capacity(512);
                 let mut paired =
                     DigestSet::with_capacity_and_hasher(taken.receipts.len(), Default::default());
-                for (d, r) in sorted(&taken.receipts) {
+                let mut cache_covered =
+                    DigestSet::with_capacity_and_hasher(taken.cache.len(), Default::default());
+                for (d, r) in &taken.receipts {
                     value.clear();
-                    match taken.invocations.get(&r.invocation) {
-                        Some(i) => {
-                            journal::put_receipt_with_invocation(&mut value, r, i);
-                            paired.insert(r.invocation);
-                        }
+                    let invocation = taken.invocations.get(&r.invocation);
+                    match invocation {
+                        Some(i) => journal::put_receipt_with_invocation(&mut value, r, i),
                         None => journal::put_receipt_value(&mut value, r),
                     }
-                    // Sorted by digest, so the log's keys and the index's
-                    // keys both ascend: appends on one side, one visit per
-                    // page on the other.
                     let seq = self.next_receipt;
                     self.next_receipt += 1;
                     log.insert(seq, &value[..]).map_err(|e| s(&e))?;
-                    index.insert(d.as_bytes(), seq).map_err(|e| s(&e))?;
+                    entries.push(runs::Entry {
+                        key: d.0,
+                        kind: runs::Kind::Receipt,
+                        seq,
+                    });
+                    if invocation.is_some() {
+                        paired.insert(r.invocation);
+                        let answers = taken.cache.get(&r.invocation) == Some(d);
+                        if answers {
+                            cache_covered.insert(r.invocation);
+                        }
+                        entries.push(runs::Entry {
+                            key: r.invocation.0,
+                            kind: if answers {
+                                runs::Kind::Cache
+                            } else {
+                                runs::Kind::Invocation
+                            },
+                            seq,
+                        });
+                    }
                 }
-                drop((log, index));
+                drop((blobs, log));
                 let mut t = txn.open_table(INVOCATIONS).map_err(|e| s(&e))?;
-                for (d, i) in sorted(&taken.invocations) {
+                for (d, i) in &taken.invocations {
                     if paired.contains(d) {
                         continue;
                     }
@@ -1130,11 +1408,19 @@ impl Checkpointer {
                     t.insert(d.as_bytes(), &value[..]).map_err(|e| s(&e))?;
                 }
                 let mut t = txn.open_table(ACTION_CACHE).map_err(|e| s(&e))?;
-                for (d, r) in sorted(&taken.cache) {
-                    t.insert(d.as_bytes(), r.as_bytes()).map_err(|e| s(&e))?;
+                for (d, r) in &taken.cache {
+                    if !cache_covered.contains(d) {
+                        t.insert(d.as_bytes(), r.as_bytes()).map_err(|e| s(&e))?;
+                    }
                 }
             }
+            runs::sort_dedup(&mut entries);
+            let id = self.next_run;
+            self.next_run += 1;
+            let meta = write_run(&txn, id, entries.into_iter().map(Ok))?;
             txn.commit().map_err(|e| s(&e))?;
+            self.runs.insert(id, meta);
+            self.merge_runs()?;
         }
         for sequence in segments(&self.journal_dir).map_err(|e| e.to_string())? {
             if sequence <= h.last_segment {
@@ -1147,10 +1433,114 @@ impl Checkpointer {
     }
 }
 
-fn sorted<T>(map: &DigestMap<Digest, T>) -> Vec<(&Digest, &T)> {
-    let mut v: Vec<(&Digest, &T)> = map.iter().collect();
-    v.sort_unstable_by(|a, b| a.0.cmp(b.0));
-    v
+impl Checkpointer {
+    /// Merges the newest two index runs while the older is no larger than
+    /// the newer ([`runs::merge_due`]), each merge in its own transaction:
+    /// it reads both runs from a snapshot, writes the merged run under a
+    /// new id and deletes the two. Readers see either the two runs or the
+    /// merged one, which hold the same answers.
+    fn merge_runs(&mut self) -> std::result::Result<(), String> {
+        let s = |e: &dyn std::fmt::Display| e.to_string();
+        loop {
+            let read = self.db.begin_read().map_err(|e| s(&e))?;
+            let sizes = read.open_table(RUN_SIZES).map_err(|e| s(&e))?;
+            let mut runs: Vec<(u64, u64)> = Vec::new();
+            for r in sizes.iter().map_err(|e| s(&e))? {
+                let (id, n) = r.map_err(|e| s(&e))?;
+                runs.push((id.value(), n.value()));
+            }
+            let counts: Vec<u64> = runs.iter().map(|r| r.1).collect();
+            if !runs::merge_due(&counts) {
+                return Ok(());
+            }
+            let (older, newer) = (runs[runs.len() - 2].0, runs[runs.len() - 1].0);
+            let fences = read.open_table(RUN_FENCES).map_err(|e| s(&e))?;
+            let blocks = read.open_table(RUN_BLOCKS).map_err(|e| s(&e))?;
+            let meta = |id: u64| -> std::result::Result<runs::RunMeta, String> {
+                let v = fences
+                    .get(id)
+                    .map_err(|e| s(&e))?
+                    .ok_or_else(|| format!("index run {id}: its fences are missing"))?;
+                runs::RunMeta::decode(v.value())
+            };
+            let (newer_meta, older_meta) = (meta(newer)?, meta(older)?);
+            // Block by block, so a merge never holds a whole run in memory.
+            let entries = |id: u64, n: u32| {
+                let blocks = &blocks;
+                (0..n).flat_map(move |b| {
+                    let decoded = blocks
+                        .get((id, b))
+                        .map_err(|e| e.to_string())
+                        .and_then(|v| {
+                            v.ok_or_else(|| format!("index run {id}: block {b} is missing"))
+                        })
+                        .and_then(|v| runs::decode_block(v.value()));
+                    match decoded {
+                        Ok(v) => v.into_iter().map(Ok).collect::<Vec<_>>(),
+                        Err(e) => vec![Err(e)],
+                    }
+                })
+            };
+            let id = self.next_run;
+            self.next_run += 1;
+            let mut txn = self.db.begin_write().map_err(|e| s(&e))?;
+            txn.set_durability(Durability::Immediate)
+                .map_err(|e| s(&e))?;
+            let merged = write_run(
+                &txn,
+                id,
+                runs::Merge::new(
+                    entries(newer, newer_meta.blocks()),
+                    entries(older, older_meta.blocks()),
+                ),
+            )?;
+            {
+                let mut blocks = txn.open_table(RUN_BLOCKS).map_err(|e| s(&e))?;
+                let mut sizes = txn.open_table(RUN_SIZES).map_err(|e| s(&e))?;
+                let mut fences = txn.open_table(RUN_FENCES).map_err(|e| s(&e))?;
+                for (old, m) in [(newer, &newer_meta), (older, &older_meta)] {
+                    for b in 0..m.blocks() {
+                        blocks.remove((old, b)).map_err(|e| s(&e))?;
+                    }
+                    sizes.remove(old).map_err(|e| s(&e))?;
+                    fences.remove(old).map_err(|e| s(&e))?;
+                }
+            }
+            txn.commit().map_err(|e| s(&e))?;
+            self.runs.insert(id, merged);
+            self.runs.forget(&[newer, older]);
+        }
+    }
+}
+
+/// Writes a run of sorted entries as blocks under `id`, with its size and
+/// fences, in `txn`.
+fn write_run(
+    txn: &redb::WriteTransaction,
+    id: u64,
+    entries: impl Iterator<Item = std::result::Result<runs::Entry, String>>,
+) -> std::result::Result<runs::RunMeta, String> {
+    let s = |e: &dyn std::fmt::Display| e.to_string();
+    let mut blocks = txn.open_table(RUN_BLOCKS).map_err(|e| s(&e))?;
+    let mut builder = runs::Builder::default();
+    for e in entries {
+        if let Some((n, block)) = builder.push(e?) {
+            blocks.insert((id, n), &block[..]).map_err(|e| s(&e))?;
+        }
+    }
+    let (last, meta) = builder.finish();
+    if let Some((n, block)) = last {
+        blocks.insert((id, n), &block[..]).map_err(|e| s(&e))?;
+    }
+    txn.open_table(RUN_SIZES)
+        .map_err(|e| s(&e))?
+        .insert(id, meta.entries)
+        .map_err(|e| s(&e))?;
+    txn.open_table(RUN_FENCES)
+        .map_err(|e| s(&e))?
+        .insert(id, &meta.encode()[..])
+        .map_err(|e| s(&e))?;
+    Ok(meta)
 }
 
 /// The host's content-addressed store: small blobs inline in the database,
@@ -1171,6 +1561,9 @@ impl Blobs {
             return Ok(Some(b));
         }
         let txn = self.storage.db.begin_read().map_err(cas_db)?;
+        if let Some(b) = self.storage.logged_blob(&txn, digest).map_err(cas_db)? {
+            return Ok(Some(b));
+        }
         let table = txn.open_table(BLOBS).map_err(cas_db)?;
         Ok(table
             .get(digest.as_bytes())
@@ -1231,6 +1624,20 @@ impl Blobs {
             let (k, v) = entry.map_err(cas_db)?;
             out.push((Digest(*k.value()), v.value().to_vec()));
         }
+        let log = txn.open_table(BLOB_LOG).map_err(cas_db)?;
+        for entry in log.iter().map_err(cas_db)? {
+            let (seq, v) = entry.map_err(cas_db)?;
+            let (d, bytes) = split_logged_blob(v.value()).ok_or_else(|| {
+                cas_db(format!(
+                    "row {} of the blob log is shorter than a digest",
+                    seq.value()
+                ))
+            })?;
+            out.push((d, bytes.to_vec()));
+        }
+        // A blob recorded in two checkpoints has two rows: one is enough.
+        out.sort_unstable_by_key(|e| e.0);
+        out.dedup_by(|a, b| a.0 == b.0);
         Ok(out)
     }
 
@@ -1326,10 +1733,22 @@ impl Store for Blobs {
         self.storage
             .checkpoint()
             .map_err(|e| cas_db(e.to_string()))?;
+        let rows = {
+            let read = self.storage.db.begin_read().map_err(cas_db)?;
+            self.storage
+                .logged_blob_rows(&read, digest)
+                .map_err(cas_db)?
+        };
         let txn = self.storage.db.begin_write().map_err(cas_db)?;
         let removed_inline = {
             let mut t = txn.open_table(BLOBS).map_err(cas_db)?;
-            let removed = t.remove(digest.as_bytes()).map_err(cas_db)?.is_some();
+            let mut removed = t.remove(digest.as_bytes()).map_err(cas_db)?.is_some();
+            // The index entries stay, naming rows that are gone; readers
+            // skip those.
+            let mut log = txn.open_table(BLOB_LOG).map_err(cas_db)?;
+            for row in rows {
+                removed |= log.remove(row).map_err(cas_db)?.is_some();
+            }
             removed
         };
         txn.commit().map_err(cas_db)?;
@@ -1410,6 +1829,29 @@ impl Store for Blobs {
                 report.bytes_freed += len;
             }
             report.kept += t.len().map_err(cas_db)?;
+            let mut log = txn.open_table(BLOB_LOG).map_err(cas_db)?;
+            let mut doomed = Vec::new();
+            let (mut kept, mut removed) = (DigestSet::default(), DigestSet::default());
+            for entry in log.iter().map_err(cas_db)? {
+                let (seq, v) = entry.map_err(cas_db)?;
+                let row = v.value();
+                match split_logged_blob(row) {
+                    Some((d, _)) if keep.contains(&d) => {
+                        kept.insert(d);
+                    }
+                    // A row too short to name its blob is garbage too.
+                    named => {
+                        removed.extend(named.map(|(d, _)| d));
+                        doomed.push((seq.value(), row.len().saturating_sub(32) as u64));
+                    }
+                }
+            }
+            for (seq, len) in doomed {
+                log.remove(seq).map_err(cas_db)?;
+                report.bytes_freed += len;
+            }
+            report.removed += removed.len() as u64;
+            report.kept += kept.len() as u64;
         }
         txn.commit().map_err(cas_db)?;
         Ok(report)
@@ -1587,8 +2029,7 @@ mod tests {
             assert!(
                 storage.tail_blob(d).is_some() || {
                     let txn = storage.db.begin_read().unwrap();
-                    let t = txn.open_table(BLOBS).unwrap();
-                    t.get(d.as_bytes()).unwrap().is_some()
+                    storage.logged_blob(&txn, d).unwrap().is_some()
                 }
             );
             assert_eq!(
@@ -1608,5 +2049,83 @@ mod tests {
         assert_eq!(storage.cached_receipt(&inv.digest()).unwrap(), None);
         let stats = storage.stats();
         assert!(stats.checkpoints >= 1 && stats.frames >= 1, "{stats:?}");
+    }
+
+    #[test]
+    fn index_runs_merge_and_answer_across_checkpoints_removal_and_reopening() {
+        let home = tempfile::tempdir().unwrap();
+        let mut expected = Vec::new();
+        {
+            let storage = Arc::new(Storage::open(home.path(), 1 << 16).unwrap());
+            for round in 0..7u32 {
+                for i in 0..150u32 {
+                    let input = format!("round {round} input {i}");
+                    let d = storage.put_blob_deferred(input.as_bytes()).unwrap();
+                    let (inv, r) = receipt_for(input.as_bytes());
+                    storage
+                        .record(
+                            Arc::new(inv.clone()),
+                            inv.digest(),
+                            Arc::new(r.clone()),
+                            true,
+                        )
+                        .unwrap();
+                    expected.push((d, input, inv, r));
+                }
+                storage.checkpoint().unwrap();
+            }
+            // Seven checkpoints of equal size leave runs of 4, 2 and 1
+            // checkpoints' entries: merged, not one per checkpoint.
+            let txn = storage.db.begin_read().unwrap();
+            let sizes: Vec<u64> = txn
+                .open_table(RUN_SIZES)
+                .unwrap()
+                .iter()
+                .unwrap()
+                .map(|e| e.unwrap().1.value())
+                .collect();
+            assert_eq!(sizes.len(), 3, "{sizes:?}");
+            // Three entries per invocation: its input, its receipt, its cache
+            // entry.
+            assert_eq!(sizes.iter().sum::<u64>(), 7 * 150 * 3);
+            drop(txn);
+            // A removed blob is gone, and comes back when recorded again.
+            let blobs = Blobs::new(storage.clone());
+            let (gone, gone_bytes) = (expected[3].0, expected[3].1.clone());
+            assert!(blobs.remove(&gone).unwrap());
+            assert!(matches!(blobs.get(&gone), Err(CasError::NotFound(_))));
+            assert!(!blobs.list().unwrap().iter().any(|(d, _)| *d == gone));
+            storage.put_blob_deferred(gone_bytes.as_bytes()).unwrap();
+            storage.checkpoint().unwrap();
+            assert_eq!(blobs.get(&gone).unwrap(), gone_bytes.as_bytes());
+            // GC keeps what the receipts name and removes the rest.
+            let orphan = storage.put_blob_deferred(b"nobody names me").unwrap();
+            storage.checkpoint().unwrap();
+            let roots = storage.roots().unwrap();
+            assert!(!roots.contains(&orphan));
+            let report = blobs.gc(&roots).unwrap();
+            assert_eq!(report.removed, 1, "{report:?}");
+            assert!(matches!(blobs.get(&orphan), Err(CasError::NotFound(_))));
+            let verify = blobs.verify_all().unwrap();
+            assert!(verify.corrupt.is_empty());
+            assert_eq!(verify.checked, 7 * 150);
+        }
+        // Reopened: every answer comes from the runs, the cache filter
+        // included.
+        let storage = Arc::new(Storage::open(home.path(), 1 << 16).unwrap());
+        let blobs = Blobs::new(storage.clone());
+        for (d, input, inv, r) in &expected {
+            assert_eq!(blobs.get(d).unwrap(), input.as_bytes());
+            assert_eq!(
+                storage.cached_receipt(&inv.digest()).unwrap().as_ref(),
+                Some(r)
+            );
+            let (again, invocation) = storage.receipt(&r.receipt).unwrap().unwrap();
+            assert_eq!((&again, invocation.as_ref()), (r, Some(inv)));
+        }
+        assert_eq!(
+            storage.cached_receipt(&Digest::of(b"never ran")).unwrap(),
+            None
+        );
     }
 }

@@ -1,0 +1,416 @@
+//! Sorted runs: the index from digests to positions in the storage's
+//! append-only logs, kept the way a log-structured merge tree keeps it.
+//!
+//! Why: a checkpoint used to insert every invocation's digests into
+//! random-keyed redb tables. Random keys spread over a B-tree's leaves, so
+//! once a table outgrew a checkpoint, nearly every insert copied a whole
+//! page, and every checkpoint rewrote a share of each table that grew with
+//! the database. A checkpoint now sorts its entries once and writes them as
+//! one new *run* of fixed-size blocks, appended; runs of similar size are
+//! merged (newest two at a time), so an entry is rewritten about log2(N)
+//! times in all, sequentially, at 41 bytes apiece.
+//!
+//! This module is the pure part: entries, blocks, fences and the merge.
+//! It knows nothing of redb or the logs' contents; `storage` stores the
+//! blocks and reads them back.
+
+use std::cmp::Ordering;
+
+/// What an entry's key names, and so which log its position is in.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord, Hash)]
+#[repr(u8)]
+pub(crate) enum Kind {
+    /// A small blob: position in the blob log.
+    Blob = 0,
+    /// A receipt by its own digest: position in the receipt log.
+    Receipt = 1,
+    /// An invocation whose receipt answers it from the action cache:
+    /// position of that receipt (and the invocation) in the receipt log.
+    Cache = 2,
+    /// An invocation whose receipt is not a cache answer (a timeout):
+    /// position of the receipt that holds it in the receipt log.
+    Invocation = 3,
+}
+
+impl Kind {
+    fn from_byte(b: u8) -> Option<Kind> {
+        Some(match b {
+            0 => Kind::Blob,
+            1 => Kind::Receipt,
+            2 => Kind::Cache,
+            3 => Kind::Invocation,
+            _ => return None,
+        })
+    }
+}
+
+/// One index entry: a digest, what it names, and where that is.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub(crate) struct Entry {
+    pub(crate) key: [u8; 32],
+    pub(crate) kind: Kind,
+    pub(crate) seq: u64,
+}
+
+impl Entry {
+    fn order(&self, other: &Entry) -> Ordering {
+        (&self.key, self.kind).cmp(&(&other.key, other.kind))
+    }
+}
+
+/// Bytes of one encoded entry: key, kind, little-endian position.
+pub(crate) const ENTRY_BYTES: usize = 32 + 1 + 8;
+/// Entries per block: a block stays just under a 4 KiB database page.
+pub(crate) const BLOCK_ENTRIES: usize = 99;
+
+fn encode(e: &Entry, out: &mut Vec<u8>) {
+    out.extend_from_slice(&e.key);
+    out.push(e.kind as u8);
+    out.extend_from_slice(&e.seq.to_le_bytes());
+}
+
+/// The entries of one block, in order. A block that is not a whole number
+/// of entries, or holds an unknown kind, is corrupt.
+pub(crate) fn decode_block(block: &[u8]) -> Result<Vec<Entry>, String> {
+    if block.len() % ENTRY_BYTES != 0 {
+        return Err(format!(
+            "an index block of {} bytes is not a whole number of {ENTRY_BYTES}-byte entries",
+            block.len()
+        ));
+    }
+    block
+        .chunks_exact(ENTRY_BYTES)
+        .map(|c| {
+            let kind = Kind::from_byte(c[32])
+                .ok_or_else(|| format!("an index entry has the unknown kind {}", c[32]))?;
+            Ok(Entry {
+                key: c[..32].try_into().expect("32 bytes"),
+                kind,
+                seq: u64::from_le_bytes(c[33..].try_into().expect("8 bytes")),
+            })
+        })
+        .collect()
+}
+
+/// The entries of `block` whose key is `key` (at most one per kind).
+pub(crate) fn search_block(block: &[u8], key: &[u8; 32]) -> Result<Vec<Entry>, String> {
+    let entries = decode_block(block)?;
+    let start = entries.partition_point(|e| e.key < *key);
+    Ok(entries[start..]
+        .iter()
+        .take_while(|e| e.key == *key)
+        .copied()
+        .collect())
+}
+
+/// Sorts entries by key and kind; where one key and kind appear more than
+/// once, the one added last wins.
+pub(crate) fn sort_dedup(entries: &mut Vec<Entry>) {
+    // Reversed, a stable sort puts the last-added first among equals, and
+    // dedup keeps the first.
+    entries.reverse();
+    entries.sort_by(Entry::order);
+    entries.dedup_by(|later, kept| later.order(kept) == Ordering::Equal);
+}
+
+/// What a run's reader must know without reading its blocks: how many
+/// entries it has and the first key of each block.
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+pub(crate) struct RunMeta {
+    pub(crate) entries: u64,
+    pub(crate) fences: Vec<[u8; 32]>,
+}
+
+impl RunMeta {
+    pub(crate) fn encode(&self) -> Vec<u8> {
+        let mut out = Vec::with_capacity(8 + 32 * self.fences.len());
+        out.extend_from_slice(&self.entries.to_le_bytes());
+        for f in &self.fences {
+            out.extend_from_slice(f);
+        }
+        out
+    }
+
+    pub(crate) fn decode(bytes: &[u8]) -> Result<RunMeta, String> {
+        if bytes.len() < 8 || (bytes.len() - 8) % 32 != 0 {
+            return Err(format!("index run metadata of {} bytes", bytes.len()));
+        }
+        Ok(RunMeta {
+            entries: u64::from_le_bytes(bytes[..8].try_into().expect("8 bytes")),
+            fences: bytes[8..]
+                .chunks_exact(32)
+                .map(|c| c.try_into().expect("32 bytes"))
+                .collect(),
+        })
+    }
+
+    pub(crate) fn blocks(&self) -> u32 {
+        self.fences.len() as u32
+    }
+
+    /// The blocks that may hold entries with `key`: usually one, two when
+    /// the key's entries straddle a block boundary.
+    pub(crate) fn candidate_blocks(&self, key: &[u8; 32]) -> std::ops::Range<u32> {
+        let end = self.fences.partition_point(|f| f <= key);
+        let start = self.fences.partition_point(|f| f < key).saturating_sub(1);
+        start as u32..(end as u32).max(start as u32)
+    }
+}
+
+/// Builds a run from entries in order, one block at a time.
+#[derive(Debug, Default)]
+pub(crate) struct Builder {
+    block: Vec<u8>,
+    in_block: usize,
+    meta: RunMeta,
+    last: Option<Entry>,
+}
+
+impl Builder {
+    /// Adds the next entry; returns a block once it is full, with its
+    /// number. Entries must come in (key, kind) order without repeats.
+    pub(crate) fn push(&mut self, e: Entry) -> Option<(u32, Vec<u8>)> {
+        if let Some(last) = &self.last {
+            assert_eq!(
+                last.order(&e),
+                Ordering::Less,
+                "index entries must be pushed sorted and without repeats"
+            );
+        }
+        self.last = Some(e);
+        if self.in_block == 0 {
+            self.meta.fences.push(e.key);
+            self.block.reserve(BLOCK_ENTRIES * ENTRY_BYTES);
+        }
+        encode(&e, &mut self.block);
+        self.in_block += 1;
+        self.meta.entries += 1;
+        if self.in_block == BLOCK_ENTRIES {
+            return Some(self.take_block());
+        }
+        None
+    }
+
+    fn take_block(&mut self) -> (u32, Vec<u8>) {
+        self.in_block = 0;
+        (
+            self.meta.fences.len() as u32 - 1,
+            std::mem::take(&mut self.block),
+        )
+    }
+
+    /// The last, partly filled block (if any) and the run's metadata.
+    pub(crate) fn finish(mut self) -> (Option<(u32, Vec<u8>)>, RunMeta) {
+        let last = (self.in_block > 0).then(|| self.take_block());
+        (last, self.meta)
+    }
+}
+
+/// Merges two sorted entry streams into one; where both hold the same key
+/// and kind, the newer stream's entry wins.
+pub(crate) struct Merge<A: Iterator, B: Iterator> {
+    newer: std::iter::Peekable<A>,
+    older: std::iter::Peekable<B>,
+}
+
+impl<A, B> Merge<A, B>
+where
+    A: Iterator<Item = Result<Entry, String>>,
+    B: Iterator<Item = Result<Entry, String>>,
+{
+    pub(crate) fn new(newer: A, older: B) -> Merge<A, B> {
+        Merge {
+            newer: newer.peekable(),
+            older: older.peekable(),
+        }
+    }
+}
+
+impl<A, B> Iterator for Merge<A, B>
+where
+    A: Iterator<Item = Result<Entry, String>>,
+    B: Iterator<Item = Result<Entry, String>>,
+{
+    type Item = Result<Entry, String>;
+
+    fn next(&mut self) -> Option<Self::Item> {
+        let order = match (self.newer.peek(), self.older.peek()) {
+            (None, None) => return None,
+            (Some(Err(_)), _) | (Some(_), None) => Ordering::Less,
+            (_, Some(Err(_))) | (None, Some(_)) => Ordering::Greater,
+            (Some(Ok(n)), Some(Ok(o))) => n.order(o),
+        };
+        match order {
+            Ordering::Less => self.newer.next(),
+            Ordering::Greater => self.older.next(),
+            Ordering::Equal => {
+                self.older.next();
+                self.newer.next()
+            }
+        }
+    }
+}
+
+/// Whether the newest two runs should merge, given every run's size from
+/// oldest to newest: while the older is no larger than the newer. With
+/// checkpoints of similar size this is a binary counter: sizes halve from
+/// oldest to newest, there are about log2(N) runs, and an entry is
+/// rewritten about log2(N) times in its life.
+pub(crate) fn merge_due(sizes: &[u64]) -> bool {
+    match sizes {
+        [.., older, newer] => older <= newer,
+        _ => false,
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn e(k: u8, kind: Kind, seq: u64) -> Entry {
+        let mut key = [0u8; 32];
+        key[0] = k;
+        Entry { key, kind, seq }
+    }
+
+    fn build(entries: &[Entry]) -> (Vec<Vec<u8>>, RunMeta) {
+        let mut b = Builder::default();
+        let mut blocks = Vec::new();
+        for &x in entries {
+            if let Some((n, block)) = b.push(x) {
+                assert_eq!(n as usize, blocks.len());
+                blocks.push(block);
+            }
+        }
+        let (last, meta) = b.finish();
+        if let Some((n, block)) = last {
+            assert_eq!(n as usize, blocks.len());
+            blocks.push(block);
+        }
+        (blocks, meta)
+    }
+
+    fn find(blocks: &[Vec<u8>], meta: &RunMeta, key: &[u8; 32]) -> Vec<Entry> {
+        meta.candidate_blocks(key)
+            .flat_map(|b| search_block(&blocks[b as usize], key).unwrap())
+            .collect()
+    }
+
+    #[test]
+    fn the_last_added_of_a_key_and_kind_wins() {
+        let mut v = vec![
+            e(5, Kind::Blob, 1),
+            e(3, Kind::Receipt, 2),
+            e(5, Kind::Blob, 3),
+            e(5, Kind::Cache, 4),
+        ];
+        sort_dedup(&mut v);
+        assert_eq!(
+            v,
+            vec![
+                e(3, Kind::Receipt, 2),
+                e(5, Kind::Blob, 3),
+                e(5, Kind::Cache, 4)
+            ]
+        );
+    }
+
+    #[test]
+    fn every_entry_is_found_across_many_blocks_and_absent_keys_are_not() {
+        // Keys 0, 2, 4, ... with two kinds each, so some keys straddle a
+        // block boundary (99 entries per block is odd).
+        let mut v = Vec::new();
+        for k in 0..120u8 {
+            v.push(e(k * 2, Kind::Receipt, k as u64));
+            v.push(e(k * 2, Kind::Cache, 1000 + k as u64));
+        }
+        sort_dedup(&mut v);
+        let (blocks, meta) = build(&v);
+        assert_eq!(meta.entries, 240);
+        assert_eq!(blocks.len(), 3);
+        for k in 0..120u8 {
+            let found = find(&blocks, &meta, &e(k * 2, Kind::Blob, 0).key);
+            assert_eq!(
+                found,
+                vec![
+                    e(k * 2, Kind::Receipt, k as u64),
+                    e(k * 2, Kind::Cache, 1000 + k as u64)
+                ],
+                "key {}",
+                k * 2
+            );
+            assert!(find(&blocks, &meta, &e(k * 2 + 1, Kind::Blob, 0).key).is_empty());
+        }
+        let mut above = [0xffu8; 32];
+        assert!(find(&blocks, &meta, &above).is_empty());
+        above = [0u8; 32];
+        above[31] = 1;
+        assert!(find(&blocks, &meta, &above).is_empty());
+    }
+
+    #[test]
+    fn merging_keeps_everything_once_and_the_newer_entry_of_a_clash() {
+        let older = vec![
+            e(1, Kind::Blob, 1),
+            e(3, Kind::Blob, 2),
+            e(5, Kind::Blob, 3),
+        ];
+        let newer = vec![
+            e(2, Kind::Blob, 10),
+            e(3, Kind::Blob, 11),
+            e(6, Kind::Blob, 12),
+        ];
+        let merged: Vec<Entry> = Merge::new(newer.into_iter().map(Ok), older.into_iter().map(Ok))
+            .collect::<Result<_, _>>()
+            .unwrap();
+        assert_eq!(
+            merged,
+            vec![
+                e(1, Kind::Blob, 1),
+                e(2, Kind::Blob, 10),
+                e(3, Kind::Blob, 11),
+                e(5, Kind::Blob, 3),
+                e(6, Kind::Blob, 12)
+            ]
+        );
+    }
+
+    #[test]
+    fn a_read_error_in_a_merge_is_passed_on() {
+        let older = vec![Ok(e(1, Kind::Blob, 1)), Err("disk".to_string())];
+        let newer = vec![Ok(e(2, Kind::Blob, 2))];
+        let merged: Result<Vec<Entry>, String> =
+            Merge::new(newer.into_iter(), older.into_iter()).collect();
+        assert_eq!(merged, Err("disk".to_string()));
+    }
+
+    #[test]
+    fn blocks_and_metadata_reject_damage() {
+        let (blocks, meta) = build(&[e(1, Kind::Blob, 1)]);
+        assert!(decode_block(&blocks[0][..40]).is_err());
+        let mut bad_kind = blocks[0].clone();
+        bad_kind[32] = 9;
+        assert!(decode_block(&bad_kind).is_err());
+        assert_eq!(RunMeta::decode(&meta.encode()).unwrap(), meta);
+        assert!(RunMeta::decode(&meta.encode()[..20]).is_err());
+    }
+
+    #[test]
+    fn runs_merge_while_the_older_is_no_larger_than_the_newer() {
+        assert!(!merge_due(&[]));
+        assert!(!merge_due(&[10]));
+        assert!(merge_due(&[10, 10]));
+        assert!(merge_due(&[10, 12]));
+        assert!(!merge_due(&[11, 10]));
+        assert!(merge_due(&[40, 20, 10, 10]));
+        assert!(!merge_due(&[40, 20, 10]));
+    }
+
+    #[test]
+    #[should_panic(expected = "sorted")]
+    fn unsorted_entries_are_a_bug() {
+        let mut b = Builder::default();
+        b.push(e(2, Kind::Blob, 1));
+        b.push(e(1, Kind::Blob, 1));
+    }
+}
