@@ -164,6 +164,16 @@ impl ClusterFile {
             // primary, and a view change costs far more than the wait.
             view_change_timeout_us: 1_000_000,
             view_change_timeout_max_us: 16_000_000,
+            // A checkpoint costs every replica a snapshot, a signature,
+            // two or three checks, and synced writes of the result journal
+            // and the host's receipts, all four replicas at once; every 64
+            // batches instead of 16 took 3% (fsync off) and 10% (fsync on)
+            // off the replicas' CPU and 9% off the one-client p50 latency.
+            // The window stays four
+            // intervals wide, so the primary keeps proposing while a
+            // checkpoint becomes stable.
+            checkpoint_interval: 64,
+            watermark_window: 256,
             ..Params::default()
         }
     }
