@@ -299,6 +299,16 @@ fn invoke_figures(
         ">= 1.8x one thread",
         two >= 1.8 * host_rate,
     );
+    // The issue's sentence ("≥ 45,000 invocations/s on one core, and ≥ 1.8×
+    // that with two cores busy") reads two ways: 1.8× the rate measured on
+    // one thread (above), or 1.8× the 45,000/s goal. Both are reported.
+    report.goal(
+        "invocations_per_s_2_threads_vs_one_core_goal",
+        two,
+        "1/s",
+        ">= 81000 (1.8 x 45000)",
+        two >= 1.8 * 45_000.0,
+    );
     report.add("two_thread_scaling", two / host_rate, "x");
     report.add("cores_used_2_threads", two_cores, "cores");
     report.add("bare_cpu_us_per_call_1_thread", bare_cpu_us, "us");

@@ -110,9 +110,11 @@ const JOURNAL_DIR: &str = "journal";
 const BATCH_WINDOW: Duration = Duration::from_millis(10);
 /// Segment size past which the flusher starts a new segment and hands the
 /// tail to the checkpointer.
-/// Many invocations per checkpoint amortize the B-tree page rewrites that
-/// random digest keys cause; the tail (which mirrors the journal in
-/// memory) and the replay time at open are bounded by it.
+/// Many invocations per checkpoint amortize its fixed costs (an fsynced
+/// commit, a run merge now and then); the tail (which mirrors the journal
+/// in memory) and the replay time at open are bounded by it. (8 MiB was
+/// measured too: the same checkpoint CPU per record, 20% less peak
+/// memory, no change on the invoking thread.)
 const CHECKPOINT_BYTES: u64 = 32 << 20;
 /// Most bytes of records waiting for the flusher; past this, appenders wait,
 /// so a slow disk slows callers instead of growing memory without bound.
