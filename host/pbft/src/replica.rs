@@ -958,23 +958,25 @@ impl Replica {
         }
     }
 
-    /// Checks the client signatures of a batch's requests not checked yet
-    /// (as one batch) before the primary proposes it, and removes any that
-    /// fail, forgetting them as proposed so the client's genuine request is
-    /// taken when it comes.
+    /// Checks a batch's client signatures (as one batch) before the primary
+    /// proposes it, and removes any that fail, forgetting them as proposed
+    /// so the client's genuine request is taken when it comes. A batch of
+    /// requests that were all checked on arrival (an idle primary checks at
+    /// once) is not checked again. Otherwise the whole batch is checked, as
+    /// the backups will check it: batch verification and single
+    /// verification can disagree on a signature crafted with a small-order
+    /// component, and only the same set in the same order gives the same
+    /// answer on the primary and on every backup.
     fn drop_forged(&mut self, queued: Vec<Queued>) -> Vec<SignedRequest> {
-        let unchecked: Vec<&SignedRequest> = queued
-            .iter()
-            .filter(|q| !q.checked)
-            .map(|q| &q.request)
-            .collect();
-        let keys: Option<Vec<_>> = unchecked
+        if queued.iter().all(|q| q.checked) {
+            return queued.into_iter().map(|q| q.request).collect();
+        }
+        let requests: Vec<&SignedRequest> = queued.iter().map(|q| &q.request).collect();
+        let keys: Option<Vec<_>> = requests
             .iter()
             .map(|r| self.client_key(r.request.client))
             .collect();
-        let all_ok = unchecked.is_empty()
-            || keys.is_some_and(|k| crate::message::verify_request_refs(&unchecked, &k));
-        if all_ok {
+        if keys.is_some_and(|k| crate::message::verify_request_refs(&requests, &k)) {
             return queued.into_iter().map(|q| q.request).collect();
         }
         let mut forged = Vec::new();
@@ -982,7 +984,7 @@ impl Replica {
         for q in queued {
             // Only after a failed batch: parse afresh rather than trust a
             // cache that the collection above may have cleared.
-            if q.checked || q.request.verify() {
+            if q.request.verify() {
                 requests.push(q.request);
             } else {
                 forged.push((q.request.request.client, q.request.request.timestamp));
