@@ -66,12 +66,7 @@ pub fn run_replica(cluster_file: &Path, id: u32) -> Result<()> {
     if let Some(slots) = entry.worker_slots {
         host.set_worker_slots(slots);
     }
-    let log_path = home.join("pbft.log");
-    let old_log = home.join("pbft.redb");
-    if old_log.exists() && !log_path.exists() {
-        super::log::migrate_redb_log(&old_log, &log_path)?;
-    }
-    let (log, records) = ProtocolLog::open(&log_path, file.fsync)?;
+    let (log, records) = ProtocolLog::open(&home.join("pbft.redb"), file.fsync)?;
     let results = Results::open(&home.join("results.redb"))?;
     let (replica, outputs) = Replica::recover(cluster, id, key, file.params(), &records)
         .map_err(|e| Error::Cluster(format!("replica {id} cannot start: {e}")))?;
