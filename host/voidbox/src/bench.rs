@@ -536,8 +536,9 @@ fn cas_figures(report: &mut Report, dir: &Path, window: Duration) -> anyhow::Res
         "MiB/s",
     );
     report.notes.push(
-        "CAS ratios: a 16 MiB put hashes on the calling thread while a second thread writes \
-         (two cores busy); the baseline is blake3 on one thread, no I/O"
+        "CAS ratios: a 16 MiB put shares writing and hashing, in 1 MiB units, between the \
+         calling thread and a helper (two cores busy); the baseline is blake3 on one thread, \
+         no I/O"
             .into(),
     );
     Ok(())
