@@ -2003,23 +2003,28 @@ mod tests {
         assert_eq!(storage.receipt(&new.receipt).unwrap().unwrap().0, new);
     }
 
+    /// Stores `input` as a blob and records a cacheable receipt for it.
+    fn record_input(storage: &Storage, input: &str) -> (Digest, Invocation, Receipt) {
+        let d = storage.put_blob_deferred(input.as_bytes()).unwrap();
+        let (inv, r) = receipt_for(input.as_bytes());
+        storage
+            .record(
+                Arc::new(inv.clone()),
+                inv.digest(),
+                Arc::new(r.clone()),
+                true,
+            )
+            .unwrap();
+        (d, inv, r)
+    }
+
     #[test]
     fn records_are_readable_before_during_and_after_a_checkpoint() {
         let home = tempfile::tempdir().unwrap();
         let storage = Storage::open(home.path(), 1 << 16).unwrap();
         let mut expected = Vec::new();
         for i in 0..200u32 {
-            let input = format!("input {i}");
-            let d = storage.put_blob_deferred(input.as_bytes()).unwrap();
-            let (inv, r) = receipt_for(input.as_bytes());
-            storage
-                .record(
-                    Arc::new(inv.clone()),
-                    inv.digest(),
-                    Arc::new(r.clone()),
-                    true,
-                )
-                .unwrap();
+            let (d, inv, r) = record_input(&storage, &format!("input {i}"));
             expected.push((d, inv, r));
             if i == 100 {
                 storage.checkpoint().unwrap();
@@ -2062,16 +2067,7 @@ mod tests {
             for round in 0..7u32 {
                 for i in 0..150u32 {
                     let input = format!("round {round} input {i}");
-                    let d = storage.put_blob_deferred(input.as_bytes()).unwrap();
-                    let (inv, r) = receipt_for(input.as_bytes());
-                    storage
-                        .record(
-                            Arc::new(inv.clone()),
-                            inv.digest(),
-                            Arc::new(r.clone()),
-                            true,
-                        )
-                        .unwrap();
+                    let (d, inv, r) = record_input(&storage, &input);
                     expected.push((d, input, inv, r));
                 }
                 storage.checkpoint().unwrap();
