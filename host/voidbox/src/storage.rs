@@ -147,6 +147,19 @@ impl Tail {
     fn records(&self) -> usize {
         self.blobs.len() + self.receipts.len() + self.invocations.len() + self.cache.len()
     }
+
+    /// Whether a table is within an eighth of its capacity. The flusher
+    /// then rotates, whatever the segment's size: a table that grows past
+    /// its capacity is rehashed by the invoking thread that overflows it,
+    /// under the storage lock (measured: 2.6% of the invoking thread's
+    /// CPU in `invoke_loop`, where small records filled a 32 MiB segment
+    /// with more invocations than the tail was sized for).
+    fn nearly_full(&self) -> bool {
+        fn near<K, V, S>(m: &std::collections::HashMap<K, V, S>) -> bool {
+            !m.is_empty() && m.len() >= m.capacity() - m.capacity() / 8
+        }
+        near(&self.blobs) || near(&self.receipts) || near(&self.invocations) || near(&self.cache)
+    }
 }
 
 /// What the invoking threads and the flusher share, under one lock: the
@@ -1184,9 +1197,14 @@ impl Flusher {
                     st.stats.frames += 1;
                     st.stats.journal_bytes += (payload.len() + journal::FRAME_HEADER_BYTES) as u64;
                 }
+                let tail_full = st.tail.nearly_full();
                 drop(st);
                 self.shared.done.notify_all();
-                if ticket > handed_ticket || shutdown || self.segment.len >= CHECKPOINT_BYTES {
+                if ticket > handed_ticket
+                    || shutdown
+                    || self.segment.len >= CHECKPOINT_BYTES
+                    || tail_full
+                {
                     result = self.rotate(&mut next_tail, ticket, shutdown);
                     handed_ticket = ticket;
                 }
