@@ -1655,9 +1655,8 @@ impl Blobs {
             })?;
             out.push((d, bytes.to_vec()));
         }
-        // A blob recorded in two checkpoints has two rows: one is enough.
-        out.sort_unstable_by_key(|e| e.0);
-        out.dedup_by(|a, b| a.0 == b.0);
+        // A blob recorded in two checkpoints has two rows: both are
+        // returned, so `cas verify` checks each (listings dedup).
         Ok(out)
     }
 
