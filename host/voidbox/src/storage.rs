@@ -2143,4 +2143,22 @@ mod tests {
             None
         );
     }
+
+    #[test]
+    fn a_tail_table_near_its_capacity_asks_for_rotation() {
+        let mut tail = Tail::presized();
+        assert!(!tail.nearly_full());
+        let cap = tail.cache.capacity();
+        let threshold = cap - cap / 8;
+        for i in 0..threshold - 1 {
+            let d = Digest::of(&(i as u64).to_le_bytes());
+            tail.cache.insert(d, d);
+        }
+        assert!(!tail.nearly_full());
+        let d = Digest::of(b"one more");
+        tail.cache.insert(d, d);
+        assert!(tail.nearly_full());
+        // Still within capacity: no rehash happened on the way.
+        assert_eq!(tail.cache.capacity(), cap);
+    }
 }
