@@ -398,21 +398,12 @@ impl Storage {
         let journal_dir = home.join(JOURNAL_DIR);
         let (tail, next_segment) = replay_journal(&journal_dir)?;
         let mut cache_filter = DigestSet::default();
-        let next_key = |table: TableDefinition<u64, &[u8]>| -> Result<u64> {
-            let txn = dbtry!(&db_path, db.begin_read())?;
-            let t = dbtry!(&db_path, txn.open_table(table))?;
-            let next = dbtry!(&db_path, t.last())?.map_or(0, |(k, _)| k.value() + 1);
-            Ok(next)
-        };
-        let (next_receipt, next_blob) = (next_key(RECEIPT_LOG)?, next_key(BLOB_LOG)?);
-        let next_run = {
-            let txn = dbtry!(&db_path, db.begin_read())?;
-            let t = dbtry!(&db_path, txn.open_table(RUN_SIZES))?;
-            let next = dbtry!(&db_path, t.last())?.map_or(0, |(k, _)| k.value() + 1);
-            next
-        };
+        // One snapshot for the logs' next keys and the cache filter.
+        let txn = dbtry!(&db_path, db.begin_read())?;
+        let next_receipt = next_key(&txn, RECEIPT_LOG, &db_path)?;
+        let next_blob = next_key(&txn, BLOB_LOG, &db_path)?;
+        let next_run = next_key(&txn, RUN_SIZES, &db_path)?;
         {
-            let txn = dbtry!(&db_path, db.begin_read())?;
             let table = dbtry!(&db_path, txn.open_table(ACTION_CACHE))?;
             cache_filter.reserve(dbtry!(&db_path, table.len())? as usize + tail.cache.len());
             for entry in dbtry!(&db_path, table.iter())? {
@@ -434,6 +425,7 @@ impl Storage {
                 );
             }
         }
+        drop(txn);
         cache_filter.extend(tail.cache.keys().map(filter_key));
         let segment = Segment::create(&journal_dir, next_segment)?;
         let db = Arc::new(db);
@@ -1054,6 +1046,17 @@ fn replay_journal(dir: &Path) -> Result<(Tail, u64)> {
     Ok((tail, next))
 }
 
+/// The key after the last of a table keyed by sequence (0 when empty).
+fn next_key<V: redb::Value + 'static>(
+    txn: &redb::ReadTransaction,
+    table: TableDefinition<u64, V>,
+    path: &Path,
+) -> Result<u64> {
+    let t = dbtry!(path, txn.open_table(table))?;
+    let last = dbtry!(path, t.last())?;
+    Ok(last.map_or(0, |(k, _)| k.value() + 1))
+}
+
 fn run_corrupt(id: u64, detail: String) -> Error {
     Error::Corrupt {
         what: format!("index run {id}"),
@@ -1476,12 +1479,20 @@ impl Checkpointer {
             let (older, newer) = (runs[runs.len() - 2].0, runs[runs.len() - 1].0);
             let fences = read.open_table(RUN_FENCES).map_err(|e| s(&e))?;
             let blocks = read.open_table(RUN_BLOCKS).map_err(|e| s(&e))?;
-            let meta = |id: u64| -> std::result::Result<runs::RunMeta, String> {
-                let v = fences
-                    .get(id)
-                    .map_err(|e| s(&e))?
-                    .ok_or_else(|| format!("index run {id}: its fences are missing"))?;
-                runs::RunMeta::decode(v.value())
+            // The fences are usually cached already (this thread wrote the
+            // runs); read from the snapshot otherwise.
+            let meta = |id: u64| {
+                self.runs
+                    .get(id, || {
+                        let v = fences
+                            .get(id)
+                            .map_err(|e| {
+                                run_corrupt(id, format!("its fences cannot be read: {e}"))
+                            })?
+                            .ok_or_else(|| run_corrupt(id, "its fences are missing".into()))?;
+                        runs::RunMeta::decode(v.value()).map_err(|d| run_corrupt(id, d))
+                    })
+                    .map_err(|e| e.to_string())
             };
             let (newer_meta, older_meta) = (meta(newer)?, meta(older)?);
             // Block by block, so a merge never holds a whole run in memory.
