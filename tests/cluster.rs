@@ -14,7 +14,7 @@ use serde_json::Value;
 use voidbox::cluster::config::generate_key;
 use voidbox::cluster::wire::OpResult;
 use voidbox::cluster::{ClusterClient, ClusterFile, Invoker};
-use voidbox::{Digest, Invocation};
+use voidbox::{Budget, Digest, Invocation};
 use voidbox_e2e::{tools, voidbox_bin};
 
 /// Four consecutive free ports on loopback (checked by binding them);
@@ -240,6 +240,30 @@ fn a_cluster_orders_runs_and_signs_invocations() {
         "1000000",
     ]);
     assert_eq!(out.status.code(), Some(12), "{}", stderr(&out));
+    // A wall-clock guard would let replicas decide differently, so the
+    // client's is refused on the command line, and through the library the
+    // replicas replace it with their own: a 1 ms guard on a run of 2 * 10^8
+    // fuel (about half a second) ends by fuel on every replica alike.
+    let out = c.run(&["run", "--cluster", "{c}", "wc", "--timeout", "5"]);
+    assert_eq!(out.status.code(), Some(3), "{}", stderr(&out));
+    assert!(stderr(&out).contains("--fuel"), "{}", stderr(&out));
+    let file = ClusterFile::load(&c.file()).unwrap();
+    let owner = std::fs::read_to_string(c.path.join("owner.token")).unwrap();
+    let client = ClusterClient::connect_with(file, generate_key()).unwrap();
+    let looping = client.tool("hostile-loop").unwrap().digest;
+    let budget = Budget {
+        fuel: 200_000_000,
+        timeout: Duration::from_millis(1),
+        ..Budget::default()
+    };
+    let template = Invocation::new(looping, Digest::of(b"")).budget(budget);
+    let signed = client.run(owner.trim(), &template, b"").unwrap();
+    match &signed.result {
+        OpResult::Receipt { receipt, .. } => {
+            assert_eq!(receipt.outcome.name(), "out-of-fuel", "{receipt:?}")
+        }
+        other => panic!("expected a receipt, got {other:?}"),
+    }
 
     // Use counters are replicated: the one-use token runs once, then every
     // correct replica denies it alike.
@@ -371,6 +395,25 @@ fn bad_cluster_files_are_refused() {
     );
     assert_eq!(out.status.code(), Some(6));
     assert!(stderr(&out).contains("--replicas 4"), "{}", stderr(&out));
+    // More than 3f + 1 would be unsafe with quorums of 2f + 1.
+    let out = voidbox(
+        &["cluster", "init", "--replicas", "5"],
+        Some(&dir.path().join("five")),
+    );
+    assert_eq!(out.status.code(), Some(6));
+    assert!(stderr(&out).contains("not 3f + 1"), "{}", stderr(&out));
+    assert!(!dir.path().join("five").exists(), "nothing written");
+    // Seven replicas claiming to tolerate only one fault: refused on load.
+    let seven = dir.path().join("seven");
+    let out = voidbox(&["cluster", "init", "--replicas", "7"], Some(&seven));
+    assert!(out.status.success(), "{}", stderr(&out));
+    let file = seven.join("cluster.toml");
+    let text = std::fs::read_to_string(&file).unwrap();
+    assert!(text.contains("\nf = 2\n"), "{text}");
+    std::fs::write(&file, text.replace("\nf = 2\n", "\nf = 1\n")).unwrap();
+    let out = voidbox(&["cluster", "status"], Some(&seven));
+    assert_ne!(out.status.code(), Some(0));
+    assert!(stderr(&out).contains("n = 3f + 1"), "{}", stderr(&out));
     let out = voidbox(&["cluster", "status"], Some(&dir.path().join("nothing")));
     assert!(stderr(&out).contains("cluster init"), "{}", stderr(&out));
     // A cluster that is not up is reported as such.
@@ -452,12 +495,13 @@ fn acknowledged_invocations_survive_sigkill_of_a_backup_and_the_primary() {
     c.ok(&["cluster", "up", "{c}"]);
     wait_acks(30);
     // Then the primary dies: the others change views and go on.
-    let primary = probe
-        .status(Duration::from_secs(1))
-        .into_values()
+    let before = probe.status(Duration::from_secs(1));
+    let primary = before
+        .values()
         .find(|s| s.primary)
         .expect("a primary answers")
         .id;
+    let stable_before = before.values().map(|s| s.stable).max().unwrap_or(0);
     c.sigkill(primary);
     wait_acks(60);
     c.ok(&["cluster", "up", "{c}"]);
@@ -467,7 +511,9 @@ fn acknowledged_invocations_survive_sigkill_of_a_backup_and_the_primary() {
         w.join().unwrap();
     }
 
-    // Every replica catches up to the same point. A replica that comes
+    // Every replica catches up to the same point, and checkpoints still
+    // become stable after the kills (a divergence among replicas would
+    // stop them while requests still execute). A replica that comes
     // back behind may sit out the current view (it suspected the primary
     // while it was catching up) and then follows by state transfer at each
     // stable checkpoint, so a trickle of requests carries it to the next
@@ -478,7 +524,11 @@ fn acknowledged_invocations_survive_sigkill_of_a_backup_and_the_primary() {
     loop {
         let s = probe.status(Duration::from_secs(1));
         let done: Vec<u64> = s.values().map(|s| s.executed_requests).collect();
-        if s.len() == 4 && done.iter().all(|d| *d == done[0]) {
+        let stable: Vec<u64> = s.values().map(|s| s.stable).collect();
+        if s.len() == 4
+            && done.iter().all(|d| *d == done[0])
+            && stable.iter().all(|x| *x > stable_before)
+        {
             break;
         }
         assert!(

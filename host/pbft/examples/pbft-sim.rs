@@ -78,8 +78,11 @@ fn main() -> ExitCode {
             return ExitCode::from(2);
         }
     }
-    if cfg.replicas < 4 {
-        eprintln!("pbft-sim: --replicas must be at least 4 (n = 3f + 1 with f >= 1)");
+    if cfg.replicas < 4 || (cfg.replicas - 1) % 3 != 0 {
+        eprintln!(
+            "pbft-sim: --replicas {} is not 3f + 1 with f >= 1; use 4, 7, 10, ...",
+            cfg.replicas
+        );
         return ExitCode::from(2);
     }
     // The binary may read the wall clock: it only reports how long the

@@ -18,7 +18,7 @@ pub struct ReplicaInfo {
     pub public_key: [u8; 32],
 }
 
-/// The cluster: n = 3f + 1 (or more) replicas with their keys.
+/// The cluster: n = 3f + 1 replicas with their keys.
 #[derive(Clone, PartialEq, Eq, Debug, Serialize, Deserialize)]
 pub struct ClusterConfig {
     /// Number of replicas.
@@ -32,9 +32,12 @@ pub struct ClusterConfig {
 /// Why a cluster configuration was refused.
 #[derive(Debug, Error, PartialEq, Eq)]
 pub enum ConfigError {
-    /// Too few replicas for the fault budget.
-    #[error("cluster has n = {n} replicas but tolerating f = {f} faults needs n >= 3f + 1 = {need}; add replicas or lower f")]
-    TooFewReplicas {
+    /// n is not 3f + 1. Fewer cannot tolerate f faults; more would need
+    /// quorums larger than the 2f + 1 the protocol counts (two quorums of
+    /// 2f + 1 out of n > 3f + 1 may share no correct replica), so the
+    /// configuration says exactly what it tolerates.
+    #[error("cluster has n = {n} replicas and f = {f}, but Voidbox runs exactly n = 3f + 1 = {need} replicas for f = {f}; use n = 4 for f = 1, n = 7 for f = 2 (n = 3f + 1)")]
+    WrongSize {
         /// Replicas configured.
         n: u32,
         /// Faults requested.
@@ -95,14 +98,14 @@ impl ClusterConfig {
         }
     }
 
-    /// Checks n >= 3f + 1, f >= 1, ids exactly `0..n`, distinct and valid keys.
+    /// Checks n = 3f + 1, f >= 1, ids exactly `0..n`, distinct and valid keys.
     pub fn validate(&self) -> Result<Cluster, ConfigError> {
         if self.f == 0 {
             return Err(ConfigError::NoFaultTolerance);
         }
         let need = self.f.saturating_mul(3).saturating_add(1);
-        if self.n < need {
-            return Err(ConfigError::TooFewReplicas {
+        if self.n != need {
+            return Err(ConfigError::WrongSize {
                 n: self.n,
                 f: self.f,
                 need,
@@ -258,10 +261,33 @@ mod tests {
     }
 
     #[test]
+    fn a_size_other_than_3f_plus_1_is_rejected() {
+        // More replicas than 3f + 1 with quorums of 2f + 1 would let two
+        // quorums miss each other's correct replicas: 5 with f = 1 has
+        // quorums of 3 that can share only one (possibly faulty) replica.
+        for (n, f) in [(3, 1), (5, 1), (6, 1), (7, 1), (10, 2)] {
+            assert_eq!(
+                config(n, f).validate().unwrap_err(),
+                ConfigError::WrongSize {
+                    n,
+                    f,
+                    need: 3 * f + 1
+                },
+                "n = {n}, f = {f}"
+            );
+        }
+        assert!(config(10, 3).validate().is_ok());
+        assert_eq!(
+            config(4, 0).validate().unwrap_err(),
+            ConfigError::NoFaultTolerance
+        );
+    }
+
+    #[test]
     fn too_few_replicas_rejected() {
         assert_eq!(
             config(3, 1).validate().unwrap_err(),
-            ConfigError::TooFewReplicas {
+            ConfigError::WrongSize {
                 n: 3,
                 f: 1,
                 need: 4

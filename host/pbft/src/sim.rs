@@ -355,8 +355,9 @@ pub fn run(cfg: &SimConfig) -> SimReport {
 impl World {
     fn new(cfg: SimConfig) -> World {
         let mut rng = Rng::new(cfg.seed);
-        let n = cfg.replicas.max(4);
-        let f = (n - 1) / 3;
+        // n = 3f + 1 exactly: the largest such n not above what was asked.
+        let f = (cfg.replicas.max(4) - 1) / 3;
+        let n = 3 * f + 1;
         let keys: Vec<SigningKey> = (0..n)
             .map(|i| key_from_seed(cfg.seed, &format!("replica-{i}")))
             .collect();

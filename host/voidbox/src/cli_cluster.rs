@@ -374,6 +374,15 @@ fn owner_token(file: &ClusterFile) -> Result<String, Failure> {
 
 pub(crate) fn run(a: RunArgs) -> Result<u8, Failure> {
     let path = a.cluster.clone().expect("called with --cluster");
+    if a.timeout.is_some() {
+        // Replicas would disagree on a run that one of them timed out.
+        return Err(fail(
+            exit::BAD_REQUEST,
+            "--timeout is a local wall-clock guard and a cluster does not take it: every replica \
+             must decide alike, so there runs are bounded by fuel; use --fuel instead"
+                .to_string(),
+        ));
+    }
     let client = ClusterClient::connect(&path)?;
     let token = match &a.token {
         Some(t) => t.clone(),

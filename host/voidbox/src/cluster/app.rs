@@ -93,6 +93,24 @@ pub struct ResultEntry {
 
 const RESULTS: TableDefinition<u64, &[u8]> = TableDefinition::new("results");
 
+/// The wall-clock guard of every run in a cluster: at least this long...
+const GUARD_BASE: std::time::Duration = std::time::Duration::from_secs(30);
+/// ...plus one second per this much fuel. Wasm runs at 10^8 to 10^9 fuel
+/// per second here even on a busy machine, so a run that fuel ends finishes
+/// far inside the guard on every replica.
+const GUARD_FUEL_PER_S: u64 = 25_000_000;
+
+/// The wall-clock guard a replica runs `fuel` under. A timeout depends on
+/// each replica's own clock and load, so were it the client's (short)
+/// choice, some replicas could time out a run that others finish or end by
+/// fuel: their results would differ and no checkpoint would ever become
+/// stable again. In a cluster fuel is what bounds a run, alike everywhere;
+/// the guard only catches a replica that is pathologically slow (whose
+/// result then differs, and which the stable checkpoint corrects).
+fn cluster_guard(fuel: u64) -> std::time::Duration {
+    GUARD_BASE + std::time::Duration::from_secs(fuel / GUARD_FUEL_PER_S)
+}
+
 /// How many rounds of asking every peer for a missing blob (with
 /// doubling waits from 100 ms) before the request fails.
 const FETCH_ATTEMPTS: u32 = 4;
@@ -559,6 +577,9 @@ impl App {
         if let Err(d) = authorized.take_use(&Uses(RefCell::new(&mut self.state.uses))) {
             return denied(d.kind.as_str(), d.message);
         }
+        let mut effective = effective;
+        // The guard is the replicas', not the client's (see `cluster_guard`).
+        effective.budget.timeout = cluster_guard(effective.budget.fuel);
         Step::Run(effective)
     }
 

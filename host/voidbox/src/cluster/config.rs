@@ -217,9 +217,11 @@ pub struct Initialized {
 /// on all), one signing key each, a client key, the owner token and
 /// `cluster.toml` with addresses `127.0.0.1:base_port + id`.
 pub fn init_cluster(dir: &Path, n: u32, base_port: u16) -> Result<Initialized> {
-    if n < 4 {
+    if n < 4 || (n - 1) % 3 != 0 {
+        // n = 3f + 1 exactly: fewer cannot tolerate a fault, and more would
+        // need larger quorums than PBFT's 2f + 1 to stay safe.
         return Err(Error::Cluster(format!(
-            "{n} replicas cannot tolerate a fault: use --replicas 4 (f = 1), 7 (f = 2), ..."
+            "{n} replicas is not 3f + 1: use --replicas 4 (f = 1), 7 (f = 2), 10 (f = 3), ..."
         )));
     }
     let f = (n - 1) / 3;
