@@ -47,7 +47,10 @@ pub(crate) enum ClusterCmd {
         /// The cluster directory (or its cluster.toml).
         dir: PathBuf,
     },
-    /// Measure the running cluster: one closed-loop client, then many.
+    /// Measure the running cluster: one closed-loop client; a sweep of
+    /// client counts to find the highest throughput whose p99 latency stays
+    /// within a bound, measured again for the whole duration; then
+    /// `--clients` clients.
     Bench {
         /// The cluster directory (or its cluster.toml).
         dir: PathBuf,
@@ -60,6 +63,12 @@ pub(crate) enum ClusterCmd {
         /// Concurrent closed-loop clients in the throughput phase.
         #[arg(long, default_value_t = 64)]
         clients: usize,
+        /// The p99 latency bound of the sweep, in milliseconds.
+        #[arg(long, default_value_t = 10.0)]
+        p99_ms: f64,
+        /// Seconds per client count of the sweep (0: no sweep).
+        #[arg(long, default_value_t = 8.0)]
+        sweep_seconds: f64,
         #[arg(long)]
         json: bool,
     },
@@ -123,12 +132,18 @@ pub(crate) fn dispatch(cmd: ClusterCmd) -> Result<u8, Failure> {
             tool,
             seconds,
             clients,
+            p99_ms,
+            sweep_seconds,
             json,
         } => bench(
             &cluster_file(&dir)?,
             &tool,
-            Duration::from_secs_f64(seconds),
-            clients,
+            &BenchPlan {
+                duration: Duration::from_secs_f64(seconds),
+                clients,
+                p99_bound_us: p99_ms * 1000.0,
+                sweep: Duration::from_secs_f64(sweep_seconds),
+            },
             json,
         ),
     }
@@ -487,13 +502,45 @@ fn percentile(sorted: &[Duration], p: f64) -> f64 {
     sorted[i].as_secs_f64() * 1e6
 }
 
-fn bench(
-    file: &ClusterFile,
-    tool: &str,
+/// What `cluster bench` measures.
+struct BenchPlan {
+    /// Length of the one-client, at-bound and `clients` phases.
     duration: Duration,
+    /// Clients of the last phase.
     clients: usize,
-    json: bool,
-) -> Result<u8, Failure> {
+    /// The p99 latency the sweep stays within.
+    p99_bound_us: f64,
+    /// Length of each step of the sweep (zero: no sweep).
+    sweep: Duration,
+}
+
+/// Client counts of the sweep, doubling up to `max`.
+fn sweep_counts(max: usize) -> Vec<usize> {
+    let mut counts = Vec::new();
+    let mut c = 2;
+    while c < max {
+        counts.push(c);
+        c *= 2;
+    }
+    counts.push(max.max(2));
+    counts
+}
+
+/// The sweep step with the highest throughput whose p99 latency is within
+/// `bound_us` (by index), if any.
+fn best_within(phases: &[&serde_json::Value], bound_us: f64) -> Option<usize> {
+    let figure = |p: &serde_json::Value, k: &str| p[k].as_f64().unwrap_or(f64::NAN);
+    phases
+        .iter()
+        .enumerate()
+        .filter(|(_, p)| figure(p, "latency_p99_us") <= bound_us)
+        .max_by(|(_, a), (_, b)| {
+            figure(a, "invocations_per_s").total_cmp(&figure(b, "invocations_per_s"))
+        })
+        .map(|(i, _)| i)
+}
+
+fn bench(file: &ClusterFile, tool: &str, plan: &BenchPlan, json: bool) -> Result<u8, Failure> {
     let client = ClusterClient::connect(&file.dir)?;
     let token = owner_token(file)?;
     let tool = client.tool(tool)?;
@@ -514,8 +561,7 @@ fn bench(
         }
         .encode()
     };
-    let mut phases = Vec::new();
-    for (label, c) in [("one client", 1usize), ("throughput", clients.max(1))] {
+    let measure = |label: &str, c: usize, duration: Duration| {
         let before = client.status(Duration::from_secs(1));
         let cpu0: f64 = pids.iter().filter_map(|p| cpu_seconds(*p)).sum();
         let own0 = cpu_seconds(std::process::id()).unwrap_or(f64::NAN);
@@ -533,7 +579,7 @@ fn bench(
             .unwrap_or(0)
             .saturating_sub(before.values().map(|s| s.last_executed).max().unwrap_or(0));
         let n = lat.len() as f64;
-        phases.push(serde_json::json!({
+        serde_json::json!({
             "phase": label,
             "clients": c,
             "seconds": secs,
@@ -549,14 +595,47 @@ fn bench(
             "replica_cpu_us_per_invocation": if n > 0.0 { (cpu1 - cpu0) * 1e6 / n } else { f64::NAN },
             // The client's side: signing requests, checking replies.
             "client_cpu_us_per_invocation": if n > 0.0 { (own1 - own0) * 1e6 / n } else { f64::NAN },
-        }));
+        })
+    };
+    let clients = plan.clients.max(1);
+    let mut phases = vec![measure("one client", 1, plan.duration)];
+    // The sweep finds the knee: throughput grows with clients until the
+    // replicas' CPU is used up, then latency grows instead. Its best step
+    // within the bound is measured again for the whole duration, and that
+    // run's figures are the ones reported (a short step can be lucky).
+    let mut sweep = Vec::new();
+    if !plan.sweep.is_zero() {
+        for c in sweep_counts(clients) {
+            sweep.push(measure("sweep", c, plan.sweep));
+        }
     }
+    let mut at_bound = serde_json::Value::Null;
+    // One client is a candidate too: with a slow cluster even two clients
+    // may break the bound.
+    let candidates: Vec<&serde_json::Value> = phases.iter().chain(&sweep).collect();
+    let best = best_within(&candidates, plan.p99_bound_us)
+        .map(|i| candidates[i]["clients"].as_u64().unwrap_or(1) as usize);
+    if let (Some(c), false) = (best, sweep.is_empty()) {
+        let p = measure("at p99 bound", c, plan.duration);
+        let within = p["latency_p99_us"].as_f64().unwrap_or(f64::NAN) <= plan.p99_bound_us;
+        at_bound = serde_json::json!({
+            "clients": c,
+            "invocations_per_s": p["invocations_per_s"],
+            "latency_p99_us": p["latency_p99_us"],
+            "p99_within_bound": within,
+        });
+        phases.push(p);
+    }
+    phases.push(measure("throughput", clients, plan.duration));
     let report = serde_json::json!({
         "replicas": file.n(),
         "f": file.f,
         "fsync": file.fsync,
         "tool": tool.name,
+        "p99_bound_us": plan.p99_bound_us,
+        "throughput_at_p99_bound": at_bound,
         "phases": phases,
+        "sweep": sweep,
     });
     if json {
         println!("{}", serde_json::to_string_pretty(&report).expect("json"));
@@ -567,9 +646,10 @@ fn bench(
             if file.fsync { "on" } else { "off" },
             tool.name
         );
-        for p in &phases {
+        // In the order they ran: one client, the sweep, the rest.
+        for p in phases[..1].iter().chain(&sweep).chain(&phases[1..]) {
             println!(
-                "  {:<11} clients {:>3}: {:>8.0} inv/s, p50 {:>8.0} us, p99 {:>8.0} us, batch {:>5.1}, replica cpu {:>6.0} us/inv, client cpu {:>5.0} us/inv, failed {}",
+                "  {:<12} clients {:>3}: {:>8.0} inv/s, p50 {:>8.0} us, p99 {:>8.0} us, batch {:>5.1}, replica cpu {:>6.0} us/inv, client cpu {:>5.0} us/inv, failed {}",
                 p["phase"].as_str().unwrap_or(""),
                 p["clients"],
                 p["invocations_per_s"].as_f64().unwrap_or(f64::NAN),
@@ -581,6 +661,51 @@ fn bench(
                 p["failed"],
             );
         }
+        match at_bound.get("clients") {
+            Some(c) => println!(
+                "  throughput at p99 <= {:.0} ms: {:.0} inv/s with {c} clients (p99 {:.0} us{})",
+                plan.p99_bound_us / 1000.0,
+                at_bound["invocations_per_s"].as_f64().unwrap_or(f64::NAN),
+                at_bound["latency_p99_us"].as_f64().unwrap_or(f64::NAN),
+                if at_bound["p99_within_bound"] == true {
+                    ""
+                } else {
+                    ", over the bound in the long run"
+                },
+            ),
+            None if !sweep.is_empty() => println!(
+                "  throughput at p99 <= {:.0} ms: no client count of the sweep stayed within it",
+                plan.p99_bound_us / 1000.0
+            ),
+            None => {}
+        }
     }
     Ok(exit::OK)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn the_sweep_doubles_up_to_the_client_count() {
+        assert_eq!(sweep_counts(64), vec![2, 4, 8, 16, 32, 64]);
+        assert_eq!(sweep_counts(48), vec![2, 4, 8, 16, 32, 48]);
+        assert_eq!(sweep_counts(1), vec![2]);
+    }
+
+    #[test]
+    fn the_best_step_is_the_fastest_within_the_bound() {
+        let step = |ips: f64, p99: f64| serde_json::json!({"invocations_per_s": ips, "latency_p99_us": p99});
+        let steps = [
+            step(500.0, 4000.0),
+            step(2500.0, 9000.0),
+            step(4000.0, 30000.0),
+            step(2000.0, 8000.0),
+        ];
+        let refs: Vec<&serde_json::Value> = steps.iter().collect();
+        assert_eq!(best_within(&refs, 10_000.0), Some(1));
+        assert_eq!(best_within(&refs, 50_000.0), Some(2));
+        assert_eq!(best_within(&refs, 1_000.0), None);
+    }
 }
