@@ -200,7 +200,18 @@ fn test() -> Result {
     // tests/cli.rs drives the real binary, which `cargo test` does not
     // build for another package's tests.
     run(cargo().args(["build", "--release", "--quiet", "-p", "voidbox", "--bins"]))?;
-    let (passed, failed) = run_counting_tests(cargo().args(["test", "--workspace", "--release"]))?;
+    let (mut passed, mut failed) =
+        run_counting_tests(cargo().args(["test", "--workspace", "--release"]))?;
+    // The tools are a workspace of their own (built for wasm32-wasip2 by
+    // tests/artifacts); their unit tests run natively, in the target
+    // directory of that build, so its host-side build dependencies are
+    // shared.
+    let (p, f) = run_counting_tests(
+        cargo()
+            .args(["test", "--release", "--manifest-path", "tools/Cargo.toml"])
+            .env("CARGO_TARGET_DIR", root().join("target/wasm-tools")),
+    )?;
+    (passed, failed) = (passed + p, failed + f);
     // The slow group: 1,000 seeds of the PBFT simulator with faults and a
     // random Byzantine replica (about a minute). Any failing seed fails CI
     // and is printed with its trace hash, so it replays exactly.
