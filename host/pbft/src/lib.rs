@@ -53,7 +53,6 @@
 //!   not blobs) or the window short.
 //! - State transfer sends the application's snapshot in one message; large
 //!   objects (CAS blobs) are the host's to fetch and verify by digest.
-//! - Every reply carries its own signature (no batched reply signatures).
 //! - The client table keeps one row per client ever seen; admission of
 //!   clients (capabilities) is the host's job.
 //!
