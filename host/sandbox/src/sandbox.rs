@@ -452,21 +452,9 @@ impl Sandbox {
         let artifact = self.artifact_path(&digest);
         let mut from_disk_cache = false;
         let mut component = None;
-        if let Some(path) = artifact.as_ref().filter(|p| p.exists()) {
-            // SAFETY: the file was written by `Component::serialize` of an
-            // engine with the same compatibility hash (it is in the name) and
-            // lives in the host's own data directory. A file that fails to
-            // deserialize is recompiled below.
-            match unsafe { Component::deserialize_file(&self.engine, path) } {
-                Ok(c) => {
-                    from_disk_cache = true;
-                    component = Some(c);
-                }
-                Err(e) => {
-                    tracing::warn!(path = %path.display(), error = %e, "discarding unusable compiled artifact");
-                    let _ = std::fs::remove_file(path);
-                }
-            }
+        if let Some(path) = &artifact {
+            component = self.read_artifact(&digest, path);
+            from_disk_cache = component.is_some();
         }
         let component = match component {
             Some(c) => c,
@@ -476,7 +464,7 @@ impl Sandbox {
                     .map_err(|e| LoadError::Compile(format!("{e:#}")))?;
                 tracing::info!(digest = %hex(&digest), elapsed_ms = started.elapsed().as_millis() as u64, "compiled component");
                 if let Some(path) = &artifact {
-                    self.write_artifact(path, &c)?;
+                    self.write_artifact(&digest, path, &c)?;
                 }
                 c
             }
@@ -537,16 +525,69 @@ impl Sandbox {
         Ok(tool)
     }
 
-    fn write_artifact(&self, path: &Path, component: &Component) -> Result<(), LoadError> {
-        let bytes = component
+    /// Reads a compiled artifact from the disk cache, checks its trailer
+    /// and deserializes it from the checked bytes. `None` (and a warning
+    /// when the file exists but is unusable) means: compile again.
+    ///
+    /// The bytes are read into memory and deserialized from there rather
+    /// than mapped with `deserialize_file`: wasmtime trusts what it
+    /// deserializes, so the bytes it sees must be exactly the bytes that
+    /// were checked, and a mapped file could still change under the map.
+    /// Artifacts are a few hundred KiB, so the read and the hash cost well
+    /// under a millisecond.
+    fn read_artifact(&self, digest: &[u8; 32], path: &Path) -> Option<Component> {
+        let bytes = match std::fs::read(path) {
+            Ok(b) => b,
+            Err(e) if e.kind() == std::io::ErrorKind::NotFound => return None,
+            Err(e) => {
+                tracing::warn!(path = %path.display(), error = %e, "cannot read the compiled artifact; recompiling");
+                return None;
+            }
+        };
+        let body = match artifact_body(digest, &bytes) {
+            Ok(body) => body,
+            Err(why) => {
+                tracing::warn!(path = %path.display(), "compiled artifact is unusable ({why}); recompiling");
+                return None;
+            }
+        };
+        // SAFETY: `body` was written by `Component::serialize` of an engine
+        // with the same compatibility hash (it is in the file name), and it
+        // is byte for byte what was written: its blake3 hash, keyed by the
+        // component's digest, matches the trailer written with it. A body
+        // wasmtime still refuses (e.g. a different wasmtime build with the
+        // same hash) is recompiled.
+        match unsafe { Component::deserialize(&self.engine, body) } {
+            Ok(c) => {
+                tracing::debug!(digest = %hex(digest), "loaded the compiled artifact from the disk cache");
+                Some(c)
+            }
+            Err(e) => {
+                tracing::warn!(path = %path.display(), error = %e, "compiled artifact does not deserialize; recompiling");
+                None
+            }
+        }
+    }
+
+    fn write_artifact(
+        &self,
+        digest: &[u8; 32],
+        path: &Path,
+        component: &Component,
+    ) -> Result<(), LoadError> {
+        let mut bytes = component
             .serialize()
             .map_err(|e| LoadError::Compile(format!("serializing compiled code: {e:#}")))?;
+        let check = artifact_check(digest, &bytes);
+        bytes.extend_from_slice(ARTIFACT_MAGIC);
+        bytes.extend_from_slice(&check);
         let cache_err = |e: std::io::Error| LoadError::Cache {
             path: path.to_path_buf(),
             detail: e.to_string(),
         };
         // Temp file and rename: a crash never leaves half an artifact under
-        // the final name. No fsync: a lost artifact is only recompiled.
+        // the final name, and the trailer goes in the same file as the body
+        // it checks. No fsync: a lost or torn artifact is only recompiled.
         let tmp = path.with_extension(format!("tmp{}", std::process::id()));
         std::fs::write(&tmp, &bytes).map_err(cache_err)?;
         std::fs::rename(&tmp, path).map_err(cache_err)?;
@@ -733,6 +774,34 @@ impl Sandbox {
     }
 }
 
+/// Marks the trailer of a compiled artifact written by this version: the
+/// serialized code, then these 8 bytes, then the 32-byte check.
+const ARTIFACT_MAGIC: &[u8; 8] = b"vbxcwas1";
+
+/// The check stored after an artifact's body: blake3 of the body, keyed by
+/// the component's digest, so a damaged body and an artifact renamed to
+/// another component's name both fail it.
+fn artifact_check(digest: &[u8; 32], body: &[u8]) -> [u8; 32] {
+    *blake3::keyed_hash(digest, body).as_bytes()
+}
+
+/// The body of an artifact file if its trailer checks, or why not.
+fn artifact_body<'a>(digest: &[u8; 32], file: &'a [u8]) -> Result<&'a [u8], &'static str> {
+    let trailer = ARTIFACT_MAGIC.len() + 32;
+    if file.len() < trailer {
+        return Err("shorter than its trailer");
+    }
+    let (body, tail) = file.split_at(file.len() - trailer);
+    let (magic, check) = tail.split_at(ARTIFACT_MAGIC.len());
+    if magic != ARTIFACT_MAGIC {
+        return Err("no integrity trailer: written by an older version, or damaged");
+    }
+    if check != artifact_check(digest, body) {
+        return Err("its blake3 check does not match: the file is damaged");
+    }
+    Ok(body)
+}
+
 /// Turns `--arg` pairs into argv for a command: `key=value` becomes
 /// `--key=value`; a pair with an empty key passes its value verbatim (for
 /// positional arguments). argv[0] is `tool`.
@@ -853,5 +922,109 @@ mod tests {
         let err = sandbox.load([2; 32], &component).unwrap_err();
         assert!(matches!(err, LoadError::WrongWorld { .. }), "{err}");
         assert!(err.to_string().contains("voidbox:tool"), "{err}");
+    }
+    #[test]
+    fn an_artifact_trailer_detects_damage_renames_and_old_files() {
+        let (digest, body) = ([7u8; 32], b"serialized code".to_vec());
+        let mut file = body.clone();
+        file.extend_from_slice(ARTIFACT_MAGIC);
+        file.extend_from_slice(&artifact_check(&digest, &body));
+        assert_eq!(artifact_body(&digest, &file), Ok(&body[..]));
+        let mut flipped = file.clone();
+        flipped[3] ^= 1;
+        assert!(artifact_body(&digest, &flipped).is_err());
+        // The same file under another component's name.
+        assert!(artifact_body(&[8u8; 32], &file).is_err());
+        // Cut anywhere, including inside the trailer.
+        for len in [0, 10, file.len() - 1] {
+            assert!(artifact_body(&digest, &file[..len]).is_err(), "{len}");
+        }
+        // An artifact of the format before the trailer: no magic.
+        assert!(artifact_body(&digest, &body).is_err());
+    }
+
+    fn run_echo(sandbox: &Sandbox, tool: &LoadedTool, input: &[u8]) -> RunResult {
+        sandbox
+            .run(
+                tool,
+                &RunRequest {
+                    input,
+                    args: &[],
+                    budget: Budget::default(),
+                    clock_unix_ns: 0,
+                    seed: [0; 32],
+                    grants: &[],
+                    blobs: Arc::new(NoBlobs),
+                    preopens: &[],
+                },
+            )
+            .unwrap()
+    }
+
+    #[test]
+    fn a_corrupt_compiled_artifact_is_recompiled_and_rewritten() {
+        let cache = tempfile::tempdir().unwrap();
+        let new_sandbox = || {
+            Sandbox::new(SandboxConfig {
+                cache_dir: Some(cache.path().to_path_buf()),
+                pooling: false,
+                ..SandboxConfig::default()
+            })
+            .unwrap()
+        };
+        let wasm = std::fs::read(voidbox_tool_artifacts::ECHO).unwrap();
+        let digest = *blake3::hash(&wasm).as_bytes();
+        let first = new_sandbox();
+        let tool = first.load(digest, &wasm).unwrap();
+        assert!(!tool.from_disk_cache());
+        let path = first.artifact_path(&digest).unwrap();
+        drop((tool, first));
+
+        let tool = new_sandbox().load(digest, &wasm).unwrap();
+        assert!(tool.from_disk_cache(), "an intact artifact is reused");
+        drop(tool);
+
+        // Flip 4 KiB in the middle of the compiled code, as a bad disk
+        // sector would. Before the trailer, deserializing this crashed the
+        // process (SIGSEGV) on every later load.
+        let mut bytes = std::fs::read(&path).unwrap();
+        let mid = bytes.len() / 2;
+        for b in &mut bytes[mid - 2048..mid + 2048] {
+            *b ^= 0xa5;
+        }
+        std::fs::write(&path, &bytes).unwrap();
+        let sandbox = new_sandbox();
+        let tool = sandbox.load(digest, &wasm).unwrap();
+        assert!(
+            !tool.from_disk_cache(),
+            "a damaged artifact must be recompiled"
+        );
+        let result = run_echo(&sandbox, &tool, b"still right");
+        assert_eq!(result.outcome, Outcome::Ok);
+        assert_eq!(result.output, b"still right");
+        drop((tool, sandbox));
+        assert_ne!(
+            std::fs::read(&path).unwrap(),
+            bytes,
+            "the artifact is rewritten"
+        );
+        let tool = new_sandbox().load(digest, &wasm).unwrap();
+        assert!(
+            tool.from_disk_cache(),
+            "the rewritten artifact is used again"
+        );
+
+        // A file cut short (a full disk, say) is recompiled too.
+        let len = std::fs::metadata(&path).unwrap().len();
+        std::fs::OpenOptions::new()
+            .write(true)
+            .open(&path)
+            .unwrap()
+            .set_len(len / 3)
+            .unwrap();
+        let sandbox = new_sandbox();
+        let tool = sandbox.load(digest, &wasm).unwrap();
+        assert!(!tool.from_disk_cache());
+        assert_eq!(run_echo(&sandbox, &tool, b"x").output, b"x");
     }
 }
