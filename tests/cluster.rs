@@ -425,6 +425,20 @@ fn bad_cluster_files_are_refused() {
         "{}",
         stderr(&out)
     );
+    // A replica whose port is taken exits at once, and `cluster up` says
+    // so with the end of its log instead of waiting for it.
+    let file = ClusterFile::load(&c.file()).unwrap();
+    let taken = TcpListener::bind(file.replicas[2].address).unwrap();
+    let t = Instant::now();
+    let out = c.run(&["cluster", "up", "{c}"]);
+    assert_eq!(out.status.code(), Some(6), "{}", stderr(&out));
+    assert!(
+        stderr(&out).contains("replica 2 exited at once") && stderr(&out).contains("in use"),
+        "{}",
+        stderr(&out)
+    );
+    assert!(t.elapsed() < Duration::from_secs(20), "{:?}", t.elapsed());
+    drop(taken);
 }
 
 /// Acknowledged receipts, by invocation digest.

@@ -157,6 +157,9 @@ fn up(file: &ClusterFile) -> Result<u8, Failure> {
         )
     })?;
     let cluster_toml = file.dir.join(voidbox::cluster::CLUSTER_FILE);
+    // The replicas started now, to notice one that exits at once (its port
+    // taken, its database held) instead of waiting for it to answer.
+    let mut started: Vec<(u32, std::process::Child, PathBuf)> = Vec::new();
     for r in &file.replicas {
         let pid_path = pid_file(file, r.id)?;
         if let Some(pid) = read_pid(&pid_path).filter(|p| alive(*p)) {
@@ -206,11 +209,26 @@ fn up(file: &ClusterFile) -> Result<u8, Failure> {
             r.address,
             log_path.display()
         );
+        started.push((r.id, child, log_path));
     }
     let client = ClusterClient::connect(&file.dir)?;
     let start = Instant::now();
     let mut seen = std::collections::BTreeSet::new();
-    while seen.len() < file.replicas.len() && start.elapsed() < Duration::from_secs(30) {
+    let mut exited: Vec<String> = Vec::new();
+    while seen.len() + exited.len() < file.replicas.len()
+        && start.elapsed() < Duration::from_secs(30)
+    {
+        started.retain_mut(|(id, child, log)| match child.try_wait() {
+            Ok(Some(status)) => {
+                exited.push(format!(
+                    "replica {id} exited at once ({status}); the end of {}:\n{}",
+                    log.display(),
+                    log_tail(log, 5)
+                ));
+                false
+            }
+            _ => true,
+        });
         for (id, s) in client.status(Duration::from_millis(300)) {
             if seen.insert(id) {
                 println!(
@@ -222,6 +240,9 @@ fn up(file: &ClusterFile) -> Result<u8, Failure> {
                 );
             }
         }
+    }
+    if !exited.is_empty() {
+        return Err(fail(exit::CLUSTER, exited.join("\n")));
     }
     if seen.len() < file.replicas.len() {
         let missing: Vec<String> = file
@@ -244,6 +265,21 @@ fn up(file: &ClusterFile) -> Result<u8, Failure> {
         file.f
     );
     Ok(exit::OK)
+}
+
+/// The last `lines` lines of a log file, indented (or why it is unreadable).
+fn log_tail(path: &Path, lines: usize) -> String {
+    match std::fs::read_to_string(path) {
+        Ok(text) => {
+            let all: Vec<&str> = text.lines().collect();
+            all[all.len().saturating_sub(lines)..]
+                .iter()
+                .map(|l| format!("  {l}"))
+                .collect::<Vec<_>>()
+                .join("\n")
+        }
+        Err(e) => format!("  (cannot read it: {e})"),
+    }
 }
 
 fn status(file: &ClusterFile, json: bool) -> Result<u8, Failure> {
