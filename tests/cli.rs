@@ -235,6 +235,44 @@ fn a_data_directory_that_cannot_be_created_is_reported() {
 }
 
 #[test]
+fn a_data_directory_this_user_cannot_write_is_named_with_the_fix() {
+    use std::os::unix::fs::{MetadataExt, PermissionsExt};
+    use std::os::unix::process::CommandExt;
+    let cli = Cli::new();
+    cli.ok(&["init"]);
+    cli.ok(&["tool", "add", tools::ECHO]);
+    let set_mode = |mode: u32| {
+        for entry in [cli.home.clone(), cli.home.join("voidbox.redb")] {
+            std::fs::set_permissions(&entry, std::fs::Permissions::from_mode(mode)).unwrap();
+        }
+    };
+    let mut cmd = cli.cmd(&["tool", "list"]);
+    let as_root = std::fs::metadata(&cli.home).unwrap().uid() == 0;
+    if as_root {
+        // Root ignores permission bits: run the command as `nobody`, who
+        // may read the directory (made traversable) but not write it.
+        std::fs::set_permissions(cli._dir.path(), std::fs::Permissions::from_mode(0o755)).unwrap();
+        cmd.uid(65534).gid(65534);
+    } else {
+        set_mode(0o555);
+    }
+    let out = cmd.output().unwrap();
+    if !as_root {
+        set_mode(0o755);
+    }
+    assert_eq!(out.status.code(), Some(4), "{}", stderr(&out));
+    let err = stderr(&out);
+    assert!(
+        err.contains("voidbox.redb is not writable by this user"),
+        "{err}"
+    );
+    assert!(err.contains("chmod") && err.contains("--home"), "{err}");
+    assert!(!err.contains("another voidbox process"), "{err}");
+    // Nothing was lost.
+    assert!(cli.ok(&["tool", "list"]).contains("echo"));
+}
+
+#[test]
 fn tokens_narrow_deny_and_revoke_through_the_cli() {
     let cli = Cli::new();
     cli.ok(&["init"]);

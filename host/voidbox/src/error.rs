@@ -26,6 +26,23 @@ pub enum Error {
         /// What is wrong, with line and column when known.
         detail: String,
     },
+    /// The data directory or its database cannot be written by this user
+    /// (permissions, or a read-only file system).
+    #[error("{} is not writable by this user ({detail}); make the data directory and everything in it writable by you (e.g. `chown -R $(id -un) DIR` or `chmod -R u+rwX DIR`) or choose another --home", path.display())]
+    NotWritable {
+        /// The file or directory that could not be opened for writing.
+        path: PathBuf,
+        /// What the operating system said.
+        detail: String,
+    },
+    /// Another process holds the database's lock.
+    #[error("database {} is in use by another voidbox process (waited {} s for it); stop that process (for a replica, `voidbox cluster down`) or choose another --home", path.display(), waited.as_secs_f64())]
+    InUse {
+        /// The database file.
+        path: PathBuf,
+        /// How long this process waited for the lock.
+        waited: std::time::Duration,
+    },
     /// The embedded database failed.
     #[error("database {}: {detail}", path.display())]
     Db {
@@ -117,11 +134,93 @@ fn denied_message(d: &voidbox_auth::Denied) -> String {
 pub type Result<T, E = Error> = std::result::Result<T, E>;
 
 impl Error {
+    /// The error for a database that could not be opened: a held lock and
+    /// missing write permission each get their own message, because their
+    /// fixes differ.
+    pub(crate) fn db_open(
+        path: &std::path::Path,
+        err: redb::DatabaseError,
+        waited: std::time::Duration,
+    ) -> Error {
+        let path = path.to_path_buf();
+        match err {
+            redb::DatabaseError::DatabaseAlreadyOpen => Error::InUse { path, waited },
+            redb::DatabaseError::Storage(redb::StorageError::Io(e)) if is_not_writable(&e) => {
+                Error::NotWritable {
+                    path,
+                    detail: e.to_string(),
+                }
+            }
+            other => Error::Db {
+                path,
+                detail: other.to_string(),
+            },
+        }
+    }
+
     pub(crate) fn io(
         path: impl Into<PathBuf>,
         hint: &'static str,
     ) -> impl FnOnce(std::io::Error) -> Error {
         let path = path.into();
         move |source| Error::Io { path, source, hint }
+    }
+}
+
+/// Whether an I/O error says the file cannot be written by this process:
+/// its permissions, or a file system mounted read-only.
+fn is_not_writable(e: &std::io::Error) -> bool {
+    matches!(
+        e.kind(),
+        std::io::ErrorKind::PermissionDenied | std::io::ErrorKind::ReadOnlyFilesystem
+    )
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use std::io;
+    use std::path::Path;
+    use std::time::Duration;
+
+    fn io_err(kind: io::ErrorKind) -> redb::DatabaseError {
+        redb::DatabaseError::Storage(redb::StorageError::Io(io::Error::from(kind)))
+    }
+
+    // Tests run as root, which ignores permission bits, so a real read-only
+    // directory cannot be made here: the mapping is tested on the error
+    // redb returns for one (EACCES from open(2)).
+    #[test]
+    fn a_database_without_write_permission_says_so_and_how_to_fix_it() {
+        let path = Path::new("home/voidbox.redb");
+        for kind in [
+            io::ErrorKind::PermissionDenied,
+            io::ErrorKind::ReadOnlyFilesystem,
+        ] {
+            let e = Error::db_open(path, io_err(kind), Duration::ZERO);
+            assert!(matches!(e, Error::NotWritable { .. }), "{e:?}");
+            let text = e.to_string();
+            assert!(
+                text.contains("home/voidbox.redb is not writable by this user"),
+                "{text}"
+            );
+            assert!(text.contains("chmod") && text.contains("--home"), "{text}");
+            assert!(!text.contains("another voidbox process"), "{text}");
+        }
+    }
+
+    #[test]
+    fn a_held_lock_names_the_other_process() {
+        let path = Path::new("home/voidbox.redb");
+        let e = Error::db_open(
+            path,
+            redb::DatabaseError::DatabaseAlreadyOpen,
+            Duration::from_secs(5),
+        );
+        let text = e.to_string();
+        assert!(text.contains("in use by another voidbox process"), "{text}");
+        assert!(text.contains("waited 5 s"), "{text}");
+        let other = Error::db_open(path, io_err(io::ErrorKind::InvalidData), Duration::ZERO);
+        assert!(matches!(other, Error::Db { .. }), "{other:?}");
     }
 }

@@ -366,6 +366,8 @@ impl From<Error> for Failure {
             Error::Cas(voidbox::CasError::Corrupt { .. })
             | Error::Corrupt { .. }
             | Error::Db { .. }
+            | Error::NotWritable { .. }
+            | Error::InUse { .. }
             | Error::WriterStopped(_) => exit::STORAGE,
             Error::Cas(voidbox::CasError::Io { .. }) | Error::Io { .. } => exit::STORAGE,
             Error::Cluster(_) => exit::CLUSTER,

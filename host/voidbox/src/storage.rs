@@ -364,12 +364,8 @@ macro_rules! dbtry {
 impl Storage {
     pub(crate) fn open(home: &Path, inline_max: u64) -> Result<Storage> {
         let db_path = home.join("voidbox.redb");
-        let db = Database::create(&db_path).map_err(|e| Error::Db {
-            path: db_path.clone(),
-            detail: format!(
-                "{e}; if another voidbox process is using this data directory, stop it or use another --home"
-            ),
-        })?;
+        let db =
+            Database::create(&db_path).map_err(|e| Error::db_open(&db_path, e, Duration::ZERO))?;
         {
             // Create every table once so readers never meet a missing one.
             let txn = dbtry!(&db_path, db.begin_write())?;
