@@ -273,6 +273,49 @@ fn a_data_directory_this_user_cannot_write_is_named_with_the_fix() {
 }
 
 #[test]
+fn a_second_process_waits_for_the_database_lock_then_fails_clearly() {
+    let cli = Cli::new();
+    cli.ok(&["init"]);
+    cli.ok(&["tool", "add", tools::ECHO]);
+    // This test process holds the database, as a long command would.
+    let holder = voidbox::Host::open_existing(&cli.home).unwrap();
+    // Released within the wait: the command waits, says so, and succeeds.
+    let waiting = cli
+        .cmd(&["tool", "list"])
+        .stdout(Stdio::piped())
+        .stderr(Stdio::piped())
+        .spawn()
+        .unwrap();
+    std::thread::sleep(std::time::Duration::from_millis(1000));
+    drop(holder);
+    let out = waiting.wait_with_output().unwrap();
+    assert!(out.status.success(), "{}", stderr(&out));
+    assert!(String::from_utf8_lossy(&out.stdout).contains("echo"));
+    assert!(
+        stderr(&out).contains("in use by another voidbox process; waiting"),
+        "{}",
+        stderr(&out)
+    );
+    // Held for longer than the wait: a clear error after a bounded time.
+    let holder = voidbox::Host::open_existing(&cli.home).unwrap();
+    let started = std::time::Instant::now();
+    let out = cli.run(&["tool", "list"]);
+    let waited = started.elapsed();
+    drop(holder);
+    assert_eq!(out.status.code(), Some(4), "{}", stderr(&out));
+    let last = stderr(&out).lines().last().unwrap_or_default().to_string();
+    assert!(
+        last.contains("is in use by another voidbox process (waited"),
+        "{last}"
+    );
+    assert!(last.contains("--home"), "{last}");
+    assert!(
+        waited >= std::time::Duration::from_secs(4) && waited < std::time::Duration::from_secs(30),
+        "{waited:?}"
+    );
+}
+
+#[test]
 fn tokens_narrow_deny_and_revoke_through_the_cli() {
     let cli = Cli::new();
     cli.ok(&["init"]);

@@ -363,9 +363,36 @@ macro_rules! dbtry {
 
 impl Storage {
     pub(crate) fn open(home: &Path, inline_max: u64) -> Result<Storage> {
+        // How long to wait for another process (a second CLI, say) to let
+        // go of the database's lock before giving up.
+        const LOCK_WAIT: Duration = Duration::from_secs(5);
+        const LOCK_POLL: Duration = Duration::from_millis(50);
         let db_path = home.join("voidbox.redb");
-        let db =
-            Database::create(&db_path).map_err(|e| Error::db_open(&db_path, e, Duration::ZERO))?;
+        let started = Instant::now();
+        let mut told = false;
+        let db = loop {
+            match Database::create(&db_path) {
+                Ok(db) => break db,
+                Err(redb::DatabaseError::DatabaseAlreadyOpen) if started.elapsed() < LOCK_WAIT => {
+                    if !told {
+                        tracing::warn!(
+                            "{} is in use by another voidbox process; waiting up to {} s for it",
+                            db_path.display(),
+                            LOCK_WAIT.as_secs()
+                        );
+                        told = true;
+                    }
+                    std::thread::sleep(LOCK_POLL);
+                }
+                Err(e) => return Err(Error::db_open(&db_path, e, started.elapsed())),
+            }
+        };
+        if told {
+            tracing::info!(
+                waited_ms = started.elapsed().as_millis() as u64,
+                "got the database"
+            );
+        }
         {
             // Create every table once so readers never meet a missing one.
             let txn = dbtry!(&db_path, db.begin_write())?;
