@@ -157,6 +157,68 @@ fn bad_requests_name_the_problem_and_the_fix() {
 }
 
 #[test]
+fn an_oversized_input_is_refused_before_it_is_read() {
+    let cli = Cli::new();
+    cli.ok(&["init"]);
+    cli.ok(&["tool", "add", tools::ECHO]);
+    let config = cli.home.join("voidbox.toml");
+    let text = std::fs::read_to_string(&config).unwrap();
+    let text = text.replace("input_bytes_max = 1073741824", "input_bytes_max = 1000");
+    assert!(
+        text.contains("input_bytes_max = 1000"),
+        "the template changed"
+    );
+    std::fs::write(&config, text).unwrap();
+    // A sparse file of 1 TiB: read whole, it could not even be allocated.
+    let big = cli.home.join("big.bin");
+    std::fs::File::create(&big)
+        .unwrap()
+        .set_len(1 << 40)
+        .unwrap();
+    let out = cli.run(&["run", "echo", "--input", big.to_str().unwrap()]);
+    assert_eq!(out.status.code(), Some(3), "{}", stderr(&out));
+    assert!(
+        stderr(&out).contains("the input is 1099511627776 bytes, over the limit of 1000 bytes"),
+        "{}",
+        stderr(&out)
+    );
+    // On stdin the size is unknown: the command reads at most the limit
+    // and one byte more, so a writer of an endless stream is cut off early.
+    let mut child = cli
+        .cmd(&["run", "echo", "--input", "-"])
+        .stdin(Stdio::piped())
+        .stdout(Stdio::piped())
+        .stderr(Stdio::piped())
+        .spawn()
+        .unwrap();
+    let mut stdin = child.stdin.take().unwrap();
+    let writer = std::thread::spawn(move || {
+        let chunk = vec![b'x'; 64 << 10];
+        let mut written = 0usize;
+        while written < (256 << 20) && stdin.write_all(&chunk).is_ok() {
+            written += chunk.len();
+        }
+        written
+    });
+    let out = child.wait_with_output().unwrap();
+    let written = writer.join().unwrap();
+    assert_eq!(out.status.code(), Some(3), "{}", stderr(&out));
+    assert!(
+        stderr(&out).contains("over the limit of 1000 bytes"),
+        "{}",
+        stderr(&out)
+    );
+    assert!(
+        written < 16 << 20,
+        "the command read {written} bytes of stdin"
+    );
+    // Within the limit, the same input runs.
+    let ok = cli.with_stdin(&["run", "echo", "--input", "-"], &[b'y'; 1000]);
+    assert!(ok.status.success(), "{}", stderr(&ok));
+    assert_eq!(ok.stdout.len(), 1000);
+}
+
+#[test]
 fn cas_put_get_ls_verify_gc() {
     let cli = Cli::new();
     cli.ok(&["init"]);

@@ -636,23 +636,64 @@ fn kind_name(t: &ToolRecord) -> &'static str {
     }
 }
 
+/// Reads an input with no size limit of its own (the `--cluster` forms,
+/// whose replicas apply theirs).
 fn read_input(spec: Option<&str>) -> Result<Vec<u8>, Failure> {
+    read_input_max(spec, u64::MAX)
+}
+
+/// Reads an input (`-` for stdin), refusing one over `max` bytes before it
+/// is read whole: a file by its length first, and any input by reading at
+/// most `max + 1` bytes, so an oversized input never sits in memory.
+fn read_input_max(spec: Option<&str>, max: u64) -> Result<Vec<u8>, Failure> {
+    let mut buf = Vec::new();
     match spec {
-        None => Ok(Vec::new()),
+        None => return Ok(buf),
         Some("-") => {
-            let mut buf = Vec::new();
             std::io::stdin()
+                .lock()
+                .take(max.saturating_add(1))
                 .read_to_end(&mut buf)
                 .map_err(|e| fail(exit::BAD_REQUEST, format!("cannot read stdin: {e}")))?;
-            Ok(buf)
+            if buf.len() as u64 > max {
+                return Err(fail(
+                    exit::BAD_REQUEST,
+                    format!(
+                        "the input on stdin is over the limit of {max} bytes; raise \
+                         `input_bytes_max` in voidbox.toml or use a smaller input"
+                    ),
+                ));
+            }
         }
-        Some(path) => std::fs::read(path).map_err(|e| {
-            fail(
-                exit::BAD_REQUEST,
-                format!("cannot read input file {path}: {e}; give an existing file or - for stdin"),
-            )
-        }),
+        Some(path) => {
+            let cannot = |e: std::io::Error| {
+                fail(
+                    exit::BAD_REQUEST,
+                    format!(
+                        "cannot read input file {path}: {e}; give an existing file or - for stdin"
+                    ),
+                )
+            };
+            let file = std::fs::File::open(path).map_err(cannot)?;
+            // A regular file's length is known before reading; pipes and
+            // devices are caught by the bounded read below.
+            let len = file.metadata().map_err(cannot)?.len();
+            if len > max {
+                return Err(Error::InputTooLarge { size: len, max }.into());
+            }
+            file.take(max.saturating_add(1))
+                .read_to_end(&mut buf)
+                .map_err(cannot)?;
+            if buf.len() as u64 > max {
+                return Err(Error::InputTooLarge {
+                    size: buf.len() as u64,
+                    max,
+                }
+                .into());
+            }
+        }
     }
+    Ok(buf)
 }
 
 /// The input of `voidbox schedule`.
@@ -740,7 +781,7 @@ fn token(host: &Host, cmd: TokenCmd) -> Result<u8, Failure> {
         TokenCmd::Verify { token, tool, input } => {
             let tool = host.tool(&tool)?;
             // Checking stores nothing: the input is only named by digest.
-            let bytes = read_input(input.as_deref())?;
+            let bytes = read_input_max(input.as_deref(), host.config().defaults.input_bytes_max)?;
             let inv =
                 Invocation::new(tool.digest, Digest::of(&bytes)).budget(host.default_budget());
             let (auth, effective) = host.authorize_sized(&token, &inv, bytes.len() as u64)?;
@@ -839,7 +880,7 @@ fn run(host: &Host, a: RunArgs) -> Result<u8, Failure> {
         Some(t) => t.clone(),
         None => host.owner_token()?,
     };
-    let input_bytes = read_input(a.input.as_deref())?;
+    let input_bytes = read_input_max(a.input.as_deref(), host.config().defaults.input_bytes_max)?;
     // Named by digest now, stored only if the token allows the run.
     let input = Digest::of(&input_bytes);
     let inv = invocation_of(&a, tool.digest, input, host.default_budget())?;
