@@ -125,6 +125,18 @@ fn outcomes_have_distinct_exit_codes_and_one_line_errors() {
     assert_eq!(stderr(&fuel).lines().count(), 1, "{}", stderr(&fuel));
     let trap = cli.run(&["run", "hostile-panic"]);
     assert_eq!(trap.status.code(), Some(11), "{}", stderr(&trap));
+    // The panic's message, not Rust's "run with RUST_BACKTRACE=1" note.
+    assert!(
+        stderr(&trap).contains("[panic: hostile-panic: panicking on purpose]"),
+        "{}",
+        stderr(&trap)
+    );
+    assert!(
+        !stderr(&trap).contains("RUST_BACKTRACE"),
+        "{}",
+        stderr(&trap)
+    );
+    assert_eq!(stderr(&trap).lines().count(), 1, "{}", stderr(&trap));
     let mem = cli.run(&["run", "hostile-balloon", "--memory", "33554432"]);
     assert_eq!(mem.status.code(), Some(13), "{}", stderr(&mem));
 }

@@ -950,27 +950,54 @@ fn report_outcome(host: &Host, receipt: &Receipt) -> Result<u8, Failure> {
     if code == exit::OK {
         return Ok(code);
     }
-    // A trap's stderr usually holds the panic message: the most useful line.
     let detail = receipt
         .diagnostics
         .and_then(|d| host.blobs().get(&d).ok())
         .and_then(|b| serde_json::from_slice::<serde_json::Value>(&b).ok())
-        .and_then(|v| {
-            v["stderr"]
-                .as_str()
-                .map(|s| s.trim().lines().last().unwrap_or("").to_string())
-        })
-        .filter(|s| !s.is_empty());
+        .and_then(|v| diagnostic_line(&v));
     eprintln!(
         "voidbox: {}: {}{} (receipt {})",
         receipt.outcome.name(),
         receipt.outcome.describe(),
-        detail
-            .map(|d| format!(" [stderr: {d}]"))
-            .unwrap_or_default(),
+        detail.map(|d| format!(" [{d}]")).unwrap_or_default(),
         receipt.receipt
     );
     Ok(code)
+}
+
+/// The most useful line of a failed run's diagnostics (`{"stderr": …,
+/// "logs": [{"level", "message"}]}`): a panic's message (the line after
+/// "panicked at …:", not the "note: run with RUST_BACKTRACE=1" that Rust
+/// prints last), else the last error the tool logged, else the last line
+/// of stderr that is not such a note.
+fn diagnostic_line(diagnostics: &serde_json::Value) -> Option<String> {
+    let stderr = diagnostics["stderr"].as_str().unwrap_or("");
+    let lines: Vec<&str> = stderr
+        .lines()
+        .map(str::trim)
+        .filter(|l| !l.is_empty())
+        .collect();
+    let is_note = |l: &&str| l.starts_with("note: ");
+    if let Some(at) = lines.iter().position(|l| l.contains(" panicked at ")) {
+        // Since Rust 1.73 the message follows the location on its own
+        // line(s); before, it was inside the location line.
+        let message = lines[at + 1..].iter().find(|l| !is_note(l));
+        return Some(format!("panic: {}", message.unwrap_or(&lines[at])));
+    }
+    let logged_error = diagnostics["logs"].as_array().and_then(|logs| {
+        logs.iter()
+            .rev()
+            .find(|l| l["level"] == "error")
+            .and_then(|l| l["message"].as_str())
+    });
+    if let Some(message) = logged_error {
+        return Some(format!("log: {message}"));
+    }
+    lines
+        .iter()
+        .rev()
+        .find(|l| !is_note(l))
+        .map(|l| format!("stderr: {l}"))
 }
 
 fn cas(host: &Host, cmd: CasCmd) -> Result<u8, Failure> {
@@ -1087,4 +1114,36 @@ fn bench(args: BenchArgs) -> Result<u8, Failure> {
         print!("{}", report.table());
     }
     Ok(exit::OK)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn a_panic_shows_its_message_not_the_backtrace_note() {
+        let diag = serde_json::json!({
+            "logs": [{"level": "error", "message": "tool panicked at src/lib.rs:22:9: boom"}],
+            "stderr": "\nthread '<unnamed>' (1) panicked at src/lib.rs:22:9:\nhostile-panic: panicking on purpose\nnote: run with `RUST_BACKTRACE=1` environment variable to display a backtrace\n",
+        });
+        assert_eq!(
+            diagnostic_line(&diag).as_deref(),
+            Some("panic: hostile-panic: panicking on purpose")
+        );
+    }
+
+    #[test]
+    fn without_a_panic_a_logged_error_then_the_last_stderr_line() {
+        let logged = serde_json::json!({
+            "logs": [{"level": "info", "message": "starting"}, {"level": "error", "message": "bad header"}],
+            "stderr": "note: something\n",
+        });
+        assert_eq!(diagnostic_line(&logged).as_deref(), Some("log: bad header"));
+        let plain = serde_json::json!({"logs": [], "stderr": "first\nlast words\n\n"});
+        assert_eq!(
+            diagnostic_line(&plain).as_deref(),
+            Some("stderr: last words")
+        );
+        assert_eq!(diagnostic_line(&serde_json::json!({"stderr": ""})), None);
+    }
 }
