@@ -164,6 +164,34 @@ fn bad_requests_name_the_problem_and_the_fix() {
     let out = cli.run(&["tool", "add", not_wasm.to_str().unwrap()]);
     assert_eq!(out.status.code(), Some(3));
     assert!(stderr(&out).contains("not WebAssembly"), "{}", stderr(&out));
+    // Each bad component's error names the file.
+    let core = cli.home.join("core.wasm");
+    std::fs::write(&core, b"\0asm\x01\0\0\0").unwrap();
+    let other_world = cli.home.join("empty.wasm");
+    std::fs::write(&other_world, b"\0asm\x0d\0\x01\0").unwrap();
+    for (file, what) in [
+        (&not_wasm, "not WebAssembly"),
+        (&core, "core module"),
+        (&other_world, "voidbox:tool world"),
+    ] {
+        let out = cli.run(&["tool", "add", file.to_str().unwrap()]);
+        assert_eq!(out.status.code(), Some(3), "{}", stderr(&out));
+        let named = format!("voidbox: {}: ", file.display());
+        assert!(stderr(&out).starts_with(&named), "{}", stderr(&out));
+        assert!(stderr(&out).contains(what), "{}", stderr(&out));
+    }
+    // A missing file is a bad request (3), as for `cas put`, not a
+    // storage failure (4).
+    let missing = cli.home.join("nope.wasm");
+    let out = cli.run(&["tool", "add", missing.to_str().unwrap()]);
+    assert_eq!(out.status.code(), Some(3), "{}", stderr(&out));
+    assert!(
+        stderr(&out).contains(&format!("cannot read {}", missing.display())),
+        "{}",
+        stderr(&out)
+    );
+    let out = cli.run(&["cas", "put", missing.to_str().unwrap()]);
+    assert_eq!(out.status.code(), Some(3), "{}", stderr(&out));
     let out = cli.run(&["run", "x", "--arg", "novalue"]);
     assert_eq!(out.status.code(), Some(3));
 }

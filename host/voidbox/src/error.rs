@@ -65,6 +65,26 @@ pub enum Error {
     /// A component could not be loaded.
     #[error(transparent)]
     Load(#[from] voidbox_sandbox::LoadError),
+    /// A file the caller named cannot be read: a bad request, unlike
+    /// [`Error::Io`] on the data directory's own files.
+    #[error("cannot read {}: {source}; {hint}", path.display())]
+    UnreadableFile {
+        /// The file given.
+        path: PathBuf,
+        /// What the OS said.
+        source: std::io::Error,
+        /// What to do about it.
+        hint: &'static str,
+    },
+    /// A component file that cannot be a tool (not Wasm, a core module, the
+    /// wrong world, does not compile or link).
+    #[error("{}: {source}", path.display())]
+    BadComponent {
+        /// The file given.
+        path: PathBuf,
+        /// Why it cannot be loaded.
+        source: voidbox_sandbox::LoadError,
+    },
     /// The sandbox could not run a request.
     #[error(transparent)]
     Run(#[from] voidbox_sandbox::RunError),

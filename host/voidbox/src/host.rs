@@ -333,10 +333,11 @@ impl Host {
         name: Option<&str>,
         contract: Option<&str>,
     ) -> Result<ToolRecord> {
-        let wasm = std::fs::read(path).map_err(Error::io(
-            path,
-            "give the path of a .wasm component (build tools with `cargo xtask tools`)",
-        ))?;
+        let wasm = std::fs::read(path).map_err(|source| Error::UnreadableFile {
+            path: path.to_path_buf(),
+            source,
+            hint: "give the path of a .wasm component (build tools with `cargo xtask tools`)",
+        })?;
         let stem = path
             .file_stem()
             .and_then(|s| s.to_str())
@@ -350,7 +351,26 @@ impl Host {
         let name = name
             .map(str::to_string)
             .or(if is_command { stem } else { None });
+        // Name the file in what is wrong with its content; problems of the
+        // host itself (its compiled-code cache, the engine) stay as they are.
         self.add_tool_with_contract(&wasm, name.as_deref(), contract)
+            .map_err(|e| {
+                use voidbox_sandbox::LoadError as L;
+                match e {
+                    Error::Load(
+                        source @ (L::NotWasm
+                        | L::CoreModule
+                        | L::UnknownVersion(_)
+                        | L::WrongWorld { .. }
+                        | L::Compile(_)
+                        | L::Link(_)),
+                    ) => Error::BadComponent {
+                        path: path.to_path_buf(),
+                        source,
+                    },
+                    other => other,
+                }
+            })
     }
 
     /// Every registered tool, sorted by name.
