@@ -16,6 +16,9 @@ mod exit {
     pub const OK: u8 = 0;
     /// Something unexpected inside voidbox.
     pub const INTERNAL: u8 = 1;
+    /// A command line clap or our own checks refuse (clap exits with 2
+    /// for its own errors).
+    pub const BAD_COMMAND_LINE: u8 = 2;
     /// A bad request: unknown tool, malformed digest, file not found, bad
     /// component, input too large, bad configuration.
     pub const BAD_REQUEST: u8 = 3;
@@ -238,8 +241,9 @@ struct RunArgs {
     /// The input file, or - for stdin (default: empty input).
     #[arg(long, short)]
     input: Option<String>,
-    /// An argument for the tool, KEY=VALUE (repeatable).
-    #[arg(long = "arg", value_name = "KEY=VALUE")]
+    /// An argument for the tool, KEY=VALUE (repeatable; =VALUE for a
+    /// positional argument of a command).
+    #[arg(long = "arg", value_name = "KEY=VALUE", value_parser = key_value)]
     args: Vec<String>,
     /// Fuel budget (default from voidbox.toml).
     #[arg(long)]
@@ -901,6 +905,18 @@ fn write_stdout(bytes: &[u8]) -> Result<(), Failure> {
         .map_err(|e| fail(exit::INTERNAL, format!("cannot write the output: {e}")))
 }
 
+/// Checks an `--arg` while clap parses the command line, so that a bad one
+/// is a command-line error (exit 2) before anything is opened or read.
+fn key_value(text: &str) -> Result<String, String> {
+    if text.contains('=') {
+        Ok(text.to_string())
+    } else {
+        Err(format!(
+            "expected KEY=VALUE, e.g. `--arg query=.items` (use an empty key, `--arg ={text}`, for a positional argument)"
+        ))
+    }
+}
+
 /// The invocation `voidbox run` asks for: the flags over `budget`.
 fn invocation_of(
     a: &RunArgs,
@@ -918,7 +934,7 @@ fn invocation_of(
     for kv in &a.args {
         let (k, v) = kv.split_once('=').ok_or_else(|| {
             fail(
-                exit::BAD_REQUEST,
+                exit::BAD_COMMAND_LINE,
                 format!("--arg {kv}: expected KEY=VALUE (use an empty key, =VALUE, for a positional argument)"),
             )
         })?;
