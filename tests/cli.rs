@@ -619,3 +619,52 @@ fn a_contract_given_at_add_is_checked_and_shown() {
     let inspect = cli.ok(&["tool", "inspect", "echo"]);
     assert!(inspect.contains("output_bytes <= input_bytes"), "{inspect}");
 }
+
+#[test]
+fn not_admitted_names_the_real_source_of_the_budget() {
+    let cli = Cli::new();
+    cli.ok(&["init"]);
+    // wc's contract: fuel <= 400 * input_bytes + 2_000_000.
+    cli.ok(&["tool", "add", tools::WC]);
+    let flag = cli.with_stdin(&["run", "wc", "--input", "-", "--fuel", "10"], b"a b c");
+    assert_eq!(flag.status.code(), Some(35), "{}", stderr(&flag));
+    assert!(
+        stderr(&flag).contains("> the budget's 10;"),
+        "{}",
+        stderr(&flag)
+    );
+    assert!(
+        stderr(&flag).contains("comes from --fuel 10"),
+        "{}",
+        stderr(&flag)
+    );
+    assert!(!stderr(&flag).contains("token"), "{}", stderr(&flag));
+
+    let token = cli.ok(&["token", "mint", "--caveat", "fuel <= 1000"]);
+    let caveat = cli.with_stdin(
+        &["run", "wc", "--input", "-", "--token", token.trim()],
+        b"a b c",
+    );
+    assert_eq!(caveat.status.code(), Some(35), "{}", stderr(&caveat));
+    assert!(
+        stderr(&caveat).contains("> the token's 1,000;"),
+        "{}",
+        stderr(&caveat)
+    );
+    assert!(
+        stderr(&caveat).contains("the fuel limit is the token's caveat (1000)"),
+        "{}",
+        stderr(&caveat)
+    );
+
+    let config = cli.home.join("voidbox.toml");
+    let text = std::fs::read_to_string(&config).unwrap();
+    std::fs::write(&config, text.replace("fuel = 1000000000", "fuel = 20")).unwrap();
+    let toml = cli.with_stdin(&["run", "wc", "--input", "-"], b"a b c");
+    assert_eq!(toml.status.code(), Some(35), "{}", stderr(&toml));
+    assert!(
+        stderr(&toml).contains("`fuel = 20` in voidbox.toml"),
+        "{}",
+        stderr(&toml)
+    );
+}

@@ -131,7 +131,7 @@ pub enum Error {
     #[error("{}", denied_message(.0))]
     Denied(voidbox_auth::Denied),
     /// Z3 could not prove that the tool's contract fits the budget.
-    #[error("not admitted: {0}; ask for a smaller input or a token with a larger budget")]
+    #[error("not admitted: {0}; ask for a smaller input or a larger budget (a run's budget is the smaller of what the invocation asks and what its token allows)")]
     NotAdmitted(String),
     /// A contract that cannot be used.
     #[error("the tool's contract is not usable: {0}")]

@@ -888,7 +888,17 @@ fn run(host: &Host, a: RunArgs) -> Result<u8, Failure> {
     // Named by digest now, stored only if the token allows the run.
     let input = Digest::of(&input_bytes);
     let inv = invocation_of(&a, tool.digest, input, host.default_budget())?;
-    let receipt = host.run_with_token(&token, &inv, &input_bytes)?;
+    let receipt = match host.run_with_token(&token, &inv, &input_bytes) {
+        Err(Error::NotAdmitted(why)) => {
+            let given = [
+                a.fuel.is_some(),
+                a.memory.is_some(),
+                a.output_limit.is_some(),
+            ];
+            return Err(not_admitted(&why, &inv.budget, given, &token));
+        }
+        other => other?,
+    };
     host.flush()?;
     if a.json {
         println!("{}", serde_json::to_string_pretty(&receipt).expect("json"));
@@ -945,6 +955,78 @@ fn invocation_of(
     }
     inv.time_unix_ns = a.time.unwrap_or(0).saturating_mul(1_000_000_000);
     Ok(inv)
+}
+
+/// The resources a contract bounds, as admission names them, with the
+/// flag and the voidbox.toml key that set each in a run's request.
+const BUDGET_SOURCES: [(&str, &str, &str); 3] = [
+    ("fuel", "--fuel", "fuel"),
+    ("memory_bytes", "--memory", "memory_bytes"),
+    ("output_bytes", "--output-limit", "output_bytes"),
+];
+
+/// A "not admitted" error that names where the limit that was exceeded
+/// came from. A run's budget is the smaller of what it asks (a flag, else
+/// voidbox.toml's [defaults]) and what its token's caveats allow, but
+/// admission only sees the result and calls it "the token's".
+/// `flag_given` says, in [`BUDGET_SOURCES`] order, which limits a flag set.
+fn not_admitted(why: &str, asked: &Budget, flag_given: [bool; 3], token: &str) -> Failure {
+    let resource = why
+        .split(" may need ")
+        .nth(1)
+        .and_then(|rest| rest.split_whitespace().next());
+    let Some(i) = resource.and_then(|r| BUDGET_SOURCES.iter().position(|(n, ..)| *n == r)) else {
+        return Error::NotAdmitted(why.to_string()).into();
+    };
+    let (name, flag, key) = BUDGET_SOURCES[i];
+    let asked = [asked.fuel, asked.memory_bytes, asked.output_bytes][i];
+    // The token's tightest caveat on the resource, from the token and its
+    // discharges (the host has already verified them).
+    let caveat_limit = voidbox::auth::decode_bundle(token)
+        .ok()
+        .and_then(|(t, discharges)| {
+            t.caveats()
+                .into_iter()
+                .chain(discharges.iter().flat_map(|d| d.caveats()))
+                .filter_map(|entry| match (i, entry) {
+                    (
+                        0,
+                        voidbox::auth::CaveatEntry::FirstParty(Ok(voidbox::auth::Caveat::Fuel(n))),
+                    )
+                    | (
+                        1,
+                        voidbox::auth::CaveatEntry::FirstParty(Ok(voidbox::auth::Caveat::Memory(
+                            n,
+                        ))),
+                    )
+                    | (
+                        2,
+                        voidbox::auth::CaveatEntry::FirstParty(Ok(
+                            voidbox::auth::Caveat::OutputBytes(n),
+                        )),
+                    ) => Some(n),
+                    _ => None,
+                })
+                .min()
+        });
+    let (why, fix) = match caveat_limit {
+        Some(limit) if limit < asked => (
+            why.to_string(),
+            format!("the {name} limit is the token's caveat ({limit}); use a token that allows more, or a smaller input"),
+        ),
+        _ => {
+            let source = if flag_given[i] {
+                format!("{flag} {asked}")
+            } else {
+                format!("`{key} = {asked}` in voidbox.toml's [defaults]")
+            };
+            (
+                why.replacen(" > the token's ", " > the budget's ", 1),
+                format!("the {name} limit comes from {source}: ask for more with {flag} (or raise `{key}` in voidbox.toml), or give a smaller input"),
+            )
+        }
+    };
+    fail(exit::NOT_ADMITTED, format!("not admitted: {why}; {fix}"))
 }
 
 /// The exit code of an outcome.
@@ -1135,6 +1217,49 @@ fn bench(args: BenchArgs) -> Result<u8, Failure> {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    /// The message admission gives (its exact text, so that a change to
+    /// it breaks this test rather than the source named below).
+    fn counterexample(resource: voidbox::contract::admit::Resource, limit: u64) -> String {
+        voidbox::contract::admit::Counterexample {
+            resource,
+            input_bytes: 5,
+            args_bytes: 0,
+            mentions_args: false,
+            needed: 2_000_000,
+            unbounded: false,
+            exact: true,
+            limit,
+            clauses: vec![],
+        }
+        .to_string()
+    }
+
+    #[test]
+    fn not_admitted_names_where_the_exceeded_limit_came_from() {
+        use voidbox::contract::admit::Resource;
+        let asked = Budget {
+            fuel: 10,
+            memory_bytes: 1 << 20,
+            output_bytes: 1 << 20,
+            timeout: Duration::from_secs(1),
+        };
+        let why = counterexample(Resource::Fuel, 10);
+        assert!(why.ends_with(" > the token's 10"), "{why}");
+        let no_token = "";
+        let flag = not_admitted(&why, &asked, [true, false, false], no_token).message;
+        assert!(flag.contains("fuel 2,000,000 > the budget's 10;"), "{flag}");
+        assert!(flag.contains("comes from --fuel 10"), "{flag}");
+        let config = not_admitted(&why, &asked, [false; 3], no_token).message;
+        assert!(config.contains("`fuel = 10` in voidbox.toml"), "{config}");
+        assert!(!config.contains("token's"), "{config}");
+        let why = counterexample(Resource::OutputBytes, 1 << 20);
+        let output = not_admitted(&why, &asked, [false, false, true], no_token).message;
+        assert!(
+            output.contains("comes from --output-limit 1048576"),
+            "{output}"
+        );
+    }
 
     #[test]
     fn a_panic_shows_its_message_not_the_backtrace_note() {
