@@ -271,8 +271,21 @@ fn cas_put_get_ls_verify_gc() {
     let big: Vec<u8> = (0..300_000u32).flat_map(|i| i.to_be_bytes()).collect();
     let file = cli.home.join("big.bin");
     std::fs::write(&file, &big).unwrap();
-    let put = cli.ok(&["cas", "put", file.to_str().unwrap()]);
-    let digest = put.split_whitespace().next().unwrap().to_string();
+    let put = cli.run(&["cas", "put", file.to_str().unwrap()]);
+    assert!(put.status.success(), "{}", stderr(&put));
+    // stdout is the digest and nothing else, so `cas get $(cas put f)` works.
+    let digest = String::from_utf8(put.stdout.clone())
+        .unwrap()
+        .trim_end()
+        .to_string();
+    assert!(
+        digest.starts_with("blake3:") && digest.len() == 7 + 64,
+        "{digest:?}"
+    );
+    assert!(stderr(&put).contains("1200000 bytes"), "{}", stderr(&put));
+    let got = cli.run(&["cas", "get", &digest]);
+    assert!(got.status.success(), "{}", stderr(&got));
+    assert_eq!(got.stdout, big);
     let small = cli.with_stdin(&["cas", "put", "-"], b"small blob");
     assert!(small.status.success());
     let got = cli.home.join("got.bin");

@@ -1116,7 +1116,10 @@ fn cas(host: &Host, cmd: CasCmd) -> Result<u8, Failure> {
                 })?;
                 blobs.put_reader(&mut f).map_err(Error::from)?
             };
-            println!("{d}  {len} bytes");
+            // Only the digest on stdout, so that `cas get $(cas put f)`
+            // works, as with the --cluster form.
+            println!("{d}");
+            eprintln!("stored {len} bytes");
         }
         CasCmd::Get { digest: d, output } => {
             let d = digest(&d)?;
