@@ -681,3 +681,35 @@ fn not_admitted_names_the_real_source_of_the_budget() {
         stderr(&toml)
     );
 }
+
+#[test]
+fn a_closed_stdout_ends_a_command_quietly() {
+    let cli = Cli::new();
+    cli.ok(&["init"]);
+    cli.ok(&["tool", "add", tools::ECHO]);
+    let big = cli.home.join("big.bin");
+    std::fs::write(&big, vec![b'z'; 1 << 20]).unwrap();
+    let digest = cli.ok(&["cas", "put", big.to_str().unwrap()]);
+    let digest = digest.trim();
+    let big = big.to_str().unwrap();
+    for (args, code) in [
+        (vec!["tool", "list", "--json"], 0),
+        (vec!["cas", "ls"], 0),
+        (vec!["cas", "get", digest], 0),
+        // `run` still exits with its outcome's code.
+        (vec!["run", "echo", "--input", big], 0),
+    ] {
+        // The reader is gone before the command writes (as with `| head`
+        // once head has its lines): every write gets EPIPE.
+        let mut child = cli
+            .cmd(&args)
+            .stdout(Stdio::piped())
+            .stderr(Stdio::piped())
+            .spawn()
+            .unwrap();
+        drop(child.stdout.take());
+        let out = child.wait_with_output().unwrap();
+        assert_eq!(out.status.code(), Some(code), "{args:?}: {}", stderr(&out));
+        assert!(stderr(&out).is_empty(), "{args:?}: {}", stderr(&out));
+    }
+}

@@ -9,6 +9,26 @@ use std::time::{Duration, Instant};
 use clap::{Args, Parser, Subcommand};
 use voidbox::{Budget, Digest, Error, Host, Invocation, Outcome, Receipt, Store, ToolRecord};
 
+/// `println!` for this program's results: a closed stdout (`voidbox tool
+/// list | head`) ends the command quietly through [`Failure::BROKEN_PIPE`]
+/// instead of panicking, and any other write error is a [`Failure`].
+/// Rust ignores SIGPIPE, so a write to a closed pipe returns EPIPE, on which
+/// `println!` panics (exit 101). Only usable in functions that return
+/// `Result<_, Failure>`. Defined before `mod cli_cluster` so that it can
+/// use it too.
+macro_rules! outln {
+    ($($arg:tt)*) => {
+        crate::write_out(format_args!("{}\n", format_args!($($arg)*)))?
+    };
+}
+
+/// [`outln!`] without the newline.
+macro_rules! out {
+    ($($arg:tt)*) => {
+        crate::write_out(format_args!($($arg)*))?
+    };
+}
+
 mod cli_cluster;
 
 /// Exit codes, one per failure class, so scripts can tell them apart.
@@ -361,6 +381,37 @@ struct Failure {
     message: String,
 }
 
+impl Failure {
+    /// The reader of stdout went away (EPIPE). Not an error of this
+    /// command: it ends quietly with exit 0, as a command killed by SIGPIPE
+    /// would end silently, without a message on stderr.
+    const BROKEN_PIPE: u8 = 0;
+
+    fn broken_pipe() -> Failure {
+        Failure {
+            code: Failure::BROKEN_PIPE,
+            message: String::new(),
+        }
+    }
+}
+
+/// A failure to write stdout: quiet for a closed pipe, an error otherwise.
+fn stdout_failure(e: std::io::Error) -> Failure {
+    if e.kind() == std::io::ErrorKind::BrokenPipe {
+        Failure::broken_pipe()
+    } else {
+        fail(exit::INTERNAL, format!("cannot write to stdout: {e}"))
+    }
+}
+
+/// What [`outln!`] and [`out!`] call.
+fn write_out(args: std::fmt::Arguments<'_>) -> Result<(), Failure> {
+    std::io::stdout()
+        .lock()
+        .write_fmt(args)
+        .map_err(stdout_failure)
+}
+
 impl From<Error> for Failure {
     fn from(e: Error) -> Self {
         let code = match &e {
@@ -403,10 +454,18 @@ fn fail(code: u8, message: impl Into<String>) -> Failure {
 fn main() -> ExitCode {
     let cli = Cli::parse();
     init_logging(cli.verbose);
-    match dispatch(cli) {
+    match dispatch(cli).and_then(|code| {
+        std::io::stdout().flush().map_err(stdout_failure)?;
+        Ok(code)
+    }) {
         Ok(code) => ExitCode::from(code),
         Err(f) => {
-            eprintln!("voidbox: {}", f.message);
+            if !f.message.is_empty() {
+                eprintln!("voidbox: {}", f.message);
+            }
+            // stdout is flushed at exit; a reader that left causes EPIPE
+            // there too, which must not become a panic either.
+            let _ = std::io::stdout().flush();
             ExitCode::from(f.code)
         }
     }
@@ -473,7 +532,7 @@ fn dispatch(cli: Cli) -> Result<u8, Failure> {
         Command::Init => {
             let existed = home.join(voidbox::CONFIG_FILE).exists();
             let host = Host::init(&home)?;
-            println!(
+            outln!(
                 "{} Voidbox data directory at {}",
                 if existed { "Using existing" } else { "Created" },
                 host.home().display()
@@ -488,7 +547,7 @@ fn dispatch(cli: Cli) -> Result<u8, Failure> {
             let d: Digest = digest.parse().map_err(Error::from)?;
             let (receipt, invocation) = host.receipt(&d)?;
             let out = serde_json::json!({ "receipt": receipt, "invocation": invocation });
-            println!("{}", serde_json::to_string_pretty(&out).expect("json"));
+            outln!("{}", serde_json::to_string_pretty(&out).expect("json"));
             Ok(exit::OK)
         }
         Command::Bench(args) => bench(args),
@@ -501,7 +560,7 @@ fn dispatch(cli: Cli) -> Result<u8, Failure> {
         } => schedule(&file, json, seed),
         Command::Tenant(TenantCmd::Add { name }) => {
             Host::open_existing(&home)?.add_tenant(&name)?;
-            println!("created a root key for tenant `{name}`; mint tokens with `voidbox token mint --tenant {name}`");
+            outln!("created a root key for tenant `{name}`; mint tokens with `voidbox token mint --tenant {name}`");
             Ok(exit::OK)
         }
         Command::Ising(IsingCmd::Solve {
@@ -526,7 +585,7 @@ fn dispatch(cli: Cli) -> Result<u8, Failure> {
             };
             let report = voidbox_ising::solve_text(&text, &params)
                 .map_err(|e| fail(exit::BAD_REQUEST, format!("{}: {e}", file.display())))?;
-            println!("{}", serde_json::to_string(&report).expect("json"));
+            outln!("{}", serde_json::to_string(&report).expect("json"));
             Ok(exit::OK)
         }
     }
@@ -562,18 +621,18 @@ fn tool(host: &Host, cmd: ToolCmd) -> Result<u8, Failure> {
                 eprintln!(" {:.1}s", started.elapsed().as_secs_f64());
             }
             let record = record?;
-            println!("{}  {} {}", record.digest, record.name, record.version);
+            outln!("{}  {} {}", record.digest, record.name, record.version);
             Ok(exit::OK)
         }
         ToolCmd::List { json } => {
             let tools = host.tools()?;
             if json {
-                println!("{}", serde_json::to_string_pretty(&tools).expect("json"));
+                outln!("{}", serde_json::to_string_pretty(&tools).expect("json"));
             } else if tools.is_empty() {
-                println!("no tools; add one with `voidbox tool add FILE.wasm`");
+                outln!("no tools; add one with `voidbox tool add FILE.wasm`");
             } else {
                 for t in tools {
-                    println!(
+                    outln!(
                         "{:<16} {:<8} {:<8} {:>9}  {}",
                         t.name,
                         t.version,
@@ -588,16 +647,16 @@ fn tool(host: &Host, cmd: ToolCmd) -> Result<u8, Failure> {
         ToolCmd::Inspect { tool, json } => {
             let t = host.tool(&tool)?;
             if json {
-                println!("{}", serde_json::to_string_pretty(&t).expect("json"));
+                outln!("{}", serde_json::to_string_pretty(&t).expect("json"));
                 return Ok(exit::OK);
             }
-            println!("name:        {}", t.name);
-            println!("digest:      {}", t.digest);
-            println!("kind:        {}", kind_name(&t));
-            println!("version:     {}", t.version);
-            println!("description: {}", t.description);
-            println!("size:        {} bytes", t.size_bytes);
-            println!(
+            outln!("name:        {}", t.name);
+            outln!("digest:      {}", t.digest);
+            outln!("kind:        {}", kind_name(&t));
+            outln!("version:     {}", t.version);
+            outln!("description: {}", t.description);
+            outln!("size:        {} bytes", t.size_bytes);
+            outln!(
                 "contract:    {}",
                 t.contract
                     .as_deref()
@@ -606,27 +665,28 @@ fn tool(host: &Host, cmd: ToolCmd) -> Result<u8, Failure> {
             );
             if let Some(info) = &t.info {
                 if let Some(s) = &info.input_schema {
-                    println!("input:       {s}");
+                    outln!("input:       {s}");
                 }
                 if let Some(s) = &info.output_schema {
-                    println!("output:      {s}");
+                    outln!("output:      {s}");
                 }
             }
-            println!("exports:");
+            outln!("exports:");
             for e in &t.exports {
-                println!("  {e}");
+                outln!("  {e}");
             }
-            println!("imports:");
+            outln!("imports:");
             for i in &t.imports {
-                println!("  {i}");
+                outln!("  {i}");
             }
             Ok(exit::OK)
         }
         ToolCmd::Rm { tool } => {
             let t = host.remove_tool(&tool)?;
-            println!(
+            outln!(
                 "removed {} ({}); run `voidbox cas gc` to free its blob",
-                t.name, t.digest
+                t.name,
+                t.digest
             );
             Ok(exit::OK)
         }
@@ -741,12 +801,12 @@ fn schedule(file: &std::path::Path, json: bool, seed: u64) -> Result<u8, Failure
         .map_err(|e| fail(exit::BAD_REQUEST, format!("{}: {e}", file.display())))?;
     let explanation = placement.explain(&problem);
     if json {
-        println!(
+        outln!(
             "{}",
             serde_json::to_string_pretty(&explanation).expect("json")
         );
     } else {
-        print!("{explanation}");
+        out!("{explanation}");
     }
     Ok(exit::OK)
 }
@@ -768,18 +828,18 @@ fn parse_caveats(texts: &[String]) -> Result<Vec<voidbox::auth::Caveat>, Failure
 fn token(host: &Host, cmd: TokenCmd) -> Result<u8, Failure> {
     match cmd {
         TokenCmd::Mint { tenant, caveats } => {
-            println!("{}", host.mint_token(&tenant, &parse_caveats(&caveats)?)?);
+            outln!("{}", host.mint_token(&tenant, &parse_caveats(&caveats)?)?);
         }
         TokenCmd::Attenuate { token, caveats } => {
             let (child, verdict) = host.attenuate_token(&token, &parse_caveats(&caveats)?)?;
-            println!("{child}");
+            outln!("{child}");
             eprintln!("{verdict}");
         }
         TokenCmd::Inspect { token } => {
             let t = voidbox::auth::Token::decode(&token)
                 .map_err(|e| fail(exit::BAD_REQUEST, format!("the token cannot be read: {e}")))?;
             for line in voidbox::auth::inspect(&t) {
-                println!("{line}");
+                outln!("{line}");
             }
         }
         TokenCmd::Verify { token, tool, input } => {
@@ -790,7 +850,7 @@ fn token(host: &Host, cmd: TokenCmd) -> Result<u8, Failure> {
                 Invocation::new(tool.digest, Digest::of(&bytes)).budget(host.default_budget());
             let (auth, effective) = host.authorize_sized(&token, &inv, bytes.len() as u64)?;
             let b = effective.budget;
-            println!(
+            outln!(
                 "allowed: {} may run {} with fuel {}, memory {} bytes, output {} bytes{}",
                 auth.token_id,
                 tool.name,
@@ -805,11 +865,11 @@ fn token(host: &Host, cmd: TokenCmd) -> Result<u8, Failure> {
         }
         TokenCmd::Revoke { token } => {
             let id = host.revoke_token(&token)?;
-            println!("revoked {id} and every token narrowed from it");
+            outln!("revoked {id} and every token narrowed from it");
         }
         TokenCmd::ThirdPartyKey => {
             let key = voidbox::auth::ThirdPartyKey::generate(&mut voidbox::auth::OsEntropy);
-            println!("{}", hex(key.as_bytes()));
+            outln!("{}", hex(key.as_bytes()));
         }
         TokenCmd::Require { token, third_party } => {
             let ThirdPartyArgs {
@@ -822,7 +882,7 @@ fn token(host: &Host, cmd: TokenCmd) -> Result<u8, Failure> {
             let narrowed = t
                 .add_third_party_caveat(&location, &key.caveat_key(&caveat_id), &caveat_id)
                 .map_err(|e| fail(exit::BAD_REQUEST, e.to_string()))?;
-            println!("{}", narrowed.encode());
+            outln!("{}", narrowed.encode());
         }
         TokenCmd::Discharge {
             for_token,
@@ -846,7 +906,7 @@ fn token(host: &Host, cmd: TokenCmd) -> Result<u8, Failure> {
             let bound = t
                 .bind(&discharge)
                 .map_err(|e| fail(exit::BAD_REQUEST, e.to_string()))?;
-            println!("{}", voidbox::auth::encode_bundle(&t, &[bound]));
+            outln!("{}", voidbox::auth::encode_bundle(&t, &[bound]));
         }
     }
     Ok(exit::OK)
@@ -901,18 +961,23 @@ fn run(host: &Host, a: RunArgs) -> Result<u8, Failure> {
     };
     host.flush()?;
     if a.json {
-        println!("{}", serde_json::to_string_pretty(&receipt).expect("json"));
+        outln!("{}", serde_json::to_string_pretty(&receipt).expect("json"));
     } else if let Some(output) = host.output(&receipt)? {
-        write_stdout(&output)?;
+        // A reader that stopped early does not change how the run ended.
+        match write_stdout(&output) {
+            Err(f) if f.code == Failure::BROKEN_PIPE && f.message.is_empty() => {}
+            other => other?,
+        }
     }
     report_outcome(host, &receipt)
 }
 
 fn write_stdout(bytes: &[u8]) -> Result<(), Failure> {
-    std::io::stdout()
+    let mut stdout = std::io::stdout().lock();
+    stdout
         .write_all(bytes)
-        .and_then(|_| std::io::stdout().flush())
-        .map_err(|e| fail(exit::INTERNAL, format!("cannot write the output: {e}")))
+        .and_then(|_| stdout.flush())
+        .map_err(stdout_failure)
 }
 
 /// Checks an `--arg` while clap parses the command line, so that a bad one
@@ -1118,7 +1183,7 @@ fn cas(host: &Host, cmd: CasCmd) -> Result<u8, Failure> {
             };
             // Only the digest on stdout, so that `cas get $(cas put f)`
             // works, as with the --cluster form.
-            println!("{d}");
+            outln!("{d}");
             eprintln!("stored {len} bytes");
         }
         CasCmd::Get { digest: d, output } => {
@@ -1130,9 +1195,15 @@ fn cas(host: &Host, cmd: CasCmd) -> Result<u8, Failure> {
                 None => {
                     let stdout = std::io::stdout();
                     let mut lock = stdout.lock();
-                    blobs.copy_to(&d, &mut lock).map_err(Error::from)?;
-                    lock.flush()
-                        .map_err(|e| fail(exit::INTERNAL, e.to_string()))?;
+                    match blobs.copy_to(&d, &mut lock) {
+                        Err(voidbox::CasError::Output { source, .. })
+                            if source.kind() == std::io::ErrorKind::BrokenPipe =>
+                        {
+                            return Err(Failure::broken_pipe())
+                        }
+                        other => other.map_err(Error::from)?,
+                    };
+                    lock.flush().map_err(stdout_failure)?;
                 }
             }
         }
@@ -1143,19 +1214,19 @@ fn cas(host: &Host, cmd: CasCmd) -> Result<u8, Failure> {
                     .iter()
                     .map(|(d, n)| serde_json::json!({"digest": d, "bytes": n}))
                     .collect();
-                println!("{}", serde_json::to_string_pretty(&v).expect("json"));
+                outln!("{}", serde_json::to_string_pretty(&v).expect("json"));
             } else {
                 for (d, n) in list {
-                    println!("{d}  {n}");
+                    outln!("{d}  {n}");
                 }
             }
         }
         CasCmd::Verify => {
             let report = blobs.verify_all().map_err(Error::from)?;
-            println!("checked {} blobs ({} bytes)", report.checked, report.bytes);
+            outln!("checked {} blobs ({} bytes)", report.checked, report.bytes);
             if !report.corrupt.is_empty() {
                 for (d, what) in &report.corrupt {
-                    println!("CORRUPT {d}: {what}");
+                    outln!("CORRUPT {d}: {what}");
                 }
                 return Err(fail(
                     exit::CORRUPT,
@@ -1165,13 +1236,15 @@ fn cas(host: &Host, cmd: CasCmd) -> Result<u8, Failure> {
                     ),
                 ));
             }
-            println!("all blobs intact");
+            outln!("all blobs intact");
         }
         CasCmd::Gc => {
             let r = host.gc()?;
-            println!(
+            outln!(
                 "kept {}, removed {} blobs, freed {} bytes",
-                r.kept, r.removed, r.bytes_freed
+                r.kept,
+                r.removed,
+                r.bytes_freed
             );
         }
         CasCmd::Pin { digest: d } => blobs.pin(&digest(&d)?).map_err(Error::from)?,
@@ -1207,12 +1280,12 @@ fn bench(args: BenchArgs) -> Result<u8, Failure> {
     let report = voidbox::bench::run(&tool, Duration::from_secs_f64(args.seconds), &parts)
         .map_err(|e| fail(exit::INTERNAL, format!("benchmark failed: {e:#}")))?;
     if args.json {
-        println!(
+        outln!(
             "{}",
             serde_json::to_string_pretty(&report.to_json()).expect("json")
         );
     } else {
-        print!("{}", report.table());
+        out!("{}", report.table());
     }
     Ok(exit::OK)
 }
