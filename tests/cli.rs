@@ -713,3 +713,31 @@ fn a_closed_stdout_ends_a_command_quietly() {
         assert!(stderr(&out).is_empty(), "{args:?}: {}", stderr(&out));
     }
 }
+
+#[test]
+fn moving_a_name_to_another_tool_is_said_on_stderr() {
+    let cli = Cli::new();
+    cli.ok(&["init"]);
+    let wc = cli.run(&["tool", "add", tools::WC]);
+    assert!(stderr(&wc).is_empty(), "{}", stderr(&wc));
+    let wc = String::from_utf8(wc.stdout).unwrap();
+    let wc = wc.split_whitespace().next().unwrap();
+    // The same tool again: the name does not move, nothing is said.
+    let again = cli.run(&["tool", "add", tools::WC]);
+    assert!(
+        again.status.success() && stderr(&again).is_empty(),
+        "{}",
+        stderr(&again)
+    );
+    let hash = cli.run(&["tool", "add", tools::HASH, "--name", "wc"]);
+    assert!(hash.status.success(), "{}", stderr(&hash));
+    let hash_digest = String::from_utf8(hash.stdout.clone()).unwrap();
+    let hash_digest = hash_digest.split_whitespace().next().unwrap();
+    assert!(
+        stderr(&hash).contains(&format!("name wc now points to {hash_digest} (was {wc}")),
+        "{}",
+        stderr(&hash)
+    );
+    // The old tool is still there by its digest.
+    cli.ok(&["tool", "inspect", wc]);
+}

@@ -615,12 +615,30 @@ fn tool(host: &Host, cmd: ToolCmd) -> Result<u8, Failure> {
                 eprint!("compiling {} ({} KiB)…", file.display(), size / 1024);
                 let _ = std::io::stderr().flush();
             }
+            // Where each name points now, to say so when this add moves one
+            // to another tool (the name the tool describes is known only
+            // once it is loaded).
+            let names_before: std::collections::HashMap<String, Digest> = host
+                .tools()?
+                .into_iter()
+                .filter_map(|t| host.tool(&t.name).ok().map(|now| (t.name, now.digest)))
+                .collect();
             let record =
                 host.add_tool_file_with_contract(&file, name.as_deref(), contract.as_deref());
             if terminal {
                 eprintln!(" {:.1}s", started.elapsed().as_secs_f64());
             }
             let record = record?;
+            tracing::info!(name = %record.name, digest = %record.digest, kind = kind_name(&record), "tool added");
+            if let Some(was) = names_before
+                .get(&record.name)
+                .filter(|d| **d != record.digest)
+            {
+                eprintln!(
+                    "voidbox: name {} now points to {} (was {}; that tool stays available by its digest)",
+                    record.name, record.digest, was
+                );
+            }
             outln!("{}  {} {}", record.digest, record.name, record.version);
             Ok(exit::OK)
         }
