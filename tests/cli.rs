@@ -741,3 +741,35 @@ fn moving_a_name_to_another_tool_is_said_on_stderr() {
     // The old tool is still there by its digest.
     cli.ok(&["tool", "inspect", wc]);
 }
+
+#[test]
+fn verbose_logs_show_voidbox_events_without_the_flood_of_its_libraries() {
+    let cli = Cli::new();
+    cli.ok(&["init"]);
+    let add = cli.run(&["-v", "tool", "add", tools::WC]);
+    assert!(add.status.success(), "{}", stderr(&add));
+    assert!(stderr(&add).contains("tool added"), "{}", stderr(&add));
+    // wc has a contract, so this run goes through Z3, which logs every AST
+    // at debug level, and compiles nothing (the artifact is cached).
+    let run = cli.with_stdin(&["-vv", "run", "wc", "--input", "-"], b"a b c\n");
+    assert!(run.status.success(), "{}", stderr(&run));
+    let log = stderr(&run);
+    assert!(log.contains("invocation ran"), "{log}");
+    assert!(
+        log.contains("outcome=\"ok\"") || log.contains("outcome=ok"),
+        "{log}"
+    );
+    assert!(log.contains("run ended"), "{log}");
+    for noisy in ["z3", "cranelift", "wasmtime"] {
+        assert!(
+            !log.lines().any(|l| l.contains(&format!(" {noisy}"))),
+            "{noisy} floods -vv:\n{log}"
+        );
+    }
+    let again = cli.with_stdin(&["-vv", "run", "wc", "--input", "-"], b"a b c\n");
+    assert!(
+        stderr(&again).contains("answered from the action cache"),
+        "{}",
+        stderr(&again)
+    );
+}

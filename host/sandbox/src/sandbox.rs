@@ -559,7 +559,7 @@ impl Sandbox {
         // same hash) is recompiled.
         match unsafe { Component::deserialize(&self.engine, body) } {
             Ok(c) => {
-                tracing::debug!(digest = %hex(digest), "loaded the compiled artifact from the disk cache");
+                tracing::debug!(digest = %format_args!("blake3:{}", hex(digest)), "loaded the compiled artifact from the disk cache");
                 Some(c)
             }
             Err(e) => {
@@ -762,6 +762,14 @@ impl Sandbox {
         let fuel_used = budget.fuel.saturating_sub(fuel_left);
         let mut state = store.into_data();
         let stderr = state.stderr.contents().to_vec();
+        tracing::debug!(
+            digest = %format_args!("blake3:{}", hex(&tool.digest)),
+            outcome = outcome.name(),
+            fuel_used,
+            memory_peak_bytes = state.limiter.memory_peak,
+            elapsed_us = started.elapsed().as_micros() as u64,
+            "run ended"
+        );
         Ok(RunResult {
             outcome,
             output,

@@ -85,7 +85,8 @@ struct Cli {
     /// The data directory (default: $XDG_DATA_HOME/voidbox or ~/.local/share/voidbox).
     #[arg(long, global = true, env = "VOIDBOX_HOME", value_name = "DIR")]
     home: Option<PathBuf>,
-    /// More logging (-v info, -vv debug, -vvv trace); RUST_LOG overrides.
+    /// More logging of Voidbox itself (-v info, -vv debug, -vvv trace and
+    /// other crates' info, -vvvv everything); RUST_LOG overrides.
     #[arg(short, long, global = true, action = clap::ArgAction::Count)]
     verbose: u8,
     #[command(subcommand)]
@@ -471,13 +472,22 @@ fn main() -> ExitCode {
     }
 }
 
-fn init_logging(verbose: u8) {
-    let default = match verbose {
+/// The log filter for `-v`s (RUST_LOG replaces it): Voidbox's own crates
+/// (every target starting with `voidbox`) at the level asked, everything
+/// else at `warn` until `-vvv`. Z3 logs every AST it builds at debug and
+/// cranelift every function it compiles, which buried Voidbox's own lines.
+fn default_log_filter(verbose: u8) -> &'static str {
+    match verbose {
         0 => "warn",
-        1 => "info",
-        2 => "debug",
+        1 => "warn,voidbox=info",
+        2 => "warn,voidbox=debug",
+        3 => "info,voidbox=trace",
         _ => "trace",
-    };
+    }
+}
+
+fn init_logging(verbose: u8) {
+    let default = default_log_filter(verbose);
     let filter = tracing_subscriber::EnvFilter::try_from_default_env()
         .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new(default))
         // The macaroon crate logs whole tokens, signatures included, at
@@ -978,6 +988,18 @@ fn run(host: &Host, a: RunArgs) -> Result<u8, Failure> {
         other => other?,
     };
     host.flush()?;
+    tracing::info!(
+        tool = %tool.name,
+        invocation = %receipt.invocation,
+        outcome = receipt.outcome.name(),
+        fuel_used = receipt.fuel_used,
+        duration_us = receipt.duration_us,
+        cached = receipt.cached,
+        "invocation ran"
+    );
+    if receipt.cached {
+        tracing::debug!(receipt = %receipt.receipt, "answered from the action cache, nothing ran");
+    }
     if a.json {
         outln!("{}", serde_json::to_string_pretty(&receipt).expect("json"));
     } else if let Some(output) = host.output(&receipt)? {
