@@ -773,3 +773,29 @@ fn verbose_logs_show_voidbox_events_without_the_flood_of_its_libraries() {
         stderr(&again)
     );
 }
+
+#[test]
+fn cas_verify_counts_blobs_as_cas_ls_does() {
+    let cli = Cli::new();
+    cli.ok(&["init"]);
+    cli.ok(&["tool", "add", tools::ECHO]);
+    cli.ok(&["tool", "add", tools::WC]);
+    // The same small input in several invocations, each process a
+    // checkpoint of its own: the input can be recorded more than once.
+    for (tool, fuel) in [
+        ("echo", "1000000000"),
+        ("wc", "1000000000"),
+        ("echo", "5000000"),
+    ] {
+        let out = cli.with_stdin(&["run", tool, "--input", "-", "--fuel", fuel], b"same\n");
+        assert!(out.status.success(), "{}", stderr(&out));
+    }
+    let listed = cli.ok(&["cas", "ls"]).lines().count();
+    let verify = cli.ok(&["cas", "verify"]);
+    let first = verify.lines().next().unwrap();
+    assert!(
+        first.starts_with(&format!("checked {listed} blobs")),
+        "cas ls lists {listed}: {verify}"
+    );
+    assert!(verify.contains("all blobs intact"), "{verify}");
+}
