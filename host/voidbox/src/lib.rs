@@ -13,16 +13,25 @@
 //!   fields, so two hosts that ran the same invocation agree on it.
 //! - [`Config`] is `voidbox.toml`.
 //!
-//! ```no_run
+//! ```
 //! use voidbox::{Host, Invocation};
 //! # fn main() -> Result<(), voidbox::Error> {
-//! let host = Host::open("/tmp/voidbox-demo")?;
-//! let wc = host.add_tool_file("target/wasm-tools/components/wc.wasm".as_ref(), None)?;
+//! # let dir = tempfile::tempdir().expect("a temp dir");
+//! # let home = dir.path().join("voidbox");
+//! # // The test build of the tools; `cargo xtask tools` puts wc.wasm in
+//! # // target/wasm-tools/components/.
+//! # let wc_wasm = std::path::Path::new(voidbox_tool_artifacts::WC);
+//! let host = Host::open(&home)?; // the data directory, created if missing
+//! let wc = host.add_tool_file(wc_wasm, None)?; // wc.wasm, a tool of tools/
 //! let input = host.put_input(b"the quick brown fox\n")?;
-//! let receipt = host.invoke(&Invocation::new(wc.digest, input).arg("mode", "words"))?;
+//! // wc takes no arguments: it counts lines, words, chars and bytes.
+//! let receipt = host.invoke(&Invocation::new(wc.digest, input))?;
 //! assert_eq!(receipt.outcome.name(), "ok");
 //! let output = host.output(&receipt)?.unwrap_or_default();
-//! println!("{}", String::from_utf8_lossy(&output));
+//! assert_eq!(
+//!     String::from_utf8_lossy(&output),
+//!     r#"{"lines":1,"words":4,"chars":20,"bytes":20}"#
+//! );
 //! host.flush()?; // make the receipt durable before exiting
 //! # Ok(()) }
 //! ```
