@@ -139,6 +139,54 @@ fn outcomes_have_distinct_exit_codes_and_one_line_errors() {
     assert_eq!(stderr(&trap).lines().count(), 1, "{}", stderr(&trap));
     let mem = cli.run(&["run", "hostile-balloon", "--memory", "33554432"]);
     assert_eq!(mem.status.code(), Some(13), "{}", stderr(&mem));
+    // A tool error: wc takes no arguments and says so.
+    cli.ok(&["tool", "add", tools::WC]);
+    let tool_error = cli.with_stdin(
+        &["run", "wc", "--input", "-", "--arg", "mode=words"],
+        b"a b",
+    );
+    assert_eq!(
+        tool_error.status.code(),
+        Some(10),
+        "{}",
+        stderr(&tool_error)
+    );
+    assert!(
+        stderr(&tool_error).contains("tool-error"),
+        "{}",
+        stderr(&tool_error)
+    );
+    // Output over --output-limit.
+    cli.ok(&["tool", "add", tools::HOSTILE_FLOOD]);
+    let flood = cli.run(&[
+        "run",
+        "hostile-flood",
+        "--arg",
+        "bytes=4194304",
+        "--output-limit",
+        "1048576",
+    ]);
+    assert_eq!(flood.status.code(), Some(14), "{}", stderr(&flood));
+    assert!(
+        stderr(&flood).contains("output-too-large"),
+        "{}",
+        stderr(&flood)
+    );
+    assert!(flood.stdout.is_empty());
+    // Fuel for hours, so only the wall-clock guard ends it.
+    let timeout = cli.run(&[
+        "run",
+        "hostile-loop",
+        "--fuel",
+        "1000000000000000",
+        "--timeout",
+        "50",
+    ]);
+    assert_eq!(timeout.status.code(), Some(15), "{}", stderr(&timeout));
+    assert!(stderr(&timeout).contains("timeout"), "{}", stderr(&timeout));
+    for out in [&tool_error, &flood, &timeout] {
+        assert_eq!(stderr(out).lines().count(), 1, "{}", stderr(out));
+    }
 }
 
 #[test]
