@@ -159,6 +159,43 @@ fn endless_loop_runs_out_of_fuel_and_the_host_keeps_serving() {
 }
 
 #[test]
+fn the_wall_clock_guard_ends_an_endless_loop_as_a_timeout_that_is_never_cached() {
+    let h = TestHost::new();
+    let looping = h.add(tools::HOSTILE_LOOP);
+    let echo = h.add(tools::ECHO);
+    // Fuel for hours: only the 50 ms guard can end it.
+    let budget = Budget {
+        fuel: 1 << 50,
+        timeout: Duration::from_millis(50),
+        ..small_budget()
+    };
+    let input = h.host.put_input(b"").unwrap();
+    let inv = Invocation::new(looping, input).budget(budget);
+    let started = std::time::Instant::now();
+    let first = h.host.invoke(&inv).unwrap();
+    assert_eq!(first.outcome, Outcome::Timeout);
+    assert!(
+        started.elapsed() < Duration::from_secs(10),
+        "{:?}",
+        started.elapsed()
+    );
+    assert!(first.output.is_none());
+    // A timeout depends on the host's speed, not on the invocation: the
+    // same invocation runs again instead of being answered from the cache.
+    let second = h.host.invoke(&inv).unwrap();
+    assert_eq!(second.outcome, Outcome::Timeout);
+    assert!(
+        !second.cached,
+        "a timeout was answered from the action cache"
+    );
+    let (r, out) = h.run(echo, b"still here", &[]);
+    assert_eq!(
+        (r.outcome, out.as_slice()),
+        (Outcome::Ok, &b"still here"[..])
+    );
+}
+
+#[test]
 fn memory_balloon_hits_the_memory_limit() {
     let h = TestHost::new();
     let balloon = h.add(tools::HOSTILE_BALLOON);
