@@ -212,15 +212,16 @@ fn deep_recursion_traps_on_the_stack() {
     let h = TestHost::new();
     let rec = h.add(tools::HOSTILE_RECURSION);
     let (r, _) = h.run_with(rec, b"", &[], small_budget());
-    match &r.outcome {
-        Outcome::Trap { code } => assert!(
-            code == "stack-overflow"
-                || code == "memory-out-of-bounds"
-                || code == "unreachable-code-reached",
-            "unexpected trap code {code}"
-        ),
-        other => panic!("expected a trap, got {other:?}"),
-    }
+    // Each frame of `descend` lives on wasmtime's native stack (its shadow
+    // stack in linear memory stays small), so the guard of wasmtime's
+    // `max_wasm_stack` is what stops it: the trap is `stack-overflow`, every
+    // time. A plain panic (`unreachable-code-reached`) must not pass.
+    assert_eq!(
+        r.outcome,
+        Outcome::Trap {
+            code: "stack-overflow".into()
+        }
+    );
     let (r, out) = h.run_with(rec, b"", &[("depth", "100")], small_budget());
     assert_eq!(r.outcome, Outcome::Ok);
     assert_eq!(json(&out)["depth"], 100);
