@@ -28,7 +28,7 @@ pub enum Error {
     },
     /// The data directory or its database cannot be written by this user
     /// (permissions, or a read-only file system).
-    #[error("{} is not writable by this user ({detail}); make the data directory and everything in it writable by you (e.g. `chown -R $(id -un) DIR` or `chmod -R u+rwX DIR`) or choose another --home", path.display())]
+    #[error("{} is not writable by this user ({detail}); make the data directory and everything in it writable by you (`sudo chown -R $(id -un) {}`, or `chmod -R u+rwX {}` if you own it) or choose another --home", path.display(), dir_of(path).display(), dir_of(path).display())]
     NotWritable {
         /// The file or directory that could not be opened for writing.
         path: PathBuf,
@@ -187,6 +187,14 @@ impl Error {
     }
 }
 
+/// The directory a file is in (the data directory, for the database).
+fn dir_of(path: &std::path::Path) -> &std::path::Path {
+    match path.parent() {
+        Some(p) if !p.as_os_str().is_empty() => p,
+        _ => std::path::Path::new("."),
+    }
+}
+
 /// Whether an I/O error says the file cannot be written by this process:
 /// its permissions, or a file system mounted read-only.
 fn is_not_writable(e: &std::io::Error) -> bool {
@@ -224,7 +232,11 @@ mod tests {
                 text.contains("home/voidbox.redb is not writable by this user"),
                 "{text}"
             );
-            assert!(text.contains("chmod") && text.contains("--home"), "{text}");
+            assert!(
+                text.contains("chmod -R u+rwX home` if you own it") && text.contains("--home"),
+                "{text}"
+            );
+            assert!(text.contains("sudo chown -R $(id -un) home`"), "{text}");
             assert!(!text.contains("another voidbox process"), "{text}");
         }
     }
