@@ -728,6 +728,26 @@ fn not_admitted_names_the_real_source_of_the_budget() {
         "{}",
         stderr(&toml)
     );
+    // `token verify` checks the same budget and says the same.
+    let owner = std::fs::read_to_string(cli.home.join("owner.token")).unwrap();
+    let verify = cli.with_stdin(
+        &[
+            "token",
+            "verify",
+            owner.trim(),
+            "--tool",
+            "wc",
+            "--input",
+            "-",
+        ],
+        b"a b c",
+    );
+    assert_eq!(verify.status.code(), Some(35), "{}", stderr(&verify));
+    assert!(
+        stderr(&verify).contains("`fuel = 20` in voidbox.toml"),
+        "{}",
+        stderr(&verify)
+    );
 }
 
 #[test]

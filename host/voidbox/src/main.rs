@@ -876,7 +876,13 @@ fn token(host: &Host, cmd: TokenCmd) -> Result<u8, Failure> {
             let bytes = read_input_max(input.as_deref(), host.config().defaults.input_bytes_max)?;
             let inv =
                 Invocation::new(tool.digest, Digest::of(&bytes)).budget(host.default_budget());
-            let (auth, effective) = host.authorize_sized(&token, &inv, bytes.len() as u64)?;
+            let (auth, effective) = match host.authorize_sized(&token, &inv, bytes.len() as u64) {
+                // The budget checked is voidbox.toml's: no flags here.
+                Err(Error::NotAdmitted(why)) => {
+                    return Err(not_admitted(&why, &inv.budget, [false; 3], &token))
+                }
+                other => other?,
+            };
             let b = effective.budget;
             outln!(
                 "allowed: {} may run {} with fuel {}, memory {} bytes, output {} bytes{}",
