@@ -287,9 +287,10 @@ fn a_cluster_orders_runs_and_signs_invocations() {
     );
     assert!(!out.status.success());
 
-    // A bad request names the fix.
+    // A bad request names the fix; an unknown tool is a bad request (3),
+    // as on a single node.
     let out = c.run(&["run", "--cluster", "{c}", "no-such-tool"]);
-    assert_eq!(out.status.code(), Some(6), "{}", stderr(&out));
+    assert_eq!(out.status.code(), Some(3), "{}", stderr(&out));
     assert!(
         stderr(&out).contains("tool add --cluster"),
         "{}",

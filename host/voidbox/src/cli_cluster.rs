@@ -439,7 +439,16 @@ pub(crate) fn run(a: RunArgs) -> Result<u8, Failure> {
         Some(t) => t.clone(),
         None => owner_token(client.file())?,
     };
-    let tool = client.tool(&a.tool)?;
+    let tool = client.tool(&a.tool).map_err(|e| match e {
+        voidbox::Error::NoSuchTool(name) => fail(
+            exit::BAD_REQUEST,
+            format!(
+                "the cluster has no tool named or with digest `{name}`; add it with `voidbox tool add --cluster {} FILE.wasm`",
+                path.display()
+            ),
+        ),
+        e => e.into(),
+    })?;
     let input = read_input(a.input.as_deref())?;
     let template = invocation_of(&a, tool.digest, Digest::of(&input), Budget::default())?;
     let signed = client.run(&token, &template, &input)?;

@@ -464,6 +464,14 @@ impl ClusterClient {
         if let Some((tool, _)) = votes.iter().find(|(_, n)| *n > self.file.f as usize) {
             return Ok((*tool).clone());
         }
+        // f + 1 replicas, so at least one correct one, say it is not there.
+        let missing = answers
+            .values()
+            .filter(|a| matches!(a, SideResponse::NoSuchTool { .. }))
+            .count();
+        if missing > self.file.f as usize {
+            return Err(Error::NoSuchTool(reference.to_string()));
+        }
         let why = answers
             .values()
             .find_map(|a| match a {

@@ -508,10 +508,16 @@ fn serve_side(host: &Host, results: &Results, request: SideRequest) -> SideRespo
                 tool: record.into(),
             })
         }
-        SideRequest::Tool { reference, .. } => Ok(SideResponse::Tool {
-            id,
-            tool: host.tool(&reference)?.into(),
-        }),
+        SideRequest::Tool { reference, .. } => match host.tool(&reference) {
+            Ok(tool) => Ok(SideResponse::Tool {
+                id,
+                tool: tool.into(),
+            }),
+            // Typed, so that a client told so by f + 1 replicas can say
+            // "no such tool" as the single-node host does.
+            Err(Error::NoSuchTool(_)) => Ok(SideResponse::NoSuchTool { id }),
+            Err(e) => Err(e),
+        },
         SideRequest::Receipt { invocation, .. } => {
             let receipt = host.cached(&Digest(invocation))?;
             Ok(SideResponse::Receipt {

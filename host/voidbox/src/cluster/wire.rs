@@ -262,6 +262,11 @@ pub enum SideResponse {
         /// The entries held, in order.
         entries: Vec<super::app::ResultEntry>,
     },
+    /// The replica has no tool by that name or digest.
+    NoSuchTool {
+        /// Matches the request.
+        id: u64,
+    },
     /// The request failed.
     Error {
         /// Matches the request.
@@ -281,6 +286,7 @@ impl SideResponse {
             | SideResponse::Receipt { id, .. }
             | SideResponse::Status { id, .. }
             | SideResponse::Results { id, .. }
+            | SideResponse::NoSuchTool { id }
             | SideResponse::Error { id, .. } => *id,
         }
     }
