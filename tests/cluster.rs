@@ -426,6 +426,29 @@ fn bad_cluster_files_are_refused() {
         "{}",
         stderr(&out)
     );
+    // A closed stdout (`| head`) ends a cluster command quietly, with its
+    // own exit code, not a panic.
+    for args in [
+        vec!["cluster", "status"],
+        vec!["cluster", "status", "--json"],
+    ] {
+        let mut child = Command::new(voidbox_bin())
+            .args(&args)
+            .arg(&c.path)
+            .stdin(Stdio::null())
+            .stdout(Stdio::piped())
+            .stderr(Stdio::piped())
+            .spawn()
+            .unwrap();
+        drop(child.stdout.take());
+        let out = child.wait_with_output().unwrap();
+        assert_ne!(out.status.code(), Some(101), "{args:?}: {}", stderr(&out));
+        assert!(
+            !stderr(&out).contains("panicked"),
+            "{args:?}: {}",
+            stderr(&out)
+        );
+    }
     // A replica whose port is taken exits at once, and `cluster up` says
     // so with the end of its log instead of waiting for it.
     let file = ClusterFile::load(&c.file()).unwrap();

@@ -6,11 +6,14 @@ use std::process::{Command, Stdio};
 use std::time::{Duration, Instant};
 
 use clap::Subcommand;
-use voidbox::cluster::wire::{Op, OpResult};
+use voidbox::cluster::wire::{Op, OpResult, SIDE_BLOB_MAX};
 use voidbox::cluster::{init_cluster, ClusterClient, ClusterFile, SignedReceipt};
 use voidbox::{Budget, Digest, Invocation};
 
-use super::{exit, fail, invocation_of, outcome_code, read_input, write_stdout, Failure, RunArgs};
+use super::{
+    exit, fail, invocation_of, outcome_code, read_input, read_input_max, write_stdout, Failure,
+    RunArgs,
+};
 
 #[derive(Subcommand, Debug)]
 pub(crate) enum ClusterCmd {
@@ -112,16 +115,16 @@ pub(crate) fn dispatch(cmd: ClusterCmd) -> Result<u8, Failure> {
                 std::fs::write(&made.file, text.replace("fsync = true", "fsync = false"))
                     .map_err(|e| fail(exit::STORAGE, format!("{}: {e}", made.file.display())))?;
             }
-            println!(
+            outln!(
                 "Created a cluster of {} replicas (f = {}) in {}",
                 made.cluster.n(),
                 made.cluster.f,
                 dir.display()
             );
             for r in &made.cluster.replicas {
-                println!("  replica {} at {} ({})", r.id, r.address, r.home.display());
+                outln!("  replica {} at {} ({})", r.id, r.address, r.home.display());
             }
-            println!("Start it with `voidbox cluster up {}`", dir.display());
+            outln!("Start it with `voidbox cluster up {}`", dir.display());
             Ok(exit::OK)
         }
         ClusterCmd::Up { dir } => up(&cluster_file(&dir)?),
@@ -163,7 +166,7 @@ fn up(file: &ClusterFile) -> Result<u8, Failure> {
     for r in &file.replicas {
         let pid_path = pid_file(file, r.id)?;
         if let Some(pid) = read_pid(&pid_path).filter(|p| alive(*p)) {
-            println!("replica {} already running (pid {pid})", r.id);
+            outln!("replica {} already running (pid {pid})", r.id);
             continue;
         }
         let home = file.home_of(r.id)?;
@@ -202,7 +205,7 @@ fn up(file: &ClusterFile) -> Result<u8, Failure> {
         })?;
         std::fs::write(&pid_path, child.id().to_string())
             .map_err(|e| fail(exit::STORAGE, format!("{}: {e}", pid_path.display())))?;
-        println!(
+        outln!(
             "replica {} starting: pid {}, {}, log {}",
             r.id,
             child.id(),
@@ -231,7 +234,7 @@ fn up(file: &ClusterFile) -> Result<u8, Failure> {
         });
         for (id, s) in client.status(Duration::from_millis(300)) {
             if seen.insert(id) {
-                println!(
+                outln!(
                     "replica {id} up after {:.1}s: view {}{}, executed seq {}",
                     start.elapsed().as_secs_f64(),
                     s.view,
@@ -259,7 +262,7 @@ fn up(file: &ClusterFile) -> Result<u8, Failure> {
             ),
         ));
     }
-    println!(
+    outln!(
         "cluster up: {} replicas, f = {}",
         file.replicas.len(),
         file.f
@@ -298,15 +301,22 @@ fn status(file: &ClusterFile, json: bool) -> Result<u8, Failure> {
                 })
             })
             .collect();
-        println!("{}", serde_json::to_string_pretty(&v).expect("json"));
+        outln!("{}", serde_json::to_string_pretty(&v).expect("json"));
     } else {
-        println!(
+        outln!(
             "{:<8} {:<22} {:<6} {:>6} {:>10} {:>10} {:>10} {:>9}",
-            "replica", "address", "state", "view", "executed", "stable", "requests", "rejected"
+            "replica",
+            "address",
+            "state",
+            "view",
+            "executed",
+            "stable",
+            "requests",
+            "rejected"
         );
         for r in &file.replicas {
             match statuses.get(&r.id) {
-                Some(s) => println!(
+                Some(s) => outln!(
                     "{:<8} {:<22} {:<6} {:>6} {:>10} {:>10} {:>10} {:>9}",
                     r.id,
                     r.address.to_string(),
@@ -323,7 +333,7 @@ fn status(file: &ClusterFile, json: bool) -> Result<u8, Failure> {
                     s.executed_requests,
                     s.rejected + s.transport_refused
                 ),
-                None => println!("{:<8} {:<22} down", r.id, r.address.to_string()),
+                None => outln!("{:<8} {:<22} down", r.id, r.address.to_string()),
             }
         }
     }
@@ -366,9 +376,9 @@ fn down(file: &ClusterFile) -> Result<u8, Failure> {
                 .arg("-KILL")
                 .arg(pid.to_string())
                 .status();
-            println!("replica {id} (pid {pid}) did not stop; killed");
+            outln!("replica {id} (pid {pid}) did not stop; killed");
         } else {
-            println!("replica {id} (pid {pid}) stopped");
+            outln!("replica {id} (pid {pid}) stopped");
         }
         let _ = std::fs::remove_file(&path);
     }
@@ -398,13 +408,13 @@ pub(crate) fn tool_add(
     };
     let client = ClusterClient::connect(cluster)?;
     let tool = client.add_tool(&wasm, name, contract.as_deref())?;
-    println!("{}  {} {}", tool.digest, tool.name, tool.version);
+    outln!("{}  {} {}", tool.digest, tool.name, tool.version);
     Ok(exit::OK)
 }
 
 pub(crate) fn cas_put(cluster: &Path, bytes: &[u8]) -> Result<u8, Failure> {
     let client = ClusterClient::connect(cluster)?;
-    println!("{}", client.put_blob(bytes)?);
+    outln!("{}", client.put_blob(bytes)?);
     Ok(exit::OK)
 }
 
@@ -449,11 +459,12 @@ pub(crate) fn run(a: RunArgs) -> Result<u8, Failure> {
         ),
         e => e.into(),
     })?;
-    let input = read_input(a.input.as_deref())?;
+    // The replicas take an input of at most one side frame's blob.
+    let input = read_input_max(a.input.as_deref(), SIDE_BLOB_MAX as u64)?;
     let template = invocation_of(&a, tool.digest, Digest::of(&input), Budget::default())?;
     let signed = client.run(&token, &template, &input)?;
     if a.json {
-        println!("{}", serde_json::to_string_pretty(&signed).expect("json"));
+        outln!("{}", serde_json::to_string_pretty(&signed).expect("json"));
     }
     result_code(&client, &signed, !a.json)
 }
@@ -511,14 +522,14 @@ pub(crate) fn verify(file: &str, cluster: &Path) -> Result<u8, Failure> {
     let cluster = ClusterFile::load(cluster)?;
     let signers = signed.verify(&cluster)?;
     match signed.receipt() {
-        Some(r) => println!(
+        Some(r) => outln!(
             "receipt {} verified: signed by replicas {:?} of {} (f = {})",
             r.receipt,
             signers,
             cluster.n(),
             cluster.f
         ),
-        None => println!(
+        None => outln!(
             "result verified: signed by replicas {:?} of {} (f = {})",
             signers,
             cluster.n(),
@@ -683,9 +694,9 @@ fn bench(file: &ClusterFile, tool: &str, plan: &BenchPlan, json: bool) -> Result
         "sweep": sweep,
     });
     if json {
-        println!("{}", serde_json::to_string_pretty(&report).expect("json"));
+        outln!("{}", serde_json::to_string_pretty(&report).expect("json"));
     } else {
-        println!(
+        outln!(
             "cluster bench: {} replicas, fsync {}, tool {}",
             file.n(),
             if file.fsync { "on" } else { "off" },
@@ -693,7 +704,7 @@ fn bench(file: &ClusterFile, tool: &str, plan: &BenchPlan, json: bool) -> Result
         );
         // In the order they ran: one client, the sweep, the rest.
         for p in phases[..1].iter().chain(&sweep).chain(&phases[1..]) {
-            println!(
+            outln!(
                 "  {:<12} clients {:>3}: {:>8.0} inv/s, p50 {:>8.0} us, p99 {:>8.0} us, batch {:>5.1}, replica cpu {:>6.0} us/inv, client cpu {:>5.0} us/inv, failed {}",
                 p["phase"].as_str().unwrap_or(""),
                 p["clients"],
@@ -707,7 +718,7 @@ fn bench(file: &ClusterFile, tool: &str, plan: &BenchPlan, json: bool) -> Result
             );
         }
         match at_bound.get("clients") {
-            Some(c) => println!(
+            Some(c) => outln!(
                 "  throughput at p99 <= {:.0} ms: {:.0} inv/s with {c} clients (p99 {:.0} us{})",
                 plan.p99_bound_us / 1000.0,
                 at_bound["invocations_per_s"].as_f64().unwrap_or(f64::NAN),
@@ -718,7 +729,7 @@ fn bench(file: &ClusterFile, tool: &str, plan: &BenchPlan, json: bool) -> Result
                     ", over the bound in the long run"
                 },
             ),
-            None if !sweep.is_empty() => println!(
+            None if !sweep.is_empty() => outln!(
                 "  throughput at p99 <= {:.0} ms: no client count of the sweep stayed within it",
                 plan.p99_bound_us / 1000.0
             ),
