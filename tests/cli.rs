@@ -776,16 +776,7 @@ fn a_closed_stdout_ends_a_command_quietly() {
         // `run` still exits with its outcome's code.
         (vec!["run", "echo", "--input", big], 0),
     ] {
-        // The reader is gone before the command writes (as with `| head`
-        // once head has its lines): every write gets EPIPE.
-        let mut child = cli
-            .cmd(&args)
-            .stdout(Stdio::piped())
-            .stderr(Stdio::piped())
-            .spawn()
-            .unwrap();
-        drop(child.stdout.take());
-        let out = child.wait_with_output().unwrap();
+        let out = voidbox_e2e::with_closed_stdout(&mut cli.cmd(&args));
         assert_eq!(out.status.code(), Some(code), "{args:?}: {}", stderr(&out));
         assert!(stderr(&out).is_empty(), "{args:?}: {}", stderr(&out));
     }

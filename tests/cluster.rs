@@ -432,16 +432,12 @@ fn bad_cluster_files_are_refused() {
         vec!["cluster", "status"],
         vec!["cluster", "status", "--json"],
     ] {
-        let mut child = Command::new(voidbox_bin())
-            .args(&args)
-            .arg(&c.path)
-            .stdin(Stdio::null())
-            .stdout(Stdio::piped())
-            .stderr(Stdio::piped())
-            .spawn()
-            .unwrap();
-        drop(child.stdout.take());
-        let out = child.wait_with_output().unwrap();
+        let out = voidbox_e2e::with_closed_stdout(
+            Command::new(voidbox_bin())
+                .args(&args)
+                .arg(&c.path)
+                .stdin(Stdio::null()),
+        );
         assert_ne!(out.status.code(), Some(101), "{args:?}: {}", stderr(&out));
         assert!(
             !stderr(&out).contains("panicked"),

@@ -81,3 +81,16 @@ pub fn voidbox_bin() -> PathBuf {
     );
     bin
 }
+
+/// Runs `cmd` with its stdout closed before it writes (as `| head` does
+/// once it has its lines: every write gets EPIPE) and returns what it did.
+pub fn with_closed_stdout(cmd: &mut std::process::Command) -> std::process::Output {
+    use std::process::Stdio;
+    let mut child = cmd
+        .stdout(Stdio::piped())
+        .stderr(Stdio::piped())
+        .spawn()
+        .expect("the command starts");
+    drop(child.stdout.take());
+    child.wait_with_output().expect("the command ends")
+}
