@@ -717,7 +717,7 @@ fn not_admitted_names_the_real_source_of_the_budget() {
     );
     assert_eq!(caveat.status.code(), Some(35), "{}", stderr(&caveat));
     assert!(
-        stderr(&caveat).contains("> the token's 1,000;"),
+        stderr(&caveat).contains("> the budget's 1,000;"),
         "{}",
         stderr(&caveat)
     );

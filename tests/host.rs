@@ -609,7 +609,7 @@ fn contracts_are_checked_at_add_at_admission_and_after_the_run() {
     assert!(matches!(err, Error::NotAdmitted(_)), "{err}");
     assert!(
         err.to_string()
-            .contains("input of 10000 bytes may need fuel 6,000,000 > the token's 3,000,000"),
+            .contains("input of 10000 bytes may need fuel 6,000,000 > the budget's 3,000,000"),
         "{err}"
     );
 }

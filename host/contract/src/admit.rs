@@ -153,7 +153,7 @@ pub struct Counterexample {
 impl Counterexample {
     /// The sentence of `Display` followed by the clauses that bound the
     /// resource, for messages that must name the failing clause:
-    /// "input of 1048576 bytes may need fuel 421,430,400 > the token's
+    /// "input of 1048576 bytes may need fuel 421,430,400 > the budget's
     /// 100,000,000; bound by `cost` (fuel <= 400 * input_bytes + 2000000)".
     pub fn detail(&self) -> String {
         if self.clauses.is_empty() {
@@ -172,7 +172,7 @@ impl fmt::Display for Counterexample {
         }
         write!(
             f,
-            " may need {} {} > the token's {}",
+            " may need {} {} > the budget's {}",
             self.resource.name(),
             thousands(self.needed),
             thousands(u128::from(self.limit))

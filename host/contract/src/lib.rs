@@ -66,7 +66,7 @@
 //! let Err(AdmissionError::Counterexample(why)) = admit(&contract, &budget) else { panic!() };
 //! assert_eq!(
 //!     why.to_string(),
-//!     "input of 1048576 bytes may need fuel 421,430,400 > the token's 100,000,000"
+//!     "input of 1048576 bytes may need fuel 421,430,400 > the budget's 100,000,000"
 //! );
 //!
 //! let run = Figures { input_bytes: 10, fuel: 3_000_000, ..Figures::default() };

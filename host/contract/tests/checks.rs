@@ -101,11 +101,11 @@ fn the_issue_counterexample() {
     assert_eq!(cx.clauses, ["`cost` (fuel <= 400 * input_bytes + 2000000)"]);
     assert_eq!(
         err.to_string(),
-        "input of 1048576 bytes may need fuel 421,430,400 > the token's 100,000,000"
+        "input of 1048576 bytes may need fuel 421,430,400 > the budget's 100,000,000"
     );
     assert_eq!(
         cx.detail(),
-        "input of 1048576 bytes may need fuel 421,430,400 > the token's 100,000,000; bound by `cost` (fuel <= 400 * input_bytes + 2000000)"
+        "input of 1048576 bytes may need fuel 421,430,400 > the budget's 100,000,000; bound by `cost` (fuel <= 400 * input_bytes + 2000000)"
     );
 }
 
@@ -123,7 +123,7 @@ fn a_contract_within_budget_is_proved() {
     let err = admit(&c, &budget(Some(exact + 1), 100_000_000)).unwrap_err();
     assert_eq!(
         err.to_string(),
-        "input of 245001 bytes may need fuel 100,000,400 > the token's 100,000,000"
+        "input of 245001 bytes may need fuel 100,000,400 > the budget's 100,000,000"
     );
 }
 
@@ -134,7 +134,7 @@ fn output_and_memory_counterexamples() {
     let err = admit(&c, &b).unwrap_err();
     assert_eq!(
         err.to_string(),
-        "input of 2000000 bytes may need output_bytes 2,000,064 > the token's 1,048,576"
+        "input of 2000000 bytes may need output_bytes 2,000,064 > the budget's 1,048,576"
     );
     b.output_bytes = 4 << 20;
     admit(&c, &b).expect("fits once output is large enough");
@@ -148,7 +148,7 @@ fn output_and_memory_counterexamples() {
     // The worst case is reached first at input 1000.
     assert_eq!(
         err.to_string(),
-        "input of 1000 bytes may need memory_bytes 16,777,216 > the token's 65,536"
+        "input of 1000 bytes may need memory_bytes 16,777,216 > the budget's 65,536"
     );
 }
 
@@ -160,7 +160,7 @@ fn preconditions_narrow_the_inputs_admission_considers() {
     let err = admit(&c, &budget(None, 999_999)).unwrap_err();
     assert_eq!(
         err.to_string(),
-        "input of 1000 bytes may need fuel 1,000,000 > the token's 999,999"
+        "input of 1000 bytes may need fuel 1,000,000 > the budget's 999,999"
     );
 }
 
@@ -195,7 +195,7 @@ fn a_resource_bounded_only_from_below_is_unbounded() {
     let message = err.to_string();
     assert!(message.starts_with("input of "), "{message}");
     assert!(
-        message.ends_with(" > the token's 1,000 (the contract sets no upper bound on fuel)"),
+        message.ends_with(" > the budget's 1,000 (the contract sets no upper bound on fuel)"),
         "{message}"
     );
 }
@@ -225,7 +225,7 @@ fn arguments_appear_in_the_counterexample_when_the_contract_uses_them() {
     let err = admit(&c, &b).unwrap_err();
     assert_eq!(
         err.to_string(),
-        "input of 100 bytes and arguments of 50 bytes may need fuel 6,000 > the token's 5,000"
+        "input of 100 bytes and arguments of 50 bytes may need fuel 6,000 > the budget's 5,000"
     );
 }
 

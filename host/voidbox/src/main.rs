@@ -1078,8 +1078,8 @@ const BUDGET_SOURCES: [(&str, &str, &str); 3] = [
 
 /// A "not admitted" error that names where the limit that was exceeded
 /// came from. A run's budget is the smaller of what it asks (a flag, else
-/// voidbox.toml's [defaults]) and what its token's caveats allow, but
-/// admission only sees the result and calls it "the token's".
+/// voidbox.toml's [defaults]) and what its token's caveats allow;
+/// admission only sees the result ("the budget's").
 /// `flag_given` says, in [`BUDGET_SOURCES`] order, which limits a flag set.
 fn not_admitted(why: &str, asked: &Budget, flag_given: [bool; 3], token: &str) -> Failure {
     let resource = why
@@ -1120,10 +1120,9 @@ fn not_admitted(why: &str, asked: &Budget, flag_given: [bool; 3], token: &str) -
                 })
                 .min()
         });
-    let (why, fix) = match caveat_limit {
-        Some(limit) if limit < asked => (
-            why.to_string(),
-            format!("the {name} limit is the token's caveat ({limit}); use a token that allows more, or a smaller input"),
+    let fix = match caveat_limit {
+        Some(limit) if limit < asked => format!(
+            "the {name} limit is the token's caveat ({limit}); use a token that allows more, or a smaller input"
         ),
         _ => {
             let source = if flag_given[i] {
@@ -1131,10 +1130,7 @@ fn not_admitted(why: &str, asked: &Budget, flag_given: [bool; 3], token: &str) -
             } else {
                 format!("`{key} = {asked}` in voidbox.toml's [defaults]")
             };
-            (
-                why.replacen(" > the token's ", " > the budget's ", 1),
-                format!("the {name} limit comes from {source}: ask for more with {flag} (or raise `{key}` in voidbox.toml), or give a smaller input"),
-            )
+            format!("the {name} limit comes from {source}: ask for more with {flag} (or raise `{key}` in voidbox.toml), or give a smaller input")
         }
     };
     fail(exit::NOT_ADMITTED, format!("not admitted: {why}; {fix}"))
@@ -1383,7 +1379,7 @@ mod tests {
             timeout: Duration::from_secs(1),
         };
         let why = counterexample(Resource::Fuel, 10);
-        assert!(why.ends_with(" > the token's 10"), "{why}");
+        assert!(why.ends_with(" > the budget's 10"), "{why}");
         let no_token = "";
         let flag = not_admitted(&why, &asked, [true, false, false], no_token).message;
         assert!(flag.contains("fuel 2,000,000 > the budget's 10;"), "{flag}");
