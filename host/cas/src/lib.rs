@@ -36,6 +36,7 @@
 mod digest;
 mod disk;
 mod error;
+mod helper;
 mod mem;
 mod pipeline;
 

@@ -2,13 +2,14 @@
 //!
 //! blake3 on one core and a page-cache copy run at comparable rates, so doing
 //! them one after the other would roughly halve throughput. For blobs above
-//! [`PIPELINE_MIN_BYTES`] a scoped helper thread shares the work with the
-//! calling thread: for reads and streams one thread does the I/O while the
+//! [`PIPELINE_MIN_BYTES`] a helper thread shares the work with the calling
+//! thread: for reads and streams a scoped thread does the I/O while the
 //! other hashes, chunk by chunk; a put from memory ([`write_and_hash`])
 //! splits both the writing and the hashing into units that either thread
-//! takes, so it finishes when the work is done, not when the slower of two
-//! fixed halves is, and hashes each unit right after writing it, while it
-//! is in the cache. With a second core free a put or a get takes about as
+//! takes (the calling thread and a long-lived helper, see [`helper`]), so
+//! it finishes when the work is done, not when the slower of two fixed
+//! halves is, and hashes each unit right after writing it, while it is in
+//! the cache. With a second core free a put or a get takes about as
 //! long as hashing alone (it still costs the CPU time of both). Memory stays
 //! bounded by a few chunk buffers, except where the caller asked for the
 //! whole blob in memory.
@@ -26,7 +27,7 @@ use blake3::hazmat::{
     left_subtree_len, merge_subtrees_non_root, merge_subtrees_root, ChainingValue, HasherExt, Mode,
 };
 
-use crate::{CasError, Result};
+use crate::{helper, CasError, Result};
 
 /// Below this size a helper thread costs more than the overlap saves.
 pub(crate) const PIPELINE_MIN_BYTES: usize = 1 << 20;
@@ -196,7 +197,8 @@ const _: () = assert!(PIPELINE_MIN_BYTES >= UNIT_BYTES);
 const _: () = assert!(UNIT_BYTES.is_power_of_two() && UNIT_BYTES >= blake3::CHUNK_LEN);
 
 /// Writes `header` at offset 0 and `data` right after it, and hashes `data`,
-/// on the calling thread and a helper thread that share the work.
+/// on the calling thread and one of the process's long-lived helper threads
+/// (see [`helper`]), which share the work.
 ///
 /// Writes to one file are serialised (ext4 holds the inode lock for each
 /// `write`; here the units are taken in order under `next_write`), so one
@@ -205,12 +207,13 @@ const _: () = assert!(UNIT_BYTES.is_power_of_two() && UNIT_BYTES >= blake3::CHUN
 /// already did; a thread that finds the other one writing hashes the lowest
 /// unit nobody took. The subtrees' chaining values are merged into the root
 /// hash at the end. So neither thread waits for the other while there is
-/// work: when the helper starts late or is preempted (the machine is
-/// shared), the calling thread writes and hashes alone, still reading each
-/// unit once; with two cores the work splits between them. Measured with
-/// the `write_methods` example against a fixed split (one thread writes
-/// everything while the other hashes everything, which lasts as long as the
-/// slower side and stalls whenever its thread does): 1.05-1.2x per put.
+/// work: when the helper starts late, is preempted (the machine is shared)
+/// or is busy with another put, the calling thread writes and hashes alone,
+/// still reading each unit once; with two cores the work splits between
+/// them. Measured with the `write_methods` example against a fixed split
+/// (one thread writes everything while the other hashes everything, which
+/// lasts as long as the slower side and stalls whenever its thread does):
+/// 1.05-1.2x per put.
 pub(crate) fn write_and_hash(file: &File, header: &[u8], data: &[u8]) -> io::Result<blake3::Hash> {
     if data.len() <= PIPELINE_MIN_BYTES {
         write_header_and_data(file, header, data, 0, header.len() + data.len())?;
@@ -227,11 +230,18 @@ pub(crate) fn write_and_hash(file: &File, header: &[u8], data: &[u8]) -> io::Res
         lowest_unhashed: AtomicUsize::new(0),
         failed: AtomicBool::new(false),
     };
-    let (mine, theirs) = thread::scope(|scope| {
-        let helper = scope.spawn(|| shared.work());
-        let mine = shared.work();
-        (mine, join(helper))
-    });
+    // The helper's share, if a helper took the job; else the calling thread
+    // did everything.
+    let theirs = Mutex::new(None);
+    let help = || {
+        let done = shared.work();
+        *theirs.lock().unwrap_or_else(|e| e.into_inner()) = Some(done);
+    };
+    let mine = helper::with_helper(&help, || shared.work());
+    let theirs = theirs
+        .into_inner()
+        .unwrap_or_else(|e| e.into_inner())
+        .unwrap_or(Ok(Vec::new()));
     let mut cvs: Vec<Option<ChainingValue>> = vec![None; hash_units];
     for (unit, cv) in mine?.into_iter().chain(theirs?) {
         cvs[unit] = Some(cv);
@@ -619,6 +629,29 @@ mod tests {
                 "len {len}"
             );
         }
+    }
+
+    #[test]
+    fn write_and_hash_is_right_when_no_helper_takes_part() {
+        let dir = tempfile::tempdir().unwrap();
+        helper::ALONE.with(|alone| alone.set(true));
+        for (seed, &len) in LENS.iter().enumerate() {
+            let data = content(seed as u64 + 100, len);
+            let path = dir.path().join(format!("alone-{len}"));
+            let file = File::options()
+                .write(true)
+                .create_new(true)
+                .open(&path)
+                .unwrap();
+            let hash = write_and_hash(&file, &[0xCD; 16], &data).unwrap();
+            assert_eq!(hash, blake3::hash(&data), "len {len}");
+            let written = std::fs::read(&path).unwrap();
+            assert!(
+                written[..16] == [0xCD; 16] && written[16..] == data[..],
+                "len {len}"
+            );
+        }
+        helper::ALONE.with(|alone| alone.set(false));
     }
 
     #[test]

@@ -1,0 +1,175 @@
+//! Where the time of a 16 MiB `DiskStore::put` goes, and how two cores
+//! interfere, in one run:
+//!
+//! ```text
+//! cargo run --release -p voidbox-cas --example put_probe [-- --rounds 10 --dir DIR]
+//! ```
+//!
+//! Per round (each interleaved, so machine load hits all alike), wall time
+//! and per-thread CPU time of: blake3 on one thread; two threads hashing two
+//! different buffers at once; a file write (fallocate + 1 MiB pwrites) alone;
+//! a file write on one thread while another hashes a different buffer; and
+//! `DiskStore::put` in `voidbox bench`'s loop (distinct blob each time, only
+//! the put timed, older blobs synced and removed untimed).
+
+use std::fs::File;
+use std::io::{self, Write};
+use std::os::unix::fs::FileExt;
+use std::path::{Path, PathBuf};
+use std::time::Instant;
+
+use voidbox_cas::{DiskStore, Durability, OpenOptions, Store};
+
+fn thread_cpu() -> f64 {
+    let t = rustix::time::clock_gettime(rustix::time::ClockId::ThreadCPUTime);
+    t.tv_sec as f64 + t.tv_nsec as f64 * 1e-9
+}
+
+fn median(mut v: Vec<f64>) -> f64 {
+    v.sort_by(f64::total_cmp);
+    v[v.len() / 2]
+}
+
+/// Wall and thread-CPU seconds of `f` on the calling thread.
+fn timed<T>(f: impl FnOnce() -> T) -> (T, f64, f64) {
+    let (t0, c0) = (Instant::now(), thread_cpu());
+    let out = f();
+    (out, t0.elapsed().as_secs_f64(), thread_cpu() - c0)
+}
+
+fn write_file(path: &Path, data: &[u8]) -> io::Result<()> {
+    let file = File::options().write(true).create_new(true).open(path)?;
+    rustix::fs::fallocate(
+        &file,
+        rustix::fs::FallocateFlags::empty(),
+        0,
+        data.len() as u64 + 16,
+    )?;
+    file.write_all_at(&[7; 16], 0)?;
+    for (i, part) in data.chunks(1 << 20).enumerate() {
+        file.write_all_at(part, 16 + (i << 20) as u64)?;
+    }
+    Ok(())
+}
+
+fn main() {
+    let mut rounds = 10;
+    let mut dir_arg: Option<PathBuf> = None;
+    let mut it = std::env::args().skip(1);
+    while let Some(flag) = it.next() {
+        match flag.as_str() {
+            "--rounds" => rounds = it.next().and_then(|v| v.parse().ok()).expect("--rounds N"),
+            "--dir" => dir_arg = it.next().map(PathBuf::from),
+            other => panic!("unknown argument {other}"),
+        }
+    }
+    let scratch = match &dir_arg {
+        Some(dir) => tempfile::tempdir_in(dir),
+        None => tempfile::tempdir(),
+    }
+    .expect("temp dir");
+    let len = 16 << 20;
+    let mib = 16.0;
+    let mut data = vec![0u8; len];
+    blake3::Hasher::new_derive_key("voidbox bench data")
+        .finalize_xof()
+        .fill(&mut data);
+    let mut other = data.clone();
+    other[100] ^= 1;
+    let store = DiskStore::open_with(
+        scratch.path().join("cas"),
+        OpenOptions {
+            durability: Durability::Deferred,
+            read_only: false,
+        },
+    )
+    .expect("open store");
+    let mut stored = Vec::new();
+    let mut files: Vec<PathBuf> = Vec::new();
+    let mut counter = 0u64;
+    let names = [
+        "hash_1t",
+        "hash_2t(a)",
+        "hash_2t(b)",
+        "write_alone",
+        "write_while_hash(w)",
+        "write_while_hash(h)",
+        "store_put",
+    ];
+    let mut wall: Vec<Vec<f64>> = vec![Vec::new(); names.len()];
+    let mut cpu: Vec<Vec<f64>> = vec![Vec::new(); names.len()];
+    let mut record = |i: usize, w: f64, c: f64| {
+        wall[i].push(w);
+        cpu[i].push(c);
+    };
+    for _ in 0..rounds + 2 {
+        counter += 1;
+        data[..8].copy_from_slice(&counter.to_le_bytes());
+        let (_, w, c) = timed(|| std::hint::black_box(blake3::hash(&data)));
+        record(0, w, c);
+        let (a, b) = std::thread::scope(|s| {
+            let other = &other;
+            let helper = s.spawn(move || timed(|| std::hint::black_box(blake3::hash(other))));
+            let mine = timed(|| std::hint::black_box(blake3::hash(&data)));
+            (mine, helper.join().expect("no panic"))
+        });
+        record(1, a.1, a.2);
+        record(2, b.1, b.2);
+        let path = scratch.path().join(format!("w{counter}"));
+        let (r, w, c) = timed(|| write_file(&path, &data));
+        r.expect("write");
+        record(3, w, c);
+        File::open(&path).and_then(|f| f.sync_data()).expect("sync");
+        files.push(path);
+        counter += 1;
+        data[..8].copy_from_slice(&counter.to_le_bytes());
+        let path = scratch.path().join(format!("w{counter}"));
+        let (wr, hr) = std::thread::scope(|s| {
+            let other = &other;
+            let helper = s.spawn(move || timed(|| std::hint::black_box(blake3::hash(other))));
+            let mine = timed(|| write_file(&path, &data));
+            (mine, helper.join().expect("no panic"))
+        });
+        wr.0.expect("write");
+        record(4, wr.1, wr.2);
+        record(5, hr.1, hr.2);
+        File::open(&path).and_then(|f| f.sync_data()).expect("sync");
+        files.push(path);
+        while files.len() > 4 {
+            std::fs::remove_file(files.remove(0)).expect("remove");
+        }
+        counter += 1;
+        data[..8].copy_from_slice(&counter.to_le_bytes());
+        let (d, w, c) = timed(|| store.put(&data).expect("put"));
+        record(6, w, c);
+        stored.push(d);
+        if stored.len() > 4 {
+            store.sync().expect("sync");
+            store.remove(&stored.remove(0)).expect("remove");
+        }
+    }
+    let load = std::fs::read_to_string("/proc/loadavg").unwrap_or_default();
+    let mut out = io::stdout().lock();
+    writeln!(
+        out,
+        "{:<22} {:>10} {:>10} {:>10}   (16 MiB, median of {rounds}, load {})",
+        "what",
+        "MiB/s wall",
+        "ms wall",
+        "ms cpu(thr)",
+        load.trim()
+    )
+    .expect("stdout");
+    for (i, name) in names.iter().enumerate() {
+        let w = median(wall[i][2..].to_vec());
+        let c = median(cpu[i][2..].to_vec());
+        writeln!(
+            out,
+            "{name:<22} {:>10.0} {:>10.2} {:>10.2}",
+            mib / w,
+            w * 1e3,
+            c * 1e3
+        )
+        .expect("stdout");
+    }
+}
