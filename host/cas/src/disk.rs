@@ -924,16 +924,7 @@ fn content_problem(digest: &Digest, hash: blake3::Hash) -> Option<Corruption> {
 }
 
 fn hash_range(file: &File, len: u64) -> io::Result<blake3::Hash> {
-    let mut hasher = blake3::Hasher::new();
-    pipeline::for_each_chunk::<std::convert::Infallible>(file, HEADER_BYTES, len, &mut |chunk| {
-        hasher.update(chunk);
-        Ok(())
-    })
-    .map_err(|e| match e {
-        ChunkError::Read(e) => e,
-        ChunkError::Consume(never) => match never {},
-    })?;
-    Ok(hasher.finalize())
+    pipeline::hash_file_range(file, HEADER_BYTES, len)
 }
 
 /// Streams a blob's content to `out` while hashing it; `Corrupt` at the end

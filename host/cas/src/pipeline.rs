@@ -3,16 +3,17 @@
 //! blake3 on one core and a page-cache copy run at comparable rates, so doing
 //! them one after the other would roughly halve throughput. For blobs above
 //! [`PIPELINE_MIN_BYTES`] a helper thread shares the work with the calling
-//! thread: for reads and streams a scoped thread does the I/O while the
-//! other hashes, chunk by chunk; a put from memory ([`write_and_hash`])
-//! splits both the writing and the hashing into units that either thread
-//! takes (the calling thread and a long-lived helper, see [`helper`]), so
-//! it finishes when the work is done, not when the slower of two fixed
-//! halves is, and hashes each unit right after writing it, while it is in
-//! the cache. With a second core free a put or a get takes about as
-//! long as hashing alone (it still costs the CPU time of both). Memory stays
-//! bounded by a few chunk buffers, except where the caller asked for the
-//! whole blob in memory.
+//! thread. A put from memory ([`write_and_hash`]), a read into memory
+//! ([`read_and_hash`]) and a verification ([`hash_file_range`]) split the
+//! I/O and the hashing into units that either thread takes (the calling
+//! thread and a long-lived helper, see [`helper`]), so they finish when the
+//! work is done, not when the slower of two fixed halves is, and each unit
+//! is hashed right after its I/O, while it is in the cache. With a second
+//! core free a put takes about as long as hashing alone and a read less
+//! (they still cost the CPU time of both). Streams, whose bytes must pass
+//! in order, use a scoped thread for the I/O while the other hashes, chunk
+//! by chunk. Memory stays bounded by a few chunk buffers, except where the
+//! caller asked for the whole blob in memory.
 
 use std::fs::File;
 use std::io::{self, Read, Write};
@@ -105,8 +106,8 @@ pub(crate) fn for_each_chunk<E>(
     })
 }
 
-/// Reads `len` bytes of `file` from `offset` into a new vector, hashing them
-/// as they arrive.
+/// Reads `len` bytes of `file` from `offset` into a new vector and hashes
+/// them; a large range is shared with a helper (see [`hash_units_shared`]).
 pub(crate) fn read_and_hash(
     file: &File,
     offset: u64,
@@ -124,30 +125,141 @@ pub(crate) fn read_and_hash(
         })?;
         hasher.finalize()
     } else {
-        thread::scope(|scope| -> io::Result<blake3::Hash> {
-            let (tx, rx) = mpsc::channel::<&[u8]>();
-            // The reader fills `target` in order and passes each filled part
-            // (now initialized and read-only) to the hashing thread.
-            let reader = scope.spawn(move || {
-                read_exact_uninit_at(file, target, offset, &mut |part| {
-                    // A closed channel means the hasher is gone: a panic
-                    // there, re-raised by the scope.
-                    let _ = tx.send(part);
-                })
-            });
-            let mut hasher = blake3::Hasher::new();
-            for part in rx {
-                hasher.update(part);
-            }
-            join(reader)?;
-            Ok(hasher.finalize())
-        })?
+        read_and_hash_shared(file, target, offset)?
     };
     // SAFETY: `read_exact_uninit_at` returned Ok, so it initialized every
     // byte of `target`, which is exactly the first `len` bytes of the
     // capacity.
     unsafe { data.set_len(len) };
     Ok((data, hash))
+}
+
+/// Fills `target` from `file` at `offset` and hashes it, sharing the units
+/// with a helper (see [`hash_units_shared`]). `UnexpectedEof` if the file
+/// ends first.
+fn read_and_hash_shared(
+    file: &File,
+    target: &mut [MaybeUninit<u8>],
+    offset: u64,
+) -> io::Result<blake3::Hash> {
+    let len = target.len();
+    // Each unit's part of `target`, taken by the thread that reads it.
+    let parts: Vec<Mutex<Option<&mut [MaybeUninit<u8>]>>> = target
+        .chunks_mut(UNIT_BYTES)
+        .map(|part| Mutex::new(Some(part)))
+        .collect();
+    hash_units_shared(len, &|unit, _| {
+        let part = parts[unit]
+            .lock()
+            .unwrap_or_else(|e| e.into_inner())
+            .take()
+            .expect("each unit is taken once");
+        let mut hasher = blake3::Hasher::new();
+        hasher.set_input_offset((unit * UNIT_BYTES) as u64);
+        read_exact_uninit_at(
+            file,
+            part,
+            offset + (unit * UNIT_BYTES) as u64,
+            &mut |read| {
+                hasher.update(read);
+            },
+        )?;
+        Ok(hasher.finalize_non_root())
+    })
+}
+
+/// The blake3 hash of `len` bytes of `file` from `offset`, read in units
+/// shared with a helper (see [`hash_units_shared`]). Memory: one unit
+/// buffer per thread, and 32 bytes of chaining value per unit (1/32768 of
+/// `len`). `UnexpectedEof` if the file ends first.
+pub(crate) fn hash_file_range(file: &File, offset: u64, len: u64) -> io::Result<blake3::Hash> {
+    let Ok(len) = usize::try_from(len) else {
+        // Beyond the address space (32-bit targets): one thread, streaming.
+        return hash_file_range_alone(file, offset, len);
+    };
+    if len <= PIPELINE_MIN_BYTES {
+        return hash_file_range_alone(file, offset, len as u64);
+    }
+    hash_units_shared(len, &|unit, buf| {
+        let start = unit * UNIT_BYTES;
+        let n = (len - start).min(UNIT_BYTES);
+        buf.resize(n, 0);
+        file.read_exact_at(buf, offset + start as u64)?;
+        Ok(blake3::Hasher::new()
+            .set_input_offset(start as u64)
+            .update(buf)
+            .finalize_non_root())
+    })
+}
+
+fn hash_file_range_alone(file: &File, offset: u64, len: u64) -> io::Result<blake3::Hash> {
+    let mut hasher = blake3::Hasher::new();
+    let mut buf = vec![0u8; len.min(CHUNK_BYTES as u64) as usize];
+    let mut done = 0u64;
+    while done < len {
+        let n = (len - done).min(CHUNK_BYTES as u64) as usize;
+        file.read_exact_at(&mut buf[..n], offset + done)?;
+        hasher.update(&buf[..n]);
+        done += n as u64;
+    }
+    Ok(hasher.finalize())
+}
+
+/// The blake3 hash of `len` bytes made of units of `UNIT_BYTES`, where
+/// `unit_cv(k, buf)` reads unit k and returns its chaining value as a
+/// subtree (`buf` is a scratch buffer of the calling thread).
+///
+/// The calling thread and a helper (see [`helper`]) each take the next
+/// unit nobody took, read it and hash it while it is in that core's cache;
+/// the chaining values are merged at the end. Reads of one file run in
+/// parallel (the page cache takes no file-wide lock for them), so with a
+/// second core free the two halves of the work overlap; when the helper is
+/// busy or late the calling thread does it all, still reading each byte
+/// once. The first error stops both threads and is returned.
+fn hash_units_shared(
+    len: usize,
+    unit_cv: &(dyn Fn(usize, &mut Vec<u8>) -> io::Result<ChainingValue> + Sync),
+) -> io::Result<blake3::Hash> {
+    assert!(len > UNIT_BYTES, "a single unit needs no sharing");
+    let units = len.div_ceil(UNIT_BYTES);
+    let next = AtomicUsize::new(0);
+    let failed = AtomicBool::new(false);
+    let work = || -> io::Result<Vec<(usize, ChainingValue)>> {
+        let (mut cvs, mut buf) = (Vec::new(), Vec::new());
+        while !failed.load(Ordering::Relaxed) {
+            let unit = next.fetch_add(1, Ordering::Relaxed);
+            if unit >= units {
+                break;
+            }
+            match unit_cv(unit, &mut buf) {
+                Ok(cv) => cvs.push((unit, cv)),
+                Err(e) => {
+                    failed.store(true, Ordering::Relaxed);
+                    return Err(e);
+                }
+            }
+        }
+        Ok(cvs)
+    };
+    let theirs = Mutex::new(None);
+    let help = || {
+        let done = work();
+        *theirs.lock().unwrap_or_else(|e| e.into_inner()) = Some(done);
+    };
+    let mine = helper::with_helper(&help, work);
+    let theirs = theirs
+        .into_inner()
+        .unwrap_or_else(|e| e.into_inner())
+        .unwrap_or(Ok(Vec::new()));
+    let mut cvs: Vec<Option<ChainingValue>> = vec![None; units];
+    for (unit, cv) in mine?.into_iter().chain(theirs?) {
+        cvs[unit] = Some(cv);
+    }
+    let cvs: Vec<ChainingValue> = cvs
+        .into_iter()
+        .map(|cv| cv.expect("every unit was hashed by one thread"))
+        .collect();
+    Ok(root_hash(&cvs, len))
 }
 
 /// Fills `target` from `file` at `offset`, in chunks of at most
@@ -181,14 +293,14 @@ fn read_exact_uninit_at<'a>(
     Ok(())
 }
 
-/// Bytes per unit of work in [`write_and_hash`]: write unit k is the file
-/// bytes from k units on (so writes start at aligned file offsets and the
-/// page cache gets large folios), hash unit k the content bytes from k
-/// units on, as one blake3 subtree (a power of two, so every unit but the
-/// last is a complete subtree). Large enough for few syscalls and blake3's
-/// widest SIMD, small enough to stay in a core's cache between the write
-/// and the hash, and that a thread preempted in the middle of one holds up
-/// the other only briefly.
+/// Bytes per unit of work in [`write_and_hash`] and [`hash_units_shared`]:
+/// write unit k is the file bytes from k units on (so writes start at
+/// aligned file offsets and the page cache gets large folios), hash unit k
+/// the content bytes from k units on, as one blake3 subtree (a power of
+/// two, so every unit but the last is a complete subtree). Large enough for
+/// few syscalls and blake3's widest SIMD, small enough to stay in a core's
+/// cache between the I/O and the hash, and that a thread preempted in the
+/// middle of one holds up the other only briefly.
 const UNIT_BYTES: usize = 1 << 20;
 
 // Blobs that reach the shared path span several units, so their hash is
@@ -652,6 +764,42 @@ mod tests {
             );
         }
         helper::ALONE.with(|alone| alone.set(false));
+    }
+
+    #[test]
+    fn reads_and_verifications_hash_as_blake3_with_or_without_a_helper() {
+        let dir = tempfile::tempdir().unwrap();
+        for alone in [false, true] {
+            helper::ALONE.with(|a| a.set(alone));
+            for (seed, &len) in LENS.iter().enumerate() {
+                let data = content(seed as u64 + 200, len);
+                let path = dir.path().join(format!("read-{len}-{alone}"));
+                let mut bytes = vec![0xEE; 16];
+                bytes.extend_from_slice(&data);
+                std::fs::write(&path, &bytes).unwrap();
+                let file = File::open(&path).unwrap();
+                let (read, hash) = read_and_hash(&file, 16, len).unwrap();
+                assert_eq!(hash, blake3::hash(&data), "len {len}, alone {alone}");
+                assert!(read == data, "len {len}, alone {alone}");
+                let hash = hash_file_range(&file, 16, len as u64).unwrap();
+                assert_eq!(hash, blake3::hash(&data), "len {len}, alone {alone}");
+            }
+        }
+        helper::ALONE.with(|a| a.set(false));
+    }
+
+    #[test]
+    fn a_file_shorter_than_the_range_is_unexpected_eof() {
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("short");
+        std::fs::write(&path, content(9, (5 << 20) + 3)).unwrap();
+        let file = File::open(&path).unwrap();
+        for len in [(5 << 20) + 4, 8 << 20] {
+            let err = read_and_hash(&file, 0, len).unwrap_err();
+            assert_eq!(err.kind(), io::ErrorKind::UnexpectedEof, "len {len}");
+            let err = hash_file_range(&file, 0, len as u64).unwrap_err();
+            assert_eq!(err.kind(), io::ErrorKind::UnexpectedEof, "len {len}");
+        }
     }
 
     #[test]

@@ -1,7 +1,8 @@
-//! `voidbox bench`'s CAS put figure, reproduced without the voidbox binary:
+//! `voidbox bench`'s CAS figures (deferred put and get of 16 MiB blobs
+//! versus blake3), reproduced without the voidbox binary:
 //!
 //! ```text
-//! cargo run --release -p voidbox-cas --example put_loop [-- --rounds 8 --window 0.5 --dir DIR]
+//! cargo run --release -p voidbox-cas --example bench_loop [-- --rounds 8 --window 0.5 --dir DIR]
 //! ```
 //!
 //! The same loop as `cas_figures` in the voidbox crate's `bench.rs`, with
@@ -9,14 +10,16 @@
 //! `blake3::hash` on one thread for `--window` seconds; then, for twice
 //! that, `DiskStore::put` of a distinct blob each time (its first 8 bytes
 //! change), only the put timed, and between puts, untimed, earlier blobs are
-//! synced and all but the last four removed. This runs `--rounds` times
-//! (after one untimed warm-up round), so that the two rates of a round see
-//! about the same load on a shared machine.
+//! synced and all but the last four removed; then `get` of the last blob,
+//! over and over for `--window` seconds. This runs `--rounds` times (after
+//! one untimed warm-up round), so that the rates of a round see about the
+//! same load on a shared machine.
 //!
 //! Prints per round: put and hash MiB/s, their ratio (the figure with the
 //! goal of 0.7), wall and CPU milliseconds per put (CPU of the whole
-//! process: the calling thread and the helper), and the load average; then
-//! the median ratio and the ratio of the rates over all rounds.
+//! process: the calling thread and the helper), get MiB/s and its ratio,
+//! and the load average; then the median ratios and the ratios of the rates
+//! over all rounds.
 
 use std::io::Write;
 use std::path::PathBuf;
@@ -51,7 +54,9 @@ fn median(mut values: Vec<f64>) -> f64 {
 }
 
 fn usage(problem: &str) -> ! {
-    eprintln!("put_loop: {problem}\nusage: put_loop [--rounds N] [--window SECONDS] [--dir DIR]");
+    eprintln!(
+        "bench_loop: {problem}\nusage: bench_loop [--rounds N] [--window SECONDS] [--dir DIR]"
+    );
     std::process::exit(2)
 }
 
@@ -94,7 +99,7 @@ fn main() {
         },
     )
     .unwrap_or_else(|e| {
-        eprintln!("put_loop: {e}");
+        eprintln!("bench_loop: {e}");
         std::process::exit(1)
     });
     let mut data = vec![0u8; SIZE];
@@ -105,10 +110,11 @@ fn main() {
     let mut stored = Vec::new();
     let mut counter = 0u64;
     let (mut ratios, mut put_total, mut hash_total) = (Vec::new(), (0.0, 0u64), (0.0, 0u64));
+    let (mut get_ratios, mut get_total) = (Vec::new(), (0.0, 0u64));
     let mut out = std::io::stdout().lock();
     writeln!(
         out,
-        "round  put MiB/s  hash MiB/s  ratio  wall ms/put  cpu ms/put  load"
+        "round  put MiB/s  hash MiB/s  ratio  wall ms/put  cpu ms/put  get MiB/s  ratio  load"
     )
     .expect("stdout");
     for round in 0..=rounds {
@@ -140,32 +146,49 @@ fn main() {
                 store.remove(&stored.remove(0)).expect("remove");
             }
         }
+        let last = *stored.last().expect("at least one put");
+        let started = Instant::now();
+        let mut gets = 0u64;
+        while started.elapsed() < window {
+            std::hint::black_box(store.get(&last).expect("get"));
+            gets += 1;
+        }
+        let get_seconds = started.elapsed().as_secs_f64();
         if round == 0 {
             continue;
         }
+        let get_rate = gets as f64 * mib / get_seconds;
+        get_total = (get_total.0 + get_seconds, get_total.1 + gets);
         let put_rate = puts as f64 * mib / put_seconds;
         let hash_rate = hashes as f64 * mib / hash_seconds;
         ratios.push(put_rate / hash_rate);
+        get_ratios.push(get_rate / hash_rate);
         put_total = (put_total.0 + put_seconds, put_total.1 + puts);
         hash_total = (hash_total.0 + hash_seconds, hash_total.1 + hashes);
         writeln!(
             out,
-            "{round:>5} {put_rate:>10.0} {hash_rate:>11.0} {:>6.2} {:>12.2} {:>11.2}  {}",
+            "{round:>5} {put_rate:>10.0} {hash_rate:>11.0} {:>6.2} {:>12.2} {:>11.2} {get_rate:>10.0} {:>6.2}  {}",
             put_rate / hash_rate,
             put_seconds * 1e3 / puts as f64,
             cpu * 1e3 / puts as f64,
+            get_rate / hash_rate,
             loadavg()
         )
         .expect("stdout");
     }
     store.sync().expect("sync");
-    let overall = (put_total.1 as f64 / put_total.0) / (hash_total.1 as f64 / hash_total.0);
+    let hash_rate = hash_total.1 as f64 * mib / hash_total.0;
+    let put_rate = put_total.1 as f64 * mib / put_total.0;
+    let get_rate = get_total.1 as f64 * mib / get_total.0;
     writeln!(
         out,
-        "median ratio {:.2}, over all rounds {overall:.2} (put {:.0} MiB/s, hash {:.0} MiB/s)",
+        "put: median ratio {:.2}, over all rounds {:.2} ({put_rate:.0} MiB/s)\n\
+         get: median ratio {:.2}, over all rounds {:.2} ({get_rate:.0} MiB/s)\n\
+         blake3 one thread: {hash_rate:.0} MiB/s",
         median(ratios),
-        put_total.1 as f64 * mib / put_total.0,
-        hash_total.1 as f64 * mib / hash_total.0
+        put_rate / hash_rate,
+        median(get_ratios),
+        get_rate / hash_rate,
     )
     .expect("stdout");
 }
