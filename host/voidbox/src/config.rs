@@ -62,6 +62,11 @@ pub struct StorageSettings {
     pub inline_blob_bytes_max: u64,
     /// Receipts kept in the in-memory action cache in front of the database.
     pub action_cache_entries: usize,
+    /// Memory for the database's page cache, in bytes. Recent receipts and
+    /// blobs are answered from the journal's in-memory tail, so the cache
+    /// serves older ones; redb's own default (1 GiB) grows with the file,
+    /// and every page it takes is fresh memory the kernel must zero first.
+    pub db_cache_bytes: u64,
 }
 
 impl Default for Defaults {
@@ -92,6 +97,7 @@ impl Default for StorageSettings {
         StorageSettings {
             inline_blob_bytes_max: 64 << 10,
             action_cache_entries: 100_000,
+            db_cache_bytes: 64 << 20,
         }
     }
 }
@@ -140,6 +146,9 @@ memory_bytes_max = 4294967296
 inline_blob_bytes_max = 65536
 # Receipts kept in memory in front of the on-disk action cache.
 action_cache_entries = 100000
+# Memory for the database's page cache (64 MiB); recent records are
+# served from memory before they reach the database.
+db_cache_bytes = 67108864
 "#;
 
 impl Config {

@@ -173,7 +173,11 @@ impl Host {
             return Err(Error::NotInitialized(home));
         }
         let config = Config::load(&home)?;
-        let storage = Arc::new(Storage::open(&home, config.storage.inline_blob_bytes_max)?);
+        let storage = Arc::new(Storage::open(
+            &home,
+            config.storage.inline_blob_bytes_max,
+            usize::try_from(config.storage.db_cache_bytes).unwrap_or(usize::MAX),
+        )?);
         let blobs = Blobs::new(storage.clone());
         let sandbox = Sandbox::new(SandboxConfig {
             cache_dir: Some(home.join("compiled")),

@@ -116,6 +116,12 @@ const BATCH_WINDOW: Duration = Duration::from_millis(10);
 /// measured too: the same checkpoint CPU per record, 20% less peak
 /// memory, no change on the invoking thread.)
 const CHECKPOINT_BYTES: u64 = 32 << 20;
+/// The page cache of the cluster's own databases (the protocol log and the
+/// result journal): both are written at their end and read back only at
+/// open or by a peer catching up, so a small cache holds what is hot.
+/// redb's default (1 GiB) fills as the files grow, and every page it
+/// takes is fresh memory the kernel zeroes on first touch.
+pub(crate) const LOG_DB_CACHE_BYTES: usize = 16 << 20;
 /// Most bytes of records waiting for the flusher; past this, appenders wait,
 /// so a slow disk slows callers instead of growing memory without bound.
 const BUFFER_BYTES_MAX: usize = 64 << 20;
@@ -362,7 +368,7 @@ macro_rules! dbtry {
 }
 
 impl Storage {
-    pub(crate) fn open(home: &Path, inline_max: u64) -> Result<Storage> {
+    pub(crate) fn open(home: &Path, inline_max: u64, db_cache_bytes: usize) -> Result<Storage> {
         // How long to wait for another process (a second CLI, say) to let
         // go of the database's lock before giving up.
         const LOCK_WAIT: Duration = Duration::from_secs(5);
@@ -371,7 +377,10 @@ impl Storage {
         let started = Instant::now();
         let mut told = false;
         let db = loop {
-            match Database::create(&db_path) {
+            match redb::Builder::new()
+                .set_cache_size(db_cache_bytes)
+                .create(&db_path)
+            {
                 Ok(db) => break db,
                 Err(redb::DatabaseError::DatabaseAlreadyOpen) if started.elapsed() < LOCK_WAIT => {
                     if !told {
@@ -1919,6 +1928,8 @@ impl Store for Blobs {
 mod tests {
     use super::*;
 
+    const TEST_DB_CACHE_BYTES: usize = 4 << 20;
+
     fn receipt_for(input: &[u8]) -> (Invocation, Receipt) {
         let inv = Invocation::new(Digest::of(b"tool"), Digest::of(input));
         let mut r = Receipt {
@@ -1968,7 +1979,7 @@ mod tests {
         std::fs::write(Segment::path(&dir, 1), &seg1).unwrap();
         std::fs::write(Segment::path(&dir, 2), frame(&b)).unwrap();
 
-        let storage = Storage::open(home.path(), 1 << 16).unwrap();
+        let storage = Storage::open(home.path(), 1 << 16, TEST_DB_CACHE_BYTES).unwrap();
         assert_eq!(
             storage.cached_receipt(&inv.digest()).unwrap(),
             Some(r.clone())
@@ -1984,7 +1995,7 @@ mod tests {
         drop(storage);
         // A clean close moved everything into redb and emptied the journal.
         assert!(segments(&dir).unwrap().is_empty());
-        let storage = Storage::open(home.path(), 1 << 16).unwrap();
+        let storage = Storage::open(home.path(), 1 << 16, TEST_DB_CACHE_BYTES).unwrap();
         assert_eq!(
             storage.cached_receipt(&inv.digest()).unwrap(),
             Some(r.clone())
@@ -1999,7 +2010,7 @@ mod tests {
         let (old_inv, old) = receipt_for(b"written by an older version");
         {
             // What a database from before the receipt log holds.
-            let storage = Storage::open(home.path(), 1 << 16).unwrap();
+            let storage = Storage::open(home.path(), 1 << 16, TEST_DB_CACHE_BYTES).unwrap();
             let txn = storage.db.begin_write().unwrap();
             {
                 let mut value = Vec::new();
@@ -2014,7 +2025,7 @@ mod tests {
         }
         let (inv, new) = receipt_for(b"written now");
         {
-            let storage = Storage::open(home.path(), 1 << 16).unwrap();
+            let storage = Storage::open(home.path(), 1 << 16, TEST_DB_CACHE_BYTES).unwrap();
             storage
                 .record(
                     Arc::new(inv.clone()),
@@ -2025,7 +2036,7 @@ mod tests {
                 .unwrap();
         }
         // Both reopened from redb alone (a clean close checkpoints).
-        let storage = Storage::open(home.path(), 1 << 16).unwrap();
+        let storage = Storage::open(home.path(), 1 << 16, TEST_DB_CACHE_BYTES).unwrap();
         for (i, r) in [(&old_inv, &old), (&inv, &new)] {
             assert_eq!(
                 storage.cached_receipt(&i.digest()).unwrap().as_ref(),
@@ -2072,7 +2083,7 @@ mod tests {
     #[test]
     fn records_are_readable_before_during_and_after_a_checkpoint() {
         let home = tempfile::tempdir().unwrap();
-        let storage = Storage::open(home.path(), 1 << 16).unwrap();
+        let storage = Storage::open(home.path(), 1 << 16, TEST_DB_CACHE_BYTES).unwrap();
         let mut expected = Vec::new();
         for i in 0..200u32 {
             let (d, inv, r) = record_input(&storage, &format!("input {i}"));
@@ -2114,7 +2125,8 @@ mod tests {
         let home = tempfile::tempdir().unwrap();
         let mut expected = Vec::new();
         {
-            let storage = Arc::new(Storage::open(home.path(), 1 << 16).unwrap());
+            let storage =
+                Arc::new(Storage::open(home.path(), 1 << 16, TEST_DB_CACHE_BYTES).unwrap());
             for round in 0..7u32 {
                 for i in 0..150u32 {
                     let input = format!("round {round} input {i}");
@@ -2161,7 +2173,7 @@ mod tests {
         }
         // Reopened: every answer comes from the runs, the cache filter
         // included.
-        let storage = Arc::new(Storage::open(home.path(), 1 << 16).unwrap());
+        let storage = Arc::new(Storage::open(home.path(), 1 << 16, TEST_DB_CACHE_BYTES).unwrap());
         let blobs = Blobs::new(storage.clone());
         for (d, input, inv, r) in &expected {
             assert_eq!(blobs.get(d).unwrap(), input.as_bytes());

@@ -140,7 +140,10 @@ impl Results {
             path: path.to_path_buf(),
             detail: format!("{e}; check the replica's data directory"),
         };
-        let db = Database::create(path).map_err(|e| err(&e))?;
+        let db = redb::Builder::new()
+            .set_cache_size(crate::storage::LOG_DB_CACHE_BYTES)
+            .create(path)
+            .map_err(|e| err(&e))?;
         let txn = db.begin_write().map_err(|e| err(&e))?;
         txn.open_table(RESULTS).map_err(|e| err(&e))?;
         txn.commit().map_err(|e| err(&e))?;

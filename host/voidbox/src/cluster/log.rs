@@ -49,7 +49,10 @@ impl ProtocolLog {
     /// impossible in redb; this is a different version's file) is an error,
     /// never skipped: skipping could forget a promise the replica made.
     pub fn open(path: &Path, fsync: bool) -> Result<(ProtocolLog, Vec<Record>)> {
-        let db = Database::create(path).map_err(|e| db_err(path, e))?;
+        let db = redb::Builder::new()
+            .set_cache_size(crate::storage::LOG_DB_CACHE_BYTES)
+            .create(path)
+            .map_err(|e| db_err(path, e))?;
         let mut records = Vec::new();
         let mut metas = Vec::new();
         {
