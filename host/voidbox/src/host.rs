@@ -23,7 +23,7 @@ use crate::config::{Config, CONFIG_FILE, CONFIG_TEMPLATE};
 use crate::error::{Error, Result};
 use crate::invocation::{Invocation, Receipt};
 use crate::pool::{Pool, PoolStats};
-use crate::storage::{db_err, Blobs, DigestMap, Storage, StorageStats, NAMES, TOOLS};
+use crate::storage::{db_err, Blobs, DigestMap, InMemory, Storage, StorageStats, NAMES, TOOLS};
 
 /// What the host knows about a registered tool.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
@@ -713,6 +713,18 @@ impl Host {
 
     /// The receipt the action cache holds for `invocation`, if any.
     pub fn cached(&self, invocation: &Digest) -> Result<Option<Receipt>> {
+        // Memory first: a fresh invocation (the common miss) or one whose
+        // receipt is still in the journal's tail is answered under the
+        // storage's lock alone; the front of receipts read from the
+        // database only holds what memory calls stored.
+        match self.storage.cached_in_memory(invocation) {
+            InMemory::Found(mut r) => {
+                r.cached = true;
+                return Ok(Some(r));
+            }
+            InMemory::Absent => return Ok(None),
+            InMemory::Stored => {}
+        }
         if let Some(r) = self
             .recent
             .lock()
@@ -723,7 +735,7 @@ impl Host {
             r.cached = true;
             return Ok(Some(r));
         }
-        match self.storage.cached_receipt(invocation)? {
+        match self.storage.cached_receipt_stored(invocation)? {
             Some(mut r) => {
                 self.remember(Arc::new(r.clone()), *invocation);
                 r.cached = true;
@@ -936,8 +948,15 @@ impl Host {
                 }
             }
         }
+        // The blobs the receipt names are stored with it, under one lock.
+        let mut blobs = Vec::with_capacity(2);
         let output = match outcome {
-            Outcome::Ok => Some(self.storage.put_blob_deferred(&result.output)?),
+            Outcome::Ok => {
+                let blob = self.storage.prepare_blob(&result.output)?;
+                let digest = blob.digest();
+                blobs.push(blob);
+                Some(digest)
+            }
             _ => None,
         };
         let diagnostics = if result.logs.is_empty() && result.stderr.is_empty() {
@@ -947,10 +966,12 @@ impl Host {
                 "logs": result.logs,
                 "stderr": String::from_utf8_lossy(&result.stderr),
             });
-            Some(
-                self.storage
-                    .put_blob_deferred(&serde_json::to_vec(&d).expect("json"))?,
-            )
+            let blob = self
+                .storage
+                .prepare_blob(&serde_json::to_vec(&d).expect("json"))?;
+            let digest = blob.digest();
+            blobs.push(blob);
+            Some(digest)
         };
         let mut receipt = Receipt {
             receipt: Digest([0; 32]),
@@ -976,6 +997,7 @@ impl Host {
             inv_digest,
             Arc::new(receipt.clone()),
             cacheable,
+            blobs,
         )?;
         Ok(receipt)
     }

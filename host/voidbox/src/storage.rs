@@ -319,6 +319,34 @@ impl RunCache {
     }
 }
 
+/// A blob readied by [`Storage::prepare_blob`] for [`Storage::record`].
+pub(crate) struct PendingBlob {
+    digest: Digest,
+    /// The bytes of a small blob, which `record` appends; `None` for a
+    /// large one, already in the disk store.
+    inline: Option<Arc<[u8]>>,
+}
+
+impl PendingBlob {
+    /// The blob's digest.
+    pub(crate) fn digest(&self) -> Digest {
+        self.digest
+    }
+}
+
+/// The answer of [`Storage::cached_in_memory`].
+// Returned and matched at once, never stored: boxing the receipt would add
+// an allocation to every hit.
+#[allow(clippy::large_enum_variant)]
+pub(crate) enum InMemory {
+    /// The journal's tail holds the invocation's receipt.
+    Found(Receipt),
+    /// No action-cache entry exists for the invocation.
+    Absent,
+    /// The database may hold one.
+    Stored,
+}
+
 /// The database, the blob store, the journal and its flusher thread.
 pub(crate) struct Storage {
     pub(crate) db: Arc<Database>,
@@ -631,14 +659,37 @@ impl Storage {
         })
     }
 
+    /// Hashes a blob that a receipt will name and readies it for
+    /// [`Storage::record`]. A large blob goes to the disk store now
+    /// (deferred durability, synced before the frame holding the receipt);
+    /// a small one is copied here and appended by `record`, under the same
+    /// lock as the receipt (one lock for a run's records, not one per
+    /// blob: with two invoking threads each lock moves the lock's cache
+    /// line between the cores).
+    pub(crate) fn prepare_blob(&self, bytes: &[u8]) -> Result<PendingBlob> {
+        if bytes.len() as u64 > self.inline_max {
+            return Ok(PendingBlob {
+                digest: self.disk.put(bytes)?,
+                inline: None,
+            });
+        }
+        Ok(PendingBlob {
+            digest: Digest::of(bytes),
+            inline: Some(Arc::from(bytes)),
+        })
+    }
+
     /// Records an invocation's receipt (and, for deterministic outcomes, its
-    /// action-cache entry) through the journal.
+    /// action-cache entry) through the journal, after the small blobs it
+    /// names (`blobs`, from [`Storage::prepare_blob`]): replay then never
+    /// meets a receipt before its blobs.
     pub(crate) fn record(
         &self,
         invocation: Arc<Invocation>,
         invocation_digest: Digest,
         receipt: Arc<Receipt>,
         cache: bool,
+        blobs: Vec<PendingBlob>,
     ) -> Result<()> {
         SCRATCH.with(|scratch| {
             let mut encoded = scratch.borrow_mut();
@@ -651,6 +702,14 @@ impl Storage {
                 &receipt,
             );
             self.append(|st| {
+                for blob in blobs {
+                    let Some(bytes) = blob.inline else { continue };
+                    // A blob already queued need not be queued again.
+                    if st.blob(&blob.digest).is_none() {
+                        journal::put_blob(&mut st.buffer, &blob.digest, &bytes);
+                        st.tail.blobs.insert(blob.digest, bytes);
+                    }
+                }
                 st.buffer.extend_from_slice(&encoded);
                 let tail = &mut st.tail;
                 tail.invocations.insert(invocation_digest, invocation);
@@ -665,17 +724,34 @@ impl Storage {
 
     /// The receipt the action cache holds for an invocation, if any.
     pub(crate) fn cached_receipt(&self, invocation: &Digest) -> Result<Option<Receipt>> {
-        {
-            let st = self.shared.lock();
-            if let Some(r) = st.cached(invocation) {
-                if let Some(receipt) = st.receipt(r) {
-                    return Ok(Some((**receipt).clone()));
-                }
-            }
-            if !st.cache_filter.contains(&filter_key(invocation)) {
-                return Ok(None);
+        match self.cached_in_memory(invocation) {
+            InMemory::Found(r) => Ok(Some(r)),
+            InMemory::Absent => Ok(None),
+            InMemory::Stored => self.cached_receipt_stored(invocation),
+        }
+    }
+
+    /// What memory alone says of an invocation's action-cache entry: the
+    /// receipt, if the journal's tail holds it; that there is none (the
+    /// common case for a fresh invocation); or that the database may hold
+    /// one ([`Storage::cached_receipt_stored`]). One lock.
+    pub(crate) fn cached_in_memory(&self, invocation: &Digest) -> InMemory {
+        let st = self.shared.lock();
+        if let Some(r) = st.cached(invocation) {
+            if let Some(receipt) = st.receipt(r) {
+                return InMemory::Found((**receipt).clone());
             }
         }
+        if st.cache_filter.contains(&filter_key(invocation)) {
+            InMemory::Stored
+        } else {
+            InMemory::Absent
+        }
+    }
+
+    /// The action-cache entry of an invocation from the database, for one
+    /// that [`Storage::cached_in_memory`] called `Stored`.
+    pub(crate) fn cached_receipt_stored(&self, invocation: &Digest) -> Result<Option<Receipt>> {
         let p = &self.db_path;
         let txn = dbtry!(p, self.db.begin_read())?;
         let indexed = self.index_find(&txn, invocation, |e| {
@@ -1635,6 +1711,11 @@ impl Blobs {
     }
 
     fn inline_verified(&self, digest: &Digest) -> Result<Option<Arc<[u8]>>, CasError> {
+        // The journal's tail is memory this process hashed when the blob was
+        // stored; what is read from the database or the disk is re-hashed.
+        if let Some(b) = self.storage.tail_blob(digest) {
+            return Ok(Some(b));
+        }
         match self.inline(digest)? {
             Some(b) => {
                 let actual = Digest::of(&b);
@@ -2032,6 +2113,7 @@ mod tests {
                     inv.digest(),
                     Arc::new(new.clone()),
                     true,
+                    Vec::new(),
                 )
                 .unwrap();
         }
@@ -2055,6 +2137,7 @@ mod tests {
                 inv2.digest(),
                 Arc::new(r2.clone()),
                 true,
+                Vec::new(),
             )
             .unwrap();
         storage.checkpoint().unwrap();
@@ -2067,7 +2150,10 @@ mod tests {
 
     /// Stores `input` as a blob and records a cacheable receipt for it.
     fn record_input(storage: &Storage, input: &str) -> (Digest, Invocation, Receipt) {
-        let d = storage.put_blob_deferred(input.as_bytes()).unwrap();
+        // The input is the receipt's output too (see `receipt_for`), stored
+        // with the receipt as a run's output is.
+        let blob = storage.prepare_blob(input.as_bytes()).unwrap();
+        let d = blob.digest();
         let (inv, r) = receipt_for(input.as_bytes());
         storage
             .record(
@@ -2075,6 +2161,7 @@ mod tests {
                 inv.digest(),
                 Arc::new(r.clone()),
                 true,
+                vec![blob],
             )
             .unwrap();
         (d, inv, r)
@@ -2111,7 +2198,13 @@ mod tests {
         assert_eq!(storage.cached_receipt(&Digest::of(b"never")).unwrap(), None);
         let (inv, r) = receipt_for(b"timed out");
         storage
-            .record(Arc::new(inv.clone()), inv.digest(), Arc::new(r), false)
+            .record(
+                Arc::new(inv.clone()),
+                inv.digest(),
+                Arc::new(r),
+                false,
+                Vec::new(),
+            )
             .unwrap();
         assert_eq!(storage.cached_receipt(&inv.digest()).unwrap(), None);
         storage.checkpoint().unwrap();
