@@ -3,14 +3,15 @@
 //!
 //! A thread spawned per put is often started on the CPU of the thread that
 //! spawned it, where it waits for that busy thread's time slice instead of
-//! running on the idle core (measured on a 2-core VM: four puts in ten),
-//! and it costs a clone and a stack mapping each time. A parked thread
-//! woken through a condition variable is placed by the kernel's wake-up
-//! path, which looks for an idle CPU. So the helpers live for the process,
-//! asleep between jobs. Measured for 16 MiB puts (`voidbox bench`'s loop):
-//! the helper starts 0.06 ms after the offer (median) instead of 2.6 ms
-//! for a spawned thread, and with the second core idle a put runs at
-//! 1.0-1.1x the rate of blake3 on one thread instead of 0.6-0.8x.
+//! running on the idle core (measured on a 2-core VM: in 5-60% of puts,
+//! depending on the load), or starts late anyway, and it costs a clone and
+//! a stack mapping each time. A parked thread woken through a condition
+//! variable is placed by the kernel's wake-up path, which looks for an idle
+//! CPU. So the helpers live for the process, asleep between jobs. Measured
+//! for 16 MiB puts (`voidbox bench`'s loop): the helper starts a median
+//! 0.05-0.09 ms after the offer instead of 2-3.7 ms for a spawned thread,
+//! and with the second core idle a put runs at 1.0-1.1x the rate of blake3
+//! on one thread instead of 0.6-0.8x.
 //!
 //! [`with_helper`] offers a job to an idle helper while the calling thread
 //! runs its own part. The job must tolerate never running: a helper may be
