@@ -10,18 +10,21 @@
 //! work is done, not when the slower of two fixed halves is, and each unit
 //! is hashed right after its I/O, while it is in the cache. With a second
 //! core free a put takes about as long as hashing alone and a read less
-//! (they still cost the CPU time of both). Streams, whose bytes must pass
-//! in order, use a scoped thread for the I/O while the other hashes, chunk
-//! by chunk. Memory stays bounded by a few chunk buffers, except where the
-//! caller asked for the whole blob in memory.
+//! (they still cost the CPU time of both). A streamed put
+//! ([`read_hash_write`]) shares the writing and hashing of the chunks the
+//! calling thread reads in the same way. Streams out ([`for_each_chunk`]),
+//! whose bytes must pass in order, use a scoped thread for the reads while
+//! the other hashes, chunk by chunk. Memory stays bounded by a few chunk
+//! buffers, except where the caller asked for the whole blob in memory.
 
+use std::collections::VecDeque;
 use std::fs::File;
 use std::io::{self, Read, Write};
 use std::mem::MaybeUninit;
 use std::os::unix::fs::FileExt;
 use std::path::Path;
 use std::sync::atomic::{AtomicBool, AtomicU64, AtomicUsize, Ordering};
-use std::sync::{mpsc, Mutex};
+use std::sync::{mpsc, Condvar, Mutex, MutexGuard};
 use std::thread;
 
 use blake3::hazmat::{
@@ -259,7 +262,7 @@ fn hash_units_shared(
         .into_iter()
         .map(|cv| cv.expect("every unit was hashed by one thread"))
         .collect();
-    Ok(root_hash(&cvs, len))
+    Ok(root_hash(&cvs, len as u64))
 }
 
 /// Fills `target` from `file` at `offset`, in chunks of at most
@@ -362,7 +365,7 @@ pub(crate) fn write_and_hash(file: &File, header: &[u8], data: &[u8]) -> io::Res
         .into_iter()
         .map(|cv| cv.expect("every hash unit was claimed by one thread"))
         .collect();
-    Ok(root_hash(&cvs, data.len()))
+    Ok(root_hash(&cvs, data.len() as u64))
 }
 
 /// The work of one [`write_and_hash`] call, shared by its two threads.
@@ -491,15 +494,15 @@ fn write_header_and_data(
 /// consecutive `UNIT_BYTES` subtrees (the last one possibly short),
 /// merged in the shape of blake3's tree: every left subtree is the largest
 /// power of two of bytes smaller than its parent.
-fn root_hash(cvs: &[ChainingValue], len: usize) -> blake3::Hash {
+fn root_hash(cvs: &[ChainingValue], len: u64) -> blake3::Hash {
     assert!(
-        cvs.len() > 1 && len > UNIT_BYTES,
+        cvs.len() > 1 && len > UNIT_BYTES as u64,
         "a single unit's hash is its root hash, not a merge"
     );
-    let left = left_subtree_len(len as u64) as usize;
+    let left = left_subtree_len(len);
     // A power of two at least UNIT_BYTES (since len exceeds it), so
     // the left subtree is a whole number of units.
-    let split = left / UNIT_BYTES;
+    let split = (left / UNIT_BYTES as u64) as usize;
     merge_subtrees_root(
         &subtree_cv(&cvs[..split], left),
         &subtree_cv(&cvs[split..], len - left),
@@ -508,12 +511,12 @@ fn root_hash(cvs: &[ChainingValue], len: usize) -> blake3::Hash {
 }
 
 /// The chaining value of a non-root subtree of `len` bytes made of `cvs`.
-fn subtree_cv(cvs: &[ChainingValue], len: usize) -> ChainingValue {
+fn subtree_cv(cvs: &[ChainingValue], len: u64) -> ChainingValue {
     if cvs.len() == 1 {
         return cvs[0];
     }
-    let left = left_subtree_len(len as u64) as usize;
-    let split = left / UNIT_BYTES;
+    let left = left_subtree_len(len);
+    let split = (left / UNIT_BYTES as u64) as usize;
     merge_subtrees_non_root(
         &subtree_cv(&cvs[..split], left),
         &subtree_cv(&cvs[split..], len - left),
@@ -546,74 +549,249 @@ pub(crate) enum StreamError {
     Output(io::Error),
 }
 
-/// Streams `reader` into `file` from `offset`, hashing on the calling thread
-/// (the reader need not be `Send`) while a helper thread writes. `first` is
-/// data already read from `reader`. Returns the hash and the byte count.
+/// Streams `reader` into `file` from `offset` and hashes it. `first` is a
+/// full chunk already read from `reader`. Returns the hash and the byte
+/// count.
+///
+/// The calling thread reads (the reader need not be `Send`), one chunk of
+/// `UNIT_BYTES` at a time into one of a few buffers, and queues it; the
+/// calling thread and a helper (see [`helper`]) each take the oldest queued
+/// chunk, write it at its offset (writes need not be in order) and hash it
+/// as a blake3 subtree while it is in that core's cache; the chaining
+/// values are merged at the end. The caller takes a queued chunk whenever
+/// it has no free buffer to read into, and drains the queue at the end of
+/// the input, so without a helper it does everything alone. Memory:
+/// `STREAM_BUFFERS` chunks, and 32 bytes of chaining value per chunk.
 pub(crate) fn read_hash_write(
     first: Vec<u8>,
     reader: &mut dyn Read,
     file: &File,
     offset: u64,
 ) -> Result<(blake3::Hash, u64), StreamError> {
-    thread::scope(|scope| {
-        let (full_tx, full_rx) = mpsc::sync_channel::<Vec<u8>>(BUFFERS);
-        let (free_tx, free_rx) = mpsc::sync_channel::<Vec<u8>>(BUFFERS);
-        let writer = scope.spawn(move || -> io::Result<()> {
-            let mut pos = offset;
-            let mut reserved = 0u64;
-            for buf in full_rx {
-                let end = pos + buf.len() as u64;
-                if end > reserved {
-                    // Doubling keeps the number of reservations logarithmic.
-                    let want = end.max(reserved * 2).max(RESERVE_STEP_BYTES_MIN);
-                    let want = want.min(end + RESERVE_STEP_BYTES_MAX);
-                    reserve(file, reserved, want - reserved);
-                    reserved = want;
-                }
-                file.write_all_at(&buf, pos)?;
-                pos = end;
-                // The producer may have finished; then the buffer is dropped.
-                let _ = free_tx.send(buf);
-            }
-            if reserved > pos {
-                // Give back what was reserved beyond the end of the stream.
-                file.set_len(pos)?;
-            }
-            Ok(())
-        });
-        let mut hasher = blake3::Hasher::new();
-        let mut total = 0u64;
-        let mut allocated = 1;
-        let mut buf = first;
-        let mut input = Ok(());
+    assert_eq!(first.len(), UNIT_BYTES, "the first chunk is a full unit");
+    let mut second = Vec::with_capacity(CHUNK_BYTES);
+    fill(reader, &mut second).map_err(StreamError::Input)?;
+    if second.is_empty() {
+        // A single unit is the root of blake3's tree, not a subtree.
+        reserve(file, offset, first.len() as u64);
+        file.write_all_at(&first, offset)
+            .map_err(StreamError::Output)?;
+        return Ok((blake3::hash(&first), first.len() as u64));
+    }
+    let shared = SharedStream {
+        file,
+        offset,
+        queue: Mutex::new(StreamQueue {
+            chunks: VecDeque::new(),
+            free: Vec::new(),
+            reading: true,
+        }),
+        changed: Condvar::new(),
+        failed: AtomicBool::new(false),
+    };
+    let theirs = Mutex::new(None);
+    let help = || {
+        let done = shared.work(false);
+        *theirs.lock().unwrap_or_else(|e| e.into_inner()) = Some(done);
+    };
+    let (input, mine, total, reserved) =
+        helper::with_helper(&help, || shared.read_all(first, second, reader));
+    let theirs = theirs
+        .into_inner()
+        .unwrap_or_else(|e| e.into_inner())
+        .unwrap_or(Ok(Vec::new()));
+    input.map_err(StreamError::Input)?;
+    let (mine, theirs) = (
+        mine.map_err(StreamError::Output)?,
+        theirs.map_err(StreamError::Output)?,
+    );
+    if reserved > total {
+        // Give back what was reserved beyond the end of the stream.
+        file.set_len(offset + total).map_err(StreamError::Output)?;
+    }
+    let units = usize::try_from(total.div_ceil(UNIT_BYTES as u64))
+        .expect("a unit count fits in memory, as the chaining values do");
+    let mut cvs: Vec<Option<ChainingValue>> = vec![None; units];
+    for (unit, cv) in mine.into_iter().chain(theirs) {
+        cvs[unit] = Some(cv);
+    }
+    let cvs: Vec<ChainingValue> = cvs
+        .into_iter()
+        .map(|cv| cv.expect("every chunk was written and hashed by one thread"))
+        .collect();
+    Ok((root_hash(&cvs, total), total))
+}
+
+/// Chunk buffers of a stream: one being read into, one being written and
+/// hashed by each thread, one queued so that neither waits on the other's
+/// jitter.
+const STREAM_BUFFERS: usize = 4;
+const _: () = assert!(CHUNK_BYTES == UNIT_BYTES, "a stream's chunks are its units");
+
+/// The state of one [`read_hash_write`] call, shared by its two threads.
+struct SharedStream<'a> {
+    file: &'a File,
+    offset: u64,
+    queue: Mutex<StreamQueue>,
+    /// Signalled when a chunk is queued, a buffer freed or reading ends.
+    changed: Condvar,
+    /// Set by a thread whose write failed, so that the other stops.
+    failed: AtomicBool,
+}
+
+struct StreamQueue {
+    /// Chunks read and not yet taken, with their unit index, oldest first.
+    chunks: VecDeque<(usize, Vec<u8>)>,
+    /// Buffers written and hashed, ready to be read into again.
+    free: Vec<Vec<u8>>,
+    /// The caller is still reading the input.
+    reading: bool,
+}
+
+impl SharedStream<'_> {
+    fn lock(&self) -> MutexGuard<'_, StreamQueue> {
+        self.queue.lock().unwrap_or_else(|e| e.into_inner())
+    }
+
+    /// Writes and hashes chunk `unit`; returns its chaining value.
+    fn write_and_hash_chunk(&self, unit: usize, chunk: &[u8]) -> io::Result<ChainingValue> {
+        let start = (unit * UNIT_BYTES) as u64;
+        let written = self.file.write_all_at(chunk, self.offset + start);
+        if let Err(e) = written {
+            // Under the lock, so that a thread about to wait sees it.
+            let queue = self.lock();
+            self.failed.store(true, Ordering::Relaxed);
+            drop(queue);
+            self.changed.notify_all();
+            return Err(e);
+        }
+        Ok(blake3::Hasher::new()
+            .set_input_offset(start)
+            .update(chunk)
+            .finalize_non_root())
+    }
+
+    /// Takes queued chunks until reading has ended and none is left (or a
+    /// write failed); with `once`, returns after one chunk. Returns the
+    /// chaining values of the chunks this thread took, with their indices.
+    fn work(&self, once: bool) -> io::Result<Vec<(usize, ChainingValue)>> {
+        let mut cvs = Vec::new();
         loop {
-            hasher.update(&buf);
-            total += buf.len() as u64;
-            let last = buf.len() < CHUNK_BYTES;
-            if buf.is_empty() || full_tx.send(buf).is_err() || last {
-                // Empty, writer gone (its error is reported by join), or EOF.
-                break;
-            }
-            buf = if allocated < BUFFERS {
-                allocated += 1;
-                Vec::with_capacity(CHUNK_BYTES)
-            } else {
-                match free_rx.recv() {
-                    Ok(buf) => buf,
-                    Err(_) => break,
+            let (unit, chunk) = {
+                let mut queue = self.lock();
+                loop {
+                    if self.failed.load(Ordering::Relaxed) {
+                        return Ok(cvs);
+                    }
+                    if let Some(next) = queue.chunks.pop_front() {
+                        break next;
+                    }
+                    if !queue.reading || once {
+                        return Ok(cvs);
+                    }
+                    queue = self.changed.wait(queue).unwrap_or_else(|e| e.into_inner());
                 }
             };
-            if let Err(err) = fill(reader, &mut buf) {
-                input = Err(err);
-                break;
+            let cv = self.write_and_hash_chunk(unit, &chunk)?;
+            cvs.push((unit, cv));
+            self.lock().free.push(chunk);
+            self.changed.notify_all();
+            if once {
+                return Ok(cvs);
             }
         }
-        drop(full_tx);
-        let written = join(writer);
-        input.map_err(StreamError::Input)?;
-        written.map_err(StreamError::Output)?;
-        Ok((hasher.finalize(), total))
-    })
+    }
+
+    /// The calling thread's part: reads the input chunk by chunk and queues
+    /// it, taking queued chunks itself when it has no free buffer, then the
+    /// rest. Returns the input's result, the chaining values of the chunks
+    /// it took (or the write error), the byte count and the bytes reserved.
+    #[allow(clippy::type_complexity)]
+    fn read_all(
+        &self,
+        first: Vec<u8>,
+        second: Vec<u8>,
+        reader: &mut dyn Read,
+    ) -> (
+        io::Result<()>,
+        io::Result<Vec<(usize, ChainingValue)>>,
+        u64,
+        u64,
+    ) {
+        let mut cvs = Vec::new();
+        let (mut total, mut reserved, mut allocated) = (0u64, 0u64, 2usize);
+        let mut input = Ok(());
+        let mut next = Some(first);
+        let mut pending = Some(second);
+        let mut unit = 0usize;
+        while let Some(chunk) = next.take() {
+            if self.failed.load(Ordering::Relaxed) {
+                break;
+            }
+            let end = total + chunk.len() as u64;
+            if end > reserved {
+                // Doubling keeps the number of reservations logarithmic.
+                let want = end.max(reserved * 2).max(RESERVE_STEP_BYTES_MIN);
+                let want = want.min(end + RESERVE_STEP_BYTES_MAX);
+                reserve(self.file, self.offset + reserved, want - reserved);
+                reserved = want;
+            }
+            let last = chunk.len() < CHUNK_BYTES;
+            total = end;
+            self.lock().chunks.push_back((unit, chunk));
+            self.changed.notify_all();
+            unit += 1;
+            if last {
+                break;
+            }
+            next = match pending.take() {
+                Some(chunk) => Some(chunk),
+                None => {
+                    // A buffer to read into: a free one, a new one while
+                    // there are fewer than STREAM_BUFFERS, or one freed by
+                    // writing and hashing a queued chunk here.
+                    let mut buf = loop {
+                        if let Some(buf) = self.lock().free.pop() {
+                            break buf;
+                        }
+                        if allocated < STREAM_BUFFERS {
+                            allocated += 1;
+                            break Vec::with_capacity(CHUNK_BYTES);
+                        }
+                        match self.work(true) {
+                            Ok(mut done) => cvs.append(&mut done),
+                            Err(e) => return (input, Err(e), total, reserved),
+                        }
+                        let queue = self.lock();
+                        if self.failed.load(Ordering::Relaxed) {
+                            break Vec::new();
+                        }
+                        if queue.free.is_empty() && queue.chunks.is_empty() {
+                            // The helper holds the last buffers: wait for one.
+                            drop(self.changed.wait(queue));
+                        }
+                    };
+                    if self.failed.load(Ordering::Relaxed) {
+                        break;
+                    }
+                    if let Err(e) = fill(reader, &mut buf) {
+                        input = Err(e);
+                        break;
+                    }
+                    (!buf.is_empty()).then_some(buf)
+                }
+            };
+        }
+        self.lock().reading = false;
+        self.changed.notify_all();
+        if input.is_ok() {
+            match self.work(false) {
+                Ok(mut done) => cvs.append(&mut done),
+                Err(e) => return (input, Err(e), total, reserved),
+            }
+        }
+        (input, Ok(cvs), total, reserved)
+    }
 }
 
 /// Replaces `buf`'s content with up to `CHUNK_BYTES` bytes from `reader`;
@@ -802,6 +980,116 @@ mod tests {
         }
     }
 
+    /// Yields `data` in reads of at most `read_max` bytes, then fails with
+    /// `fail` if set instead of ending.
+    struct Chunky<'a> {
+        data: &'a [u8],
+        read_max: usize,
+        fail: Option<io::ErrorKind>,
+    }
+
+    impl Read for Chunky<'_> {
+        fn read(&mut self, buf: &mut [u8]) -> io::Result<usize> {
+            if self.data.is_empty() {
+                return match self.fail {
+                    Some(kind) => Err(kind.into()),
+                    None => Ok(0),
+                };
+            }
+            let n = buf.len().min(self.read_max).min(self.data.len());
+            buf[..n].copy_from_slice(&self.data[..n]);
+            self.data = &self.data[n..];
+            Ok(n)
+        }
+    }
+
+    /// Streams `data` as `put_reader` does: a first full chunk, then the
+    /// rest through `read_hash_write`, after a 16-byte gap for the header.
+    fn stream(path: &Path, data: &[u8], read_max: usize) -> (blake3::Hash, u64) {
+        let file = File::options()
+            .write(true)
+            .create_new(true)
+            .open(path)
+            .unwrap();
+        let mut reader = Chunky {
+            data,
+            read_max,
+            fail: None,
+        };
+        let mut first = Vec::new();
+        fill(&mut reader, &mut first).unwrap();
+        read_hash_write(first, &mut reader, &file, 16).unwrap()
+    }
+
+    #[test]
+    fn streams_write_and_hash_as_blake3_with_or_without_a_helper() {
+        let dir = tempfile::tempdir().unwrap();
+        let mut lens = LENS.to_vec();
+        lens.extend([CHUNK_BYTES, 9 << 20, (13 << 20) + 5]);
+        for alone in [false, true] {
+            helper::ALONE.with(|a| a.set(alone));
+            for (seed, &len) in lens.iter().enumerate() {
+                let data = content(seed as u64 + 300, len);
+                for read_max in [usize::MAX, 65_537] {
+                    let path = dir.path().join(format!("stream-{len}-{alone}-{read_max}"));
+                    let (hash, n) = stream(&path, &data, read_max);
+                    assert_eq!(n, len as u64, "len {len}, alone {alone}");
+                    assert_eq!(hash, blake3::hash(&data), "len {len}, alone {alone}");
+                    let written = std::fs::read(&path).unwrap();
+                    // Nothing reserved is left past the end.
+                    assert_eq!(written.len(), 16 + len, "len {len}, alone {alone}");
+                    assert!(written[16..] == data[..], "len {len}, alone {alone}");
+                }
+            }
+        }
+        helper::ALONE.with(|a| a.set(false));
+    }
+
+    #[test]
+    fn a_stream_reports_input_and_output_errors() {
+        let dir = tempfile::tempdir().unwrap();
+        let data = content(11, 6 << 20);
+        for alone in [false, true] {
+            helper::ALONE.with(|a| a.set(alone));
+            let path = dir.path().join(format!("input-{alone}"));
+            let file = File::options()
+                .write(true)
+                .create_new(true)
+                .open(&path)
+                .unwrap();
+            let mut reader = Chunky {
+                data: &data,
+                read_max: 100_000,
+                fail: Some(io::ErrorKind::ConnectionReset),
+            };
+            let mut first = Vec::new();
+            fill(&mut reader, &mut first).unwrap();
+            match read_hash_write(first, &mut reader, &file, 16) {
+                Err(StreamError::Input(e)) => {
+                    assert_eq!(e.kind(), io::ErrorKind::ConnectionReset)
+                }
+                other => panic!("expected an input error, got {other:?}"),
+            }
+            // Opened for reading only: every write fails with EBADF.
+            let file = File::open(&path).unwrap();
+            let mut reader = Chunky {
+                data: &data,
+                read_max: usize::MAX,
+                fail: None,
+            };
+            let mut first = Vec::new();
+            fill(&mut reader, &mut first).unwrap();
+            match read_hash_write(first, &mut reader, &file, 16) {
+                Err(StreamError::Output(e)) => assert_eq!(
+                    e.raw_os_error(),
+                    Some(rustix::io::Errno::BADF.raw_os_error())
+                ),
+                other => panic!("expected an output error, got {other:?}"),
+            }
+        }
+        helper::ALONE.with(|a| a.set(false));
+    }
+
     #[test]
     fn a_failing_write_is_reported_and_stops_both_threads() {
         let dir = tempfile::tempdir().unwrap();
@@ -832,7 +1120,11 @@ mod tests {
                             .finalize_non_root()
                     })
                     .collect();
-                assert_eq!(root_hash(&cvs, len), blake3::hash(&data), "len {len}");
+                assert_eq!(
+                    root_hash(&cvs, len as u64),
+                    blake3::hash(&data),
+                    "len {len}"
+                );
             }
         }
     }
