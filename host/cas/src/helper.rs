@@ -1,5 +1,5 @@
-//! Long-lived helper threads that large puts, reads and verifications
-//! share their work with.
+//! Long-lived helper threads that large puts (from memory or streamed),
+//! reads and verifications share their work with.
 //!
 //! A thread spawned per put is often started on the CPU of the thread that
 //! spawned it, where it waits for that busy thread's time slice instead of

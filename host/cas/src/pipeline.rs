@@ -303,7 +303,10 @@ fn read_exact_uninit_at<'a>(
 /// two, so every unit but the last is a complete subtree). Large enough for
 /// few syscalls and blake3's widest SIMD, small enough to stay in a core's
 /// cache between the I/O and the hash, and that a thread preempted in the
-/// middle of one holds up the other only briefly.
+/// middle of one holds up the other only briefly. Measured with the helper
+/// (bench's put loop, one process alternating unit sizes, under varying
+/// load): put at 0.72-0.95 of blake3 with 1 MiB units against 0.50-0.67
+/// with 2 MiB and 0.40 with 4 MiB.
 const UNIT_BYTES: usize = 1 << 20;
 
 // Blobs that reach the shared path span several units, so their hash is
