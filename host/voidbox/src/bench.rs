@@ -657,3 +657,58 @@ fn cas_figures(report: &mut Report, dir: &Path, window: Duration) -> anyhow::Res
     );
     Ok(())
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn cpus(set: &libc::cpu_set_t) -> Vec<usize> {
+        // SAFETY: CPU_ISSET only reads the set.
+        (0..libc::CPU_SETSIZE as usize)
+            .filter(|&c| unsafe { libc::CPU_ISSET(c, set) })
+            .collect()
+    }
+
+    #[test]
+    fn one_cpu_pins_every_thread_then_gives_the_cpus_back() {
+        let before = affinity().expect("affinity readable");
+        // A thread started before pinning must be pinned too (the journal's
+        // threads are), and one started while pinned inherits it.
+        let (tx, rx) = std::sync::mpsc::channel::<()>();
+        let (back_tx, back_rx) = std::sync::mpsc::channel();
+        let older = std::thread::spawn(move || {
+            while rx.recv().is_ok() {
+                back_tx.send(cpus(&affinity().unwrap())).unwrap();
+            }
+        });
+        let seen = on_one_cpu(|| {
+            tx.send(()).unwrap();
+            let older = back_rx.recv().unwrap();
+            let mine = cpus(&affinity().unwrap());
+            let newer = std::thread::spawn(|| cpus(&affinity().unwrap()))
+                .join()
+                .unwrap();
+            (older, mine, newer)
+        });
+        let Some((older_cpus, mine, newer)) = seen else {
+            // Only right where this process may not change its affinity
+            // (the bench then says the figures are missing).
+            // SAFETY: sched_setaffinity only reads the set it is given.
+            let allowed = unsafe {
+                libc::sched_setaffinity(0, std::mem::size_of::<libc::cpu_set_t>(), &before) == 0
+            };
+            assert!(!allowed, "on_one_cpu gave up where affinity can be set");
+            drop(tx);
+            older.join().unwrap();
+            return;
+        };
+        assert_eq!(mine.len(), 1, "pinned to one CPU: {mine:?}");
+        assert_eq!(older_cpus, mine);
+        assert_eq!(newer, mine);
+        assert_eq!(cpus(&affinity().unwrap()), cpus(&before));
+        tx.send(()).unwrap();
+        assert_eq!(back_rx.recv().unwrap(), cpus(&before));
+        drop(tx);
+        older.join().unwrap();
+    }
+}
