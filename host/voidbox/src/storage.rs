@@ -1565,11 +1565,11 @@ impl Checkpointer {
 }
 
 impl Checkpointer {
-    /// Merges the newest two index runs while the older is no larger than
-    /// the newer ([`runs::merge_due`]), each merge in its own transaction:
-    /// it reads both runs from a snapshot, writes the merged run under a
-    /// new id and deletes the two. Readers see either the two runs or the
-    /// merged one, which hold the same answers.
+    /// Merges the newest index runs while a tier of them is due
+    /// ([`runs::merge_due`]), each merge in its own transaction: it reads
+    /// the runs from a snapshot, writes the merged run under a new id (the
+    /// newest, as the runs it replaces were) and deletes them. Readers see
+    /// either the runs or the merged one, which hold the same answers.
     fn merge_runs(&mut self) -> std::result::Result<(), String> {
         let s = |e: &dyn std::fmt::Display| e.to_string();
         loop {
@@ -1581,10 +1581,12 @@ impl Checkpointer {
                 runs.push((id.value(), n.value()));
             }
             let counts: Vec<u64> = runs.iter().map(|r| r.1).collect();
-            if !runs::merge_due(&counts) {
+            let k = runs::merge_due(&counts);
+            if k == 0 {
                 return Ok(());
             }
-            let (older, newer) = (runs[runs.len() - 2].0, runs[runs.len() - 1].0);
+            // The newest k runs, newest first.
+            let merging: Vec<u64> = runs[runs.len() - k..].iter().rev().map(|r| r.0).collect();
             let fences = read.open_table(RUN_FENCES).map_err(|e| s(&e))?;
             let blocks = read.open_table(RUN_BLOCKS).map_err(|e| s(&e))?;
             // The fences are usually cached already (this thread wrote the
@@ -1602,7 +1604,10 @@ impl Checkpointer {
                     })
                     .map_err(|e| e.to_string())
             };
-            let (newer_meta, older_meta) = (meta(newer)?, meta(older)?);
+            let metas = merging
+                .iter()
+                .map(|&id| meta(id))
+                .collect::<std::result::Result<Vec<_>, String>>()?;
             // Block by block, so a merge never holds a whole run in memory.
             let entries = |id: u64, n: u32| {
                 let blocks = &blocks;
@@ -1628,16 +1633,19 @@ impl Checkpointer {
             let merged = write_run(
                 &txn,
                 id,
-                runs::Merge::new(
-                    entries(newer, newer_meta.blocks()),
-                    entries(older, older_meta.blocks()),
+                runs::merge_all(
+                    merging
+                        .iter()
+                        .zip(&metas)
+                        .map(|(&id, m)| Box::new(entries(id, m.blocks())) as runs::Entries<'_>)
+                        .collect(),
                 ),
             )?;
             {
                 let mut blocks = txn.open_table(RUN_BLOCKS).map_err(|e| s(&e))?;
                 let mut sizes = txn.open_table(RUN_SIZES).map_err(|e| s(&e))?;
                 let mut fences = txn.open_table(RUN_FENCES).map_err(|e| s(&e))?;
-                for (old, m) in [(newer, &newer_meta), (older, &older_meta)] {
+                for (&old, m) in merging.iter().zip(&metas) {
                     for b in 0..m.blocks() {
                         blocks.remove((old, b)).map_err(|e| s(&e))?;
                     }
@@ -1647,7 +1655,7 @@ impl Checkpointer {
             }
             txn.commit().map_err(|e| s(&e))?;
             self.runs.insert(id, merged);
-            self.runs.forget(&[newer, older]);
+            self.runs.forget(&merging);
         }
     }
 }
@@ -2228,8 +2236,8 @@ mod tests {
                 }
                 storage.checkpoint().unwrap();
             }
-            // Seven checkpoints of equal size leave runs of 4, 2 and 1
-            // checkpoints' entries: merged, not one per checkpoint.
+            // Seven checkpoints of equal size leave runs of 4, 1, 1 and 1
+            // checkpoints' entries: four merged, not one per checkpoint.
             let txn = storage.db.begin_read().unwrap();
             let sizes: Vec<u64> = txn
                 .open_table(RUN_SIZES)
@@ -2238,7 +2246,7 @@ mod tests {
                 .unwrap()
                 .map(|e| e.unwrap().1.value())
                 .collect();
-            assert_eq!(sizes.len(), 3, "{sizes:?}");
+            assert_eq!(sizes, [4 * 450, 450, 450, 450]);
             // Three entries per invocation: its input, its receipt, its cache
             // entry.
             assert_eq!(sizes.iter().sum::<u64>(), 7 * 150 * 3);
