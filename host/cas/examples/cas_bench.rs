@@ -21,6 +21,9 @@
 //! ratio to hashing, and the same by CPU time (MiB per CPU-second of the
 //! whole process, all threads), which a busy machine distorts less.
 
+mod support;
+use support::median;
+
 use std::io::{self, Write};
 use std::path::PathBuf;
 use std::time::Instant;
@@ -89,16 +92,6 @@ fn fill(buf: &mut [u8], seed: u64) {
         x ^= x >> 7;
         x ^= x << 17;
         chunk.copy_from_slice(&x.to_le_bytes()[..chunk.len()]);
-    }
-}
-
-fn median(mut values: Vec<f64>) -> f64 {
-    values.sort_by(f64::total_cmp);
-    let n = values.len();
-    if n % 2 == 1 {
-        values[n / 2]
-    } else {
-        (values[n / 2 - 1] + values[n / 2]) / 2.0
     }
 }
 

@@ -12,6 +12,9 @@
 //! `DiskStore::put` in `voidbox bench`'s loop (distinct blob each time, only
 //! the put timed, older blobs synced and removed untimed).
 
+mod support;
+use support::median;
+
 use std::fs::File;
 use std::io::{self, Write};
 use std::os::unix::fs::FileExt;
@@ -23,11 +26,6 @@ use voidbox_cas::{DiskStore, Durability, OpenOptions, Store};
 fn thread_cpu() -> f64 {
     let t = rustix::time::clock_gettime(rustix::time::ClockId::ThreadCPUTime);
     t.tv_sec as f64 + t.tv_nsec as f64 * 1e-9
-}
-
-fn median(mut v: Vec<f64>) -> f64 {
-    v.sort_by(f64::total_cmp);
-    v[v.len() / 2]
 }
 
 /// Wall and thread-CPU seconds of `f` on the calling thread.
