@@ -53,25 +53,40 @@ impl HostMonotonicClock for SteppingClock {
 /// a purpose string, so `wasi:random/random` and `wasi:random/insecure` draw
 /// from unrelated streams.
 pub(crate) struct SeededRandom {
-    reader: blake3::OutputReader,
+    seed: [u8; 32],
+    purpose: &'static str,
+    /// Derived at the first draw: most tools never draw, and every run
+    /// builds two streams (a keyed blake3 each, about a tenth of a
+    /// microsecond on the invocation's path).
+    reader: Option<blake3::OutputReader>,
 }
 
 impl SeededRandom {
-    pub fn new(seed: &[u8; 32], purpose: &str) -> Self {
+    pub fn new(seed: &[u8; 32], purpose: &'static str) -> Self {
+        SeededRandom {
+            seed: *seed,
+            purpose,
+            reader: None,
+        }
+    }
+
+    fn derive(seed: &[u8; 32], purpose: &str) -> blake3::OutputReader {
         let mut hasher = blake3::Hasher::new_keyed(seed);
         hasher.update(b"voidbox random v1\0");
         hasher.update(purpose.as_bytes());
-        SeededRandom {
-            reader: hasher.finalize_xof(),
-        }
+        hasher.finalize_xof()
+    }
+
+    fn reader(&mut self) -> &mut blake3::OutputReader {
+        let (seed, purpose) = (&self.seed, self.purpose);
+        self.reader
+            .get_or_insert_with(|| SeededRandom::derive(seed, purpose))
     }
 
     /// A 128-bit value for `wasi:random/insecure-seed`.
     pub fn seed_u128(seed: &[u8; 32]) -> u128 {
         let mut bytes = [0u8; 16];
-        SeededRandom::new(seed, "insecure-seed")
-            .reader
-            .fill(&mut bytes);
+        SeededRandom::derive(seed, "insecure-seed").fill(&mut bytes);
         u128::from_le_bytes(bytes)
     }
 }
@@ -81,18 +96,18 @@ impl rand_core::TryRng for SeededRandom {
 
     fn try_next_u32(&mut self) -> Result<u32, Infallible> {
         let mut b = [0u8; 4];
-        self.reader.fill(&mut b);
+        self.reader().fill(&mut b);
         Ok(u32::from_le_bytes(b))
     }
 
     fn try_next_u64(&mut self) -> Result<u64, Infallible> {
         let mut b = [0u8; 8];
-        self.reader.fill(&mut b);
+        self.reader().fill(&mut b);
         Ok(u64::from_le_bytes(b))
     }
 
     fn try_fill_bytes(&mut self, dst: &mut [u8]) -> Result<(), Infallible> {
-        self.reader.fill(dst);
+        self.reader().fill(dst);
         Ok(())
     }
 }
@@ -101,6 +116,23 @@ impl rand_core::TryRng for SeededRandom {
 mod tests {
     use super::*;
     use rand_core::Rng;
+
+    #[test]
+    fn the_stream_is_the_keyed_blake3_xof_of_its_purpose_drawn_lazily() {
+        // What guests have seen since the first version: the derivation
+        // moved to the first draw, the bytes must not change.
+        let seed = [3u8; 32];
+        let mut expected = [0u8; 24];
+        let mut h = blake3::Hasher::new_keyed(&seed);
+        h.update(b"voidbox random v1\0random");
+        h.finalize_xof().fill(&mut expected);
+        let mut r = SeededRandom::new(&seed, "random");
+        assert!(r.reader.is_none(), "nothing derived before the first draw");
+        let mut got = [0u8; 24];
+        got[..8].copy_from_slice(&r.next_u64().to_le_bytes());
+        r.fill_bytes(&mut got[8..]);
+        assert_eq!(got, expected);
+    }
 
     #[test]
     fn same_seed_same_stream_and_purposes_differ() {
