@@ -168,10 +168,19 @@ impl Receipt {
         }
         put_u64(&mut out, self.output_bytes);
         // The outcome's JSON form is canonical: a fixed tag and fields in
-        // declaration order.
-        let outcome = serde_json::to_vec(&self.outcome).expect("outcome serializes");
+        // declaration order. `ok`, nearly every receipt's, is encoded once.
+        static OK_JSON: std::sync::OnceLock<Vec<u8>> = std::sync::OnceLock::new();
+        let encoded;
+        let outcome: &[u8] = match self.outcome {
+            Outcome::Ok => OK_JSON
+                .get_or_init(|| serde_json::to_vec(&Outcome::Ok).expect("outcome serializes")),
+            _ => {
+                encoded = serde_json::to_vec(&self.outcome).expect("outcome serializes");
+                &encoded
+            }
+        };
         put_u64(&mut out, outcome.len() as u64);
-        out.extend_from_slice(&outcome);
+        out.extend_from_slice(outcome);
         put_u64(&mut out, self.fuel_used);
         put_u64(&mut out, self.memory_peak_bytes);
         match &self.diagnostics {
