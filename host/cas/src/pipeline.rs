@@ -244,12 +244,26 @@ fn hash_units_shared(
         }
         Ok(cvs)
     };
+    hash_on_two_threads(units, len as u64, work)
+}
+
+/// Runs `work` on the calling thread and, if a helper takes the offer in
+/// time, on a helper thread too; each run returns the chaining values of
+/// the hash units it took (every unit by exactly one of them). Merges them
+/// into the root hash of the `len` bytes those `units` cover.
+fn hash_on_two_threads(
+    units: usize,
+    len: u64,
+    work: impl Fn() -> io::Result<Vec<(usize, ChainingValue)>> + Sync,
+) -> io::Result<blake3::Hash> {
+    // The helper's share, if a helper took the job; else the calling thread
+    // did everything.
     let theirs = Mutex::new(None);
     let help = || {
         let done = work();
         *theirs.lock().unwrap_or_else(|e| e.into_inner()) = Some(done);
     };
-    let mine = helper::with_helper(&help, work);
+    let mine = helper::with_helper(&help, &work);
     let theirs = theirs
         .into_inner()
         .unwrap_or_else(|e| e.into_inner())
@@ -260,9 +274,9 @@ fn hash_units_shared(
     }
     let cvs: Vec<ChainingValue> = cvs
         .into_iter()
-        .map(|cv| cv.expect("every unit was hashed by one thread"))
+        .map(|cv| cv.expect("every hash unit was taken by one thread"))
         .collect();
-    Ok(root_hash(&cvs, len as u64))
+    Ok(root_hash(&cvs, len))
 }
 
 /// Fills `target` from `file` at `offset`, in chunks of at most
@@ -348,27 +362,7 @@ pub(crate) fn write_and_hash(file: &File, header: &[u8], data: &[u8]) -> io::Res
         lowest_unhashed: AtomicUsize::new(0),
         failed: AtomicBool::new(false),
     };
-    // The helper's share, if a helper took the job; else the calling thread
-    // did everything.
-    let theirs = Mutex::new(None);
-    let help = || {
-        let done = shared.work();
-        *theirs.lock().unwrap_or_else(|e| e.into_inner()) = Some(done);
-    };
-    let mine = helper::with_helper(&help, || shared.work());
-    let theirs = theirs
-        .into_inner()
-        .unwrap_or_else(|e| e.into_inner())
-        .unwrap_or(Ok(Vec::new()));
-    let mut cvs: Vec<Option<ChainingValue>> = vec![None; hash_units];
-    for (unit, cv) in mine?.into_iter().chain(theirs?) {
-        cvs[unit] = Some(cv);
-    }
-    let cvs: Vec<ChainingValue> = cvs
-        .into_iter()
-        .map(|cv| cv.expect("every hash unit was claimed by one thread"))
-        .collect();
-    Ok(root_hash(&cvs, data.len() as u64))
+    hash_on_two_threads(hash_units, data.len() as u64, || shared.work())
 }
 
 /// The work of one [`write_and_hash`] call, shared by its two threads.
