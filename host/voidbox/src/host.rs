@@ -949,14 +949,15 @@ impl Host {
             }
         }
         // The blobs the receipt names are stored with it, under one lock.
-        let mut blobs = Vec::with_capacity(2);
+        let mut blobs = Vec::new();
+        let mut stage = |bytes: &[u8]| -> Result<Digest> {
+            let blob = self.storage.prepare_blob(bytes)?;
+            let digest = blob.digest();
+            blobs.push(blob);
+            Ok(digest)
+        };
         let output = match outcome {
-            Outcome::Ok => {
-                let blob = self.storage.prepare_blob(&result.output)?;
-                let digest = blob.digest();
-                blobs.push(blob);
-                Some(digest)
-            }
+            Outcome::Ok => Some(stage(&result.output)?),
             _ => None,
         };
         let diagnostics = if result.logs.is_empty() && result.stderr.is_empty() {
@@ -966,12 +967,7 @@ impl Host {
                 "logs": result.logs,
                 "stderr": String::from_utf8_lossy(&result.stderr),
             });
-            let blob = self
-                .storage
-                .prepare_blob(&serde_json::to_vec(&d).expect("json"))?;
-            let digest = blob.digest();
-            blobs.push(blob);
-            Some(digest)
+            Some(stage(&serde_json::to_vec(&d).expect("json"))?)
         };
         let mut receipt = Receipt {
             receipt: Digest([0; 32]),
