@@ -1704,9 +1704,15 @@ impl Blobs {
     }
 
     fn inline(&self, digest: &Digest) -> Result<Option<Arc<[u8]>>, CasError> {
-        if let Some(b) = self.storage.tail_blob(digest) {
-            return Ok(Some(b));
+        match self.storage.tail_blob(digest) {
+            Some(b) => Ok(Some(b)),
+            None => self.inline_stored(digest),
         }
+    }
+
+    /// A small blob from the database (the blob log, or the table of
+    /// older databases), not from the journal's tail.
+    fn inline_stored(&self, digest: &Digest) -> Result<Option<Arc<[u8]>>, CasError> {
         let txn = self.storage.db.begin_read().map_err(cas_db)?;
         if let Some(b) = self.storage.logged_blob(&txn, digest).map_err(cas_db)? {
             return Ok(Some(b));
@@ -1724,7 +1730,7 @@ impl Blobs {
         if let Some(b) = self.storage.tail_blob(digest) {
             return Ok(Some(b));
         }
-        match self.inline(digest)? {
+        match self.inline_stored(digest)? {
             Some(b) => {
                 let actual = Digest::of(&b);
                 if actual != *digest {
