@@ -187,9 +187,10 @@ struct State {
     /// Where new records go.
     tail: Tail,
     /// The first 8 bytes of every invocation digest that may have an
-    /// action-cache entry (in redb or a tail): loaded from redb at open,
-    /// added to when an entry is recorded, never emptied (a stale member
-    /// only costs a lookup). A miss, the common case for fresh inputs, is
+    /// action-cache entry (in redb or a tail): loaded from redb and the
+    /// replayed journal at open, added to when an entry is recorded, never
+    /// emptied (a stale member only costs a lookup). Readers rely on it
+    /// covering every tail's `cache`: a key it lacks is in no tail. A miss, the common case for fresh inputs, is
     /// answered here without a redb read transaction (about 0.7 us, and a
     /// lock that every reader shares).
     cache_filter: DigestSet<u64>,
@@ -737,15 +738,15 @@ impl Storage {
     /// one ([`Storage::cached_receipt_stored`]). One lock.
     pub(crate) fn cached_in_memory(&self, invocation: &Digest) -> InMemory {
         let st = self.shared.lock();
-        if let Some(r) = st.cached(invocation) {
-            if let Some(receipt) = st.receipt(r) {
-                return InMemory::Found((**receipt).clone());
-            }
+        // The filter first: it holds every key of every tail's cache too,
+        // so a fresh invocation costs one probe, not one per tail (each a
+        // likely cache miss in a table of tens of thousands of entries).
+        if !st.cache_filter.contains(&filter_key(invocation)) {
+            return InMemory::Absent;
         }
-        if st.cache_filter.contains(&filter_key(invocation)) {
-            InMemory::Stored
-        } else {
-            InMemory::Absent
+        match st.cached(invocation).and_then(|r| st.receipt(r)) {
+            Some(receipt) => InMemory::Found((**receipt).clone()),
+            None => InMemory::Stored,
         }
     }
 
