@@ -324,6 +324,50 @@ fn a_cluster_orders_runs_and_signs_invocations() {
 }
 
 /// One length-prefixed frame.
+/// A cluster that stops under a running client is reported, with the
+/// reason, once fewer than n - f replicas have been reachable for a few
+/// seconds: `cluster bench` stops at the first phase that completes
+/// nothing, instead of waiting out the 30 s ordering timeout of every
+/// request in every later phase.
+#[test]
+fn a_client_whose_cluster_stops_says_so() {
+    let c = TestCluster::init(&["--no-fsync"]);
+    c.ok(&["cluster", "up", "{c}"]);
+    c.ok(&["tool", "add", "--cluster", "{c}", tools::ECHO]);
+    let bench = Command::new(voidbox_bin())
+        .args(["cluster", "bench", c.path.to_str().unwrap()])
+        .args(["--seconds", "3", "--clients", "2", "--sweep-seconds", "0"])
+        .env_remove("RUST_LOG")
+        .stdin(Stdio::null())
+        .stdout(Stdio::piped())
+        .stderr(Stdio::piped())
+        .spawn()
+        .unwrap();
+    // Stop the replicas once the bench's requests are being executed.
+    let start = Instant::now();
+    while c.status_of("last_executed").into_iter().max() < Some(5) {
+        assert!(
+            start.elapsed() < Duration::from_secs(30),
+            "the bench never got going"
+        );
+        std::thread::sleep(Duration::from_millis(50));
+    }
+    c.ok(&["cluster", "down", "{c}"]);
+    let out = bench.wait_with_output().unwrap();
+    let err = stderr(&out);
+    assert_eq!(out.status.code(), Some(6), "{err}");
+    assert!(
+        err.contains("the cluster stopped answering in the throughput phase (2 clients)")
+            && err.contains("none completed"),
+        "{err}"
+    );
+    // Each request failed because the links were down, not by timing out.
+    assert!(
+        err.contains("lost the cluster: only 0 of 4 replicas"),
+        "{err}"
+    );
+}
+
 fn frame(bytes: &[u8]) -> Vec<u8> {
     let mut f = (bytes.len() as u32).to_be_bytes().to_vec();
     f.extend_from_slice(bytes);

@@ -622,7 +622,8 @@ fn bench(file: &ClusterFile, tool: &str, plan: &BenchPlan, json: bool) -> Result
         let cpu0: f64 = pids.iter().filter_map(|p| cpu_seconds(*p)).sum();
         let own0 = cpu_seconds(std::process::id()).unwrap_or(f64::NAN);
         let t = Instant::now();
-        let (mut lat, failed) = client.load(c, duration, &make);
+        let load = client.load(c, duration, &make);
+        let (mut lat, failed) = (load.latencies, load.failed);
         let secs = t.elapsed().as_secs_f64();
         let cpu1: f64 = pids.iter().filter_map(|p| cpu_seconds(*p)).sum();
         let own1 = cpu_seconds(std::process::id()).unwrap_or(f64::NAN);
@@ -634,8 +635,18 @@ fn bench(file: &ClusterFile, tool: &str, plan: &BenchPlan, json: bool) -> Result
             .max()
             .unwrap_or(0)
             .saturating_sub(before.values().map(|s| s.last_executed).max().unwrap_or(0));
+        if lat.is_empty() && failed > 0 {
+            return Err(fail(
+                exit::CLUSTER,
+                format!(
+                    "the cluster stopped answering in the {label} phase ({c} clients): {failed} \
+                     requests failed and none completed; the last one: {}",
+                    load.last_error.as_deref().unwrap_or("no error recorded")
+                ),
+            ));
+        }
         let n = lat.len() as f64;
-        serde_json::json!({
+        Ok(serde_json::json!({
             "phase": label,
             "clients": c,
             "seconds": secs,
@@ -651,10 +662,10 @@ fn bench(file: &ClusterFile, tool: &str, plan: &BenchPlan, json: bool) -> Result
             "replica_cpu_us_per_invocation": if n > 0.0 { (cpu1 - cpu0) * 1e6 / n } else { f64::NAN },
             // The client's side: signing requests, checking replies.
             "client_cpu_us_per_invocation": if n > 0.0 { (own1 - own0) * 1e6 / n } else { f64::NAN },
-        })
+        }))
     };
     let clients = plan.clients.max(1);
-    let mut phases = vec![measure("one client", 1, plan.duration)];
+    let mut phases = vec![measure("one client", 1, plan.duration)?];
     // The sweep finds the knee: throughput grows with clients until the
     // replicas' CPU is used up, then latency grows instead. Its best step
     // within the bound is measured again for the whole duration, and that
@@ -662,7 +673,7 @@ fn bench(file: &ClusterFile, tool: &str, plan: &BenchPlan, json: bool) -> Result
     let mut sweep = Vec::new();
     if !plan.sweep.is_zero() {
         for c in sweep_counts(clients) {
-            sweep.push(measure("sweep", c, plan.sweep));
+            sweep.push(measure("sweep", c, plan.sweep)?);
         }
     }
     let mut at_bound = serde_json::Value::Null;
@@ -672,7 +683,7 @@ fn bench(file: &ClusterFile, tool: &str, plan: &BenchPlan, json: bool) -> Result
     let best = best_within(&candidates, plan.p99_bound_us)
         .map(|i| candidates[i]["clients"].as_u64().unwrap_or(1) as usize);
     if let (Some(c), false) = (best, sweep.is_empty()) {
-        let p = measure("at p99 bound", c, plan.duration);
+        let p = measure("at p99 bound", c, plan.duration)?;
         let within = p["latency_p99_us"].as_f64().unwrap_or(f64::NAN) <= plan.p99_bound_us;
         at_bound = serde_json::json!({
             "clients": c,
@@ -682,7 +693,7 @@ fn bench(file: &ClusterFile, tool: &str, plan: &BenchPlan, json: bool) -> Result
         });
         phases.push(p);
     }
-    phases.push(measure("throughput", clients, plan.duration));
+    phases.push(measure("throughput", clients, plan.duration)?);
     let report = serde_json::json!({
         "replicas": file.n(),
         "f": file.f,

@@ -31,7 +31,8 @@ use crate::{Digest, Error, Invocation, Receipt, Result};
 const SIDE_TIMEOUT: Duration = Duration::from_secs(10);
 /// How long an ordered operation may take before the client gives up.
 const ORDER_TIMEOUT: Duration = Duration::from_secs(30);
-/// How long a client waits for enough replicas to accept its connections.
+/// How long a client waits for enough replicas to accept its connections,
+/// when it connects and when links drop while it waits for a reply.
 const CONNECT_WAIT: Duration = Duration::from_secs(3);
 /// How long a side request waits for the last replicas once enough answered.
 const STRAGGLER_WAIT: Duration = Duration::from_millis(50);
@@ -294,26 +295,28 @@ impl ClusterClient {
         let need = self.n_minus_f();
         let start = Instant::now();
         loop {
-            let up: Vec<u32> = self
-                .file
-                .replicas
-                .iter()
-                .map(|r| r.id)
-                .filter(|id| self.net.connected(*id) == Some(true))
-                .collect();
-            if up.len() >= need {
+            let up = self.reachable();
+            if up >= need {
                 return Ok(());
             }
             if start.elapsed() >= CONNECT_WAIT {
                 return Err(Error::Cluster(format!(
-                    "only {} of {} replicas accept connections (need {need}); start them with `voidbox cluster up {}`",
-                    up.len(),
+                    "only {up} of {} replicas accept connections (need {need}); start them with `voidbox cluster up {}`",
                     self.file.n(),
                     self.file.dir.display()
                 )));
             }
             std::thread::sleep(Duration::from_millis(10));
         }
+    }
+
+    /// How many replicas the client's links reach now.
+    fn reachable(&self) -> usize {
+        self.file
+            .replicas
+            .iter()
+            .filter(|r| self.net.connected(r.id) == Some(true))
+            .count()
     }
 
     /// Sends a side request to every replica and collects the answers that
@@ -570,43 +573,55 @@ impl ClusterClient {
     }
 
     /// `clients` closed-loop clients (fresh keys) ordering the operations
-    /// `make` returns for `duration`: the latencies of every completed
-    /// operation and how many failed. For `voidbox cluster bench`.
+    /// `make` returns for `duration`. For `voidbox cluster bench`.
     pub fn load(
         &self,
         clients: usize,
         duration: Duration,
         make: &(dyn Fn(u64) -> Vec<u8> + Sync),
-    ) -> (Vec<Duration>, u64) {
+    ) -> LoadReport {
         self.runtime.block_on(async {
             let mut tasks = Vec::new();
             for _ in 0..clients {
                 let mut session = Session::new(self, super::config::generate_key());
                 tasks.push(async move {
-                    let mut lat = Vec::new();
-                    let mut failed = 0u64;
+                    let mut load = LoadReport::default();
                     let end = Instant::now() + duration;
                     let mut i = 0;
                     while Instant::now() < end {
                         let t = Instant::now();
                         i += 1;
                         match session.order(make(i)).await {
-                            Ok(_) => lat.push(t.elapsed()),
-                            Err(_) => failed += 1,
+                            Ok(_) => load.latencies.push(t.elapsed()),
+                            Err(e) => {
+                                load.failed += 1;
+                                load.last_error = Some(e.to_string());
+                            }
                         }
                     }
-                    (lat, failed)
+                    load
                 });
             }
-            let mut all = Vec::new();
-            let mut failed = 0;
-            for (lat, f) in futures_join_all(tasks).await {
-                all.extend(lat);
-                failed += f;
+            let mut all = LoadReport::default();
+            for load in futures_join_all(tasks).await {
+                all.latencies.extend(load.latencies);
+                all.failed += load.failed;
+                all.last_error = load.last_error.or(all.last_error);
             }
-            (all, failed)
+            all
         })
     }
+}
+
+/// What [`ClusterClient::load`] measured.
+#[derive(Debug, Default)]
+pub struct LoadReport {
+    /// The latency of every completed operation.
+    pub latencies: Vec<Duration>,
+    /// Operations that failed (no f + 1 matching replies).
+    pub failed: u64,
+    /// Why the last failed operation failed, if one did.
+    pub last_error: Option<String>,
 }
 
 /// Runs futures concurrently on the current task and collects their outputs
@@ -684,6 +699,10 @@ impl<'a> Session<'a> {
         self.send(if first { Target::AllReplicas } else { to }, &message);
         let deadline = tokio::time::Instant::now() + ORDER_TIMEOUT;
         let mut retry = tokio::time::interval(Duration::from_millis(20));
+        // Since when fewer than n - f replicas are reachable: no reply can
+        // come then, so after CONNECT_WAIT the caller hears that the
+        // cluster is gone instead of waiting out ORDER_TIMEOUT.
+        let mut lost_since: Option<Instant> = None;
         loop {
             tokio::select! {
                 m = self.replies.recv() => {
@@ -696,6 +715,19 @@ impl<'a> Session<'a> {
                     }
                 }
                 _ = retry.tick() => {
+                    let (up, need) = (self.owner.reachable(), self.owner.n_minus_f());
+                    if up >= need {
+                        lost_since = None;
+                    } else if lost_since.get_or_insert_with(Instant::now).elapsed() >= CONNECT_WAIT {
+                        return Err(Error::Cluster(format!(
+                            "lost the cluster: only {up} of {} replicas have been reachable for {}s \
+                             (need {need}); the invocation may still run if they come back: check \
+                             `voidbox cluster status {}`",
+                            self.owner.file.n(),
+                            CONNECT_WAIT.as_secs(),
+                            self.owner.file.dir.display()
+                        )));
+                    }
                     if let Some((to, m)) = self.client.tick(now_us()) {
                         self.send(to, &m);
                     }

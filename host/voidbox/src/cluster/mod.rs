@@ -27,7 +27,7 @@ pub mod log;
 pub mod node;
 pub mod wire;
 
-pub use client::{ClusterClient, SignedReceipt};
+pub use client::{ClusterClient, LoadReport, SignedReceipt};
 pub use config::{init_cluster, ClusterFile, CLUSTER_FILE};
 pub use embed::Invoker;
 pub use node::run_replica;
