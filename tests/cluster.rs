@@ -368,6 +368,79 @@ fn a_client_whose_cluster_stops_says_so() {
     );
 }
 
+/// Two clusters given the same ports: the second `cluster up` fails and
+/// says which port and what to do, and `cluster status` of the second does
+/// not show the first one's replicas as its own. A pid file naming another
+/// live process (its number reused, as after a reboot) neither keeps
+/// `cluster up` from starting the replica nor gets that process killed by
+/// `cluster down`.
+#[test]
+fn clusters_on_the_same_ports_and_stale_pid_files_are_told_apart() {
+    let first = TestCluster::init(&["--no-fsync"]);
+    first.ok(&["cluster", "up", "{c}"]);
+    let status: Value =
+        serde_json::from_str(&first.ok(&["cluster", "status", "{c}", "--json"])).unwrap();
+    let address = status[0]["address"].as_str().unwrap().to_string();
+    let port = address.rsplit_once(':').unwrap().1;
+
+    let dir = tempfile::tempdir().unwrap();
+    let path = dir.path().join("c");
+    let out = voidbox(
+        &["cluster", "init", "--no-fsync", "--base-port", port],
+        Some(&path),
+    );
+    assert!(out.status.success(), "init: {}", stderr(&out));
+    let second = TestCluster { _dir: dir, path };
+    let out = second.run(&["cluster", "up", "{c}"]);
+    let err = stderr(&out);
+    assert_eq!(out.status.code(), Some(6), "{err}");
+    assert!(
+        err.contains(&format!("cannot listen on {address}"))
+            && err.contains("Address already in use")
+            && err.contains("--base-port"),
+        "{err}"
+    );
+    let out = second.run(&["cluster", "status", "{c}"]);
+    let err = stderr(&out);
+    assert_eq!(out.status.code(), Some(6), "{err}");
+    assert!(
+        err.contains(&format!("replica 0's address {address} is answered by pid"))
+            && err.contains("counted as down"),
+        "{err}"
+    );
+    assert_eq!(
+        String::from_utf8_lossy(&out.stdout)
+            .matches(" down")
+            .count(),
+        4,
+        "{}",
+        String::from_utf8_lossy(&out.stdout)
+    );
+
+    // The ports are free again; replica 0's pid file names a live process
+    // that is not a replica.
+    first.ok(&["cluster", "down", "{c}"]);
+    let mut other = Command::new("sleep").arg("60").spawn().unwrap();
+    std::fs::write(
+        second.path.join("replica-0/replica.pid"),
+        other.id().to_string(),
+    )
+    .unwrap();
+    let up = second.ok(&["cluster", "up", "{c}"]);
+    assert!(
+        up.contains("replica 0 starting") && !up.contains("already running"),
+        "{up}"
+    );
+    assert_eq!(up.matches(" up after ").count(), 4, "{up}");
+    second.ok(&["cluster", "down", "{c}"]);
+    assert!(
+        other.try_wait().unwrap().is_none(),
+        "cluster down killed a process that is not a replica"
+    );
+    other.kill().unwrap();
+    other.wait().unwrap();
+}
+
 fn frame(bytes: &[u8]) -> Vec<u8> {
     let mut f = (bytes.len() as u32).to_be_bytes().to_vec();
     f.extend_from_slice(bytes);

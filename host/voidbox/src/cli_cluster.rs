@@ -1,6 +1,7 @@
 //! `voidbox cluster …` and the `--cluster` forms of `tool add`, `cas put`,
 //! `run` and `receipt verify`: glue over `voidbox::cluster`.
 
+use std::collections::BTreeMap;
 use std::path::{Path, PathBuf};
 use std::process::{Command, Stdio};
 use std::time::{Duration, Instant};
@@ -96,6 +97,22 @@ fn alive(pid: u32) -> bool {
         .unwrap_or(false)
 }
 
+/// Whether `pid` is a live `voidbox replica` process for replica `id`, not
+/// whatever process reuses the number of one that is gone (a pid file
+/// outlives a reboot).
+fn running_replica(pid: u32, id: u32) -> bool {
+    let Ok(cmdline) = std::fs::read(format!("/proc/{pid}/cmdline")) else {
+        return false;
+    };
+    let args: Vec<&[u8]> = cmdline.split(|&b| b == 0).collect();
+    let id = id.to_string();
+    alive(pid)
+        && args.get(1) == Some(&&b"replica"[..])
+        && args
+            .windows(2)
+            .any(|w| w[0] == b"--id" && w[1] == id.as_bytes())
+}
+
 fn read_pid(path: &Path) -> Option<u32> {
     std::fs::read_to_string(path).ok()?.trim().parse().ok()
 }
@@ -163,10 +180,15 @@ fn up(file: &ClusterFile) -> Result<u8, Failure> {
     // The replicas started now, to notice one that exits at once (its port
     // taken, its database held) instead of waiting for it to answer.
     let mut started: Vec<(u32, std::process::Child, PathBuf)> = Vec::new();
+    // The process each replica must be: a status answer from another
+    // process on its address (another cluster given the same ports) does
+    // not count as the replica being up.
+    let mut expected: BTreeMap<u32, u32> = BTreeMap::new();
     for r in &file.replicas {
         let pid_path = pid_file(file, r.id)?;
-        if let Some(pid) = read_pid(&pid_path).filter(|p| alive(*p)) {
+        if let Some(pid) = read_pid(&pid_path).filter(|p| running_replica(*p, r.id)) {
             outln!("replica {} already running (pid {pid})", r.id);
+            expected.insert(r.id, pid);
             continue;
         }
         let home = file.home_of(r.id)?;
@@ -212,17 +234,22 @@ fn up(file: &ClusterFile) -> Result<u8, Failure> {
             r.address,
             log_path.display()
         );
+        expected.insert(r.id, child.id());
         started.push((r.id, child, log_path));
     }
     let client = ClusterClient::connect(&file.dir)?;
     let start = Instant::now();
     let mut seen = std::collections::BTreeSet::new();
     let mut exited: Vec<String> = Vec::new();
+    let mut exited_ids = std::collections::BTreeSet::new();
+    // Replicas whose address another process answered (its pid).
+    let mut impostors: BTreeMap<u32, u32> = BTreeMap::new();
     while seen.len() + exited.len() < file.replicas.len()
         && start.elapsed() < Duration::from_secs(30)
     {
         started.retain_mut(|(id, child, log)| match child.try_wait() {
             Ok(Some(status)) => {
+                exited_ids.insert(*id);
                 exited.push(format!(
                     "replica {id} exited at once ({status}); the end of {}:\n{}",
                     log.display(),
@@ -233,6 +260,10 @@ fn up(file: &ClusterFile) -> Result<u8, Failure> {
             _ => true,
         });
         for (id, s) in client.status(Duration::from_millis(300)) {
+            if expected.get(&id) != Some(&s.pid) {
+                impostors.insert(id, s.pid);
+                continue;
+            }
             if seen.insert(id) {
                 outln!(
                     "replica {id} up after {:.1}s: view {}{}, executed seq {}",
@@ -242,6 +273,20 @@ fn up(file: &ClusterFile) -> Result<u8, Failure> {
                     s.last_executed
                 );
             }
+        }
+    }
+    // (One that exited has said why in its log, quoted above.)
+    for (id, pid) in &impostors {
+        if !seen.contains(id) && !exited_ids.contains(id) {
+            exited.push(format!(
+                "replica {id}'s address {} is answered by another process (pid {pid}), not by \
+                 this cluster's replica {id}: another cluster or program uses the port; stop it, \
+                 or give this cluster other ports with `voidbox cluster init --base-port`",
+                file.replicas
+                    .iter()
+                    .find(|r| r.id == *id)
+                    .map_or_else(String::new, |r| r.address.to_string())
+            ));
         }
     }
     if !exited.is_empty() {
@@ -287,7 +332,24 @@ fn log_tail(path: &Path, lines: usize) -> String {
 
 fn status(file: &ClusterFile, json: bool) -> Result<u8, Failure> {
     let client = ClusterClient::connect(&file.dir)?;
-    let statuses = client.status(Duration::from_secs(1));
+    let mut statuses = client.status(Duration::from_secs(1));
+    // An answer from a process other than the one `cluster up` started
+    // for that replica is another cluster (or program) on its port: that
+    // replica of this cluster is not up.
+    for r in &file.replicas {
+        let recorded = pid_file(file, r.id).ok().and_then(|p| read_pid(&p));
+        if let (Some(s), Some(pid)) = (statuses.get(&r.id), recorded) {
+            if s.pid != pid {
+                eprintln!(
+                    "voidbox: replica {}'s address {} is answered by pid {}, not by pid {pid} \
+                     that `cluster up` started for it: another cluster or program uses the \
+                     port; counted as down",
+                    r.id, r.address, s.pid
+                );
+                statuses.remove(&r.id);
+            }
+        }
+    }
     if json {
         let v: Vec<_> = file
             .replicas
@@ -354,7 +416,7 @@ fn down(file: &ClusterFile) -> Result<u8, Failure> {
     for r in &file.replicas {
         let path = pid_file(file, r.id)?;
         match read_pid(&path) {
-            Some(pid) if alive(pid) => {
+            Some(pid) if running_replica(pid, r.id) => {
                 let _ = Command::new("kill")
                     .arg("-TERM")
                     .arg(pid.to_string())

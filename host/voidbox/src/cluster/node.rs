@@ -100,10 +100,14 @@ pub fn run_replica(cluster_file: &Path, id: u32) -> Result<()> {
         })
         .await
         .map_err(|e| {
-            Error::Cluster(format!(
-                "replica {id} cannot listen on {}: {e}; is another replica running there?",
-                entry.address
-            ))
+            let hint = match e {
+                voidbox_net::NetError::Bind { .. } => {
+                    " If it is another Voidbox cluster, stop it, or give this one other ports \
+                     with `voidbox cluster init --base-port`."
+                }
+                _ => "",
+            };
+            Error::Cluster(format!("replica {id}: {e}{hint}"))
         })?;
         tracing::info!(replica = id, address = %net.local_addr(), "listening");
         let driver = Driver::new(replica, log, host, net, peer_ids, results);
