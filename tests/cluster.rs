@@ -297,6 +297,52 @@ fn a_cluster_orders_runs_and_signs_invocations() {
         stderr(&out)
     );
 
+    // A file that cannot be a tool is told apart before it is sent, with
+    // the single-node message and exit code; a component of another world
+    // is refused by every replica, for one reason, said once.
+    let not_wasm = write(&c.path, "notes.wasm", b"just text");
+    let out = c.run(&["tool", "add", "--cluster", "{c}", &not_wasm]);
+    assert_eq!(out.status.code(), Some(3), "{}", stderr(&out));
+    assert!(
+        stderr(&out).contains("notes.wasm: the file is not WebAssembly"),
+        "{}",
+        stderr(&out)
+    );
+    let other_world = write(&c.path, "empty.wasm", b"\0asm\x0d\0\x01\0");
+    let out = c.run(&["tool", "add", "--cluster", "{c}", &other_world]);
+    assert_eq!(out.status.code(), Some(6), "{}", stderr(&out));
+    let err = stderr(&out);
+    assert!(
+        err.contains("replicas 0, 1, 2, 3: the component implements neither")
+            && err.matches("implements neither").count() == 1,
+        "{err}"
+    );
+
+    // Blobs go in and come back out by digest, checked.
+    let blob = c.ok(&["cas", "put", "--cluster", "{c}", &input]);
+    let blob = blob.trim();
+    let back = c.ok(&["cas", "get", "--cluster", "{c}", blob]);
+    assert_eq!(back, "one two three\nfour\n");
+    let copy = c.path.join("copy.txt");
+    c.ok(&[
+        "cas",
+        "get",
+        "--cluster",
+        "{c}",
+        blob,
+        "-o",
+        copy.to_str().unwrap(),
+    ]);
+    assert_eq!(std::fs::read(&copy).unwrap(), b"one two three\nfour\n");
+    let missing = Digest::of(b"never stored").to_string();
+    let out = c.run(&["cas", "get", "--cluster", "{c}", &missing]);
+    assert_eq!(out.status.code(), Some(6), "{}", stderr(&out));
+    assert!(
+        stderr(&out).contains("no replica has blob"),
+        "{}",
+        stderr(&out)
+    );
+
     let executed = c.status_of("executed_requests");
     assert!(executed.iter().all(|&e| e >= 5), "{executed:?}");
 
@@ -323,7 +369,6 @@ fn a_cluster_orders_runs_and_signs_invocations() {
     assert_eq!(out.status.code(), Some(6), "all down: {}", stderr(&out));
 }
 
-/// One length-prefixed frame.
 /// A cluster that stops under a running client is reported, with the
 /// reason, once fewer than n - f replicas have been reachable for a few
 /// seconds: `cluster bench` stops at the first phase that completes
@@ -441,6 +486,7 @@ fn clusters_on_the_same_ports_and_stale_pid_files_are_told_apart() {
     other.wait().unwrap();
 }
 
+/// One length-prefixed frame.
 fn frame(bytes: &[u8]) -> Vec<u8> {
     let mut f = (bytes.len() as u32).to_be_bytes().to_vec();
     f.extend_from_slice(bytes);

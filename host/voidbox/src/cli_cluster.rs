@@ -469,7 +469,15 @@ pub(crate) fn tool_add(
         None => None,
     };
     let client = ClusterClient::connect(cluster)?;
-    let tool = client.add_tool(&wasm, name, contract.as_deref())?;
+    let tool = client
+        .add_tool(&wasm, name, contract.as_deref())
+        .map_err(|e| match e {
+            voidbox::Error::Load(source) => voidbox::Error::BadComponent {
+                path: file.to_path_buf(),
+                source,
+            },
+            e => e,
+        })?;
     outln!("{}  {} {}", tool.digest, tool.name, tool.version);
     Ok(exit::OK)
 }
@@ -477,6 +485,34 @@ pub(crate) fn tool_add(
 pub(crate) fn cas_put(cluster: &Path, bytes: &[u8]) -> Result<u8, Failure> {
     let client = ClusterClient::connect(cluster)?;
     outln!("{}", client.put_blob(bytes)?);
+    Ok(exit::OK)
+}
+
+pub(crate) fn cas_get(
+    cluster: &Path,
+    digest: &Digest,
+    output: Option<&Path>,
+) -> Result<u8, Failure> {
+    let client = ClusterClient::connect(cluster)?;
+    let bytes = client.get_blob(digest)?;
+    match output {
+        Some(path) => std::fs::write(path, &bytes).map_err(|e| {
+            fail(
+                exit::STORAGE,
+                format!(
+                    "cannot write {}: {e}; check the path and its permissions",
+                    path.display()
+                ),
+            )
+        })?,
+        None => {
+            use std::io::Write;
+            let mut out = std::io::stdout().lock();
+            out.write_all(&bytes)
+                .and_then(|()| out.flush())
+                .map_err(super::stdout_failure)?;
+        }
+    }
     Ok(exit::OK)
 }
 

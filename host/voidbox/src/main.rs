@@ -311,6 +311,10 @@ enum CasCmd {
         digest: String,
         #[arg(short, long)]
         output: Option<PathBuf>,
+        /// Fetch it from the replicas of this cluster instead (checked
+        /// against its digest).
+        #[arg(long, value_name = "CLUSTER_FILE")]
+        cluster: Option<PathBuf>,
     },
     /// List blobs.
     Ls {
@@ -536,6 +540,14 @@ fn dispatch(cli: Cli) -> Result<u8, Failure> {
             file,
             cluster: Some(cluster),
         }) => cli_cluster::cas_put(&cluster, &read_input(Some(&file))?),
+        Command::Cas(CasCmd::Get {
+            digest: d,
+            output,
+            cluster: Some(cluster),
+        }) => {
+            let d: Digest = d.parse().map_err(Error::from)?;
+            cli_cluster::cas_get(&cluster, &d, output.as_deref())
+        }
         Command::Receipt(ReceiptCmd::Verify { file, cluster }) => {
             cli_cluster::verify(&file, &cluster)
         }
@@ -1228,7 +1240,11 @@ fn cas(host: &Host, cmd: CasCmd) -> Result<u8, Failure> {
             outln!("{d}");
             eprintln!("stored {len} bytes");
         }
-        CasCmd::Get { digest: d, output } => {
+        CasCmd::Get {
+            digest: d,
+            output,
+            cluster: _,
+        } => {
             let d = digest(&d)?;
             match output {
                 Some(path) => {

@@ -396,11 +396,19 @@ impl ClusterClient {
         if ok >= need {
             return Ok(());
         }
-        let errors: Vec<String> = answers
-            .iter()
-            .filter_map(|(r, a)| match a {
-                SideResponse::Error { message, .. } => Some(format!("replica {r}: {message}")),
-                _ => None,
+        // Replicas that refused for the same reason are named together, so
+        // a bad request reads once, not once per replica.
+        let mut by_message: BTreeMap<&str, Vec<String>> = BTreeMap::new();
+        for (r, a) in answers {
+            if let SideResponse::Error { message, .. } = a {
+                by_message.entry(message).or_default().push(r.to_string());
+            }
+        }
+        let errors: Vec<String> = by_message
+            .into_iter()
+            .map(|(message, rs)| {
+                let who = if rs.len() == 1 { "replica" } else { "replicas" };
+                format!("{who} {}: {message}", rs.join(", "))
             })
             .collect();
         Err(Error::Cluster(format!(
@@ -422,6 +430,9 @@ impl ClusterClient {
         name: Option<&str>,
         contract: Option<&str>,
     ) -> Result<ToolSummary> {
+        // The common mistakes (not Wasm, a core module) are told here,
+        // once, not by every replica after the bytes went to each.
+        voidbox_sandbox::Sandbox::check_header(wasm)?;
         let digest = self.put_blob(wasm)?;
         let answers = self.ask_all(
             |id| SideRequest::AddTool {
@@ -522,6 +533,7 @@ impl ClusterClient {
 
     /// A blob by digest from any replica that has it (checked).
     pub fn get_blob(&self, digest: &Digest) -> Result<Vec<u8>> {
+        self.ensure_reachable()?;
         let answers = self.ask_all(
             |id| SideRequest::GetBlob {
                 id,
@@ -536,7 +548,12 @@ impl ClusterClient {
                 SideResponse::Blob { bytes: Some(b), .. } if Digest::of(&b) == *digest => Some(b),
                 _ => None,
             })
-            .ok_or_else(|| Error::Cluster(format!("no replica returned {digest}")))
+            .ok_or_else(|| {
+                Error::Cluster(format!(
+                    "no replica has blob {digest}; check the digest, or add the content with \
+                     `voidbox cas put --cluster`"
+                ))
+            })
     }
 
     /// The output of a receipt: inline in the result, or fetched.
