@@ -379,6 +379,22 @@ fn a_client_whose_cluster_stops_says_so() {
     let c = TestCluster::init(&["--no-fsync"]);
     c.ok(&["cluster", "up", "{c}"]);
     c.ok(&["tool", "add", "--cluster", "{c}", tools::ECHO]);
+    // (A tool the cluster lacks is a bad request, as for `run --cluster`.)
+    let out = c.run(&[
+        "cluster",
+        "bench",
+        "{c}",
+        "--tool",
+        "nope",
+        "--seconds",
+        "1",
+    ]);
+    assert_eq!(out.status.code(), Some(3), "{}", stderr(&out));
+    assert!(
+        stderr(&out).contains("tool add --cluster"),
+        "{}",
+        stderr(&out)
+    );
     let bench = Command::new(voidbox_bin())
         .args(["cluster", "bench", c.path.to_str().unwrap()])
         .args(["--seconds", "3", "--clients", "2", "--sweep-seconds", "0"])

@@ -7,7 +7,7 @@ use std::process::{Command, Stdio};
 use std::time::{Duration, Instant};
 
 use clap::Subcommand;
-use voidbox::cluster::wire::{Op, OpResult, SIDE_BLOB_MAX};
+use voidbox::cluster::wire::{Op, OpResult, ToolSummary, SIDE_BLOB_MAX};
 use voidbox::cluster::{init_cluster, ClusterClient, ClusterFile, SignedReceipt};
 use voidbox::{Budget, Digest, Invocation};
 
@@ -547,16 +547,7 @@ pub(crate) fn run(a: RunArgs) -> Result<u8, Failure> {
         Some(t) => t.clone(),
         None => owner_token(client.file())?,
     };
-    let tool = client.tool(&a.tool).map_err(|e| match e {
-        voidbox::Error::NoSuchTool(name) => fail(
-            exit::BAD_REQUEST,
-            format!(
-                "the cluster has no tool named or with digest `{name}`; add it with `voidbox tool add --cluster {} FILE.wasm`",
-                path.display()
-            ),
-        ),
-        e => e.into(),
-    })?;
+    let tool = cluster_tool(&client, &a.tool)?;
     // The replicas take an input of at most one side frame's blob.
     let input = read_input_max(a.input.as_deref(), SIDE_BLOB_MAX as u64)?;
     let template = invocation_of(&a, tool.digest, Digest::of(&input), Budget::default())?;
@@ -565,6 +556,22 @@ pub(crate) fn run(a: RunArgs) -> Result<u8, Failure> {
         outln!("{}", serde_json::to_string_pretty(&signed).expect("json"));
     }
     result_code(&client, &signed, !a.json)
+}
+
+/// The cluster's tool by name or digest; a missing one is a bad request
+/// whose message names the cluster form of `tool add`.
+fn cluster_tool(client: &ClusterClient, reference: &str) -> Result<ToolSummary, Failure> {
+    client.tool(reference).map_err(|e| match e {
+        voidbox::Error::NoSuchTool(name) => fail(
+            exit::BAD_REQUEST,
+            format!(
+                "the cluster has no tool named or with digest `{name}`; add it with \
+                 `voidbox tool add --cluster {} FILE.wasm`",
+                client.file().dir.display()
+            ),
+        ),
+        e => e.into(),
+    })
 }
 
 /// Prints the output (unless `quiet`) and maps the result to an exit code.
@@ -697,7 +704,7 @@ fn best_within(phases: &[&serde_json::Value], bound_us: f64) -> Option<usize> {
 fn bench(file: &ClusterFile, tool: &str, plan: &BenchPlan, json: bool) -> Result<u8, Failure> {
     let client = ClusterClient::connect(&file.dir)?;
     let token = owner_token(file)?;
-    let tool = client.tool(tool)?;
+    let tool = cluster_tool(&client, tool)?;
     let input = client.put_blob(b"bench")?;
     let pids: Vec<u32> = file
         .replicas
