@@ -209,9 +209,10 @@ impl KeyStore for MemoryKeyStore {
 /// 0600 (owner-only) and refused when group or others can read them.
 ///
 /// Every lookup checks the file's metadata (one `stat`); the key is read
-/// again only when the file changed (inode, length or modification time). So deleting a key file, or opening its
-/// permissions, takes effect at the next lookup, while the hot path (a
-/// capability check per invocation) costs one system call, not four.
+/// again only when the file changed (inode, length or modification time).
+/// So deleting a key file, or opening its permissions, takes effect at the
+/// next lookup, while the hot path (a capability check per invocation)
+/// costs one system call, not four.
 #[derive(Debug, Clone)]
 pub struct DirKeyStore {
     dir: PathBuf,
