@@ -240,21 +240,24 @@ fn up(file: &ClusterFile) -> Result<u8, Failure> {
     let client = ClusterClient::connect(&file.dir)?;
     let start = Instant::now();
     let mut seen = std::collections::BTreeSet::new();
-    let mut exited: Vec<String> = Vec::new();
-    let mut exited_ids = std::collections::BTreeSet::new();
+    // Why replicas are not up: one exited (what its log said), or another
+    // process answers on its address.
+    let mut failures: BTreeMap<u32, String> = BTreeMap::new();
     // Replicas whose address another process answered (its pid).
     let mut impostors: BTreeMap<u32, u32> = BTreeMap::new();
-    while seen.len() + exited.len() < file.replicas.len()
+    while seen.len() + failures.len() < file.replicas.len()
         && start.elapsed() < Duration::from_secs(30)
     {
         started.retain_mut(|(id, child, log)| match child.try_wait() {
             Ok(Some(status)) => {
-                exited_ids.insert(*id);
-                exited.push(format!(
-                    "replica {id} exited at once ({status}); the end of {}:\n{}",
-                    log.display(),
-                    log_tail(log, 5)
-                ));
+                failures.insert(
+                    *id,
+                    format!(
+                        "replica {id} exited at once ({status}); the end of {}:\n{}",
+                        log.display(),
+                        log_tail(log, 5)
+                    ),
+                );
                 false
             }
             _ => true,
@@ -275,10 +278,11 @@ fn up(file: &ClusterFile) -> Result<u8, Failure> {
             }
         }
     }
-    // (One that exited has said why in its log, quoted above.)
+    // Another process on the address is the reason only for a replica
+    // that neither came up nor exited (one that exited said why).
     for (id, pid) in &impostors {
-        if !seen.contains(id) && !exited_ids.contains(id) {
-            exited.push(format!(
+        if !seen.contains(id) && !failures.contains_key(id) {
+            let message = format!(
                 "replica {id}'s address {} is answered by another process (pid {pid}), not by \
                  this cluster's replica {id}: another cluster or program uses the port; stop it, \
                  or give this cluster other ports with `voidbox cluster init --base-port`",
@@ -286,11 +290,13 @@ fn up(file: &ClusterFile) -> Result<u8, Failure> {
                     .iter()
                     .find(|r| r.id == *id)
                     .map_or_else(String::new, |r| r.address.to_string())
-            ));
+            );
+            failures.insert(*id, message);
         }
     }
-    if !exited.is_empty() {
-        return Err(fail(exit::CLUSTER, exited.join("\n")));
+    if !failures.is_empty() {
+        let messages: Vec<String> = failures.into_values().collect();
+        return Err(fail(exit::CLUSTER, messages.join("\n")));
     }
     if seen.len() < file.replicas.len() {
         let missing: Vec<String> = file
