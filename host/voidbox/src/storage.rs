@@ -2235,7 +2235,7 @@ mod tests {
         {
             let storage =
                 Arc::new(Storage::open(home.path(), 1 << 16, TEST_DB_CACHE_BYTES).unwrap());
-            for round in 0..7u32 {
+            for round in 0..10u32 {
                 for i in 0..150u32 {
                     let input = format!("round {round} input {i}");
                     let (d, inv, r) = record_input(&storage, &input);
@@ -2243,8 +2243,8 @@ mod tests {
                 }
                 storage.checkpoint().unwrap();
             }
-            // Seven checkpoints of equal size leave runs of 4, 1, 1 and 1
-            // checkpoints' entries: four merged, not one per checkpoint.
+            // Ten checkpoints of equal size leave runs of 8, 1 and 1
+            // checkpoints' entries: eight merged, not one per checkpoint.
             let txn = storage.db.begin_read().unwrap();
             let sizes: Vec<u64> = txn
                 .open_table(RUN_SIZES)
@@ -2253,10 +2253,10 @@ mod tests {
                 .unwrap()
                 .map(|e| e.unwrap().1.value())
                 .collect();
-            assert_eq!(sizes, [4 * 450, 450, 450, 450]);
+            assert_eq!(sizes, [8 * 450, 450, 450]);
             // Three entries per invocation: its input, its receipt, its cache
             // entry.
-            assert_eq!(sizes.iter().sum::<u64>(), 7 * 150 * 3);
+            assert_eq!(sizes.iter().sum::<u64>(), 10 * 150 * 3);
             drop(txn);
             // A removed blob is gone, and comes back when recorded again.
             let blobs = Blobs::new(storage.clone());
@@ -2277,7 +2277,7 @@ mod tests {
             assert!(matches!(blobs.get(&orphan), Err(CasError::NotFound(_))));
             let verify = blobs.verify_all().unwrap();
             assert!(verify.corrupt.is_empty());
-            assert_eq!(verify.checked, 7 * 150);
+            assert_eq!(verify.checked, 10 * 150);
         }
         // Reopened: every answer comes from the runs, the cache filter
         // included.
