@@ -370,7 +370,7 @@ fn a_cluster_orders_runs_and_signs_invocations() {
 }
 
 /// A cluster that stops under a running client is reported, with the
-/// reason, once fewer than n - f replicas have been reachable for a few
+/// reason, once fewer than f + 1 replicas have been reachable for a few
 /// seconds: `cluster bench` stops at the first phase that completes
 /// nothing, instead of waiting out the 30 s ordering timeout of every
 /// request in every later phase.

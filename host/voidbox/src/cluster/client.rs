@@ -716,9 +716,11 @@ impl<'a> Session<'a> {
         self.send(if first { Target::AllReplicas } else { to }, &message);
         let deadline = tokio::time::Instant::now() + ORDER_TIMEOUT;
         let mut retry = tokio::time::interval(Duration::from_millis(20));
-        // Since when fewer than n - f replicas are reachable: no reply can
-        // come then, so after CONNECT_WAIT the caller hears that the
-        // cluster is gone instead of waiting out ORDER_TIMEOUT.
+        // Since when fewer than f + 1 replicas are reachable: the f + 1
+        // matching replies cannot come then, so after CONNECT_WAIT the
+        // caller hears that the cluster is gone instead of waiting out
+        // ORDER_TIMEOUT. (Connecting asks for n - f: fewer cannot order;
+        // but replicas this client cannot reach may still be ordering.)
         let mut lost_since: Option<Instant> = None;
         loop {
             tokio::select! {
@@ -732,14 +734,14 @@ impl<'a> Session<'a> {
                     }
                 }
                 _ = retry.tick() => {
-                    let (up, need) = (self.owner.reachable(), self.owner.n_minus_f());
+                    let (up, need) = (self.owner.reachable(), self.owner.file.f as usize + 1);
                     if up >= need {
                         lost_since = None;
                     } else if lost_since.get_or_insert_with(Instant::now).elapsed() >= CONNECT_WAIT {
                         return Err(Error::Cluster(format!(
                             "lost the cluster: only {up} of {} replicas have been reachable for {}s \
-                             (need {need}); the invocation may still run if they come back: check \
-                             `voidbox cluster status {}`",
+                             (a reply needs f + 1 = {need}); the invocation may still run if they \
+                             come back: check `voidbox cluster status {}`",
                             self.owner.file.n(),
                             CONNECT_WAIT.as_secs(),
                             self.owner.file.dir.display()
