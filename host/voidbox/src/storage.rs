@@ -190,9 +190,9 @@ struct State {
     /// action-cache entry (in redb or a tail): loaded from redb and the
     /// replayed journal at open, added to when an entry is recorded, never
     /// emptied (a stale member only costs a lookup). Readers rely on it
-    /// covering every tail's `cache`: a key it lacks is in no tail. A miss, the common case for fresh inputs, is
-    /// answered here without a redb read transaction (about 0.7 us, and a
-    /// lock that every reader shares).
+    /// covering every tail's `cache`: a key it lacks is in no tail. A miss,
+    /// the common case for fresh inputs, is answered here without a redb
+    /// read transaction (about 0.7 us, and a lock that every reader shares).
     cache_filter: DigestSet<u64>,
     /// Tails taken by a checkpoint that is still writing them into redb:
     /// still read, until the checkpoint's commit is visible. Taking the tail
