@@ -309,7 +309,7 @@ fn invoke_figures(
 
     let invoke_fresh = |thread: usize, i: u64| {
         let input = host
-            .put_input(format!("{thread}-{i}-{}", dir.display()).as_bytes())
+            .put_input(format!("host-{thread}-{i}").as_bytes())
             .expect("put input");
         let r = host
             .invoke(&Invocation::new(record.digest, input).budget(budget))
