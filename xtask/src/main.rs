@@ -187,6 +187,7 @@ fn demo() -> Result {
 }
 
 fn test() -> Result {
+    warn_if_disk_is_short();
     run(cargo().args(["fmt", "--all", "--", "--check"]))?;
     run(cargo().args([
         "clippy",
@@ -238,6 +239,45 @@ fn test() -> Result {
     // One plain closing line over every test binary and doc-test run.
     println!("tests: {passed} passed, {failed} failed");
     Ok(())
+}
+
+/// Below this much free disk, `test` warns: a fresh clone's `target/` after
+/// `cargo xtask test` (release and clippy outputs, the tools) takes about
+/// 6 GiB, and the tests' temp directories some more.
+const BUILD_DISK_BYTES: u64 = 8 << 30;
+
+/// Says so up front when the disk the build writes to has less room than a
+/// clean build takes: otherwise the first sign is a linker killed by a bus
+/// error halfway through (seen in CI), which names neither cause nor fix.
+/// Only a warning: an incremental build may need far less.
+fn warn_if_disk_is_short() {
+    let target = std::env::var_os("CARGO_TARGET_DIR")
+        .map(PathBuf::from)
+        .unwrap_or_else(|| root().join("target"));
+    let probe = if target.exists() { target } else { root() };
+    let Ok(out) = Command::new("df").arg("-Pk").arg(&probe).output() else {
+        return;
+    };
+    // POSIX format: a header line, then `fs blocks used available ...`.
+    let text = String::from_utf8_lossy(&out.stdout);
+    let available_kib = text
+        .lines()
+        .nth(1)
+        .and_then(|l| l.split_whitespace().nth(3))
+        .and_then(|v| v.parse::<u64>().ok());
+    if let Some(kib) = available_kib {
+        let free = kib * 1024;
+        if free < BUILD_DISK_BYTES {
+            eprintln!(
+                "xtask test: warning: only {:.1} GiB free under {}; a clean build and its tests \
+                 need about {} GiB. If it fails with \"No space left on device\" or a linker bus error, \
+                 free disk space (old target directories are the usual culprit) and run again.",
+                free as f64 / f64::from(1u32 << 30),
+                probe.display(),
+                BUILD_DISK_BYTES >> 30
+            );
+        }
+    }
 }
 
 /// Runs `cargo test`, passing its output through, and adds up the
