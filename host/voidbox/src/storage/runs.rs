@@ -475,6 +475,19 @@ mod tests {
         assert_eq!(sizes, [96, 12, 1]);
     }
 
+    /// Merges runs given oldest first, handing them to `merge_all` newest
+    /// first as storage does.
+    fn merge_oldest_first(runs: &[Vec<Entry>]) -> Vec<Entry> {
+        merge_all(
+            runs.iter()
+                .rev()
+                .map(|r| Box::new(r.clone().into_iter().map(Ok)) as Entries<'_>)
+                .collect(),
+        )
+        .map(Result::unwrap)
+        .collect()
+    }
+
     #[test]
     fn merging_many_runs_keeps_the_newest_entry_of_each_key() {
         let runs = [
@@ -482,17 +495,8 @@ mod tests {
             vec![e(1, Kind::Blob, 2), e(2, Kind::Receipt, 2)],
             vec![e(2, Kind::Receipt, 3), e(4, Kind::Cache, 3)],
         ];
-        // Newest first, as storage nests them.
-        let merged: Vec<Entry> = merge_all(
-            runs.iter()
-                .rev()
-                .map(|r| Box::new(r.clone().into_iter().map(Ok)) as Entries<'_>)
-                .collect(),
-        )
-        .map(Result::unwrap)
-        .collect();
         assert_eq!(
-            merged,
+            merge_oldest_first(&runs),
             vec![
                 e(1, Kind::Blob, 2),
                 e(2, Kind::Receipt, 3),
@@ -522,16 +526,8 @@ mod tests {
                     expected.insert(entry.key, *entry);
                 }
             }
-            let merged: Vec<Entry> = merge_all(
-                runs.iter()
-                    .rev()
-                    .map(|r| Box::new(r.clone().into_iter().map(Ok)) as Entries<'_>)
-                    .collect(),
-            )
-            .map(Result::unwrap)
-            .collect();
             assert_eq!(
-                merged,
+                merge_oldest_first(&runs),
                 expected.into_values().collect::<Vec<_>>(),
                 "{count} runs"
             );
