@@ -5,7 +5,7 @@ use std::path::{Path, PathBuf};
 use std::process::{Command, Output, Stdio};
 
 use serde_json::Value;
-use voidbox_e2e::{tools, voidbox_bin};
+use voidbox_e2e::{assert_failed, stderr, tools, voidbox_bin};
 
 struct Cli {
     _dir: tempfile::TempDir,
@@ -52,10 +52,6 @@ impl Cli {
         child.stdin.take().unwrap().write_all(stdin).unwrap();
         child.wait_with_output().unwrap()
     }
-}
-
-fn stderr(o: &Output) -> String {
-    String::from_utf8_lossy(&o.stderr).into_owned()
 }
 
 #[test]
@@ -166,12 +162,7 @@ fn outcomes_have_distinct_exit_codes_and_one_line_errors() {
         "--output-limit",
         "1048576",
     ]);
-    assert_eq!(flood.status.code(), Some(14), "{}", stderr(&flood));
-    assert!(
-        stderr(&flood).contains("output-too-large"),
-        "{}",
-        stderr(&flood)
-    );
+    assert_failed(&flood, 14, "output-too-large");
     assert!(flood.stdout.is_empty());
     // Fuel for hours, so only the wall-clock guard ends it.
     let timeout = cli.run(&[
@@ -232,12 +223,7 @@ fn bad_requests_name_the_problem_and_the_fix() {
     // storage failure (4).
     let missing = cli.home.join("nope.wasm");
     let out = cli.run(&["tool", "add", missing.to_str().unwrap()]);
-    assert_eq!(out.status.code(), Some(3), "{}", stderr(&out));
-    assert!(
-        stderr(&out).contains(&format!("cannot read {}", missing.display())),
-        "{}",
-        stderr(&out)
-    );
+    assert_failed(&out, 3, &format!("cannot read {}", missing.display()));
     let out = cli.run(&["cas", "put", missing.to_str().unwrap()]);
     assert_eq!(out.status.code(), Some(3), "{}", stderr(&out));
     // A malformed --arg is a bad command line (2, as README's table says),
@@ -270,11 +256,10 @@ fn an_oversized_input_is_refused_before_it_is_read() {
         .set_len(1 << 40)
         .unwrap();
     let out = cli.run(&["run", "echo", "--input", big.to_str().unwrap()]);
-    assert_eq!(out.status.code(), Some(3), "{}", stderr(&out));
-    assert!(
-        stderr(&out).contains("the input is 1099511627776 bytes, over the limit of 1000 bytes"),
-        "{}",
-        stderr(&out)
+    assert_failed(
+        &out,
+        3,
+        "the input is 1099511627776 bytes, over the limit of 1000 bytes",
     );
     // On stdin the size is unknown: the command reads at most the limit
     // and one byte more, so a writer of an endless stream is cut off early.
@@ -296,12 +281,7 @@ fn an_oversized_input_is_refused_before_it_is_read() {
     });
     let out = child.wait_with_output().unwrap();
     let written = writer.join().unwrap();
-    assert_eq!(out.status.code(), Some(3), "{}", stderr(&out));
-    assert!(
-        stderr(&out).contains("over the limit of 1000 bytes"),
-        "{}",
-        stderr(&out)
-    );
+    assert_failed(&out, 3, "over the limit of 1000 bytes");
     assert!(
         written < 16 << 20,
         "the command read {written} bytes of stdin"
@@ -393,12 +373,7 @@ fn a_data_directory_that_cannot_be_created_is_reported() {
         .arg("init")
         .output()
         .unwrap();
-    assert_eq!(out.status.code(), Some(4), "{}", stderr(&out));
-    assert!(
-        stderr(&out).contains("could not create the data directory"),
-        "{}",
-        stderr(&out)
-    );
+    assert_failed(&out, 4, "could not create the data directory");
     // The existing directory is untouched.
     assert!(cli.ok(&["tool", "list"]).contains("no tools"));
 }
@@ -512,12 +487,7 @@ fn tokens_narrow_deny_and_revoke_through_the_cli() {
     assert!(inspect.contains("only the tool named `echo`"), "{inspect}");
     // The wrong tool: denied with the caveat named, and no use counted.
     let wrong = cli.with_stdin(&["run", "wc", "--input", "-", "--token", token], b"x");
-    assert_eq!(wrong.status.code(), Some(25), "{}", stderr(&wrong));
-    assert!(
-        stderr(&wrong).contains("tool-name = echo"),
-        "{}",
-        stderr(&wrong)
-    );
+    assert_failed(&wrong, 25, "tool-name = echo");
     let narrowed = cli.ok(&["token", "attenuate", token, "--caveat", "uses <= 1"]);
     let narrowed = narrowed.trim();
     let ok = cli.with_stdin(
@@ -697,12 +667,7 @@ fn not_admitted_names_the_real_source_of_the_budget() {
     // wc's contract: fuel <= 400 * input_bytes + 2_000_000.
     cli.ok(&["tool", "add", tools::WC]);
     let flag = cli.with_stdin(&["run", "wc", "--input", "-", "--fuel", "10"], b"a b c");
-    assert_eq!(flag.status.code(), Some(35), "{}", stderr(&flag));
-    assert!(
-        stderr(&flag).contains("> the budget's 10;"),
-        "{}",
-        stderr(&flag)
-    );
+    assert_failed(&flag, 35, "> the budget's 10;");
     assert!(
         stderr(&flag).contains("comes from --fuel 10"),
         "{}",
@@ -715,12 +680,7 @@ fn not_admitted_names_the_real_source_of_the_budget() {
         &["run", "wc", "--input", "-", "--token", token.trim()],
         b"a b c",
     );
-    assert_eq!(caveat.status.code(), Some(35), "{}", stderr(&caveat));
-    assert!(
-        stderr(&caveat).contains("> the budget's 1,000;"),
-        "{}",
-        stderr(&caveat)
-    );
+    assert_failed(&caveat, 35, "> the budget's 1,000;");
     assert!(
         stderr(&caveat).contains("the fuel limit is the token's caveat (1000)"),
         "{}",
@@ -731,12 +691,7 @@ fn not_admitted_names_the_real_source_of_the_budget() {
     let text = std::fs::read_to_string(&config).unwrap();
     std::fs::write(&config, text.replace("fuel = 1000000000", "fuel = 20")).unwrap();
     let toml = cli.with_stdin(&["run", "wc", "--input", "-"], b"a b c");
-    assert_eq!(toml.status.code(), Some(35), "{}", stderr(&toml));
-    assert!(
-        stderr(&toml).contains("`fuel = 20` in voidbox.toml"),
-        "{}",
-        stderr(&toml)
-    );
+    assert_failed(&toml, 35, "`fuel = 20` in voidbox.toml");
     // `token verify` checks the same budget and says the same.
     let owner = std::fs::read_to_string(cli.home.join("owner.token")).unwrap();
     let verify = cli.with_stdin(
@@ -751,12 +706,7 @@ fn not_admitted_names_the_real_source_of_the_budget() {
         ],
         b"a b c",
     );
-    assert_eq!(verify.status.code(), Some(35), "{}", stderr(&verify));
-    assert!(
-        stderr(&verify).contains("`fuel = 20` in voidbox.toml"),
-        "{}",
-        stderr(&verify)
-    );
+    assert_failed(&verify, 35, "`fuel = 20` in voidbox.toml");
 }
 
 #[test]

@@ -15,7 +15,7 @@ use voidbox::cluster::config::generate_key;
 use voidbox::cluster::wire::OpResult;
 use voidbox::cluster::{ClusterClient, ClusterFile, Invoker};
 use voidbox::{Budget, Digest, Invocation};
-use voidbox_e2e::{tools, voidbox_bin};
+use voidbox_e2e::{assert_failed, stderr, tools, voidbox_bin};
 
 /// Four consecutive free ports on loopback (checked by binding them);
 /// tests in one process get different ones.
@@ -147,10 +147,6 @@ fn voidbox(args: &[&str], last: Option<&Path>) -> Output {
         .env_remove("VOIDBOX_TOKEN")
         .stdin(Stdio::null());
     c.output().unwrap()
-}
-
-fn stderr(o: &Output) -> String {
-    String::from_utf8_lossy(&o.stderr).into_owned()
 }
 
 fn write(dir: &Path, name: &str, bytes: &[u8]) -> String {
@@ -290,24 +286,14 @@ fn a_cluster_orders_runs_and_signs_invocations() {
     // A bad request names the fix; an unknown tool is a bad request (3),
     // as on a single node.
     let out = c.run(&["run", "--cluster", "{c}", "no-such-tool"]);
-    assert_eq!(out.status.code(), Some(3), "{}", stderr(&out));
-    assert!(
-        stderr(&out).contains("tool add --cluster"),
-        "{}",
-        stderr(&out)
-    );
+    assert_failed(&out, 3, "tool add --cluster");
 
     // A file that cannot be a tool is told apart before it is sent, with
     // the single-node message and exit code; a component of another world
     // is refused by every replica, for one reason, said once.
     let not_wasm = write(&c.path, "notes.wasm", b"just text");
     let out = c.run(&["tool", "add", "--cluster", "{c}", &not_wasm]);
-    assert_eq!(out.status.code(), Some(3), "{}", stderr(&out));
-    assert!(
-        stderr(&out).contains("notes.wasm: the file is not WebAssembly"),
-        "{}",
-        stderr(&out)
-    );
+    assert_failed(&out, 3, "notes.wasm: the file is not WebAssembly");
     let other_world = write(&c.path, "empty.wasm", b"\0asm\x0d\0\x01\0");
     let out = c.run(&["tool", "add", "--cluster", "{c}", &other_world]);
     assert_eq!(out.status.code(), Some(6), "{}", stderr(&out));
@@ -336,12 +322,7 @@ fn a_cluster_orders_runs_and_signs_invocations() {
     assert_eq!(std::fs::read(&copy).unwrap(), b"one two three\nfour\n");
     let missing = Digest::of(b"never stored").to_string();
     let out = c.run(&["cas", "get", "--cluster", "{c}", &missing]);
-    assert_eq!(out.status.code(), Some(6), "{}", stderr(&out));
-    assert!(
-        stderr(&out).contains("no replica has blob"),
-        "{}",
-        stderr(&out)
-    );
+    assert_failed(&out, 6, "no replica has blob");
 
     let executed = c.status_of("executed_requests");
     assert!(executed.iter().all(|&e| e >= 5), "{executed:?}");
@@ -389,12 +370,7 @@ fn a_client_whose_cluster_stops_says_so() {
         "--seconds",
         "1",
     ]);
-    assert_eq!(out.status.code(), Some(3), "{}", stderr(&out));
-    assert!(
-        stderr(&out).contains("tool add --cluster"),
-        "{}",
-        stderr(&out)
-    );
+    assert_failed(&out, 3, "tool add --cluster");
     let bench = Command::new(voidbox_bin())
         .args(["cluster", "bench", c.path.to_str().unwrap()])
         .args(["--seconds", "3", "--clients", "2", "--sweep-seconds", "0"])
@@ -599,12 +575,7 @@ fn bad_cluster_files_are_refused() {
     // A cluster that is not up is reported as such.
     let c = TestCluster::init(&[]);
     let out = c.run(&["run", "--cluster", "{c}", "wc"]);
-    assert_eq!(out.status.code(), Some(6), "{}", stderr(&out));
-    assert!(
-        stderr(&out).contains("voidbox cluster up"),
-        "{}",
-        stderr(&out)
-    );
+    assert_failed(&out, 6, "voidbox cluster up");
     // A closed stdout (`| head`) ends a cluster command quietly, with its
     // own exit code, not a panic.
     for args in [
@@ -630,12 +601,8 @@ fn bad_cluster_files_are_refused() {
     let taken = TcpListener::bind(file.replicas[2].address).unwrap();
     let t = Instant::now();
     let out = c.run(&["cluster", "up", "{c}"]);
-    assert_eq!(out.status.code(), Some(6), "{}", stderr(&out));
-    assert!(
-        stderr(&out).contains("replica 2 exited at once") && stderr(&out).contains("in use"),
-        "{}",
-        stderr(&out)
-    );
+    let err = assert_failed(&out, 6, "replica 2 exited at once");
+    assert!(err.contains("in use"), "{err}");
     assert!(t.elapsed() < Duration::from_secs(20), "{:?}", t.elapsed());
     drop(taken);
 }

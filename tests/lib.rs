@@ -2,6 +2,7 @@
 //! directory with tools registered, and the path of the `voidbox` binary.
 
 use std::path::PathBuf;
+use std::process::Output;
 
 use voidbox::{Budget, Digest, Host, Invocation, Receipt};
 
@@ -93,4 +94,20 @@ pub fn with_closed_stdout(cmd: &mut std::process::Command) -> std::process::Outp
         .expect("the command starts");
     drop(child.stdout.take());
     child.wait_with_output().expect("the command ends")
+}
+
+/// What a command wrote to stderr, as text.
+pub fn stderr(o: &Output) -> String {
+    String::from_utf8_lossy(&o.stderr).into_owned()
+}
+
+/// Asserts that a command exited with `code` and that its stderr says
+/// `needle` (showing the stderr when either is not so); returns the stderr
+/// for further checks.
+#[track_caller]
+pub fn assert_failed(o: &Output, code: i32, needle: &str) -> String {
+    let err = stderr(o);
+    assert_eq!(o.status.code(), Some(code), "{err}");
+    assert!(err.contains(needle), "expected {needle:?} in: {err}");
+    err
 }
