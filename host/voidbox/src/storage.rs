@@ -36,12 +36,13 @@
 //! identical invocation recomputes them) but never leaves a receipt or a
 //! cache entry that points at a missing or wrong blob.
 
+mod chunks;
 mod digest_hash;
 mod journal;
 mod runs;
 
 use std::cell::RefCell;
-use std::collections::BTreeSet;
+use std::collections::{BTreeMap, BTreeSet};
 use std::fs::File;
 use std::io::{Read, Write};
 use std::path::{Path, PathBuf};
@@ -65,19 +66,26 @@ pub(crate) const NAMES: TableDefinition<&str, &[u8; 32]> = TableDefinition::new(
 /// Receipt digest → receipt: what databases written before the receipt
 /// log hold (JSON, or the journal's encoding); read, never written.
 const RECEIPTS: TableDefinition<&[u8; 32], &[u8]> = TableDefinition::new("receipts");
-/// Sequence number → receipt with its invocation (the journal's encoding),
-/// in checkpoint order. Keys only grow, so a checkpoint appends to the
-/// right edge of this B-tree instead of rewriting pages all over it: with
-/// receipts keyed by their (random) digests, every checkpoint rewrote most
-/// of the receipts table, and the CPU each invocation cost grew with the
-/// database (16.8 us on a fresh one, 24 us averaged over 12 s of
-/// invocations on one thread).
+/// Chunk key → a chunk ([`chunks`]) of receipts, each with its invocation
+/// (the journal's encoding), in checkpoint order. Keys only grow, so a
+/// checkpoint appends to the right edge of this B-tree instead of
+/// rewriting pages all over it: with receipts keyed by their (random)
+/// digests, every checkpoint rewrote most of the receipts table, and the
+/// CPU each invocation cost grew with the database (16.8 us on a fresh
+/// one, 24 us averaged over 12 s of invocations on one thread).
+const RECEIPT_CHUNKS: TableDefinition<u64, &[u8]> = TableDefinition::new("receipt_chunks");
+/// Sequence number → one receipt with its invocation: the receipt log of
+/// databases written before [`RECEIPT_CHUNKS`]; read, never written.
 const RECEIPT_LOG: TableDefinition<u64, &[u8]> = TableDefinition::new("receipt_log");
 /// Receipt digest → its sequence number in [`RECEIPT_LOG`]: what
 /// databases written before the index runs hold; read, never written.
 const RECEIPT_INDEX: TableDefinition<&[u8; 32], u64> = TableDefinition::new("receipt_index");
-/// Sequence number → a small blob (its digest, then its bytes), in
-/// checkpoint order: found through the index runs.
+/// Chunk key → a chunk ([`chunks`]) of small blobs (each its digest, then
+/// its bytes), in checkpoint order: found through the index runs.
+const BLOB_CHUNKS: TableDefinition<u64, &[u8]> = TableDefinition::new("blob_chunks");
+/// Sequence number → one small blob: the blob log of databases written
+/// before [`BLOB_CHUNKS`]; read, and its rows removed by `cas rm` and GC,
+/// never written.
 const BLOB_LOG: TableDefinition<u64, &[u8]> = TableDefinition::new("blob_log");
 /// Index run id → its number of entries. Ids only grow: the highest is the
 /// newest run, whose entries win over older ones with the same key.
@@ -499,6 +507,8 @@ impl Storage {
             dbtry!(&db_path, txn.open_table(BLOBS))?;
             dbtry!(&db_path, txn.open_table(PINS))?;
             dbtry!(&db_path, txn.open_table(BLOB_LOG))?;
+            dbtry!(&db_path, txn.open_table(RECEIPT_CHUNKS))?;
+            dbtry!(&db_path, txn.open_table(BLOB_CHUNKS))?;
             dbtry!(&db_path, txn.open_table(RUN_SIZES))?;
             dbtry!(&db_path, txn.open_table(RUN_FENCES))?;
             dbtry!(&db_path, txn.open_table(RUN_BLOCKS))?;
@@ -516,8 +526,8 @@ impl Storage {
         let mut cache_filter = DigestSet::default();
         // One snapshot for the logs' next keys and the cache filter.
         let txn = dbtry!(&db_path, db.begin_read())?;
-        let next_receipt = next_key(&txn, RECEIPT_LOG, &db_path)?;
-        let next_blob = next_key(&txn, BLOB_LOG, &db_path)?;
+        let next_receipt_chunk = next_key(&txn, RECEIPT_CHUNKS, &db_path)?;
+        let next_blob_chunk = next_key(&txn, BLOB_CHUNKS, &db_path)?;
         let next_run = next_key(&txn, RUN_SIZES, &db_path)?;
         {
             let table = dbtry!(&db_path, txn.open_table(ACTION_CACHE))?;
@@ -569,8 +579,8 @@ impl Storage {
         let (recycle, recycled) = crossbeam_channel::bounded(2);
         let checkpointer = {
             let checkpointer = Checkpointer {
-                next_receipt,
-                next_blob,
+                next_receipt_chunk,
+                next_blob_chunk,
                 next_run,
                 runs: run_cache.clone(),
                 db: db.clone(),
@@ -806,7 +816,7 @@ impl Storage {
             if e.kind != runs::Kind::Cache {
                 return Ok(None);
             }
-            let (r, _) = self.logged_receipt(&txn, e.seq)?;
+            let (r, _) = self.logged_receipt(&txn, e.position)?;
             if r.invocation != *invocation {
                 return Err(index_corrupt(
                     invocation,
@@ -871,20 +881,31 @@ impl Storage {
         Ok(None)
     }
 
-    /// Entry `seq` of the receipt log, which an index entry names.
+    /// The receipt at `position` in the receipt log, which an index entry
+    /// names.
     fn logged_receipt(
         &self,
         txn: &redb::ReadTransaction,
-        seq: u64,
+        position: u64,
     ) -> Result<(Receipt, Option<Invocation>)> {
         let p = &self.db_path;
-        let log = dbtry!(p, txn.open_table(RECEIPT_LOG))?;
-        match dbtry!(p, log.get(seq))? {
-            Some(v) => decode_logged_receipt(seq, v.value()),
-            None => Err(Error::Corrupt {
-                what: format!("entry {seq} of the receipt log"),
-                detail: "the index names it, but it is missing".into(),
-            }),
+        let missing = |detail: String| Error::Corrupt {
+            what: format!("{} of the receipt log", chunks::describe(position)),
+            detail,
+        };
+        let Some((key, slot)) = chunks::split(position) else {
+            let log = dbtry!(p, txn.open_table(RECEIPT_LOG))?;
+            return match dbtry!(p, log.get(position))? {
+                Some(v) => decode_logged_receipt(position, v.value()),
+                None => Err(missing("the index names it, but it is missing".into())),
+            };
+        };
+        let table = dbtry!(p, txn.open_table(RECEIPT_CHUNKS))?;
+        let chunk = dbtry!(p, table.get(key))?
+            .ok_or_else(|| missing("the index names it, but its chunk is missing".into()))?;
+        match chunks::get(chunk.value(), slot).map_err(missing)? {
+            Some(bytes) => decode_logged_receipt(position, bytes),
+            None => Err(missing("the index names it, but it was removed".into())),
         }
     }
 
@@ -900,7 +921,7 @@ impl Storage {
             if e.kind != runs::Kind::Receipt {
                 return Ok(None);
             }
-            let (r, i) = self.logged_receipt(txn, e.seq)?;
+            let (r, i) = self.logged_receipt(txn, e.position)?;
             if r.receipt != *digest {
                 return Err(index_corrupt(digest, "names another receipt"));
             }
@@ -958,7 +979,7 @@ impl Storage {
             if !matches!(e.kind, runs::Kind::Cache | runs::Kind::Invocation) {
                 return Ok(None);
             }
-            Ok(self.logged_receipt(&txn, e.seq)?.1)
+            Ok(self.logged_receipt(&txn, e.position)?.1)
         })?;
         if let Some(i) = indexed {
             return Ok(Some((receipt, Some(i))));
@@ -998,6 +1019,20 @@ impl Storage {
             let (r, invocation) = decode_logged_receipt(k.value(), v.value())?;
             add(r, invocation);
         }
+        for entry in dbtry!(p, dbtry!(p, txn.open_table(RECEIPT_CHUNKS))?.iter())? {
+            let (k, v) = dbtry!(p, entry)?;
+            for (slot, record) in chunks::records(v.value()).enumerate() {
+                let position = chunks::position(k.value(), slot);
+                let record = record.map_err(|detail| Error::Corrupt {
+                    what: format!("{} of the receipt log", chunks::describe(position)),
+                    detail,
+                })?;
+                if let Some(bytes) = record {
+                    let (r, invocation) = decode_logged_receipt(position, bytes)?;
+                    add(r, invocation);
+                }
+            }
+        }
         for entry in dbtry!(p, dbtry!(p, txn.open_table(INVOCATIONS))?.iter())? {
             let (k, v) = dbtry!(p, entry)?;
             let inv = decode_invocation(&Digest(*k.value()), v.value())?;
@@ -1030,30 +1065,53 @@ impl Storage {
     ) -> Result<Option<Arc<[u8]>>> {
         let p = &self.db_path;
         let log = dbtry!(p, txn.open_table(BLOB_LOG))?;
+        let chunked = dbtry!(p, txn.open_table(BLOB_CHUNKS))?;
         self.index_find(txn, digest, |e| {
             if e.kind != runs::Kind::Blob {
                 return Ok(None);
             }
-            let Some(v) = dbtry!(p, log.get(e.seq))? else {
-                return Ok(None);
-            };
-            match split_logged_blob(v.value()) {
+            let check = |row: &[u8]| match split_logged_blob(row) {
                 Some((d, bytes)) if d == *digest => Ok(Some(Arc::from(bytes))),
                 _ => Err(index_corrupt(
                     digest,
-                    "names a row of the blob log that holds another blob",
+                    &format!(
+                        "names {} of the blob log, which holds another blob",
+                        chunks::describe(e.position)
+                    ),
                 )),
+            };
+            let Some((key, slot)) = chunks::split(e.position) else {
+                return match dbtry!(p, log.get(e.position))? {
+                    Some(v) => check(v.value()),
+                    None => Ok(None),
+                };
+            };
+            // A chunk or record that `cas rm` or GC removed is not an error.
+            let Some(chunk) = dbtry!(p, chunked.get(key))? else {
+                return Ok(None);
+            };
+            match chunks::get(chunk.value(), slot) {
+                Ok(Some(row)) => check(row),
+                Ok(None) => Ok(None),
+                Err(detail) => Err(Error::Corrupt {
+                    what: format!("chunk {key} of the blob log"),
+                    detail,
+                }),
             }
         })
     }
 
-    /// Every row of the blob log that holds `digest` (a blob recorded again
-    /// after an earlier checkpoint has more than one).
-    fn logged_blob_rows(&self, txn: &redb::ReadTransaction, digest: &Digest) -> Result<Vec<u64>> {
+    /// Every position in the blob log that holds `digest` (a blob recorded
+    /// again after an earlier checkpoint has more than one).
+    fn logged_blob_positions(
+        &self,
+        txn: &redb::ReadTransaction,
+        digest: &Digest,
+    ) -> Result<Vec<u64>> {
         let mut rows = Vec::new();
         self.index_find(txn, digest, |e| {
             if e.kind == runs::Kind::Blob {
-                rows.push(e.seq);
+                rows.push(e.position);
             }
             Ok(None::<()>)
         })?;
@@ -1063,6 +1121,35 @@ impl Storage {
     fn tail_blob(&self, digest: &Digest) -> Option<Arc<[u8]>> {
         self.shared.lock().blob(digest).cloned()
     }
+}
+
+/// Removes the records in the given slots of each blob chunk (by key),
+/// deleting a chunk that keeps no record. Returns how many records were
+/// there to remove and their bytes.
+fn remove_chunked(
+    txn: &redb::WriteTransaction,
+    doomed: &BTreeMap<u64, Vec<usize>>,
+) -> std::result::Result<(u64, u64), CasError> {
+    let mut table = txn.open_table(BLOB_CHUNKS).map_err(cas_db)?;
+    let (mut records, mut bytes) = (0, 0);
+    for (&key, slots) in doomed {
+        let Some(chunk) = table.get(key).map_err(cas_db)?.map(|v| v.value().to_vec()) else {
+            continue;
+        };
+        let damaged = |e: String| cas_db(format!("chunk {key} of the blob log: {e}"));
+        for &slot in slots {
+            if let Some(row) = chunks::get(&chunk, slot).map_err(damaged)? {
+                records += 1;
+                bytes += row.len().saturating_sub(32) as u64;
+            }
+        }
+        match chunks::without(&chunk, slots).map_err(damaged)? {
+            Some(thinned) => table.insert(key, &thinned[..]).map(drop),
+            None => table.remove(key).map(drop),
+        }
+        .map_err(cas_db)?;
+    }
+    Ok((records, bytes))
 }
 
 /// A row of the blob log: the blob's digest and its bytes.
@@ -1267,9 +1354,9 @@ fn decode_receipt_value(digest: &Digest, bytes: &[u8]) -> Result<(Receipt, Optio
 
 /// An entry of the receipt log, which is not keyed by the receipt's digest:
 /// checked against the digest it carries.
-fn decode_logged_receipt(seq: u64, bytes: &[u8]) -> Result<(Receipt, Option<Invocation>)> {
+fn decode_logged_receipt(position: u64, bytes: &[u8]) -> Result<(Receipt, Option<Invocation>)> {
     let corrupt = |detail: String| Error::Corrupt {
-        what: format!("entry {seq} of the receipt log"),
+        what: format!("{} of the receipt log", chunks::describe(position)),
         detail,
     };
     let (r, invocation) = journal::decode_receipt_value(bytes).map_err(corrupt)?;
@@ -1461,10 +1548,10 @@ fn fail(shared: &Shared, e: String) {
 /// The checkpoint thread: writes taken tails into redb, then deletes the
 /// journal segments they cover.
 struct Checkpointer {
-    /// The key of the next entry of the receipt log.
-    next_receipt: u64,
-    /// The key of the next row of the blob log.
-    next_blob: u64,
+    /// The key of the next chunk of receipts.
+    next_receipt_chunk: u64,
+    /// The key of the next chunk of small blobs.
+    next_blob_chunk: u64,
     /// The id of the next index run.
     next_run: u64,
     runs: Arc<RunCache>,
@@ -1525,39 +1612,50 @@ impl Checkpointer {
                 .map_err(|e| s(&e))?;
             {
                 // Records go to the two logs in any order (their keys only
-                // grow, so each insert appends); the index entries that find
+                // grow, so each chunk appends); the index entries that find
                 // them are sorted once, into one new run.
-                let mut blobs = txn.open_table(BLOB_LOG).map_err(|e| s(&e))?;
-                let mut value = Vec::with_capacity(512);
+                let mut blob_chunks = txn.open_table(BLOB_CHUNKS).map_err(|e| s(&e))?;
+                let mut full = |key: u64, chunk: &[u8]| {
+                    blob_chunks.insert(key, chunk).map(drop).map_err(|e| s(&e))
+                };
+                let mut chunk = chunks::Builder::new(self.next_blob_chunk);
                 for (d, b) in &taken.blobs {
-                    value.clear();
-                    value.extend_from_slice(d.as_bytes());
-                    value.extend_from_slice(b);
-                    let seq = self.next_blob;
-                    self.next_blob += 1;
-                    blobs.insert(seq, &value[..]).map_err(|e| s(&e))?;
+                    let at = chunk.push(
+                        |out| {
+                            out.extend_from_slice(d.as_bytes());
+                            out.extend_from_slice(b);
+                        },
+                        &mut full,
+                    )?;
                     entries.push(runs::Entry {
                         key: d.0,
                         kind: runs::Kind::Blob,
-                        seq,
+                        position: at,
                     });
                 }
-                // A receipt goes with its invocation in one value, and the
-                // index finds the value by either digest. Every cache entry
+                self.next_blob_chunk = chunk.finish(&mut full)?;
+                // A receipt goes with its invocation in one record, and the
+                // index finds the record by either digest. Every cache entry
                 // of a tail names a receipt recorded in the same tail, so
                 // the index entry by invocation says whether it answers.
-                let mut log = txn.open_table(RECEIPT_LOG).map_err(|e| s(&e))?;
+                let mut receipt_chunks = txn.open_table(RECEIPT_CHUNKS).map_err(|e| s(&e))?;
+                let mut full = |key: u64, chunk: &[u8]| {
+                    receipt_chunks
+                        .insert(key, chunk)
+                        .map(drop)
+                        .map_err(|e| s(&e))
+                };
+                let mut chunk = chunks::Builder::new(self.next_receipt_chunk);
                 for rec in &taken.recorded {
                     let r = &rec.receipt;
-                    value.clear();
-                    journal::put_receipt_with_invocation(&mut value, r, &rec.invocation);
-                    let seq = self.next_receipt;
-                    self.next_receipt += 1;
-                    log.insert(seq, &value[..]).map_err(|e| s(&e))?;
+                    let at = chunk.push(
+                        |out| journal::put_receipt_with_invocation(out, r, &rec.invocation),
+                        &mut full,
+                    )?;
                     entries.push(runs::Entry {
                         key: rec.digest.0,
                         kind: runs::Kind::Receipt,
-                        seq,
+                        position: at,
                     });
                     let answers = taken
                         .cache
@@ -1570,9 +1668,10 @@ impl Checkpointer {
                         } else {
                             runs::Kind::Invocation
                         },
-                        seq,
+                        position: at,
                     });
                 }
+                self.next_receipt_chunk = chunk.finish(&mut full)?;
             }
             runs::sort_dedup(&mut entries);
             let id = self.next_run;
@@ -1822,7 +1921,25 @@ impl Blobs {
             })?;
             out.push((d, bytes.to_vec()));
         }
-        // A blob recorded in two checkpoints has two rows: both are
+        let chunked = txn.open_table(BLOB_CHUNKS).map_err(cas_db)?;
+        for entry in chunked.iter().map_err(cas_db)? {
+            let (key, v) = entry.map_err(cas_db)?;
+            for (slot, record) in chunks::records(v.value()).enumerate() {
+                let Some(row) = record
+                    .map_err(|e| cas_db(format!("chunk {} of the blob log: {e}", key.value())))?
+                else {
+                    continue;
+                };
+                let (d, bytes) = split_logged_blob(row).ok_or_else(|| {
+                    cas_db(format!(
+                        "{} of the blob log is shorter than a digest",
+                        chunks::describe(chunks::position(key.value(), slot))
+                    ))
+                })?;
+                out.push((d, bytes.to_vec()));
+            }
+        }
+        // A blob recorded in two checkpoints has two records: both are
         // returned, so `cas verify` checks each (listings dedup).
         Ok(out)
     }
@@ -1919,22 +2036,27 @@ impl Store for Blobs {
         self.storage
             .checkpoint()
             .map_err(|e| cas_db(e.to_string()))?;
-        let rows = {
+        let positions = {
             let read = self.storage.db.begin_read().map_err(cas_db)?;
             self.storage
-                .logged_blob_rows(&read, digest)
+                .logged_blob_positions(&read, digest)
                 .map_err(cas_db)?
         };
         let txn = self.storage.db.begin_write().map_err(cas_db)?;
         let removed_inline = {
             let mut t = txn.open_table(BLOBS).map_err(cas_db)?;
             let mut removed = t.remove(digest.as_bytes()).map_err(cas_db)?.is_some();
-            // The index entries stay, naming rows that are gone; readers
+            // The index entries stay, naming records that are gone; readers
             // skip those.
             let mut log = txn.open_table(BLOB_LOG).map_err(cas_db)?;
-            for row in rows {
-                removed |= log.remove(row).map_err(cas_db)?.is_some();
+            let mut doomed: BTreeMap<u64, Vec<usize>> = BTreeMap::new();
+            for position in positions {
+                match chunks::split(position) {
+                    Some((key, slot)) => doomed.entry(key).or_default().push(slot),
+                    None => removed |= log.remove(position).map_err(cas_db)?.is_some(),
+                }
             }
+            removed |= remove_chunked(&txn, &doomed)?.0 > 0;
             removed
         };
         txn.commit().map_err(cas_db)?;
@@ -2036,6 +2158,28 @@ impl Store for Blobs {
                 log.remove(seq).map_err(cas_db)?;
                 report.bytes_freed += len;
             }
+            let mut doomed: BTreeMap<u64, Vec<usize>> = BTreeMap::new();
+            let chunked = txn.open_table(BLOB_CHUNKS).map_err(cas_db)?;
+            for entry in chunked.iter().map_err(cas_db)? {
+                let (key, v) = entry.map_err(cas_db)?;
+                for (slot, record) in chunks::records(v.value()).enumerate() {
+                    // A damaged chunk is left for `cas verify` to report.
+                    let Ok(Some(row)) = record else {
+                        continue;
+                    };
+                    match split_logged_blob(row) {
+                        Some((d, _)) if keep.contains(&d) => {
+                            kept.insert(d);
+                        }
+                        named => {
+                            removed.extend(named.map(|(d, _)| d));
+                            doomed.entry(key.value()).or_default().push(slot);
+                        }
+                    }
+                }
+            }
+            drop(chunked);
+            report.bytes_freed += remove_chunked(&txn, &doomed)?.1;
             report.removed += removed.len() as u64;
             report.kept += kept.len() as u64;
         }
@@ -2133,6 +2277,8 @@ mod tests {
         let home = tempfile::tempdir().unwrap();
         let (old_inv, old) = receipt_for(b"written by an older version");
         let (first_inv, first) = receipt_for(b"written by the first version");
+        let (row_inv, row) = receipt_for(b"written before the logs were chunked");
+        let row_blob = b"a blob of the unchunked blob log";
         {
             // What a database from before the receipt log holds.
             let storage = Storage::open(home.path(), 1 << 16, TEST_DB_CACHE_BYTES).unwrap();
@@ -2155,7 +2301,37 @@ mod tests {
                 journal::put_invocation_value(&mut value, &first_inv);
                 let mut i = txn.open_table(INVOCATIONS).unwrap();
                 i.insert(first_inv.digest().as_bytes(), &value[..]).unwrap();
+                // Later ones logged a receipt or a blob per row, and an
+                // index run named the rows by their keys.
+                value.clear();
+                journal::put_receipt_with_invocation(&mut value, &row, &row_inv);
+                let mut log = txn.open_table(RECEIPT_LOG).unwrap();
+                log.insert(0, &value[..]).unwrap();
+                value.clear();
+                value.extend_from_slice(Digest::of(row_blob).as_bytes());
+                value.extend_from_slice(row_blob);
+                let mut blobs = txn.open_table(BLOB_LOG).unwrap();
+                blobs.insert(0, &value[..]).unwrap();
             }
+            let mut entries = vec![
+                runs::Entry {
+                    key: row.receipt.0,
+                    kind: runs::Kind::Receipt,
+                    position: 0,
+                },
+                runs::Entry {
+                    key: row_inv.digest().0,
+                    kind: runs::Kind::Cache,
+                    position: 0,
+                },
+                runs::Entry {
+                    key: Digest::of(row_blob).0,
+                    kind: runs::Kind::Blob,
+                    position: 0,
+                },
+            ];
+            runs::sort_dedup(&mut entries);
+            write_run(&txn, 0, entries.into_iter().map(Ok)).unwrap();
             txn.commit().unwrap();
         }
         let (inv, new) = receipt_for(b"written now");
@@ -2173,7 +2349,12 @@ mod tests {
         }
         // Both reopened from redb alone (a clean close checkpoints).
         let storage = Storage::open(home.path(), 1 << 16, TEST_DB_CACHE_BYTES).unwrap();
-        for (i, r) in [(&first_inv, &first), (&old_inv, &old), (&inv, &new)] {
+        for (i, r) in [
+            (&first_inv, &first),
+            (&old_inv, &old),
+            (&row_inv, &row),
+            (&inv, &new),
+        ] {
             assert_eq!(
                 storage.cached_receipt(&i.digest()).unwrap().as_ref(),
                 Some(r)
@@ -2182,10 +2363,20 @@ mod tests {
             assert_eq!((&again, invocation.as_ref()), (r, Some(i)));
         }
         let roots = storage.roots().unwrap();
-        assert!([&first, &old, &new]
+        assert!([&first, &old, &row, &new]
             .iter()
             .all(|r| roots.contains(&r.input)));
-        // Appends continue after the last entry of the log.
+        let txn = storage.db.begin_read().unwrap();
+        assert_eq!(
+            storage
+                .logged_blob(&txn, &Digest::of(row_blob))
+                .unwrap()
+                .as_deref(),
+            Some(&row_blob[..])
+        );
+        drop(txn);
+        // New records go to chunks, after the last one; the row logs are
+        // only read.
         let (inv2, r2) = receipt_for(b"after reopening");
         storage
             .record(
@@ -2198,9 +2389,10 @@ mod tests {
             .unwrap();
         storage.checkpoint().unwrap();
         let txn = storage.db.begin_read().unwrap();
-        let log = txn.open_table(RECEIPT_LOG).unwrap();
-        assert_eq!(log.len().unwrap(), 2);
+        assert_eq!(txn.open_table(RECEIPT_LOG).unwrap().len().unwrap(), 1);
+        assert_eq!(txn.open_table(RECEIPT_CHUNKS).unwrap().len().unwrap(), 2);
         assert_eq!(storage.receipt(&r2.receipt).unwrap().unwrap().0, r2);
+        assert_eq!(storage.receipt(&row.receipt).unwrap().unwrap().0, row);
         assert_eq!(storage.receipt(&new.receipt).unwrap().unwrap().0, new);
     }
 

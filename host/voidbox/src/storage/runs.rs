@@ -49,7 +49,7 @@ impl Kind {
 pub(crate) struct Entry {
     pub(crate) key: [u8; 32],
     pub(crate) kind: Kind,
-    pub(crate) seq: u64,
+    pub(crate) position: u64,
 }
 
 impl Entry {
@@ -66,7 +66,7 @@ pub(crate) const BLOCK_ENTRIES: usize = 99;
 fn encode(e: &Entry, out: &mut Vec<u8>) {
     out.extend_from_slice(&e.key);
     out.push(e.kind as u8);
-    out.extend_from_slice(&e.seq.to_le_bytes());
+    out.extend_from_slice(&e.position.to_le_bytes());
 }
 
 /// The entries of one block, in order. A block that is not a whole number
@@ -86,7 +86,7 @@ pub(crate) fn decode_block(block: &[u8]) -> Result<Vec<Entry>, String> {
             Ok(Entry {
                 key: c[..32].try_into().expect("32 bytes"),
                 kind,
-                seq: u64::from_le_bytes(c[33..].try_into().expect("8 bytes")),
+                position: u64::from_le_bytes(c[33..].try_into().expect("8 bytes")),
             })
         })
         .collect()
@@ -310,10 +310,14 @@ pub(crate) fn merge_due(sizes: &[u64]) -> usize {
 mod tests {
     use super::*;
 
-    fn e(k: u8, kind: Kind, seq: u64) -> Entry {
+    fn e(k: u8, kind: Kind, position: u64) -> Entry {
         let mut key = [0u8; 32];
         key[0] = k;
-        Entry { key, kind, seq }
+        Entry {
+            key,
+            kind,
+            position,
+        }
     }
 
     fn build(entries: &[Entry]) -> (Vec<Vec<u8>>, RunMeta) {
