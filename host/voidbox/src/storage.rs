@@ -1676,7 +1676,7 @@ impl Checkpointer {
             runs::sort_dedup(&mut entries);
             let id = self.next_run;
             self.next_run += 1;
-            let meta = write_run(&txn, id, entries.into_iter().map(Ok))?;
+            let meta = write_run(&txn, id, entries.into_iter())?;
             txn.commit().map_err(|e| s(&e))?;
             self.runs.insert(id, meta);
             self.merge_runs()?;
@@ -1737,38 +1737,43 @@ impl Checkpointer {
                 .map(|&id| meta(id))
                 .collect::<std::result::Result<Vec<_>, String>>()?;
             // Block by block, so a merge never holds a whole run in memory.
-            let entries = |id: u64, n: u32| {
-                let blocks = &blocks;
-                (0..n).flat_map(move |b| {
-                    let decoded = blocks
-                        .get((id, b))
-                        .map_err(|e| e.to_string())
-                        .and_then(|v| {
-                            v.ok_or_else(|| format!("index run {id}: block {b} is missing"))
-                        })
-                        .and_then(|v| runs::decode_block(v.value()));
-                    match decoded {
-                        Ok(v) => v.into_iter().map(Ok).collect::<Vec<_>>(),
-                        Err(e) => vec![Err(e)],
-                    }
+            let mut cursors = merging
+                .iter()
+                .zip(&metas)
+                .map(|(&id, m)| {
+                    let blocks = &blocks;
+                    runs::Cursor::new(m.blocks(), move |b, out: &mut Vec<u8>| {
+                        let v = blocks
+                            .get((id, b))
+                            .map_err(|e| e.to_string())?
+                            .ok_or_else(|| format!("index run {id}: block {b} is missing"))?;
+                        out.extend_from_slice(v.value());
+                        Ok(())
+                    })
                 })
-            };
+                .collect::<std::result::Result<Vec<_>, String>>()?;
             let id = self.next_run;
             self.next_run += 1;
             let mut txn = self.db.begin_write().map_err(|e| s(&e))?;
             txn.set_durability(Durability::Immediate)
                 .map_err(|e| s(&e))?;
-            let merged = write_run(
-                &txn,
-                id,
-                runs::merge_all(
-                    merging
-                        .iter()
-                        .zip(&metas)
-                        .map(|(&id, m)| Box::new(entries(id, m.blocks())) as runs::Entries<'_>)
-                        .collect(),
-                ),
-            )?;
+            let merged = {
+                let mut table = txn.open_table(RUN_BLOCKS).map_err(|e| s(&e))?;
+                let mut builder = runs::Builder::default();
+                let mut write = |(n, block): (u32, Vec<u8>)| {
+                    table
+                        .insert((id, n), &block[..])
+                        .map(drop)
+                        .map_err(|e| s(&e))
+                };
+                runs::merge(&mut cursors, |e| {
+                    builder.push_encoded(e).map_or(Ok(()), &mut write)
+                })?;
+                let (last, meta) = builder.finish();
+                last.map_or(Ok(()), write)?;
+                meta
+            };
+            write_run_meta(&txn, id, &merged)?;
             {
                 let mut blocks = txn.open_table(RUN_BLOCKS).map_err(|e| s(&e))?;
                 let mut sizes = txn.open_table(RUN_SIZES).map_err(|e| s(&e))?;
@@ -1793,13 +1798,13 @@ impl Checkpointer {
 fn write_run(
     txn: &redb::WriteTransaction,
     id: u64,
-    entries: impl Iterator<Item = std::result::Result<runs::Entry, String>>,
+    entries: impl Iterator<Item = runs::Entry>,
 ) -> std::result::Result<runs::RunMeta, String> {
     let s = |e: &dyn std::fmt::Display| e.to_string();
     let mut blocks = txn.open_table(RUN_BLOCKS).map_err(|e| s(&e))?;
     let mut builder = runs::Builder::default();
     for e in entries {
-        if let Some((n, block)) = builder.push(e?) {
+        if let Some((n, block)) = builder.push(e) {
             blocks.insert((id, n), &block[..]).map_err(|e| s(&e))?;
         }
     }
@@ -1807,6 +1812,17 @@ fn write_run(
     if let Some((n, block)) = last {
         blocks.insert((id, n), &block[..]).map_err(|e| s(&e))?;
     }
+    write_run_meta(txn, id, &meta)?;
+    Ok(meta)
+}
+
+/// Records run `id`'s size and fences in `txn`.
+fn write_run_meta(
+    txn: &redb::WriteTransaction,
+    id: u64,
+    meta: &runs::RunMeta,
+) -> std::result::Result<(), String> {
+    let s = |e: &dyn std::fmt::Display| e.to_string();
     txn.open_table(RUN_SIZES)
         .map_err(|e| s(&e))?
         .insert(id, meta.entries)
@@ -1815,7 +1831,7 @@ fn write_run(
         .map_err(|e| s(&e))?
         .insert(id, &meta.encode()[..])
         .map_err(|e| s(&e))?;
-    Ok(meta)
+    Ok(())
 }
 
 /// The host's content-addressed store: small blobs inline in the database,
@@ -2331,7 +2347,7 @@ mod tests {
                 },
             ];
             runs::sort_dedup(&mut entries);
-            write_run(&txn, 0, entries.into_iter().map(Ok)).unwrap();
+            write_run(&txn, 0, entries.into_iter()).unwrap();
             txn.commit().unwrap();
         }
         let (inv, new) = receipt_for(b"written now");
