@@ -1092,7 +1092,7 @@ impl Storage {
                     None => Ok(None),
                 };
             };
-            // A chunk or record that `cas rm` or GC removed is not an error.
+            // A record that `cas rm` or GC removed is not an error.
             let Some(chunk) = dbtry!(p, chunked.get(key))? else {
                 return Ok(None);
             };
@@ -1129,9 +1129,10 @@ impl Storage {
     }
 }
 
-/// Removes the records in the given slots of each blob chunk (by key),
-/// deleting a chunk that keeps no record. Returns how many records were
-/// there to remove and their bytes.
+/// Removes the records in the given slots of each blob chunk (by key).
+/// A chunk left with no record stays (see [`chunks`]): deleting the last
+/// one would give its key to the next checkpoint's first chunk. Returns
+/// how many records were there to remove and their bytes.
 fn remove_chunked(
     txn: &redb::WriteTransaction,
     doomed: &BTreeMap<u64, Vec<usize>>,
@@ -1149,11 +1150,8 @@ fn remove_chunked(
                 bytes += row.len().saturating_sub(32) as u64;
             }
         }
-        match chunks::without(&chunk, slots).map_err(damaged)? {
-            Some(thinned) => table.insert(key, &thinned[..]).map(drop),
-            None => table.remove(key).map(drop),
-        }
-        .map_err(cas_db)?;
+        let thinned = chunks::without(&chunk, slots).map_err(damaged)?;
+        table.insert(key, &thinned[..]).map_err(cas_db)?;
     }
     Ok((records, bytes))
 }
@@ -2485,7 +2483,7 @@ mod tests {
     fn index_runs_merge_and_answer_across_checkpoints_removal_and_reopening() {
         let home = tempfile::tempdir().unwrap();
         let mut expected = Vec::new();
-        {
+        let orphan = {
             let storage =
                 Arc::new(Storage::open(home.path(), 1 << 16, TEST_DB_CACHE_BYTES).unwrap());
             for round in 0..10u32 {
@@ -2531,7 +2529,8 @@ mod tests {
             let verify = blobs.verify_all().unwrap();
             assert!(verify.corrupt.is_empty());
             assert_eq!(verify.checked, 10 * 150);
-        }
+            orphan
+        };
         // Reopened: every answer comes from the runs, the cache filter
         // included.
         let storage = Arc::new(Storage::open(home.path(), 1 << 16, TEST_DB_CACHE_BYTES).unwrap());
@@ -2549,6 +2548,13 @@ mod tests {
             storage.cached_receipt(&Digest::of(b"never ran")).unwrap(),
             None
         );
+        // The collected blob was alone in the newest chunk. Blobs stored
+        // now go to new chunks, so its stale index entry finds nothing, not
+        // a newer blob in a reused chunk (which read as corruption).
+        let newer = storage.put_blob_deferred(b"stored after the GC").unwrap();
+        storage.checkpoint().unwrap();
+        assert!(matches!(blobs.get(&orphan), Err(CasError::NotFound(_))));
+        assert_eq!(blobs.get(&newer).unwrap(), b"stored after the GC");
     }
 
     #[test]

@@ -20,7 +20,10 @@
 //! ```
 //!
 //! A removed record (a blob that `cas rm` or GC took) keeps its slot as a
-//! bare header, so the positions of the others do not move.
+//! bare header, so the positions of the others do not move; a chunk whose
+//! records are all removed stays as headers only, so its key is never
+//! given to another chunk (index entries that named its records must find
+//! nothing there, not another blob).
 //!
 //! This module is the pure part: positions and the byte format. It knows
 //! nothing of redb or of what a record holds.
@@ -167,22 +170,19 @@ pub(crate) fn get(chunk: &[u8], slot: usize) -> Result<Option<&[u8]>, String> {
         .unwrap_or_else(|| Err(format!("it has no record {slot}")))
 }
 
-/// The chunk with the records in `slots` removed, or `None` when no record
-/// would be left in it (the chunk can go).
-pub(crate) fn without(chunk: &[u8], slots: &[usize]) -> Result<Option<Vec<u8>>, String> {
+/// The chunk with the records in `slots` removed (a bare header each).
+pub(crate) fn without(chunk: &[u8], slots: &[usize]) -> Result<Vec<u8>, String> {
     let mut out = Vec::with_capacity(chunk.len());
-    let mut live = false;
     for (slot, record) in records(chunk).enumerate() {
         match record? {
             Some(bytes) if !slots.contains(&slot) => {
-                live = true;
                 out.extend_from_slice(&(bytes.len() as u32).to_le_bytes());
                 out.extend_from_slice(bytes);
             }
             _ => out.extend_from_slice(&REMOVED.to_le_bytes()),
         }
     }
-    Ok(live.then_some(out))
+    Ok(out)
 }
 
 #[cfg(test)]
@@ -268,7 +268,7 @@ mod tests {
         let (chunks, positions, _) = build(&records);
         assert_eq!(chunks.len(), 1);
         let chunk = &chunks[0].1;
-        let thinned = without(chunk, &[0, 4, 9]).unwrap().expect("records left");
+        let thinned = without(chunk, &[0, 4, 9]).unwrap();
         for (i, (r, p)) in records.iter().zip(&positions).enumerate() {
             let (_, slot) = split(*p).unwrap();
             let got = get(&thinned, slot).unwrap();
@@ -278,13 +278,13 @@ mod tests {
                 assert_eq!(got, Some(&r[..]), "record {i} kept");
             }
         }
-        // Removing again is harmless; removing the rest empties the chunk.
-        let again = without(&thinned, &[4]).unwrap().unwrap();
+        // Removing again is harmless; removing the rest leaves every slot,
+        // each empty.
+        let again = without(&thinned, &[4]).unwrap();
         assert_eq!(again, thinned);
-        assert_eq!(
-            without(&thinned, &(0..10).collect::<Vec<_>>()).unwrap(),
-            None
-        );
+        let empty = without(&thinned, &(0..10).collect::<Vec<_>>()).unwrap();
+        assert_eq!(empty.len(), 10 * 4);
+        assert!(super::records(&empty).all(|r| r == Ok(None)));
     }
 
     #[test]
