@@ -1143,14 +1143,11 @@ fn remove_chunked(
         let Some(chunk) = table.get(key).map_err(cas_db)?.map(|v| v.value().to_vec()) else {
             continue;
         };
-        let damaged = |e: String| cas_db(format!("chunk {key} of the blob log: {e}"));
-        for &slot in slots {
-            if let Some(row) = chunks::get(&chunk, slot).map_err(damaged)? {
-                records += 1;
-                bytes += row.len().saturating_sub(32) as u64;
-            }
-        }
-        let thinned = chunks::without(&chunk, slots).map_err(damaged)?;
+        let thinned = chunks::without(&chunk, slots, |row| {
+            records += 1;
+            bytes += row.len().saturating_sub(32) as u64;
+        })
+        .map_err(|e| cas_db(format!("chunk {key} of the blob log: {e}")))?;
         table.insert(key, &thinned[..]).map_err(cas_db)?;
     }
     Ok((records, bytes))
@@ -1678,7 +1675,9 @@ impl Checkpointer {
             runs::sort_dedup(&mut entries);
             let id = self.next_run;
             self.next_run += 1;
-            let meta = write_run(&txn, id, entries.into_iter())?;
+            let meta = write_run(&txn, id, |push| {
+                entries.iter().try_for_each(|e| push(&e.encoded()))
+            })?;
             txn.commit().map_err(|e| s(&e))?;
             self.runs.insert(id, meta);
             self.merge_runs()?;
@@ -1759,23 +1758,7 @@ impl Checkpointer {
             let mut txn = self.db.begin_write().map_err(|e| s(&e))?;
             txn.set_durability(Durability::Immediate)
                 .map_err(|e| s(&e))?;
-            let merged = {
-                let mut table = txn.open_table(RUN_BLOCKS).map_err(|e| s(&e))?;
-                let mut builder = runs::Builder::default();
-                let mut write = |(n, block): (u32, Vec<u8>)| {
-                    table
-                        .insert((id, n), &block[..])
-                        .map(drop)
-                        .map_err(|e| s(&e))
-                };
-                runs::merge(&mut cursors, |e| {
-                    builder.push_encoded(e).map_or(Ok(()), &mut write)
-                })?;
-                let (last, meta) = builder.finish();
-                last.map_or(Ok(()), write)?;
-                meta
-            };
-            write_run_meta(&txn, id, &merged)?;
+            let merged = write_run(&txn, id, |push| runs::merge(&mut cursors, push))?;
             {
                 let mut blocks = txn.open_table(RUN_BLOCKS).map_err(|e| s(&e))?;
                 let mut sizes = txn.open_table(RUN_SIZES).map_err(|e| s(&e))?;
@@ -1795,36 +1778,28 @@ impl Checkpointer {
     }
 }
 
-/// Writes a run of sorted entries as blocks under `id`, with its size and
-/// fences, in `txn`.
+/// Writes a run as blocks under `id`, with its size and fences, in `txn`:
+/// `fill` hands every entry, encoded and in order, to the function it is
+/// given (a checkpoint's sorted entries, or a merge's output).
 fn write_run(
     txn: &redb::WriteTransaction,
     id: u64,
-    entries: impl Iterator<Item = runs::Entry>,
+    fill: impl FnOnce(
+        &mut dyn FnMut(&runs::Encoded) -> std::result::Result<(), String>,
+    ) -> std::result::Result<(), String>,
 ) -> std::result::Result<runs::RunMeta, String> {
     let s = |e: &dyn std::fmt::Display| e.to_string();
     let mut blocks = txn.open_table(RUN_BLOCKS).map_err(|e| s(&e))?;
     let mut builder = runs::Builder::default();
-    for e in entries {
-        if let Some((n, block)) = builder.push(e) {
-            blocks.insert((id, n), &block[..]).map_err(|e| s(&e))?;
-        }
-    }
+    let mut write = |(n, block): (u32, Vec<u8>)| {
+        blocks
+            .insert((id, n), &block[..])
+            .map(drop)
+            .map_err(|e| s(&e))
+    };
+    fill(&mut |e| builder.push(e).map_or(Ok(()), &mut write))?;
     let (last, meta) = builder.finish();
-    if let Some((n, block)) = last {
-        blocks.insert((id, n), &block[..]).map_err(|e| s(&e))?;
-    }
-    write_run_meta(txn, id, &meta)?;
-    Ok(meta)
-}
-
-/// Records run `id`'s size and fences in `txn`.
-fn write_run_meta(
-    txn: &redb::WriteTransaction,
-    id: u64,
-    meta: &runs::RunMeta,
-) -> std::result::Result<(), String> {
-    let s = |e: &dyn std::fmt::Display| e.to_string();
+    last.map_or(Ok(()), write)?;
     txn.open_table(RUN_SIZES)
         .map_err(|e| s(&e))?
         .insert(id, meta.entries)
@@ -1833,7 +1808,7 @@ fn write_run_meta(
         .map_err(|e| s(&e))?
         .insert(id, &meta.encode()[..])
         .map_err(|e| s(&e))?;
-    Ok(())
+    Ok(meta)
 }
 
 /// The host's content-addressed store: small blobs inline in the database,
@@ -1928,33 +1903,32 @@ impl Blobs {
             let (k, v) = entry.map_err(cas_db)?;
             out.push((Digest(*k.value()), v.value().to_vec()));
         }
-        let log = txn.open_table(BLOB_LOG).map_err(cas_db)?;
-        for entry in log.iter().map_err(cas_db)? {
-            let (seq, v) = entry.map_err(cas_db)?;
-            let (d, bytes) = split_logged_blob(v.value()).ok_or_else(|| {
+        // A row of the logs at `position` ([`chunks::describe`] names
+        // both kinds).
+        let mut add = |position: u64, row: &[u8]| {
+            let (d, bytes) = split_logged_blob(row).ok_or_else(|| {
                 cas_db(format!(
-                    "row {} of the blob log is shorter than a digest",
-                    seq.value()
+                    "{} of the blob log is shorter than a digest",
+                    chunks::describe(position)
                 ))
             })?;
             out.push((d, bytes.to_vec()));
+            Ok::<(), CasError>(())
+        };
+        let log = txn.open_table(BLOB_LOG).map_err(cas_db)?;
+        for entry in log.iter().map_err(cas_db)? {
+            let (seq, v) = entry.map_err(cas_db)?;
+            add(seq.value(), v.value())?;
         }
         let chunked = txn.open_table(BLOB_CHUNKS).map_err(cas_db)?;
         for entry in chunked.iter().map_err(cas_db)? {
             let (key, v) = entry.map_err(cas_db)?;
             for (slot, record) in chunks::records(v.value()).enumerate() {
-                let Some(row) = record
-                    .map_err(|e| cas_db(format!("chunk {} of the blob log: {e}", key.value())))?
-                else {
-                    continue;
-                };
-                let (d, bytes) = split_logged_blob(row).ok_or_else(|| {
-                    cas_db(format!(
-                        "{} of the blob log is shorter than a digest",
-                        chunks::describe(chunks::position(key.value(), slot))
-                    ))
-                })?;
-                out.push((d, bytes.to_vec()));
+                let record = record
+                    .map_err(|e| cas_db(format!("chunk {} of the blob log: {e}", key.value())))?;
+                if let Some(row) = record {
+                    add(chunks::position(key.value(), slot), row)?;
+                }
             }
         }
         // A blob recorded in two checkpoints has two records: both are
@@ -2155,21 +2129,25 @@ impl Store for Blobs {
                 report.bytes_freed += len;
             }
             report.kept += t.len().map_err(cas_db)?;
+            let (mut kept, mut removed) = (DigestSet::default(), DigestSet::default());
+            // Whether a row of the logs goes; one too short to name its
+            // blob is garbage too.
+            let mut goes = |row: &[u8]| match split_logged_blob(row) {
+                Some((d, _)) if keep.contains(&d) => {
+                    kept.insert(d);
+                    false
+                }
+                named => {
+                    removed.extend(named.map(|(d, _)| d));
+                    true
+                }
+            };
             let mut log = txn.open_table(BLOB_LOG).map_err(cas_db)?;
             let mut doomed = Vec::new();
-            let (mut kept, mut removed) = (DigestSet::default(), DigestSet::default());
             for entry in log.iter().map_err(cas_db)? {
                 let (seq, v) = entry.map_err(cas_db)?;
-                let row = v.value();
-                match split_logged_blob(row) {
-                    Some((d, _)) if keep.contains(&d) => {
-                        kept.insert(d);
-                    }
-                    // A row too short to name its blob is garbage too.
-                    named => {
-                        removed.extend(named.map(|(d, _)| d));
-                        doomed.push((seq.value(), row.len().saturating_sub(32) as u64));
-                    }
+                if goes(v.value()) {
+                    doomed.push((seq.value(), v.value().len().saturating_sub(32) as u64));
                 }
             }
             for (seq, len) in doomed {
@@ -2182,15 +2160,8 @@ impl Store for Blobs {
                 let (key, v) = entry.map_err(cas_db)?;
                 for (slot, record) in chunks::records(v.value()).enumerate() {
                     // A damaged chunk is left for `cas verify` to report.
-                    let Ok(Some(row)) = record else {
-                        continue;
-                    };
-                    match split_logged_blob(row) {
-                        Some((d, _)) if keep.contains(&d) => {
-                            kept.insert(d);
-                        }
-                        named => {
-                            removed.extend(named.map(|(d, _)| d));
+                    if let Ok(Some(row)) = record {
+                        if goes(row) {
                             doomed.entry(key.value()).or_default().push(slot);
                         }
                     }
@@ -2349,7 +2320,10 @@ mod tests {
                 },
             ];
             runs::sort_dedup(&mut entries);
-            write_run(&txn, 0, entries.into_iter()).unwrap();
+            write_run(&txn, 0, |push| {
+                entries.iter().try_for_each(|e| push(&e.encoded()))
+            })
+            .unwrap();
             txn.commit().unwrap();
         }
         let (inv, new) = receipt_for(b"written now");

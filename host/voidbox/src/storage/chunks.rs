@@ -170,8 +170,13 @@ pub(crate) fn get(chunk: &[u8], slot: usize) -> Result<Option<&[u8]>, String> {
         .unwrap_or_else(|| Err(format!("it has no record {slot}")))
 }
 
-/// The chunk with the records in `slots` removed (a bare header each).
-pub(crate) fn without(chunk: &[u8], slots: &[usize]) -> Result<Vec<u8>, String> {
+/// The chunk with the records in `slots` removed (a bare header each);
+/// `removed` is shown each record that was there to remove.
+pub(crate) fn without(
+    chunk: &[u8],
+    slots: &[usize],
+    mut removed: impl FnMut(&[u8]),
+) -> Result<Vec<u8>, String> {
     let mut out = Vec::with_capacity(chunk.len());
     for (slot, record) in records(chunk).enumerate() {
         match record? {
@@ -179,7 +184,10 @@ pub(crate) fn without(chunk: &[u8], slots: &[usize]) -> Result<Vec<u8>, String> 
                 out.extend_from_slice(&(bytes.len() as u32).to_le_bytes());
                 out.extend_from_slice(bytes);
             }
-            _ => out.extend_from_slice(&REMOVED.to_le_bytes()),
+            gone => {
+                gone.map(&mut removed);
+                out.extend_from_slice(&REMOVED.to_le_bytes());
+            }
         }
     }
     Ok(out)
@@ -268,7 +276,12 @@ mod tests {
         let (chunks, positions, _) = build(&records);
         assert_eq!(chunks.len(), 1);
         let chunk = &chunks[0].1;
-        let thinned = without(chunk, &[0, 4, 9]).unwrap();
+        let mut gone = Vec::new();
+        let thinned = without(chunk, &[0, 4, 9], |r| gone.push(r.to_vec())).unwrap();
+        assert_eq!(
+            gone,
+            [records[0].clone(), records[4].clone(), records[9].clone()]
+        );
         for (i, (r, p)) in records.iter().zip(&positions).enumerate() {
             let (_, slot) = split(*p).unwrap();
             let got = get(&thinned, slot).unwrap();
@@ -280,9 +293,9 @@ mod tests {
         }
         // Removing again is harmless; removing the rest leaves every slot,
         // each empty.
-        let again = without(&thinned, &[4]).unwrap();
+        let again = without(&thinned, &[4], |_| panic!("nothing left to remove")).unwrap();
         assert_eq!(again, thinned);
-        let empty = without(&thinned, &(0..10).collect::<Vec<_>>()).unwrap();
+        let empty = without(&thinned, &(0..10).collect::<Vec<_>>(), |_| {}).unwrap();
         assert_eq!(empty.len(), 10 * 4);
         assert!(super::records(&empty).all(|r| r == Ok(None)));
     }
@@ -297,6 +310,6 @@ mod tests {
         assert_eq!(get(cut, 0).unwrap(), Some(&b"abc"[..]));
         assert!(get(cut, 1).unwrap_err().contains("claims 4 bytes"));
         assert!(get(&chunk[..9], 1).unwrap_err().contains("cut off"));
-        assert!(without(cut, &[0]).is_err());
+        assert!(without(cut, &[0], |_| {}).is_err());
     }
 }

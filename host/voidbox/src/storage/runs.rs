@@ -53,6 +53,15 @@ pub(crate) struct Entry {
 }
 
 impl Entry {
+    /// The entry as a block holds it.
+    pub(crate) fn encoded(&self) -> Encoded {
+        let mut out = [0; ENTRY_BYTES];
+        out[..32].copy_from_slice(&self.key);
+        out[32] = self.kind as u8;
+        out[33..].copy_from_slice(&self.position.to_le_bytes());
+        out
+    }
+
     fn order(&self, other: &Entry) -> Ordering {
         (&self.key, self.kind).cmp(&(&other.key, other.kind))
     }
@@ -71,14 +80,6 @@ pub(crate) const BLOCK_ENTRIES: usize = 398;
 
 /// One encoded entry.
 pub(crate) type Encoded = [u8; ENTRY_BYTES];
-
-fn encode(e: &Entry) -> Encoded {
-    let mut out = [0; ENTRY_BYTES];
-    out[..32].copy_from_slice(&e.key);
-    out[32] = e.kind as u8;
-    out[33..].copy_from_slice(&e.position.to_le_bytes());
-    out
-}
 
 /// Checks that `block` is a whole number of entries of known kinds.
 fn check_block(block: &[u8]) -> Result<(), String> {
@@ -200,14 +201,10 @@ pub(crate) struct Builder {
 }
 
 impl Builder {
-    /// Adds the next entry; returns a block once it is full, with its
-    /// number. Entries must come in (key, kind) order without repeats.
-    pub(crate) fn push(&mut self, e: Entry) -> Option<(u32, Vec<u8>)> {
-        self.push_encoded(&encode(&e))
-    }
-
-    /// [`Builder::push`] for an entry still encoded, as a merge has it.
-    pub(crate) fn push_encoded(&mut self, e: &Encoded) -> Option<(u32, Vec<u8>)> {
+    /// Adds the next entry, encoded ([`Entry::encoded`], or as a merge
+    /// hands it on); returns a block once it is full, with its number.
+    /// Entries must come in (key, kind) order without repeats.
+    pub(crate) fn push(&mut self, e: &Encoded) -> Option<(u32, Vec<u8>)> {
         let order: [u8; ORDER_BYTES] = e[..ORDER_BYTES].try_into().expect("33 bytes");
         if let Some(last) = &self.last {
             assert!(
@@ -391,7 +388,7 @@ mod tests {
         let mut b = Builder::default();
         let mut blocks = Vec::new();
         for &x in entries {
-            if let Some((n, block)) = b.push(x) {
+            if let Some((n, block)) = b.push(&x.encoded()) {
                 assert_eq!(n as usize, blocks.len());
                 blocks.push(block);
             }
@@ -456,7 +453,7 @@ mod tests {
         for a in &entries {
             for b in &entries {
                 assert_eq!(
-                    orders_before(&encode(a), &encode(b)),
+                    orders_before(&a.encoded(), &b.encoded()),
                     a.order(b) == Ordering::Less,
                     "{a:?} {b:?}"
                 );
@@ -651,7 +648,7 @@ mod tests {
         let mut out = Vec::new();
         merge(&mut cursors, |x| {
             out.push(decode(x));
-            merged.push_encoded(x);
+            merged.push(x);
             Ok(())
         })
         .unwrap();
@@ -709,7 +706,7 @@ mod tests {
     #[should_panic(expected = "sorted")]
     fn unsorted_entries_are_a_bug() {
         let mut b = Builder::default();
-        b.push(e(2, Kind::Blob, 1));
-        b.push(e(1, Kind::Blob, 1));
+        b.push(&e(2, Kind::Blob, 1).encoded());
+        b.push(&e(1, Kind::Blob, 1).encoded());
     }
 }
