@@ -51,6 +51,10 @@ pub struct SandboxSettings {
     pub instances_max: u32,
     /// Ceiling for any run's memory budget, in bytes.
     pub memory_bytes_max: u64,
+    /// wasmtime engines to run on, each with its own pool (0: one per CPU).
+    /// A run uses the engine of the CPU it starts on, so concurrent runs
+    /// share no engine state.
+    pub lanes: usize,
 }
 
 /// Settings of storage.
@@ -88,6 +92,7 @@ impl Default for SandboxSettings {
             pooling: true,
             instances_max: 64,
             memory_bytes_max: 4 << 30,
+            lanes: 0,
         }
     }
 }
@@ -139,6 +144,11 @@ pooling = true
 instances_max = 64
 # Ceiling for any run's memory budget, in bytes (4 GiB).
 memory_bytes_max = 4294967296
+# wasmtime engines, each with its own instance pool (0: one per CPU, up to
+# 16). A run takes the engine of the CPU it starts on: runs on different
+# cores then share no engine state, which two threads in one engine pay for
+# on every instantiation.
+lanes = 0
 
 [storage]
 # Blobs up to this size live in the database, written in batches; larger

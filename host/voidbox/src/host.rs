@@ -184,6 +184,7 @@ impl Host {
             pooling: config.sandbox.pooling,
             instances_max: config.sandbox.instances_max,
             memory_bytes_max: config.sandbox.memory_bytes_max,
+            lanes: config.sandbox.lanes,
         })?;
         let caps = Capabilities::open(&home, storage.db.clone())?;
         let host = Host {
