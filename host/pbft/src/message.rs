@@ -254,6 +254,7 @@ pub struct Request {
     /// Client-chosen, strictly increasing per client.
     pub timestamp: u64,
     /// Opaque to the protocol; the application interprets it.
+    #[serde(with = "serde_bytes")]
     pub operation: Vec<u8>,
 }
 
@@ -451,6 +452,7 @@ pub struct Reply {
     /// Consensus time of the batch that executed the request.
     pub hlc: Hlc,
     /// What the application returned.
+    #[serde(with = "serde_bytes")]
     pub result: Vec<u8>,
 }
 
@@ -662,6 +664,7 @@ pub struct CheckpointState {
     /// replica that installs this state continues from it.
     pub hlc: Hlc,
     /// The application's snapshot bytes.
+    #[serde(with = "serde_bytes")]
     pub snapshot: Vec<u8>,
     /// The client table at the checkpoint.
     pub client_table: Vec<ClientEntry>,
@@ -703,6 +706,7 @@ pub struct ClientEntry {
     /// Consensus time at which it executed.
     pub hlc: Hlc,
     /// The result it produced.
+    #[serde(with = "serde_bytes")]
     pub result: Vec<u8>,
 }
 
@@ -785,6 +789,34 @@ pub fn key_from_seed(seed: u64, label: &str) -> SigningKey {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn byte_fields_encode_as_they_did_as_sequences_of_u8() {
+        // The encoding before `serde_bytes`: serde's own `Vec<u8>`, a
+        // sequence. Logs, checkpoints and peers of older builds hold it.
+        #[derive(Serialize, Deserialize, PartialEq, Debug)]
+        struct AsSequence {
+            client: ClientId,
+            timestamp: u64,
+            operation: Vec<u8>,
+        }
+        for len in [0usize, 1, 127, 128, 300, 70_000] {
+            let operation: Vec<u8> = (0..len).map(|i| (i * 7) as u8).collect();
+            let old = AsSequence {
+                client: ClientId([9; 32]),
+                timestamp: 42,
+                operation: operation.clone(),
+            };
+            let new = Request {
+                client: ClientId([9; 32]),
+                timestamp: 42,
+                operation,
+            };
+            let bytes = postcard::to_allocvec(&old).unwrap();
+            assert_eq!(postcard::to_allocvec(&new).unwrap(), bytes, "{len}");
+            assert_eq!(postcard::from_bytes::<Request>(&bytes).unwrap(), new);
+        }
+    }
 
     #[test]
     fn request_batches_verify_only_when_every_signature_does() {

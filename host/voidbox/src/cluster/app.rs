@@ -84,8 +84,10 @@ pub struct ResultEntry {
     pub number: u64,
     /// The invocation as it ran (effective budget, consensus time), JSON,
     /// when the tool ran; a re-run yields the same receipt.
+    #[serde(with = "serde_bytes")]
     pub invocation: Option<Vec<u8>>,
     /// The result bytes the replicas signed.
+    #[serde(with = "serde_bytes")]
     pub result: Vec<u8>,
     /// The chain value after this result.
     pub chain: [u8; 32],
