@@ -328,19 +328,23 @@ fn invoke_figures(
     };
     let (stats_1, runs_1) = (host.storage_stats(), host.runs());
     let (mut bare_cpu_us, mut host_cpu_us) = (0.0, 0.0);
-    let half = window / 2;
-    for round in 0..2 {
+    // Many short alternations rather than two long ones: another process's
+    // burst of work then falls on both sides of a ratio alike.
+    const ROUNDS: usize = 8;
+    let slice = window / ROUNDS as u32;
+    let share = 1.0 / ROUNDS as f64;
+    for round in 0..ROUNDS {
         let (r, cores) = with_cores(|| {
-            rate(half, |i| {
+            rate(slice, |i| {
                 bare.call(format!("bare-{round}-{i}").as_bytes())
                     .expect("bare call");
             })
         });
         bare_rates.push(r);
-        bare_cpu_us += cores / r * 1e6 / 2.0;
-        let (r, cores) = with_cores(|| rate(half, |i| invoke_fresh(round + 10, i)));
+        bare_cpu_us += cores / r * 1e6 * share;
+        let (r, cores) = with_cores(|| rate(slice, |i| invoke_fresh(round + 10, i)));
         host_rates.push(r);
-        host_cpu_us += cores / r * 1e6 / 2.0;
+        host_cpu_us += cores / r * 1e6 * share;
     }
     let bare_rate = bare_rates.iter().sum::<f64>() / bare_rates.len() as f64;
     let host_rate = host_rates.iter().sum::<f64>() / host_rates.len() as f64;
@@ -367,21 +371,21 @@ fn invoke_figures(
     let counter = AtomicU64::new(0);
     let (mut one_core, mut one_core_cores, mut one_core_pinned) = (0.0, 0.0, true);
     let (mut two, mut two_cores) = (0.0, 0.0);
-    for round in 0..2 {
-        match on_one_cpu(|| with_cores(|| rate(half, |i| invoke_fresh(round + 20, i)))) {
+    for round in 0..ROUNDS {
+        match on_one_cpu(|| with_cores(|| rate(slice, |i| invoke_fresh(round + 20, i)))) {
             Some((r, cores)) => {
-                one_core += r / 2.0;
-                one_core_cores += cores / 2.0;
+                one_core += r * share;
+                one_core_cores += cores * share;
             }
             None => one_core_pinned = false,
         }
         let (r, cores) = with_cores(|| {
-            rate_threads(half, 2, |t, _| {
+            rate_threads(slice, 2, |t, _| {
                 invoke_fresh(t + 100, counter.fetch_add(1, Ordering::Relaxed))
             })
         });
-        two += r / 2.0;
-        two_cores += cores / 2.0;
+        two += r * share;
+        two_cores += cores * share;
     }
     if one_core_pinned {
         report.goal(
