@@ -69,7 +69,8 @@ pub struct SandboxConfig {
     /// Use wasmtime's pooling allocator (fast instantiation); otherwise
     /// memories are mapped on demand.
     pub pooling: bool,
-    /// How many component instances may be alive at once (pool size).
+    /// How many component instances may be alive at once in each lane (its
+    /// pool's size).
     pub instances_max: u32,
     /// The ceiling on any budget's `memory_bytes`: the size of one pooled
     /// memory slot.

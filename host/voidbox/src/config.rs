@@ -47,7 +47,7 @@ pub struct Defaults {
 pub struct SandboxSettings {
     /// Use wasmtime's pooling allocator.
     pub pooling: bool,
-    /// Instances that may be alive at once.
+    /// Instances that may be alive at once, per lane.
     pub instances_max: u32,
     /// Ceiling for any run's memory budget, in bytes.
     pub memory_bytes_max: u64,
@@ -140,7 +140,7 @@ input_bytes_max = 1073741824
 [sandbox]
 # wasmtime's pooling allocator: much faster instantiation.
 pooling = true
-# Tool instances alive at once.
+# Tool instances alive at once, per lane (see `lanes`).
 instances_max = 64
 # Ceiling for any run's memory budget, in bytes (4 GiB).
 memory_bytes_max = 4294967296
