@@ -133,11 +133,20 @@ pub struct Results {
     db: Arc<Database>,
     path: PathBuf,
     unsynced: Arc<std::sync::Mutex<Vec<ResultEntry>>>,
+    /// Whether a synced append reaches the disk (off only in clusters
+    /// measured without fsync).
+    fsync: bool,
 }
 
 impl Results {
     /// Opens (or creates) the journal.
     pub fn open(path: &Path) -> crate::Result<Results> {
+        Results::open_with(path, true)
+    }
+
+    /// Opens (or creates) the journal; without `fsync`, a synced append
+    /// is written but not synced, as the cluster's `fsync = false` asks.
+    pub fn open_with(path: &Path, fsync: bool) -> crate::Result<Results> {
         let err = |e: &dyn std::fmt::Display| Error::Db {
             path: path.to_path_buf(),
             detail: format!("{e}; check the replica's data directory"),
@@ -153,6 +162,7 @@ impl Results {
             db: Arc::new(db),
             path: path.to_path_buf(),
             unsynced: Arc::default(),
+            fsync,
         })
     }
 
@@ -173,8 +183,12 @@ impl Results {
             return Ok(());
         }
         let mut txn = self.db.begin_write().map_err(|e| self.err(e))?;
-        txn.set_durability(Durability::Immediate)
-            .map_err(|e| self.err(e))?;
+        txn.set_durability(if self.fsync {
+            Durability::Immediate
+        } else {
+            Durability::None
+        })
+        .map_err(|e| self.err(e))?;
         {
             let mut t = txn.open_table(RESULTS).map_err(|e| self.err(e))?;
             for e in unsynced.iter().chain(entries) {
@@ -513,10 +527,12 @@ impl App {
             });
             results.push(result);
         }
-        if batch.snapshot_wanted {
+        if batch.snapshot_wanted && self.results.fsync {
             // At a checkpoint the receipts become durable first, then the
             // journal that vouches for them: a journal entry that survives a
-            // crash never stands for a receipt that did not.
+            // crash never stands for a receipt that did not. (Without fsync
+            // nothing is made durable, and the execution thread does not
+            // wait for the disk.)
             self.host.flush()?;
         }
         if !entries.is_empty() || batch.snapshot_wanted {
@@ -766,6 +782,25 @@ mod tests {
         assert_eq!(
             Results::open(&path).unwrap().range(1, 100).unwrap(),
             entries
+        );
+    }
+
+    #[test]
+    fn without_fsync_a_synced_append_still_moves_entries_into_the_database() {
+        let dir = tempfile::tempdir().unwrap();
+        let (entries, _) = history("n", 20);
+        let results = Results::open_with(&dir.path().join("results.redb"), false).unwrap();
+        results.append(&entries[..5], false).unwrap();
+        results.append(&entries[5..12], true).unwrap();
+        assert!(
+            results.unsynced_in(..).is_empty(),
+            "the synced append took what waited in memory"
+        );
+        results.append(&entries[12..], false).unwrap();
+        assert_eq!(results.range(1, 100).unwrap(), entries);
+        assert_eq!(
+            results.last_at_most(12).unwrap().as_ref(),
+            Some(&entries[11])
         );
     }
 

@@ -45,7 +45,8 @@ pub struct ClusterFile {
     /// Faults tolerated; n = 3f + 1 replicas are listed.
     pub f: u32,
     /// Whether replicas sync their protocol log to disk before sending the
-    /// messages that depend on it (off only for measurements).
+    /// messages that depend on it, and their result journal and receipts at
+    /// checkpoints (off only for measurements).
     #[serde(default = "yes")]
     pub fsync: bool,
     /// The replicas.
@@ -283,7 +284,9 @@ pub fn init_cluster(dir: &Path, n: u32, base_port: u16) -> Result<Initialized> {
     let text = format!(
         "# A Voidbox cluster: n = 3f + 1 replicas ordering invocations with PBFT.\n\
          # Written by `voidbox cluster init`; `voidbox cluster up DIR` starts it.\n\
-         # `fsync = false` skips syncing the protocol log (measurements only).\n{}",
+         # `fsync = false` skips syncing the protocol log, the result journal\n\
+         # and the receipts (measurements only: a replica that crashes may\n\
+         # forget votes it sent).\n{}",
         toml::to_string(&cluster).map_err(|e| Error::Cluster(format!("encoding {e}")))?
     );
     std::fs::write(&file, text)

@@ -67,7 +67,7 @@ pub fn run_replica(cluster_file: &Path, id: u32) -> Result<()> {
         host.set_worker_slots(slots);
     }
     let (log, records) = ProtocolLog::open(&home.join("pbft.redb"), file.fsync)?;
-    let results = Results::open(&home.join("results.redb"))?;
+    let results = Results::open_with(&home.join("results.redb"), file.fsync)?;
     let (replica, outputs) = Replica::recover(cluster, id, key, file.params(), &records)
         .map_err(|e| Error::Cluster(format!("replica {id} cannot start: {e}")))?;
     tracing::info!(
