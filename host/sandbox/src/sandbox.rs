@@ -424,7 +424,8 @@ fn link(
 }
 
 impl Sandbox {
-    /// Creates the engine and linker and starts the epoch ticker.
+    /// Creates the lanes (an engine and a linker each) and starts the epoch
+    /// ticker.
     pub fn new(config: SandboxConfig) -> Result<Sandbox, LoadError> {
         let lanes = (0..lane_count(&config))
             .map(|_| Lane::new(&config))
