@@ -7,13 +7,13 @@
 //!
 //! [`Sandbox`]: crate::Sandbox
 
-use wasmtime::component::{HasSelf, Linker, ResourceTable};
+use wasmtime::component::{Component, ResourceTable};
 use wasmtime::{Engine, Store};
 use wasmtime_wasi::{WasiCtx, WasiCtxView, WasiView};
 
-use crate::sandbox::{current_lane, deterministic_config, lane_count};
+use crate::sandbox::{current_lane, engine_and_linker, lane_count, with_copies};
 use crate::world::voidbox::tool::types::{BlobError, Level};
-use crate::world::{Tool, ToolPre};
+use crate::world::ToolPre;
 use crate::{LoadError, SandboxConfig};
 
 struct BareState {
@@ -62,32 +62,21 @@ impl Bare {
     ///
     /// [`Sandbox`]: crate::Sandbox
     pub fn new(config: &SandboxConfig, wasm: &[u8]) -> Result<Bare, LoadError> {
-        let engine_err = |e: wasmtime::Error| LoadError::Engine(format!("{e:#}"));
-        let mut compiled: Option<Vec<u8>> = None;
-        let mut lanes = Vec::new();
+        let mut engines = Vec::new();
+        let mut linkers = Vec::new();
         for _ in 0..lane_count(config) {
-            let engine = Engine::new(&deterministic_config(config)).map_err(engine_err)?;
-            let mut linker = Linker::new(&engine);
-            wasmtime_wasi::p2::add_to_linker_sync(&mut linker).map_err(engine_err)?;
-            Tool::add_to_linker::<BareState, HasSelf<BareState>>(&mut linker, |s| s)
-                .map_err(engine_err)?;
-            // Compiled once; the other lanes load a copy of the code.
-            let component = match &compiled {
-                None => {
-                    let c = wasmtime::component::Component::new(&engine, wasm)
-                        .map_err(|e| LoadError::Compile(format!("{e:#}")))?;
-                    compiled = Some(c.serialize().map_err(engine_err)?);
-                    c
-                }
-                // SAFETY: serialized just above, in this process, by an
-                // engine of the same configuration.
-                Some(bytes) => unsafe {
-                    wasmtime::component::Component::deserialize(&engine, bytes)
-                        .map_err(engine_err)?
-                },
-            };
+            let (engine, linker) = engine_and_linker::<BareState>(config)?;
+            engines.push(engine);
+            linkers.push(linker);
+        }
+        // Compiled once; the other lanes load a copy of the code.
+        let component =
+            Component::new(&engines[0], wasm).map_err(|e| LoadError::Compile(format!("{e:#}")))?;
+        let components = with_copies(component, &engines[1..])?;
+        let mut lanes = Vec::new();
+        for ((engine, linker), component) in engines.into_iter().zip(&linkers).zip(&components) {
             let pre = linker
-                .instantiate_pre(&component)
+                .instantiate_pre(component)
                 .map_err(|e| LoadError::Link(format!("{e:#}")))?;
             let pre = ToolPre::new(pre).map_err(|e| LoadError::Link(format!("{e:#}")))?;
             lanes.push((engine, pre));

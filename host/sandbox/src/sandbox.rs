@@ -273,21 +273,52 @@ struct Lane {
     linker: Linker<RunState>,
 }
 
-impl Lane {
-    fn new(config: &SandboxConfig) -> Result<Lane, LoadError> {
-        let engine = Engine::new(&deterministic_config(config)).map_err(|e| {
-            LoadError::Engine(format!(
-                "could not create the wasmtime engine: {e:#}; if the pooling allocator cannot \
-                 reserve memory, lower instances_max or memory_bytes_max (or sandbox lanes)"
-            ))
-        })?;
-        let mut linker = Linker::new(&engine);
-        wasmtime_wasi::p2::add_to_linker_sync(&mut linker)
-            .map_err(|e| LoadError::Engine(format!("linking WASI: {e:#}")))?;
-        Tool::add_to_linker::<RunState, HasSelf<RunState>>(&mut linker, |s| s)
-            .map_err(|e| LoadError::Engine(format!("linking the voidbox host: {e:#}")))?;
-        Ok(Lane { engine, linker })
+/// An engine of `config`'s deterministic configuration and a linker with
+/// WASI 0.2 and the `voidbox:tool` host interface, for store data `T` (the
+/// sandbox's, or the bare baseline's).
+pub(crate) fn engine_and_linker<T>(config: &SandboxConfig) -> Result<(Engine, Linker<T>), LoadError>
+where
+    T: WasiView + world::voidbox::tool::host::Host + world::voidbox::tool::types::Host + 'static,
+{
+    let engine = Engine::new(&deterministic_config(config)).map_err(|e| {
+        LoadError::Engine(format!(
+            "could not create the wasmtime engine: {e:#}; if the pooling allocator cannot \
+             reserve memory, lower instances_max or memory_bytes_max (or sandbox lanes)"
+        ))
+    })?;
+    let mut linker = Linker::new(&engine);
+    wasmtime_wasi::p2::add_to_linker_sync(&mut linker)
+        .map_err(|e| LoadError::Engine(format!("linking WASI: {e:#}")))?;
+    Tool::add_to_linker::<T, HasSelf<T>>(&mut linker, |s| s)
+        .map_err(|e| LoadError::Engine(format!("linking the voidbox host: {e:#}")))?;
+    Ok((engine, linker))
+}
+
+/// `component` followed by a copy of its compiled code deserialized into
+/// each of `others` (engines of the same configuration), without compiling
+/// again.
+pub(crate) fn with_copies<'e>(
+    component: Component,
+    others: impl IntoIterator<Item = &'e Engine>,
+) -> Result<Vec<Component>, LoadError> {
+    let mut others = others.into_iter().peekable();
+    if others.peek().is_none() {
+        return Ok(vec![component]);
     }
+    let bytes = component
+        .serialize()
+        .map_err(|e| LoadError::Compile(format!("serializing compiled code: {e:#}")))?;
+    let mut all = vec![component];
+    for engine in others {
+        // SAFETY: `bytes` come from `Component::serialize` in this process,
+        // by an engine of the same configuration as `engine` (every caller
+        // makes its engines with `deterministic_config` of one config),
+        // and never left memory.
+        let copy = unsafe { Component::deserialize(engine, &bytes) }
+            .map_err(|e| LoadError::Compile(format!("loading compiled code: {e:#}")))?;
+        all.push(copy);
+    }
+    Ok(all)
 }
 
 /// How many lanes `config` asks for on this machine.
@@ -428,7 +459,7 @@ impl Sandbox {
     /// ticker.
     pub fn new(config: SandboxConfig) -> Result<Sandbox, LoadError> {
         let lanes = (0..lane_count(&config))
-            .map(|_| Lane::new(&config))
+            .map(|_| engine_and_linker(&config).map(|(engine, linker)| Lane { engine, linker }))
             .collect::<Result<Vec<_>, _>>()?;
         if let Some(dir) = &config.cache_dir {
             std::fs::create_dir_all(dir).map_err(|e| LoadError::Cache {
@@ -578,20 +609,7 @@ impl Sandbox {
         };
         // Lane 0 has the component; the others get copies of its compiled
         // code, deserialized into their own engines.
-        let mut components = vec![component];
-        if self.lanes.len() > 1 {
-            let bytes = components[0]
-                .serialize()
-                .map_err(|e| LoadError::Compile(format!("serializing compiled code: {e:#}")))?;
-            for lane in &self.lanes[1..] {
-                // SAFETY: `bytes` come from `Component::serialize` in this
-                // process, by an engine with exactly this engine's
-                // configuration, and never left memory.
-                let copy = unsafe { Component::deserialize(&lane.engine, &bytes) }
-                    .map_err(|e| LoadError::Compile(format!("loading compiled code: {e:#}")))?;
-                components.push(copy);
-            }
-        }
+        let components = with_copies(component, self.lanes[1..].iter().map(|l| &l.engine))?;
         let pres = self
             .lanes
             .iter()
