@@ -950,8 +950,17 @@ impl Host {
             }
         }
         // The blobs the receipt names are stored with it, under one lock.
+        let diagnostics_json = if result.logs.is_empty() && result.stderr.is_empty() {
+            None
+        } else {
+            let d = serde_json::json!({
+                "logs": result.logs,
+                "stderr": String::from_utf8_lossy(&result.stderr),
+            });
+            Some(serde_json::to_vec(&d).expect("json"))
+        };
         let mut blobs = Vec::new();
-        let mut stage = |bytes: &[u8]| -> Result<Digest> {
+        let mut stage = |bytes| -> Result<Digest> {
             let blob = self.storage.prepare_blob(bytes)?;
             let digest = blob.digest();
             blobs.push(blob);
@@ -961,14 +970,9 @@ impl Host {
             Outcome::Ok => Some(stage(&result.output)?),
             _ => None,
         };
-        let diagnostics = if result.logs.is_empty() && result.stderr.is_empty() {
-            None
-        } else {
-            let d = serde_json::json!({
-                "logs": result.logs,
-                "stderr": String::from_utf8_lossy(&result.stderr),
-            });
-            Some(stage(&serde_json::to_vec(&d).expect("json"))?)
+        let diagnostics = match &diagnostics_json {
+            Some(json) => Some(stage(json)?),
+            None => None,
         };
         let mut receipt = Receipt {
             receipt: Digest([0; 32]),
@@ -989,13 +993,8 @@ impl Host {
         let cacheable = receipt.outcome.is_deterministic();
         // The storage's tail answers the next identical invocation; the
         // in-memory front is filled when an answer comes from the database.
-        self.storage.record(
-            Arc::new(invocation.clone()),
-            inv_digest,
-            Arc::new(receipt.clone()),
-            cacheable,
-            blobs,
-        )?;
+        self.storage
+            .record(invocation, inv_digest, &receipt, cacheable, blobs)?;
         Ok(receipt)
     }
 

@@ -62,6 +62,21 @@ pub(crate) fn put_blob(out: &mut Vec<u8>, digest: &Digest, bytes: &[u8]) {
     out.extend_from_slice(bytes);
 }
 
+/// The digest and content of the blob record ([`put_blob`]) at the start
+/// of `bytes`. Only for bytes this process encoded: anything else panics.
+pub(crate) fn blob_at(bytes: &[u8]) -> (Digest, &[u8]) {
+    let parse = || -> Result<(Digest, &[u8]), String> {
+        let mut r = Reader(bytes);
+        if r.u8()? != TAG_BLOB {
+            return Err("not a blob record".into());
+        }
+        let digest = r.digest()?;
+        let n = r.len()?;
+        Ok((digest, r.take(n)?))
+    };
+    parse().expect("a blob record this process encoded")
+}
+
 /// Appends an outcome record.
 pub(crate) fn put_outcome(
     out: &mut Vec<u8>,
@@ -107,6 +122,7 @@ const VALUE_WITH_INVOCATION: u8 = 2;
 
 /// A receipt and its invocation as one redb value: one insert instead of
 /// two per invocation at each checkpoint.
+#[cfg(test)]
 pub(crate) fn put_receipt_with_invocation(out: &mut Vec<u8>, r: &Receipt, i: &Invocation) {
     out.push(VALUE_WITH_INVOCATION);
     let at = out.len();
@@ -114,6 +130,63 @@ pub(crate) fn put_receipt_with_invocation(out: &mut Vec<u8>, r: &Receipt, i: &In
     encode_receipt(out, r);
     patch_len(out, at);
     encode_invocation(out, i);
+}
+
+/// An outcome record ([`put_outcome`]) that this process encoded and keeps
+/// in memory (a journal tail), read back without decoding it whole.
+#[derive(Clone, Copy)]
+pub(crate) struct OutcomeRecord<'a> {
+    pub invocation_digest: Digest,
+    invocation: &'a [u8],
+    receipt: &'a [u8],
+}
+
+impl<'a> OutcomeRecord<'a> {
+    /// The record at the start of `bytes`, and how long it is. Only for
+    /// bytes [`put_outcome`] wrote in this process: anything else panics.
+    pub(crate) fn at(bytes: &'a [u8]) -> (OutcomeRecord<'a>, usize) {
+        let parse = || -> Result<(OutcomeRecord<'a>, usize), String> {
+            let mut r = Reader(bytes);
+            if r.u8()? != TAG_OUTCOME {
+                return Err("not an outcome record".into());
+            }
+            let invocation_digest = r.digest()?;
+            r.u8()?;
+            let n = r.len()?;
+            let invocation = r.take(n)?;
+            let n = r.len()?;
+            let receipt = r.take(n)?;
+            let len = bytes.len() - r.0.len();
+            Ok((
+                OutcomeRecord {
+                    invocation_digest,
+                    invocation,
+                    receipt,
+                },
+                len,
+            ))
+        };
+        parse().expect("an outcome record this process encoded")
+    }
+
+    /// The receipt, without checking its digest (it was computed here).
+    pub(crate) fn receipt(&self) -> Receipt {
+        decode_receipt_fields(self.receipt).expect("a receipt this process encoded")
+    }
+
+    pub(crate) fn invocation(&self) -> Invocation {
+        decode_invocation(self.invocation).expect("an invocation this process encoded")
+    }
+
+    /// Appends the receipt log's value for this record: the bytes
+    /// [`put_receipt_with_invocation`] writes, copied rather than encoded
+    /// again.
+    pub(crate) fn put_value(&self, out: &mut Vec<u8>) {
+        out.push(VALUE_WITH_INVOCATION);
+        put_len(out, self.receipt.len());
+        out.extend_from_slice(self.receipt);
+        out.extend_from_slice(self.invocation);
+    }
 }
 
 /// Reads a receipt value of either form (checks the receipt's digest),
@@ -371,6 +444,18 @@ fn decode_invocation(bytes: &[u8]) -> Result<Invocation, String> {
 }
 
 fn decode_receipt(bytes: &[u8]) -> Result<Receipt, String> {
+    let out = decode_receipt_fields(bytes)?;
+    if !out.is_consistent() {
+        return Err(format!(
+            "receipt {} does not match its content",
+            out.receipt
+        ));
+    }
+    Ok(out)
+}
+
+/// [`decode_receipt`] without the check of the receipt's digest.
+fn decode_receipt_fields(bytes: &[u8]) -> Result<Receipt, String> {
     let mut r = Reader(bytes);
     let receipt = r.digest()?;
     let invocation = r.digest()?;
@@ -400,12 +485,6 @@ fn decode_receipt(bytes: &[u8]) -> Result<Receipt, String> {
         duration_us: r.u64()?,
     };
     r.end()?;
-    if !out.is_consistent() {
-        return Err(format!(
-            "receipt {} does not match its content",
-            out.receipt
-        ));
-    }
     Ok(out)
 }
 
@@ -440,6 +519,37 @@ mod tests {
         let mut f = frame_header(payload).to_vec();
         f.extend_from_slice(payload);
         f
+    }
+
+    #[test]
+    fn an_outcome_record_read_in_place_gives_what_was_encoded() {
+        for outcome in [
+            Outcome::Ok,
+            Outcome::Trap {
+                code: "unreachable".into(),
+            },
+        ] {
+            let (inv, r) = receipt(outcome);
+            let mut bytes = b"before".to_vec();
+            let start = bytes.len();
+            put_outcome(&mut bytes, &inv.digest(), true, &inv, &r);
+            let end = bytes.len();
+            bytes.extend_from_slice(b"after");
+            let (record, len) = OutcomeRecord::at(&bytes[start..]);
+            assert_eq!(len, end - start);
+            assert_eq!(record.invocation_digest, inv.digest());
+            assert_eq!(record.receipt(), r);
+            assert_eq!(record.invocation(), inv);
+            // The receipt log's value, copied, is what encoding writes.
+            let (mut copied, mut encoded) = (Vec::new(), Vec::new());
+            record.put_value(&mut copied);
+            put_receipt_with_invocation(&mut encoded, &r, &inv);
+            assert_eq!(copied, encoded);
+            assert_eq!(
+                decode_receipt_value(&copied).unwrap(),
+                (r.clone(), Some(inv.clone()))
+            );
+        }
     }
 
     #[test]
