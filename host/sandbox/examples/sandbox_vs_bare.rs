@@ -45,7 +45,7 @@ fn main() -> Result<(), Box<dyn std::error::Error>> {
                     clock_unix_ns: 0,
                     seed,
                     grants: &[],
-                    blobs: blobs.clone(),
+                    blobs: &blobs,
                     preopens: &[],
                 },
             )?;

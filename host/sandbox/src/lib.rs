@@ -38,7 +38,7 @@
 //!     clock_unix_ns: 0,
 //!     seed: [0; 32],
 //!     grants: &[],
-//!     blobs: std::sync::Arc::new(NoBlobs),
+//!     blobs: NoBlobs::shared(),
 //!     preopens: &[],
 //! })?;
 //! println!("{} {}", result.outcome, String::from_utf8_lossy(&result.output));

@@ -184,6 +184,15 @@ impl BlobSource for NoBlobs {
     }
 }
 
+impl NoBlobs {
+    /// One `NoBlobs` source for every request that needs one.
+    pub fn shared() -> &'static Arc<dyn BlobSource> {
+        static SHARED: std::sync::LazyLock<Arc<dyn BlobSource>> =
+            std::sync::LazyLock::new(|| Arc::new(NoBlobs));
+        &SHARED
+    }
+}
+
 /// Everything one run needs besides the tool.
 #[derive(Clone)]
 pub struct RunRequest<'a> {
@@ -201,8 +210,9 @@ pub struct RunRequest<'a> {
     pub seed: [u8; 32],
     /// Blob digests (`blake3:<hex>`) the guest may read with `read-blob`.
     pub grants: &'a [String],
-    /// Where granted blobs are read from.
-    pub blobs: Arc<dyn BlobSource>,
+    /// Where granted blobs are read from (borrowed: a run that grants
+    /// nothing never touches it).
+    pub blobs: &'a Arc<dyn BlobSource>,
     /// Host directories visible read-only to the guest, as (host path, guest
     /// path).
     pub preopens: &'a [(PathBuf, String)],
@@ -720,7 +730,7 @@ impl Sandbox {
             clock_unix_ns: 0,
             seed,
             grants: &[],
-            blobs: Arc::new(NoBlobs),
+            blobs: NoBlobs::shared(),
             preopens: &[],
         };
         let mut store = self.new_store(0, &req, None, &[])?;
@@ -1088,7 +1098,7 @@ mod tests {
             clock_unix_ns: 0,
             seed: [0; 32],
             grants: &[],
-            blobs: Arc::new(NoBlobs),
+            blobs: NoBlobs::shared(),
             preopens: &[],
         }
     }

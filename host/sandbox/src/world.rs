@@ -22,7 +22,10 @@ const LOG_LINE_BYTES_MAX: usize = 4 << 10;
 pub(crate) struct HostState {
     clock_unix_ns: u64,
     grants: Vec<String>,
-    blobs: Arc<dyn BlobSource>,
+    /// Where granted blobs come from; `None` when nothing is granted (the
+    /// common case: no reference to share, so no reference count that two
+    /// threads' runs would both write).
+    blobs: Option<Arc<dyn BlobSource>>,
     read_bytes_max: u64,
     pub(crate) logs: Vec<LogLine>,
     pub(crate) logs_dropped: u64,
@@ -33,7 +36,7 @@ impl HostState {
         HostState {
             clock_unix_ns: req.clock_unix_ns,
             grants: req.grants.to_vec(),
-            blobs: req.blobs.clone(),
+            blobs: (!req.grants.is_empty()).then(|| Arc::clone(req.blobs)),
             read_bytes_max: req.budget.memory_bytes,
             logs: Vec::new(),
             logs_dropped: 0,
@@ -83,7 +86,10 @@ impl voidbox::tool::host::Host for RunState {
         if !h.grants.iter().any(|g| g == &digest) {
             return Err(BlobError::NotGranted);
         }
-        match h.blobs.read_blob(&digest) {
+        let Some(blobs) = &h.blobs else {
+            return Err(BlobError::NotGranted);
+        };
+        match blobs.read_blob(&digest) {
             Ok(Some(bytes)) if bytes.len() as u64 > h.read_bytes_max => {
                 Err(BlobError::TooLarge(bytes.len() as u64))
             }

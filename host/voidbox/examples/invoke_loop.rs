@@ -98,7 +98,7 @@ fn main() -> Result<(), Box<dyn std::error::Error>> {
                     clock_unix_ns: 0,
                     seed: [0; 32],
                     grants: &[],
-                    blobs: blobs.clone(),
+                    blobs: &blobs,
                     preopens: &[],
                 },
             )

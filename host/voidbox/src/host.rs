@@ -1,5 +1,6 @@
 //! The embedding API: [`Host`].
 
+use std::cell::RefCell;
 use std::collections::HashMap;
 use std::path::{Path, PathBuf};
 use std::sync::atomic::{AtomicU64, AtomicUsize, Ordering};
@@ -115,7 +116,73 @@ pub struct Host {
     /// core).
     worker_slots: AtomicUsize,
     /// Runs in the sandbox (not cache answers), for tests and benchmarks.
-    runs: AtomicU64,
+    runs: ShardedCounter,
+    /// Tells this host from others in the process, for [`LAST_TOOL`].
+    id: u64,
+    /// Changes whenever `tools` does, so a thread's [`LAST_TOOL`] is
+    /// never used after the tool changed or went.
+    tools_generation: AtomicU64,
+}
+
+/// A tool as a run needs it: compiled, with its contract.
+struct RunnableTool {
+    loaded: Arc<LoadedTool>,
+    contract: Option<Arc<Contract>>,
+}
+
+thread_local! {
+    /// The tool this thread ran last, with the host (`Host::id`) and the
+    /// `tools_generation` it was taken under. Looking a tool up in the
+    /// shared tables takes their locks and a reference to the tool, and
+    /// each is a write to memory that every invoking thread writes too:
+    /// with two threads, that memory moves between the cores on every
+    /// invocation. A thread that runs the same tool again moves its own
+    /// copy out of here and back instead.
+    static LAST_TOOL: RefCell<Option<(u64, u64, Digest, RunnableTool)>> =
+        const { RefCell::new(None) };
+}
+
+/// Tells hosts in one process apart.
+static NEXT_HOST_ID: AtomicU64 = AtomicU64::new(0);
+
+/// A counter that threads add to without sharing a cache line: each
+/// thread adds to a shard of its own (chosen once per thread), readers
+/// sum the shards. (One shared counter is written by every invocation of
+/// every thread.)
+struct ShardedCounter {
+    shards: Box<[PaddedCounter]>,
+}
+
+#[repr(align(128))]
+#[derive(Default)]
+struct PaddedCounter(AtomicU64);
+
+impl ShardedCounter {
+    const SHARDS: usize = 16;
+
+    fn new() -> ShardedCounter {
+        ShardedCounter {
+            shards: (0..Self::SHARDS)
+                .map(|_| PaddedCounter::default())
+                .collect(),
+        }
+    }
+
+    fn add(&self, n: u64) {
+        static NEXT_SHARD: AtomicUsize = AtomicUsize::new(0);
+        thread_local! {
+            static SHARD: usize = NEXT_SHARD.fetch_add(1, Ordering::Relaxed);
+        }
+        let i = SHARD.with(|s| *s) % self.shards.len();
+        self.shards[i].0.fetch_add(n, Ordering::Relaxed);
+    }
+
+    fn get(&self) -> u64 {
+        self.shards
+            .iter()
+            .map(|s| s.0.load(Ordering::Relaxed))
+            .sum()
+    }
 }
 
 impl std::fmt::Debug for Host {
@@ -200,14 +267,16 @@ impl Host {
             hlc: AtomicU64::new(0),
             pool: OnceLock::new(),
             worker_slots: AtomicUsize::new(0),
-            runs: AtomicU64::new(0),
+            runs: ShardedCounter::new(),
+            id: NEXT_HOST_ID.fetch_add(1, Ordering::Relaxed),
+            tools_generation: AtomicU64::new(0),
         };
         let index = host
             .tools()?
             .iter()
             .map(|t| Ok((t.digest, ToolEntry::of(t)?)))
             .collect::<Result<_>>()?;
-        *host.tools.write().expect("tool index poisoned") = index;
+        host.set_tools(|tools| *tools = index);
         Ok(host)
     }
 
@@ -318,10 +387,10 @@ impl Host {
                 .map_err(|e| db_err(p)(e.to_string()))?;
         }
         txn.commit().map_err(|e| db_err(p)(e.to_string()))?;
-        self.tools
-            .write()
-            .expect("tool index poisoned")
-            .insert(digest, ToolEntry::of(&record)?);
+        let entry = ToolEntry::of(&record)?;
+        self.set_tools(|tools| {
+            tools.insert(digest, entry);
+        });
         Ok(record)
     }
 
@@ -444,10 +513,9 @@ impl Host {
             }
         }
         txn.commit().map_err(|x| e(&x))?;
-        self.tools
-            .write()
-            .expect("tool index poisoned")
-            .remove(&record.digest);
+        self.set_tools(|tools| {
+            tools.remove(&record.digest);
+        });
         self.sandbox.remove_artifact(record.digest.as_bytes());
         Ok(record)
     }
@@ -463,6 +531,41 @@ impl Host {
             });
         }
         self.storage.put_blob_deferred(bytes)
+    }
+
+    /// Changes the tool index (and so every thread's [`LAST_TOOL`] of this
+    /// host goes stale).
+    fn set_tools(&self, change: impl FnOnce(&mut HashMap<Digest, ToolEntry>)) {
+        let mut tools = self.tools.write().expect("tool index poisoned");
+        change(&mut tools);
+        self.tools_generation.fetch_add(1, Ordering::Release);
+    }
+
+    /// The tool to run: this thread's [`LAST_TOOL`] if it is this one,
+    /// moved out (give it back with [`Host::keep_tool`]), else looked up.
+    fn take_tool(&self, digest: &Digest) -> Result<(u64, RunnableTool)> {
+        // Read before the lookup: a change after it makes the copy stale.
+        let generation = self.tools_generation.load(Ordering::Acquire);
+        let last = LAST_TOOL.with_borrow_mut(|last| match last.take() {
+            Some((host, g, d, tool)) if host == self.id && g == generation && d == *digest => {
+                Some(tool)
+            }
+            other => {
+                *last = other;
+                None
+            }
+        });
+        if let Some(tool) = last {
+            return Ok((generation, tool));
+        }
+        let contract = self.tool_entry(digest)?.contract;
+        let loaded = self.loaded_tool(digest)?;
+        Ok((generation, RunnableTool { loaded, contract }))
+    }
+
+    /// Keeps a tool from [`Host::take_tool`] as this thread's last.
+    fn keep_tool(&self, generation: u64, digest: Digest, tool: RunnableTool) {
+        LAST_TOOL.set(Some((self.id, generation, digest, tool)));
     }
 
     fn loaded_tool(&self, digest: &Digest) -> Result<Arc<LoadedTool>> {
@@ -869,7 +972,7 @@ impl Host {
 
     /// Invocations run in the sandbox so far (cache answers excluded).
     pub fn runs(&self) -> u64 {
-        self.runs.load(Ordering::Relaxed)
+        self.runs.get()
     }
 
     /// Moves everything the journal holds into the database and waits
@@ -887,7 +990,7 @@ impl Host {
     /// Runs an invocation that the action cache did not answer.
     fn execute(&self, invocation: &Invocation, inv_digest: Digest) -> Result<Receipt> {
         let started = Instant::now();
-        let tool = self.loaded_tool(&invocation.tool)?;
+        let (generation, tool) = self.take_tool(&invocation.tool)?;
         let input = match self.blobs.get_shared(&invocation.input) {
             Ok(b) => b,
             Err(voidbox_cas::CasError::NotFound(d)) => return Err(Error::NoSuchBlob(d)),
@@ -906,9 +1009,9 @@ impl Host {
             .iter()
             .map(|d| Ok((self.materialize(d)?, format!("/grants/{}", d.hex()))))
             .collect::<Result<Vec<_>>>()?;
-        self.runs.fetch_add(1, Ordering::Relaxed);
+        self.runs.add(1);
         let result = self.sandbox.run(
-            &tool,
+            &tool.loaded,
             &RunRequest {
                 input: &input,
                 args: &invocation.args,
@@ -916,21 +1019,13 @@ impl Host {
                 clock_unix_ns: invocation.time_unix_ns,
                 seed: *inv_digest.as_bytes(),
                 grants: &grants,
-                blobs: self.blob_source.clone(),
+                blobs: &self.blob_source,
                 preopens: &preopens,
             },
         )?;
         let mut outcome = result.outcome;
         if outcome == Outcome::Ok {
-            let contract = self
-                .tools
-                .read()
-                .expect("tool index poisoned")
-                .get(&invocation.tool)
-                .ok_or_else(|| Error::NoSuchTool(invocation.tool.to_string()))?
-                .contract
-                .clone();
-            if let Some(contract) = contract {
+            if let Some(contract) = &tool.contract {
                 let figures = Figures {
                     input_bytes: input.len() as u64,
                     args_bytes: args_bytes(&invocation.args),
@@ -995,6 +1090,7 @@ impl Host {
         // in-memory front is filled when an answer comes from the database.
         self.storage
             .record(invocation, inv_digest, &receipt, cacheable, blobs)?;
+        self.keep_tool(generation, invocation.tool, tool);
         Ok(receipt)
     }
 
@@ -1108,6 +1204,28 @@ mod tests {
         assert!(check_name("a b").is_err());
         assert!(check_name(&"a".repeat(64)).is_err());
         assert!(check_name("blake3:x").is_err());
+    }
+
+    #[test]
+    fn a_threads_last_tool_is_not_used_after_the_tool_changed_or_by_another_host() {
+        let wasm = std::fs::read(voidbox_tool_artifacts::ECHO).unwrap();
+        let (dir_a, dir_b) = (tempfile::tempdir().unwrap(), tempfile::tempdir().unwrap());
+        let a = Host::open(dir_a.path()).unwrap();
+        let b = Host::open(dir_b.path()).unwrap();
+        let echo = a.add_tool(&wasm, Some("echo")).unwrap().digest;
+        let run = |host: &Host, input: &str| {
+            let input = host.put_input(input.as_bytes()).unwrap();
+            host.invoke(&Invocation::new(echo, input))
+        };
+        assert_eq!(run(&a, "one").unwrap().outcome, Outcome::Ok);
+        // This thread now holds host a's echo; host b has no such tool.
+        assert!(matches!(run(&b, "two"), Err(Error::NoSuchTool(_))));
+        assert_eq!(run(&a, "three").unwrap().outcome, Outcome::Ok);
+        a.remove_tool("echo").unwrap();
+        assert!(matches!(run(&a, "four"), Err(Error::NoSuchTool(_))));
+        // Added again, it runs again.
+        a.add_tool(&wasm, Some("echo")).unwrap();
+        assert_eq!(run(&a, "five").unwrap().outcome, Outcome::Ok);
     }
 
     #[test]
