@@ -306,14 +306,19 @@ struct State {
     failed: Option<String>,
     /// Where new records go.
     tail: Tail,
-    /// The first 8 bytes of every invocation digest that may have an
+    /// The first 4 bytes of every invocation digest that may have an
     /// action-cache entry (in redb or a tail): loaded from redb and the
     /// replayed journal at open, added to when an entry is recorded, never
     /// emptied (a stale member only costs a lookup). Readers rely on it
     /// covering every tail's `cache`: a key it lacks is in no tail. A miss,
     /// the common case for fresh inputs, is answered here without a redb
     /// read transaction (about 0.7 us, and a lock that every reader shares).
-    cache_filter: DigestSet<u64>,
+    /// Four bytes, not more: the set grows with every cached invocation
+    /// and is probed and written by every fresh one, so its size decides
+    /// how often that costs a trip to memory; a fresh invocation that
+    /// shares a prefix with one of n entries (n / 2^32, 0.02% for a
+    /// million) only asks the database for nothing.
+    cache_filter: DigestSet<u32>,
     /// Tails taken by a checkpoint that is still writing them into redb:
     /// still read, until the checkpoint's commit is visible. Taking the tail
     /// is a pointer swap, so a checkpoint never holds the lock for long.
@@ -400,8 +405,8 @@ impl State {
 }
 
 /// The key of [`State::cache_filter`].
-fn filter_key(invocation: &Digest) -> u64 {
-    u64::from_le_bytes(invocation.0[..8].try_into().expect("8 bytes"))
+fn filter_key(invocation: &Digest) -> u32 {
+    u32::from_le_bytes(invocation.0[..4].try_into().expect("4 bytes"))
 }
 
 thread_local! {

@@ -82,6 +82,10 @@ impl Hasher for DigestHasher {
         self.h = fold(self.h ^ n ^ self.k0, self.k1);
     }
 
+    fn write_u32(&mut self, n: u32) {
+        self.write_u64(u64::from(n));
+    }
+
     fn write_usize(&mut self, n: usize) {
         self.write_u64(n as u64);
     }
@@ -131,5 +135,8 @@ mod tests {
         assert_eq!(m.get(&Digest::of(b"absent")), None);
         let mut set: DigestSet<u64> = DigestSet::default();
         assert!(set.insert(7) && !set.insert(7) && set.contains(&7));
+        let mut small: DigestSet<u32> = DigestSet::default();
+        assert!(small.insert(7) && !small.insert(7) && small.contains(&7));
+        assert!(!small.contains(&8));
     }
 }
