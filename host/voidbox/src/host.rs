@@ -558,30 +558,21 @@ impl Host {
         if let Some(tool) = last {
             return Ok((generation, tool));
         }
+        // The index first: a tool removed from it may still be loaded.
         let contract = self.tool_entry(digest)?.contract;
-        let loaded = self.loaded_tool(digest)?;
+        let loaded = match self.sandbox.loaded(digest.as_bytes()) {
+            Some(t) => t,
+            None => {
+                let wasm = self.blobs.get(digest)?;
+                self.sandbox.load(*digest.as_bytes(), &wasm)?
+            }
+        };
         Ok((generation, RunnableTool { loaded, contract }))
     }
 
     /// Keeps a tool from [`Host::take_tool`] as this thread's last.
     fn keep_tool(&self, generation: u64, digest: Digest, tool: RunnableTool) {
         LAST_TOOL.set(Some((self.id, generation, digest, tool)));
-    }
-
-    fn loaded_tool(&self, digest: &Digest) -> Result<Arc<LoadedTool>> {
-        if let Some(t) = self.sandbox.loaded(digest.as_bytes()) {
-            return Ok(t);
-        }
-        if !self
-            .tools
-            .read()
-            .expect("tool index poisoned")
-            .contains_key(digest)
-        {
-            return Err(Error::NoSuchTool(digest.to_string()));
-        }
-        let wasm = self.blobs.get(digest)?;
-        Ok(self.sandbox.load(*digest.as_bytes(), &wasm)?)
     }
 
     fn tool_entry(&self, digest: &Digest) -> Result<ToolEntry> {

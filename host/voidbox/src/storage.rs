@@ -230,7 +230,7 @@ impl Tail {
     /// A small blob held here.
     fn blob(&self, d: &Digest) -> Option<&[u8]> {
         let &at = self.blobs.get(d)?;
-        Some(journal::blob_at(&self.records[at..]).1)
+        Some(journal::blob_at(&self.records[at..]))
     }
 
     /// Records held: blobs, receipts, invocations and cache entries.
@@ -1674,7 +1674,7 @@ impl Checkpointer {
                 };
                 let mut chunk = chunks::Builder::new(self.next_blob_chunk);
                 for (d, &at) in &taken.blobs {
-                    let (_, b) = journal::blob_at(&taken.records[at..]);
+                    let b = journal::blob_at(&taken.records[at..]);
                     let at = chunk.push(
                         |out| {
                             out.extend_from_slice(d.as_bytes());
