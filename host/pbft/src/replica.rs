@@ -4,7 +4,9 @@
 //! tick, or the application's result for a batch) and returns the
 //! [`Output`]s it caused, in order. The driver must, for each step:
 //! 1. write every [`Output::Persist`] record durably (synced) before
-//! 2. sending any [`Output::Send`] of the same step, and
+//! 2. sending any [`Output::Send`] of the same step (a
+//!    [`Record::deferrable`] one may wait for the next record that is not),
+//!    and
 //! 3. hand [`Output::RestoreState`] and [`Output::Execute`] to the
 //!    application in the order given, feeding each batch's results back as
 //!    [`Input::Executed`] (the core issues the next batch only after that).
@@ -84,7 +86,9 @@ pub struct Execute {
 /// What the replica asks of the driver.
 #[derive(Clone, Debug, PartialEq, Eq)]
 pub enum Output {
-    /// Write this record durably before sending this step's messages.
+    /// Write this record durably before sending this step's messages,
+    /// unless it is [`Record::deferrable`]: such a record may wait and be
+    /// written with the next one that is not (in order, in the same write).
     Persist(Record),
     /// Send a message.
     Send {
@@ -158,6 +162,19 @@ impl Record {
             Ok((r, [])) => Some(r),
             _ => None,
         }
+    }
+
+    /// Whether the driver may write this record after the messages that
+    /// follow it, with the next record that is not deferrable (a crash may
+    /// then lose it). True only of [`Record::Committed`]: nothing a replica
+    /// sends depends on it. The 2f + 1 commits that committed the batch
+    /// came from replicas that had made their prepared certificates durable
+    /// first, f + 1 of them correct, and those certificates are what carry
+    /// the batch through a view change; this record only spares a
+    /// recovering replica from waiting for commits again. Deferring it takes
+    /// one synced write per batch off the way to execution and the reply.
+    pub fn deferrable(&self) -> bool {
+        matches!(self, Record::Committed { .. })
     }
 
     /// The sequence number the record is about, if any.

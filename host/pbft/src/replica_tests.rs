@@ -1174,7 +1174,13 @@ impl Net {
         let Some(r) = self.replicas[i].as_mut() else {
             return;
         };
-        let mut work: VecDeque<Output> = r.step(input).into();
+        let outputs = r.step(input);
+        self.apply(i, outputs);
+    }
+
+    /// Does what a driver does with replica `i`'s outputs.
+    fn apply(&mut self, i: usize, outputs: Vec<Output>) {
+        let mut work: VecDeque<Output> = outputs.into();
         while let Some(o) = work.pop_front() {
             match o {
                 Output::Persist(rec) => self.records[i].push(rec),
@@ -1370,6 +1376,43 @@ fn recovered_replica_rebuilds_state_from_its_records() {
     net.tick(1_000);
     net.submit(0, request(7, 10, b"z"));
     assert_eq!(net.r(2).last_executed(), 4);
+}
+
+#[test]
+fn a_replica_that_lost_its_deferred_records_commits_and_executes_again() {
+    let mut net = Net::new();
+    net.submit(0, request(1, 10, b"a"));
+    assert_eq!(net.r(2).last_executed(), 1);
+    let ops = net.apps[2].ops.clone();
+    // A crash loses what the driver had not written yet: the deferrable
+    // records, here the batch's `Committed`.
+    let kept: Vec<Record> = net.records[2]
+        .iter()
+        .filter(|r| !r.deferrable())
+        .cloned()
+        .collect();
+    assert!(
+        kept.len() < net.records[2].len(),
+        "the run deferred nothing"
+    );
+    assert!(kept.iter().any(|r| matches!(r, Record::Prepared(_))));
+    let (r, outputs) =
+        Replica::recover(cluster(), 2, keys()[2].clone(), params(), &kept).expect("recover");
+    net.replicas[2] = Some(r);
+    net.apps[2] = App::default();
+    net.records[2] = kept;
+    net.apply(2, outputs);
+    // Prepared but not known to be committed: it must not run yet.
+    assert_eq!(net.r(2).last_executed(), 0);
+    // The others' commits reach it again, and it runs the batch once.
+    for _ in 0..20 {
+        net.tick(100_000);
+        if net.r(2).last_executed() == 1 {
+            break;
+        }
+    }
+    assert_eq!(net.r(2).last_executed(), 1);
+    assert_eq!(net.apps[2].ops, ops);
 }
 
 #[test]

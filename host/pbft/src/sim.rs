@@ -301,6 +301,10 @@ enum Event {
 struct Node {
     replica: Option<Replica>,
     records: Vec<Record>,
+    /// Deferrable records ([`Record::deferrable`]) not written yet: they
+    /// go with the next record that must be, or at a tick, as the driver
+    /// does; a crash loses them.
+    deferred: Vec<Record>,
     app: SimApp,
     skew_us: i64,
     drift_ppm: i64,
@@ -401,6 +405,7 @@ impl World {
             nodes.push(Node {
                 replica: Some(replica),
                 records: Vec::new(),
+                deferred: Vec::new(),
                 app: SimApp::default(),
                 skew_us: skew,
                 drift_ppm,
@@ -624,6 +629,11 @@ impl World {
                 self.schedule(self.now_us + TICK_US, Event::ReplicaTick(i));
                 let now_us = self.replica_clock(i);
                 self.step_replica(i, Input::Tick { now_us });
+                // The driver writes deferred records at a tick.
+                let node = &mut self.nodes[i as usize];
+                if node.replica.is_some() {
+                    node.records.append(&mut node.deferred);
+                }
                 if self.nodes[i as usize].byzantine == Some(Byzantine::Replayer) {
                     self.replay_old(i);
                 }
@@ -658,10 +668,12 @@ impl World {
             } => {
                 self.trace(5, u64::from(node), &[u8::from(lose_unsynced)]);
                 self.report.crashes += 1;
+                let n = &mut self.nodes[node as usize];
                 if lose_unsynced {
-                    self.nodes[node as usize].crash_in_next_step = true;
+                    n.crash_in_next_step = true;
                 } else {
-                    self.nodes[node as usize].replica = None;
+                    n.replica = None;
+                    n.deferred.clear();
                 }
             }
             Event::Restart(i) => {
@@ -710,14 +722,15 @@ impl World {
         };
         let outputs = replica.step(input);
         if node.crash_in_next_step {
-            // The crash strikes while this step's records are being written:
-            // a prefix reaches the disk, nothing is sent, nothing runs.
-            let records: Vec<Record> = outputs
+            // The crash strikes while this step's records (after any
+            // deferred ones) are being written: a prefix reaches the disk,
+            // nothing is sent, nothing runs.
+            let records: Vec<Record> = std::mem::take(&mut node.deferred)
                 .into_iter()
-                .filter_map(|o| match o {
+                .chain(outputs.into_iter().filter_map(|o| match o {
                     Output::Persist(r) => Some(r),
                     _ => None,
-                })
+                }))
                 .collect();
             let keep = self.rng.below(records.len() as u64 + 1) as usize;
             let node = &mut self.nodes[i as usize];
@@ -772,6 +785,11 @@ impl World {
 
     fn persist(&mut self, i: ReplicaId, r: Record) {
         let node = &mut self.nodes[i as usize];
+        if r.deferrable() {
+            node.deferred.push(r);
+            return;
+        }
+        node.records.append(&mut node.deferred);
         // Compact as a real store would, so recovery is tested on exactly
         // what the documented compaction keeps.
         let compact = matches!(

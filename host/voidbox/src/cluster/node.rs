@@ -4,7 +4,9 @@
 //! execution results; a dedicated thread owns the [`App`] and runs
 //! committed batches on the host's sandbox, so the protocol keeps moving
 //! while a batch runs. Records are synced ([`ProtocolLog::append`]) before
-//! the messages of the same step are sent. Side requests (blobs, tools,
+//! the messages of the same step are sent, except deferrable ones
+//! ([`Record::deferrable`]), which go with the next write or tick. Side
+//! requests (blobs, tools,
 //! status) are served beside the protocol on blocking threads.
 
 use std::collections::HashMap;
@@ -125,7 +127,12 @@ struct Driver {
     waiting: Waiting,
     routes: HashMap<ClientId, ConnId>,
     executed_requests: Arc<AtomicU64>,
+    /// Records of the protocol log not yet written, in the order the core
+    /// produced them.
     pending_records: Vec<Record>,
+    /// Whether `pending_records` holds one that must be durable before
+    /// the next send (not [`Record::deferrable`]).
+    must_sync: bool,
     results: Results,
     refusals: std::collections::BTreeMap<voidbox_pbft::Reject, u64>,
 }
@@ -202,6 +209,7 @@ impl Driver {
             routes: HashMap::new(),
             executed_requests,
             pending_records: Vec::new(),
+            must_sync: false,
             results,
             refusals: std::collections::BTreeMap::new(),
         }
@@ -241,9 +249,12 @@ impl Driver {
                 _ = tokio::time::sleep(self.until_deadline()) => {
                     let out = self.replica.step(Input::Tick { now_us: now_us() });
                     self.handle(out)?;
+                    // A quiet replica's deferred records reach the log too.
+                    self.flush()?;
                 }
                 _ = &mut shutdown => {
                     tracing::info!(replica = self.replica.id(), "stopping");
+                    self.flush()?;
                     self.net.shutdown();
                     return Ok(());
                 }
@@ -340,7 +351,10 @@ impl Driver {
     fn handle(&mut self, outputs: Vec<Output>) -> Result<()> {
         for output in outputs {
             match output {
-                Output::Persist(record) => self.pending_records.push(record),
+                Output::Persist(record) => {
+                    self.must_sync |= !record.deferrable();
+                    self.pending_records.push(record);
+                }
                 Output::Send { to, message } => {
                     self.sync()?;
                     let f = frame(TAG_PBFT, &message.encode());
@@ -385,11 +399,22 @@ impl Driver {
         self.sync()
     }
 
+    /// Writes the pending records if one of them must be durable now;
+    /// deferrable ones alone wait for the next write (or [`Driver::flush`]).
     fn sync(&mut self) -> Result<()> {
+        if !self.must_sync {
+            return Ok(());
+        }
+        self.flush()
+    }
+
+    /// Writes every pending record, deferrable ones included.
+    fn flush(&mut self) -> Result<()> {
         if self.pending_records.is_empty() {
             return Ok(());
         }
         let records = std::mem::take(&mut self.pending_records);
+        self.must_sync = false;
         self.log.append(&records)
     }
 
