@@ -7,7 +7,8 @@
 //! Faults, all active until `fault_duration_us` and then stopped: message
 //! drop, duplication, corruption, delay and reordering; partitions that heal; crashes
 //! and restarts from persisted records (with or without losing the records
-//! of the step that was running); per-replica clock skew and drift. For the whole
+//! of the step that was running; deferrable records not yet written are
+//! always lost); per-replica clock skew and drift. For the whole
 //! run, up to f replicas are Byzantine, each one of the small named
 //! behaviours in [`Byzantine`].
 //!
