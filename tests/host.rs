@@ -260,9 +260,21 @@ fn clock_and_randomness_are_deterministic_across_hosts() {
     let v = json(&oa);
     assert_eq!(v["host_now_ns"], 0);
     assert_eq!(v["system_time_ns"], 0);
+    // WASI's insecure seed is the documented derivation from the
+    // invocation's digest (the host computes it only when a guest asks).
+    let mut xof = blake3::Hasher::new_keyed(ra.invocation.as_bytes());
+    xof.update(b"voidbox random v1\0insecure-seed");
+    let mut seed = [0u8; 16];
+    xof.finalize_xof().fill(&mut seed);
+    let seed = u128::from_le_bytes(seed);
+    assert_eq!(
+        v["insecure_seed"],
+        serde_json::json!([seed as u64, (seed >> 64) as u64])
+    );
     // A different input is a different invocation: different seed.
     let (_, oc) = a.run(ta, b"y", &[]);
     assert_ne!(json(&oc)["getrandom_hex"], v["getrandom_hex"]);
+    assert_ne!(json(&oc)["insecure_seed"], v["insecure_seed"]);
 }
 
 #[test]

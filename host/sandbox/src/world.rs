@@ -4,6 +4,7 @@
 use crate::sandbox::{LogLine, RunRequest, RunState};
 use std::sync::Arc;
 
+use crate::determinism::SeededRandom;
 use crate::BlobSource;
 
 wasmtime::component::bindgen!({
@@ -21,6 +22,9 @@ const LOG_LINE_BYTES_MAX: usize = 4 << 10;
 /// Per-run state behind the `host` interface.
 pub(crate) struct HostState {
     clock_unix_ns: u64,
+    /// The run's seed, for `wasi:random/insecure-seed` (see
+    /// `seed_on_demand`).
+    seed: [u8; 32],
     grants: Vec<String>,
     /// Where granted blobs come from; `None` when nothing is granted (the
     /// common case: no reference to share, so no reference count that two
@@ -35,6 +39,7 @@ impl HostState {
     pub(crate) fn new(req: &RunRequest<'_>) -> HostState {
         HostState {
             clock_unix_ns: req.clock_unix_ns,
+            seed: req.seed,
             grants: req.grants.to_vec(),
             blobs: (!req.grants.is_empty()).then(|| Arc::clone(req.blobs)),
             read_bytes_max: req.budget.memory_bytes,
@@ -45,6 +50,14 @@ impl HostState {
 }
 
 impl voidbox::tool::types::Host for RunState {}
+
+impl wasmtime_wasi::p2::bindings::random::insecure_seed::Host for HostState {
+    fn insecure_seed(&mut self) -> wasmtime::Result<(u64, u64)> {
+        // In the order wasmtime-wasi splits its own u128 seed.
+        let seed = SeededRandom::seed_u128(&self.seed);
+        Ok((seed as u64, (seed >> 64) as u64))
+    }
+}
 
 impl voidbox::tool::host::Host for RunState {
     fn log(&mut self, level: Level, mut message: String) {

@@ -11,7 +11,8 @@
 //! - `getrandom_hex`: 32 bytes from the `getrandom` crate (wasi random);
 //! - `hashmap_order`: the iteration order of a `HashMap` of the keys 0..16
 //!   (std seeds its hasher from wasi random);
-//! - `random_state_hash`: `RandomState::new().hash_one(42)`.
+//! - `random_state_hash`: `RandomState::new().hash_one(42)`;
+//! - `insecure_seed`: what `wasi:random/insecure-seed` returns.
 
 use std::collections::HashMap;
 use std::hash::BuildHasher;
@@ -30,6 +31,24 @@ pub struct Observed {
     pub getrandom_hex: String,
     pub hashmap_order: Vec<u32>,
     pub random_state_hash: u64,
+    /// `wasi:random/insecure-seed`, as the two numbers WASI returns.
+    pub insecure_seed: [u64; 2],
+}
+
+// WASI's insecure seed has no wrapper in std; the import's type comes with
+// std's own WASI imports (as getrandom's does). Two u64 results are
+// returned through memory under the canonical ABI.
+#[link(wasm_import_module = "wasi:random/insecure-seed@0.2.0")]
+unsafe extern "C" {
+    #[link_name = "insecure-seed"]
+    fn wasi_insecure_seed(results: *mut [u64; 2]);
+}
+
+fn insecure_seed() -> [u64; 2] {
+    let mut seed = [0u64; 2];
+    // SAFETY: the host writes two u64 into the 16 aligned bytes given.
+    unsafe { wasi_insecure_seed(&mut seed) };
+    seed
 }
 
 fn hex(bytes: &[u8]) -> String {
@@ -58,10 +77,11 @@ fn observe() -> Observed {
         getrandom_hex,
         hashmap_order: map.keys().copied().collect(),
         random_state_hash: std::collections::hash_map::RandomState::new().hash_one(42u64),
+        insecure_seed: insecure_seed(),
     }
 }
 
-const OUTPUT_SCHEMA: &str = r#"{"type":"object","properties":{"system_time_ns":{"type":["integer","string"]},"instant_elapsed_ns":{"type":"integer"},"host_now_ns":{"type":"integer"},"getrandom_hex":{"type":"string"},"hashmap_order":{"type":"array","items":{"type":"integer"}},"random_state_hash":{"type":"integer"}},"required":["system_time_ns","instant_elapsed_ns","host_now_ns","getrandom_hex","hashmap_order","random_state_hash"]}"#;
+const OUTPUT_SCHEMA: &str = r#"{"type":"object","properties":{"system_time_ns":{"type":["integer","string"]},"instant_elapsed_ns":{"type":"integer"},"host_now_ns":{"type":"integer"},"getrandom_hex":{"type":"string"},"hashmap_order":{"type":"array","items":{"type":"integer"}},"random_state_hash":{"type":"integer"},"insecure_seed":{"type":"array","items":{"type":"integer"}}},"required":["system_time_ns","instant_elapsed_ns","host_now_ns","getrandom_hex","hashmap_order","random_state_hash","insecure_seed"]}"#;
 
 struct ClockRand;
 
