@@ -548,6 +548,30 @@ fn a_single_use_token_admits_exactly_one_of_many_concurrent_invocations() {
 }
 
 #[test]
+fn a_replica_checks_tokens_with_the_root_key_it_first_read() {
+    let h = TestHost::new();
+    let echo = h.add(tools::ECHO);
+    let token = h.host.owner_token().unwrap();
+    let inv = Invocation::new(echo, h.host.put_input(b"x").unwrap());
+    let now = std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .unwrap()
+        .as_secs();
+    let replica_check = || {
+        h.host
+            .authorize_at(&token, &inv, 1, now, &voidbox::auth::NoRevocations)
+    };
+    replica_check().unwrap();
+    // On one node, deleting a key file revokes its tokens at once...
+    std::fs::remove_file(h.dir.path().join("home/keys/owner.key")).unwrap();
+    let denied = h.host.authorize_sized(&token, &inv, 1).unwrap_err();
+    assert!(matches!(denied, Error::Denied(_)), "{denied}");
+    // ...but a replica decides from what every replica shares, not from a
+    // file changed on it alone: it keeps the key it read.
+    replica_check().unwrap();
+}
+
+#[test]
 fn contracts_are_checked_at_add_at_admission_and_after_the_run() {
     let h = TestHost::new();
     let wasm = std::fs::read(tools::ECHO).unwrap();

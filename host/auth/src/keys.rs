@@ -205,6 +205,48 @@ impl KeyStore for MemoryKeyStore {
     }
 }
 
+/// A key store that keeps every key the first time `inner` has it and
+/// never asks `inner` about that key again: a key removed or replaced
+/// later is still the pinned one. What a cluster replica needs: its
+/// decisions must come from the ordered requests, not from files that an
+/// operator may change on one replica and not on the others (and a check
+/// then costs no `stat`). A key `inner` lacks is asked for again next
+/// time, so a key added later is found.
+#[derive(Debug)]
+pub struct PinnedKeys<S> {
+    inner: S,
+    pinned: RwLock<HashMap<KeyId, RootKey>>,
+}
+
+impl<S: KeyStore> PinnedKeys<S> {
+    /// Pins keys from `inner` as they are first found.
+    pub fn new(inner: S) -> Self {
+        PinnedKeys {
+            inner,
+            pinned: RwLock::default(),
+        }
+    }
+
+    /// The store keys are pinned from.
+    pub fn inner(&self) -> &S {
+        &self.inner
+    }
+}
+
+impl<S: KeyStore> KeyStore for PinnedKeys<S> {
+    fn get(&self, id: &KeyId) -> Result<Option<RootKey>, StoreError> {
+        if let Some(key) = self.pinned.read().expect("pinned keys poisoned").get(id) {
+            return Ok(Some(key.clone()));
+        }
+        let Some(key) = self.inner.get(id)? else {
+            return Ok(None);
+        };
+        // Another thread may have pinned it meanwhile: its key stands.
+        let mut pinned = self.pinned.write().expect("pinned keys poisoned");
+        Ok(Some(pinned.entry(id.clone()).or_insert(key).clone()))
+    }
+}
+
 /// Keys as files `<dir>/<key id>.key` holding 64 hex digits, created with mode
 /// 0600 (owner-only) and refused when group or others can read them.
 ///
@@ -344,6 +386,19 @@ impl KeyStore for DirKeyStore {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn pinned_keys_keep_the_first_key_found_and_look_again_for_missing_ones() {
+        let id = KeyId::new("tenant").unwrap();
+        let (first, second) = (RootKey::from_bytes([1; 32]), RootKey::from_bytes([2; 32]));
+        let keys = PinnedKeys::new(MemoryKeyStore::new());
+        assert!(keys.get(&id).unwrap().is_none());
+        // Added after a miss: found, then pinned.
+        keys.inner().insert(id.clone(), first.clone());
+        assert_eq!(keys.get(&id).unwrap(), Some(first.clone()));
+        keys.inner().insert(id.clone(), second);
+        assert_eq!(keys.get(&id).unwrap(), Some(first));
+    }
 
     #[test]
     fn key_ids_are_checked() {

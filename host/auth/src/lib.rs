@@ -65,8 +65,8 @@ pub mod reference;
 pub use caveat::{Caveat, CaveatError, CAVEAT_BYTES_MAX, TOOL_NAME_BYTES_MAX};
 pub use digest::{Digest, DigestError};
 pub use keys::{
-    DirKeyStore, Entropy, KeyId, KeyIdError, KeyStore, MemoryKeyStore, OsEntropy, RootKey,
-    StoreError, KEY_ID_BYTES_MAX,
+    DirKeyStore, Entropy, KeyId, KeyIdError, KeyStore, MemoryKeyStore, OsEntropy, PinnedKeys,
+    RootKey, StoreError, KEY_ID_BYTES_MAX,
 };
 pub use time::{format_rfc3339, parse_rfc3339};
 pub use token::{

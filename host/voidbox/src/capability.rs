@@ -130,6 +130,12 @@ impl Capabilities {
         &self.keys
     }
 
+    /// The key directory's store itself (it shares its cache with this
+    /// one's).
+    pub(crate) fn key_dir(&self) -> DirKeyStore {
+        self.keys.clone()
+    }
+
     /// Revokes a token (and so every token narrowed from it).
     pub(crate) fn revoke(&self, id: &TokenId) -> Result<()> {
         let key = id.to_string();

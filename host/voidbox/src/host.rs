@@ -106,6 +106,9 @@ pub struct Host {
     tools: RwLock<HashMap<Digest, ToolEntry>>,
     /// Keys, revocations, use counters, admission proofs, the audit log.
     caps: Capabilities,
+    /// The root keys [`Host::authorize_at`] checks tokens with, each read
+    /// once (made on first use).
+    pinned_keys: OnceLock<voidbox_auth::PinnedKeys<voidbox_auth::DirKeyStore>>,
     /// The in-memory front of the action cache.
     recent: Mutex<DigestMap<Digest, Arc<Receipt>>>,
     /// Last timestamp handed out (hybrid logical clock).
@@ -256,6 +259,7 @@ impl Host {
         let caps = Capabilities::open(&home, storage.db.clone())?;
         let host = Host {
             caps,
+            pinned_keys: OnceLock::new(),
             blob_source: Arc::new(blobs.clone()),
             blobs,
             home,
@@ -678,20 +682,47 @@ impl Host {
             .duration_since(UNIX_EPOCH)
             .map(|d| d.as_secs())
             .unwrap_or(0);
-        self.authorize_at(token, invocation, input_bytes, now_unix, &self.caps)
+        self.authorize_with(
+            token,
+            invocation,
+            input_bytes,
+            now_unix,
+            self.caps.keys(),
+            &self.caps,
+        )
     }
 
     /// [`Host::authorize_sized`] at a given time and against a given set of
     /// revocations: what a cluster replica does, with the consensus time and
     /// the replicated state, so that every correct replica decides alike.
-    /// It takes no use; the caller counts uses in its replicated state
-    /// ([`Authorized::take_use`]).
+    /// Root keys are [pinned](voidbox_auth::PinnedKeys): each is read from
+    /// the data directory once, the first time a token needs it, so a key
+    /// file changed on one replica cannot make it decide apart from the
+    /// others. It takes no use; the caller counts uses in its replicated
+    /// state ([`Authorized::take_use`]).
     pub fn authorize_at(
         &self,
         token: &str,
         invocation: &Invocation,
         input_bytes: u64,
         now_unix: u64,
+        revocations: &dyn voidbox_auth::Revocations,
+    ) -> Result<(Authorized, Invocation)> {
+        let keys = self
+            .pinned_keys
+            .get_or_init(|| voidbox_auth::PinnedKeys::new(self.caps.key_dir()));
+        self.authorize_with(token, invocation, input_bytes, now_unix, keys, revocations)
+    }
+
+    /// The capability check of [`Host::authorize_sized`] and
+    /// [`Host::authorize_at`], with the keys and revocations given.
+    fn authorize_with(
+        &self,
+        token: &str,
+        invocation: &Invocation,
+        input_bytes: u64,
+        now_unix: u64,
+        keys: &dyn voidbox_auth::KeyStore,
         revocations: &dyn voidbox_auth::Revocations,
     ) -> Result<(Authorized, Invocation)> {
         let entry = self.tool_entry(&invocation.tool)?;
@@ -710,12 +741,10 @@ impl Host {
             reads: &reads,
         };
         let authorized =
-            voidbox_auth::verify_encoded(token, &request, self.caps.keys(), revocations).map_err(
-                |d| {
-                    self.audit_denial(invocation, d.kind.as_str(), &d.message);
-                    Error::Denied(d)
-                },
-            )?;
+            voidbox_auth::verify_encoded(token, &request, keys, revocations).map_err(|d| {
+                self.audit_denial(invocation, d.kind.as_str(), &d.message);
+                Error::Denied(d)
+            })?;
         let mut effective = invocation.clone();
         effective.budget.fuel = authorized.budget.fuel;
         effective.budget.memory_bytes = authorized.budget.memory_bytes;
