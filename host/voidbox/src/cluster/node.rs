@@ -130,9 +130,6 @@ struct Driver {
     /// Records of the protocol log not yet written, in the order the core
     /// produced them.
     pending_records: Vec<Record>,
-    /// Whether `pending_records` holds one that must be durable before
-    /// the next send (not [`Record::deferrable`]).
-    must_sync: bool,
     results: Results,
     refusals: std::collections::BTreeMap<voidbox_pbft::Reject, u64>,
 }
@@ -209,7 +206,6 @@ impl Driver {
             routes: HashMap::new(),
             executed_requests,
             pending_records: Vec::new(),
-            must_sync: false,
             results,
             refusals: std::collections::BTreeMap::new(),
         }
@@ -351,10 +347,7 @@ impl Driver {
     fn handle(&mut self, outputs: Vec<Output>) -> Result<()> {
         for output in outputs {
             match output {
-                Output::Persist(record) => {
-                    self.must_sync |= !record.deferrable();
-                    self.pending_records.push(record);
-                }
+                Output::Persist(record) => self.pending_records.push(record),
                 Output::Send { to, message } => {
                     self.sync()?;
                     let f = frame(TAG_PBFT, &message.encode());
@@ -402,7 +395,9 @@ impl Driver {
     /// Writes the pending records if one of them must be durable now;
     /// deferrable ones alone wait for the next write (or [`Driver::flush`]).
     fn sync(&mut self) -> Result<()> {
-        if !self.must_sync {
+        // A step persists a handful of records: scanning them is cheaper
+        // than keeping a flag in step with the list.
+        if self.pending_records.iter().all(Record::deferrable) {
             return Ok(());
         }
         self.flush()
@@ -414,7 +409,6 @@ impl Driver {
             return Ok(());
         }
         let records = std::mem::take(&mut self.pending_records);
-        self.must_sync = false;
         self.log.append(&records)
     }
 
