@@ -27,7 +27,7 @@ use redb::{Database, Durability, ReadableDatabase, TableDefinition};
 
 use serde::{Deserialize, Serialize};
 use voidbox_auth::{NoRevocations, StoreError, TakeError, TokenId, UseCounter};
-use voidbox_pbft::{Execute, Hlc, Request};
+use voidbox_pbft::{Execute, Hlc};
 
 use super::wire::{Op, OpResult, INLINE_OUTPUT_MAX};
 use crate::{Digest, Error, Host, Store};
@@ -142,6 +142,11 @@ impl Results {
     /// Opens (or creates) the journal.
     pub fn open(path: &Path) -> crate::Result<Results> {
         Results::open_with(path, true)
+    }
+
+    /// Whether a synced append waits for the disk.
+    pub fn fsync(&self) -> bool {
+        self.fsync
     }
 
     /// Opens (or creates) the journal; without `fsync`, a synced append
@@ -269,6 +274,11 @@ pub trait Peers: Send {
     /// on something means a correct peer said it.
     fn faults(&self) -> usize;
 }
+
+/// A batch's operations, decoded once ([`App::decode`]): one per
+/// request, or why it is malformed.
+#[derive(Debug)]
+pub struct Decoded(Vec<Result<Op, String>>);
 
 /// What admission made of one request.
 enum Step {
@@ -490,13 +500,65 @@ impl App {
     /// Runs a committed batch; one result per request, in order. The
     /// results are journaled, synced at checkpoints.
     pub fn execute(&mut self, batch: &Execute) -> crate::Result<Vec<Vec<u8>>> {
+        let ops = self.decode(batch);
+        self.execute_decoded(batch, ops)
+    }
+
+    /// Decodes a batch's operations, for [`App::is_local`] and
+    /// [`App::execute_decoded`]. Nothing changes.
+    pub fn decode(&self, batch: &Execute) -> Decoded {
+        Decoded(
+            batch
+                .requests
+                .iter()
+                .map(|r| Op::decode(&r.operation))
+                .collect(),
+        )
+    }
+
+    /// Whether running the batch needs nothing from a peer: every tool and
+    /// blob its operations name is stored here. Such a batch runs in
+    /// microseconds; one that fetches may wait on the network for seconds.
+    pub fn is_local(&self, ops: &Decoded) -> crate::Result<bool> {
+        for op in &ops.0 {
+            let Ok(Op::Invoke { invocation, .. }) = op else {
+                continue;
+            };
+            if !self
+                .tools_present
+                .lock()
+                .expect("tool set poisoned")
+                .contains(&invocation.tool)
+            {
+                match self.host.tool(&invocation.tool.to_string()) {
+                    Ok(_) => {}
+                    Err(Error::NoSuchTool(_)) => return Ok(false),
+                    Err(e) => return Err(e),
+                }
+            }
+            for blob in std::iter::once(&invocation.input).chain(&invocation.grants) {
+                if self.host.blobs().size(blob)?.is_none() {
+                    return Ok(false);
+                }
+            }
+        }
+        Ok(true)
+    }
+
+    /// [`App::execute`] with the operations [`App::decode`] made of `batch`.
+    pub fn execute_decoded(
+        &mut self,
+        batch: &Execute,
+        ops: Decoded,
+    ) -> crate::Result<Vec<Vec<u8>>> {
+        debug_assert_eq!(ops.0.len(), batch.requests.len());
         // Admission first, in order (it takes uses of the replicated
         // counters); then every admitted run at once on the host's worker
         // slots, placed by the Ising optimizer; then the results, in order.
-        let steps: Vec<Step> = batch
-            .requests
-            .iter()
-            .map(|r| self.admit(r, batch.hlc))
+        let steps: Vec<Step> = ops
+            .0
+            .into_iter()
+            .map(|op| self.admit(op, batch.hlc))
             .collect();
         let to_run: Vec<crate::Invocation> = steps
             .iter()
@@ -546,10 +608,10 @@ impl App {
         &self.results
     }
 
-    /// Decodes a request and admits it: the invocation to run (with its
-    /// effective budget and the consensus time), or the result already.
-    fn admit(&mut self, request: &Request, hlc: Hlc) -> Step {
-        match Op::decode(&request.operation) {
+    /// Admits a decoded request: the invocation to run (with its effective
+    /// budget and the consensus time), or the result already.
+    fn admit(&mut self, op: Result<Op, String>, hlc: Hlc) -> Step {
+        match op {
             Ok(Op::Invoke { token, invocation }) => self.admit_invoke(&token, invocation, hlc),
             Err(message) => Step::Done(OpResult::Failed { message }),
         }
@@ -842,6 +904,65 @@ mod tests {
         alone.restore(Some(&target.snapshot())).unwrap();
         assert_eq!(alone.state(), &target);
         assert!(results3.range(1, 1000).unwrap().is_empty());
+    }
+
+    #[test]
+    fn a_batch_is_local_only_when_every_tool_and_blob_it_names_is_stored() {
+        let dir = tempfile::tempdir().unwrap();
+        let host = Arc::new(Host::init(dir.path().join("home")).unwrap());
+        let echo = host
+            .add_tool_file(voidbox_tool_artifacts::ECHO.as_ref(), None)
+            .unwrap()
+            .digest;
+        let input = host.put_input(b"stored").unwrap();
+        let results = Results::open(&dir.path().join("results.redb")).unwrap();
+        let app = App::new(host, results, Box::new(FakePeers(Vec::new())));
+        let request = |timestamp: u64, operation: Vec<u8>| voidbox_pbft::Request {
+            client: voidbox_pbft::ClientId([3; 32]),
+            timestamp,
+            operation,
+        };
+        let invoke = |invocation: crate::Invocation| {
+            Op::Invoke {
+                token: "a token".into(),
+                invocation,
+            }
+            .encode()
+        };
+        let local = |operations: Vec<Vec<u8>>| {
+            let batch = Execute {
+                seq: 1,
+                digest: voidbox_pbft::Digest([0; 32]),
+                hlc: Hlc::default(),
+                requests: operations
+                    .into_iter()
+                    .enumerate()
+                    .map(|(i, op)| request(i as u64 + 1, op))
+                    .collect(),
+                snapshot_wanted: false,
+            };
+            app.is_local(&app.decode(&batch)).unwrap()
+        };
+        let absent = Digest::of(b"on no replica here");
+        let here = crate::Invocation::new(echo, input);
+        assert!(local(vec![invoke(here.clone())]));
+        // A malformed operation fails alike everywhere: nothing to fetch.
+        assert!(local(vec![
+            b"not an operation".to_vec(),
+            invoke(here.clone())
+        ]));
+        assert!(local(Vec::new()));
+
+        let no_tool = crate::Invocation::new(absent, input);
+        let no_input = crate::Invocation::new(echo, absent);
+        let mut no_grant = here.clone();
+        no_grant.grants.push(absent);
+        for missing in [no_tool, no_input, no_grant] {
+            assert!(
+                !local(vec![invoke(here.clone()), invoke(missing.clone())]),
+                "{missing:?}"
+            );
+        }
     }
 
     #[test]

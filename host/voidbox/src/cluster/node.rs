@@ -1,15 +1,21 @@
 //! One replica as a process: the thin driver around the pure PBFT core.
 //!
 //! One tokio task owns the [`Replica`] and feeds it frames, the clock and
-//! execution results; a dedicated thread owns the [`App`] and runs
-//! committed batches on the host's sandbox, so the protocol keeps moving
-//! while a batch runs. Records are synced ([`ProtocolLog::append`]) before
+//! execution results. A committed batch runs on that same thread when
+//! everything it names is stored here: it takes tens of microseconds per
+//! request, less than handing it to another thread and back (two wake-ups
+//! across threads, each a futex call and a context switch on a machine
+//! whose cores the replicas share). A batch that must fetch a tool or blob
+//! from a peer, a checkpoint's batch that waits for the disk, and a state
+//! restore run on the execution thread instead, so the protocol keeps
+//! moving while they wait; batches after them queue behind them there, so
+//! batches still run in sequence order. Records are synced ([`ProtocolLog::append`]) before
 //! the messages of the same step are sent, except deferrable ones
 //! ([`Record::deferrable`]), which go with the next write or tick. Side
 //! requests (blobs, tools,
 //! status) are served beside the protocol on blocking threads.
 
-use std::collections::HashMap;
+use std::collections::{HashMap, VecDeque};
 use std::path::Path;
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::{mpsc as std_mpsc, Arc, Mutex};
@@ -19,7 +25,7 @@ use tokio::sync::mpsc;
 use voidbox_net::{ConnId, Event, NodeConfig, NodeHandle, Peer};
 use voidbox_pbft::{ClientId, Execute, Input, Message, Output, Record, Replica, Target};
 
-use super::app::{App, Peers, ResultEntry, Results, RESULTS_CHUNK};
+use super::app::{App, Decoded, Peers, ResultEntry, Results, RESULTS_CHUNK};
 use super::config::{read_signing_key, ClusterFile, REPLICA_KEY_FILE};
 use super::log::ProtocolLog;
 use super::wire::{
@@ -41,16 +47,44 @@ fn now_us() -> u64 {
 
 /// Work for the execution thread, in protocol order.
 enum Job {
-    Restore { snapshot: Option<Vec<u8>> },
-    Execute(Execute),
+    Restore {
+        snapshot: Option<Vec<u8>>,
+    },
+    /// A batch, with its operations when the driver decoded them already.
+    Execute(Execute, Option<Decoded>),
 }
 
-/// What the execution thread hands back.
+/// What the execution thread hands back for a job.
+enum Done {
+    Restored,
+    Executed(Executed),
+}
+
+/// A batch's results, for the core.
 struct Executed {
     seq: u64,
     results: Vec<Vec<u8>>,
     snapshot: Option<Vec<u8>>,
-    executed_requests: u64,
+}
+
+/// Runs a batch on `app` (on whichever thread holds it).
+fn execute(
+    app: &mut App,
+    batch: &Execute,
+    ops: Option<Decoded>,
+    counter: &AtomicU64,
+) -> Result<Executed> {
+    let ops = ops.unwrap_or_else(|| app.decode(batch));
+    let results = app.execute_decoded(batch, ops)?;
+    // `execute` made the receipts and the journal durable at a checkpoint,
+    // before the checkpoint can become stable and the log below it goes.
+    let snapshot = batch.snapshot_wanted.then(|| app.state().snapshot());
+    counter.store(app.state().executed, Ordering::Relaxed);
+    Ok(Executed {
+        seq: batch.seq,
+        results,
+        snapshot,
+    })
 }
 
 /// Blob fetches waiting for a peer's answer.
@@ -122,8 +156,13 @@ struct Driver {
     log: ProtocolLog,
     host: Arc<Host>,
     net: NodeHandle,
+    /// The application; the execution thread locks it for each job.
+    app: Arc<Mutex<App>>,
     jobs: crossbeam_channel::Sender<Job>,
-    done: Option<mpsc::UnboundedReceiver<Result<Executed>>>,
+    done: Option<mpsc::UnboundedReceiver<Result<Done>>>,
+    /// Jobs handed to the execution thread that have not come back. While
+    /// there are any, later batches go there too, behind them.
+    in_flight: usize,
     waiting: Waiting,
     routes: HashMap<ClientId, ConnId>,
     executed_requests: Arc<AtomicU64>,
@@ -153,43 +192,33 @@ impl Driver {
             peers,
             next_id: AtomicU64::new(1 << 63),
         };
-        let mut app = App::new(host.clone(), results.clone(), Box::new(links));
+        let app = Arc::new(Mutex::new(App::new(
+            host.clone(),
+            results.clone(),
+            Box::new(links),
+        )));
         let counter = executed_requests.clone();
+        let thread_app = app.clone();
         std::thread::Builder::new()
             .name("voidbox-exec".into())
             .spawn(move || {
                 for job in job_rx {
-                    let out = match job {
-                        Job::Restore { snapshot } => {
-                            if let Err(e) = app.restore(snapshot.as_deref()) {
-                                let _ = done_tx.send(Err(e));
-                                return;
+                    let out = {
+                        let mut app = thread_app.lock().expect("application poisoned");
+                        match job {
+                            Job::Restore { snapshot } => {
+                                app.restore(snapshot.as_deref()).map(|()| {
+                                    counter.store(app.state().executed, Ordering::Relaxed);
+                                    Done::Restored
+                                })
                             }
-                            counter.store(app.state().executed, Ordering::Relaxed);
-                            continue;
-                        }
-                        Job::Execute(batch) => {
-                            let results = match app.execute(&batch) {
-                                Ok(r) => r,
-                                Err(e) => {
-                                    let _ = done_tx.send(Err(e));
-                                    return;
-                                }
-                            };
-                            // `execute` made the receipts and the journal
-                            // durable at a checkpoint, before the checkpoint
-                            // can become stable and the log below it goes.
-                            let snapshot = batch.snapshot_wanted.then(|| app.state().snapshot());
-                            counter.store(app.state().executed, Ordering::Relaxed);
-                            Executed {
-                                seq: batch.seq,
-                                results,
-                                snapshot,
-                                executed_requests: app.state().executed,
+                            Job::Execute(batch, ops) => {
+                                execute(&mut app, &batch, ops, &counter).map(Done::Executed)
                             }
                         }
                     };
-                    if done_tx.send(Ok(out)).is_err() {
+                    let failed = out.is_err();
+                    if done_tx.send(out).is_err() || failed {
                         return;
                     }
                 }
@@ -200,8 +229,10 @@ impl Driver {
             log,
             host,
             net,
+            app,
             jobs,
             done: Some(done),
+            in_flight: 0,
             waiting,
             routes: HashMap::new(),
             executed_requests,
@@ -227,14 +258,12 @@ impl Driver {
                     None => return Ok(()),
                 },
                 ex = done.recv() => match ex {
-                    Some(Ok(ex)) => {
-                        tracing::trace!(seq = ex.seq, requests = ex.executed_requests, "executed");
-                        let out = self.replica.step(Input::Executed {
-                            seq: ex.seq,
-                            results: ex.results,
-                            snapshot: ex.snapshot,
-                        });
-                        self.handle(out)?;
+                    Some(Ok(done)) => {
+                        self.in_flight -= 1;
+                        if let Done::Executed(ex) = done {
+                            let out = self.executed(ex);
+                            self.handle(out)?;
+                        }
                     }
                     Some(Err(e)) => return Err(e),
                     None => return Err(Error::Cluster("the execution thread stopped".into())),
@@ -342,10 +371,45 @@ impl Driver {
         });
     }
 
-    /// Handles one step's outputs: records are synced before the first
-    /// message that follows them is sent.
+    /// Hands a batch's results to the core.
+    fn executed(&mut self, ex: Executed) -> Vec<Output> {
+        tracing::trace!(seq = ex.seq, "executed");
+        self.replica.step(Input::Executed {
+            seq: ex.seq,
+            results: ex.results,
+            snapshot: ex.snapshot,
+        })
+    }
+
+    /// Runs a committed batch here if it needs neither a peer nor the disk
+    /// and nothing runs on the execution thread; otherwise queues it there.
+    /// Returns the core's outputs when it ran here.
+    fn run_batch(&mut self, batch: Execute) -> Result<Option<Vec<Output>>> {
+        // With fsync on, a checkpoint's batch waits for the host's journal
+        // and the result journal to reach the disk.
+        let waits_for_disk = batch.snapshot_wanted && self.results.fsync();
+        if self.in_flight > 0 || waits_for_disk {
+            self.job(Job::Execute(batch, None))?;
+            return Ok(None);
+        }
+        let mut app = self.app.lock().expect("application poisoned");
+        let ops = app.decode(&batch);
+        if !app.is_local(&ops)? {
+            drop(app);
+            self.job(Job::Execute(batch, Some(ops)))?;
+            return Ok(None);
+        }
+        let ex = execute(&mut app, &batch, Some(ops), &self.executed_requests)?;
+        drop(app);
+        Ok(Some(self.executed(ex)))
+    }
+
+    /// Handles one step's outputs, and those of the batches that run here
+    /// meanwhile, in order: records are synced before the first message
+    /// that follows them is sent.
     fn handle(&mut self, outputs: Vec<Output>) -> Result<()> {
-        for output in outputs {
+        let mut queue = VecDeque::from(outputs);
+        while let Some(output) = queue.pop_front() {
             match output {
                 Output::Persist(record) => self.pending_records.push(record),
                 Output::Send { to, message } => {
@@ -373,7 +437,9 @@ impl Driver {
                 }
                 Output::Execute(batch) => {
                     self.sync()?;
-                    self.job(Job::Execute(batch))?;
+                    if let Some(more) = self.run_batch(batch)? {
+                        queue.extend(more);
+                    }
                 }
                 Output::Rejected(reason) => {
                     // Every refusal is counted (`cluster status`); the log
@@ -412,7 +478,8 @@ impl Driver {
         self.log.append(&records)
     }
 
-    fn job(&self, job: Job) -> Result<()> {
+    fn job(&mut self, job: Job) -> Result<()> {
+        self.in_flight += 1;
         self.jobs
             .send(job)
             .map_err(|_| Error::Cluster("the execution thread stopped".into()))
