@@ -607,6 +607,47 @@ fn bad_cluster_files_are_refused() {
     drop(taken);
 }
 
+#[test]
+fn a_replica_that_missed_an_input_fetches_it_when_the_invocation_runs() {
+    let c = TestCluster::init(&[]);
+    c.ok(&["cluster", "up", "{c}"]);
+    c.ok(&["tool", "add", "--cluster", "{c}", tools::WC]);
+    let file = ClusterFile::load(&c.file()).unwrap();
+    let token = std::fs::read_to_string(c.path.join("owner.token")).unwrap();
+    let client = ClusterClient::connect_with(file, generate_key()).unwrap();
+    let tool = client.tool("wc").unwrap().digest;
+    // n - f replicas store the input; replica 3 is down meanwhile.
+    c.sigkill(3);
+    let input = client
+        .put_blob(b"stored while replica 3 was down\n")
+        .unwrap();
+    c.ok(&["cluster", "up", "{c}"]);
+
+    // Replica 3 cannot run the batch from what it stores: it fetches the
+    // input from a peer (off the protocol's thread, which must go on
+    // reading the peer's answer) and runs it like the others.
+    let signed = client
+        .invoke(token.trim(), &Invocation::new(tool, input))
+        .unwrap();
+    let OpResult::Receipt { receipt, .. } = &signed.result else {
+        panic!("the invocation ran: {:?}", signed.result);
+    };
+    let t = Instant::now();
+    loop {
+        let held = client.receipts_of(&receipt.invocation);
+        if held.len() == 4 && held.values().all(|r| *r == Some(receipt.receipt)) {
+            break;
+        }
+        assert!(
+            t.elapsed() < Duration::from_secs(30),
+            "every replica holds the receipt: {held:?}"
+        );
+        std::thread::sleep(Duration::from_millis(100));
+    }
+    let log = std::fs::read_to_string(c.path.join("replica-3/replica.log")).unwrap();
+    assert!(log.contains("fetched a missing blob"), "{log}");
+}
+
 /// Acknowledged receipts, by invocation digest.
 type Acked = Arc<Mutex<BTreeMap<Digest, Digest>>>;
 
