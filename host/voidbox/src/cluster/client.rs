@@ -254,8 +254,13 @@ impl ClusterClient {
     /// Connects with a given client key.
     pub fn connect_with(file: ClusterFile, key: SigningKey) -> Result<ClusterClient> {
         let cluster = file.cluster()?;
-        let runtime = tokio::runtime::Builder::new_multi_thread()
-            .worker_threads(1)
+        // One thread: the caller's, inside each `block_on`. A reply read on
+        // a worker thread and handed to the caller's cost a wake-up across
+        // threads (a futex call and a context switch), up to n per request,
+        // and so did each frame the caller queued for a worker to write.
+        // The links make progress only while a call runs, which is when
+        // anything is waited for.
+        let runtime = tokio::runtime::Builder::new_current_thread()
             .enable_all()
             .build()
             .map_err(|e| Error::Cluster(format!("cannot start the runtime: {e}")))?;
@@ -306,7 +311,9 @@ impl ClusterClient {
                     self.file.dir.display()
                 )));
             }
-            std::thread::sleep(Duration::from_millis(10));
+            // On the runtime: the links connect only while it runs.
+            self.runtime
+                .block_on(async { tokio::time::sleep(Duration::from_millis(10)).await });
         }
     }
 
