@@ -9,10 +9,11 @@
 //! from a peer, a checkpoint's batch that waits for the disk, and a state
 //! restore run on the execution thread instead, so the protocol keeps
 //! moving while they wait; batches after them queue behind them there, so
-//! batches still run in sequence order. Records are synced ([`ProtocolLog::append`]) before
-//! the messages of the same step are sent, except deferrable ones
-//! ([`Record::deferrable`]), which go with the next write or tick. Side
-//! requests (blobs, tools,
+//! batches still run in sequence order.
+//!
+//! Records are synced ([`ProtocolLog::append`]) before the messages of the
+//! same step are sent, except deferrable ones ([`Record::deferrable`]),
+//! which go with the next write or tick. Side requests (blobs, tools,
 //! status) are served beside the protocol on blocking threads.
 
 use std::collections::{HashMap, VecDeque};
@@ -76,8 +77,9 @@ fn execute(
 ) -> Result<Executed> {
     let ops = ops.unwrap_or_else(|| app.decode(batch));
     let results = app.execute_decoded(batch, ops)?;
-    // `execute` made the receipts and the journal durable at a checkpoint,
-    // before the checkpoint can become stable and the log below it goes.
+    // At a checkpoint the run made the receipts and the journal durable
+    // (with fsync), before the checkpoint can become stable and the log
+    // below it goes.
     let snapshot = batch.snapshot_wanted.then(|| app.state().snapshot());
     counter.store(app.state().executed, Ordering::Relaxed);
     Ok(Executed {
