@@ -20,15 +20,13 @@
 
 use std::cell::RefCell;
 use std::collections::BTreeMap;
-use std::path::{Path, PathBuf};
 use std::sync::Arc;
-
-use redb::{Database, Durability, ReadableDatabase, TableDefinition};
 
 use serde::{Deserialize, Serialize};
 use voidbox_auth::{NoRevocations, StoreError, TakeError, TokenId, UseCounter};
 use voidbox_pbft::{Execute, Hlc};
 
+pub use super::results::{ResultEntry, Results, RESULTS_CHUNK};
 use super::wire::{Op, OpResult, INLINE_OUTPUT_MAX};
 use crate::{Digest, Error, Host, Store};
 
@@ -77,24 +75,6 @@ fn chain_step(chain: &[u8; 32], result: &[u8]) -> [u8; 32] {
     *h.finalize().as_bytes()
 }
 
-/// One executed request in the journal.
-#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
-pub struct ResultEntry {
-    /// Its number: requests executed since genesis, this one included.
-    pub number: u64,
-    /// The invocation as it ran (effective budget, consensus time), JSON,
-    /// when the tool ran; a re-run yields the same receipt.
-    #[serde(with = "serde_bytes")]
-    pub invocation: Option<Vec<u8>>,
-    /// The result bytes the replicas signed.
-    #[serde(with = "serde_bytes")]
-    pub result: Vec<u8>,
-    /// The chain value after this result.
-    pub chain: [u8; 32],
-}
-
-const RESULTS: TableDefinition<u64, &[u8]> = TableDefinition::new("results");
-
 /// The wall-clock guard of every run in a cluster: at least this long...
 const GUARD_BASE: std::time::Duration = std::time::Duration::from_secs(30);
 /// ...plus one second per this much fuel. Wasm runs at 10^8 to 10^9 fuel
@@ -116,152 +96,6 @@ fn cluster_guard(fuel: u64) -> std::time::Duration {
 /// How many rounds of asking every peer for a missing blob (with
 /// doubling waits from 100 ms) before the request fails.
 const FETCH_ATTEMPTS: u32 = 4;
-
-/// Most journal entries asked for, or served, at once (each holds at most
-/// 64 KiB of inline output and a receipt, so a response stays far below the
-/// frame limit).
-pub const RESULTS_CHUNK: u64 = 128;
-
-/// The journal of results, by number, in the replica's `results.redb`.
-/// Entries appended without `sync` wait in memory and reach the database
-/// with the next synced append (every checkpoint): they would not survive
-/// a crash in the database either (they are written without durability),
-/// and a write transaction per batch cost more than the batch's signatures.
-/// Readers see both.
-#[derive(Debug, Clone)]
-pub struct Results {
-    db: Arc<Database>,
-    path: PathBuf,
-    unsynced: Arc<std::sync::Mutex<Vec<ResultEntry>>>,
-    /// Whether a synced append reaches the disk (off only in clusters
-    /// measured without fsync).
-    fsync: bool,
-}
-
-impl Results {
-    /// Opens (or creates) the journal.
-    pub fn open(path: &Path) -> crate::Result<Results> {
-        Results::open_with(path, true)
-    }
-
-    /// Whether a synced append waits for the disk.
-    pub fn fsync(&self) -> bool {
-        self.fsync
-    }
-
-    /// Opens (or creates) the journal; without `fsync`, a synced append
-    /// is written but not synced, as the cluster's `fsync = false` asks.
-    pub fn open_with(path: &Path, fsync: bool) -> crate::Result<Results> {
-        let err = |e: &dyn std::fmt::Display| Error::Db {
-            path: path.to_path_buf(),
-            detail: format!("{e}; check the replica's data directory"),
-        };
-        let db = redb::Builder::new()
-            .set_cache_size(crate::storage::LOG_DB_CACHE_BYTES)
-            .create(path)
-            .map_err(|e| err(&e))?;
-        let txn = db.begin_write().map_err(|e| err(&e))?;
-        txn.open_table(RESULTS).map_err(|e| err(&e))?;
-        txn.commit().map_err(|e| err(&e))?;
-        Ok(Results {
-            db: Arc::new(db),
-            path: path.to_path_buf(),
-            unsynced: Arc::default(),
-            fsync,
-        })
-    }
-
-    fn err(&self, e: impl std::fmt::Display) -> Error {
-        Error::Db {
-            path: self.path.clone(),
-            detail: format!("{e}; check the replica's data directory"),
-        }
-    }
-
-    /// Appends entries; durable at once when `sync`, otherwise with the
-    /// next synced append (a lost unsynced entry is re-executed after a
-    /// restart, because it is above the stable checkpoint).
-    pub fn append(&self, entries: &[ResultEntry], sync: bool) -> crate::Result<()> {
-        let mut unsynced = self.unsynced.lock().expect("journal buffer poisoned");
-        if !sync {
-            unsynced.extend_from_slice(entries);
-            return Ok(());
-        }
-        let mut txn = self.db.begin_write().map_err(|e| self.err(e))?;
-        txn.set_durability(if self.fsync {
-            Durability::Immediate
-        } else {
-            Durability::None
-        })
-        .map_err(|e| self.err(e))?;
-        {
-            let mut t = txn.open_table(RESULTS).map_err(|e| self.err(e))?;
-            for e in unsynced.iter().chain(entries) {
-                let bytes = postcard::to_allocvec(e).expect("entries serialize");
-                t.insert(e.number, bytes.as_slice())
-                    .map_err(|e| self.err(e))?;
-            }
-        }
-        txn.commit().map_err(|e| self.err(e))?;
-        unsynced.clear();
-        Ok(())
-    }
-
-    /// Unsynced entries numbered within `range`, in order of number.
-    fn unsynced_in(&self, range: impl std::ops::RangeBounds<u64>) -> Vec<ResultEntry> {
-        let unsynced = self.unsynced.lock().expect("journal buffer poisoned");
-        let mut out: Vec<ResultEntry> = unsynced
-            .iter()
-            .filter(|e| range.contains(&e.number))
-            .cloned()
-            .collect();
-        out.sort_by_key(|e| e.number);
-        out
-    }
-
-    /// Entries numbered `from..from + count` that are present, in order.
-    pub fn range(&self, from: u64, count: u64) -> crate::Result<Vec<ResultEntry>> {
-        let txn = self.db.begin_read().map_err(|e| self.err(e))?;
-        let t = txn.open_table(RESULTS).map_err(|e| self.err(e))?;
-        let mut out = std::collections::BTreeMap::new();
-        let wanted = from..from.saturating_add(count);
-        for row in t.range(wanted.clone()).map_err(|e| self.err(e))? {
-            let (_, v) = row.map_err(|e| self.err(e))?;
-            match postcard::from_bytes::<ResultEntry>(v.value()) {
-                Ok(e) => out.insert(e.number, e),
-                Err(e) => return Err(self.err(format!("a journal entry does not decode: {e}"))),
-            };
-        }
-        // An unsynced entry is newer than a stored one of the same number
-        // (one re-executed after a divergence).
-        out.extend(self.unsynced_in(wanted).into_iter().map(|e| (e.number, e)));
-        Ok(out.into_values().collect())
-    }
-
-    /// The entry with the highest number at most `n`.
-    pub fn last_at_most(&self, n: u64) -> crate::Result<Option<ResultEntry>> {
-        let txn = self.db.begin_read().map_err(|e| self.err(e))?;
-        let t = txn.open_table(RESULTS).map_err(|e| self.err(e))?;
-        let last = t
-            .range(..=n)
-            .map_err(|e| self.err(e))?
-            .next_back()
-            .transpose()
-            .map_err(|e| self.err(e))?;
-        let stored: Option<ResultEntry> = match last {
-            Some((_, v)) => Some(
-                postcard::from_bytes(v.value())
-                    .map_err(|e| self.err(format!("a journal entry does not decode: {e}")))?,
-            ),
-            None => None,
-        };
-        let pending = self.unsynced_in(..=n).pop();
-        Ok(match (stored, pending) {
-            (Some(s), Some(p)) if s.number > p.number => Some(s),
-            (stored, pending) => pending.or(stored),
-        })
-    }
-}
 
 /// The replica's peers, as the application needs them.
 pub trait Peers: Send {
@@ -442,17 +276,17 @@ impl App {
                     target.executed
                 )));
             };
+            // Entries this replica already holds as they are need no
+            // re-run.
+            let held = self.results.range(next, entries.len() as u64)?;
             for e in &entries {
-                // Entries this replica already holds as they are need no
-                // re-run.
-                let same = self.results.range(e.number, 1)?.first() == Some(e);
-                if !same {
+                if !held.contains(e) {
                     self.rerun(e);
                 }
             }
-            self.results.append(&entries, true)?;
-            chain = c;
             next += entries.len() as u64;
+            self.results.append(entries, true)?;
+            chain = c;
         }
         tracing::info!(
             from,
@@ -589,7 +423,7 @@ impl App {
             });
             results.push(result);
         }
-        if batch.snapshot_wanted && self.results.fsync {
+        if batch.snapshot_wanted && self.results.fsync() {
             // At a checkpoint the receipts become durable first, then the
             // journal that vouches for them: a journal entry that survives a
             // crash never stands for a receipt that did not. (Without fsync
@@ -598,7 +432,7 @@ impl App {
             self.host.flush()?;
         }
         if !entries.is_empty() || batch.snapshot_wanted {
-            self.results.append(&entries, batch.snapshot_wanted)?;
+            self.results.append(entries, batch.snapshot_wanted)?;
         }
         Ok(results)
     }
@@ -812,61 +646,6 @@ mod tests {
     }
 
     #[test]
-    fn unsynced_results_are_read_from_memory_and_written_with_the_next_sync() {
-        let dir = tempfile::tempdir().unwrap();
-        let path = dir.path().join("results.redb");
-        let (entries, _) = history("h", 30);
-        let results = Results::open(&path).unwrap();
-        results.append(&entries[..10], true).unwrap();
-        results.append(&entries[10..20], false).unwrap();
-        results.append(&entries[20..25], false).unwrap();
-        // Readers see synced and unsynced entries alike, in order.
-        assert_eq!(results.range(1, 100).unwrap(), entries[..25]);
-        assert_eq!(results.range(8, 5).unwrap(), entries[7..12]);
-        assert_eq!(
-            results.last_at_most(17).unwrap().as_ref(),
-            Some(&entries[16])
-        );
-        assert_eq!(results.last_at_most(9).unwrap().as_ref(), Some(&entries[8]));
-        assert_eq!(
-            results.last_at_most(1000).unwrap().as_ref(),
-            Some(&entries[24])
-        );
-        // The unsynced ones are not on disk yet: a restart loses them (the
-        // replica re-executes what is above its stable checkpoint).
-        drop(results);
-        let reopened = Results::open(&path).unwrap();
-        assert_eq!(reopened.range(1, 100).unwrap(), entries[..10]);
-        // The next synced append writes what waited and what it brings.
-        reopened.append(&entries[10..20], false).unwrap();
-        reopened.append(&entries[20..30], true).unwrap();
-        drop(reopened);
-        assert_eq!(
-            Results::open(&path).unwrap().range(1, 100).unwrap(),
-            entries
-        );
-    }
-
-    #[test]
-    fn without_fsync_a_synced_append_still_moves_entries_into_the_database() {
-        let dir = tempfile::tempdir().unwrap();
-        let (entries, _) = history("n", 20);
-        let results = Results::open_with(&dir.path().join("results.redb"), false).unwrap();
-        results.append(&entries[..5], false).unwrap();
-        results.append(&entries[5..12], true).unwrap();
-        assert!(
-            results.unsynced_in(..).is_empty(),
-            "the synced append took what waited in memory"
-        );
-        results.append(&entries[12..], false).unwrap();
-        assert_eq!(results.range(1, 100).unwrap(), entries);
-        assert_eq!(
-            results.last_at_most(12).unwrap().as_ref(),
-            Some(&entries[11])
-        );
-    }
-
-    #[test]
     fn restore_catches_up_from_peers_and_repairs_a_diverged_journal() {
         let dir = tempfile::tempdir().unwrap();
         let host = Arc::new(Host::init(dir.path().join("home")).unwrap());
@@ -876,7 +655,7 @@ mod tests {
         let (diverged, _) = history("other", 150);
         local.extend(diverged.into_iter().skip(100));
         let results = Results::open(&dir.path().join("results.redb")).unwrap();
-        results.append(&local, true).unwrap();
+        results.append(local, true).unwrap();
         let mut app = App::new(host, results.clone(), Box::new(FakePeers(quorum.clone())));
         app.restore(Some(&target.snapshot())).unwrap();
         assert_eq!(app.state(), &target);
@@ -890,7 +669,7 @@ mod tests {
         let dir2 = tempfile::tempdir().unwrap();
         let host2 = Arc::new(Host::init(dir2.path().join("home")).unwrap());
         let results2 = Results::open(&dir2.path().join("results.redb")).unwrap();
-        results2.append(&quorum[..40], true).unwrap();
+        results2.append(quorum[..40].to_vec(), true).unwrap();
         let mut behind = App::new(host2, results2.clone(), Box::new(FakePeers(quorum.clone())));
         behind.restore(Some(&target.snapshot())).unwrap();
         assert_eq!(results2.range(1, 1000).unwrap(), quorum);

@@ -8,6 +8,8 @@
 //!   and result formats.
 //! - [`app`]: what a replica does with a committed batch (capability check
 //!   against the consensus time and replicated use counters, then the run).
+//! - [`results`]: the journal of results a replica serves to peers that
+//!   catch up.
 //! - [`log`]: the protocol log in redb, synced before dependent sends.
 //! - [`node`]: the replica process, the thin tokio driver around the core.
 //! - [`client`]: the client handle, and offline receipt verification.
@@ -25,6 +27,7 @@ pub mod config;
 pub mod embed;
 pub mod log;
 pub mod node;
+pub mod results;
 pub mod wire;
 
 pub use client::{ClusterClient, LoadReport, SignedReceipt};
