@@ -71,6 +71,11 @@ pub struct StorageSettings {
     /// serves older ones; redb's own default (1 GiB) grows with the file,
     /// and every page it takes is fresh memory the kernel must zero first.
     pub db_cache_bytes: u64,
+    /// Whether the journal's group commits are fsynced. Off only for
+    /// measurements: records then survive a crash of the process, not of
+    /// the machine. (A replica of a cluster whose `cluster.toml` says
+    /// `fsync = false` runs its host without it too.)
+    pub fsync: bool,
 }
 
 impl Default for Defaults {
@@ -103,6 +108,7 @@ impl Default for StorageSettings {
             inline_blob_bytes_max: 64 << 10,
             action_cache_entries: 100_000,
             db_cache_bytes: 64 << 20,
+            fsync: true,
         }
     }
 }
@@ -159,6 +165,10 @@ action_cache_entries = 100000
 # Memory for the database's page cache (64 MiB); recent records are
 # served from memory before they reach the database.
 db_cache_bytes = 67108864
+# Whether the journal's group commits are fsynced; false is for
+# measurements only (records then survive a crash of the process, not of
+# the machine).
+fsync = true
 "#;
 
 impl Config {

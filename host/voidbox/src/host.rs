@@ -237,16 +237,26 @@ impl Host {
     /// is none (the CLI uses this so a typo in `--home` does not silently
     /// create an empty host).
     pub fn open_existing(home: impl AsRef<Path>) -> Result<Host> {
+        let home = home.as_ref();
+        // A missing voidbox.toml loads as the defaults; a missing directory
+        // is then refused as not initialized.
+        Host::open_existing_with(home, Config::load(home)?)
+    }
+
+    /// [`Host::open_existing`] with `config` instead of the directory's
+    /// `voidbox.toml` (a replica adjusts its host to its cluster's
+    /// settings this way).
+    pub fn open_existing_with(home: impl AsRef<Path>, config: Config) -> Result<Host> {
         crate::tune_allocator();
         let home = home.as_ref().to_path_buf();
         if !home.join(CONFIG_FILE).exists() && !home.join("voidbox.redb").exists() {
             return Err(Error::NotInitialized(home));
         }
-        let config = Config::load(&home)?;
-        let storage = Arc::new(Storage::open(
+        let storage = Arc::new(Storage::open_with(
             &home,
             config.storage.inline_blob_bytes_max,
             usize::try_from(config.storage.db_cache_bytes).unwrap_or(usize::MAX),
+            config.storage.fsync,
         )?);
         let blobs = Blobs::new(storage.clone());
         let sandbox = Sandbox::new(SandboxConfig {

@@ -330,8 +330,11 @@ struct State {
 /// What the storage did so far (for benchmarks and tests).
 #[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
 pub struct StorageStats {
-    /// Frames written to the journal (group commits, one fsync each).
+    /// Frames written to the journal (group commits).
     pub frames: u64,
+    /// Frames fsynced: every one, unless the storage runs without fsync
+    /// (`storage.fsync = false`).
+    pub synced_frames: u64,
     /// Bytes written to the journal.
     pub journal_bytes: u64,
     /// Checkpoints into redb.
@@ -533,7 +536,23 @@ macro_rules! dbtry {
 }
 
 impl Storage {
+    /// [`Storage::open_with`] with fsync.
+    #[cfg(test)]
     pub(crate) fn open(home: &Path, inline_max: u64, db_cache_bytes: usize) -> Result<Storage> {
+        Storage::open_with(home, inline_max, db_cache_bytes, true)
+    }
+
+    /// Opens the storage of `home`. Without `fsync` the journal's frames
+    /// (and the large blobs before them) are written but not fsynced:
+    /// records then survive a crash of the process, not of the machine.
+    /// For measurements, as a cluster's `fsync = false` is; checkpoints
+    /// into redb stay durable either way.
+    pub(crate) fn open_with(
+        home: &Path,
+        inline_max: u64,
+        db_cache_bytes: usize,
+        fsync: bool,
+    ) -> Result<Storage> {
         // How long to wait for another process (a second CLI, say) to let
         // go of the database's lock before giving up.
         const LOCK_WAIT: Duration = Duration::from_secs(5);
@@ -671,6 +690,7 @@ impl Storage {
         };
         let flusher = {
             let flusher = Flusher {
+                fsync,
                 disk: disk.clone(),
                 shared: shared.clone(),
                 journal_dir,
@@ -1442,6 +1462,8 @@ struct Handover {
 
 /// The flusher thread: group commits to the journal, segment rotation.
 struct Flusher {
+    /// Whether frames (and the large blobs before them) are fsynced.
+    fsync: bool,
     disk: Arc<DiskStore>,
     shared: Arc<Shared>,
     journal_dir: PathBuf,
@@ -1505,6 +1527,7 @@ impl Flusher {
                 st.durable = generation;
                 if !payload.is_empty() {
                     st.stats.frames += 1;
+                    st.stats.synced_frames += u64::from(self.fsync);
                     st.stats.journal_bytes += (payload.len() + journal::FRAME_HEADER_BYTES) as u64;
                 }
                 let tail_full = st.tail.nearly_full();
@@ -1532,7 +1555,7 @@ impl Flusher {
     }
 
     /// Makes the large blobs of the sealed generation durable, then writes
-    /// and fsyncs its frame.
+    /// and fsyncs its frame (both without the fsyncs when off).
     fn write_frame(&mut self, payload: &[u8]) -> std::result::Result<(), String> {
         if payload.is_empty() {
             return Ok(());
@@ -1540,13 +1563,17 @@ impl Flusher {
         // Large blobs named by this frame's receipts must be durable before
         // the receipts are. Every one was put before its receipt was
         // appended, hence before the seal.
-        self.disk.sync().map_err(|e| e.to_string())?;
+        if self.fsync {
+            self.disk.sync().map_err(|e| e.to_string())?;
+        }
         let header = journal::frame_header(payload);
         let seg = &mut self.segment;
         let io = |e: std::io::Error| format!("journal {}: {e}", seg.path.display());
         seg.file.write_all(&header).map_err(io)?;
         seg.file.write_all(payload).map_err(io)?;
-        seg.file.sync_data().map_err(io)?;
+        if self.fsync {
+            seg.file.sync_data().map_err(io)?;
+        }
         seg.len += (header.len() + payload.len()) as u64;
         Ok(())
     }
@@ -2477,6 +2504,28 @@ mod tests {
         assert_eq!(storage.cached_receipt(&inv.digest()).unwrap(), None);
         let stats = storage.stats();
         assert!(stats.checkpoints >= 1 && stats.frames >= 1, "{stats:?}");
+    }
+
+    #[test]
+    fn without_fsync_frames_are_written_but_not_synced() {
+        for fsync in [true, false] {
+            let home = tempfile::tempdir().unwrap();
+            let storage =
+                Storage::open_with(home.path(), 1 << 16, TEST_DB_CACHE_BYTES, fsync).unwrap();
+            let (inv, r) = receipt_for(b"kept");
+            storage
+                .record(&inv, inv.digest(), &r, true, Vec::new())
+                .unwrap();
+            storage.flush().unwrap();
+            let stats = storage.stats();
+            assert!(stats.frames >= 1, "{stats:?}");
+            let synced = if fsync { stats.frames } else { 0 };
+            assert_eq!(stats.synced_frames, synced, "fsync {fsync}: {stats:?}");
+            // Written either way: a restart of the process finds it.
+            drop(storage);
+            let reopened = Storage::open(home.path(), 1 << 16, TEST_DB_CACHE_BYTES).unwrap();
+            assert_eq!(reopened.cached_receipt(&inv.digest()).unwrap(), Some(r));
+        }
     }
 
     #[test]

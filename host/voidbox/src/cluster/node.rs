@@ -100,7 +100,10 @@ pub fn run_replica(cluster_file: &Path, id: u32) -> Result<()> {
     let entry = file.replica(id)?.clone();
     let home = file.home_of(id)?;
     let key = read_signing_key(&home.join(REPLICA_KEY_FILE))?;
-    let host = Arc::new(Host::open_existing(&home)?);
+    // A cluster measured without fsync runs its hosts without it too.
+    let mut config = crate::Config::load(&home)?;
+    config.storage.fsync &= file.fsync;
+    let host = Arc::new(Host::open_existing_with(&home, config)?);
     if let Some(slots) = entry.worker_slots {
         host.set_worker_slots(slots);
     }
