@@ -607,15 +607,22 @@ fn bad_cluster_files_are_refused() {
     drop(taken);
 }
 
-#[test]
-fn a_replica_that_missed_an_input_fetches_it_when_the_invocation_runs() {
+/// A running cluster with the wc tool: its file, the owner token, a client
+/// and the tool's digest.
+fn wc_cluster() -> (TestCluster, ClusterFile, String, ClusterClient, Digest) {
     let c = TestCluster::init(&[]);
     c.ok(&["cluster", "up", "{c}"]);
     c.ok(&["tool", "add", "--cluster", "{c}", tools::WC]);
     let file = ClusterFile::load(&c.file()).unwrap();
     let token = std::fs::read_to_string(c.path.join("owner.token")).unwrap();
-    let client = ClusterClient::connect_with(file, generate_key()).unwrap();
+    let client = ClusterClient::connect_with(file.clone(), generate_key()).unwrap();
     let tool = client.tool("wc").unwrap().digest;
+    (c, file, token.trim().to_string(), client, tool)
+}
+
+#[test]
+fn a_replica_that_missed_an_input_fetches_it_when_the_invocation_runs() {
+    let (c, _, token, client, tool) = wc_cluster();
     // n - f replicas store the input; replica 3 is down meanwhile.
     c.sigkill(3);
     let input = client
@@ -627,7 +634,7 @@ fn a_replica_that_missed_an_input_fetches_it_when_the_invocation_runs() {
     // input from a peer (off the protocol's thread, which must go on
     // reading the peer's answer) and runs it like the others.
     let signed = client
-        .invoke(token.trim(), &Invocation::new(tool, input))
+        .invoke(&token, &Invocation::new(tool, input))
         .unwrap();
     let OpResult::Receipt { receipt, .. } = &signed.result else {
         panic!("the invocation ran: {:?}", signed.result);
@@ -674,24 +681,14 @@ fn load(file: ClusterFile, tool: Digest, token: String, stop: Arc<AtomicBool>, a
 
 #[test]
 fn acknowledged_invocations_survive_sigkill_of_a_backup_and_the_primary() {
-    let c = TestCluster::init(&[]);
-    c.ok(&["cluster", "up", "{c}"]);
-    c.ok(&["tool", "add", "--cluster", "{c}", tools::WC]);
-    let file = ClusterFile::load(&c.file()).unwrap();
-    let token = std::fs::read_to_string(c.path.join("owner.token")).unwrap();
-    let probe = ClusterClient::connect_with(file.clone(), generate_key()).unwrap();
-    let tool = probe.tool("wc").unwrap().digest;
+    let (c, file, token, probe, tool) = wc_cluster();
 
     let stop = Arc::new(AtomicBool::new(false));
     let acked: Acked = Arc::default();
     let workers: Vec<_> = (0..3)
         .map(|_| {
-            let (file, token, stop, acked) = (
-                file.clone(),
-                token.trim().to_string(),
-                stop.clone(),
-                acked.clone(),
-            );
+            let (file, token, stop, acked) =
+                (file.clone(), token.clone(), stop.clone(), acked.clone());
             std::thread::spawn(move || load(file, tool, token, stop, acked))
         })
         .collect();
@@ -758,8 +755,7 @@ fn acknowledged_invocations_survive_sigkill_of_a_backup_and_the_primary() {
         );
         n += 1;
         let template = Invocation::new(tool, Digest::of(b""));
-        if let Ok(signed) = trickle.run(token.trim(), &template, format!("trickle {n}").as_bytes())
-        {
+        if let Ok(signed) = trickle.run(&token, &template, format!("trickle {n}").as_bytes()) {
             if let OpResult::Receipt { receipt, .. } = &signed.result {
                 acked
                     .lock()
