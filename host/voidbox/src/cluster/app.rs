@@ -358,20 +358,11 @@ impl App {
             let Ok(Op::Invoke { invocation, .. }) = op else {
                 continue;
             };
-            if !self
-                .tools_present
-                .lock()
-                .expect("tool set poisoned")
-                .contains(&invocation.tool)
-            {
-                match self.host.tool(&invocation.tool.to_string()) {
-                    Ok(_) => {}
-                    Err(Error::NoSuchTool(_)) => return Ok(false),
-                    Err(e) => return Err(e),
-                }
+            if !self.has_tool(invocation.tool)? {
+                return Ok(false);
             }
             for blob in std::iter::once(&invocation.input).chain(&invocation.grants) {
-                if self.host.blobs().size(blob)?.is_none() {
+                if !self.host.blobs().contains(blob)? {
                     return Ok(false);
                 }
             }
@@ -532,20 +523,32 @@ impl App {
     }
 
     fn ensure_tool(&self, digest: Digest) -> crate::Result<()> {
-        let present = || self.tools_present.lock().expect("tool set poisoned");
-        if present().contains(&digest) {
+        if self.has_tool(digest)? {
             return Ok(());
         }
-        match self.host.tool(&digest.to_string()) {
-            Ok(_) => {}
-            Err(Error::NoSuchTool(_)) => {
-                let wasm = self.fetched(digest)?;
-                self.host.add_tool(&wasm, None)?;
-            }
-            Err(e) => return Err(e),
-        }
-        present().insert(digest);
+        let wasm = self.fetched(digest)?;
+        self.host.add_tool(&wasm, None)?;
+        self.tools_present
+            .lock()
+            .expect("tool set poisoned")
+            .insert(digest);
         Ok(())
+    }
+
+    /// Whether the host has a tool registered; remembered once seen.
+    fn has_tool(&self, digest: Digest) -> crate::Result<bool> {
+        let present = || self.tools_present.lock().expect("tool set poisoned");
+        if present().contains(&digest) {
+            return Ok(true);
+        }
+        match self.host.tool(&digest.to_string()) {
+            Ok(_) => {
+                present().insert(digest);
+                Ok(true)
+            }
+            Err(Error::NoSuchTool(_)) => Ok(false),
+            Err(e) => Err(e),
+        }
     }
 
     /// Makes sure a blob is stored; returns its size.
