@@ -10,14 +10,15 @@
 //! --duplicate, --corrupt, --delay-max-us, --partition, --crash, --lose-unsynced,
 //! --skew-us, --drift-ppm, --fault-ms, --bound-ms, --byzantine (random | none | a comma
 //! list of equivocator, forger, replayer, wrong-digest, wrong-result,
-//! silent), --report (also print one JSON line per failing seed, the first
+//! silent), --partial (odd-seeds | on | off: which seeds run batches on only
+//! f + 1 replicas, the others adopting their results), --report (also print one JSON line per failing seed, the first
 //! 100). `PBFT_SIM_VERBOSE=1` prints every seed's full report to stderr.
 //! The exit status is 1 when a seed failed, 2 on a bad option.
 
 use std::process::ExitCode;
 use std::time::Instant;
 
-use voidbox_pbft::sim::{run, run_seeds, Byzantine, ByzantineMode, SimConfig};
+use voidbox_pbft::sim::{run, run_seeds, Byzantine, ByzantineMode, PartialExecution, SimConfig};
 
 fn parse<T: std::str::FromStr>(name: &str, value: Option<String>) -> Result<T, String> {
     let v = value.ok_or_else(|| format!("{name} needs a value"))?;
@@ -50,6 +51,11 @@ fn main() -> ExitCode {
                 "--fault-ms" => cfg.fault_duration_us = parse::<u64>(&a, args.next())? * 1000,
                 "--bound-ms" => cfg.liveness_bound_us = parse::<u64>(&a, args.next())? * 1000,
                 "--report" => report = true,
+                "--partial" => {
+                    let v: String = parse(&a, args.next())?;
+                    cfg.partial_execution = PartialExecution::parse(&v)
+                        .ok_or_else(|| format!("--partial: {v:?} is not odd-seeds, on or off"))?;
+                }
                 "--byzantine" => {
                     let v: String = parse(&a, args.next())?;
                     cfg.byzantine = match v.as_str() {

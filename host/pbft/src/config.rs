@@ -173,6 +173,28 @@ impl Cluster {
     pub fn primary(&self, view: u64) -> ReplicaId {
         (view % u64::from(self.n)) as ReplicaId
     }
+    /// The f + 1 replicas that run the batch at `seq` under partial
+    /// execution: backups of `view`, rotating with the sequence number so
+    /// that the work spreads evenly. The primary is left out because it
+    /// already does the most per batch (it checks every request first,
+    /// signs and sends the pre-prepare). `None` when the cluster has too
+    /// few backups for that (n = 1): then every replica runs every batch.
+    pub fn executors(&self, view: u64, seq: u64) -> Option<Vec<ReplicaId>> {
+        let backups = u64::from(self.n) - 1;
+        let count = u64::from(self.f) + 1;
+        if backups < count {
+            return None;
+        }
+        let primary = u64::from(self.primary(view));
+        Some(
+            (0..count)
+                .map(|k| {
+                    let backup = (seq + k) % backups;
+                    ((primary + 1 + backup) % u64::from(self.n)) as ReplicaId
+                })
+                .collect(),
+        )
+    }
 }
 
 /// Protocol parameters. Times are microseconds of the driver's clock.
@@ -209,6 +231,16 @@ pub struct Params {
     /// a backup's forwarded requests); past it new ones are refused and the
     /// clients retry.
     pub pending_requests_max: usize,
+    /// Partial execution: a committed batch of at least this many requests
+    /// (after the client table's filter) runs on only f + 1 replicas, the
+    /// backups [`Cluster::executors`] names; the others adopt the results
+    /// once f + 1 replicas sign matching ones, and run the batch themselves
+    /// when that does not happen in time. 0 turns it off: every replica
+    /// runs every batch.
+    pub partial_execution_min: usize,
+    /// How long a replica that does not run a batch waits for f + 1
+    /// matching results before it runs the batch itself.
+    pub adopt_timeout_us: u64,
 }
 
 impl Default for Params {
@@ -227,6 +259,8 @@ impl Default for Params {
             message_bytes_max: 16 << 20,
             operation_bytes_max: 1 << 20,
             pending_requests_max: 65_536,
+            partial_execution_min: 0,
+            adopt_timeout_us: 50_000,
         }
     }
 }

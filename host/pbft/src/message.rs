@@ -694,6 +694,55 @@ pub struct StateTransfer {
     pub state: CheckpointState,
 }
 
+/// What a replica that ran a batch signs for the replicas that did not
+/// (partial execution, [`crate::Params::partial_execution_min`]): the batch
+/// it ran at `seq` and a digest of the results it got, one per request in
+/// order ([`results_digest`]). f + 1 matching shares mean a correct replica
+/// got those results, so a replica that did not run the batch may adopt
+/// them instead.
+#[derive(Clone, Copy, PartialEq, Eq, Debug, Serialize, Deserialize)]
+pub struct ResultShare {
+    /// Sequence number of the batch.
+    pub seq: Seq,
+    /// Digest of the ordered batch that ran.
+    pub batch: Digest,
+    /// [`results_digest`] of its results.
+    pub results: Digest,
+}
+
+impl Payload for ResultShare {
+    const KIND: u8 = 11;
+}
+
+/// One result's bytes (a newtype so that a list of them encodes as byte
+/// strings, not as sequences of `u8` one by one).
+#[derive(Clone, PartialEq, Eq, Debug, Serialize, Deserialize)]
+pub struct ResultBytes(#[serde(with = "serde_bytes")] pub Vec<u8>);
+
+/// RESULTS: a signed [`ResultShare`] with the results it vouches for, or
+/// without them when they would not fit in one message (the receiver then
+/// runs the batch itself).
+#[derive(Clone, PartialEq, Eq, Debug, Serialize, Deserialize)]
+pub struct SharedResults {
+    /// The signed share.
+    pub share: Signed<ResultShare>,
+    /// The results, in request order; `None` when too large to send.
+    pub results: Option<Vec<ResultBytes>>,
+}
+
+/// The digest a [`ResultShare`] names for a batch's results: blake3 over
+/// the count and each result's length and bytes, so no two lists collide.
+pub fn results_digest<'a>(results: impl ExactSizeIterator<Item = &'a [u8]>) -> Digest {
+    let mut h = blake3::Hasher::new();
+    h.update(b"voidbox-pbft/results/v1");
+    h.update(&(results.len() as u64).to_le_bytes());
+    for r in results {
+        h.update(&(r.len() as u64).to_le_bytes());
+        h.update(r);
+    }
+    Digest(*h.finalize().as_bytes())
+}
+
 /// One row of the client table: the last request executed for a client and
 /// its result, so a retried request gets the same reply and is never run
 /// twice.
@@ -734,6 +783,8 @@ pub enum Message {
     State(Box<StateTransfer>),
     /// A reply to a client, with its proof.
     Reply(CertifiedReply),
+    /// A batch's results from a replica that ran it, for one that did not.
+    Results(Box<SharedResults>),
 }
 
 impl Message {
@@ -763,6 +814,7 @@ impl Message {
             Message::Status(_) => "status",
             Message::State(_) => "state",
             Message::Reply(_) => "reply",
+            Message::Results(_) => "results",
         }
     }
 }

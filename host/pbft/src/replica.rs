@@ -22,13 +22,19 @@ use thiserror::Error;
 
 use crate::config::{Cluster, Params};
 use crate::message::{
-    Batch, Checkpoint, CheckpointState, ClientEntry, ClientId, Commit, Digest, Hlc, Message,
-    NewView, Payload, PrePrepare, PrePrepareMsg, Prepare, PreparedCert, ReplicaId, Reply, Request,
-    Seq, Signed, SignedRequest, StateTransfer, Status, View, ViewChange,
+    results_digest, Batch, Checkpoint, CheckpointState, ClientEntry, ClientId, Commit, Digest, Hlc,
+    Message, NewView, Payload, PrePrepare, PrePrepareMsg, Prepare, PreparedCert, ReplicaId, Reply,
+    Request, ResultBytes, ResultShare, Seq, SharedResults, Signed, SignedRequest, StateTransfer,
+    Status, View, ViewChange,
 };
 
 /// An idle replica sends STATUS this many times less often.
 const IDLE_STATUS_FACTOR: u64 = 8;
+
+/// A replica whose results did not come in time is passed over as an
+/// executor for this many adoption timeouts: a crashed replica then costs
+/// one wait, not one per batch it was meant to run.
+const SUSPECT_FACTOR: u64 = 40;
 
 /// What the driver feeds the replica.
 #[derive(Clone, Debug, PartialEq, Eq)]
@@ -81,6 +87,11 @@ pub struct Execute {
     /// Whether [`Input::Executed`] must carry the snapshot after this batch
     /// (a checkpoint).
     pub snapshot_wanted: bool,
+    /// Under partial execution, the results f + 1 replicas that ran the
+    /// batch signed alike: the application applies them (its state must
+    /// change as if it had run the batch, and it must answer `Executed`
+    /// with these results) instead of running the batch. `None`: run it.
+    pub adopted: Option<Vec<Vec<u8>>>,
 }
 
 /// What the replica asks of the driver.
@@ -286,6 +297,16 @@ pub struct Stats {
     pub new_views_installed: u64,
     /// Checkpoints that became stable.
     pub checkpoints_stable: u64,
+    /// Batches whose results were adopted from f + 1 replicas that ran
+    /// them (partial execution), and the requests in them.
+    pub batches_adopted: u64,
+    /// Requests in adopted batches.
+    pub requests_adopted: u64,
+    /// Batches this replica was not meant to run but ran, because f + 1
+    /// matching results did not come in time or did not agree.
+    pub adoptions_abandoned: u64,
+    /// Result shares sent to replicas that did not run a batch.
+    pub result_shares_sent: u64,
     /// States installed by state transfer.
     pub state_transfers: u64,
     /// Own checkpoints whose digest differed from the stable quorum's.
@@ -345,13 +366,30 @@ struct Queued {
     checked: bool,
 }
 
-/// The batch handed to the application and not yet answered.
+/// The batch handed to the application (or waiting for results to adopt)
+/// and not yet answered.
 #[derive(Clone, Debug)]
 struct Executing {
     seq: Seq,
+    digest: Digest,
     hlc: Hlc,
     requests: Vec<Request>,
     snapshot_wanted: bool,
+    /// Under partial execution, the replicas meant to run the batch.
+    executors: Option<Vec<ReplicaId>>,
+    phase: Phase,
+}
+
+/// Where the batch being executed is.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+enum Phase {
+    /// Not handed out: waiting, since this time, for f + 1 matching
+    /// results from the replicas that run it.
+    Waiting { since_us: u64 },
+    /// Handed to the application to run.
+    Running,
+    /// Handed to the application with adopted results.
+    Adopted,
 }
 
 /// A PBFT replica. See the module documentation for the driving contract.
@@ -386,6 +424,12 @@ pub struct Replica {
     last_executed_hlc: Hlc,
     executing: Option<Executing>,
     client_table: BTreeMap<ClientId, ClientEntry>,
+    /// Result shares from replicas that ran batches this replica has not
+    /// executed yet (partial execution); the first from each sender counts.
+    shares: BTreeMap<Seq, BTreeMap<ReplicaId, SharedResults>>,
+    /// Replicas passed over as executors until the given time (their
+    /// results did not come in time).
+    suspects: BTreeMap<ReplicaId, u64>,
 
     /// Highest stamp seen or given; the primary stamps after it.
     last_hlc: Hlc,
@@ -470,6 +514,8 @@ impl Replica {
             last_executed_hlc: Hlc::default(),
             executing: None,
             client_table: BTreeMap::new(),
+            shares: BTreeMap::new(),
+            suspects: BTreeMap::new(),
             last_hlc: Hlc::default(),
             next_seq: 1,
             queue: VecDeque::new(),
@@ -672,7 +718,20 @@ impl Replica {
                     .saturating_add(self.params.batch_delay_us),
             );
         }
+        if let Some(d) = self.adopt_deadline_us() {
+            t = t.min(d);
+        }
         t
+    }
+
+    /// When a replica waiting for results to adopt runs the batch itself.
+    fn adopt_deadline_us(&self) -> Option<u64> {
+        match self.executing.as_ref()?.phase {
+            Phase::Waiting { since_us } => {
+                Some(since_us.saturating_add(self.params.adopt_timeout_us))
+            }
+            _ => None,
+        }
     }
 
     /// Everything that is protocol state (not counters or caches), for tests
@@ -717,7 +776,7 @@ impl Replica {
                     &self.proposed,
                     &self.waiting
                 ),
-                (format!("{:?}", self.log), self.next_status_us),
+                (format!("{:?}", self.log), self.next_status_us, &self.shares),
             )
         )
     }
@@ -832,6 +891,7 @@ impl Replica {
             Message::Status(s) => self.on_status(s),
             Message::State(st) => self.on_state(*st),
             Message::Reply(_) => self.reject(Reject::NotForReplicas),
+            Message::Results(m) => self.on_results(*m),
         }
     }
 
@@ -848,6 +908,9 @@ impl Replica {
         {
             let next = self.view + 1;
             self.start_view_change(next);
+        }
+        if self.adopt_deadline_us().is_some_and(|d| self.now_us >= d) {
+            self.adoption_timed_out();
         }
         // An idle replica (nothing pending, nothing unfinished) only needs a
         // slow heartbeat: it learns it is behind from checkpoints and client
@@ -1421,19 +1484,217 @@ impl Replica {
             }
         }
         let snapshot_wanted = seq % self.params.checkpoint_interval == 0;
+        let executors = self.partial_executors(seq, requests.len());
+        let adopts = executors.as_ref().is_some_and(|e| !e.contains(&self.id));
+        let waits = adopts && executors.iter().flatten().all(|r| !self.suspected(*r));
+        if adopts && !waits {
+            self.stats.adoptions_abandoned += 1;
+        }
         self.executing = Some(Executing {
-            seq,
-            hlc,
-            requests: requests.clone(),
-            snapshot_wanted,
-        });
-        self.out.push(Output::Execute(Execute {
             seq,
             digest,
             hlc,
             requests,
             snapshot_wanted,
+            executors,
+            phase: Phase::Running,
+        });
+        if waits {
+            if let Some(ex) = self.executing.as_mut() {
+                ex.phase = Phase::Waiting {
+                    since_us: self.now_us,
+                };
+            }
+            self.try_adopt();
+        } else {
+            self.hand_out(None);
+        }
+    }
+
+    /// The replicas meant to run a batch of `requests` requests at `seq`,
+    /// when partial execution applies to it.
+    fn partial_executors(&self, seq: Seq, requests: usize) -> Option<Vec<ReplicaId>> {
+        let min = self.params.partial_execution_min;
+        if min == 0 || requests < min {
+            return None;
+        }
+        self.cluster.executors(self.view, seq)
+    }
+
+    fn suspected(&self, replica: ReplicaId) -> bool {
+        self.suspects
+            .get(&replica)
+            .is_some_and(|&t| self.now_us < t)
+    }
+
+    /// Hands the executing batch to the application: to run, or with the
+    /// results it adopts.
+    fn hand_out(&mut self, adopted: Option<Vec<Vec<u8>>>) {
+        let Some(ex) = self.executing.as_mut() else {
+            return;
+        };
+        ex.phase = if adopted.is_some() {
+            Phase::Adopted
+        } else {
+            Phase::Running
+        };
+        let execute = Execute {
+            seq: ex.seq,
+            digest: ex.digest,
+            hlc: ex.hlc,
+            requests: ex.requests.clone(),
+            snapshot_wanted: ex.snapshot_wanted,
+            adopted,
+        };
+        self.out.push(Output::Execute(execute));
+    }
+
+    /// Adopts the waiting batch's results once f + 1 replicas signed the
+    /// same ones; runs the batch at once when they cannot agree (every
+    /// replica meant to run it answered, or a share says its results were
+    /// too large to send).
+    fn try_adopt(&mut self) {
+        let Some(ex) = self.executing.as_ref() else {
+            return;
+        };
+        if !matches!(ex.phase, Phase::Waiting { .. }) {
+            return;
+        }
+        let Some(shares) = self.shares.get(&ex.seq) else {
+            return;
+        };
+        let needed = self.cluster.f() as usize + 1;
+        let for_batch = || {
+            shares
+                .values()
+                .filter(|s| s.share.payload.batch == ex.digest)
+        };
+        let mut counts: BTreeMap<Digest, usize> = BTreeMap::new();
+        for s in for_batch() {
+            *counts.entry(s.share.payload.results).or_insert(0) += 1;
+        }
+        let agreed = counts
+            .iter()
+            .find(|(_, &c)| c >= needed)
+            .and_then(|(d, _)| {
+                for_batch()
+                    .filter(|s| s.share.payload.results == *d)
+                    .find_map(|s| s.results.as_ref())
+            })
+            .filter(|r| r.len() == ex.requests.len())
+            .map(|r| r.iter().map(|b| b.0.clone()).collect::<Vec<_>>());
+        if let Some(results) = agreed {
+            self.hand_out(Some(results));
+            return;
+        }
+        let too_large = for_batch().any(|s| s.results.is_none());
+        let all_answered = ex.executors.as_ref().is_some_and(|e| {
+            e.iter().all(|r| {
+                shares
+                    .get(r)
+                    .is_some_and(|s| s.share.payload.batch == ex.digest)
+            })
+        });
+        if too_large || all_answered {
+            self.stats.adoptions_abandoned += 1;
+            self.hand_out(None);
+        }
+    }
+
+    /// The wait for results ran out: the replicas meant to run the batch
+    /// that did not send theirs are passed over for a while, and this
+    /// replica runs the batch itself.
+    fn adoption_timed_out(&mut self) {
+        let Some(ex) = self.executing.as_ref() else {
+            return;
+        };
+        let shares = self.shares.get(&ex.seq);
+        let silent: Vec<ReplicaId> = ex
+            .executors
+            .iter()
+            .flatten()
+            .copied()
+            .filter(|r| {
+                shares
+                    .and_then(|s| s.get(r))
+                    .is_none_or(|s| s.share.payload.batch != ex.digest)
+            })
+            .collect();
+        let until = self
+            .now_us
+            .saturating_add(self.params.adopt_timeout_us.saturating_mul(SUSPECT_FACTOR));
+        for r in silent {
+            self.suspects.insert(r, until);
+        }
+        self.stats.adoptions_abandoned += 1;
+        self.hand_out(None);
+    }
+
+    /// A result share from a replica that ran a batch.
+    fn on_results(&mut self, m: SharedResults) {
+        let seq = m.share.payload.seq;
+        let from = m.share.from;
+        if from == self.id || seq <= self.last_executed {
+            // Late (this replica ran or adopted the batch already) or
+            // echoed: nothing to do.
+            return;
+        }
+        if seq > self.last_executed + self.share_window() {
+            self.reject(Reject::OutsideWatermarks);
+            return;
+        }
+        if self.shares.get(&seq).is_some_and(|s| s.contains_key(&from)) {
+            return;
+        }
+        if !self.verified(&m.share) {
+            return;
+        }
+        if let Some(results) = &m.results {
+            if results_digest(results.iter().map(|r| r.0.as_slice())) != m.share.payload.results {
+                self.reject(Reject::DigestMismatch);
+                return;
+            }
+        }
+        self.shares.entry(seq).or_default().insert(from, m);
+        self.try_adopt();
+    }
+
+    /// How far past its last executed batch a replica keeps result shares
+    /// (a bound on what a peer can make it hold; one further behind runs
+    /// its batches itself).
+    fn share_window(&self) -> Seq {
+        4 * self.params.batches_in_flight_max
+    }
+
+    /// Signs this replica's results of a batch it was meant to run and
+    /// sends them to the replicas that were not.
+    fn share_results(
+        &mut self,
+        seq: Seq,
+        batch: Digest,
+        executors: &[ReplicaId],
+        results: &[Vec<u8>],
+    ) {
+        let digest = results_digest(results.iter().map(|r| r.as_slice()));
+        let size: usize = results.iter().map(|r| r.len() + 10).sum();
+        // Room for the signature and framing; results that do not fit are
+        // not sent, and the receivers run the batch themselves.
+        let fits = size + 1024 < self.params.message_bytes_max;
+        let message = Message::Results(Box::new(SharedResults {
+            share: self.sign(ResultShare {
+                seq,
+                batch,
+                results: digest,
+            }),
+            results: fits.then(|| results.iter().map(|r| ResultBytes(r.clone())).collect()),
         }));
+        let others: Vec<ReplicaId> = (0..self.cluster.n() as ReplicaId)
+            .filter(|r| *r != self.id && !executors.contains(r))
+            .collect();
+        for r in others {
+            self.stats.result_shares_sent += 1;
+            self.send(Target::Replica(r), message.clone());
+        }
     }
 
     fn on_executed(&mut self, seq: Seq, results: Vec<Vec<u8>>, snapshot: Option<Vec<u8>>) {
@@ -1444,6 +1705,7 @@ impl Replica {
         if ex.seq != seq
             || ex.requests.len() != results.len()
             || ex.snapshot_wanted != snapshot.is_some()
+            || matches!(ex.phase, Phase::Waiting { .. })
         {
             self.reject(Reject::UnexpectedExecution);
             return;
@@ -1451,6 +1713,12 @@ impl Replica {
         let Some(ex) = self.executing.take() else {
             return;
         };
+        let adopted = ex.phase == Phase::Adopted;
+        if !adopted {
+            if let Some(executors) = ex.executors.as_ref().filter(|e| e.contains(&self.id)) {
+                self.share_results(seq, ex.digest, executors, &results);
+            }
+        }
         let mut replies = Vec::with_capacity(results.len());
         for (request, result) in ex.requests.iter().zip(results) {
             let entry = ClientEntry {
@@ -1460,15 +1728,26 @@ impl Replica {
                 result: result.clone(),
             };
             self.client_table.insert(request.client, entry);
-            replies.push(Reply {
-                view: self.view,
-                client: request.client,
-                timestamp: request.timestamp,
-                hlc: ex.hlc,
-                result,
-            });
+            if !adopted {
+                replies.push(Reply {
+                    view: self.view,
+                    client: request.client,
+                    timestamp: request.timestamp,
+                    hlc: ex.hlc,
+                    result,
+                });
+            }
         }
-        self.send_replies(replies);
+        if adopted {
+            // The replicas that ran the batch answered its clients; a
+            // client that missed their replies retries and gets this
+            // replica's from the client table.
+            self.stats.batches_adopted += 1;
+            self.stats.requests_adopted += ex.requests.len() as u64;
+        } else {
+            self.send_replies(replies);
+        }
+        self.shares = self.shares.split_off(&(seq + 1));
         self.stats.batches_executed += 1;
         self.stats.requests_executed += ex.requests.len() as u64;
         self.last_executed = seq;
@@ -1608,6 +1887,7 @@ impl Replica {
             self.last_executed = seq;
             self.last_executed_hlc = st.state.hlc;
             self.executing = None;
+            self.shares = self.shares.split_off(&(seq + 1));
             self.note_hlc(st.state.hlc);
             self.forget_answered();
         }

@@ -5,7 +5,7 @@
 use std::collections::{BTreeSet, VecDeque};
 
 use super::*;
-use crate::client::Client;
+use crate::client::{Client, Completed};
 use crate::config::ClusterConfig;
 use crate::message::{encode, key_from_seed, Sig};
 
@@ -27,6 +27,8 @@ fn params() -> Params {
         message_bytes_max: 1 << 20,
         operation_bytes_max: 1024,
         pending_requests_max: 3,
+        partial_execution_min: 0,
+        adopt_timeout_us: 20_000,
     }
 }
 
@@ -1150,6 +1152,8 @@ struct App {
 struct Net {
     replicas: Vec<Option<Replica>>,
     apps: Vec<App>,
+    /// Requests each replica's application ran (not adopted).
+    ran: Vec<u64>,
     records: Vec<Vec<Record>>,
     queue: VecDeque<(usize, Vec<u8>)>,
     to_client: Vec<Message>,
@@ -1159,9 +1163,20 @@ struct Net {
 
 impl Net {
     fn new() -> Net {
+        Net::with_params(params())
+    }
+
+    fn with_params(params: Params) -> Net {
+        let replica = |id: ReplicaId| {
+            let mut r = Replica::new(cluster(), id, keys()[id as usize].clone(), params.clone())
+                .expect("replica");
+            r.step(Input::Tick { now_us: T0 });
+            r
+        };
         Net {
             replicas: (0..N).map(|i| Some(replica(i))).collect(),
             apps: vec![App::default(); N as usize],
+            ran: vec![0; N as usize],
             records: vec![Vec::new(); N as usize],
             queue: VecDeque::new(),
             to_client: Vec::new(),
@@ -1207,6 +1222,10 @@ impl Net {
                     for r in &e.requests {
                         app.ops.push(r.operation.clone());
                         results.push((app.ops.len() as u64).to_le_bytes().to_vec());
+                    }
+                    match e.adopted {
+                        Some(adopted) => results = adopted,
+                        None => self.ran[i] += e.requests.len() as u64,
                     }
                     let snapshot = e.snapshot_wanted.then(|| encode(&*app));
                     let r = self.replicas[i].as_mut().expect("running");
@@ -1641,4 +1660,208 @@ fn compacted_records_recover_the_same_replica() {
     assert_eq!(out_a, out_b);
     assert_eq!(a.fingerprint(), b.fingerprint());
     assert_eq!((b.stable_seq(), b.last_executed()), (6, 6));
+}
+
+// ----- partial execution ---------------------------------------------------
+
+fn partial_params() -> Params {
+    Params {
+        partial_execution_min: 1,
+        ..params()
+    }
+}
+
+/// Submits one request through `client` to the primary and returns who
+/// answered it, once f + 1 replies match.
+fn submit_via(net: &mut Net, client: &mut Client, op: &[u8], ts: u64) -> Completed {
+    let (_, m) = client.submit(op.to_vec(), ts).expect("idle client");
+    let Message::Request(r) = m else {
+        panic!("request")
+    };
+    net.submit(0, r);
+    std::mem::take(&mut net.to_client)
+        .iter()
+        .find_map(|m| client.on_message(m))
+        .expect("f + 1 matching replies")
+}
+
+#[test]
+fn partial_execution_runs_each_batch_on_f_plus_one_backups_and_the_rest_adopt() {
+    let mut net = Net::with_params(partial_params());
+    let mut client = Client::new(cluster(), client_key(1), 100_000);
+    let mut runs = vec![0u64; N as usize];
+    for k in 0..4u64 {
+        let seq = k + 1;
+        let executors = cluster().executors(0, seq).expect("n = 4 has 3 backups");
+        assert_eq!(executors.len(), 2);
+        assert!(!executors.contains(&0), "the primary is not an executor");
+        for e in &executors {
+            runs[*e as usize] += 1;
+        }
+        let done = submit_via(&mut net, &mut client, format!("op{k}").as_bytes(), T0 + k);
+        assert_eq!(done.result, (k + 1).to_le_bytes().to_vec());
+        // Only the replicas that ran the batch answered the client.
+        assert!(done.signers.iter().all(|s| executors.contains(s)));
+    }
+    assert_eq!(net.ran, runs, "each batch ran on its two executors only");
+    for (i, ran) in runs.iter().enumerate() {
+        let r = net.r(i);
+        assert_eq!(r.last_executed(), 4);
+        // Every replica's state moved, ran or adopted...
+        assert_eq!(net.apps[i].ops.len(), 4, "replica {i}");
+        assert_eq!(r.stats().batches_adopted, 4 - ran, "replica {i}");
+        assert_eq!(r.stats().adoptions_abandoned, 0);
+        // ...and alike: the checkpoints at 2 and 4 became stable.
+        assert_eq!(r.stable_seq(), 4, "replica {i}");
+        assert_eq!(
+            r.client_entry(&client.id()).map(|e| e.result.clone()),
+            Some(4u64.to_le_bytes().to_vec())
+        );
+    }
+}
+
+#[test]
+fn a_silent_executor_is_passed_over_and_the_others_run_the_batch() {
+    let mut net = Net::with_params(partial_params());
+    // Seq 1 runs on replicas 2 and 3; 3 is down, so 0 and 1 get one share
+    // where they need two.
+    assert_eq!(cluster().executors(0, 1), Some(vec![2, 3]));
+    net.down.insert(3);
+    let mut client = Client::new(cluster(), client_key(1), 100_000);
+    let (_, m) = client.submit(b"a".to_vec(), T0).expect("idle client");
+    let Message::Request(r) = m else {
+        panic!("request")
+    };
+    net.submit(0, r);
+    assert_eq!(net.r(0).last_executed(), 0, "replica 0 waits for results");
+    assert_eq!(net.r(2).last_executed(), 1, "replica 2 ran it");
+    net.tick(partial_params().adopt_timeout_us);
+    for i in 0..3 {
+        assert_eq!(net.r(i).last_executed(), 1, "replica {i}");
+        assert_eq!(net.apps[i].ops.len(), 1);
+    }
+    assert_eq!(net.ran, vec![1, 1, 1, 0], "0 and 1 ran it after the wait");
+    assert_eq!(net.r(0).stats().adoptions_abandoned, 1);
+    let done = std::mem::take(&mut net.to_client)
+        .iter()
+        .find_map(|m| client.on_message(m))
+        .expect("f + 1 matching replies after the wait");
+    assert_eq!(done.result, 1u64.to_le_bytes().to_vec());
+    // Seq 2 runs on 3 and 1: replica 0 passes over 3, which it now
+    // suspects, and runs the batch at once instead of waiting again.
+    assert_eq!(cluster().executors(0, 2), Some(vec![3, 1]));
+    let done = submit_via(&mut net, &mut client, b"b", T0 + 1);
+    assert_eq!(done.result, 2u64.to_le_bytes().to_vec());
+    assert_eq!(net.r(0).last_executed(), 2);
+    assert_eq!(net.r(0).stats().adoptions_abandoned, 2);
+    assert_eq!(net.ran[0], 2);
+}
+
+#[test]
+fn disagreeing_executors_make_the_others_run_the_batch_at_once() {
+    let mut r = Replica::new(cluster(), 0, keys()[0].clone(), partial_params()).expect("replica");
+    r.step(Input::Tick { now_us: T0 });
+    // Replica 0 (primary) proposes a batch; seq 1 runs on 2 and 3.
+    let out = recv(&mut r, Message::Request(request(1, 10, b"a")));
+    let pp = sends(&out)
+        .into_iter()
+        .find_map(|(_, m)| match m {
+            Message::PrePrepare(pp) => Some(pp.clone()),
+            _ => None,
+        })
+        .expect("a pre-prepare");
+    let digest = pp.header.payload.digest;
+    for from in 1..N {
+        let p = Prepare {
+            view: 0,
+            seq: 1,
+            digest,
+        };
+        recv(&mut r, Message::Prepare(signed(from, p)));
+    }
+    for from in 1..N {
+        let c = Commit {
+            view: 0,
+            seq: 1,
+            digest,
+        };
+        let out = recv(&mut r, Message::Commit(signed(from, c)));
+        assert!(!out.iter().any(|o| matches!(o, Output::Execute(_))));
+    }
+    let share = |from: ReplicaId, result: &[u8]| {
+        let results = vec![ResultBytes(result.to_vec())];
+        Message::Results(Box::new(SharedResults {
+            share: signed(
+                from,
+                ResultShare {
+                    seq: 1,
+                    batch: digest,
+                    results: results_digest(results.iter().map(|r| r.0.as_slice())),
+                },
+            ),
+            results: Some(results),
+        }))
+    };
+    let out = recv(&mut r, share(2, b"one"));
+    assert!(!out.iter().any(|o| matches!(o, Output::Execute(_))));
+    // The second executor disagrees: no f + 1 can form, so replica 0 runs
+    // the batch itself without waiting for the timeout.
+    let out = recv(&mut r, share(3, b"two"));
+    let executes: Vec<&Execute> = out
+        .iter()
+        .filter_map(|o| match o {
+            Output::Execute(e) => Some(e),
+            _ => None,
+        })
+        .collect();
+    assert_eq!(executes.len(), 1);
+    assert_eq!(executes[0].adopted, None, "run, not adopted");
+    assert_eq!(r.stats().adoptions_abandoned, 1);
+}
+
+#[test]
+fn result_share_refusals() {
+    let mut r = Replica::new(cluster(), 0, keys()[0].clone(), partial_params()).expect("replica");
+    r.step(Input::Tick { now_us: T0 });
+    let results = vec![ResultBytes(b"x".to_vec())];
+    let good = ResultShare {
+        seq: 1,
+        batch: Digest::of(b"batch"),
+        results: results_digest(results.iter().map(|r| r.0.as_slice())),
+    };
+    let message = |share: Signed<ResultShare>, results: Option<Vec<ResultBytes>>| {
+        Message::Results(Box::new(SharedResults { share, results }))
+    };
+    // Results that do not hash to the signed digest.
+    refuse(
+        &mut r,
+        message(signed(2, good), Some(vec![ResultBytes(b"y".to_vec())])),
+        Reject::DigestMismatch,
+    );
+    // A forged signature.
+    let mut forged = signed(2, good);
+    forged.from = 3;
+    refuse(
+        &mut r,
+        message(forged, Some(results.clone())),
+        Reject::BadSignature,
+    );
+    // An unknown sender.
+    let mut unknown = signed(2, good);
+    unknown.from = 9;
+    refuse(&mut r, message(unknown, None), Reject::UnknownSender);
+    // Too far ahead of what the replica executed.
+    let far = ResultShare {
+        seq: 1 + 4 * params().batches_in_flight_max,
+        ..good
+    };
+    refuse(
+        &mut r,
+        message(signed(2, far), None),
+        Reject::OutsideWatermarks,
+    );
+    // A good one is kept.
+    let out = recv(&mut r, message(signed(2, good), Some(results)));
+    assert!(out.is_empty());
+    assert_eq!(r.shares.get(&1).map(|s| s.len()), Some(1));
 }

@@ -138,6 +138,47 @@ pub struct SimConfig {
     pub liveness_bound_us: u64,
     /// Protocol parameters for every replica.
     pub params: Params,
+    /// Which seeds run with partial execution (batches run on f + 1
+    /// replicas, the others adopting their results).
+    pub partial_execution: PartialExecution,
+}
+
+/// Which seeds of a simulation run with partial execution.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum PartialExecution {
+    /// As `params` says.
+    AsParams,
+    /// Every seed: every non-empty batch runs on f + 1 replicas.
+    On,
+    /// Odd seeds as `On`, even seeds as `AsParams`, so one range of seeds
+    /// covers both ways of executing.
+    OddSeeds,
+}
+
+impl PartialExecution {
+    /// Parses `as-params`, `on` or `odd-seeds`.
+    pub fn parse(name: &str) -> Option<PartialExecution> {
+        match name {
+            "as-params" | "off" => Some(PartialExecution::AsParams),
+            "on" => Some(PartialExecution::On),
+            "odd-seeds" => Some(PartialExecution::OddSeeds),
+            _ => None,
+        }
+    }
+
+    /// The parameters seed `seed` runs with.
+    fn params(self, seed: u64, params: &Params) -> Params {
+        let on = match self {
+            PartialExecution::AsParams => false,
+            PartialExecution::On => true,
+            PartialExecution::OddSeeds => seed % 2 == 1,
+        };
+        let mut p = params.clone();
+        if on && p.partial_execution_min == 0 {
+            p.partial_execution_min = 1;
+        }
+        p
+    }
 }
 
 impl Default for SimConfig {
@@ -169,8 +210,10 @@ impl Default for SimConfig {
                 view_change_timeout_max_us: 2_000_000,
                 status_interval_us: 100_000,
                 clock_ahead_max_us: 500_000,
+                adopt_timeout_us: 30_000,
                 ..Params::default()
             },
+            partial_execution: PartialExecution::OddSeeds,
         }
     }
 }
@@ -218,6 +261,11 @@ pub struct SimReport {
     pub rejections_by_reason: BTreeMap<Reject, u64>,
     /// The Byzantine behaviours in the run, by replica.
     pub byzantine: Vec<(ReplicaId, Byzantine)>,
+    /// Batches correct replicas adopted from others' results (partial
+    /// execution), and those they were meant to adopt but ran.
+    pub batches_adopted: u64,
+    /// Adoptions that fell back to running the batch.
+    pub adoptions_abandoned: u64,
 }
 
 /// A deterministic generator (SplitMix64): the only randomness in a run.
@@ -352,7 +400,9 @@ struct World {
 
 /// Runs one seed.
 pub fn run(cfg: &SimConfig) -> SimReport {
-    let mut w = World::new(cfg.clone());
+    let mut cfg = cfg.clone();
+    cfg.params = cfg.partial_execution.params(cfg.seed, &cfg.params);
+    let mut w = World::new(cfg);
     w.run();
     w.finish()
 }
@@ -449,6 +499,8 @@ impl World {
             rejections: 0,
             rejections_by_reason: BTreeMap::new(),
             byzantine,
+            batches_adopted: 0,
+            adoptions_abandoned: 0,
         };
         let mut w = World {
             cfg,
@@ -858,6 +910,21 @@ impl World {
             results.push(result);
         }
         let snapshot = e.snapshot_wanted.then(|| crate::message::encode(&*app));
+        if let Some(adopted) = &e.adopted {
+            // The application's state moved as if it had run the batch
+            // (above); the results are the ones f + 1 replicas signed, and
+            // a correct replica's own would have been the same.
+            if correct && *adopted != results {
+                self.violate(
+                    "adoption",
+                    format!(
+                        "replica {i} adopts results at seq {} that differ from its own",
+                        e.seq
+                    ),
+                );
+            }
+            results = adopted.clone();
+        }
         if correct {
             if let Some((c, ts)) = twice {
                 self.violate(
@@ -1233,6 +1300,8 @@ impl World {
             if let Some(r) = &node.replica {
                 self.report.max_view = self.report.max_view.max(r.view());
                 self.report.rejections += r.stats().rejected_total();
+                self.report.batches_adopted += r.stats().batches_adopted;
+                self.report.adoptions_abandoned += r.stats().adoptions_abandoned;
                 for (k, v) in &r.stats().rejected {
                     *self.report.rejections_by_reason.entry(*k).or_insert(0) += v;
                 }
@@ -1273,6 +1342,10 @@ pub struct Summary {
     pub state_transfers: u64,
     /// Refused inputs at correct replicas over all seeds.
     pub rejections: u64,
+    /// Batches adopted by correct replicas over all seeds.
+    pub batches_adopted: u64,
+    /// Adoptions that fell back to running the batch, over all seeds.
+    pub adoptions_abandoned: u64,
 }
 
 impl Summary {
@@ -1290,7 +1363,7 @@ impl Summary {
         format!(
             "{{\"seeds_run\":{},\"start_seed\":{start},\"replicas\":{},\"failures\":{},\"first_failure\":{first},\
              \"requests_completed\":{},\"settle_ms_max\":{},\"crashes\":{},\"views_total\":{},\"state_transfers\":{},\"rejections\":{},\
-             \"elapsed_ms\":{elapsed_ms}}}",
+             \"batches_adopted\":{},\"adoptions_abandoned\":{},\"elapsed_ms\":{elapsed_ms}}}",
             self.seeds_run,
             config.replicas,
             self.failures,
@@ -1299,7 +1372,9 @@ impl Summary {
             self.crashes,
             self.views,
             self.state_transfers,
-            self.rejections
+            self.rejections,
+            self.batches_adopted,
+            self.adoptions_abandoned
         )
     }
 }
@@ -1317,6 +1392,8 @@ pub fn run_seeds(base: &SimConfig, start: u64, count: u64) -> Summary {
         views: 0,
         state_transfers: 0,
         rejections: 0,
+        batches_adopted: 0,
+        adoptions_abandoned: 0,
     };
     for seed in start..start.saturating_add(count) {
         let cfg = SimConfig {
@@ -1331,6 +1408,8 @@ pub fn run_seeds(base: &SimConfig, start: u64, count: u64) -> Summary {
         s.views += r.max_view;
         s.state_transfers += r.state_transfers;
         s.rejections += r.rejections;
+        s.batches_adopted += r.batches_adopted;
+        s.adoptions_abandoned += r.adoptions_abandoned;
         if let Some(v) = r.violation {
             s.failures += 1;
             if s.failed.len() < 100 {
