@@ -610,7 +610,12 @@ fn bad_cluster_files_are_refused() {
 /// A running cluster with the wc tool: its file, the owner token, a client
 /// and the tool's digest.
 fn wc_cluster() -> (TestCluster, ClusterFile, String, ClusterClient, Digest) {
-    let c = TestCluster::init(&[]);
+    wc_cluster_with(&[])
+}
+
+/// [`wc_cluster`] with more `cluster init` options.
+fn wc_cluster_with(init: &[&str]) -> (TestCluster, ClusterFile, String, ClusterClient, Digest) {
+    let c = TestCluster::init(init);
     c.ok(&["cluster", "up", "{c}"]);
     c.ok(&["tool", "add", "--cluster", "{c}", tools::WC]);
     let file = ClusterFile::load(&c.file()).unwrap();
@@ -653,6 +658,107 @@ fn a_replica_that_missed_an_input_fetches_it_when_the_invocation_runs() {
     }
     let log = std::fs::read_to_string(c.path.join("replica-3/replica.log")).unwrap();
     assert!(log.contains("fetched a missing blob"), "{log}");
+}
+
+/// Waits until every replica in `ids` holds `receipt` for its invocation.
+fn wait_held(client: &ClusterClient, receipt: &voidbox::Receipt, ids: &[u32]) {
+    let t = Instant::now();
+    loop {
+        let held = client.receipts_of(&receipt.invocation);
+        if ids
+            .iter()
+            .all(|id| held.get(id) == Some(&Some(receipt.receipt)))
+        {
+            return;
+        }
+        assert!(
+            t.elapsed() < Duration::from_secs(30),
+            "replicas {ids:?} hold the receipt {}: {held:?}",
+            receipt.receipt
+        );
+        std::thread::sleep(Duration::from_millis(100));
+    }
+}
+
+#[test]
+fn with_partial_execution_two_replicas_run_each_batch_and_every_replica_holds_its_receipt() {
+    // Every batch (one invocation each here) runs on two backups; the
+    // primary and the third backup adopt the results the two sign alike.
+    let (c, _, token, client, tool) = wc_cluster_with(&["--partial-execution-min", "1"]);
+    let run = |text: &str| {
+        let input = client.put_blob(text.as_bytes()).unwrap();
+        let signed = client
+            .invoke(&token, &Invocation::new(tool, input))
+            .unwrap();
+        let OpResult::Receipt { receipt, output } = signed.result else {
+            panic!("the invocation ran: {:?}", signed.result);
+        };
+        assert_eq!(receipt.outcome, voidbox::Outcome::Ok);
+        (receipt, output.expect("a small output comes inline"))
+    };
+    let mut receipts = Vec::new();
+    for i in 0..12 {
+        let text = format!("partial execution run {i}\n");
+        let (receipt, output) = run(&text);
+        let words: u64 = serde_json::from_slice::<Value>(&output).unwrap()["words"]
+            .as_u64()
+            .unwrap();
+        assert_eq!(words, 4, "{}", String::from_utf8_lossy(&output));
+        receipts.push(receipt);
+    }
+    // Adopting replicas store the receipts too, so every replica answers
+    // for every invocation (and the checkpoints' chains agree).
+    for r in &receipts {
+        wait_held(&client, r, &[0, 1, 2, 3]);
+    }
+    let status = client.status(Duration::from_secs(2));
+    let primary = status.values().find(|s| s.primary).expect("a primary");
+    assert!(
+        primary.batches_adopted >= 6,
+        "the primary runs no batch while its executors answer: {status:?}"
+    );
+    // What a replica adopted it did not run: the primary runs only the
+    // batches it gave up waiting for (none on a quiet machine), and the
+    // replicas together ran each invocation about twice, not four times.
+    assert_eq!(
+        primary.batches_adopted + primary.adoptions_abandoned,
+        12,
+        "{status:?}"
+    );
+    assert_eq!(
+        primary.sandbox_runs, primary.adoptions_abandoned,
+        "{status:?}"
+    );
+    let runs: u64 = status.values().map(|s| s.sandbox_runs).sum();
+    let gave_up: u64 = status.values().map(|s| s.adoptions_abandoned).sum();
+    assert_eq!(runs, 2 * 12 + gave_up, "{status:?}");
+    let adopted_by_backups: u64 = status
+        .values()
+        .filter(|s| !s.primary)
+        .map(|s| s.batches_adopted)
+        .sum();
+    assert!(
+        adopted_by_backups > 0,
+        "each backup adopts a third: {status:?}"
+    );
+
+    // An executor dies: the replicas waiting for its results run the
+    // batches themselves after a short wait, and pass it over afterwards.
+    let dead = (0..4).find(|id| *id != primary.id).unwrap();
+    c.sigkill(dead);
+    let live: Vec<u32> = (0..4).filter(|id| *id != dead).collect();
+    let mut last = None;
+    for i in 0..6 {
+        last = Some(run(&format!("after the kill {i}\n")).0);
+    }
+    // (Asking a dead replica costs the client's side timeout, so once.)
+    wait_held(&client, &last.expect("ran"), &live);
+    let status = client.status(Duration::from_secs(2));
+    let abandoned: u64 = status.values().map(|s| s.adoptions_abandoned).sum();
+    assert!(
+        abandoned > 0,
+        "someone ran what the dead replica was to run: {status:?}"
+    );
 }
 
 /// Acknowledged receipts, by invocation digest.

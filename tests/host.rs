@@ -649,3 +649,51 @@ fn contracts_are_checked_at_add_at_admission_and_after_the_run() {
         "{err}"
     );
 }
+
+#[test]
+fn a_receipt_computed_elsewhere_is_adopted_only_when_it_and_its_blobs_check_out() {
+    // Host a runs the invocation; host b (a cluster replica that adopted
+    // the result f + 1 others signed) stores it without running.
+    let (a, b) = (TestHost::new(), TestHost::new());
+    let (ta, tb) = (a.add(tools::WC), b.add(tools::WC));
+    assert_eq!(ta, tb);
+    let input = b"adopted, not run\n";
+    let inv = Invocation::new(ta, a.host.put_input(input).unwrap()).budget(small_budget());
+    assert_eq!(b.host.put_input(input).unwrap(), inv.input);
+    let ran = a.host.invoke(&inv).unwrap();
+    let output = a.host.output(&ran).unwrap().expect("wc has output");
+
+    // Refused, storing nothing: an output that is not the receipt's...
+    let err = b
+        .host
+        .adopt_receipt(&inv, &ran, Some(b"forged"))
+        .unwrap_err();
+    assert!(err.to_string().contains("is not"), "{err}");
+    // ...a receipt of another invocation...
+    let other = inv.clone().arg("x", "1");
+    let err = b
+        .host
+        .adopt_receipt(&other, &ran, Some(&output))
+        .unwrap_err();
+    assert!(err.to_string().contains("does not belong"), "{err}");
+    // ...a receipt whose fields do not match its digest...
+    let mut tampered = ran.clone();
+    tampered.fuel_used += 1;
+    assert!(b
+        .host
+        .adopt_receipt(&inv, &tampered, Some(&output))
+        .is_err());
+    // ...and, without an error, one whose output is neither given nor
+    // stored (a cached receipt must never name a blob the host lacks).
+    assert!(!b.host.adopt_receipt(&inv, &ran, None).unwrap());
+    assert!(b.host.cached(&inv.digest()).unwrap().is_none());
+
+    assert!(b.host.adopt_receipt(&inv, &ran, Some(&output)).unwrap());
+    let cached = b.host.cached(&inv.digest()).unwrap().expect("adopted");
+    assert_eq!(cached.receipt, ran.receipt);
+    assert!(cached.cached);
+    assert_eq!(b.host.output(&cached).unwrap(), Some(output));
+    // The same invocation is now answered from the cache, never run.
+    assert_eq!(b.host.invoke(&inv).unwrap().receipt, ran.receipt);
+    assert_eq!(b.host.runs(), 0);
+}

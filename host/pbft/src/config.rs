@@ -260,7 +260,7 @@ impl Default for Params {
             operation_bytes_max: 1 << 20,
             pending_requests_max: 65_536,
             partial_execution_min: 0,
-            adopt_timeout_us: 50_000,
+            adopt_timeout_us: 100_000,
         }
     }
 }

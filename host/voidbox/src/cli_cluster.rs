@@ -32,6 +32,11 @@ pub(crate) enum ClusterCmd {
         /// then lose what a replica promised).
         #[arg(long)]
         no_fsync: bool,
+        /// Run a batch of at least this many requests on only f + 1
+        /// replicas, the others adopting the results f + 1 sign alike (0:
+        /// every replica runs every batch).
+        #[arg(long, default_value_t = voidbox::cluster::PARTIAL_EXECUTION_MIN)]
+        partial_execution_min: usize,
     },
     /// Start every replica as its own process on loopback and wait until
     /// each answers.
@@ -73,6 +78,11 @@ pub(crate) enum ClusterCmd {
         /// Seconds per client count of the sweep (0: no sweep).
         #[arg(long, default_value_t = 8.0)]
         sweep_seconds: f64,
+        /// Each invocation's fuel (default: the default budget's). With the
+        /// `loop` tool, which spins until its fuel runs out, this sets what
+        /// a run costs.
+        #[arg(long)]
+        fuel: Option<u64>,
         #[arg(long)]
         json: bool,
     },
@@ -124,12 +134,23 @@ pub(crate) fn dispatch(cmd: ClusterCmd) -> Result<u8, Failure> {
             replicas,
             base_port,
             no_fsync,
+            partial_execution_min,
         } => {
             let made = init_cluster(&dir, replicas, base_port)?;
+            let text = std::fs::read_to_string(&made.file)
+                .map_err(|e| fail(exit::STORAGE, format!("{}: {e}", made.file.display())))?;
+            let mut edited = text.replace(
+                &format!(
+                    "partial_execution_min = {}",
+                    made.cluster.partial_execution_min
+                ),
+                &format!("partial_execution_min = {partial_execution_min}"),
+            );
             if no_fsync {
-                let text = std::fs::read_to_string(&made.file)
-                    .map_err(|e| fail(exit::STORAGE, format!("{}: {e}", made.file.display())))?;
-                std::fs::write(&made.file, text.replace("fsync = true", "fsync = false"))
+                edited = edited.replace("fsync = true", "fsync = false");
+            }
+            if edited != text {
+                std::fs::write(&made.file, edited)
                     .map_err(|e| fail(exit::STORAGE, format!("{}: {e}", made.file.display())))?;
             }
             outln!(
@@ -154,6 +175,7 @@ pub(crate) fn dispatch(cmd: ClusterCmd) -> Result<u8, Failure> {
             clients,
             p99_ms,
             sweep_seconds,
+            fuel,
             json,
         } => bench(
             &cluster_file(&dir)?,
@@ -163,6 +185,7 @@ pub(crate) fn dispatch(cmd: ClusterCmd) -> Result<u8, Failure> {
                 clients,
                 p99_bound_us: p99_ms * 1000.0,
                 sweep: Duration::from_secs_f64(sweep_seconds),
+                fuel,
             },
             json,
         ),
@@ -679,6 +702,8 @@ struct BenchPlan {
     p99_bound_us: f64,
     /// Length of each step of the sweep (zero: no sweep).
     sweep: Duration,
+    /// Each invocation's fuel, if not the default budget's.
+    fuel: Option<u64>,
 }
 
 /// Client counts of the sweep, doubling up to `max`.
@@ -720,11 +745,17 @@ fn bench(file: &ClusterFile, tool: &str, plan: &BenchPlan, json: bool) -> Result
     // Every request is a distinct invocation (an argument counts up), so
     // the action cache never answers and every replica runs the tool.
     let counter = std::sync::atomic::AtomicU64::new(0);
+    let mut budget = Budget::default();
+    if let Some(fuel) = plan.fuel {
+        budget.fuel = fuel;
+    }
     let make = |_: u64| {
         let n = counter.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
         Op::Invoke {
             token: token.clone(),
-            invocation: Invocation::new(tool.digest, input).arg("n", n.to_string()),
+            invocation: Invocation::new(tool.digest, input)
+                .arg("n", n.to_string())
+                .budget(budget),
         }
         .encode()
     };
@@ -809,7 +840,9 @@ fn bench(file: &ClusterFile, tool: &str, plan: &BenchPlan, json: bool) -> Result
         "replicas": file.n(),
         "f": file.f,
         "fsync": file.fsync,
+        "partial_execution_min": file.partial_execution_min,
         "tool": tool.name,
+        "fuel": budget.fuel,
         "p99_bound_us": plan.p99_bound_us,
         "throughput_at_p99_bound": at_bound,
         "phases": phases,
@@ -819,10 +852,12 @@ fn bench(file: &ClusterFile, tool: &str, plan: &BenchPlan, json: bool) -> Result
         outln!("{}", serde_json::to_string_pretty(&report).expect("json"));
     } else {
         outln!(
-            "cluster bench: {} replicas, fsync {}, tool {}",
+            "cluster bench: {} replicas, fsync {}, partial execution from {} requests, tool {}, fuel {}",
             file.n(),
             if file.fsync { "on" } else { "off" },
-            tool.name
+            file.partial_execution_min,
+            tool.name,
+            budget.fuel
         );
         // In the order they ran: one client, the sweep, the rest.
         for p in phases[..1].iter().chain(&sweep).chain(&phases[1..]) {

@@ -1124,6 +1124,60 @@ impl Host {
         Ok(receipt)
     }
 
+    /// Stores a receipt this host did not compute, as if it had run the
+    /// invocation: its output blob (when given), the receipt, and the
+    /// action-cache entry. For a cluster replica that adopted the result
+    /// f + 1 other replicas signed alike instead of running it; the caller
+    /// vouches for the receipt, which is checked only for consistency
+    /// (it must name `invocation`, its digest must be its own, and
+    /// `output` must hash to the output it names).
+    ///
+    /// Returns false, storing nothing, when a blob the receipt names is
+    /// neither given nor stored here (a large output, diagnostics): a
+    /// cached receipt must never point at a blob this host cannot return.
+    pub fn adopt_receipt(
+        &self,
+        invocation: &Invocation,
+        receipt: &Receipt,
+        output: Option<&[u8]>,
+    ) -> Result<bool> {
+        let inv_digest = invocation.digest();
+        if receipt.invocation != inv_digest || receipt.receipt != receipt.compute_digest() {
+            return Err(Error::Cluster(format!(
+                "receipt {} does not belong to invocation {inv_digest}; it was not stored",
+                receipt.receipt
+            )));
+        }
+        let mut blobs = Vec::new();
+        if let Some(d) = receipt.output {
+            match output {
+                Some(bytes) => {
+                    let blob = self.storage.prepare_blob(bytes)?;
+                    if blob.digest() != d {
+                        return Err(Error::Cluster(format!(
+                            "the output given with receipt {} is not {d}; it was not stored",
+                            receipt.receipt
+                        )));
+                    }
+                    blobs.push(blob);
+                }
+                None if self.blobs.contains(&d)? => {}
+                None => return Ok(false),
+            }
+        }
+        if let Some(d) = receipt.diagnostics {
+            if !self.blobs.contains(&d)? {
+                return Ok(false);
+            }
+        }
+        let mut receipt = receipt.clone();
+        receipt.cached = false;
+        let cacheable = receipt.outcome.is_deterministic();
+        self.storage
+            .record(invocation, inv_digest, &receipt, cacheable, blobs)?;
+        Ok(true)
+    }
+
     /// A granted blob as a read-only file for the guest: the directory
     /// `grants/<hex>/` holding one file, `blob`, with the verified content.
     /// The guest sees it as `/grants/<hex>/blob`. Written once (temp file

@@ -371,6 +371,11 @@ impl App {
     }
 
     /// [`App::execute`] with the operations [`App::decode`] made of `batch`.
+    /// A batch that carries adopted results (partial execution: f + 1
+    /// replicas that ran it signed them alike) is admitted like any other,
+    /// so the use counters move alike everywhere, but not run: its results
+    /// are the adopted ones, and their receipts are stored on the host as
+    /// if it had run them.
     pub fn execute_decoded(
         &mut self,
         batch: &Execute,
@@ -385,25 +390,13 @@ impl App {
             .into_iter()
             .map(|op| self.admit(op, batch.hlc))
             .collect();
-        let to_run: Vec<crate::Invocation> = steps
-            .iter()
-            .filter_map(|s| match s {
-                Step::Run(i) => Some(i.clone()),
-                Step::Done(_) => None,
-            })
-            .collect();
-        let mut receipts = self.host.invoke_batch(&to_run).into_iter();
+        let ran = match &batch.adopted {
+            Some(adopted) => self.adopt(steps, adopted),
+            None => self.run(steps),
+        };
         let mut results = Vec::with_capacity(batch.requests.len());
         let mut entries = Vec::with_capacity(batch.requests.len());
-        for step in steps {
-            let (result, invocation) = match step {
-                Step::Done(r) => (r, None),
-                Step::Run(inv) => {
-                    let ran = receipts.next().expect("one result per run");
-                    (self.finish(&inv, ran), Some(inv))
-                }
-            };
-            let result = result.encode();
+        for (result, invocation) in ran {
             self.state.record(&result);
             entries.push(ResultEntry {
                 number: self.state.executed,
@@ -426,6 +419,69 @@ impl App {
             self.results.append(entries, batch.snapshot_wanted)?;
         }
         Ok(results)
+    }
+
+    /// Runs the admitted steps; each result with the invocation that ran.
+    fn run(&mut self, steps: Vec<Step>) -> Vec<(Vec<u8>, Option<crate::Invocation>)> {
+        let to_run: Vec<crate::Invocation> = steps
+            .iter()
+            .filter_map(|s| match s {
+                Step::Run(i) => Some(i.clone()),
+                Step::Done(_) => None,
+            })
+            .collect();
+        let mut receipts = self.host.invoke_batch(&to_run).into_iter();
+        steps
+            .into_iter()
+            .map(|step| match step {
+                Step::Done(r) => (r.encode(), None),
+                Step::Run(inv) => {
+                    let ran = receipts.next().expect("one result per run");
+                    (self.finish(&inv, ran).encode(), Some(inv))
+                }
+            })
+            .collect()
+    }
+
+    /// Pairs the admitted steps with adopted results, storing the receipts
+    /// of the runs on the host so that it answers for them like the
+    /// replicas that ran them. A receipt whose blobs did not come with it
+    /// (an output over [`INLINE_OUTPUT_MAX`], diagnostics) is not stored:
+    /// this replica runs that invocation if it is ever asked again.
+    fn adopt(
+        &mut self,
+        steps: Vec<Step>,
+        adopted: &[Vec<u8>],
+    ) -> Vec<(Vec<u8>, Option<crate::Invocation>)> {
+        steps
+            .into_iter()
+            .zip(adopted)
+            .map(|(step, result)| match step {
+                Step::Done(_) => (result.clone(), None),
+                Step::Run(inv) => {
+                    self.store_adopted(&inv, result);
+                    (result.clone(), Some(inv))
+                }
+            })
+            .collect()
+    }
+
+    fn store_adopted(&self, invocation: &crate::Invocation, result: &[u8]) {
+        let Ok(OpResult::Receipt { receipt, output }) = OpResult::decode(result) else {
+            // A denial or failure where this replica admitted the run: the
+            // f + 1 that signed it decided otherwise, and their result
+            // stands (a divergence the checkpoint's chain would show).
+            return;
+        };
+        if let Err(e) = self
+            .host
+            .adopt_receipt(invocation, &receipt, output.as_deref())
+        {
+            tracing::warn!(
+                invocation = %receipt.invocation,
+                "an adopted receipt was not stored: {e}"
+            );
+        }
     }
 
     /// The journal, for serving peers.
@@ -722,6 +778,7 @@ mod tests {
                     .map(|(i, op)| request(i as u64 + 1, op))
                     .collect(),
                 snapshot_wanted: false,
+                adopted: None,
             };
             app.is_local(&app.decode(&batch)).unwrap()
         };

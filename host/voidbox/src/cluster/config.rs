@@ -49,6 +49,11 @@ pub struct ClusterFile {
     /// checkpoints (off only for measurements).
     #[serde(default = "yes")]
     pub fsync: bool,
+    /// Partial execution: a batch of at least this many requests runs on
+    /// only f + 1 replicas, and the others adopt the results once f + 1
+    /// replicas sign matching ones (0: every replica runs every batch).
+    #[serde(default = "partial_execution_min")]
+    pub partial_execution_min: usize,
     /// The replicas.
     #[serde(rename = "replica")]
     pub replicas: Vec<ReplicaEntry>,
@@ -59,6 +64,13 @@ pub struct ClusterFile {
 
 fn yes() -> bool {
     true
+}
+
+/// The default of [`ClusterFile::partial_execution_min`].
+pub const PARTIAL_EXECUTION_MIN: usize = 8;
+
+fn partial_execution_min() -> usize {
+    PARTIAL_EXECUTION_MIN
 }
 
 impl ClusterFile {
@@ -175,6 +187,7 @@ impl ClusterFile {
             // checkpoint becomes stable.
             checkpoint_interval: 64,
             watermark_window: 256,
+            partial_execution_min: self.partial_execution_min,
             ..Params::default()
         }
     }
@@ -278,6 +291,7 @@ pub fn init_cluster(dir: &Path, n: u32, base_port: u16) -> Result<Initialized> {
     let cluster = ClusterFile {
         f,
         fsync: true,
+        partial_execution_min: PARTIAL_EXECUTION_MIN,
         replicas,
         dir: dir.to_path_buf(),
     };
@@ -286,7 +300,10 @@ pub fn init_cluster(dir: &Path, n: u32, base_port: u16) -> Result<Initialized> {
          # Written by `voidbox cluster init`; `voidbox cluster up DIR` starts it.\n\
          # `fsync = false` skips syncing the protocol log, the result journal\n\
          # and the receipts (measurements only: a replica that crashes may\n\
-         # forget votes it sent).\n{}",
+         # forget votes it sent).\n\
+         # A batch of at least `partial_execution_min` requests runs on f + 1\n\
+         # replicas; the others adopt the results f + 1 of them sign alike\n\
+         # (0: every replica runs every batch).\n{}",
         toml::to_string(&cluster).map_err(|e| Error::Cluster(format!("encoding {e}")))?
     );
     std::fs::write(&file, text)

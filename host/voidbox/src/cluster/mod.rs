@@ -31,6 +31,6 @@ pub mod results;
 pub mod wire;
 
 pub use client::{ClusterClient, LoadReport, SignedReceipt};
-pub use config::{init_cluster, ClusterFile, CLUSTER_FILE};
+pub use config::{init_cluster, ClusterFile, CLUSTER_FILE, PARTIAL_EXECUTION_MIN};
 pub use embed::Invoker;
 pub use node::run_replica;

@@ -176,6 +176,8 @@ struct Driver {
     pending_records: Vec<Record>,
     results: Results,
     refusals: std::collections::BTreeMap<voidbox_pbft::Reject, u64>,
+    /// When the core last had the time.
+    last_tick_us: u64,
 }
 
 impl Driver {
@@ -244,6 +246,7 @@ impl Driver {
             pending_records: Vec::new(),
             results,
             refusals: std::collections::BTreeMap::new(),
+            last_tick_us: 0,
         }
     }
 
@@ -277,8 +280,7 @@ impl Driver {
                 // period: four replicas on two cores should not spend their
                 // time being woken for nothing.
                 _ = tokio::time::sleep(self.until_deadline()) => {
-                    let out = self.replica.step(Input::Tick { now_us: now_us() });
-                    self.handle(out)?;
+                    self.tick()?;
                     // A quiet replica's deferred records reach the log too.
                     self.flush()?;
                 }
@@ -290,6 +292,14 @@ impl Driver {
                 }
             }
         }
+    }
+
+    /// Gives the core the time.
+    fn tick(&mut self) -> Result<()> {
+        let now = now_us();
+        self.last_tick_us = now;
+        let out = self.replica.step(Input::Tick { now_us: now });
+        self.handle(out)
     }
 
     /// Time until the core wants a tick (at most 10 ms, so a clock jump
@@ -313,8 +323,13 @@ impl Driver {
                         self.routes.insert(r.request.client, conn);
                     }
                 }
-                // The core keeps its clock from the last tick; a frame does
-                // not need a fresh reading.
+                // The core keeps its clock from the last tick, which under
+                // load comes only at its deadlines, up to a status interval
+                // apart; what it times from a frame (a wait for results to
+                // adopt) needs the time to the millisecond.
+                if now_us() >= self.last_tick_us + 1_000 {
+                    self.tick()?;
+                }
                 let out = self.replica.step(Input::Receive(body.to_vec()));
                 self.handle(out)
             }
@@ -361,6 +376,9 @@ impl Driver {
                 executed_requests: self.executed_requests.load(Ordering::Relaxed),
                 rejected: self.replica.stats().rejected_total(),
                 replies_resent: self.replica.stats().replies_resent,
+                batches_adopted: self.replica.stats().batches_adopted,
+                adoptions_abandoned: self.replica.stats().adoptions_abandoned,
+                sandbox_runs: self.host.runs(),
                 transport_refused: stats.oversized + stats.bad_hello + stats.dropped_queue_full,
                 pid: std::process::id(),
             };

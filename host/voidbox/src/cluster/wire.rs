@@ -190,6 +190,16 @@ pub struct Status {
     /// Replies sent again because a client re-sent a request that had
     /// already run (it did not get f + 1 replies in time).
     pub replies_resent: u64,
+    /// Batches whose results the replica adopted from f + 1 replicas that
+    /// ran them (partial execution), instead of running them.
+    #[serde(default)]
+    pub batches_adopted: u64,
+    /// Batches it was to adopt but ran itself (results late or not agreeing).
+    #[serde(default)]
+    pub adoptions_abandoned: u64,
+    /// Invocations its host ran in the sandbox since the process started.
+    #[serde(default)]
+    pub sandbox_runs: u64,
     /// Frames the transport refused (oversized, bad hello) or dropped.
     pub transport_refused: u64,
     /// Process id, so `cluster status` can match processes.
