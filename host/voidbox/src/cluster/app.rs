@@ -805,6 +805,68 @@ mod tests {
     }
 
     #[test]
+    fn an_adopted_batch_moves_the_state_like_a_run_without_running() {
+        // Two replicas of one cluster (one owner key): a runs the batch, b
+        // adopts a's results.
+        let dir = tempfile::tempdir().unwrap();
+        let c = dir.path().join("c");
+        crate::cluster::init_cluster(&c, 4, 7000).unwrap();
+        let token = std::fs::read_to_string(c.join(crate::OWNER_TOKEN_FILE)).unwrap();
+        let open = |id: u32| {
+            let host = Arc::new(Host::open_existing(c.join(format!("replica-{id}"))).unwrap());
+            let echo = host
+                .add_tool_file(voidbox_tool_artifacts::ECHO.as_ref(), None)
+                .unwrap()
+                .digest;
+            let input = host.put_input(b"adopt me").unwrap();
+            let results = Results::open(&dir.path().join(format!("results-{id}.redb"))).unwrap();
+            let app = App::new(host.clone(), results, Box::new(FakePeers(Vec::new())));
+            (app, host, echo, input)
+        };
+        let (mut a, host_a, echo, input) = open(0);
+        let (mut b, host_b, _, _) = open(1);
+        let op = Op::Invoke {
+            token: token.trim().to_string(),
+            invocation: crate::Invocation::new(echo, input),
+        };
+        let request = |timestamp: u64, operation: Vec<u8>| voidbox_pbft::Request {
+            client: voidbox_pbft::ClientId([3; 32]),
+            timestamp,
+            operation,
+        };
+        let batch = Execute {
+            seq: 1,
+            digest: voidbox_pbft::Digest([1; 32]),
+            hlc: Hlc {
+                physical_us: 1_700_000_000_000_000,
+                logical: 0,
+            },
+            requests: vec![request(1, op.encode()), request(2, b"not an op".to_vec())],
+            snapshot_wanted: true,
+            adopted: None,
+        };
+        let ran = a.execute(&batch).unwrap();
+        assert_eq!(host_a.runs(), 1);
+        let Ok(OpResult::Receipt { receipt, .. }) = OpResult::decode(&ran[0]) else {
+            panic!("the invocation ran: {:?}", OpResult::decode(&ran[0]));
+        };
+        let adopted = Execute {
+            adopted: Some(ran.clone()),
+            ..batch
+        };
+        assert_eq!(b.execute(&adopted).unwrap(), ran);
+        assert_eq!(b.state(), a.state(), "the same chain and counters");
+        assert_eq!(host_b.runs(), 0, "nothing ran on b");
+        let held = host_b.cached(&receipt.invocation).unwrap().expect("stored");
+        assert_eq!(held.receipt, receipt.receipt);
+        assert_eq!(
+            b.results().range(1, 2).unwrap(),
+            a.results().range(1, 2).unwrap(),
+            "the same journal"
+        );
+    }
+
+    #[test]
     fn uses_are_counted_in_the_replicated_map() {
         let mut map = BTreeMap::new();
         let id = TokenId::new(voidbox_auth::KeyId::new("owner").unwrap(), [7; 16]);
