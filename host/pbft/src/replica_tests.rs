@@ -1757,11 +1757,11 @@ fn a_silent_executor_is_passed_over_and_the_others_run_the_batch() {
     assert_eq!(net.ran[0], 2);
 }
 
-#[test]
-fn disagreeing_executors_make_the_others_run_the_batch_at_once() {
+/// A primary under partial execution whose batch at seq 1 (run by 2 and
+/// 3) committed: it waits for their results. Returns the batch digest.
+fn waiting_primary() -> (Replica, Digest) {
     let mut r = Replica::new(cluster(), 0, keys()[0].clone(), partial_params()).expect("replica");
     r.step(Input::Tick { now_us: T0 });
-    // Replica 0 (primary) proposes a batch; seq 1 runs on 2 and 3.
     let out = recv(&mut r, Message::Request(request(1, 10, b"a")));
     let pp = sends(&out)
         .into_iter()
@@ -1788,35 +1788,76 @@ fn disagreeing_executors_make_the_others_run_the_batch_at_once() {
         let out = recv(&mut r, Message::Commit(signed(from, c)));
         assert!(!out.iter().any(|o| matches!(o, Output::Execute(_))));
     }
-    let share = |from: ReplicaId, result: &[u8]| {
-        let results = vec![ResultBytes(result.to_vec())];
-        Message::Results(Box::new(SharedResults {
-            share: signed(
-                from,
-                ResultShare {
-                    seq: 1,
-                    batch: digest,
-                    results: results_digest(results.iter().map(|r| r.0.as_slice())),
-                },
-            ),
-            results: Some(results),
-        }))
-    };
-    let out = recv(&mut r, share(2, b"one"));
-    assert!(!out.iter().any(|o| matches!(o, Output::Execute(_))));
-    // The second executor disagrees: no f + 1 can form, so replica 0 runs
-    // the batch itself without waiting for the timeout.
-    let out = recv(&mut r, share(3, b"two"));
-    let executes: Vec<&Execute> = out
-        .iter()
+    (r, digest)
+}
+
+fn share(from: ReplicaId, digest: Digest, result: &[u8], carry: bool) -> Message {
+    let results = vec![ResultBytes(result.to_vec())];
+    Message::Results(Box::new(SharedResults {
+        share: signed(
+            from,
+            ResultShare {
+                seq: 1,
+                batch: digest,
+                results: results_digest(results.iter().map(|r| r.0.as_slice())),
+            },
+        ),
+        results: carry.then_some(results),
+    }))
+}
+
+fn executes(out: &[Output]) -> Vec<&Execute> {
+    out.iter()
         .filter_map(|o| match o {
             Output::Execute(e) => Some(e),
             _ => None,
         })
-        .collect();
-    assert_eq!(executes.len(), 1);
-    assert_eq!(executes[0].adopted, None, "run, not adopted");
+        .collect()
+}
+
+#[test]
+fn disagreeing_executors_make_the_others_run_the_batch_at_once() {
+    let (mut r, digest) = waiting_primary();
+    let out = recv(&mut r, share(2, digest, b"one", true));
+    assert!(executes(&out).is_empty());
+    // The second executor disagrees: no f + 1 can form, so replica 0 runs
+    // the batch itself without waiting for the timeout.
+    let out = recv(&mut r, share(3, digest, b"two", true));
+    let ex = executes(&out);
+    assert_eq!(ex.len(), 1);
+    assert_eq!(ex[0].adopted, None, "run, not adopted");
     assert_eq!(r.stats().adoptions_abandoned, 1);
+}
+
+#[test]
+fn agreeing_executors_are_adopted_and_results_too_large_to_send_are_run() {
+    let (mut r, digest) = waiting_primary();
+    recv(&mut r, share(2, digest, b"same", true));
+    // The second share may come without the results; one copy suffices.
+    let out = recv(&mut r, share(3, digest, b"same", false));
+    let ex = executes(&out);
+    assert_eq!(ex.len(), 1);
+    assert_eq!(ex[0].adopted, Some(vec![b"same".to_vec()]));
+    let out = r.step(Input::Executed {
+        seq: 1,
+        results: vec![b"same".to_vec()],
+        snapshot: None,
+    });
+    assert!(
+        !sends(&out)
+            .iter()
+            .any(|(_, m)| matches!(m, Message::Reply(_))),
+        "an adopting replica does not answer the client"
+    );
+    assert_eq!(r.stats().batches_adopted, 1);
+
+    // A share that says its results were too large to send: nothing to
+    // adopt, so the replica runs the batch at once.
+    let (mut r, digest) = waiting_primary();
+    let out = recv(&mut r, share(2, digest, b"big", false));
+    let ex = executes(&out);
+    assert_eq!(ex.len(), 1);
+    assert_eq!(ex[0].adopted, None);
 }
 
 #[test]
