@@ -303,7 +303,8 @@ pub struct Stats {
     /// Requests in adopted batches.
     pub requests_adopted: u64,
     /// Batches this replica was not meant to run but ran, because f + 1
-    /// matching results did not come in time or did not agree.
+    /// matching results did not come in time or did not agree, or an
+    /// executor of the batch was being passed over.
     pub adoptions_abandoned: u64,
     /// Result shares sent to replicas that did not run a batch.
     pub result_shares_sent: u64,

@@ -269,6 +269,7 @@ impl Driver {
                     Some(Ok(done)) => {
                         self.in_flight -= 1;
                         if let Done::Executed(ex) = done {
+                            self.keep_time()?;
                             let out = self.executed(ex);
                             self.handle(out)?;
                         }
@@ -302,6 +303,18 @@ impl Driver {
         self.handle(out)
     }
 
+    /// Ticks the core if its clock is over a millisecond old. Ticks come at
+    /// the core's deadlines, which under load can be a status interval
+    /// apart; what the core times from an input (a wait for results to
+    /// adopt starts when the batch before it is done) needs the time to the
+    /// millisecond, or the wait runs out at the next tick.
+    fn keep_time(&mut self) -> Result<()> {
+        if now_us() >= self.last_tick_us + 1_000 {
+            self.tick()?;
+        }
+        Ok(())
+    }
+
     /// Time until the core wants a tick (at most 10 ms, so a clock jump
     /// cannot stall it).
     fn until_deadline(&self) -> Duration {
@@ -323,13 +336,7 @@ impl Driver {
                         self.routes.insert(r.request.client, conn);
                     }
                 }
-                // The core keeps its clock from the last tick, which under
-                // load comes only at its deadlines, up to a status interval
-                // apart; what it times from a frame (a wait for results to
-                // adopt) needs the time to the millisecond.
-                if now_us() >= self.last_tick_us + 1_000 {
-                    self.tick()?;
-                }
+                self.keep_time()?;
                 let out = self.replica.step(Input::Receive(body.to_vec()));
                 self.handle(out)
             }

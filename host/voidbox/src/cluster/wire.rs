@@ -194,7 +194,8 @@ pub struct Status {
     /// ran them (partial execution), instead of running them.
     #[serde(default)]
     pub batches_adopted: u64,
-    /// Batches it was to adopt but ran itself (results late or not agreeing).
+    /// Batches it was to adopt but ran itself (results late or not
+    /// agreeing, or an executor it was passing over).
     #[serde(default)]
     pub adoptions_abandoned: u64,
     /// Invocations its host ran in the sandbox since the process started.
