@@ -1498,14 +1498,11 @@ impl Replica {
             requests,
             snapshot_wanted,
             executors,
-            phase: Phase::Running,
+            phase: Phase::Waiting {
+                since_us: self.now_us,
+            },
         });
         if waits {
-            if let Some(ex) = self.executing.as_mut() {
-                ex.phase = Phase::Waiting {
-                    since_us: self.now_us,
-                };
-            }
             self.try_adopt();
         } else {
             self.hand_out(None);

@@ -8,7 +8,7 @@ use std::time::{Duration, Instant};
 
 use clap::Subcommand;
 use voidbox::cluster::wire::{Op, OpResult, ToolSummary, SIDE_BLOB_MAX};
-use voidbox::cluster::{init_cluster, ClusterClient, ClusterFile, SignedReceipt};
+use voidbox::cluster::{init_cluster_with, ClusterClient, ClusterFile, InitOptions, SignedReceipt};
 use voidbox::{Budget, Digest, Invocation};
 
 use super::{
@@ -136,23 +136,11 @@ pub(crate) fn dispatch(cmd: ClusterCmd) -> Result<u8, Failure> {
             no_fsync,
             partial_execution_min,
         } => {
-            let made = init_cluster(&dir, replicas, base_port)?;
-            let text = std::fs::read_to_string(&made.file)
-                .map_err(|e| fail(exit::STORAGE, format!("{}: {e}", made.file.display())))?;
-            let mut edited = text.replace(
-                &format!(
-                    "partial_execution_min = {}",
-                    made.cluster.partial_execution_min
-                ),
-                &format!("partial_execution_min = {partial_execution_min}"),
-            );
-            if no_fsync {
-                edited = edited.replace("fsync = true", "fsync = false");
-            }
-            if edited != text {
-                std::fs::write(&made.file, edited)
-                    .map_err(|e| fail(exit::STORAGE, format!("{}: {e}", made.file.display())))?;
-            }
+            let options = InitOptions {
+                fsync: !no_fsync,
+                partial_execution_min,
+            };
+            let made = init_cluster_with(&dir, replicas, base_port, &options)?;
             outln!(
                 "Created a cluster of {} replicas (f = {}) in {}",
                 made.cluster.n(),

@@ -231,6 +231,34 @@ pub struct Initialized {
 /// on all), one signing key each, a client key, the owner token and
 /// `cluster.toml` with addresses `127.0.0.1:base_port + id`.
 pub fn init_cluster(dir: &Path, n: u32, base_port: u16) -> Result<Initialized> {
+    init_cluster_with(dir, n, base_port, &InitOptions::default())
+}
+
+/// What `cluster.toml` says besides the replicas.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct InitOptions {
+    /// [`ClusterFile::fsync`].
+    pub fsync: bool,
+    /// [`ClusterFile::partial_execution_min`].
+    pub partial_execution_min: usize,
+}
+
+impl Default for InitOptions {
+    fn default() -> Self {
+        InitOptions {
+            fsync: true,
+            partial_execution_min: PARTIAL_EXECUTION_MIN,
+        }
+    }
+}
+
+/// [`init_cluster`] with a `cluster.toml` that says what `options` say.
+pub fn init_cluster_with(
+    dir: &Path,
+    n: u32,
+    base_port: u16,
+    options: &InitOptions,
+) -> Result<Initialized> {
     if n < 4 || (n - 1) % 3 != 0 {
         // n = 3f + 1 exactly: fewer cannot tolerate a fault, and more would
         // need larger quorums than PBFT's 2f + 1 to stay safe.
@@ -290,8 +318,8 @@ pub fn init_cluster(dir: &Path, n: u32, base_port: u16) -> Result<Initialized> {
     write_key(&dir.join(CLIENT_KEY_FILE), &generate_key())?;
     let cluster = ClusterFile {
         f,
-        fsync: true,
-        partial_execution_min: PARTIAL_EXECUTION_MIN,
+        fsync: options.fsync,
+        partial_execution_min: options.partial_execution_min,
         replicas,
         dir: dir.to_path_buf(),
     };

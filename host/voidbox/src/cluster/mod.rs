@@ -31,6 +31,8 @@ pub mod results;
 pub mod wire;
 
 pub use client::{ClusterClient, LoadReport, SignedReceipt};
-pub use config::{init_cluster, ClusterFile, CLUSTER_FILE, PARTIAL_EXECUTION_MIN};
+pub use config::{
+    init_cluster, init_cluster_with, ClusterFile, InitOptions, CLUSTER_FILE, PARTIAL_EXECUTION_MIN,
+};
 pub use embed::Invoker;
 pub use node::run_replica;
