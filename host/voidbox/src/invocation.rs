@@ -66,51 +66,112 @@ impl Invocation {
         self
     }
 
-    /// The canonical encoding: a versioned, length-prefixed byte string with
-    /// every field in a fixed order. Grants are sorted and deduplicated,
-    /// because their order means nothing.
+    /// The canonical encoding of everything but the tool (which keys the
+    /// digest, see [`Invocation::digest`]): a one-byte format tag, then every
+    /// field in a fixed order, integers as minimal LEB128 varints and strings
+    /// and lists prefixed by their length, so that no two invocations share
+    /// an encoding. Grants are sorted and deduplicated, because their order
+    /// means nothing. The common invocation (no args, no grants, time 0)
+    /// encodes in under 64 bytes: one blake3 block.
     pub fn canonical_bytes(&self) -> Vec<u8> {
-        let mut out = Vec::with_capacity(160 + self.args.len() * 32);
-        out.extend_from_slice(b"voidbox-invocation-v1\0");
-        out.extend_from_slice(self.tool.as_bytes());
-        put_str(&mut out, &self.export);
-        out.extend_from_slice(self.input.as_bytes());
-        put_u64(&mut out, self.args.len() as u64);
-        for (k, v) in &self.args {
-            put_str(&mut out, k);
-            put_str(&mut out, v);
-        }
-        let b = &self.budget;
-        put_u64(&mut out, b.fuel);
-        put_u64(&mut out, b.memory_bytes);
-        put_u64(&mut out, b.output_bytes);
-        put_u64(
-            &mut out,
-            b.timeout.as_millis().try_into().unwrap_or(u64::MAX),
-        );
-        let mut grants = self.grants.clone();
-        grants.sort();
-        grants.dedup();
-        put_u64(&mut out, grants.len() as u64);
-        for g in &grants {
-            out.extend_from_slice(g.as_bytes());
-        }
-        put_u64(&mut out, self.time_unix_ns);
+        let mut out = Vec::with_capacity(64 + self.args.len() * 16 + self.grants.len() * 32);
+        self.encode_canonical(&mut out);
         out
     }
 
-    /// The invocation's identity: blake3 of [`Invocation::canonical_bytes`].
-    pub fn digest(&self) -> Digest {
-        Digest::of(&self.canonical_bytes())
+    fn encode_canonical(&self, out: &mut Vec<u8>) {
+        out.push(INVOCATION_TAG);
+        out.extend_from_slice(self.input.as_bytes());
+        put_str(out, &self.export);
+        put_varint(out, self.args.len() as u64);
+        for (k, v) in &self.args {
+            put_str(out, k);
+            put_str(out, v);
+        }
+        let b = &self.budget;
+        put_varint(out, b.fuel);
+        put_varint(out, b.memory_bytes);
+        put_varint(out, b.output_bytes);
+        put_varint(out, b.timeout.as_millis().try_into().unwrap_or(u64::MAX));
+        match self.grants.len() {
+            0 => put_varint(out, 0),
+            1 => {
+                put_varint(out, 1);
+                out.extend_from_slice(self.grants[0].as_bytes());
+            }
+            _ => {
+                let mut grants = self.grants.clone();
+                grants.sort();
+                grants.dedup();
+                put_varint(out, grants.len() as u64);
+                for g in &grants {
+                    out.extend_from_slice(g.as_bytes());
+                }
+            }
+        }
+        put_varint(out, self.time_unix_ns);
     }
+
+    /// The invocation's identity: blake3 keyed by the tool's digest over
+    /// [`Invocation::canonical_bytes`]. The key costs no hashing (it is the
+    /// hash's starting state), so the tool is bound without the 32 bytes
+    /// that would take the common encoding past one block.
+    pub fn digest(&self) -> Digest {
+        with_scratch(|out| {
+            self.encode_canonical(out);
+            Digest(*blake3::keyed_hash(self.tool.as_bytes(), out).as_bytes())
+        })
+    }
+}
+
+/// The first byte of an invocation's canonical encoding (format 2; format
+/// 1 was a plain blake3 of a longer encoding, no longer produced).
+const INVOCATION_TAG: u8 = b'i';
+/// The first byte of a receipt's digested encoding (format 2).
+const RECEIPT_TAG: u8 = b'r';
+
+/// Runs `f` on this thread's cleared scratch buffer: the digests are taken
+/// on every invocation's path, where an allocation each is measurable.
+fn with_scratch<R>(f: impl FnOnce(&mut Vec<u8>) -> R) -> R {
+    thread_local! {
+        static SCRATCH: std::cell::RefCell<Vec<u8>> = const { std::cell::RefCell::new(Vec::new()) };
+    }
+    SCRATCH.with(|s| match s.try_borrow_mut() {
+        Ok(mut buf) => {
+            buf.clear();
+            f(&mut buf)
+        }
+        // Not reentrant today; a fresh buffer keeps it correct if it ever is.
+        Err(_) => f(&mut Vec::new()),
+    })
 }
 
 fn put_u64(out: &mut Vec<u8>, v: u64) {
     out.extend_from_slice(&v.to_le_bytes());
 }
 
+/// Minimal unsigned LEB128: each value has exactly one encoding, and no
+/// encoding is a prefix of another.
+fn put_varint(out: &mut Vec<u8>, mut v: u64) {
+    while v >= 0x80 {
+        out.push((v as u8) | 0x80);
+        v >>= 7;
+    }
+    out.push(v as u8);
+}
+
+fn put_opt_digest(out: &mut Vec<u8>, d: &Option<Digest>) {
+    match d {
+        Some(d) => {
+            out.push(1);
+            out.extend_from_slice(d.as_bytes());
+        }
+        None => out.push(0),
+    }
+}
+
 fn put_str(out: &mut Vec<u8>, s: &str) {
-    put_u64(out, s.len() as u64);
+    put_varint(out, s.len() as u64);
     out.extend_from_slice(s.as_bytes());
 }
 
@@ -153,50 +214,60 @@ impl Receipt {
     /// outcome, output, fuel, memory peak and diagnostics. Timestamps,
     /// durations and the cache flag differ between hosts and are left out,
     /// so two hosts that ran the same invocation agree on this digest.
+    ///
+    /// blake3 keyed by the invocation digest over a one-byte format tag and
+    /// the other fields (integers as minimal LEB128 varints, the outcome as
+    /// its canonical JSON with `ok` written as an empty string): two blocks
+    /// for a receipt without diagnostics. Tool and input stay in, although
+    /// the invocation digest binds them, because a receipt is checked
+    /// without its invocation (`voidbox receipt verify`).
     pub fn compute_digest(&self) -> Digest {
+        with_scratch(|out| {
+            out.push(RECEIPT_TAG);
+            out.extend_from_slice(self.tool.as_bytes());
+            out.extend_from_slice(self.input.as_bytes());
+            put_opt_digest(out, &self.output);
+            put_varint(out, self.output_bytes);
+            match &self.outcome {
+                // Outcome JSON is never empty, so the empty string is free.
+                Outcome::Ok => put_varint(out, 0),
+                other => {
+                    let json = serde_json::to_vec(other).expect("outcome serializes");
+                    put_varint(out, json.len() as u64);
+                    out.extend_from_slice(&json);
+                }
+            }
+            put_varint(out, self.fuel_used);
+            put_varint(out, self.memory_peak_bytes);
+            put_opt_digest(out, &self.diagnostics);
+            Digest(*blake3::keyed_hash(self.invocation.as_bytes(), out).as_bytes())
+        })
+    }
+
+    /// The digest as format 1 computed it (plain blake3 of a longer,
+    /// fixed-width encoding), so that receipts stored or signed before
+    /// format 2 still check.
+    fn digest_v1(&self) -> Digest {
         let mut out = Vec::with_capacity(256);
         out.extend_from_slice(b"voidbox-receipt-v1\0");
         out.extend_from_slice(self.invocation.as_bytes());
         out.extend_from_slice(self.tool.as_bytes());
         out.extend_from_slice(self.input.as_bytes());
-        match &self.output {
-            Some(d) => {
-                out.push(1);
-                out.extend_from_slice(d.as_bytes());
-            }
-            None => out.push(0),
-        }
+        put_opt_digest(&mut out, &self.output);
         put_u64(&mut out, self.output_bytes);
-        // The outcome's JSON form is canonical: a fixed tag and fields in
-        // declaration order. `ok`, nearly every receipt's, is encoded once.
-        static OK_JSON: std::sync::OnceLock<Vec<u8>> = std::sync::OnceLock::new();
-        let encoded;
-        let outcome: &[u8] = match self.outcome {
-            Outcome::Ok => OK_JSON
-                .get_or_init(|| serde_json::to_vec(&Outcome::Ok).expect("outcome serializes")),
-            _ => {
-                encoded = serde_json::to_vec(&self.outcome).expect("outcome serializes");
-                &encoded
-            }
-        };
+        let outcome = serde_json::to_vec(&self.outcome).expect("outcome serializes");
         put_u64(&mut out, outcome.len() as u64);
-        out.extend_from_slice(outcome);
+        out.extend_from_slice(&outcome);
         put_u64(&mut out, self.fuel_used);
         put_u64(&mut out, self.memory_peak_bytes);
-        match &self.diagnostics {
-            Some(d) => {
-                out.push(1);
-                out.extend_from_slice(d.as_bytes());
-            }
-            None => out.push(0),
-        }
+        put_opt_digest(&mut out, &self.diagnostics);
         Digest::of(&out)
     }
 
     /// Whether the stored digest matches the content (a receipt read back
     /// from disk is checked with this).
     pub fn is_consistent(&self) -> bool {
-        self.receipt == self.compute_digest()
+        self.receipt == self.compute_digest() || self.receipt == self.digest_v1()
     }
 }
 
@@ -220,6 +291,110 @@ mod tests {
         t.time_unix_ns = 1;
         assert_ne!(base, t.digest());
         assert_ne!(base, inv().grant(Digest::of(b"x")).digest());
+        let mut o = inv();
+        o.tool = Digest::of(b"another tool");
+        assert_ne!(base, o.digest());
+        let mut e = inv();
+        e.export = "run".into();
+        assert_ne!(base, e.digest());
+        let mut m = inv();
+        m.budget.memory_bytes += 1;
+        assert_ne!(base, m.digest());
+    }
+
+    #[test]
+    fn a_plain_invocation_is_one_blake3_block() {
+        // What the format is for: the common invocation (default budget,
+        // no args or grants, time 0) costs one compression to identify.
+        let plain = Invocation::new(Digest::of(b"t"), Digest::of(b"i"));
+        assert!(
+            plain.canonical_bytes().len() <= 64,
+            "{}",
+            plain.canonical_bytes().len()
+        );
+        assert_eq!(
+            plain.digest().0,
+            *blake3::keyed_hash(plain.tool.as_bytes(), &plain.canonical_bytes()).as_bytes()
+        );
+    }
+
+    #[test]
+    fn varints_are_minimal_and_round_numbers_differ() {
+        let enc = |v: u64| {
+            let mut out = Vec::new();
+            put_varint(&mut out, v);
+            out
+        };
+        assert_eq!(enc(0), [0]);
+        assert_eq!(enc(127), [127]);
+        assert_eq!(enc(128), [0x80, 1]);
+        assert_eq!(enc(u64::MAX).len(), 10);
+        // Budgets that differ only past one varint byte still differ.
+        let mut a = inv();
+        a.budget.fuel = 127;
+        let mut b = inv();
+        b.budget.fuel = 128;
+        assert_ne!(a.digest(), b.digest());
+    }
+
+    fn receipt() -> Receipt {
+        let i = inv();
+        let mut r = Receipt {
+            receipt: Digest([0; 32]),
+            invocation: i.digest(),
+            tool: i.tool,
+            input: i.input,
+            output: Some(Digest::of(b"out")),
+            output_bytes: 3,
+            outcome: Outcome::Ok,
+            fuel_used: 1234,
+            memory_peak_bytes: 1 << 20,
+            diagnostics: None,
+            timestamp: 7,
+            cached: false,
+            duration_us: 9,
+        };
+        r.receipt = r.compute_digest();
+        r
+    }
+
+    #[test]
+    fn the_receipt_digest_covers_the_deterministic_fields_only() {
+        let base = receipt();
+        assert!(base.is_consistent());
+        let changes: Vec<fn(&mut Receipt)> = vec![
+            |r| r.invocation = Digest::of(b"x"),
+            |r| r.tool = Digest::of(b"x"),
+            |r| r.input = Digest::of(b"x"),
+            |r| r.output = None,
+            |r| r.output_bytes += 1,
+            |r| r.outcome = Outcome::OutOfFuel,
+            |r| r.fuel_used += 1,
+            |r| r.memory_peak_bytes += 1,
+            |r| r.diagnostics = Some(Digest::of(b"d")),
+        ];
+        for (i, change) in changes.iter().enumerate() {
+            let mut r = base.clone();
+            change(&mut r);
+            assert!(!r.is_consistent(), "change {i} left the digest valid");
+        }
+        let mut r = base.clone();
+        r.timestamp += 1;
+        r.cached = true;
+        r.duration_us += 1;
+        assert!(r.is_consistent(), "host-local fields are not digested");
+    }
+
+    #[test]
+    fn receipts_digested_in_format_1_still_check() {
+        // Stored (and signed) before format 2: read back, they must verify,
+        // and a changed field must still be caught.
+        let mut r = receipt();
+        r.receipt = r.digest_v1();
+        assert_ne!(r.receipt, r.compute_digest());
+        assert!(r.is_consistent());
+        r.fuel_used += 1;
+        assert!(!r.is_consistent());
     }
 
     #[test]
