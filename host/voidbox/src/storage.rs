@@ -834,13 +834,13 @@ impl Storage {
     /// action-cache entry) through the journal, after the small blobs it
     /// names (`blobs`, from [`Storage::prepare_blob`]): replay then never
     /// meets a receipt before its blobs.
-    pub(crate) fn record(
+    pub(crate) fn record<'a>(
         &self,
         invocation: &Invocation,
         invocation_digest: Digest,
         receipt: &Receipt,
         cache: bool,
-        blobs: Vec<PendingBlob<'_>>,
+        blobs: impl IntoIterator<Item = PendingBlob<'a>>,
     ) -> Result<()> {
         SCRATCH.with(|scratch| {
             let mut encoded = scratch.borrow_mut();
