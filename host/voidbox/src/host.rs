@@ -1117,14 +1117,13 @@ impl Host {
         let cacheable = receipt.outcome.is_deterministic();
         // The storage's tail answers the next identical invocation; the
         // in-memory front is filled when an answer comes from the database.
-        self.storage
-            .record(
-                invocation,
-                inv_digest,
-                &receipt,
-                cacheable,
-                output_blob.into_iter().chain(diagnostics_blob),
-            )?;
+        self.storage.record(
+            invocation,
+            inv_digest,
+            &receipt,
+            cacheable,
+            output_blob.into_iter().chain(diagnostics_blob),
+        )?;
         self.keep_tool(generation, invocation.tool, tool);
         Ok(receipt)
     }
@@ -1302,7 +1301,9 @@ impl UnixClock {
                 .store(system_unix_ns().saturating_sub(since), Ordering::Relaxed);
             self.measured_at.store(since, Ordering::Relaxed);
         }
-        self.unix_at_base.load(Ordering::Relaxed).saturating_add(since)
+        self.unix_at_base
+            .load(Ordering::Relaxed)
+            .saturating_add(since)
     }
 }
 

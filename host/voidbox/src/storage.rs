@@ -39,6 +39,7 @@
 mod chunks;
 mod digest_hash;
 mod journal;
+mod prefix_filter;
 mod runs;
 
 use std::cell::RefCell;
@@ -58,6 +59,7 @@ use voidbox_cas::{CasError, Digest, DiskStore, GcReport, Store, VerifyReport};
 use crate::error::{Error, Result};
 use crate::invocation::{Invocation, Receipt};
 pub(crate) use digest_hash::{DigestMap, DigestSet};
+use prefix_filter::PrefixFilter;
 
 /// Tool digest → tool record (JSON).
 pub(crate) const TOOLS: TableDefinition<&[u8; 32], &[u8]> = TableDefinition::new("tools");
@@ -318,7 +320,7 @@ struct State {
     /// how often that costs a trip to memory; a fresh invocation that
     /// shares a prefix with one of n entries (n / 2^32, 0.02% for a
     /// million) only asks the database for nothing.
-    cache_filter: DigestSet<u32>,
+    cache_filter: PrefixFilter,
     /// Tails taken by a checkpoint that is still writing them into redb:
     /// still read, until the checkpoint's commit is visible. Taking the tail
     /// is a pointer swap, so a checkpoint never holds the lock for long.
@@ -615,7 +617,7 @@ impl Storage {
         )?;
         let journal_dir = home.join(JOURNAL_DIR);
         let (tail, next_segment) = replay_journal(&journal_dir)?;
-        let mut cache_filter = DigestSet::default();
+        let mut cache_filter = PrefixFilter::default();
         // One snapshot for the logs' next keys and the cache filter.
         let txn = dbtry!(&db_path, db.begin_read())?;
         let next_receipt_chunk = next_key(&txn, RECEIPT_CHUNKS, &db_path)?;
@@ -879,7 +881,7 @@ impl Storage {
         // The filter first: it holds every key of every tail's cache too,
         // so a fresh invocation costs one probe, not one per tail (each a
         // likely cache miss in a table of tens of thousands of entries).
-        if !st.cache_filter.contains(&filter_key(invocation)) {
+        if !st.cache_filter.contains(filter_key(invocation)) {
             return InMemory::Absent;
         }
         match st.cached(invocation) {
