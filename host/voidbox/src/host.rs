@@ -854,7 +854,12 @@ impl Host {
         // receipt is still in the journal's tail is answered under the
         // storage's lock alone; the front of receipts read from the
         // database only holds what memory calls stored.
-        match self.storage.cached_in_memory(invocation) {
+        self.cached_after(invocation, self.storage.cached_in_memory(invocation))
+    }
+
+    /// [`Host::cached`], given what memory said.
+    fn cached_after(&self, invocation: &Digest, memory: InMemory) -> Result<Option<Receipt>> {
+        match memory {
             InMemory::Found(mut r) => {
                 r.cached = true;
                 return Ok(Some(r));
@@ -895,10 +900,14 @@ impl Host {
     /// (and any granted blob) must already be stored.
     pub fn invoke(&self, invocation: &Invocation) -> Result<Receipt> {
         let inv_digest = invocation.digest();
-        if let Some(r) = self.cached(&inv_digest)? {
+        // The cache question and, for a miss, the input, under one lock:
+        // each lock taken moves its cache line between the cores when two
+        // threads invoke.
+        let (memory, input) = self.storage.probe(&inv_digest, &invocation.input);
+        if let Some(r) = self.cached_after(&inv_digest, memory)? {
             return Ok(r);
         }
-        self.execute(invocation, inv_digest)
+        self.execute_with(invocation, inv_digest, input)
     }
 
     /// Runs a batch of invocations on the worker slots and returns their
@@ -1022,9 +1031,19 @@ impl Host {
 
     /// Runs an invocation that the action cache did not answer.
     fn execute(&self, invocation: &Invocation, inv_digest: Digest) -> Result<Receipt> {
+        self.execute_with(invocation, inv_digest, None)
+    }
+
+    /// [`Host::execute`] with the input, when the caller read it already.
+    fn execute_with(
+        &self,
+        invocation: &Invocation,
+        inv_digest: Digest,
+        input: Option<Arc<[u8]>>,
+    ) -> Result<Receipt> {
         let started = Instant::now();
         let (generation, tool) = self.take_tool(&invocation.tool)?;
-        let input = match self.blobs.get_shared(&invocation.input) {
+        let input = match input.map_or_else(|| self.blobs.get_shared(&invocation.input), Ok) {
             Ok(b) => b,
             Err(voidbox_cas::CasError::NotFound(d)) => return Err(Error::NoSuchBlob(d)),
             Err(e) => return Err(e.into()),

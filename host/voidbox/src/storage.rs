@@ -407,6 +407,21 @@ impl State {
     fn cached(&self, invocation: &Digest) -> Option<Receipt> {
         self.tails().find_map(|t| t.cached(invocation))
     }
+
+    /// What memory alone says of an invocation's action-cache entry (see
+    /// [`Storage::cached_in_memory`]).
+    fn in_memory(&self, invocation: &Digest) -> InMemory {
+        // The filter first: it holds every key of every tail's cache too,
+        // so a fresh invocation costs one probe, not one per tail (each a
+        // likely cache miss in a table of tens of thousands of entries).
+        if !self.cache_filter.contains(filter_key(invocation)) {
+            return InMemory::Absent;
+        }
+        match self.cached(invocation) {
+            Some(receipt) => InMemory::Found(receipt),
+            None => InMemory::Stored,
+        }
+    }
 }
 
 /// The key of [`State::cache_filter`].
@@ -877,16 +892,21 @@ impl Storage {
     /// common case for a fresh invocation); or that the database may hold
     /// one ([`Storage::cached_receipt_stored`]). One lock.
     pub(crate) fn cached_in_memory(&self, invocation: &Digest) -> InMemory {
+        self.shared.lock().in_memory(invocation)
+    }
+
+    /// [`Storage::cached_in_memory`] and, when that says there is no entry
+    /// (the invocation is about to run), the input blob if the journal's
+    /// tail holds it: one lock for both.
+    pub(crate) fn probe(
+        &self,
+        invocation: &Digest,
+        input: &Digest,
+    ) -> (InMemory, Option<Arc<[u8]>>) {
         let st = self.shared.lock();
-        // The filter first: it holds every key of every tail's cache too,
-        // so a fresh invocation costs one probe, not one per tail (each a
-        // likely cache miss in a table of tens of thousands of entries).
-        if !st.cache_filter.contains(filter_key(invocation)) {
-            return InMemory::Absent;
-        }
-        match st.cached(invocation) {
-            Some(receipt) => InMemory::Found(receipt),
-            None => InMemory::Stored,
+        match st.in_memory(invocation) {
+            InMemory::Absent => (InMemory::Absent, st.blob(input).map(Arc::from)),
+            memory => (memory, None),
         }
     }
 
