@@ -111,8 +111,6 @@ pub struct Host {
     pinned_keys: OnceLock<voidbox_auth::PinnedKeys<voidbox_auth::DirKeyStore>>,
     /// The in-memory front of the action cache.
     recent: Mutex<DigestMap<Digest, Arc<Receipt>>>,
-    /// Last timestamp handed out (hybrid logical clock).
-    hlc: AtomicU64,
     /// The physical part of those timestamps.
     unix_clock: UnixClock,
     /// The worker slots of [`Host::invoke_batch`], started on first use.
@@ -280,7 +278,6 @@ impl Host {
             sandbox,
             tools: RwLock::new(HashMap::new()),
             recent: Mutex::new(DigestMap::default()),
-            hlc: AtomicU64::new(0),
             unix_clock: UnixClock::new(),
             pool: OnceLock::new(),
             worker_slots: AtomicUsize::new(0),
@@ -1128,7 +1125,8 @@ impl Host {
             fuel_used: result.fuel_used,
             memory_peak_bytes: result.memory_peak_bytes,
             diagnostics,
-            timestamp: self.next_timestamp_at(ended),
+            // Given by the storage as it records the receipt.
+            timestamp: 0,
             cached: false,
             duration_us: ended.duration_since(started).as_micros() as u64,
         };
@@ -1139,9 +1137,10 @@ impl Host {
         self.storage.record(
             invocation,
             inv_digest,
-            &receipt,
+            &mut receipt,
             cacheable,
             output_blob.into_iter().chain(diagnostics_blob),
+            Some(self.unix_clock.unix_ns(ended)),
         )?;
         self.keep_tool(generation, invocation.tool, tool);
         Ok(receipt)
@@ -1203,7 +1202,7 @@ impl Host {
         receipt.cached = false;
         let cacheable = receipt.outcome.is_deterministic();
         self.storage
-            .record(invocation, inv_digest, &receipt, cacheable, blobs)?;
+            .record(invocation, inv_digest, &mut receipt, cacheable, blobs, None)?;
         Ok(true)
     }
 
@@ -1260,29 +1259,6 @@ impl Host {
                 .map_err(Error::io(&grants, "remove the directory by hand"))?;
         }
         Ok(report)
-    }
-
-    /// A hybrid-logical-clock reading: physical time in nanoseconds, made
-    /// strictly increasing within this host.
-    #[cfg(test)]
-    fn next_timestamp(&self) -> u64 {
-        self.next_timestamp_at(Instant::now())
-    }
-
-    /// [`Host::next_timestamp`] with the physical part taken at `at`.
-    fn next_timestamp_at(&self, at: Instant) -> u64 {
-        let physical = self.unix_clock.unix_ns(at);
-        let mut last = self.hlc.load(Ordering::Relaxed);
-        loop {
-            let next = physical.max(last + 1);
-            match self
-                .hlc
-                .compare_exchange_weak(last, next, Ordering::Relaxed, Ordering::Relaxed)
-            {
-                Ok(_) => return next,
-                Err(seen) => last = seen,
-            }
-        }
     }
 }
 
@@ -1392,12 +1368,43 @@ mod tests {
     }
 
     #[test]
-    fn timestamps_strictly_increase() {
+    fn receipts_from_two_threads_get_distinct_increasing_timestamps_near_the_clock() {
+        let wasm = std::fs::read(voidbox_tool_artifacts::ECHO).unwrap();
         let dir = tempfile::tempdir().unwrap();
         let host = Host::open(dir.path()).unwrap();
-        let a = host.next_timestamp();
-        let b = host.next_timestamp();
-        assert!(b > a);
+        let echo = host.add_tool(&wasm, Some("echo")).unwrap().digest;
+        let before = system_unix_ns();
+        let stamps: Vec<Vec<u64>> = std::thread::scope(|s| {
+            let threads: Vec<_> = (0..2)
+                .map(|t| {
+                    let host = &host;
+                    s.spawn(move || {
+                        (0..50)
+                            .map(|i| {
+                                let input = host.put_input(format!("{t}-{i}").as_bytes()).unwrap();
+                                host.invoke(&Invocation::new(echo, input))
+                                    .unwrap()
+                                    .timestamp
+                            })
+                            .collect::<Vec<u64>>()
+                    })
+                })
+                .collect();
+            threads.into_iter().map(|t| t.join().unwrap()).collect()
+        });
+        let after = system_unix_ns();
+        for mine in &stamps {
+            assert!(mine.windows(2).all(|w| w[0] < w[1]), "{mine:?}");
+        }
+        let mut all: Vec<u64> = stamps.concat();
+        all.sort_unstable();
+        all.dedup();
+        assert_eq!(all.len(), 100, "two receipts shared a timestamp");
+        let slack = 50_000_000;
+        assert!(
+            all[0] + slack >= before && all[99] <= after + slack,
+            "{all:?}"
+        );
     }
 
     #[test]

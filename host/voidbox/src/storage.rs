@@ -296,6 +296,8 @@ impl Tail {
 struct State {
     /// Encoded records of the open generation.
     buffer: Vec<u8>,
+    /// The last timestamp [`Storage::record`] gave a receipt.
+    last_timestamp: u64,
     /// The generation now being appended to (starts at 1; 0 is what a
     /// replay at open found).
     generation: u64,
@@ -669,6 +671,7 @@ impl Storage {
         let shared = Arc::new(Shared {
             state: Mutex::new(State {
                 buffer: Vec::with_capacity(1 << 20),
+                last_timestamp: 0,
                 generation: 1,
                 durable: 0,
                 flush_wanted: false,
@@ -851,19 +854,37 @@ impl Storage {
     /// action-cache entry) through the journal, after the small blobs it
     /// names (`blobs`, from [`Storage::prepare_blob`]): replay then never
     /// meets a receipt before its blobs.
+    ///
+    /// With `stamp_at` (physical time, Unix nanoseconds), the receipt gets
+    /// its timestamp here: a hybrid-logical-clock reading, that time made
+    /// strictly greater than every timestamp recorded before it since the
+    /// storage opened. Without, it keeps the one it has (an adopted
+    /// receipt's).
     pub(crate) fn record<'a>(
         &self,
         invocation: &Invocation,
         invocation_digest: Digest,
-        receipt: &Receipt,
+        receipt: &mut Receipt,
         cache: bool,
         blobs: impl IntoIterator<Item = PendingBlob<'a>>,
+        stamp_at: Option<u64>,
     ) -> Result<()> {
         SCRATCH.with(|scratch| {
             let mut encoded = scratch.borrow_mut();
             encoded.clear();
             journal::put_outcome(&mut encoded, &invocation_digest, cache, invocation, receipt);
             self.append(|st| {
+                if let Some(physical) = stamp_at {
+                    // Under the lock that orders the journal, so timestamps
+                    // increase in journal order, and no other shared word
+                    // is written per invocation (an atomic clock both
+                    // invoking threads updated moved a cache line between
+                    // the cores on every run).
+                    let stamp = physical.max(st.last_timestamp + 1);
+                    st.last_timestamp = stamp;
+                    receipt.timestamp = stamp;
+                    journal::set_outcome_timestamp(&mut encoded, stamp);
+                }
                 for blob in blobs {
                     if let Some(bytes) = blob.inline {
                         st.queue_blob(blob.digest, bytes);
@@ -2429,7 +2450,7 @@ mod tests {
         {
             let storage = Storage::open(home.path(), 1 << 16, TEST_DB_CACHE_BYTES).unwrap();
             storage
-                .record(&inv, inv.digest(), &new, true, Vec::new())
+                .record(&inv, inv.digest(), &mut new.clone(), true, Vec::new(), None)
                 .unwrap();
         }
         // Both reopened from redb alone (a clean close checkpoints).
@@ -2464,7 +2485,14 @@ mod tests {
         // only read.
         let (inv2, r2) = receipt_for(b"after reopening");
         storage
-            .record(&inv2, inv2.digest(), &r2, true, Vec::new())
+            .record(
+                &inv2,
+                inv2.digest(),
+                &mut r2.clone(),
+                true,
+                Vec::new(),
+                None,
+            )
             .unwrap();
         storage.checkpoint().unwrap();
         let txn = storage.db.begin_read().unwrap();
@@ -2483,7 +2511,7 @@ mod tests {
         let d = blob.digest();
         let (inv, r) = receipt_for(input.as_bytes());
         storage
-            .record(&inv, inv.digest(), &r, true, vec![blob])
+            .record(&inv, inv.digest(), &mut r.clone(), true, vec![blob], None)
             .unwrap();
         (d, inv, r)
     }
@@ -2519,13 +2547,54 @@ mod tests {
         assert_eq!(storage.cached_receipt(&Digest::of(b"never")).unwrap(), None);
         let (inv, r) = receipt_for(b"timed out");
         storage
-            .record(&inv, inv.digest(), &r, false, Vec::new())
+            .record(&inv, inv.digest(), &mut r.clone(), false, Vec::new(), None)
             .unwrap();
         assert_eq!(storage.cached_receipt(&inv.digest()).unwrap(), None);
         storage.checkpoint().unwrap();
         assert_eq!(storage.cached_receipt(&inv.digest()).unwrap(), None);
         let stats = storage.stats();
         assert!(stats.checkpoints >= 1 && stats.frames >= 1, "{stats:?}");
+    }
+
+    #[test]
+    fn recorded_timestamps_increase_in_journal_order_and_survive_a_reopen() {
+        let home = tempfile::tempdir().unwrap();
+        let storage = Storage::open(home.path(), 1 << 16, TEST_DB_CACHE_BYTES).unwrap();
+        let mut stamped = Vec::new();
+        // The physical time goes back and stands still; the stamps never do.
+        for (i, physical) in [1_000, 500, 500, 2_000].into_iter().enumerate() {
+            let (inv, mut r) = receipt_for(format!("stamp {i}").as_bytes());
+            storage
+                .record(&inv, inv.digest(), &mut r, true, Vec::new(), Some(physical))
+                .unwrap();
+            stamped.push((inv, r));
+        }
+        let stamps: Vec<u64> = stamped.iter().map(|(_, r)| r.timestamp).collect();
+        assert_eq!(stamps, [1_000, 1_001, 1_002, 2_000]);
+        // Without a time to stamp with, a receipt keeps its own.
+        let (inv, mut kept) = receipt_for(b"adopted");
+        kept.timestamp = 77;
+        storage
+            .record(&inv, inv.digest(), &mut kept, true, Vec::new(), None)
+            .unwrap();
+        assert_eq!(kept.timestamp, 77);
+        stamped.push((inv, kept));
+        // What was journaled is what the receipts say, before and after a
+        // restart replays the journal.
+        for (inv, r) in &stamped {
+            assert_eq!(
+                storage.cached_receipt(&inv.digest()).unwrap().as_ref(),
+                Some(r)
+            );
+        }
+        drop(storage);
+        let reopened = Storage::open(home.path(), 1 << 16, TEST_DB_CACHE_BYTES).unwrap();
+        for (inv, r) in &stamped {
+            assert_eq!(
+                reopened.cached_receipt(&inv.digest()).unwrap().as_ref(),
+                Some(r)
+            );
+        }
     }
 
     #[test]
@@ -2536,7 +2605,7 @@ mod tests {
                 Storage::open_with(home.path(), 1 << 16, TEST_DB_CACHE_BYTES, fsync).unwrap();
             let (inv, r) = receipt_for(b"kept");
             storage
-                .record(&inv, inv.digest(), &r, true, Vec::new())
+                .record(&inv, inv.digest(), &mut r.clone(), true, Vec::new(), None)
                 .unwrap();
             storage.flush().unwrap();
             let stats = storage.stats();

@@ -98,6 +98,16 @@ pub(crate) fn put_outcome(
     patch_len(out, at);
 }
 
+/// Sets the timestamp of the outcome record that `encoded` ends with
+/// ([`put_outcome`]): the receipt is the record's last part, and its last
+/// fields are the timestamp, the cache flag and the duration
+/// ([`encode_receipt`]).
+pub(crate) fn set_outcome_timestamp(encoded: &mut [u8], timestamp: u64) {
+    const AFTER: usize = 1 + 8; // cached, duration_us
+    let end = encoded.len() - AFTER;
+    encoded[end - 8..end].copy_from_slice(&timestamp.to_le_bytes());
+}
+
 /// The first byte of a receipt or invocation stored in redb in this
 /// module's binary encoding (JSON, the older format, starts with `{`).
 const VALUE_V1: u8 = 1;
@@ -551,6 +561,17 @@ mod tests {
                 (r.clone(), Some(inv.clone()))
             );
         }
+    }
+
+    #[test]
+    fn an_outcome_records_timestamp_is_set_in_place() {
+        let (inv, mut r) = receipt(Outcome::Ok);
+        let mut bytes = Vec::new();
+        put_outcome(&mut bytes, &inv.digest(), true, &inv, &r);
+        set_outcome_timestamp(&mut bytes, 1_234_567);
+        r.timestamp = 1_234_567;
+        // Every other field as encoded, the timestamp the new one.
+        assert_eq!(OutcomeRecord::at(&bytes).0.receipt(), r);
     }
 
     #[test]
