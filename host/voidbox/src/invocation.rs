@@ -124,6 +124,17 @@ impl Invocation {
     }
 }
 
+/// An outcome as its canonical JSON (a fixed tag, fields in declaration
+/// order), except `ok`, nearly every receipt's, as the empty string: no
+/// outcome's JSON is empty, so the encodings that use this stay
+/// unambiguous, and the common case costs no serialization.
+pub(crate) fn outcome_json(outcome: &Outcome) -> Vec<u8> {
+    match outcome {
+        Outcome::Ok => Vec::new(),
+        other => serde_json::to_vec(other).expect("outcomes serialize"),
+    }
+}
+
 /// The first byte of an invocation's canonical encoding (format 2; format
 /// 1 was a plain blake3 of a longer encoding, no longer produced).
 const INVOCATION_TAG: u8 = b'i';
@@ -160,7 +171,9 @@ fn put_varint(out: &mut Vec<u8>, mut v: u64) {
     out.push(v as u8);
 }
 
-fn put_opt_digest(out: &mut Vec<u8>, d: &Option<Digest>) {
+/// A flag byte, then the digest if there is one (receipts' optional
+/// digests, in the digest's encoding and the journal's alike).
+pub(crate) fn put_opt_digest(out: &mut Vec<u8>, d: &Option<Digest>) {
     match d {
         Some(d) => {
             out.push(1);
@@ -228,15 +241,9 @@ impl Receipt {
             out.extend_from_slice(self.input.as_bytes());
             put_opt_digest(out, &self.output);
             put_varint(out, self.output_bytes);
-            match &self.outcome {
-                // Outcome JSON is never empty, so the empty string is free.
-                Outcome::Ok => put_varint(out, 0),
-                other => {
-                    let json = serde_json::to_vec(other).expect("outcome serializes");
-                    put_varint(out, json.len() as u64);
-                    out.extend_from_slice(&json);
-                }
-            }
+            let json = outcome_json(&self.outcome);
+            put_varint(out, json.len() as u64);
+            out.extend_from_slice(&json);
             put_varint(out, self.fuel_used);
             put_varint(out, self.memory_peak_bytes);
             put_opt_digest(out, &self.diagnostics);

@@ -30,7 +30,7 @@ use std::time::Duration;
 use voidbox_cas::Digest;
 use voidbox_sandbox::{Budget, Outcome};
 
-use crate::invocation::{Invocation, Receipt};
+use crate::invocation::{put_opt_digest, Invocation, Receipt};
 
 const MAGIC: &[u8; 4] = b"VBJ1";
 /// Bytes before a frame's payload.
@@ -311,16 +311,6 @@ fn put_str(out: &mut Vec<u8>, s: &str) {
     out.extend_from_slice(s.as_bytes());
 }
 
-fn put_opt_digest(out: &mut Vec<u8>, d: &Option<Digest>) {
-    match d {
-        Some(d) => {
-            out.push(1);
-            out.extend_from_slice(d.as_bytes());
-        }
-        None => out.push(0),
-    }
-}
-
 fn encode_invocation(out: &mut Vec<u8>, i: &Invocation) {
     out.extend_from_slice(i.tool.as_bytes());
     put_str(out, &i.export);
@@ -351,15 +341,9 @@ fn encode_receipt(out: &mut Vec<u8>, r: &Receipt) {
     out.extend_from_slice(r.input.as_bytes());
     put_opt_digest(out, &r.output);
     put_u64(out, r.output_bytes);
-    match &r.outcome {
-        // The common case without a JSON round trip.
-        Outcome::Ok => put_len(out, 0),
-        other => {
-            let json = serde_json::to_vec(other).expect("outcomes serialize");
-            put_len(out, json.len());
-            out.extend_from_slice(&json);
-        }
-    }
+    let json = crate::invocation::outcome_json(&r.outcome);
+    put_len(out, json.len());
+    out.extend_from_slice(&json);
     put_u64(out, r.fuel_used);
     put_u64(out, r.memory_peak_bytes);
     put_opt_digest(out, &r.diagnostics);
