@@ -111,7 +111,8 @@ pub struct Host {
     pinned_keys: OnceLock<voidbox_auth::PinnedKeys<voidbox_auth::DirKeyStore>>,
     /// The in-memory front of the action cache.
     recent: Mutex<DigestMap<Digest, Arc<Receipt>>>,
-    /// The physical part of those timestamps.
+    /// The physical part of receipts' timestamps (the storage, recording
+    /// them, makes them strictly increasing).
     unix_clock: UnixClock,
     /// The worker slots of [`Host::invoke_batch`], started on first use.
     pool: OnceLock<Pool>,
