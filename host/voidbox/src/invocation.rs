@@ -93,21 +93,20 @@ impl Invocation {
         put_varint(out, b.memory_bytes);
         put_varint(out, b.output_bytes);
         put_varint(out, b.timeout.as_millis().try_into().unwrap_or(u64::MAX));
-        match self.grants.len() {
-            0 => put_varint(out, 0),
-            1 => {
-                put_varint(out, 1);
-                out.extend_from_slice(self.grants[0].as_bytes());
-            }
-            _ => {
-                let mut grants = self.grants.clone();
-                grants.sort();
-                grants.dedup();
-                put_varint(out, grants.len() as u64);
-                for g in &grants {
-                    out.extend_from_slice(g.as_bytes());
-                }
-            }
+        // Fewer than two grants are sorted already: no copy to sort.
+        let sorted;
+        let grants: &[Digest] = if self.grants.len() < 2 {
+            &self.grants
+        } else {
+            let mut g = self.grants.clone();
+            g.sort();
+            g.dedup();
+            sorted = g;
+            &sorted
+        };
+        put_varint(out, grants.len() as u64);
+        for g in grants {
+            out.extend_from_slice(g.as_bytes());
         }
         put_varint(out, self.time_unix_ns);
     }
