@@ -348,6 +348,61 @@ fn the_action_cache_answers_a_repeated_invocation() {
 }
 
 #[test]
+fn run_stores_the_input_with_the_receipt_and_answers_like_put_then_invoke() {
+    let dir = tempfile::tempdir().unwrap();
+    let home = dir.path().join("home");
+    let small = b"one two three\n".to_vec();
+    // Over the inline limit (64 KiB): stored in the disk store, not the
+    // journal.
+    let large: Vec<u8> = (0..100_000u32).flat_map(|i| i.to_le_bytes()).collect();
+    let (wc, receipts) = {
+        let host = Host::init(&home).unwrap();
+        let wc = host.add_tool_file(tools::WC.as_ref(), None).unwrap().digest;
+        // The template's input is replaced by each input's digest.
+        let template = Invocation::new(wc, Digest::of(b"not this one"));
+        let mut receipts = Vec::new();
+        for input in [&small, &large] {
+            let r = host.run(&template, input).unwrap();
+            assert_eq!(r.outcome, Outcome::Ok);
+            assert!(!r.cached);
+            assert_eq!(r.input, Digest::of(input));
+            assert_eq!(host.blobs().get(&r.input).unwrap(), *input);
+            // The same invocation through put_input and invoke is the
+            // cache's answer to this run.
+            let stored = host.put_input(input).unwrap();
+            let again = host.invoke(&Invocation::new(wc, stored)).unwrap();
+            assert!(again.cached);
+            assert_eq!(again.receipt, r.receipt);
+            // And run again is answered by the cache too.
+            let third = host.run(&template, input).unwrap();
+            assert!(third.cached);
+            assert_eq!(third.receipt, r.receipt);
+            receipts.push(r);
+        }
+        let words = json(&host.output(&receipts[0]).unwrap().unwrap());
+        assert_eq!(words["words"], 3);
+        host.flush().unwrap();
+        (wc, receipts)
+    };
+    // Durable with the receipt: after a restart, the inputs, receipts and
+    // cache entries are all there.
+    let host = Host::open_existing(&home).unwrap();
+    for (r, input) in receipts.iter().zip([&small, &large]) {
+        assert_eq!(host.blobs().get(&r.input).unwrap(), *input);
+        let again = host.invoke(&Invocation::new(wc, r.input)).unwrap();
+        assert!(again.cached);
+        assert_eq!(again.receipt, r.receipt);
+    }
+    // A second host given the input by put_input and invoke computes the
+    // same receipt.
+    let other = TestHost::new();
+    let wc2 = other.add(tools::WC);
+    let input = other.host.put_input(&small).unwrap();
+    let r = other.host.invoke(&Invocation::new(wc2, input)).unwrap();
+    assert_eq!(r.receipt, receipts[0].receipt);
+}
+
+#[test]
 fn receipts_and_the_cache_survive_a_restart_without_recompiling() {
     let dir = tempfile::tempdir().unwrap();
     let home = dir.path().join("home");

@@ -44,12 +44,11 @@ fn main() -> Result<(), Box<dyn std::error::Error>> {
     let dir = tempfile::tempdir()?;
     let h = voidbox::Host::open(dir.path())?;
     let digest = h.add_tool(&wasm, Some("echo"))?.digest;
+    let template = voidbox::Invocation::new(digest, voidbox::Digest::of(b""));
     let call = |t: usize, n: u64| {
         let input = format!("{t}-{n}");
         if host {
-            let d = h.put_input(input.as_bytes()).expect("put");
-            h.invoke(&voidbox::Invocation::new(digest, d))
-                .expect("invoke");
+            h.run(&template, input.as_bytes()).expect("run");
         } else {
             bare.call(input.as_bytes()).expect("call");
         }

@@ -6,7 +6,8 @@
 //!
 //! - [`Host`] opens a data directory and is the whole embedding API:
 //!   [`Host::add_tool`], [`Host::put_input`], [`Host::invoke`] (which returns
-//!   a [`Receipt`]), [`Host::output`], [`Host::receipt`], [`Host::gc`].
+//!   a [`Receipt`]; [`Host::run`] stores the input and invokes in one),
+//!   [`Host::output`], [`Host::receipt`], [`Host::gc`].
 //! - [`Invocation`] names everything a run depends on; its digest is its
 //!   identity and the key of the action cache.
 //! - [`Receipt`] says what came of it; its digest covers only deterministic

@@ -850,6 +850,32 @@ impl Storage {
         })
     }
 
+    /// [`Storage::prepare_blob`] for a blob whose digest the caller
+    /// computed: a small one is not hashed again.
+    pub(crate) fn prepare_known<'a>(
+        &self,
+        digest: Digest,
+        bytes: &'a [u8],
+    ) -> Result<PendingBlob<'a>> {
+        if bytes.len() as u64 > self.inline_max {
+            return self.prepare_blob(bytes);
+        }
+        Ok(PendingBlob {
+            digest,
+            inline: Some(bytes),
+        })
+    }
+
+    /// Stores a blob readied by [`Storage::prepare_blob`] on its own, for
+    /// when no receipt will be recorded with it.
+    pub(crate) fn put_pending(&self, blob: &PendingBlob<'_>) -> Result<()> {
+        match blob.inline {
+            Some(bytes) => self.put_blob_known(blob.digest, bytes),
+            // A large blob is in the disk store already.
+            None => Ok(()),
+        }
+    }
+
     /// Records an invocation's receipt (and, for deterministic outcomes, its
     /// action-cache entry) through the journal, after the small blobs it
     /// names (`blobs`, from [`Storage::prepare_blob`]): replay then never
