@@ -41,6 +41,7 @@ mod digest_hash;
 mod journal;
 mod prefix_filter;
 mod runs;
+mod tail_index;
 
 use std::cell::RefCell;
 use std::collections::{BTreeMap, BTreeSet};
@@ -60,6 +61,7 @@ use crate::error::{Error, Result};
 use crate::invocation::{Invocation, Receipt};
 pub(crate) use digest_hash::{DigestMap, DigestSet};
 use prefix_filter::PrefixFilter;
+use tail_index::TailIndex;
 
 /// Tool digest → tool record (JSON).
 pub(crate) const TOOLS: TableDefinition<&[u8; 32], &[u8]> = TableDefinition::new("tools");
@@ -151,7 +153,7 @@ struct Tail {
     /// the one they ask for.
     records: Vec<u8>,
     /// Small blobs: digest to where its record starts in `records`.
-    blobs: DigestMap<Digest, usize>,
+    blobs: TailIndex,
     /// Every receipt recorded, in order. A list, not a table: recording
     /// appends to it, where two table inserts (by receipt and by
     /// invocation digest) each cost a cache miss on a random bucket of a
@@ -163,7 +165,21 @@ struct Tail {
     recorded: Vec<Recorded>,
     /// Action-cache entries: invocation digest to its receipt's place in
     /// `recorded`.
-    cache: DigestMap<Digest, usize>,
+    cache: TailIndex,
+}
+
+/// The digest of the blob record at `at` in `records` (a [`Tail::blobs`]
+/// place).
+fn blob_key(records: &[u8], at: usize) -> Digest {
+    journal::blob_digest_at(&records[at..])
+}
+
+/// The invocation digest of the receipt `i` of `recorded` (a
+/// [`Tail::cache`] place).
+fn cache_key(records: &[u8], recorded: &[Recorded], i: usize) -> Digest {
+    journal::OutcomeRecord::at(&records[recorded[i].at..])
+        .0
+        .invocation_digest
 }
 
 /// A receipt in a [`Tail`]. Its digest is kept inline so that a scan for
@@ -189,9 +205,9 @@ impl Tail {
             // The journal's segment, and room for the records appended
             // while it is written and rotated.
             records: Vec::with_capacity((CHECKPOINT_BYTES + CHECKPOINT_BYTES / 4) as usize),
-            blobs: DigestMap::with_capacity_and_hasher(2 * n, Default::default()),
+            blobs: TailIndex::with_capacity(2 * n),
             recorded: Vec::with_capacity(n),
-            cache: DigestMap::with_capacity_and_hasher(n, Default::default()),
+            cache: TailIndex::with_capacity(n),
         }
     }
 
@@ -199,16 +215,19 @@ impl Tail {
     fn push_outcome(&mut self, encoded: &[u8], digest: Digest, cacheable: bool) {
         let at = self.records.len();
         self.records.extend_from_slice(encoded);
-        if cacheable {
-            let (record, _) = journal::OutcomeRecord::at(encoded);
-            self.cache
-                .insert(record.invocation_digest, self.recorded.len());
-        }
         self.recorded.push(Recorded {
             digest,
             at,
             cacheable,
         });
+        if cacheable {
+            let (record, _) = journal::OutcomeRecord::at(encoded);
+            let (records, recorded) = (&self.records, &self.recorded);
+            self.cache
+                .insert(&record.invocation_digest, recorded.len() - 1, |i| {
+                    cache_key(records, recorded, i)
+                });
+        }
     }
 
     /// The outcome record of a receipt recorded here.
@@ -220,19 +239,30 @@ impl Tail {
     /// returns the record if it was appended. One probe of the table (an
     /// entry), not a lookup and an insert.
     fn push_blob(&mut self, digest: Digest, bytes: &[u8]) -> Option<&[u8]> {
-        let std::collections::hash_map::Entry::Vacant(slot) = self.blobs.entry(digest) else {
-            return None;
-        };
         let at = self.records.len();
+        let records = &self.records;
+        // The place is taken before the record is written there: the
+        // index reads only places it held before this call.
+        if self
+            .blobs
+            .insert_new(&digest, at, |p| blob_key(records, p))
+            .is_some()
+        {
+            return None;
+        }
         journal::put_blob(&mut self.records, &digest, bytes);
-        slot.insert(at);
         Some(&self.records[at..])
     }
 
     /// A small blob held here.
     fn blob(&self, d: &Digest) -> Option<&[u8]> {
-        let &at = self.blobs.get(d)?;
+        let at = self.blobs.get(d, |p| blob_key(&self.records, p))?;
         Some(journal::blob_at(&self.records[at..]))
+    }
+
+    /// Whether a small blob is held here.
+    fn has_blob(&self, d: &Digest) -> bool {
+        self.blobs.get(d, |p| blob_key(&self.records, p)).is_some()
     }
 
     /// Records held: blobs, receipts, invocations and cache entries.
@@ -258,7 +288,9 @@ impl Tail {
 
     /// The receipt that answers an invocation from the action cache.
     fn cached(&self, invocation: &Digest) -> Option<Receipt> {
-        let &i = self.cache.get(invocation)?;
+        let i = self
+            .cache
+            .get(invocation, |i| cache_key(&self.records, &self.recorded, i))?;
         Some(self.outcome(&self.recorded[i]).receipt())
     }
 
@@ -277,8 +309,8 @@ impl Tail {
     /// CPU in `invoke_loop`, where small records filled a 32 MiB segment
     /// with more invocations than the tail was sized for).
     fn nearly_full(&self) -> bool {
-        fn near<K, V, S>(m: &std::collections::HashMap<K, V, S>) -> bool {
-            !m.is_empty() && m.len() >= m.capacity() - m.capacity() / 8
+        fn near(m: &TailIndex) -> bool {
+            m.len() > 0 && m.len() >= m.capacity() - m.capacity() / 8
         }
         fn near_vec<T>(v: &Vec<T>) -> bool {
             !v.is_empty() && v.len() >= v.capacity() - v.capacity() / 8
@@ -390,7 +422,7 @@ impl State {
     /// Journals a small blob and adds it to the tail, unless a tail holds
     /// it already: a blob queued once need not be queued again.
     fn queue_blob(&mut self, digest: Digest, bytes: &[u8]) {
-        if self.sealed.iter().any(|t| t.blobs.contains_key(&digest)) {
+        if self.sealed.iter().any(|t| t.has_blob(&digest)) {
             return;
         }
         if let Some(record) = self.tail.push_blob(digest, bytes) {
@@ -663,7 +695,11 @@ impl Storage {
             }
         }
         drop(txn);
-        cache_filter.extend(tail.cache.keys().map(filter_key));
+        cache_filter.extend(
+            tail.cache
+                .places()
+                .map(|i| filter_key(&cache_key(&tail.records, &tail.recorded, i))),
+        );
         let segment = Segment::create(&journal_dir, next_segment)?;
         let db = Arc::new(db);
         let disk = Arc::new(disk);
@@ -1769,7 +1805,8 @@ impl Checkpointer {
                     blob_chunks.insert(key, chunk).map(drop).map_err(|e| s(&e))
                 };
                 let mut chunk = chunks::Builder::new(self.next_blob_chunk);
-                for (d, &at) in &taken.blobs {
+                for at in taken.blobs.places() {
+                    let d = blob_key(&taken.records, at);
                     let b = journal::blob_at(&taken.records[at..]);
                     let at = chunk.push(
                         |out| {
@@ -2729,13 +2766,16 @@ mod tests {
         assert!(!tail.nearly_full());
         let cap = tail.cache.capacity();
         let threshold = cap - cap / 8;
-        for i in 0..threshold - 1 {
-            let d = Digest::of(&(i as u64).to_le_bytes());
-            tail.cache.insert(d, 0);
+        // The digests the index's places stand for.
+        let keys: Vec<Digest> = (0..threshold as u64)
+            .map(|i| Digest::of(&i.to_le_bytes()))
+            .collect();
+        for (i, d) in keys.iter().enumerate().take(threshold - 1) {
+            tail.cache.insert(d, i, |p| keys[p]);
         }
         assert!(!tail.nearly_full());
-        let d = Digest::of(b"one more");
-        tail.cache.insert(d, 0);
+        tail.cache
+            .insert(&keys[threshold - 1], threshold - 1, |p| keys[p]);
         assert!(tail.nearly_full());
         // Still within capacity: no rehash happened on the way.
         assert_eq!(tail.cache.capacity(), cap);

@@ -62,6 +62,17 @@ pub(crate) fn put_blob(out: &mut Vec<u8>, digest: &Digest, bytes: &[u8]) {
     out.extend_from_slice(bytes);
 }
 
+/// The digest of the blob record ([`put_blob`]) at the start of `bytes`.
+/// Only for bytes this process encoded.
+pub(crate) fn blob_digest_at(bytes: &[u8]) -> Digest {
+    debug_assert_eq!(bytes[0], TAG_BLOB);
+    Digest(
+        bytes[1..33]
+            .try_into()
+            .expect("a blob record this process encoded"),
+    )
+}
+
 /// The content of the blob record ([`put_blob`]) at the start of `bytes`.
 /// Only for bytes this process encoded: anything else panics.
 pub(crate) fn blob_at(bytes: &[u8]) -> &[u8] {
