@@ -957,7 +957,9 @@ impl Host {
         blob: PendingBlob<'_>,
     ) -> Result<Receipt> {
         let inv_digest = invocation.digest();
-        let memory = self.storage.cached_in_memory(&inv_digest);
+        let memory = self
+            .storage
+            .cached_in_memory_fresh(&inv_digest, &invocation.input);
         if let Some(r) = self.cached_after(&inv_digest, memory)? {
             // Stored already unless removed since (`cas rm`): a caller
             // that stored it itself would find it after this call too.

@@ -211,8 +211,16 @@ impl Tail {
         }
     }
 
-    /// Appends an encoded outcome record ([`journal::put_outcome`]).
-    fn push_outcome(&mut self, encoded: &[u8], digest: Digest, cacheable: bool) {
+    /// Appends an encoded outcome record ([`journal::put_outcome`]) of
+    /// the receipt `digest`, for the invocation `invocation`.
+    fn push_outcome(
+        &mut self,
+        encoded: &[u8],
+        digest: Digest,
+        invocation: &Digest,
+        cacheable: bool,
+    ) {
+        debug_assert_eq!(journal::OutcomeRecord::at(encoded).0.invocation_digest, *invocation);
         let at = self.records.len();
         self.records.extend_from_slice(encoded);
         self.recorded.push(Recorded {
@@ -221,13 +229,19 @@ impl Tail {
             cacheable,
         });
         if cacheable {
-            let (record, _) = journal::OutcomeRecord::at(encoded);
             let (records, recorded) = (&self.records, &self.recorded);
-            self.cache
-                .insert(&record.invocation_digest, recorded.len() - 1, |i| {
-                    cache_key(records, recorded, i)
-                });
+            self.cache.insert(invocation, recorded.len() - 1, |i| {
+                cache_key(records, recorded, i)
+            });
         }
+    }
+
+    /// Asks the processor to fetch the index slots that recording a run
+    /// of `invocation` on the small blob `input` will write, so that the
+    /// run overlaps their trips to memory.
+    fn prefetch_record(&self, invocation: &Digest, input: &Digest) {
+        self.cache.prefetch(invocation);
+        self.blobs.prefetch(input);
     }
 
     /// The outcome record of a receipt recorded here.
@@ -953,7 +967,8 @@ impl Storage {
                     }
                 }
                 st.buffer.extend_from_slice(&encoded);
-                st.tail.push_outcome(&encoded, receipt.receipt, cache);
+                st.tail
+                    .push_outcome(&encoded, receipt.receipt, &invocation_digest, cache);
                 if cache {
                     st.cache_filter.insert(filter_key(&invocation_digest));
                 }
@@ -976,6 +991,18 @@ impl Storage {
     /// one ([`Storage::cached_receipt_stored`]). One lock.
     pub(crate) fn cached_in_memory(&self, invocation: &Digest) -> InMemory {
         self.shared.lock().in_memory(invocation)
+    }
+
+    /// [`Storage::cached_in_memory`] for an invocation whose input is
+    /// not stored yet: when it is about to run, prefetches what recording
+    /// it will write (see [`Tail::prefetch_record`]).
+    pub(crate) fn cached_in_memory_fresh(&self, invocation: &Digest, input: &Digest) -> InMemory {
+        let st = self.shared.lock();
+        let memory = st.in_memory(invocation);
+        if let InMemory::Absent = memory {
+            st.tail.prefetch_record(invocation, input);
+        }
+        memory
     }
 
     /// [`Storage::cached_in_memory`] and, when that says there is no entry
@@ -1469,7 +1496,7 @@ fn replay_journal(dir: &Path) -> Result<(Tail, u64)> {
                         &invocation,
                         &receipt,
                     );
-                    tail.push_outcome(&encoded, receipt.receipt, cacheable);
+                    tail.push_outcome(&encoded, receipt.receipt, &invocation_digest, cacheable);
                 }
             }
         }

@@ -136,6 +136,21 @@ impl TailIndex {
         self.slots[i] = Self::slot(tag, place);
     }
 
+    /// Hints the processor to fetch the slot where a probe for `digest`
+    /// starts (a hint only: nothing is read or written).
+    pub(crate) fn prefetch(&self, digest: &Digest) {
+        let i = self.hash.hash_one(digest) as usize & (self.slots.len() - 1);
+        #[cfg(target_arch = "x86_64")]
+        // SAFETY: a prefetch never faults and changes no memory; the
+        // address is inside `slots` anyway.
+        unsafe {
+            use std::arch::x86_64::{_mm_prefetch, _MM_HINT_T0};
+            _mm_prefetch::<_MM_HINT_T0>(self.slots.as_ptr().add(i).cast());
+        }
+        #[cfg(not(target_arch = "x86_64"))]
+        let _ = i;
+    }
+
     /// Every place held, in no particular order.
     pub(crate) fn places(&self) -> impl Iterator<Item = usize> + '_ {
         self.slots
