@@ -220,7 +220,10 @@ impl Tail {
         invocation: &Digest,
         cacheable: bool,
     ) {
-        debug_assert_eq!(journal::OutcomeRecord::at(encoded).0.invocation_digest, *invocation);
+        debug_assert_eq!(
+            journal::OutcomeRecord::at(encoded).0.invocation_digest,
+            *invocation
+        );
         let at = self.records.len();
         self.records.extend_from_slice(encoded);
         self.recorded.push(Recorded {
