@@ -57,12 +57,18 @@ pub struct SandboxSettings {
     pub lanes: usize,
 }
 
+/// The most `storage.inline_blob_bytes_max` may be: a small fraction of a
+/// journal segment, so that a segment holds many records and the
+/// in-memory tail stays bounded.
+pub const INLINE_BLOB_BYTES_LIMIT: u64 = 1 << 20;
+
 /// Settings of storage.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
 #[serde(deny_unknown_fields, default)]
 pub struct StorageSettings {
     /// Blobs up to this size are kept inside the database (cheap to write in
-    /// batches); larger ones are files in the CAS directory.
+    /// batches); larger ones are files in the CAS directory. At most
+    /// [`INLINE_BLOB_BYTES_LIMIT`].
     pub inline_blob_bytes_max: u64,
     /// Receipts kept in the in-memory action cache in front of the database.
     pub action_cache_entries: usize,
@@ -158,7 +164,7 @@ lanes = 0
 
 [storage]
 # Blobs up to this size live in the database, written in batches; larger
-# blobs are files under cas/ (64 KiB).
+# blobs are files under cas/ (64 KiB; at most 1 MiB).
 inline_blob_bytes_max = 65536
 # Receipts kept in memory in front of the on-disk action cache.
 action_cache_entries = 100000
@@ -185,10 +191,31 @@ impl Config {
 
     /// Parses configuration text; `path` is only used in messages.
     pub fn parse(text: &str, path: &Path) -> Result<Config> {
-        toml::from_str(text).map_err(|e| Error::Config {
+        let config: Config = toml::from_str(text).map_err(|e| Error::Config {
             path: PathBuf::from(path),
             detail: e.to_string().trim_end().replace('\n', " "),
-        })
+        })?;
+        config.check().map_err(|detail| Error::Config {
+            path: PathBuf::from(path),
+            detail,
+        })?;
+        Ok(config)
+    }
+
+    /// Refuses values the host cannot honour, naming the key and the fix.
+    fn check(&self) -> std::result::Result<(), String> {
+        let inline = self.storage.inline_blob_bytes_max;
+        if inline > INLINE_BLOB_BYTES_LIMIT {
+            // Inline blobs live in the journal and its in-memory tail until
+            // a checkpoint (a segment of 32 MiB): larger ones belong in the
+            // CAS directory, which streams them.
+            return Err(format!(
+                "storage.inline_blob_bytes_max = {inline} is over its limit of \
+                 {INLINE_BLOB_BYTES_LIMIT} (1 MiB): larger blobs are stored as files, \
+                 streamed; set it to at most {INLINE_BLOB_BYTES_LIMIT} (the default is 65536)"
+            ));
+        }
+        Ok(())
     }
 }
 
@@ -208,6 +235,21 @@ mod tests {
         let msg = err.to_string();
         assert!(msg.contains("fule"), "{msg}");
         assert!(msg.contains("voidbox.toml"), "{msg}");
+    }
+
+    #[test]
+    fn an_inline_limit_too_large_is_refused_with_the_fix() {
+        let err = Config::parse(
+            "[storage]\ninline_blob_bytes_max = 4294967296\n",
+            Path::new("voidbox.toml"),
+        )
+        .unwrap_err();
+        let msg = err.to_string();
+        assert!(msg.contains("inline_blob_bytes_max = 4294967296"), "{msg}");
+        assert!(msg.contains("at most 1048576"), "{msg}");
+        assert!(msg.contains("voidbox.toml"), "{msg}");
+        let at_limit = format!("[storage]\ninline_blob_bytes_max = {INLINE_BLOB_BYTES_LIMIT}\n");
+        assert!(Config::parse(&at_limit, Path::new("x")).is_ok());
     }
 
     #[test]
