@@ -576,6 +576,69 @@ fn a_granted_blob_is_a_read_only_file_and_nothing_else_is_visible() {
 }
 
 #[test]
+fn concurrent_runs_on_shared_inputs_store_each_once_and_agree() {
+    let dir = tempfile::tempdir().unwrap();
+    let home = dir.path().join("home");
+    let inputs: Vec<Vec<u8>> = (0..40)
+        .map(|i| format!("shared input {i}").into_bytes())
+        .collect();
+    let receipts = {
+        let host = Host::init(&home).unwrap();
+        let echo = host
+            .add_tool_file(tools::ECHO.as_ref(), None)
+            .unwrap()
+            .digest;
+        let template = Invocation::new(echo, Digest::of(b""));
+        let stop = std::sync::atomic::AtomicBool::new(false);
+        let receipts: Vec<Vec<voidbox::Receipt>> = std::thread::scope(|s| {
+            // Checkpoints meanwhile, so records also meet a sealed tail.
+            s.spawn(|| {
+                while !stop.load(std::sync::atomic::Ordering::Relaxed) {
+                    host.checkpoint().unwrap();
+                    std::thread::sleep(Duration::from_millis(5));
+                }
+            });
+            let runners: Vec<_> = (0..4)
+                .map(|t| {
+                    let (host, template, inputs) = (&host, &template, &inputs);
+                    s.spawn(move || {
+                        (0..200)
+                            .map(|i| host.run(template, &inputs[(i * 7 + t * 3) % 40]).unwrap())
+                            .collect::<Vec<_>>()
+                    })
+                })
+                .collect();
+            let all = runners.into_iter().map(|r| r.join().unwrap()).collect();
+            stop.store(true, std::sync::atomic::Ordering::Relaxed);
+            all
+        });
+        host.flush().unwrap();
+        receipts
+    };
+    // Every answer for one input is the same receipt, whichever thread ran
+    // it or found it cached.
+    let mut by_input = std::collections::HashMap::new();
+    for r in receipts.iter().flatten() {
+        assert_eq!(r.outcome, Outcome::Ok);
+        let first = by_input.entry(r.input).or_insert(r.receipt);
+        assert_eq!(*first, r.receipt, "two receipts for one invocation");
+    }
+    assert_eq!(by_input.len(), inputs.len());
+    // After a restart every input and output is there, and the cache
+    // answers each invocation with that receipt.
+    let host = Host::open_existing(&home).unwrap();
+    let echo = receipts[0][0].tool;
+    for input in &inputs {
+        let d = Digest::of(input);
+        assert_eq!(host.blobs().get(&d).unwrap(), *input);
+        let again = host.invoke(&Invocation::new(echo, d)).unwrap();
+        assert!(again.cached);
+        assert_eq!(again.receipt, by_input[&d]);
+        assert_eq!(host.output(&again).unwrap().unwrap(), *input);
+    }
+}
+
+#[test]
 fn a_single_use_token_admits_exactly_one_of_many_concurrent_invocations() {
     let h = TestHost::new();
     let echo = h.add(tools::ECHO);
