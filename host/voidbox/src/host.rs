@@ -547,16 +547,22 @@ impl Host {
         Ok(record)
     }
 
-    /// Stores an input for a later [`Host::invoke`]. Small inputs take the
-    /// write-behind path (durable at the next batch or [`Host::flush`]).
-    pub fn put_input(&self, bytes: &[u8]) -> Result<Digest> {
+    /// Refuses an input over `defaults.input_bytes_max`.
+    fn check_input_size(&self, len: usize) -> Result<()> {
         let max = self.config.defaults.input_bytes_max;
-        if bytes.len() as u64 > max {
+        if len as u64 > max {
             return Err(Error::InputTooLarge {
-                size: bytes.len() as u64,
+                size: len as u64,
                 max,
             });
         }
+        Ok(())
+    }
+
+    /// Stores an input for a later [`Host::invoke`]. Small inputs take the
+    /// write-behind path (durable at the next batch or [`Host::flush`]).
+    pub fn put_input(&self, bytes: &[u8]) -> Result<Digest> {
+        self.check_input_size(bytes.len())?;
         self.storage.put_blob_deferred(bytes)
     }
 
@@ -809,13 +815,7 @@ impl Host {
         template: &Invocation,
         input: &[u8],
     ) -> Result<Receipt> {
-        let max = self.config.defaults.input_bytes_max;
-        if input.len() as u64 > max {
-            return Err(Error::InputTooLarge {
-                size: input.len() as u64,
-                max,
-            });
-        }
+        self.check_input_size(input.len())?;
         let mut invocation = template.clone();
         invocation.input = Digest::of(input);
         let (authorized, effective) =
@@ -934,13 +934,7 @@ impl Host {
     /// a cache line between the cores when two threads invoke) and no
     /// copy of the input read back from the storage to run it.
     pub fn run(&self, template: &Invocation, input: &[u8]) -> Result<Receipt> {
-        let max = self.config.defaults.input_bytes_max;
-        if input.len() as u64 > max {
-            return Err(Error::InputTooLarge {
-                size: input.len() as u64,
-                max,
-            });
-        }
+        self.check_input_size(input.len())?;
         let blob = self.storage.prepare_blob(input)?;
         let mut invocation = template.clone();
         invocation.input = blob.digest();
@@ -1118,13 +1112,7 @@ impl Host {
             }
             RunInput::Given(bytes, blob) => (bytes, Some(blob)),
         };
-        let max = self.config.defaults.input_bytes_max;
-        if input.len() as u64 > max {
-            return Err(Error::InputTooLarge {
-                size: input.len() as u64,
-                max,
-            });
-        }
+        self.check_input_size(input.len())?;
         let grants: Vec<String> = invocation.grants.iter().map(|d| d.to_string()).collect();
         let preopens = invocation
             .grants
