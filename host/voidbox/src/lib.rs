@@ -75,6 +75,7 @@ pub(crate) fn tune_allocator() {
 pub mod bench;
 mod capability;
 pub mod cluster;
+mod codec;
 mod config;
 mod error;
 mod host;

@@ -27,7 +27,9 @@ use voidbox_auth::{NoRevocations, StoreError, TakeError, TokenId, UseCounter};
 use voidbox_pbft::{Execute, Hlc};
 
 pub use super::results::{ResultEntry, Results, RESULTS_CHUNK};
-use super::wire::{Op, OpResult, INLINE_OUTPUT_MAX};
+use super::wire::{
+    decode_invocation_entry, encode_invocation_entry, Op, OpResult, INLINE_OUTPUT_MAX,
+};
 use crate::{Digest, Error, Host, Store};
 
 /// The replicated state besides receipts: what the checkpoint digest
@@ -298,10 +300,10 @@ impl App {
 
     /// Re-runs a fetched entry's invocation so this host holds its receipt.
     fn rerun(&self, entry: &ResultEntry) {
-        let Some(json) = &entry.invocation else {
+        let Some(bytes) = &entry.invocation else {
             return;
         };
-        let Ok(invocation) = serde_json::from_slice::<crate::Invocation>(json) else {
+        let Ok(invocation) = decode_invocation_entry(bytes) else {
             tracing::warn!(
                 number = entry.number,
                 "a fetched invocation does not decode"
@@ -400,8 +402,7 @@ impl App {
             self.state.record(&result);
             entries.push(ResultEntry {
                 number: self.state.executed,
-                invocation: invocation
-                    .map(|i| serde_json::to_vec(&i).expect("invocations serialize")),
+                invocation: invocation.map(|i| encode_invocation_entry(&i)),
                 result: result.clone(),
                 chain: self.state.chain,
             });

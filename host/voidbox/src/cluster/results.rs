@@ -35,8 +35,9 @@ use crate::Error;
 pub struct ResultEntry {
     /// Its number: requests executed since genesis, this one included.
     pub number: u64,
-    /// The invocation as it ran (effective budget, consensus time), JSON,
-    /// when the tool ran; a re-run yields the same receipt.
+    /// The invocation as it ran (effective budget, consensus time), when
+    /// the tool ran, in `wire::encode_invocation_entry`'s form (JSON in
+    /// earlier versions); a re-run yields the same receipt.
     #[serde(with = "serde_bytes")]
     pub invocation: Option<Vec<u8>>,
     /// The result bytes the replicas signed.

@@ -6,12 +6,21 @@
 //! whose digest the receiver checks, or answers questions whose answers a
 //! client cross-checks with f + 1 replicas.
 //!
-//! Ordered operations ([`Op`]) and their results ([`OpResult`]) are JSON:
-//! small, and their bytes must be identical on every correct replica, which
-//! a fixed struct serialized by one code path gives.
+//! Ordered operations ([`Op`]) and their results ([`OpResult`]) travel in
+//! a binary form (see [`crate::codec`]): their bytes must be identical on
+//! every correct replica, which one encoder gives, and each is hashed,
+//! copied, logged and signed several times on its way, so every byte
+//! costs. The JSON they were before (digests as hex, outputs as arrays of
+//! numbers) made a result several times larger; parsing and hashing it
+//! took about 15% of a loaded cluster's replica CPU (BENCHMARKS.md, PBFT
+//! cluster, session 18).
 
 use serde::{Deserialize, Serialize};
 
+use crate::codec::{
+    decode_invocation, decode_receipt_fields, encode_invocation, encode_receipt, patch_len,
+    put_len, put_str, Reader,
+};
 use crate::{Digest, Invocation, Receipt};
 
 /// A PBFT message ([`voidbox_pbft::Message`]).
@@ -70,27 +79,137 @@ pub enum OpResult {
     },
 }
 
+/// The first byte of an operation or result in the binary form
+/// ([`crate::codec`]) that this version writes. The JSON that earlier
+/// versions wrote starts with `{`, so a replica still reads operations
+/// in its protocol log and results in its journal from before an upgrade.
+const OP_INVOKE: u8 = 1;
+const RESULT_RECEIPT: u8 = 1;
+const RESULT_DENIED: u8 = 2;
+const RESULT_FAILED: u8 = 3;
+
 impl Op {
-    /// The operation's bytes for a request.
+    /// The operation's bytes for a request: a tag byte, the token, then the
+    /// invocation's binary form.
     pub fn encode(&self) -> Vec<u8> {
-        serde_json::to_vec(self).expect("an operation serializes")
+        let Op::Invoke { token, invocation } = self;
+        let mut out = Vec::with_capacity(1 + 4 + token.len() + 160);
+        out.push(OP_INVOKE);
+        put_str(&mut out, token);
+        encode_invocation(&mut out, invocation);
+        out
     }
 
-    /// Parses an operation.
+    /// Parses an operation (this version's form, or an earlier version's
+    /// JSON).
     pub fn decode(bytes: &[u8]) -> Result<Op, String> {
-        serde_json::from_slice(bytes).map_err(|e| format!("malformed operation: {e}"))
+        let malformed = |e: String| format!("malformed operation: {e}");
+        match bytes.split_first() {
+            Some((&OP_INVOKE, rest)) => {
+                let mut r = Reader(rest);
+                let token = r.string().map_err(malformed)?;
+                let invocation = decode_invocation(r.0).map_err(malformed)?;
+                Ok(Op::Invoke { token, invocation })
+            }
+            Some((b'{', _)) => serde_json::from_slice(bytes).map_err(|e| malformed(e.to_string())),
+            _ => Err(malformed("unknown encoding".into())),
+        }
     }
 }
 
 impl OpResult {
-    /// The result's bytes for a reply.
+    /// The result's bytes for a reply: a tag byte per variant, then its
+    /// fields (a receipt in its binary form, the inline output behind a
+    /// presence byte and a length). Every correct replica writes the same
+    /// bytes for the same result: they are what the replies sign and the
+    /// result chain hashes.
     pub fn encode(&self) -> Vec<u8> {
-        serde_json::to_vec(self).expect("a result serializes")
+        let mut out = Vec::new();
+        match self {
+            OpResult::Receipt { receipt, output } => {
+                out.reserve(1 + 4 + 240 + output.as_ref().map_or(1, |o| 5 + o.len()));
+                out.push(RESULT_RECEIPT);
+                let at = out.len();
+                put_len(&mut out, 0);
+                encode_receipt(&mut out, receipt);
+                patch_len(&mut out, at);
+                match output {
+                    Some(o) => {
+                        out.push(1);
+                        put_len(&mut out, o.len());
+                        out.extend_from_slice(o);
+                    }
+                    None => out.push(0),
+                }
+            }
+            OpResult::Denied { kind, message } => {
+                out.push(RESULT_DENIED);
+                put_str(&mut out, kind);
+                put_str(&mut out, message);
+            }
+            OpResult::Failed { message } => {
+                out.push(RESULT_FAILED);
+                put_str(&mut out, message);
+            }
+        }
+        out
     }
 
-    /// Parses a result.
+    /// Parses a result (this version's form, or an earlier version's JSON).
+    /// A receipt's digest is not checked here: whoever relies on the
+    /// receipt checks it ([`Receipt::is_consistent`]).
     pub fn decode(bytes: &[u8]) -> Result<OpResult, String> {
-        serde_json::from_slice(bytes).map_err(|e| format!("malformed result: {e}"))
+        let parse = || -> Result<OpResult, String> {
+            let Some((&tag, rest)) = bytes.split_first() else {
+                return Err("empty".into());
+            };
+            let mut r = Reader(rest);
+            let result = match tag {
+                RESULT_RECEIPT => {
+                    let n = r.len()?;
+                    let receipt = Box::new(decode_receipt_fields(r.take(n)?)?);
+                    let output = match r.u8()? {
+                        0 => None,
+                        1 => {
+                            let n = r.len()?;
+                            Some(r.take(n)?.to_vec())
+                        }
+                        t => return Err(format!("bad option tag {t}")),
+                    };
+                    OpResult::Receipt { receipt, output }
+                }
+                RESULT_DENIED => OpResult::Denied {
+                    kind: r.string()?,
+                    message: r.string()?,
+                },
+                RESULT_FAILED => OpResult::Failed {
+                    message: r.string()?,
+                },
+                b'{' => return serde_json::from_slice(bytes).map_err(|e| e.to_string()),
+                t => return Err(format!("unknown encoding (first byte {t})")),
+            };
+            r.end()?;
+            Ok(result)
+        };
+        parse().map_err(|e| format!("malformed result: {e}"))
+    }
+}
+
+/// An invocation as a result journal entry stores it ([`crate::codec`]'s
+/// form behind a tag byte; earlier versions stored JSON).
+pub(crate) fn encode_invocation_entry(invocation: &Invocation) -> Vec<u8> {
+    let mut out = Vec::with_capacity(160);
+    out.push(OP_INVOKE);
+    encode_invocation(&mut out, invocation);
+    out
+}
+
+/// Reads [`encode_invocation_entry`]'s bytes, or an earlier version's JSON.
+pub(crate) fn decode_invocation_entry(bytes: &[u8]) -> Result<Invocation, String> {
+    match bytes.split_first() {
+        Some((&OP_INVOKE, rest)) => decode_invocation(rest),
+        Some((b'{', _)) => serde_json::from_slice(bytes).map_err(|e| e.to_string()),
+        _ => Err("unknown invocation encoding".into()),
     }
 }
 
@@ -346,20 +465,112 @@ mod tests {
         assert_eq!(parse_side::<SideRequest>(&long), None, "trailing bytes");
     }
 
+    fn op() -> Op {
+        Op::Invoke {
+            token: "t".into(),
+            invocation: Invocation::new(Digest::of(b"tool"), Digest::of(b"in"))
+                .arg("k", "v")
+                .grant(Digest::of(b"g")),
+        }
+    }
+
+    fn results() -> Vec<OpResult> {
+        let inv = Invocation::new(Digest::of(b"tool"), Digest::of(b"in"));
+        let mut receipt = Receipt {
+            receipt: Digest::of(b""),
+            invocation: inv.digest(),
+            tool: inv.tool,
+            input: inv.input,
+            output: Some(Digest::of(b"out")),
+            output_bytes: 3,
+            outcome: voidbox_sandbox::Outcome::Ok,
+            fuel_used: 1234,
+            memory_peak_bytes: 65536,
+            diagnostics: None,
+            timestamp: 1_700_000_000_000_000_000,
+            cached: false,
+            duration_us: 0,
+        };
+        receipt.receipt = receipt.compute_digest();
+        let mut trapped = receipt.clone();
+        trapped.outcome = voidbox_sandbox::Outcome::Trap {
+            code: "unreachable".into(),
+        };
+        trapped.output = None;
+        vec![
+            OpResult::Receipt {
+                receipt: Box::new(receipt),
+                output: Some(b"out".to_vec()),
+            },
+            OpResult::Receipt {
+                receipt: Box::new(trapped),
+                output: None,
+            },
+            OpResult::Denied {
+                kind: "expired".into(),
+                message: "m".into(),
+            },
+            OpResult::Failed {
+                message: "no such tool".into(),
+            },
+        ]
+    }
+
     #[test]
     fn ops_round_trip_and_bad_ones_name_the_problem() {
-        let op = Op::Invoke {
-            token: "t".into(),
-            invocation: Invocation::new(Digest::of(b"tool"), Digest::of(b"in")).arg("k", "v"),
-        };
+        let op = op();
         assert_eq!(Op::decode(&op.encode()).unwrap(), op);
-        assert!(Op::decode(b"{")
-            .unwrap_err()
-            .contains("malformed operation"));
-        let res = OpResult::Denied {
-            kind: "expired".into(),
-            message: "m".into(),
-        };
-        assert_eq!(OpResult::decode(&res.encode()).unwrap(), res);
+        for bad in [&b"{"[..], b"", b"\x07xyz"] {
+            assert!(Op::decode(bad).unwrap_err().contains("malformed operation"));
+        }
+        // Cut anywhere, an operation does not decode.
+        let bytes = op.encode();
+        for n in 0..bytes.len() {
+            assert!(Op::decode(&bytes[..n]).is_err(), "cut at {n}");
+        }
+    }
+
+    #[test]
+    fn results_round_trip_and_cut_or_padded_ones_are_refused() {
+        for res in results() {
+            let bytes = res.encode();
+            assert_eq!(OpResult::decode(&bytes).unwrap(), res);
+            for n in 0..bytes.len() {
+                assert!(OpResult::decode(&bytes[..n]).is_err(), "cut at {n}");
+            }
+            let mut long = bytes.clone();
+            long.push(0);
+            let err = OpResult::decode(&long).unwrap_err();
+            assert!(err.contains("malformed result"), "{err}");
+        }
+    }
+
+    #[test]
+    fn the_json_of_earlier_versions_still_decodes() {
+        // Operations in a protocol log and results in a journal written
+        // before the binary form (JSON, as serde wrote it then).
+        let op = op();
+        let json = serde_json::to_vec(&op).unwrap();
+        assert_eq!(Op::decode(&json).unwrap(), op);
+        for res in results() {
+            let json = serde_json::to_vec(&res).unwrap();
+            assert_eq!(OpResult::decode(&json).unwrap(), res);
+        }
+        let Op::Invoke { invocation, .. } = op;
+        let json = serde_json::to_vec(&invocation).unwrap();
+        assert_eq!(decode_invocation_entry(&json).unwrap(), invocation);
+        let entry = encode_invocation_entry(&invocation);
+        assert_eq!(decode_invocation_entry(&entry).unwrap(), invocation);
+        assert!(decode_invocation_entry(b"x").is_err());
+    }
+
+    #[test]
+    fn the_binary_forms_are_much_smaller_than_json() {
+        // What the change was for: every result is hashed, copied and
+        // logged several times (see the module doc).
+        for res in results() {
+            let (bin, json) = (res.encode().len(), serde_json::to_vec(&res).unwrap().len());
+            assert!(bin * 2 < json, "{bin} bytes against {json} of JSON");
+        }
     }
 }

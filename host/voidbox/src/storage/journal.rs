@@ -25,12 +25,13 @@
 //! This module knows the byte formats only; it does no I/O of its own
 //! besides reading a whole journal for replay.
 
-use std::time::Duration;
-
 use voidbox_cas::Digest;
-use voidbox_sandbox::{Budget, Outcome};
 
-use crate::invocation::{put_opt_digest, Invocation, Receipt};
+use crate::codec::{
+    decode_invocation, decode_receipt_fields, encode_invocation, encode_receipt, patch_len,
+    put_len, Reader,
+};
+use crate::invocation::{Invocation, Receipt};
 
 const MAGIC: &[u8; 4] = b"VBJ1";
 /// Bytes before a frame's payload.
@@ -300,155 +301,6 @@ fn decode_payload(payload: &[u8], records: &mut Vec<Record>) -> Result<(), Strin
     Ok(())
 }
 
-fn put_len(out: &mut Vec<u8>, len: usize) {
-    out.extend_from_slice(
-        &u32::try_from(len)
-            .expect("record fits in u32")
-            .to_le_bytes(),
-    );
-}
-
-fn patch_len(out: &mut [u8], at: usize) {
-    let len = out.len() - at - 4;
-    out[at..at + 4].copy_from_slice(&u32::try_from(len).expect("fits").to_le_bytes());
-}
-
-fn put_u64(out: &mut Vec<u8>, v: u64) {
-    out.extend_from_slice(&v.to_le_bytes());
-}
-
-fn put_str(out: &mut Vec<u8>, s: &str) {
-    put_len(out, s.len());
-    out.extend_from_slice(s.as_bytes());
-}
-
-fn encode_invocation(out: &mut Vec<u8>, i: &Invocation) {
-    out.extend_from_slice(i.tool.as_bytes());
-    put_str(out, &i.export);
-    out.extend_from_slice(i.input.as_bytes());
-    put_len(out, i.args.len());
-    for (k, v) in &i.args {
-        put_str(out, k);
-        put_str(out, v);
-    }
-    put_u64(out, i.budget.fuel);
-    put_u64(out, i.budget.memory_bytes);
-    put_u64(out, i.budget.output_bytes);
-    put_u64(
-        out,
-        i.budget.timeout.as_millis().try_into().unwrap_or(u64::MAX),
-    );
-    put_len(out, i.grants.len());
-    for g in &i.grants {
-        out.extend_from_slice(g.as_bytes());
-    }
-    put_u64(out, i.time_unix_ns);
-}
-
-fn encode_receipt(out: &mut Vec<u8>, r: &Receipt) {
-    out.extend_from_slice(r.receipt.as_bytes());
-    out.extend_from_slice(r.invocation.as_bytes());
-    out.extend_from_slice(r.tool.as_bytes());
-    out.extend_from_slice(r.input.as_bytes());
-    put_opt_digest(out, &r.output);
-    put_u64(out, r.output_bytes);
-    let json = crate::invocation::outcome_json(&r.outcome);
-    put_len(out, json.len());
-    out.extend_from_slice(&json);
-    put_u64(out, r.fuel_used);
-    put_u64(out, r.memory_peak_bytes);
-    put_opt_digest(out, &r.diagnostics);
-    put_u64(out, r.timestamp);
-    out.push(u8::from(r.cached));
-    put_u64(out, r.duration_us);
-}
-
-struct Reader<'a>(&'a [u8]);
-
-impl<'a> Reader<'a> {
-    fn take(&mut self, n: usize) -> Result<&'a [u8], String> {
-        if self.0.len() < n {
-            return Err("record ends early".into());
-        }
-        let (head, rest) = self.0.split_at(n);
-        self.0 = rest;
-        Ok(head)
-    }
-
-    fn u8(&mut self) -> Result<u8, String> {
-        Ok(self.take(1)?[0])
-    }
-
-    fn len(&mut self) -> Result<usize, String> {
-        Ok(u32::from_le_bytes(self.take(4)?.try_into().expect("4 bytes")) as usize)
-    }
-
-    fn u64(&mut self) -> Result<u64, String> {
-        Ok(u64::from_le_bytes(
-            self.take(8)?.try_into().expect("8 bytes"),
-        ))
-    }
-
-    fn digest(&mut self) -> Result<Digest, String> {
-        Ok(Digest(self.take(32)?.try_into().expect("32 bytes")))
-    }
-
-    fn opt_digest(&mut self) -> Result<Option<Digest>, String> {
-        match self.u8()? {
-            0 => Ok(None),
-            1 => Ok(Some(self.digest()?)),
-            t => Err(format!("bad option tag {t}")),
-        }
-    }
-
-    fn string(&mut self) -> Result<String, String> {
-        let n = self.len()?;
-        String::from_utf8(self.take(n)?.to_vec()).map_err(|e| e.to_string())
-    }
-
-    fn end(&self) -> Result<(), String> {
-        if self.0.is_empty() {
-            Ok(())
-        } else {
-            Err(format!("{} unexpected bytes after a record", self.0.len()))
-        }
-    }
-}
-
-fn decode_invocation(bytes: &[u8]) -> Result<Invocation, String> {
-    let mut r = Reader(bytes);
-    let tool = r.digest()?;
-    let export = r.string()?;
-    let input = r.digest()?;
-    let n = r.len()?;
-    let mut args = Vec::with_capacity(n.min(1024));
-    for _ in 0..n {
-        args.push((r.string()?, r.string()?));
-    }
-    let budget = Budget {
-        fuel: r.u64()?,
-        memory_bytes: r.u64()?,
-        output_bytes: r.u64()?,
-        timeout: Duration::from_millis(r.u64()?),
-    };
-    let n = r.len()?;
-    let mut grants = Vec::with_capacity(n.min(1024));
-    for _ in 0..n {
-        grants.push(r.digest()?);
-    }
-    let time_unix_ns = r.u64()?;
-    r.end()?;
-    Ok(Invocation {
-        tool,
-        export,
-        input,
-        args,
-        budget,
-        grants,
-        time_unix_ns,
-    })
-}
-
 fn decode_receipt(bytes: &[u8]) -> Result<Receipt, String> {
     let out = decode_receipt_fields(bytes)?;
     if !out.is_consistent() {
@@ -460,43 +312,10 @@ fn decode_receipt(bytes: &[u8]) -> Result<Receipt, String> {
     Ok(out)
 }
 
-/// [`decode_receipt`] without the check of the receipt's digest.
-fn decode_receipt_fields(bytes: &[u8]) -> Result<Receipt, String> {
-    let mut r = Reader(bytes);
-    let receipt = r.digest()?;
-    let invocation = r.digest()?;
-    let tool = r.digest()?;
-    let input = r.digest()?;
-    let output = r.opt_digest()?;
-    let output_bytes = r.u64()?;
-    let n = r.len()?;
-    let outcome = if n == 0 {
-        Outcome::Ok
-    } else {
-        serde_json::from_slice(r.take(n)?).map_err(|e| format!("outcome: {e}"))?
-    };
-    let out = Receipt {
-        receipt,
-        invocation,
-        tool,
-        input,
-        output,
-        output_bytes,
-        outcome,
-        fuel_used: r.u64()?,
-        memory_peak_bytes: r.u64()?,
-        diagnostics: r.opt_digest()?,
-        timestamp: r.u64()?,
-        cached: r.u8()? != 0,
-        duration_us: r.u64()?,
-    };
-    r.end()?;
-    Ok(out)
-}
-
 #[cfg(test)]
 mod tests {
     use super::*;
+    use voidbox_sandbox::Outcome;
 
     fn receipt(outcome: Outcome) -> (Invocation, Receipt) {
         let inv = Invocation::new(Digest::of(b"tool"), Digest::of(b"in"))
