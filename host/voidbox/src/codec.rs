@@ -40,6 +40,18 @@ pub(crate) fn patch_len(out: &mut [u8], at: usize) {
     out[at..at + 4].copy_from_slice(&u32::try_from(len).expect("fits").to_le_bytes());
 }
 
+/// A flag byte, then the length and the bytes if there are any.
+pub(crate) fn put_opt_bytes(out: &mut Vec<u8>, bytes: Option<&[u8]>) {
+    match bytes {
+        Some(b) => {
+            out.push(1);
+            put_len(out, b.len());
+            out.extend_from_slice(b);
+        }
+        None => out.push(0),
+    }
+}
+
 pub(crate) fn put_u64(out: &mut Vec<u8>, v: u64) {
     out.extend_from_slice(&v.to_le_bytes());
 }
@@ -126,6 +138,18 @@ impl<'a> Reader<'a> {
         match self.u8()? {
             0 => Ok(None),
             1 => Ok(Some(self.digest()?)),
+            t => Err(format!("bad option tag {t}")),
+        }
+    }
+
+    /// [`put_opt_bytes`]'s form.
+    pub(crate) fn opt_bytes(&mut self) -> Result<Option<&'a [u8]>, String> {
+        match self.u8()? {
+            0 => Ok(None),
+            1 => {
+                let n = self.len()?;
+                Ok(Some(self.take(n)?))
+            }
             t => Err(format!("bad option tag {t}")),
         }
     }

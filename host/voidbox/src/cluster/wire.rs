@@ -19,7 +19,7 @@ use serde::{Deserialize, Serialize};
 
 use crate::codec::{
     decode_invocation, decode_receipt_fields, encode_invocation, encode_receipt, patch_len,
-    put_len, put_str, Reader,
+    put_len, put_opt_bytes, put_str, Reader,
 };
 use crate::{Digest, Invocation, Receipt};
 
@@ -87,6 +87,14 @@ const OP_INVOKE: u8 = 1;
 const RESULT_RECEIPT: u8 = 1;
 const RESULT_DENIED: u8 = 2;
 const RESULT_FAILED: u8 = 3;
+const INVOCATION_ENTRY: u8 = 1;
+/// How every JSON value of those versions begins.
+const LEGACY_JSON: u8 = b'{';
+
+/// A value as an earlier version wrote it (JSON).
+fn earlier_json<T: serde::de::DeserializeOwned>(bytes: &[u8]) -> Result<T, String> {
+    serde_json::from_slice(bytes).map_err(|e| e.to_string())
+}
 
 impl Op {
     /// The operation's bytes for a request: a tag byte, the token, then the
@@ -111,7 +119,7 @@ impl Op {
                 let invocation = decode_invocation(r.0).map_err(malformed)?;
                 Ok(Op::Invoke { token, invocation })
             }
-            Some((b'{', _)) => serde_json::from_slice(bytes).map_err(|e| malformed(e.to_string())),
+            Some((&LEGACY_JSON, _)) => earlier_json(bytes).map_err(malformed),
             _ => Err(malformed("unknown encoding".into())),
         }
     }
@@ -133,14 +141,7 @@ impl OpResult {
                 put_len(&mut out, 0);
                 encode_receipt(&mut out, receipt);
                 patch_len(&mut out, at);
-                match output {
-                    Some(o) => {
-                        out.push(1);
-                        put_len(&mut out, o.len());
-                        out.extend_from_slice(o);
-                    }
-                    None => out.push(0),
-                }
+                put_opt_bytes(&mut out, output.as_deref());
             }
             OpResult::Denied { kind, message } => {
                 out.push(RESULT_DENIED);
@@ -168,14 +169,7 @@ impl OpResult {
                 RESULT_RECEIPT => {
                     let n = r.len()?;
                     let receipt = Box::new(decode_receipt_fields(r.take(n)?)?);
-                    let output = match r.u8()? {
-                        0 => None,
-                        1 => {
-                            let n = r.len()?;
-                            Some(r.take(n)?.to_vec())
-                        }
-                        t => return Err(format!("bad option tag {t}")),
-                    };
+                    let output = r.opt_bytes()?.map(<[u8]>::to_vec);
                     OpResult::Receipt { receipt, output }
                 }
                 RESULT_DENIED => OpResult::Denied {
@@ -185,7 +179,7 @@ impl OpResult {
                 RESULT_FAILED => OpResult::Failed {
                     message: r.string()?,
                 },
-                b'{' => return serde_json::from_slice(bytes).map_err(|e| e.to_string()),
+                LEGACY_JSON => return earlier_json(bytes),
                 t => return Err(format!("unknown encoding (first byte {t})")),
             };
             r.end()?;
@@ -199,7 +193,7 @@ impl OpResult {
 /// form behind a tag byte; earlier versions stored JSON).
 pub(crate) fn encode_invocation_entry(invocation: &Invocation) -> Vec<u8> {
     let mut out = Vec::with_capacity(160);
-    out.push(OP_INVOKE);
+    out.push(INVOCATION_ENTRY);
     encode_invocation(&mut out, invocation);
     out
 }
@@ -207,8 +201,8 @@ pub(crate) fn encode_invocation_entry(invocation: &Invocation) -> Vec<u8> {
 /// Reads [`encode_invocation_entry`]'s bytes, or an earlier version's JSON.
 pub(crate) fn decode_invocation_entry(bytes: &[u8]) -> Result<Invocation, String> {
     match bytes.split_first() {
-        Some((&OP_INVOKE, rest)) => decode_invocation(rest),
-        Some((b'{', _)) => serde_json::from_slice(bytes).map_err(|e| e.to_string()),
+        Some((&INVOCATION_ENTRY, rest)) => decode_invocation(rest),
+        Some((&LEGACY_JSON, _)) => earlier_json(bytes),
         _ => Err("unknown invocation encoding".into()),
     }
 }
