@@ -10,7 +10,10 @@
 //! different buffers at once; a file write (fallocate + 1 MiB pwrites) alone;
 //! a file write on one thread while another hashes a different buffer; and
 //! `DiskStore::put` in `voidbox bench`'s loop (distinct blob each time, only
-//! the put timed, older blobs synced and removed untimed).
+//! the put timed, older blobs synced and removed untimed); and the plain
+//! write again from a page-aligned copy of the bytes (as mimalloc hands out
+//! large buffers), with the content at file offset 16 (a format-1 blob) and
+//! at 4096 (a large format-2 blob): see the `layout` module for why.
 
 mod support;
 use support::median;
@@ -36,16 +39,21 @@ fn timed<T>(f: impl FnOnce() -> T) -> (T, f64, f64) {
 }
 
 fn write_file(path: &Path, data: &[u8]) -> io::Result<()> {
+    write_file_at(path, data, 16)
+}
+
+/// A header of `at` bytes, then `data` in 1 MiB writes.
+fn write_file_at(path: &Path, data: &[u8], at: u64) -> io::Result<()> {
     let file = File::options().write(true).create_new(true).open(path)?;
     rustix::fs::fallocate(
         &file,
         rustix::fs::FallocateFlags::empty(),
         0,
-        data.len() as u64 + 16,
+        data.len() as u64 + at,
     )?;
-    file.write_all_at(&[7; 16], 0)?;
+    file.write_all_at(&vec![7; at as usize], 0)?;
     for (i, part) in data.chunks(1 << 20).enumerate() {
-        file.write_all_at(part, 16 + (i << 20) as u64)?;
+        file.write_all_at(part, at + (i << 20) as u64)?;
     }
     Ok(())
 }
@@ -93,7 +101,14 @@ fn main() {
         "write_while_hash(w)",
         "write_while_hash(h)",
         "store_put",
+        "page_src_at16",
+        "page_src_at4096",
     ];
+    // The system allocator puts a large buffer 16 bytes into a page; this
+    // copy starts on a page boundary.
+    let mut page_buf = vec![0u8; len + 4096];
+    let skip = page_buf.as_ptr().align_offset(4096);
+    let page_src = &mut page_buf[skip..skip + len];
     let mut wall: Vec<Vec<f64>> = vec![Vec::new(); names.len()];
     let mut cpu: Vec<Vec<f64>> = vec![Vec::new(); names.len()];
     let mut record = |i: usize, w: f64, c: f64| {
@@ -140,6 +155,17 @@ fn main() {
         data[..8].copy_from_slice(&counter.to_le_bytes());
         let (d, w, c) = timed(|| store.put(&data).expect("put"));
         record(6, w, c);
+        for (i, at) in [(7, 16), (8, 4096)] {
+            counter += 1;
+            page_src.copy_from_slice(&data);
+            page_src[..8].copy_from_slice(&counter.to_le_bytes());
+            let path = scratch.path().join(format!("w{counter}"));
+            let (r, w, c) = timed(|| write_file_at(&path, page_src, at));
+            r.expect("write");
+            record(i, w, c);
+            File::open(&path).and_then(|f| f.sync_data()).expect("sync");
+            files.push(path);
+        }
         stored.push(d);
         if stored.len() > 4 {
             store.sync().expect("sync");

@@ -11,14 +11,13 @@ use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::{Mutex, MutexGuard, RwLock};
 use std::time::{SystemTime, UNIX_EPOCH};
 
+use crate::layout::{self, Layout};
 use crate::pipeline::{self, ChunkError, StreamError, CHUNK_BYTES};
 use crate::{CasError, Corruption, Digest, GcReport, Result, Store, VerifyReport};
 
-/// Magic bytes that open every blob file; the last byte is the format
-/// version.
-const BLOB_MAGIC: [u8; 8] = *b"VBXBLOB\x01";
-/// Bytes of the header before a blob's content.
-const HEADER_BYTES: u64 = 16;
+/// The file in a store's directory that names its format (see
+/// [`crate::layout`]); a store without one predates it and has format 1.
+const FORMAT_FILE: &str = "format";
 
 /// Blobs up to this size are copied by `copy_to` from one verified read in
 /// memory; larger ones are verified in one pass and streamed in a second, so
@@ -68,11 +67,17 @@ pub struct OpenOptions {
 /// DIR/pins/<64 hex>                        one empty file per pin
 /// DIR/tmp/<instance>.lock                  flock held by each open DiskStore
 /// DIR/tmp/<instance>/                      that instance's temp files
+/// DIR/format                               `voidbox-cas 2`: the blob format
 /// ```
 ///
-/// A blob file is a 16-byte header, `VBXBLOB\x01` and the content length as
-/// a little-endian u64, followed by the content. The recorded length lets
-/// `verify_all` tell a truncated blob from one whose bytes changed.
+/// A blob file is a header, `VBXBLOB` with the format's number as a byte and
+/// the content length as a little-endian u64, followed by the content. In
+/// format 2 (stores made since it exists) the header of a blob of 1 MiB or
+/// more is padded with zeros to 4096 bytes, so that its content starts on a
+/// page boundary (why: the `layout` module); smaller blobs, and every blob
+/// of a format-1 store (older ones, which keep their format), have the 16
+/// bytes alone. The recorded length lets `verify_all` tell a truncated blob
+/// from one whose bytes changed.
 ///
 /// # Crash safety
 ///
@@ -133,6 +138,8 @@ pub struct DiskStore {
     /// process cannot dedup against a blob that GC is sweeping.
     gc_lock: RwLock<()>,
     tmp_counter: AtomicU64,
+    /// The store's blob format.
+    layout: Layout,
 }
 
 /// This open store's temp directory and the lock that tells other openers
@@ -164,6 +171,12 @@ impl DiskStore {
         let blobs = root.join("blobs");
         let pins = root.join("pins");
         let tmp = root.join("tmp");
+        let layout = if options.read_only {
+            read_format(&root)?
+        } else {
+            create_dir(&root)?;
+            settle_format(&root, &blobs)?
+        };
         let instance = if options.read_only {
             for path in [&root, &blobs, &pins] {
                 let meta = fs::metadata(path).map_err(|e| {
@@ -199,6 +212,7 @@ impl DiskStore {
             pending: Mutex::new(BTreeMap::new()),
             gc_lock: RwLock::new(()),
             tmp_counter: AtomicU64::new(0),
+            layout,
         })
     }
 
@@ -263,7 +277,7 @@ impl DiskStore {
         }
         let path = self.blob_path(digest);
         match fs::metadata(&path) {
-            Ok(meta) => Ok(meta.len() == HEADER_BYTES + len),
+            Ok(meta) => Ok(meta.len() == self.layout.file_len(len)),
             Err(e) if e.kind() == io::ErrorKind::NotFound => Ok(false),
             Err(e) => Err(CasError::io("look up the blob", path, e)),
         }
@@ -337,7 +351,7 @@ impl DiskStore {
         for path in candidates {
             match File::open(&path) {
                 Ok(file) => {
-                    let len = read_header(&file, &path, digest)?;
+                    let len = read_header(&file, &path, digest, self.layout)?;
                     return Ok(Some((file, len)));
                 }
                 Err(e) if e.kind() == io::ErrorKind::NotFound => continue,
@@ -363,7 +377,7 @@ impl DiskStore {
                 ),
             )
         })?;
-        let (data, hash) = pipeline::read_and_hash(file, HEADER_BYTES, size)
+        let (data, hash) = pipeline::read_and_hash(file, self.layout.header_bytes(len), size)
             .map_err(|e| self.read_error(digest, file, len, e))?;
         match content_problem(digest, hash) {
             None => Ok(data),
@@ -382,7 +396,7 @@ impl DiskStore {
             Err(CasError::Corrupt { detail, .. }) => return Ok(Some(detail)),
             Err(e) => return Err(e),
         };
-        match hash_range(&file, len) {
+        match hash_range(&file, self.layout.header_bytes(len), len) {
             Ok(hash) => Ok(content_problem(digest, hash)),
             Err(e) => Err(self.read_error(digest, &file, len, e)),
         }
@@ -394,7 +408,7 @@ impl DiskStore {
         if err.kind() == io::ErrorKind::UnexpectedEof {
             let actual = file
                 .metadata()
-                .map(|m| m.len().saturating_sub(HEADER_BYTES))
+                .map(|m| m.len().saturating_sub(self.layout.header_bytes(len)))
                 .unwrap_or(0);
             return CasError::Corrupt {
                 digest: *digest,
@@ -437,7 +451,7 @@ impl DiskStore {
                 };
                 match entry.metadata() {
                     Ok(meta) if meta.is_file() => {
-                        found.insert(digest, meta.len().saturating_sub(HEADER_BYTES));
+                        found.insert(digest, self.layout.listed_len(meta.len()));
                     }
                     Ok(_) => strays.push(entry.path()),
                     // Removed since the directory was read.
@@ -469,7 +483,7 @@ impl DiskStore {
         let in_place = match fs::metadata(&path) {
             Ok(meta) => {
                 remove_file_if_exists(&path)?;
-                Some(meta.len().saturating_sub(HEADER_BYTES))
+                Some(self.layout.listed_len(meta.len()))
             }
             Err(e) if e.kind() == io::ErrorKind::NotFound => None,
             Err(e) => return Err(CasError::io("look up the blob", path, e)),
@@ -520,7 +534,7 @@ impl Store for DiskStore {
         let instance = self.instance("store a blob")?;
         let _guard = self.gc_lock.read().unwrap_or_else(|e| e.into_inner());
         let len = data.len() as u64;
-        let header = header(len);
+        let header = self.layout.header(len);
         if data.len() <= pipeline::PIPELINE_MIN_BYTES {
             // Small: hashing first is cheap and spares a write when the
             // content is already stored.
@@ -566,13 +580,18 @@ impl Store for DiskStore {
         }
         let _guard = self.gc_lock.read().unwrap_or_else(|e| e.into_inner());
         let (file, temp) = self.new_temp_file(instance)?;
-        let streamed = pipeline::read_hash_write(first, reader, &file, HEADER_BYTES)
+        // The content is at least `first` long, so its header size is known
+        // before its length is.
+        let offset = self.layout.header_bytes(first.len() as u64);
+        let streamed = pipeline::read_hash_write(first, reader, &file, offset)
             .map_err(|e| match e {
                 StreamError::Input(e) => CasError::Input(e),
                 StreamError::Output(e) => CasError::io("write", &temp, e),
             })
             .and_then(|(hash, len)| {
-                file.write_all_at(&header(len), 0)
+                let header = self.layout.header(len);
+                debug_assert_eq!(header.len() as u64, offset);
+                file.write_all_at(&header, 0)
                     .map_err(|e| CasError::io("write", &temp, e))?;
                 Ok((Digest::from(hash), len))
             });
@@ -608,7 +627,9 @@ impl Store for DiskStore {
             return Ok(data.len() as u64);
         }
         // Pass one: verify before the first byte goes out.
-        let hash = hash_range(&file, len).map_err(|e| self.read_error(digest, &file, len, e))?;
+        let offset = self.layout.header_bytes(len);
+        let hash =
+            hash_range(&file, offset, len).map_err(|e| self.read_error(digest, &file, len, e))?;
         if let Some(detail) = content_problem(digest, hash) {
             return Err(CasError::Corrupt {
                 digest: *digest,
@@ -617,7 +638,7 @@ impl Store for DiskStore {
         }
         // Pass two: stream, hashing again in case the file changed between
         // the passes.
-        stream_verified(digest, &file, len, out).map_err(|e| match e {
+        stream_verified(digest, &file, offset, len, out).map_err(|e| match e {
             ChunkError::Read(e) => self.read_error(digest, &file, len, e),
             ChunkError::Consume(e) => e,
         })
@@ -625,9 +646,10 @@ impl Store for DiskStore {
 
     fn get_to_file(&self, digest: &Digest, path: &Path) -> Result<u64> {
         let (file, len) = self.open_existing_blob(digest)?;
+        let offset = self.layout.header_bytes(len);
         // One pass is enough: the rename happens only after verification.
         pipeline::write_file_atomically(path, |out| {
-            stream_verified(digest, &file, len, out).map_err(|e| match e {
+            stream_verified(digest, &file, offset, len, out).map_err(|e| match e {
                 ChunkError::Read(e) => self.read_error(digest, &file, len, e),
                 ChunkError::Consume(e) => e,
             })
@@ -644,7 +666,7 @@ impl Store for DiskStore {
         }
         let path = self.blob_path(digest);
         match fs::metadata(&path) {
-            Ok(meta) => Ok(Some(meta.len().saturating_sub(HEADER_BYTES))),
+            Ok(meta) => Ok(Some(self.layout.listed_len(meta.len()))),
             Err(e) if e.kind() == io::ErrorKind::NotFound => Ok(None),
             Err(e) => Err(CasError::io("look up the blob", path, e)),
         }
@@ -869,15 +891,8 @@ fn clean_stale_temp_dirs(tmp: &Path, ours: &Instance) -> Result<()> {
     Ok(())
 }
 
-fn header(len: u64) -> [u8; HEADER_BYTES as usize] {
-    let mut header = [0u8; HEADER_BYTES as usize];
-    header[..8].copy_from_slice(&BLOB_MAGIC);
-    header[8..].copy_from_slice(&len.to_le_bytes());
-    header
-}
-
 /// Checks a blob file's header against its size; returns the content length.
-fn read_header(file: &File, path: &Path, digest: &Digest) -> Result<u64> {
+fn read_header(file: &File, path: &Path, digest: &Digest, layout: Layout) -> Result<u64> {
     let corrupt = |detail| CasError::Corrupt {
         digest: *digest,
         detail,
@@ -886,21 +901,77 @@ fn read_header(file: &File, path: &Path, digest: &Digest) -> Result<u64> {
         .metadata()
         .map_err(|e| CasError::io("inspect the blob", path, e))?
         .len();
-    if file_len < HEADER_BYTES {
+    let mut raw = [0u8; 16];
+    if file_len < raw.len() as u64 {
         return Err(corrupt(Corruption::BadHeader));
     }
-    let mut raw = [0u8; HEADER_BYTES as usize];
     file.read_exact_at(&mut raw, 0)
         .map_err(|e| CasError::io("read the blob", path, e))?;
-    if raw[..8] != BLOB_MAGIC {
-        return Err(corrupt(Corruption::BadHeader));
-    }
-    let expected = u64::from_le_bytes(raw[8..].try_into().expect("8 bytes"));
-    let actual = file_len - HEADER_BYTES;
-    if expected != actual {
+    let expected = layout
+        .recorded_len(&raw)
+        .ok_or(corrupt(Corruption::BadHeader))?;
+    let actual = file_len.saturating_sub(layout.header_bytes(expected));
+    if layout.file_len(expected) != file_len {
         return Err(corrupt(Corruption::SizeMismatch { expected, actual }));
     }
     Ok(expected)
+}
+
+/// The format of the store at `root`, read-only: format 1 if it names none.
+fn read_format(root: &Path) -> Result<Layout> {
+    let path = root.join(FORMAT_FILE);
+    match fs::read_to_string(&path) {
+        Ok(text) => parse_format(&path, &text),
+        Err(e) if e.kind() == io::ErrorKind::NotFound => Ok(Layout::V1),
+        Err(e) => Err(CasError::io("read the store's format file", path, e)),
+    }
+}
+
+/// The format of the store at `root`, which may be new: a store that names
+/// a format has it; one with blobs but no format file predates format
+/// files and stays format 1; a new one gets the current format, recorded
+/// before any blob is written.
+fn settle_format(root: &Path, blobs: &Path) -> Result<Layout> {
+    let path = root.join(FORMAT_FILE);
+    if path.exists() || blobs.exists() {
+        return read_format(root);
+    }
+    let text = layout::format_file_text(layout::CURRENT_FORMAT);
+    match File::options().write(true).create_new(true).open(&path) {
+        Ok(mut file) => {
+            file.write_all(text.as_bytes())
+                .and_then(|()| file.sync_all())
+                .map_err(|e| CasError::io("write the store's format file", &path, e))?;
+            Ok(Layout::of_format(layout::CURRENT_FORMAT).expect("the current format is known"))
+        }
+        // Another process made the store at the same moment.
+        Err(e) if e.kind() == io::ErrorKind::AlreadyExists => read_format(root),
+        Err(e) => Err(CasError::io("write the store's format file", path, e)),
+    }
+}
+
+fn parse_format(path: &Path, text: &str) -> Result<Layout> {
+    let unknown = |what: String| {
+        CasError::io(
+            "read the store's format file",
+            path,
+            io::Error::new(io::ErrorKind::InvalidData, what),
+        )
+    };
+    let format = layout::parse_format_file(text).ok_or_else(|| {
+        unknown(format!(
+            "it should read `voidbox-cas N` but reads {:?}; restore it (a store with 4096-byte \
+             headers on blobs of 1 MiB or more is format 2, one without is format 1)",
+            text.trim_end()
+        ))
+    })?;
+    Layout::of_format(format).ok_or_else(|| {
+        unknown(format!(
+            "the store has format {format}, newer than this build reads (up to {}); use the \
+             voidbox that made it, or a newer one",
+            layout::CURRENT_FORMAT
+        ))
+    })
 }
 
 /// Writes a small blob's header and content with one `pwritev` in the usual
@@ -923,8 +994,8 @@ fn content_problem(digest: &Digest, hash: blake3::Hash) -> Option<Corruption> {
     (actual != *digest).then_some(Corruption::ContentChanged { actual })
 }
 
-fn hash_range(file: &File, len: u64) -> io::Result<blake3::Hash> {
-    pipeline::hash_file_range(file, HEADER_BYTES, len)
+fn hash_range(file: &File, offset: u64, len: u64) -> io::Result<blake3::Hash> {
+    pipeline::hash_file_range(file, offset, len)
 }
 
 /// Streams a blob's content to `out` while hashing it; `Corrupt` at the end
@@ -932,11 +1003,12 @@ fn hash_range(file: &File, len: u64) -> io::Result<blake3::Hash> {
 fn stream_verified(
     digest: &Digest,
     file: &File,
+    offset: u64,
     len: u64,
     out: &mut dyn Write,
 ) -> Result<u64, ChunkError<CasError>> {
     let mut hasher = blake3::Hasher::new();
-    pipeline::for_each_chunk(file, HEADER_BYTES, len, &mut |chunk| {
+    pipeline::for_each_chunk(file, offset, len, &mut |chunk| {
         hasher.update(chunk);
         out.write_all(chunk).map_err(|source| CasError::Output {
             digest: *digest,

@@ -37,6 +37,7 @@ mod digest;
 mod disk;
 mod error;
 mod helper;
+mod layout;
 mod mem;
 mod pipeline;
 

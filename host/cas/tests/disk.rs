@@ -7,7 +7,7 @@ use std::fs;
 use std::os::unix::fs::MetadataExt;
 use std::path::Path;
 
-use common::{content, HEADER_BYTES};
+use common::{content, HEADER_BYTES, PAGE_BYTES};
 use voidbox_cas::{CasError, Corruption, Digest, DiskStore, Durability, OpenOptions, Store};
 
 fn open(dir: &Path, durability: Durability) -> DiskStore {
@@ -35,17 +35,139 @@ fn open_creates_the_layout_and_blobs_land_in_shards() {
     let dir = tempfile::tempdir().unwrap();
     let root = dir.path().join("a/b/cas");
     let store = DiskStore::open(&root).unwrap();
-    assert_eq!(entries(&root), ["blobs", "pins", "tmp"]);
+    assert_eq!(entries(&root), ["blobs", "format", "pins", "tmp"]);
+    assert_eq!(
+        fs::read_to_string(root.join("format")).unwrap(),
+        "voidbox-cas 2\n"
+    );
     let digest = store.put(b"layout").unwrap();
     let hex = digest.hex();
     let path = root.join("blobs").join(&hex[..2]).join(&hex[2..]);
     assert_eq!(store.blob_path(&digest), path);
     let raw = fs::read(&path).unwrap();
-    assert_eq!(&raw[..8], b"VBXBLOB\x01");
+    assert_eq!(&raw[..8], b"VBXBLOB\x02");
     assert_eq!(u64::from_le_bytes(raw[8..16].try_into().unwrap()), 6);
     assert_eq!(&raw[16..], b"layout");
     store.pin(&digest).unwrap();
     assert!(root.join("pins").join(&hex).exists());
+}
+
+/// Reads a blob file's header: magic and recorded length.
+fn file_header(path: &Path) -> ([u8; 8], u64) {
+    let raw = fs::read(path).unwrap();
+    (
+        raw[..8].try_into().unwrap(),
+        u64::from_le_bytes(raw[8..16].try_into().unwrap()),
+    )
+}
+
+#[test]
+fn large_blobs_start_on_a_page_boundary_from_every_kind_of_put() {
+    let dir = tempfile::tempdir().unwrap();
+    let store = DiskStore::open(dir.path()).unwrap();
+    let mib = 1 << 20;
+    // Just under the threshold, at it, and a streamed one above it.
+    let small = content(1, mib - 1);
+    let at = content(2, mib);
+    let streamed = content(3, 3 * mib + 5);
+    let d_small = store.put(&small).unwrap();
+    let d_at = store.put(&at).unwrap();
+    let (d_streamed, n) = store.put_reader(&mut streamed.as_slice()).unwrap();
+    assert_eq!(n, streamed.len() as u64);
+    for (digest, data, header) in [
+        (d_small, &small, HEADER_BYTES),
+        (d_at, &at, PAGE_BYTES),
+        (d_streamed, &streamed, PAGE_BYTES),
+    ] {
+        let path = store.blob_path(&digest);
+        let raw = fs::read(&path).unwrap();
+        assert_eq!(raw.len() as u64, header + data.len() as u64);
+        assert_eq!(file_header(&path), (*b"VBXBLOB\x02", data.len() as u64));
+        assert!(raw[16..header as usize].iter().all(|&b| b == 0), "padding");
+        assert!(raw[header as usize..] == data[..], "content at {header}");
+        assert!(store.get(&digest).unwrap() == *data);
+        assert_eq!(store.size(&digest).unwrap(), Some(data.len() as u64));
+    }
+    assert!(store.verify_all().unwrap().corrupt.is_empty());
+    // Putting the same content again is a dedup, not a repair.
+    let before = fs::metadata(store.blob_path(&d_at)).unwrap().ino();
+    store.put(&at).unwrap();
+    assert_eq!(fs::metadata(store.blob_path(&d_at)).unwrap().ino(), before);
+    // A large blob cut short by less than its padding is a size mismatch
+    // that names its length, not a misread small blob.
+    let cut = fs::File::options()
+        .write(true)
+        .open(store.blob_path(&d_at))
+        .unwrap();
+    cut.set_len(PAGE_BYTES + mib as u64 - 100).unwrap();
+    let err = store.get(&d_at).unwrap_err();
+    match err {
+        CasError::Corrupt {
+            detail: Corruption::SizeMismatch { expected, actual },
+            ..
+        } => assert_eq!((expected, actual), (mib as u64, mib as u64 - 100)),
+        other => panic!("{other:?}"),
+    }
+}
+
+#[test]
+fn a_store_made_before_format_files_keeps_format_1() {
+    let dir = tempfile::tempdir().unwrap();
+    let root = dir.path();
+    // What an earlier voidbox left: blobs with 16-byte headers, no format
+    // file, here one large blob.
+    let old = content(4, 2 << 20);
+    let digest = Digest::of(&old);
+    let hex = digest.hex();
+    fs::create_dir_all(root.join("blobs").join(&hex[..2])).unwrap();
+    fs::create_dir_all(root.join("pins")).unwrap();
+    let mut file = b"VBXBLOB\x01".to_vec();
+    file.extend_from_slice(&(old.len() as u64).to_le_bytes());
+    file.extend_from_slice(&old);
+    fs::write(root.join("blobs").join(&hex[..2]).join(&hex[2..]), &file).unwrap();
+
+    let store = DiskStore::open(root).unwrap();
+    assert!(!root.join("format").exists(), "the format is not changed");
+    assert!(store.get(&digest).unwrap() == old);
+    assert_eq!(store.size(&digest).unwrap(), Some(old.len() as u64));
+    let new = content(5, 2 << 20);
+    let d_new = store.put(&new).unwrap();
+    let path = store.blob_path(&d_new);
+    assert_eq!(file_header(&path), (*b"VBXBLOB\x01", new.len() as u64));
+    assert_eq!(
+        fs::metadata(&path).unwrap().len(),
+        HEADER_BYTES + new.len() as u64
+    );
+    assert!(store.verify_all().unwrap().corrupt.is_empty());
+    let read_only = DiskStore::open_with(
+        root,
+        OpenOptions {
+            read_only: true,
+            ..Default::default()
+        },
+    )
+    .unwrap();
+    assert!(read_only.get(&d_new).unwrap() == new);
+}
+
+#[test]
+fn an_unknown_or_damaged_format_file_is_refused_with_the_fix() {
+    let dir = tempfile::tempdir().unwrap();
+    let root = dir.path();
+    drop(DiskStore::open(root).unwrap());
+    fs::write(root.join("format"), "voidbox-cas 9\n").unwrap();
+    let err = DiskStore::open(root).unwrap_err().to_string();
+    assert!(err.contains("format 9") && err.contains("newer"), "{err}");
+    assert!(
+        err.contains(&root.join("format").display().to_string()),
+        "{err}"
+    );
+    fs::write(root.join("format"), "garbage").unwrap();
+    let err = DiskStore::open(root).unwrap_err().to_string();
+    assert!(
+        err.contains("voidbox-cas N") && err.contains("garbage"),
+        "{err}"
+    );
 }
 
 #[test]
@@ -258,7 +380,7 @@ fn large_blobs_stream_through_copy_to_and_get_to_file_verified() {
         .write(true)
         .open(store.blob_path(&digest))
         .unwrap();
-    std::os::unix::fs::FileExt::write_all_at(&blob, b"!", HEADER_BYTES + len as u64 - 1).unwrap();
+    std::os::unix::fs::FileExt::write_all_at(&blob, b"!", PAGE_BYTES + len as u64 - 1).unwrap();
     let mut out = Vec::new();
     let err = store.copy_to(&digest, &mut out).unwrap_err();
     assert!(matches!(err, CasError::Corrupt { .. }), "{err:?}");

@@ -9,8 +9,11 @@ use std::os::unix::fs::FileExt;
 
 use voidbox_cas::{Digest, DiskStore, MemStore, Store};
 
-/// Bytes of the on-disk blob header (see the `disk` module docs).
+/// Bytes of the short on-disk blob header (see `DiskStore`'s docs); blobs
+/// of 1 MiB or more in a new store have a header of [`PAGE_BYTES`].
 pub const HEADER_BYTES: u64 = 16;
+/// The header of large blobs in a format-2 store.
+pub const PAGE_BYTES: u64 = 4096;
 
 /// `len` bytes of a deterministic pseudo-random pattern; different `seed`s
 /// give different content.
@@ -145,11 +148,13 @@ impl Harness for DiskHarness {
     }
     fn flip_byte(&self, digest: &Digest, offset: u64) {
         let file = self.blob_file(digest);
+        // The content is the file's tail, after a header of either size.
+        let len = self.store.size(digest).unwrap().expect("stored");
+        let start = file.metadata().unwrap().len() - len;
         let mut byte = [0u8];
-        file.read_exact_at(&mut byte, HEADER_BYTES + offset)
-            .unwrap();
+        file.read_exact_at(&mut byte, start + offset).unwrap();
         byte[0] ^= 1;
-        file.write_all_at(&byte, HEADER_BYTES + offset).unwrap();
+        file.write_all_at(&byte, start + offset).unwrap();
     }
     fn truncate(&self, digest: &Digest, cut: u64) {
         let file = self.blob_file(digest);
