@@ -104,9 +104,10 @@ impl Layout {
             .unwrap_or(file_len.saturating_sub(SHORT_HEADER_BYTES))
     }
 
-    /// The file size of a blob of `len` bytes.
+    /// The file size of a blob of `len` bytes (saturating: a damaged
+    /// header may record any length).
     pub(crate) fn file_len(self, len: u64) -> u64 {
-        self.header_bytes(len) + len
+        self.header_bytes(len).saturating_add(len)
     }
 }
 
@@ -158,6 +159,8 @@ mod tests {
         assert_eq!(Layout::V2.content_len(BIG + 16), None);
         assert_eq!(Layout::V2.content_len(BIG + 4095), None);
         assert_eq!(Layout::V2.content_len(15), None);
+        // A damaged header's length does not overflow the arithmetic.
+        assert_eq!(Layout::V2.file_len(u64::MAX), u64::MAX);
     }
 
     #[test]

@@ -354,8 +354,28 @@ fn damaged_headers_and_stray_files_are_reported() {
             .contains("size mismatch: it should hold 5 bytes but holds 11"),
         "{err}"
     );
+    // A length field rewritten to the largest u64 is a size mismatch too.
+    let huge = store.put(b"huge length").unwrap();
+    let path = store.blob_path(&huge);
+    let mut raw = fs::read(&path).unwrap();
+    raw[8..16].copy_from_slice(&u64::MAX.to_le_bytes());
+    fs::write(&path, raw).unwrap();
+    let err = store.get(&huge).unwrap_err();
+    assert!(
+        matches!(
+            err,
+            CasError::Corrupt {
+                detail: Corruption::SizeMismatch {
+                    expected: u64::MAX,
+                    ..
+                },
+                ..
+            }
+        ),
+        "{err:?}"
+    );
     let report = store.verify_all().unwrap();
-    assert_eq!(report.corrupt.len(), 3, "{report:?}");
+    assert_eq!(report.corrupt.len(), 4, "{report:?}");
     assert_eq!(report.stray_files, vec![stray]);
 }
 
