@@ -907,14 +907,36 @@ fn read_header(file: &File, path: &Path, digest: &Digest, layout: Layout) -> Res
     }
     file.read_exact_at(&mut raw, 0)
         .map_err(|e| CasError::io("read the blob", path, e))?;
-    let expected = layout
-        .recorded_len(&raw)
-        .ok_or(corrupt(Corruption::BadHeader))?;
+    let Some(expected) = layout.recorded_len(&raw) else {
+        return Err(match layout::named_format(&raw) {
+            Some(named) => format_mismatch(path, named, layout),
+            None => corrupt(Corruption::BadHeader),
+        });
+    };
     let actual = file_len.saturating_sub(layout.header_bytes(expected));
     if layout.file_len(expected) != file_len {
         return Err(corrupt(Corruption::SizeMismatch { expected, actual }));
     }
     Ok(expected)
+}
+
+/// A blob of another known format than its store's: the store's format
+/// file, not the blob, is what is wrong, so this is not a `Corrupt` (which
+/// `verify_all` would list for every blob); it stops the read instead.
+fn format_mismatch(path: &Path, named: Layout, store: Layout) -> CasError {
+    let (named, store) = (named.format(), store.format());
+    CasError::io(
+        "read the blob",
+        path,
+        io::Error::new(
+            io::ErrorKind::InvalidData,
+            format!(
+                "it is a format-{named} blob in a store of format {store} (a store without a \
+                 `{FORMAT_FILE}` file is format 1): the store's `{FORMAT_FILE}` file was \
+                 removed or changed; restore it to `voidbox-cas {named}`"
+            ),
+        ),
+    )
 }
 
 /// The format of the store at `root`, read-only: format 1 if it names none.

@@ -74,6 +74,14 @@ impl Layout {
         header
     }
 
+    /// The store format number of this layout.
+    pub(crate) fn format(self) -> u32 {
+        match self {
+            Layout::V1 => 1,
+            Layout::V2 => 2,
+        }
+    }
+
     /// The content length a header records, if `raw` (the file's first 16
     /// bytes) is one of this layout's.
     pub(crate) fn recorded_len(self, raw: &[u8; 16]) -> Option<u64> {
@@ -109,6 +117,16 @@ impl Layout {
     pub(crate) fn file_len(self, len: u64) -> u64 {
         self.header_bytes(len).saturating_add(len)
     }
+}
+
+/// The known format a blob header names, whatever the store's: a blob of
+/// another format than its store's means the store's format file was lost
+/// or changed, not that the blob is damaged.
+pub(crate) fn named_format(raw: &[u8; 16]) -> Option<Layout> {
+    if raw[..7] != *b"VBXBLOB" {
+        return None;
+    }
+    Layout::of_format(u32::from(raw[7]))
 }
 
 /// The text of a store's format file.
@@ -168,6 +186,10 @@ mod tests {
         let raw: [u8; 16] = Layout::V2.header(3)[..16].try_into().unwrap();
         assert_eq!(Layout::V2.recorded_len(&raw), Some(3));
         assert_eq!(Layout::V1.recorded_len(&raw), None);
+        assert_eq!(named_format(&raw), Some(Layout::V2));
+        let mut unknown = raw;
+        unknown[7] = 9;
+        assert_eq!(named_format(&unknown), None);
     }
 
     #[test]

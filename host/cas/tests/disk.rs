@@ -151,6 +151,29 @@ fn a_store_made_before_format_files_keeps_format_1() {
 }
 
 #[test]
+fn a_lost_format_file_stops_reads_with_the_fix_instead_of_condemning_blobs() {
+    let dir = tempfile::tempdir().unwrap();
+    let root = dir.path();
+    let store = DiskStore::open(root).unwrap();
+    let digest = store.put(b"kept").unwrap();
+    drop(store);
+    fs::remove_file(root.join("format")).unwrap();
+    let store = DiskStore::open(root).unwrap();
+    let err = store.get(&digest).unwrap_err().to_string();
+    assert!(
+        err.contains("format-2 blob in a store of format 1") && err.contains("`voidbox-cas 2`"),
+        "{err}"
+    );
+    let err = store.verify_all().unwrap_err().to_string();
+    assert!(err.contains("restore it to `voidbox-cas 2`"), "{err}");
+    drop(store);
+    fs::write(root.join("format"), "voidbox-cas 2\n").unwrap();
+    let store = DiskStore::open(root).unwrap();
+    assert_eq!(store.get(&digest).unwrap(), b"kept");
+    assert!(store.verify_all().unwrap().corrupt.is_empty());
+}
+
+#[test]
 fn an_unknown_or_damaged_format_file_is_refused_with_the_fix() {
     let dir = tempfile::tempdir().unwrap();
     let root = dir.path();
