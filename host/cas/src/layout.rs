@@ -10,11 +10,13 @@
 //! under [`PAGE_ALIGNED_MIN_BYTES`]; from that size on, the header is padded
 //! with zeros to [`PAGE_BYTES`], so the content starts on a page boundary of
 //! the file. Why: the kernel copies a `write` into the page cache at the
-//! file offset's place within the page, and the large buffers allocators
-//! hand out are page-aligned, so with content at offset 16 every byte moved
-//! 16 bytes forward within its page. On the AMD machine of the project's
-//! benchmarks that copy ran at half speed or less for such a source, and a
-//! 16 MiB put took twice as long (BENCHMARKS.md, issue #2, session 19).
+//! file offset's place within the page, and large buffers from mimalloc
+//! (the `voidbox` binary's allocator) start on a page boundary, so with the
+//! content at offset 16 every byte moved 16 bytes forward within its page.
+//! On the AMD machine of the project's benchmarks that copy ran at a third
+//! of its speed for such a source, and a 16 MiB put took twice as long
+//! (BENCHMARKS.md, issue #2, session 19). A source 16 bytes into a page
+//! (the system allocator's) is as fast against either layout.
 //! Small blobs keep the 16-byte header, so they do not take an extra block.
 
 /// The content of blobs at least this large starts at [`PAGE_BYTES`] in a
