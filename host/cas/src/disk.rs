@@ -196,7 +196,8 @@ impl DiskStore {
             }
             None
         } else {
-            for path in [&root, &blobs, &pins, &tmp] {
+            // The root was created before its format was settled.
+            for path in [&blobs, &pins, &tmp] {
                 create_dir(path)?;
             }
             let instance = Instance::create(&tmp)?;
@@ -958,13 +959,13 @@ fn settle_format(root: &Path, blobs: &Path) -> Result<Layout> {
     if path.exists() || blobs.exists() {
         return read_format(root);
     }
-    let text = layout::format_file_text(layout::CURRENT_FORMAT);
+    let text = layout::format_file_text(Layout::CURRENT.format());
     match File::options().write(true).create_new(true).open(&path) {
         Ok(mut file) => {
             file.write_all(text.as_bytes())
                 .and_then(|()| file.sync_all())
                 .map_err(|e| CasError::io("write the store's format file", &path, e))?;
-            Ok(Layout::of_format(layout::CURRENT_FORMAT).expect("the current format is known"))
+            Ok(Layout::CURRENT)
         }
         // Another process made the store at the same moment.
         Err(e) if e.kind() == io::ErrorKind::AlreadyExists => read_format(root),
@@ -991,7 +992,7 @@ fn parse_format(path: &Path, text: &str) -> Result<Layout> {
         unknown(format!(
             "the store has format {format}, newer than this build reads (up to {}); use the \
              voidbox that made it, or a newer one",
-            layout::CURRENT_FORMAT
+            Layout::CURRENT.format()
         ))
     })
 }

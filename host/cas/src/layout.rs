@@ -30,8 +30,8 @@ pub(crate) const PAGE_BYTES: u64 = 4096;
 /// The short header: magic and length.
 const SHORT_HEADER_BYTES: u64 = 16;
 
-/// The format a new store is made with.
-pub(crate) const CURRENT_FORMAT: u32 = 2;
+/// A header's magic: these bytes, then the format's number as one byte.
+const MAGIC_PREFIX: &[u8; 7] = b"VBXBLOB";
 
 /// A store's blob layout.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
@@ -43,6 +43,9 @@ pub(crate) enum Layout {
 }
 
 impl Layout {
+    /// The layout a new store is made with.
+    pub(crate) const CURRENT: Layout = Layout::V2;
+
     /// The layout of a store format, `None` for one this build does not know.
     pub(crate) fn of_format(format: u32) -> Option<Layout> {
         match format {
@@ -53,10 +56,11 @@ impl Layout {
     }
 
     fn magic(self) -> [u8; 8] {
-        match self {
-            Layout::V1 => *b"VBXBLOB\x01",
-            Layout::V2 => *b"VBXBLOB\x02",
-        }
+        let mut magic = [0u8; 8];
+        magic[..7].copy_from_slice(MAGIC_PREFIX);
+        // Formats are small numbers, so the cast is exact.
+        magic[7] = self.format() as u8;
+        magic
     }
 
     /// Bytes before the content of a blob of `len` bytes.
@@ -125,7 +129,7 @@ impl Layout {
 /// another format than its store's means the store's format file was lost
 /// or changed, not that the blob is damaged.
 pub(crate) fn named_format(raw: &[u8; 16]) -> Option<Layout> {
-    if raw[..7] != *b"VBXBLOB" {
+    if raw[..7] != *MAGIC_PREFIX {
         return None;
     }
     Layout::of_format(u32::from(raw[7]))
