@@ -168,6 +168,17 @@ struct Tail {
     cache: TailIndex,
 }
 
+/// Writes one element per 4 KiB page of `v`'s unused capacity, so that its
+/// pages are mapped now (see [`Tail::faulted`]); `v` stays as it was.
+fn touch_spare<T>(v: &mut Vec<T>) {
+    let stride = (4096 / std::mem::size_of::<T>().max(1)).max(1);
+    for slot in v.spare_capacity_mut().iter_mut().step_by(stride) {
+        *slot = std::mem::MaybeUninit::zeroed();
+    }
+    // The writes must happen although nothing reads them.
+    std::hint::black_box(v.spare_capacity_mut().as_ptr());
+}
+
 /// The digest of the blob record at `at` in `records` (a [`Tail::blobs`]
 /// place).
 fn blob_key(records: &[u8], at: usize) -> Digest {
@@ -209,6 +220,28 @@ impl Tail {
             recorded: Vec::with_capacity(n),
             cache: TailIndex::with_capacity(n),
         }
+    }
+
+    /// A [`Tail::presized`] whose memory is mapped already: about 45 MiB
+    /// the kernel would otherwise fault in page by page under the
+    /// invocations that fill it, and where it backs them with 2 MiB pages,
+    /// each first touch zeroes one, a millisecond or more on a slow
+    /// machine, in the middle of an invocation. The flusher makes these,
+    /// off the invoking threads; tails are recycled, so only the first few
+    /// are made at all.
+    fn faulted() -> Tail {
+        let mut tail = Tail::presized();
+        touch_spare(&mut tail.records);
+        touch_spare(&mut tail.recorded);
+        tail.blobs.touch();
+        tail.cache.touch();
+        tail
+    }
+
+    /// Whether a quarter of the records' room is used: time for the
+    /// flusher to have the next tail ready.
+    fn quarter_full(&self) -> bool {
+        self.records.len() >= self.records.capacity() / 4
     }
 
     /// Appends an encoded outcome record ([`journal::put_outcome`]) of
@@ -1614,8 +1647,11 @@ struct Flusher {
 impl Flusher {
     fn run(mut self) {
         let mut spare: Vec<u8> = Vec::with_capacity(1 << 20);
-        // Allocated outside the lock, swapped in at the next rotation.
-        let mut next_tail = Tail::presized();
+        // Made (or taken back from the checkpointer) outside the lock once
+        // the current tail is a quarter full, swapped in at the next
+        // rotation. Not sooner: a host that never fills a quarter of a
+        // tail (a CLI command) should not map 45 MiB for one.
+        let mut next_tail: Option<Tail> = None;
         let mut handed_ticket = 0;
         loop {
             let mut st = self.shared.lock();
@@ -1666,8 +1702,12 @@ impl Flusher {
                     st.stats.journal_bytes += (payload.len() + journal::FRAME_HEADER_BYTES) as u64;
                 }
                 let tail_full = st.tail.nearly_full();
+                let prepare = next_tail.is_none() && st.tail.quarter_full();
                 drop(st);
                 self.shared.done.notify_all();
+                if prepare {
+                    next_tail = Some(self.recycled.try_recv().unwrap_or_else(|_| Tail::faulted()));
+                }
                 if ticket > handed_ticket
                     || shutdown
                     || self.segment.len >= CHECKPOINT_BYTES
@@ -1720,13 +1760,20 @@ impl Flusher {
     /// when they are appended, before any frame holds them.
     fn rotate(
         &mut self,
-        next_tail: &mut Tail,
+        next_tail: &mut Option<Tail>,
         ticket: u64,
         last: bool,
     ) -> std::result::Result<(), String> {
+        // Without a prepared tail (an early rotation: a flush or a
+        // checkpoint asked for), one whose pages fault in as it fills.
+        let fresh = next_tail.take().unwrap_or_else(|| {
+            self.recycled
+                .try_recv()
+                .unwrap_or_else(|_| Tail::presized())
+        });
         let tail = {
             let mut st = self.shared.lock();
-            let tail = Arc::new(std::mem::replace(&mut st.tail, std::mem::take(next_tail)));
+            let tail = Arc::new(std::mem::replace(&mut st.tail, fresh));
             st.sealed.push(tail.clone());
             tail
         };
@@ -1734,10 +1781,6 @@ impl Flusher {
         if !last {
             self.segment =
                 Segment::create(&self.journal_dir, last_segment + 1).map_err(|e| e.to_string())?;
-            *next_tail = self
-                .recycled
-                .try_recv()
-                .unwrap_or_else(|_| Tail::presized());
         }
         self.to_checkpointer
             .send(Handover {
@@ -2399,6 +2442,23 @@ mod tests {
     use super::*;
 
     const TEST_DB_CACHE_BYTES: usize = 4 << 20;
+
+    #[test]
+    fn a_faulted_tail_is_an_empty_presized_one() {
+        let (faulted, presized) = (Tail::faulted(), Tail::presized());
+        assert_eq!(faulted.records(), 0);
+        assert!(faulted.records.is_empty() && faulted.blobs.len() == 0);
+        assert_eq!(faulted.records.capacity(), presized.records.capacity());
+        assert_eq!(faulted.recorded.capacity(), presized.recorded.capacity());
+        assert_eq!(faulted.blobs.capacity(), presized.blobs.capacity());
+        assert_eq!(faulted.cache.capacity(), presized.cache.capacity());
+        assert!(!faulted.quarter_full());
+        // Touching only writes past the end: what a list holds stays.
+        let mut v: Vec<u8> = Vec::with_capacity(3 * 4096);
+        v.extend_from_slice(b"kept");
+        touch_spare(&mut v);
+        assert_eq!(v, b"kept");
+    }
 
     fn receipt_for(input: &[u8]) -> (Invocation, Receipt) {
         let inv = Invocation::new(Digest::of(b"tool"), Digest::of(input));

@@ -65,6 +65,14 @@ impl Entry {
     fn order(&self, other: &Entry) -> Ordering {
         (&self.key, self.kind).cmp(&(&other.key, other.kind))
     }
+
+    /// The key's first eight bytes as a number, which orders like them.
+    /// Keys are digests, so two differ there nearly always, and comparing
+    /// this first settles most comparisons without a call to `memcmp`
+    /// (which made a sort of a checkpoint's entries about twice as slow).
+    fn prefix(&self) -> u64 {
+        u64::from_be_bytes(self.key[..8].try_into().expect("8 bytes"))
+    }
 }
 
 /// Bytes of one encoded entry: key, kind, little-endian position.
@@ -143,7 +151,12 @@ pub(crate) fn sort_dedup(entries: &mut Vec<Entry>) {
     // Unstable (pdqsort) with the position as the last key, highest first,
     // and dedup keeps the first of equals: twice as fast as a stable sort
     // of the reversed list, which was a seventh of a checkpoint.
-    entries.sort_unstable_by(|a, b| a.order(b).then(b.position.cmp(&a.position)));
+    entries.sort_unstable_by(|a, b| {
+        a.prefix()
+            .cmp(&b.prefix())
+            .then_with(|| a.order(b))
+            .then(b.position.cmp(&a.position))
+    });
     entries.dedup_by(|later, kept| later.order(kept) == Ordering::Equal);
 }
 
@@ -426,6 +439,40 @@ mod tests {
                 e(5, Kind::Blob, 3),
                 e(5, Kind::Cache, 4)
             ]
+        );
+    }
+
+    #[test]
+    fn keys_that_share_their_first_eight_bytes_are_ordered_by_the_rest() {
+        // The sort compares the first eight bytes as a number before the
+        // whole key: keys alike there must still come out in byte order,
+        // and keys that differ there must not be reordered by later bytes.
+        let mut v = Vec::new();
+        for (i, (head, tail)) in [(7u8, 200u8), (7, 3), (7, 3), (9, 0), (1, 255), (7, 100)]
+            .into_iter()
+            .enumerate()
+        {
+            let mut key = [0u8; 32];
+            key[7] = head;
+            key[31] = tail;
+            v.push(Entry {
+                key,
+                kind: Kind::Blob,
+                position: i as u64,
+            });
+        }
+        let mut want = v.clone();
+        want.sort_by(|a, b| a.key.cmp(&b.key).then(b.position.cmp(&a.position)));
+        want.dedup_by(|later, kept| later.key == kept.key);
+        sort_dedup(&mut v);
+        assert_eq!(v, want);
+        let tails: Vec<(u8, u8, u64)> = v
+            .iter()
+            .map(|e| (e.key[7], e.key[31], e.position))
+            .collect();
+        assert_eq!(
+            tails,
+            [(1, 255, 4), (7, 3, 2), (7, 100, 5), (7, 200, 0), (9, 0, 3)]
         );
     }
 
