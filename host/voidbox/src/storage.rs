@@ -1650,7 +1650,9 @@ impl Flusher {
         // Made (or taken back from the checkpointer) outside the lock once
         // the current tail is a quarter full, swapped in at the next
         // rotation. Not sooner: a host that never fills a quarter of a
-        // tail (a CLI command) should not map 45 MiB for one.
+        // tail (a CLI command) should not map 45 MiB for one. Mapping a
+        // fresh one delays that group commit by some milliseconds, once
+        // or twice in a host's life (tails are recycled).
         let mut next_tail: Option<Tail> = None;
         let mut handed_ticket = 0;
         loop {
