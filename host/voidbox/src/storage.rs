@@ -425,6 +425,9 @@ pub struct StorageStats {
     pub journal_bytes: u64,
     /// Checkpoints into redb.
     pub checkpoints: u64,
+    /// Rotations that swapped in a tail the flusher had ready (its memory
+    /// mapped, or recycled) rather than one made at the rotation.
+    pub prepared_tails: u64,
     /// Records moved into redb by checkpoints.
     pub checkpointed_records: u64,
     /// CPU time the checkpoint thread spent on checkpoints, in
@@ -1768,6 +1771,7 @@ impl Flusher {
     ) -> std::result::Result<(), String> {
         // Without a prepared tail (an early rotation: a flush or a
         // checkpoint asked for), one whose pages fault in as it fills.
+        let prepared = next_tail.is_some();
         let fresh = next_tail.take().unwrap_or_else(|| {
             self.recycled
                 .try_recv()
@@ -1775,6 +1779,7 @@ impl Flusher {
         });
         let tail = {
             let mut st = self.shared.lock();
+            st.stats.prepared_tails += u64::from(prepared);
             let tail = Arc::new(std::mem::replace(&mut st.tail, fresh));
             st.sealed.push(tail.clone());
             tail
@@ -2460,6 +2465,34 @@ mod tests {
         v.extend_from_slice(b"kept");
         touch_spare(&mut v);
         assert_eq!(v, b"kept");
+    }
+
+    #[test]
+    fn the_flusher_readies_the_next_tail_once_a_quarter_is_used() {
+        let home = tempfile::tempdir().unwrap();
+        let storage = Arc::new(Storage::open(home.path(), 1 << 16, TEST_DB_CACHE_BYTES).unwrap());
+        // A checkpoint of a nearly empty tail swaps in one made on the spot.
+        let first = storage.put_blob_deferred(b"first").unwrap();
+        storage.checkpoint().unwrap();
+        assert_eq!(storage.stats().prepared_tails, 0);
+        // Past a quarter of a tail's room (10 MiB of 40), a group commit
+        // has the flusher ready the next one, and the rotation takes it.
+        let blob = vec![7u8; 60 << 10];
+        let mut digests = Vec::new();
+        for i in 0..180u32 {
+            let mut b = blob.clone();
+            b[..4].copy_from_slice(&i.to_le_bytes());
+            digests.push(storage.put_blob_deferred(&b).unwrap());
+        }
+        storage.flush().unwrap();
+        storage.checkpoint().unwrap();
+        assert_eq!(storage.stats().prepared_tails, 1, "{:?}", storage.stats());
+        // Everything reads back, from redb now.
+        let blobs = Blobs::new(storage.clone());
+        assert_eq!(blobs.get(&first).unwrap(), b"first");
+        for (i, d) in digests.iter().enumerate() {
+            assert_eq!(&blobs.get(d).unwrap()[..4], &(i as u32).to_le_bytes());
+        }
     }
 
     fn receipt_for(input: &[u8]) -> (Invocation, Receipt) {
