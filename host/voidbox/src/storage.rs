@@ -1711,7 +1711,7 @@ impl Flusher {
                 drop(st);
                 self.shared.done.notify_all();
                 if prepare {
-                    next_tail = Some(self.recycled.try_recv().unwrap_or_else(|_| Tail::faulted()));
+                    next_tail = Some(self.reuse_or(Tail::faulted));
                 }
                 if ticket > handed_ticket
                     || shutdown
@@ -1758,6 +1758,11 @@ impl Flusher {
         Ok(())
     }
 
+    /// A tail the checkpointer handed back, or else a new one from `make`.
+    fn reuse_or(&self, make: fn() -> Tail) -> Tail {
+        self.recycled.try_recv().unwrap_or_else(|_| make())
+    }
+
     /// Takes the tail (a pointer swap under the lock), hands it to the
     /// checkpointer with the segments it covers, and starts a new segment
     /// (unless the host is closing). Every record in the segments so far
@@ -1772,11 +1777,9 @@ impl Flusher {
         // Without a prepared tail (an early rotation: a flush or a
         // checkpoint asked for), one whose pages fault in as it fills.
         let prepared = next_tail.is_some();
-        let fresh = next_tail.take().unwrap_or_else(|| {
-            self.recycled
-                .try_recv()
-                .unwrap_or_else(|_| Tail::presized())
-        });
+        let fresh = next_tail
+            .take()
+            .unwrap_or_else(|| self.reuse_or(Tail::presized));
         let tail = {
             let mut st = self.shared.lock();
             st.stats.prepared_tails += u64::from(prepared);

@@ -143,8 +143,8 @@ pub(crate) fn sort_dedup(entries: &mut Vec<Entry>) {
     // Unstable (pdqsort) with the position as the last key, highest first,
     // and dedup keeps the first of equals: twice as fast as a stable sort
     // of the reversed list, which was a seventh of a checkpoint.
-    // Prefixes first, as in the merge ([`key_prefix`]): a sort of 40,000
-    // entries took 2.3 ms so against 4.1 with `memcmp` on whole keys.
+    // Prefixes first, as in the merge ([`key_prefix`]): 40,000 entries
+    // sorted in 2.3 ms this way, in 4.1 with `memcmp` on whole keys.
     entries.sort_unstable_by(|a, b| {
         key_prefix(&a.key)
             .cmp(&key_prefix(&b.key))
