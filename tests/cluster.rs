@@ -405,6 +405,80 @@ fn a_client_whose_cluster_stops_says_so() {
     );
 }
 
+/// `cluster bench --json`: with a bound every step meets, the fastest count
+/// of the sweep is run again and reported as a whole run within the bound;
+/// with a bound no step meets, nothing is reported at the bound and no
+/// long run is spent on it.
+#[test]
+fn cluster_bench_reports_the_throughput_at_the_bound_from_a_whole_run() {
+    let c = TestCluster::init(&["--no-fsync"]);
+    c.ok(&["cluster", "up", "{c}"]);
+    c.ok(&["tool", "add", "--cluster", "{c}", tools::ECHO]);
+    let bench = |p99_ms: &str| -> Value {
+        let out = c.ok(&[
+            "cluster",
+            "bench",
+            "{c}",
+            "--seconds",
+            "1",
+            "--sweep-seconds",
+            "0.3",
+            "--clients",
+            "4",
+            "--p99-ms",
+            p99_ms,
+            "--json",
+        ]);
+        serde_json::from_str(&out).unwrap_or_else(|e| panic!("{e}: {out}"))
+    };
+    let phases_named = |report: &Value, name: &str| -> Vec<Value> {
+        report["phases"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .filter(|p| p["phase"] == name)
+            .cloned()
+            .collect()
+    };
+
+    let loose = bench("600000");
+    let swept: Vec<u64> = loose["sweep"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|p| p["clients"].as_u64().unwrap())
+        .collect();
+    // Every step within the bound: doubling alone, nothing to refine.
+    assert_eq!(swept, vec![2, 4], "{loose}");
+    let at = &loose["throughput_at_p99_bound"];
+    assert_eq!(at["p99_within_bound"], true, "{loose}");
+    let long = phases_named(&loose, "at p99 bound");
+    assert_eq!(long.len(), 1, "the first long run was within: {loose}");
+    assert_eq!(at["clients"], long[0]["clients"]);
+    assert_eq!(at["invocations_per_s"], long[0]["invocations_per_s"]);
+    assert!(long[0]["completed"].as_u64().unwrap() > 0, "{loose}");
+    // The count run again is the fastest one measured before it.
+    let fastest = loose["phases"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .take(1)
+        .chain(loose["sweep"].as_array().unwrap())
+        .max_by(|a, b| {
+            a["invocations_per_s"]
+                .as_f64()
+                .unwrap()
+                .total_cmp(&b["invocations_per_s"].as_f64().unwrap())
+        })
+        .unwrap();
+    assert_eq!(at["clients"], fastest["clients"], "{loose}");
+
+    let tight = bench("0.001");
+    assert!(tight["throughput_at_p99_bound"].is_null(), "{tight}");
+    assert!(phases_named(&tight, "at p99 bound").is_empty(), "{tight}");
+    assert_eq!(phases_named(&tight, "throughput").len(), 1, "{tight}");
+}
+
 /// Two clusters given the same ports: the second `cluster up` fails and
 /// says which port and what to do, and `cluster status` of the second does
 /// not show the first one's replicas as its own. A pid file naming another
