@@ -3,8 +3,8 @@
 use std::collections::HashMap;
 use std::hash::{Hash, Hasher};
 use std::path::{Path, PathBuf};
-use std::sync::atomic::{AtomicBool, Ordering};
-use std::sync::{Arc, Mutex};
+use std::sync::atomic::{AtomicBool, AtomicU32, Ordering};
+use std::sync::{Arc, Mutex, OnceLock};
 use std::thread::JoinHandle;
 use std::time::{Duration, Instant};
 
@@ -22,6 +22,85 @@ use crate::{Budget, LoadError, Outcome, RunError, ToolInfo};
 /// How often the epoch ticker advances the engine's epoch. The wall-clock
 /// guard is accurate to about this much.
 const EPOCH_TICK: Duration = Duration::from_millis(5);
+
+/// Ticks without a run after which the epoch ticker sleeps until the next
+/// run starts (100 ms): an idle host, or a cluster's four idle replicas,
+/// should not be woken 200 times a second each for nothing.
+const IDLE_TICKS_BEFORE_PARKING: u32 = 20;
+
+/// Which lanes have runs going, and whether the epoch ticker sleeps: a run
+/// wakes it. The counts are per lane (a lane is a CPU's), each on a cache
+/// line of its own, so runs on two cores do not contend on one line.
+struct Activity {
+    lanes: Vec<LaneRuns>,
+    parked: AtomicBool,
+    stop: AtomicBool,
+    ticker: OnceLock<std::thread::Thread>,
+}
+
+#[repr(align(64))]
+struct LaneRuns(AtomicU32);
+
+impl Activity {
+    /// Counts a run in `lane` until the guard drops, and wakes the ticker
+    /// if it sleeps. The count is raised before `parked` is read, and the
+    /// ticker sets `parked` before it reads the counts (both SeqCst): so
+    /// either the ticker sees the run and stays awake, or the run sees
+    /// `parked` and unparks it (an unpark before the park makes the park
+    /// return at once).
+    fn enter(&self, lane: usize) -> ActiveRun<'_> {
+        self.lanes[lane].0.fetch_add(1, Ordering::SeqCst);
+        if self.parked.load(Ordering::SeqCst) {
+            if let Some(t) = self.ticker.get() {
+                t.unpark();
+            }
+        }
+        ActiveRun {
+            activity: self,
+            lane,
+        }
+    }
+
+    fn any(&self) -> bool {
+        self.lanes.iter().any(|l| l.0.load(Ordering::SeqCst) > 0)
+    }
+
+    /// The ticker's loop: advance the epoch of every engine every tick
+    /// while runs go on, sleep once none has for a while.
+    fn tick(&self, engines: &[Engine]) {
+        let mut quiet = 0;
+        while !self.stop.load(Ordering::SeqCst) {
+            quiet = if self.any() { 0 } else { quiet + 1 };
+            if quiet >= IDLE_TICKS_BEFORE_PARKING {
+                self.parked.store(true, Ordering::SeqCst);
+                if !self.any() && !self.stop.load(Ordering::SeqCst) {
+                    // Spurious wake-ups only cost a loop.
+                    std::thread::park();
+                }
+                self.parked.store(false, Ordering::SeqCst);
+                quiet = 0;
+            }
+            std::thread::sleep(EPOCH_TICK);
+            for engine in engines {
+                engine.increment_epoch();
+            }
+        }
+    }
+}
+
+/// A run in progress (see [`Activity::enter`]).
+struct ActiveRun<'a> {
+    activity: &'a Activity,
+    lane: usize,
+}
+
+impl Drop for ActiveRun<'_> {
+    fn drop(&mut self) {
+        self.activity.lanes[self.lane]
+            .0
+            .fetch_sub(1, Ordering::SeqCst);
+    }
+}
 
 /// How much of each linear memory the pooling allocator resets in place
 /// (instead of decommitting) when an instance ends, when the kernel has the
@@ -389,7 +468,7 @@ pub struct Sandbox {
     config: SandboxConfig,
     compat_hash: String,
     loaded: Mutex<HashMap<[u8; 32], Arc<LoadedTool>>>,
-    ticker_stop: Arc<AtomicBool>,
+    activity: Arc<Activity>,
     ticker: Option<JoinHandle<()>>,
 }
 
@@ -403,8 +482,9 @@ impl std::fmt::Debug for Sandbox {
 
 impl Drop for Sandbox {
     fn drop(&mut self) {
-        self.ticker_stop.store(true, Ordering::Relaxed);
+        self.activity.stop.store(true, Ordering::SeqCst);
         if let Some(t) = self.ticker.take() {
+            t.thread().unpark();
             let _ = t.join();
         }
     }
@@ -497,28 +577,28 @@ impl Sandbox {
         lanes[0].engine.precompile_compatibility_hash().hash(&mut h);
         let compat_hash = format!("{:016x}", h.finish());
 
-        let ticker_stop = Arc::new(AtomicBool::new(false));
+        let activity = Arc::new(Activity {
+            lanes: lanes.iter().map(|_| LaneRuns(AtomicU32::new(0))).collect(),
+            parked: AtomicBool::new(false),
+            stop: AtomicBool::new(false),
+            ticker: OnceLock::new(),
+        });
         let ticker = {
             let engines: Vec<Engine> = lanes.iter().map(|l| l.engine.clone()).collect();
-            let stop = ticker_stop.clone();
+            let activity = activity.clone();
             std::thread::Builder::new()
                 .name("voidbox-epoch".into())
-                .spawn(move || {
-                    while !stop.load(Ordering::Relaxed) {
-                        std::thread::sleep(EPOCH_TICK);
-                        for engine in &engines {
-                            engine.increment_epoch();
-                        }
-                    }
-                })
+                .spawn(move || activity.tick(&engines))
                 .map_err(|e| LoadError::Engine(format!("starting the epoch ticker: {e}")))?
         };
+        // Before any run can start: the sandbox is not returned yet.
+        let _ = activity.ticker.set(ticker.thread().clone());
         Ok(Sandbox {
             lanes,
             config,
             compat_hash,
             loaded: Mutex::new(HashMap::new()),
-            ticker_stop,
+            activity,
             ticker: Some(ticker),
         })
     }
@@ -749,6 +829,7 @@ impl Sandbox {
             blobs: NoBlobs::shared(),
             preopens: &[],
         };
+        let _active = self.activity.enter(0);
         let mut store = self.new_store(0, &req, None, &[])?;
         let result = pre
             .instantiate(&mut store)
@@ -847,6 +928,9 @@ impl Sandbox {
         // a clock reading costs about 35 ns here.
         let started = tracing::enabled!(tracing::Level::DEBUG).then(Instant::now);
         let budget = req.budget;
+        // The wall-clock guard needs the ticker awake until the store is
+        // gone (the guard drops after it, at the end of this function).
+        let _active = self.activity.enter(lane);
         // `tool` came from this sandbox's `load`, so it has a pre per lane.
         let (outcome, output, store) = match &tool.pres[lane] {
             Pre::Tool(pre) => {
@@ -1155,6 +1239,39 @@ mod tests {
             assert_eq!(r.memory_peak_bytes, runs[0].memory_peak_bytes);
         }
         assert!(runs[0].fuel_used > 0);
+    }
+
+    #[test]
+    fn the_epoch_ticker_sleeps_while_idle_and_a_run_wakes_it_for_its_guard() {
+        let sandbox = Sandbox::new(SandboxConfig {
+            pooling: false,
+            ..SandboxConfig::default()
+        })
+        .unwrap();
+        let wasm = std::fs::read(voidbox_tool_artifacts::HOSTILE_LOOP).unwrap();
+        let tool = sandbox
+            .load(*blake3::hash(&wasm).as_bytes(), &wasm)
+            .unwrap();
+        let sleeps = || {
+            let deadline = Instant::now() + Duration::from_secs(10);
+            while !sandbox.activity.parked.load(Ordering::SeqCst) {
+                assert!(Instant::now() < deadline, "the idle ticker never slept");
+                std::thread::sleep(Duration::from_millis(10));
+            }
+        };
+        sleeps();
+        // Only the 50 ms guard ends this loop in time: without a tick the
+        // fuel (seconds of it) would run out first.
+        let mut req = echo_request(b"");
+        req.budget = Budget {
+            fuel: 1 << 32,
+            timeout: Duration::from_millis(50),
+            ..Budget::default()
+        };
+        let started = Instant::now();
+        let r = sandbox.run(&tool, &req).unwrap();
+        assert_eq!(r.outcome, Outcome::Timeout, "after {:?}", started.elapsed());
+        sleeps();
     }
 
     #[test]

@@ -315,11 +315,13 @@ impl Driver {
         Ok(())
     }
 
-    /// Time until the core wants a tick (at most 10 ms, so a clock jump
-    /// cannot stall it).
+    /// Time until the core wants a tick, at most 100 ms: a clock that jumps
+    /// back stalls the core no longer than that, and an idle replica (whose
+    /// next deadline is its slow heartbeat) wakes about ten times a second,
+    /// not a hundred.
     fn until_deadline(&self) -> Duration {
         let wait = self.replica.next_deadline_us().saturating_sub(now_us());
-        Duration::from_micros(wait.min(10_000))
+        Duration::from_micros(wait.min(100_000))
     }
 
     fn on_frame(&mut self, from: Peer, bytes: Vec<u8>) -> Result<()> {
