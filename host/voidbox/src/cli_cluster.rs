@@ -910,12 +910,12 @@ fn bench(file: &ClusterFile, tool: &str, plan: &BenchPlan, json: bool) -> Result
                 "  {:<12} clients {:>3}: {:>8.0} inv/s, p50 {:>8.0} us, p99 {:>8.0} us, batch {:>5.1}, replica cpu {:>6.0} us/inv, client cpu {:>5.0} us/inv, failed {}",
                 p["phase"].as_str().unwrap_or(""),
                 p["clients"],
-                p["invocations_per_s"].as_f64().unwrap_or(f64::NAN),
-                p["latency_p50_us"].as_f64().unwrap_or(f64::NAN),
-                p["latency_p99_us"].as_f64().unwrap_or(f64::NAN),
-                p["mean_batch_size"].as_f64().unwrap_or(f64::NAN),
-                p["replica_cpu_us_per_invocation"].as_f64().unwrap_or(f64::NAN),
-                p["client_cpu_us_per_invocation"].as_f64().unwrap_or(f64::NAN),
+                figure(p, "invocations_per_s"),
+                figure(p, "latency_p50_us"),
+                figure(p, "latency_p99_us"),
+                figure(p, "mean_batch_size"),
+                figure(p, "replica_cpu_us_per_invocation"),
+                figure(p, "client_cpu_us_per_invocation"),
                 p["failed"],
             );
         }
@@ -923,8 +923,8 @@ fn bench(file: &ClusterFile, tool: &str, plan: &BenchPlan, json: bool) -> Result
             Some(c) => outln!(
                 "  throughput at p99 <= {:.0} ms: {:.0} inv/s with {c} clients (p99 {:.0} us{})",
                 plan.p99_bound_us / 1000.0,
-                at_bound["invocations_per_s"].as_f64().unwrap_or(f64::NAN),
-                at_bound["latency_p99_us"].as_f64().unwrap_or(f64::NAN),
+                figure(&at_bound, "invocations_per_s"),
+                figure(&at_bound, "latency_p99_us"),
                 if at_bound["p99_within_bound"] == true {
                     ""
                 } else {
