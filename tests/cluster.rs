@@ -479,6 +479,50 @@ fn cluster_bench_reports_the_throughput_at_the_bound_from_a_whole_run() {
     assert_eq!(phases_named(&tight, "throughput").len(), 1, "{tight}");
 }
 
+/// A cluster without fsync, stopped cleanly with `cluster down` past a
+/// stable checkpoint, comes back with its protocol log and result
+/// journal: the replicas restore the checkpoint's state with the results
+/// that chain to it (they used to find none, having kept their commits in
+/// memory only, and spent seconds asking their peers for them in vain).
+#[test]
+fn a_cluster_without_fsync_restarts_with_its_log_and_results() {
+    let c = TestCluster::init(&["--no-fsync"]);
+    c.ok(&["cluster", "up", "{c}"]);
+    c.ok(&["tool", "add", "--cluster", "{c}", tools::ECHO]);
+    // Well past one checkpoint (every 64 batches).
+    c.ok(&[
+        "cluster",
+        "bench",
+        "{c}",
+        "--seconds",
+        "2",
+        "--sweep-seconds",
+        "0",
+        "--clients",
+        "2",
+    ]);
+    let before = c.status_of("stable");
+    assert!(before.iter().all(|&s| s >= 64), "{before:?}");
+    c.ok(&["cluster", "down", "{c}"]);
+    c.ok(&["cluster", "up", "{c}"]);
+    let input = write(&c.path, "input.txt", b"after the restart");
+    let out = c.ok(&["run", "--cluster", "{c}", "echo", "--input", &input]);
+    assert_eq!(out, "after the restart");
+    // A replica that cannot chain results gives up after asking every
+    // peer (3 s each at most); give it that long to say so.
+    std::thread::sleep(Duration::from_secs(4));
+    let after = c.status_of("stable");
+    for id in 0..4 {
+        let log =
+            std::fs::read_to_string(c.path.join(format!("replica-{id}/replica.log"))).unwrap();
+        assert!(
+            !log.contains("that chain to the stable checkpoint"),
+            "replica {id} lost its results: {log}"
+        );
+        assert!(after[id] >= before[id], "{before:?} -> {after:?}");
+    }
+}
+
 /// Two clusters given the same ports: the second `cluster up` fails and
 /// says which port and what to do, and `cluster status` of the second does
 /// not show the first one's replicas as its own. A pid file naming another

@@ -125,6 +125,16 @@ impl ProtocolLog {
         txn.commit().map_err(|e| db_err(path, e))
     }
 
+    /// Makes every record appended so far durable, with or without
+    /// `fsync`: redb keeps the commits of a log opened without it in
+    /// memory until a durable commit, so a replica that stops cleanly
+    /// calls this last, or it restarts from the log it had when it opened.
+    pub fn persist(&mut self) -> Result<()> {
+        let path = self.path.clone();
+        let txn = self.db.begin_write().map_err(|e| db_err(&path, e))?;
+        txn.commit().map_err(|e| db_err(&path, e))
+    }
+
     /// Records held (after compaction).
     pub fn len(&self) -> usize {
         self.metas.len()

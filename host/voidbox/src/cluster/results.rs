@@ -194,6 +194,14 @@ impl Results {
         txn.commit().map_err(|e| self.err(e))
     }
 
+    /// Makes every synced append so far durable, with or without `fsync`
+    /// (see [`crate::cluster::log::ProtocolLog::persist`]); entries that
+    /// wait in memory for a synced append stay there.
+    pub fn persist(&self) -> crate::Result<()> {
+        let txn = self.db.begin_write().map_err(|e| self.err(e))?;
+        txn.commit().map_err(|e| self.err(e))
+    }
+
     /// Writes `entries` as rows, first removing the stored entries numbered
     /// within their range (a row that straddles it keeps its parts
     /// outside, as rows of their own).
