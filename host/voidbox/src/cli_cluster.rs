@@ -730,6 +730,11 @@ fn figure(p: &serde_json::Value, k: &str) -> f64 {
     p[k].as_f64().unwrap_or(f64::NAN)
 }
 
+/// A step's client count.
+fn clients_of(p: &serde_json::Value) -> usize {
+    p["clients"].as_u64().unwrap_or(1) as usize
+}
+
 /// The client count to try next between the doubling steps: halfway
 /// between the fastest count within the bound and the smallest larger
 /// count that was over it, when no count between them was tried yet.
@@ -737,15 +742,14 @@ fn figure(p: &serde_json::Value, k: &str) -> f64 {
 /// bound and 8 over it says nothing of 6), and the throughput at the
 /// bound is what the sweep is for.
 fn refine(phases: &[&serde_json::Value], bound_us: f64) -> Option<usize> {
-    let clients = |p: &serde_json::Value| p["clients"].as_u64().unwrap_or(0) as usize;
-    let best = clients(phases[best_within(phases, bound_us)?]);
+    let best = clients_of(phases[best_within(phases, bound_us)?]);
     let over = phases
         .iter()
-        .filter(|p| figure(p, "latency_p99_us") > bound_us && clients(p) > best)
-        .map(|p| clients(p))
+        .filter(|p| figure(p, "latency_p99_us") > bound_us && clients_of(p) > best)
+        .map(|p| clients_of(p))
         .min()?;
     let mid = best + (over - best) / 2;
-    let tried = phases.iter().any(|p| clients(p) == mid);
+    let tried = phases.iter().any(|p| clients_of(p) == mid);
     (mid > best && !tried).then_some(mid)
 }
 
@@ -856,15 +860,15 @@ fn bench(file: &ClusterFile, tool: &str, plan: &BenchPlan, json: bool) -> Result
     // duration; when that long run breaks the bound (a short step can be
     // lucky), the next fastest is, so the figure reported is a whole run
     // within the bound whenever one of the tries gives one.
-    let candidates: Vec<&serde_json::Value> = phases.iter().chain(&sweep).collect();
-    let mut order: Vec<usize> = Vec::new();
-    for i in within_by_throughput(&candidates, plan.p99_bound_us) {
-        let c = candidates[i]["clients"].as_u64().unwrap_or(1) as usize;
-        if !order.contains(&c) {
-            order.push(c);
-        }
-    }
     if !sweep.is_empty() {
+        let candidates: Vec<&serde_json::Value> = phases.iter().chain(&sweep).collect();
+        let mut order: Vec<usize> = Vec::new();
+        for i in within_by_throughput(&candidates, plan.p99_bound_us) {
+            let c = clients_of(candidates[i]);
+            if !order.contains(&c) {
+                order.push(c);
+            }
+        }
         for c in order.into_iter().take(CONFIRM_RUNS_MAX) {
             let p = measure("at p99 bound", c, plan.duration)?;
             let within = figure(&p, "latency_p99_us") <= plan.p99_bound_us;

@@ -129,10 +129,9 @@ impl ProtocolLog {
     /// `fsync`: redb keeps the commits of a log opened without it in
     /// memory until a durable commit, so a replica that stops cleanly
     /// calls this last, or it restarts from the log it had when it opened.
-    pub fn persist(&mut self) -> Result<()> {
-        let path = self.path.clone();
-        let txn = self.db.begin_write().map_err(|e| db_err(&path, e))?;
-        txn.commit().map_err(|e| db_err(&path, e))
+    pub fn persist(&self) -> Result<()> {
+        let txn = self.db.begin_write().map_err(|e| db_err(&self.path, e))?;
+        txn.commit().map_err(|e| db_err(&self.path, e))
     }
 
     /// Records held (after compaction).
