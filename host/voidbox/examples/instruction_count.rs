@@ -32,21 +32,37 @@ static ALLOCATOR: mimalloc::MiMalloc = mimalloc::MiMalloc;
 const VOIDBOX_TOML: &str =
     "[sandbox]\ninstances_max = 2\nmemory_bytes_max = 268435456\nlanes = 1\n";
 
-#[inline(never)]
-fn host_runs(host: &Host, template: &Invocation, from: u64, n: u64) {
+/// Calls `call` `n` times with fresh inputs, named `{prefix}-{i}`; inlined
+/// into the functions below, whose names callgrind tells apart.
+#[inline(always)]
+fn repeat(prefix: &str, from: u64, n: u64, mut call: impl FnMut(&[u8])) {
     for i in from..from + n {
-        black_box(
-            host.run(template, format!("in-{i}").as_bytes())
-                .expect("run"),
-        );
+        call(format!("{prefix}-{i}").as_bytes());
     }
 }
 
+/// The counted runs (callgrind's `--toggle-collect` names these two).
 #[inline(never)]
-fn bare_calls(bare: &Bare, from: u64, n: u64) {
-    for i in from..from + n {
-        black_box(bare.call(format!("in-{i}").as_bytes()).expect("call"));
-    }
+fn host_runs(host: &Host, template: &Invocation, n: u64) {
+    repeat("in", n, n, |input| {
+        black_box(host.run(template, input).expect("run"));
+    });
+}
+
+#[inline(never)]
+fn bare_calls(bare: &Bare, n: u64) {
+    repeat("in", n, n, |input| {
+        black_box(bare.call(input).expect("call"));
+    });
+}
+
+/// The warm-up (lazy initialisation, the first tail's pages), uncounted.
+#[inline(never)]
+fn warm_up(host: &Host, template: &Invocation, bare: &Bare, n: u64) {
+    repeat("warm", 0, n, |input| {
+        black_box(bare.call(input).expect("call"));
+        black_box(host.run(template, input).expect("run"));
+    });
 }
 
 fn main() -> Result<(), Box<dyn std::error::Error>> {
@@ -70,31 +86,11 @@ fn main() -> Result<(), Box<dyn std::error::Error>> {
         },
         &wasm,
     )?;
-    // Warm both (lazy initialisation, the first tail's pages), uncounted.
-    bare_calls_uncounted(&bare, n);
-    host_runs_uncounted(&host, &template, n);
-    bare_calls(&bare, n, n);
-    host_runs(&host, &template, n, n);
+    warm_up(&host, &template, &bare, n);
+    bare_calls(&bare, n);
+    host_runs(&host, &template, n);
     println!(
         "{n} calls each; divide callgrind's inclusive counts of host_runs and bare_calls by {n}"
     );
     Ok(())
-}
-
-/// The warm-up, under other names so that callgrind does not count it.
-#[inline(never)]
-fn bare_calls_uncounted(bare: &Bare, n: u64) {
-    for i in 0..n {
-        black_box(bare.call(format!("warm-{i}").as_bytes()).expect("call"));
-    }
-}
-
-#[inline(never)]
-fn host_runs_uncounted(host: &Host, template: &Invocation, n: u64) {
-    for i in 0..n {
-        black_box(
-            host.run(template, format!("warm-{i}").as_bytes())
-                .expect("run"),
-        );
-    }
 }
