@@ -13,6 +13,7 @@ use std::time::{Duration, Instant};
 use serde_json::Value;
 use voidbox::cluster::config::generate_key;
 use voidbox::cluster::wire::OpResult;
+use voidbox::cluster::RETRY_ENV;
 use voidbox::cluster::{ClusterClient, ClusterFile, Invoker};
 use voidbox::{Budget, Digest, Invocation};
 use voidbox_e2e::{assert_failed, stderr, tools, voidbox_bin};
@@ -73,7 +74,12 @@ impl TestCluster {
     }
 
     fn ok(&self, args: &[&str]) -> String {
-        let out = self.run(args);
+        self.ok_env(args, &[])
+    }
+
+    /// [`TestCluster::ok`] with `env` set.
+    fn ok_env(&self, args: &[&str], env: &[(&str, &str)]) -> String {
+        let out = self.run_env(args, env);
         assert!(
             out.status.success(),
             "voidbox {args:?}: {}\n{}",
@@ -86,10 +92,15 @@ impl TestCluster {
     /// Runs `voidbox ARGS…`, with `{c}` in an argument replaced by the
     /// cluster directory.
     fn run(&self, args: &[&str]) -> Output {
+        self.run_env(args, &[])
+    }
+
+    /// [`TestCluster::run`] with `env` set.
+    fn run_env(&self, args: &[&str], env: &[(&str, &str)]) -> Output {
         let c = self.path.to_str().unwrap();
         let args: Vec<String> = args.iter().map(|a| a.replace("{c}", c)).collect();
         let args: Vec<&str> = args.iter().map(String::as_str).collect();
-        voidbox(&args, None)
+        voidbox_env(&args, None, env)
     }
 
     fn pid(&self, id: u32) -> u32 {
@@ -137,6 +148,11 @@ impl Drop for TestCluster {
 }
 
 fn voidbox(args: &[&str], last: Option<&Path>) -> Output {
+    voidbox_env(args, last, &[])
+}
+
+/// [`voidbox`] with `env` set.
+fn voidbox_env(args: &[&str], last: Option<&Path>, env: &[(&str, &str)]) -> Output {
     let mut c = Command::new(voidbox_bin());
     c.args(args);
     if let Some(p) = last {
@@ -145,6 +161,8 @@ fn voidbox(args: &[&str], last: Option<&Path>) -> Output {
     c.env_remove("VOIDBOX_HOME")
         .env_remove("RUST_LOG")
         .env_remove("VOIDBOX_TOKEN")
+        .env_remove(RETRY_ENV)
+        .envs(env.iter().copied())
         .stdin(Stdio::null());
     c.output().unwrap()
 }
@@ -174,15 +192,33 @@ fn a_cluster_orders_runs_and_signs_invocations() {
     c.ok(&["tool", "add", "--cluster", "{c}", tools::HOSTILE_LOOP]);
     let input = write(&c.path, "in.txt", b"one two three\nfour\n");
 
-    let out = c.ok(&["run", "--cluster", "{c}", "wc", "--input", &input]);
+    // A new connection's first request reaches every replica, so each can
+    // reply on it at once: no replica has to answer a retransmission. The
+    // client's is put off for a minute, since on a loaded machine (CI runs
+    // these tests side by side) a first request can take longer than the
+    // default 300 ms; were the replies not routed, this run would wait the
+    // minute out and the replicas would count the resent replies.
+    let out = c.ok_env(
+        &["run", "--cluster", "{c}", "wc", "--input", &input],
+        &[(RETRY_ENV, "60000")],
+    );
     let v: Value = serde_json::from_str(&out).unwrap();
     assert_eq!(
         (v["lines"].as_u64(), v["words"].as_u64()),
         (Some(2), Some(4))
     );
-    // A new connection's first request reaches every replica, so each can
-    // reply on it at once: no replica had to answer a retry.
     assert_eq!(c.status_of("replies_resent"), vec![0; 4]);
+    // A setting that is not an interval is refused, naming it and the fix.
+    let bad = c.run_env(
+        &["run", "--cluster", "{c}", "wc", "--input", &input],
+        &[(RETRY_ENV, "soon")],
+    );
+    assert!(!bad.status.success());
+    assert!(
+        stderr(&bad).contains("VOIDBOX_CLUSTER_RETRY_MS=\"soon\" is not a retransmission interval"),
+        "{}",
+        stderr(&bad)
+    );
 
     let signed = c.ok(&["run", "--cluster", "{c}", "wc", "--input", &input, "--json"]);
     let receipt_file = write(&c.path, "receipt.json", signed.as_bytes());

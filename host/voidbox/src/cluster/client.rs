@@ -36,8 +36,37 @@ const ORDER_TIMEOUT: Duration = Duration::from_secs(30);
 const CONNECT_WAIT: Duration = Duration::from_secs(3);
 /// How long a side request waits for the last replicas once enough answered.
 const STRAGGLER_WAIT: Duration = Duration::from_millis(50);
-/// A client retransmits to every replica after this long.
+/// A client retransmits to every replica after this long, unless
+/// [`RETRY_ENV`] says otherwise.
 const RETRY_US: u64 = 300_000;
+/// Milliseconds a client waits for f + 1 replies before it retransmits a
+/// request to every replica: longer on a machine so loaded that requests
+/// routinely take more than [`RETRY_US`] (each retransmission costs every
+/// replica a check and a reply), or in a test that must see none.
+pub const RETRY_ENV: &str = "VOIDBOX_CLUSTER_RETRY_MS";
+
+/// The retransmission interval in microseconds: [`RETRY_ENV`] when set.
+fn retry_us() -> Result<u64> {
+    match std::env::var(RETRY_ENV) {
+        Err(std::env::VarError::NotPresent) => Ok(RETRY_US),
+        Ok(v) => parse_retry_ms(&v),
+        Err(std::env::VarError::NotUnicode(v)) => Err(Error::Cluster(format!(
+            "{RETRY_ENV}={v:?} is not a retransmission interval; give whole milliseconds"
+        ))),
+    }
+}
+
+/// A [`RETRY_ENV`] value, in microseconds.
+fn parse_retry_ms(v: &str) -> Result<u64> {
+    match v.trim().parse::<u64>() {
+        Ok(ms) if (1..=3_600_000).contains(&ms) => Ok(ms * 1000),
+        _ => Err(Error::Cluster(format!(
+            "{RETRY_ENV}={v:?} is not a retransmission interval; give whole \
+             milliseconds from 1 to 3600000, or unset it for {} ms",
+            RETRY_US / 1000
+        ))),
+    }
+}
 
 fn now_us() -> u64 {
     SystemTime::now()
@@ -232,6 +261,8 @@ pub struct ClusterClient {
     routes: Arc<Routes>,
     next_id: AtomicU64,
     key: SigningKey,
+    /// Microseconds before a request is retransmitted to every replica.
+    retry_us: u64,
 }
 
 impl std::fmt::Debug for ClusterClient {
@@ -254,6 +285,7 @@ impl ClusterClient {
     /// Connects with a given client key.
     pub fn connect_with(file: ClusterFile, key: SigningKey) -> Result<ClusterClient> {
         let cluster = file.cluster()?;
+        let retry_us = retry_us()?;
         // One thread: the caller's, inside each `block_on`. A reply read on
         // a worker thread and handed to the caller's cost a wake-up across
         // threads (a futex call and a context switch), up to n per request,
@@ -285,6 +317,7 @@ impl ClusterClient {
             routes,
             next_id: AtomicU64::new(1),
             key,
+            retry_us,
         })
     }
 
@@ -685,7 +718,7 @@ struct Session<'a> {
 
 impl<'a> Session<'a> {
     fn new(owner: &'a ClusterClient, key: SigningKey) -> Session<'a> {
-        let client = Client::new(owner.cluster.clone(), key, RETRY_US);
+        let client = Client::new(owner.cluster.clone(), key, owner.retry_us);
         let (tx, replies) = mpsc::unbounded_channel();
         owner
             .routes
@@ -804,5 +837,20 @@ fn route(routes: &Routes, from: u32, bytes: &[u8]) {
             }
         }
         _ => tracing::debug!(replica = from, tag, "frame with an unknown tag dropped"),
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn a_retransmission_interval_is_whole_milliseconds_within_an_hour() {
+        assert_eq!(parse_retry_ms("60000").unwrap(), 60_000_000);
+        assert_eq!(parse_retry_ms(" 1 ").unwrap(), 1_000);
+        for bad in ["0", "soon", "1.5", "-3", "3600001", ""] {
+            let e = parse_retry_ms(bad).unwrap_err().to_string();
+            assert!(e.contains(RETRY_ENV) && e.contains("whole"), "{bad}: {e}");
+        }
     }
 }

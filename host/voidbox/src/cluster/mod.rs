@@ -30,7 +30,7 @@ pub mod node;
 pub mod results;
 pub mod wire;
 
-pub use client::{ClusterClient, LoadReport, SignedReceipt};
+pub use client::{ClusterClient, LoadReport, SignedReceipt, RETRY_ENV};
 pub use config::{
     init_cluster, init_cluster_with, ClusterFile, InitOptions, CLUSTER_FILE, PARTIAL_EXECUTION_MIN,
 };
