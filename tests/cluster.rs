@@ -13,8 +13,7 @@ use std::time::{Duration, Instant};
 use serde_json::Value;
 use voidbox::cluster::config::generate_key;
 use voidbox::cluster::wire::OpResult;
-use voidbox::cluster::RETRY_ENV;
-use voidbox::cluster::{ClusterClient, ClusterFile, Invoker};
+use voidbox::cluster::{ClusterClient, ClusterFile, Invoker, RETRY_ENV};
 use voidbox::{Budget, Digest, Invocation};
 use voidbox_e2e::{assert_failed, stderr, tools, voidbox_bin};
 

@@ -50,9 +50,8 @@ fn retry_us() -> Result<u64> {
     match std::env::var(RETRY_ENV) {
         Err(std::env::VarError::NotPresent) => Ok(RETRY_US),
         Ok(v) => parse_retry_ms(&v),
-        Err(std::env::VarError::NotUnicode(v)) => Err(Error::Cluster(format!(
-            "{RETRY_ENV}={v:?} is not a retransmission interval; give whole milliseconds"
-        ))),
+        // Never digits: refused with the same message.
+        Err(std::env::VarError::NotUnicode(v)) => parse_retry_ms(&v.to_string_lossy()),
     }
 }
 
