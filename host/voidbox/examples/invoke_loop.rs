@@ -126,6 +126,16 @@ fn main() -> Result<(), Box<dyn std::error::Error>> {
             r.unwrap();
         }
     });
+    let template = Invocation::new(tool.digest, Digest::of(b""));
+    time("run_batch of 64", n / batch, |b| {
+        let inputs: Vec<Vec<u8>> = (0..batch)
+            .map(|i| format!("run batch {b} {i} {salt}").into_bytes())
+            .collect();
+        let inputs: Vec<&[u8]> = inputs.iter().map(Vec::as_slice).collect();
+        for r in host.run_batch(&template, &inputs) {
+            r.unwrap();
+        }
+    });
     println!("  (per batch; divide by {batch} for one invocation)");
     println!("{:?}", host.pool_stats());
     let started = Instant::now();

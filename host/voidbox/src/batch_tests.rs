@@ -2,7 +2,7 @@
 
 use std::time::Duration;
 
-use voidbox_cas::Digest;
+use voidbox_cas::{Digest, Store};
 use voidbox_sandbox::{Budget, Outcome};
 
 use crate::{Host, Invocation};
@@ -131,4 +131,44 @@ fn every_invocation_of_a_batch_runs_exactly_once() {
         .iter()
         .filter_map(|r| r.as_ref().ok())
         .all(|r| r.cached));
+}
+
+#[test]
+fn run_batch_gives_the_receipts_of_sequential_runs_in_order() {
+    let (seq_host, _d1) = host(1);
+    let (batch_host, _d2) = host(2);
+    let inputs: Vec<Vec<u8>> = (0..20)
+        .map(|i| format!("line {}\n", i % 15).into_bytes())
+        .collect();
+    let inputs: Vec<&[u8]> = inputs.iter().map(Vec::as_slice).collect();
+    let mut receipts = Vec::new();
+    for (h, batched) in [(&seq_host, false), (&batch_host, true)] {
+        let echo = add(h, voidbox_tool_artifacts::ECHO);
+        let template = Invocation::new(echo, Digest::of(b"")).budget(budget());
+        receipts.push(if batched {
+            h.run_batch(&template, &inputs)
+        } else {
+            inputs.iter().map(|i| h.run(&template, i)).collect()
+        });
+    }
+    let (sequential, batched) = (&receipts[0], &receipts[1]);
+    for (k, (s, b)) in sequential.iter().zip(batched).enumerate() {
+        let (s, b) = (s.as_ref().unwrap(), b.as_ref().unwrap());
+        assert_eq!(s.receipt, b.receipt, "input {k}");
+        assert_eq!(s.cached, b.cached, "input {k}");
+        // Inputs 15.. repeat 0..5: answered from the batch's first runs.
+        assert_eq!(b.cached, k >= 15, "input {k}");
+        assert_eq!(
+            batch_host.output(b).unwrap().unwrap(),
+            inputs[k],
+            "input {k}"
+        );
+        // The input was stored by the slot that ran it.
+        assert_eq!(batch_host.blobs().get(&b.input).unwrap(), inputs[k]);
+    }
+    assert_eq!(batch_host.runs(), 15);
+    assert_eq!(
+        batch_host.pool_stats().jobs_per_slot.iter().sum::<u64>(),
+        15
+    );
 }

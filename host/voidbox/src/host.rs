@@ -973,39 +973,87 @@ impl Host {
     /// receipt, marked `cached`, as a sequential run would answer it.
     pub fn invoke_batch(&self, invocations: &[Invocation]) -> Vec<Result<Receipt>> {
         let digests: Vec<Digest> = invocations.iter().map(Invocation::digest).collect();
-        let mut results: Vec<Option<Result<Receipt>>> =
-            (0..invocations.len()).map(|_| None).collect();
-        // The first occurrence of each invocation, and where later ones are.
-        let mut first: HashMap<Digest, usize> = HashMap::with_capacity(invocations.len());
+        self.batch(
+            &digests,
+            |i| invocations[i].tool,
+            // The cache is asked on the slots too: a miss costs a database
+            // lookup, which would otherwise run on one thread for the batch.
+            |i| match self.cached(&digests[i]) {
+                Ok(Some(r)) => Ok(r),
+                Ok(None) => self.execute(&invocations[i], digests[i]),
+                Err(e) => Err(e),
+            },
+            |i| self.invoke(&invocations[i]),
+        )
+    }
+
+    /// [`Host::run`] over many inputs on the worker slots: `template` with
+    /// each input in turn, results in the inputs' order, the same receipts
+    /// (digests) as calling [`Host::run`] on each. Each input is stored on
+    /// the slot that runs it, as `run` stores it; a repeated input is
+    /// answered from the first one's receipt, marked `cached`, as in
+    /// [`Host::invoke_batch`].
+    ///
+    /// ```
+    /// # fn main() -> voidbox::Result<()> {
+    /// # let dir = tempfile::tempdir().expect("a temp dir");
+    /// # let echo_wasm = std::path::Path::new(voidbox_tool_artifacts::ECHO);
+    /// use voidbox::{Digest, Host, Invocation};
+    ///
+    /// let host = Host::open(dir.path())?;
+    /// let echo = host.add_tool_file(echo_wasm, None)?; // echo.wasm, of tools/
+    /// // The template's input is replaced by each input's digest.
+    /// let template = Invocation::new(echo.digest, Digest::of(b""));
+    /// let inputs: [&[u8]; 3] = [b"one", b"two", b"one"];
+    /// let receipts = host.run_batch(&template, &inputs);
+    /// let mut outputs = Vec::new();
+    /// for r in &receipts {
+    ///     outputs.push(host.output(r.as_ref().expect("ran"))?.unwrap_or_default());
+    /// }
+    /// assert_eq!(outputs, [b"one".to_vec(), b"two".to_vec(), b"one".to_vec()]);
+    /// assert!(receipts[2].as_ref().unwrap().cached);
+    /// # Ok(())
+    /// # }
+    /// ```
+    pub fn run_batch(&self, template: &Invocation, inputs: &[&[u8]]) -> Vec<Result<Receipt>> {
+        self.batch(
+            inputs,
+            |_| template.tool,
+            |i| self.run(template, inputs[i]),
+            |i| self.run(template, inputs[i]),
+        )
+    }
+
+    /// The batch paths' common part: runs `job(i)` once per distinct
+    /// `keys[i]` on the worker slots, placed by `tool(i)`, and answers a
+    /// repeated key from its first occurrence's receipt, marked `cached`
+    /// (or with `again(i)` when that receipt would not have been cached).
+    fn batch<K: Eq + std::hash::Hash>(
+        &self,
+        keys: &[K],
+        tool: impl Fn(usize) -> Digest,
+        job: impl Fn(usize) -> Result<Receipt> + Sync,
+        again: impl Fn(usize) -> Result<Receipt>,
+    ) -> Vec<Result<Receipt>> {
+        let mut results: Vec<Option<Result<Receipt>>> = (0..keys.len()).map(|_| None).collect();
+        // The first occurrence of each key, and where later ones are.
+        let mut first: HashMap<&K, usize> = HashMap::with_capacity(keys.len());
         let mut repeats: Vec<(usize, usize)> = Vec::new();
-        let mut to_run: Vec<usize> = Vec::with_capacity(invocations.len());
-        for (i, d) in digests.iter().enumerate() {
-            if let Some(&f) = first.get(d) {
+        let mut to_run: Vec<usize> = Vec::with_capacity(keys.len());
+        for (i, k) in keys.iter().enumerate() {
+            if let Some(&f) = first.get(k) {
                 repeats.push((i, f));
                 continue;
             }
-            first.insert(*d, i);
+            first.insert(k, i);
             to_run.push(i);
         }
         if !to_run.is_empty() {
-            let pool = self.pool();
-            let tools: Vec<Digest> = to_run.iter().map(|&i| invocations[i].tool).collect();
-            let seed = u64::from_le_bytes(
-                digests[to_run[0]].as_bytes()[..8]
-                    .try_into()
-                    .expect("8 bytes"),
-            );
-            let plan = pool.plan(&tools, seed);
-            // The cache is asked on the slots too: a miss costs a database
-            // lookup, which would otherwise run on one thread for the batch.
-            let ran = pool.run(&plan, &tools, |j| {
-                let i = to_run[j];
-                match self.cached(&digests[i]) {
-                    Ok(Some(r)) => Ok(r),
-                    Ok(None) => self.execute(&invocations[i], digests[i]),
-                    Err(e) => Err(e),
-                }
-            });
+            let tools: Vec<Digest> = to_run.iter().map(|&i| tool(i)).collect();
+            // Any seed that the batch fixes keeps placement reproducible.
+            let seed = u64::from_le_bytes(tools[0].as_bytes()[..8].try_into().expect("8 bytes"))
+                ^ keys.len() as u64;
+            let ran = self.pool().run(&tools, seed, |j| job(to_run[j]));
             for (j, r) in ran.into_iter().enumerate() {
                 results[to_run[j]] = Some(r);
             }
@@ -1019,7 +1067,7 @@ impl Host {
                 }
                 // Not cached (a timeout, or an error): a sequential caller
                 // would have tried again, so try again.
-                _ => self.invoke(&invocations[i]),
+                _ => again(i),
             };
             results[i] = Some(again);
         }

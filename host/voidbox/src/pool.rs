@@ -12,16 +12,27 @@
 //!
 //! Few threads, on purpose: on this host's two cores, two threads
 //! instantiating in one process pay for each other's TLB shootdowns when
-//! linear memories are decommitted, so the pool has one worker per core
-//! (never more), the caller's thread only waits, and the sandbox resets
-//! memories without unmapping them where it can (see `voidbox-sandbox`).
+//! linear memories are decommitted, so the pool has one slot per core
+//! (never more), and the sandbox resets memories without unmapping them
+//! where it can (see `voidbox-sandbox`). The caller's thread is slot 0: it
+//! starts on its share at once, while the other slots' threads, asleep
+//! between batches, take a while to wake (measured on this 2-core VM: the
+//! second of two pool threads started its share 150 us after the first,
+//! an eighth of a 64-job batch).
+//!
+//! The placement is where each job should run, not a promise: a slot
+//! whose own share is done takes the last job of the slot with the most
+//! left (counted as stolen). A slot that woke late or drew slow jobs would
+//! otherwise keep the whole batch waiting while the other cores idle
+//! (before stealing, the first slot to finish waited 320 us per batch of
+//! 64 for the last).
 //!
 //! This module knows nothing of storage or receipts: it places opaque tool
 //! digests and runs a closure per job.
 
 use std::collections::{HashMap, VecDeque};
 use std::sync::atomic::{AtomicU64, Ordering};
-use std::sync::Mutex;
+use std::sync::{Mutex, OnceLock};
 use std::time::Instant;
 
 use voidbox_cas::Digest;
@@ -68,6 +79,9 @@ pub struct PoolStats {
     pub placement_us: u64,
     /// Jobs run, per slot.
     pub jobs_per_slot: Vec<u64>,
+    /// Jobs run on another slot than the one they were placed on, because
+    /// their own slot still had work when the other ran out.
+    pub jobs_stolen: u64,
 }
 
 /// Where each job of a batch runs, and which path of the placement chose it.
@@ -81,7 +95,8 @@ pub(crate) struct BatchPlan {
 
 /// Worker slots and their warm tools.
 pub(crate) struct Pool {
-    /// `None` for a pool of one slot: jobs run on the caller's thread.
+    /// The threads of slots 1.. (slot 0 is the caller's thread); `None` for
+    /// a pool of one slot.
     threads: Option<rayon::ThreadPool>,
     slots: usize,
     warm: Mutex<Vec<VecDeque<Digest>>>,
@@ -89,6 +104,7 @@ pub(crate) struct Pool {
     placer: Mutex<Placer>,
     stats: Mutex<PoolStats>,
     jobs_per_slot: Vec<AtomicU64>,
+    jobs_stolen: AtomicU64,
 }
 
 impl std::fmt::Debug for Pool {
@@ -100,14 +116,15 @@ impl std::fmt::Debug for Pool {
 }
 
 impl Pool {
-    /// A pool of `slots` worker threads (clamped to `1..=WORKER_SLOTS_MAX`).
+    /// A pool of `slots` worker slots (clamped to `1..=WORKER_SLOTS_MAX`):
+    /// the caller's thread and `slots - 1` threads of its own.
     pub(crate) fn new(slots: usize) -> std::io::Result<Pool> {
         let slots = slots.clamp(1, WORKER_SLOTS_MAX);
         let threads = if slots > 1 {
             Some(
                 rayon::ThreadPoolBuilder::new()
-                    .num_threads(slots)
-                    .thread_name(|i| format!("voidbox-worker-{i}"))
+                    .num_threads(slots - 1)
+                    .thread_name(|i| format!("voidbox-worker-{}", i + 1))
                     .build()
                     .map_err(std::io::Error::other)?,
             )
@@ -124,6 +141,7 @@ impl Pool {
                 ..PoolStats::default()
             }),
             jobs_per_slot: (0..slots).map(|_| AtomicU64::new(0)).collect(),
+            jobs_stolen: AtomicU64::new(0),
         })
     }
 
@@ -135,6 +153,7 @@ impl Pool {
             .iter()
             .map(|n| n.load(Ordering::Relaxed))
             .collect();
+        s.jobs_stolen = self.jobs_stolen.load(Ordering::Relaxed);
         s
     }
 
@@ -193,30 +212,71 @@ impl Pool {
         plan
     }
 
-    /// Runs job `j` on slot `plan.slot[j]`, each slot's jobs in order, all
-    /// slots at once; returns the results in job order.
+    /// Places the jobs (one tool digest each; see [`Pool::plan`]) and runs
+    /// every job once, all slots at once; returns the results in job order.
     pub(crate) fn run<R: Send>(
         &self,
-        plan: &BatchPlan,
+        tools: &[Digest],
+        seed: u64,
+        job: impl Fn(usize) -> R + Sync,
+    ) -> Vec<R> {
+        self.run_placed(|| self.plan(tools, seed), tools, job)
+    }
+
+    /// [`Pool::run`] with the placement `place` returns. Each slot runs the
+    /// jobs placed on it in order, then helps the slot with the most left,
+    /// from the back of its share. The other slots' threads are woken
+    /// before the caller's thread places the batch, so that their wake-up
+    /// and the placement overlap; they wait for the plan.
+    fn run_placed<R: Send>(
+        &self,
+        place: impl FnOnce() -> BatchPlan,
         tools: &[Digest],
         job: impl Fn(usize) -> R + Sync,
     ) -> Vec<R> {
-        assert_eq!(plan.slot.len(), tools.len(), "one slot per job");
-        let run_slot = |slot: usize| -> Vec<(usize, R)> {
+        let ready: OnceLock<Shares> = OnceLock::new();
+        // Which slot ran each job, for the warm tools.
+        let ran_on: Vec<AtomicU64> = (0..tools.len()).map(|_| AtomicU64::new(0)).collect();
+        let run_slot = |slot: usize, shares: &Shares| -> Vec<(usize, R)> {
             let mut out = Vec::new();
-            for (j, _) in plan.slot.iter().enumerate().filter(|(_, s)| **s == slot) {
+            while let Some((j, stolen)) = shares.next(slot) {
                 out.push((j, job(j)));
+                ran_on[j].store(slot as u64, Ordering::Relaxed);
                 self.jobs_per_slot[slot].fetch_add(1, Ordering::Relaxed);
+                if stolen {
+                    self.jobs_stolen.fetch_add(1, Ordering::Relaxed);
+                }
             }
             out
         };
-        let per_slot: Vec<Vec<(usize, R)>> = match &self.threads {
-            None => vec![run_slot(0)],
-            // Every pool thread runs its own slot's jobs: a slot is a thread,
-            // so the warm state the placement counted on is where the job runs.
-            Some(threads) => threads.broadcast(|ctx| run_slot(ctx.index())),
+        let publish = |plan: BatchPlan| -> &Shares {
+            assert_eq!(plan.slot.len(), tools.len(), "one slot per job");
+            ready.get_or_init(|| Shares::new(&plan.slot, self.slots))
         };
-        self.note_warm(plan, tools);
+        let mut per_slot: Vec<Vec<(usize, R)>> = Vec::with_capacity(self.slots);
+        match &self.threads {
+            None => per_slot.push(run_slot(0, publish(place()))),
+            Some(threads) => {
+                let others = Mutex::new(Vec::with_capacity(self.slots - 1));
+                let mine = threads.in_place_scope(|scope| {
+                    // Whatever happens to the placement, the waiting slots
+                    // get shares (empty if it panicked) and the scope ends.
+                    let _release = ReleaseOnDrop(&ready, self.slots);
+                    scope.spawn_broadcast(|_, ctx| {
+                        let out = run_slot(ctx.index() + 1, wait_for(&ready));
+                        others.lock().expect("slot results poisoned").push(out);
+                    });
+                    run_slot(0, publish(place()))
+                });
+                per_slot.push(mine);
+                per_slot.extend(others.into_inner().expect("slot results poisoned"));
+            }
+        }
+        let ran_on: Vec<usize> = ran_on
+            .iter()
+            .map(|s| s.load(Ordering::Relaxed) as usize)
+            .collect();
+        self.note_warm(&ran_on, tools);
         let mut results: Vec<Option<R>> = (0..tools.len()).map(|_| None).collect();
         for (j, r) in per_slot.into_iter().flatten() {
             assert!(results[j].is_none(), "job {j} ran twice");
@@ -229,10 +289,11 @@ impl Pool {
             .collect()
     }
 
-    /// Remembers which tools each slot just ran (most recent first).
-    fn note_warm(&self, plan: &BatchPlan, tools: &[Digest]) {
+    /// Remembers which tools each slot just ran (most recent first);
+    /// `ran_on[j]` is the slot that ran job `j`.
+    fn note_warm(&self, ran_on: &[usize], tools: &[Digest]) {
         let mut warm = self.warm.lock().expect("warm tools poisoned");
-        for (j, &slot) in plan.slot.iter().enumerate() {
+        for (j, &slot) in ran_on.iter().enumerate() {
             let w = &mut warm[slot];
             if w.front() == Some(&tools[j]) {
                 continue;
@@ -241,6 +302,80 @@ impl Pool {
             w.push_front(tools[j]);
             w.truncate(WARM_TOOLS_PER_SLOT);
         }
+    }
+}
+
+/// Waits for the caller's thread to publish the batch's shares: the
+/// placement takes tens of microseconds, about what a woken thread takes
+/// to get going, so a short spin and then yields.
+fn wait_for(ready: &OnceLock<Shares>) -> &Shares {
+    let mut spins = 0u32;
+    loop {
+        if let Some(shares) = ready.get() {
+            return shares;
+        }
+        if spins < 100 {
+            spins += 1;
+            std::hint::spin_loop();
+        } else {
+            std::thread::yield_now();
+        }
+    }
+}
+
+/// Publishes empty shares when dropped, unless shares were published: a
+/// placement that panics must not leave the other slots waiting forever.
+struct ReleaseOnDrop<'a>(&'a OnceLock<Shares>, usize);
+
+impl Drop for ReleaseOnDrop<'_> {
+    fn drop(&mut self) {
+        self.0.get_or_init(|| Shares::new(&[], self.1));
+    }
+}
+
+/// The jobs of one batch, as each slot's share still to run.
+struct Shares {
+    /// `left[s]`: the jobs placed on slot `s` and not taken yet, in order.
+    left: Vec<Mutex<VecDeque<usize>>>,
+}
+
+impl Shares {
+    fn new(slot_of: &[usize], slots: usize) -> Shares {
+        let mut left = vec![VecDeque::new(); slots];
+        for (j, &s) in slot_of.iter().enumerate() {
+            left[s].push_back(j);
+        }
+        Shares {
+            left: left.into_iter().map(Mutex::new).collect(),
+        }
+    }
+
+    /// The next job for `slot`: the first of its own share, else the last
+    /// of the share with the most left (`true`: taken from another slot);
+    /// `None` when every share is empty. The locks are per share and held
+    /// for a pop, so slots working through their own shares never wait
+    /// for each other.
+    fn next(&self, slot: usize) -> Option<(usize, bool)> {
+        if let Some(j) = self.lock(slot).pop_front() {
+            return Some((j, false));
+        }
+        loop {
+            let (victim, most) = (0..self.left.len())
+                .filter(|&s| s != slot)
+                .map(|s| (s, self.lock(s).len()))
+                .max_by_key(|&(_, n)| n)?;
+            if most == 0 {
+                return None;
+            }
+            // Another thief may have emptied it since it was counted.
+            if let Some(j) = self.lock(victim).pop_back() {
+                return Some((j, true));
+            }
+        }
+    }
+
+    fn lock(&self, slot: usize) -> std::sync::MutexGuard<'_, VecDeque<usize>> {
+        self.left[slot].lock().expect("batch shares poisoned")
     }
 }
 
@@ -367,9 +502,8 @@ mod tests {
     fn every_job_runs_once_and_results_keep_job_order() {
         let pool = Pool::new(3).unwrap();
         let tools: Vec<Digest> = (0..20).map(|j| tool(j % 5)).collect();
-        let plan = pool.plan(&tools, 3);
         let ran: Vec<AtomicU64> = (0..tools.len()).map(|_| AtomicU64::new(0)).collect();
-        let out = pool.run(&plan, &tools, |j| {
+        let out = pool.run(&tools, 3, |j| {
             ran[j].fetch_add(1, Ordering::Relaxed);
             j * 10
         });
@@ -377,6 +511,7 @@ mod tests {
         assert!(ran.iter().all(|n| n.load(Ordering::Relaxed) == 1));
         let stats = pool.stats();
         assert_eq!(stats.jobs_per_slot.iter().sum::<u64>(), 20);
+        assert!(stats.jobs_stolen <= 20);
         assert_eq!(stats.batches, 1);
         assert_eq!(
             stats.placed_annealed + stats.placed_repaired + stats.placed_greedy,
@@ -386,5 +521,62 @@ mod tests {
         // The slots now hold their tools warm.
         let warm = pool.warm.lock().unwrap();
         assert!(warm.iter().any(|w| !w.is_empty()));
+    }
+
+    #[test]
+    fn a_slot_that_runs_out_takes_jobs_from_one_that_has_not() {
+        // Every job placed on slot 1, whose thread stalls 100 ms in each job
+        // it runs: slot 0 (the caller's thread), whose own share is empty,
+        // takes the rest of slot 1's from the back, and every job still
+        // runs once, results in order.
+        let pool = Pool::new(2).unwrap();
+        let plan = BatchPlan {
+            slot: vec![1; 6],
+            outcome: None,
+        };
+        let tools: Vec<Digest> = (0..6).map(|_| tool(1)).collect();
+        let on_caller = std::thread::current().id();
+        let done_by_caller = AtomicU64::new(0);
+        let out = pool.run_placed(
+            || plan,
+            &tools,
+            |j| {
+                if std::thread::current().id() == on_caller {
+                    done_by_caller.fetch_add(1, Ordering::SeqCst);
+                } else {
+                    std::thread::sleep(std::time::Duration::from_millis(100));
+                }
+                j + 1
+            },
+        );
+        assert_eq!(out, [1, 2, 3, 4, 5, 6]);
+        let stats = pool.stats();
+        assert_eq!(stats.jobs_per_slot.iter().sum::<u64>(), 6);
+        // Slot 0 (the caller's thread) ran only what it took from slot 1:
+        // all but the one the slot-1 thread started with, or all of them if
+        // that thread woke after the caller had taken everything.
+        let by_caller = done_by_caller.load(Ordering::SeqCst);
+        assert!(by_caller >= 5, "{stats:?}");
+        assert_eq!(stats.jobs_per_slot[0], by_caller);
+        assert_eq!(stats.jobs_stolen, stats.jobs_per_slot[0]);
+        // The shares themselves: slot 0's empty, it takes slot 1's last.
+        let shares = Shares::new(&[1, 1, 0], 2);
+        assert_eq!(shares.next(0), Some((2, false)));
+        assert_eq!(shares.next(0), Some((1, true)));
+        assert_eq!(shares.next(1), Some((0, false)));
+        assert_eq!(shares.next(1), None);
+        assert_eq!(shares.next(0), None);
+    }
+
+    #[test]
+    fn a_placement_that_panics_leaves_no_slot_waiting() {
+        let pool = Pool::new(2).unwrap();
+        let tools: Vec<Digest> = (0..4).map(|_| tool(1)).collect();
+        let outcome = std::panic::catch_unwind(std::panic::AssertUnwindSafe(|| {
+            pool.run_placed(|| panic!("the placement failed"), &tools, |j| j)
+        }));
+        assert!(outcome.is_err());
+        // The slots are free for the next batch.
+        assert_eq!(pool.run(&tools, 1, |j| j * 2), [0, 2, 4, 6]);
     }
 }
