@@ -12,7 +12,7 @@ use std::time::Instant;
 use super::problem::within;
 use super::{
     InvocationCard, Placement, PlacementError, PlacementOutcome, PlacementParams, PlacementProblem,
-    Solver, SMALL_BATCH_COPIES, SMALL_BATCH_READS,
+    Solver, SMALL_BATCH_ATTEMPTS, SMALL_BATCH_COPIES, SMALL_BATCH_READS,
 };
 use crate::anneal::{anneal, ln_det, metropolis, Metropolis, Params, NEVER_ACCEPTED};
 use crate::model::spins_to_bits;
@@ -527,14 +527,26 @@ struct Scratch {
 /// One structured annealing read from `scratch.start`. Leaves the walk at
 /// the read's answer: the best clean state seen, polished by descent, or
 /// the final state if none was clean. Returns the move attempts made.
+/// One read's work: `sweeps` sweeps of `attempts` move attempts, then a
+/// descent of at most `descent_max` evaluations.
+struct Schedule {
+    sweeps: usize,
+    attempts: usize,
+    descent_max: usize,
+}
+
 fn anneal_read(
     p: &PlacementProblem,
     s: &mut Scratch,
-    sweeps: usize,
-    descent_evaluations_max: usize,
+    schedule: Schedule,
     seed: u64,
     table: &Metropolis,
 ) -> u64 {
+    let Schedule {
+        sweeps,
+        attempts,
+        descent_max: descent_evaluations_max,
+    } = schedule;
     let st = &mut s.walk;
     st.reset(p, &s.start);
     let n_copies = st.exec.len();
@@ -583,9 +595,6 @@ fn anneal_read(
         1.0
     };
     let mut beta = hot;
-    // Small batches get at least 64 attempts per sweep: it costs microseconds
-    // and makes small placements reliably optimal.
-    let attempts = n_copies.max(64);
     let n = n_copies as u64;
     let mut made = 0u64;
     for sweep in 0..sweeps {
@@ -761,24 +770,40 @@ impl Placer {
                     cheapest_ignoring_capacity(p, &mut s.start);
                 }
                 let copies = p.copies();
-                // Small batches get extra reads: microseconds of work that
-                // make small placements reliably optimal.
-                let reads = if copies <= SMALL_BATCH_COPIES {
+                // Small batches get extra reads and attempts (unless the
+                // caller turned that off): microseconds of work that make
+                // small placements reliably optimal.
+                let boost = params.small_batch_boost && copies <= SMALL_BATCH_COPIES;
+                let reads = if boost {
                     params.reads.max(SMALL_BATCH_READS)
                 } else {
                     params.reads
                 };
+                let attempts_per_sweep = if params.small_batch_boost {
+                    copies.max(SMALL_BATCH_ATTEMPTS)
+                } else {
+                    copies
+                };
                 // The work bound: sweeps cut so that all reads together make
                 // at most `move_attempts_max` attempts (one sweep at least).
-                let attempts_per_sweep = copies.max(64);
                 let sweeps = params
                     .sweeps
-                    .min((params.move_attempts_max / (reads * attempts_per_sweep)).max(1));
+                    .min((params.move_attempts_max / (reads * attempts_per_sweep.max(1))).max(1));
                 let descent_max = (params.move_attempts_max / reads).max(1);
                 let table = metropolis();
                 for r in 0..reads {
                     let seed = stream_seed(seed, r as u64);
-                    move_attempts += anneal_read(p, s, sweeps, descent_max, seed, table);
+                    move_attempts += anneal_read(
+                        p,
+                        s,
+                        Schedule {
+                            sweeps,
+                            attempts: attempts_per_sweep,
+                            descent_max,
+                        },
+                        seed,
+                        table,
+                    );
                     let objective = s.walk.objective;
                     if s.walk.violations == 0 && exactly_feasible(p, &s.walk.exec, &mut s.usage) {
                         if best.is_none_or(|(b, _)| objective < b) {

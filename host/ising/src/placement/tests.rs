@@ -482,6 +482,39 @@ fn the_work_of_one_call_is_bounded() {
     assert!(placed.move_attempts <= MOVE_ATTEMPTS_MAX_DEFAULT as u64);
 }
 
+/// Without the small-batch boost a small batch makes at most one attempt
+/// per copy per sweep in one read; with it, 8 reads of 64 attempts a sweep.
+/// Both place it as well here: one warm executor, room for all.
+#[test]
+fn a_small_batch_without_the_boost_costs_its_size() {
+    let mut execs = vec![
+        exec("cold", 8, 64, "r0", "s0"),
+        exec("warm", 8, 64, "r0", "s1"),
+    ];
+    execs[1].warm_tools.insert("t".into());
+    let jobs = (0..4)
+        .map(|k| inv(&format!("j{k}"), 1, 1, 1, "t"))
+        .collect();
+    let p = PlacementProblem::new(jobs, execs, Weights::default()).unwrap();
+    let sweeps = 10;
+    let mut attempts = Vec::new();
+    for boost in [false, true] {
+        let placed = place(
+            &p,
+            &PlacementParams {
+                sweeps,
+                small_batch_boost: boost,
+                ..PlacementParams::default()
+            },
+        )
+        .unwrap();
+        assert_eq!(placed.assignment, vec![vec![1]; 4], "boost {boost}");
+        attempts.push(placed.move_attempts);
+    }
+    assert!(attempts[0] <= (sweeps * 4) as u64, "{attempts:?}");
+    assert!(attempts[1] > (8 * 64) as u64, "{attempts:?}");
+}
+
 /// Errors say what failed and what to do about it.
 #[test]
 fn error_messages_say_what_to_do() {
