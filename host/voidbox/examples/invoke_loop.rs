@@ -1,6 +1,7 @@
 //! Runs N invocations of a tool with fresh inputs, for profilers
 //! (`perf record`), and times the pieces of the path separately. Usage:
-//! `invoke_loop HOME TOOL.wasm [N]`; reuse HOME so the compiled tool comes
+//! `invoke_loop HOME TOOL.wasm [N [BATCH]]` (BATCH: the batch phases' size,
+//! default 64); reuse HOME so the compiled tool comes
 //! from the disk cache. Alongside wall time it prints the calling thread's
 //! CPU time, which a busy machine disturbs much less, and the host/bare
 //! ratio of it (the invocation overhead without the background threads).
@@ -46,13 +47,14 @@ fn main() -> Result<(), Box<dyn std::error::Error>> {
     let mut args = std::env::args().skip(1);
     let (home, tool_path) = match (args.next(), args.next()) {
         (Some(h), Some(t)) => (h, t),
-        _ => return Err("usage: invoke_loop HOME TOOL.wasm [N]".into()),
+        _ => return Err("usage: invoke_loop HOME TOOL.wasm [N [BATCH]]".into()),
     };
     let n: u64 = args
         .next()
         .map(|s| s.parse())
         .transpose()?
         .unwrap_or(10_000);
+    let batch: u64 = args.next().map(|s| s.parse()).transpose()?.unwrap_or(64);
     let host = Host::init(&home)?;
     let tool = host.add_tool_file(tool_path.as_ref(), Some("profiled"))?;
     let loaded = host
@@ -112,8 +114,7 @@ fn main() -> Result<(), Box<dyn std::error::Error>> {
         host.cached(&Digest::of(format!("miss {i} {salt}").as_bytes()))
             .unwrap();
     });
-    let batch = 64u64;
-    time("invoke_batch of 64", n / batch, |b| {
+    time(&format!("invoke_batch of {batch}"), n / batch, |b| {
         let invocations: Vec<Invocation> = (0..batch)
             .map(|i| {
                 let input = host
@@ -127,7 +128,7 @@ fn main() -> Result<(), Box<dyn std::error::Error>> {
         }
     });
     let template = Invocation::new(tool.digest, Digest::of(b""));
-    time("run_batch of 64", n / batch, |b| {
+    time(&format!("run_batch of {batch}"), n / batch, |b| {
         let inputs: Vec<Vec<u8>> = (0..batch)
             .map(|i| format!("run batch {b} {i} {salt}").into_bytes())
             .collect();

@@ -389,10 +389,10 @@ pub(crate) fn slot_capacity(jobs: usize, slots: usize) -> u32 {
 
 /// The placer for worker slots: few sweeps (see `PLACEMENT_SWEEPS`), work
 /// in proportion to the batch (the placement's extra work for small
-/// batches, 8 reads of 64 moves a sweep, took 165-256 us for batches of 2
-/// to 32 jobs on 2 slots, against 47 us for 33, before any slot could
-/// start; a cluster replica runs every committed batch through here), no
-/// timing.
+/// batches, 8 reads of 64 moves a sweep, took 120-200 us for batches of 2
+/// to 32 jobs on 2 slots, against 45 us for 33, before any slot could
+/// start; a cluster replica with more than one slot places every
+/// committed batch), no timing.
 pub(crate) fn slot_placer() -> Placer {
     Placer::new(PlacementParams {
         sweeps: PLACEMENT_SWEEPS,
