@@ -230,7 +230,7 @@ pub struct PlacementParams {
     /// `sweeps` sweeps of one attempt per copy, whatever its size: for a
     /// caller that places every small batch of short jobs on their
     /// critical path (the host's worker slots: 2 jobs on 2 slots took
-    /// 165 us with it on).
+    /// about 100 us with it on, 5 us off).
     pub small_batch_boost: bool,
 }
 
