@@ -37,7 +37,7 @@ fn main() -> ExitCode {
         .enumerate()
         .map(|(i, k)| {
             let request = Request {
-                client: ClientId(k.verifying_key().to_bytes()),
+                client: ClientId::new(&k.verifying_key(), 0),
                 timestamp: i as u64 + 1,
                 operation: vec![i as u8; 300],
             };

@@ -66,6 +66,7 @@ fn main() -> ExitCode {
             Client::new(
                 cluster.clone(),
                 key_from_seed(2, &format!("client-{j}")),
+                0,
                 u64::MAX / 4,
             )
         })

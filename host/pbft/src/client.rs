@@ -33,7 +33,9 @@ pub struct Completed {
 
 #[derive(Clone, Debug)]
 struct Pending {
-    request: SignedRequest,
+    timestamp: u64,
+    /// The signed request, once [`Client::send`] gave it.
+    request: Option<SignedRequest>,
     sent_at_us: u64,
     /// The latest reply claiming to be from each replica, and whether its
     /// signature was checked (a checked one is never replaced).
@@ -55,9 +57,10 @@ pub struct Client {
 }
 
 impl Client {
-    /// A client with `key`; it retransmits to all replicas after `retry_us`.
-    pub fn new(cluster: Cluster, key: SigningKey, retry_us: u64) -> Client {
-        let id = ClientId(key.verifying_key().to_bytes());
+    /// Session `session` of `key`; it retransmits to all replicas after
+    /// `retry_us`.
+    pub fn new(cluster: Cluster, key: SigningKey, session: u32, retry_us: u64) -> Client {
+        let id = ClientId::new(&key.verifying_key(), session);
         Client {
             cluster,
             key,
@@ -80,31 +83,51 @@ impl Client {
         self.pending.is_some()
     }
 
-    /// Submits an operation. The timestamp is the clock when it is ahead of
-    /// the last one used, so timestamps keep growing across restarts of a
-    /// client with a sane clock. Returns `None` while a request is pending.
+    /// Submits an operation, signed alone. The timestamp is the clock when
+    /// it is ahead of the last one used, so timestamps keep growing across
+    /// restarts of a client with a sane clock. Returns `None` while a
+    /// request is pending.
     pub fn submit(&mut self, operation: Vec<u8>, now_us: u64) -> Option<(Target, Message)> {
+        let request = self.begin(operation, now_us)?;
+        self.send(SignedRequest::sign(request, &self.key), now_us)
+    }
+
+    /// The first half of [`Client::submit`], for a caller that signs the
+    /// requests of many sessions of one key together
+    /// ([`crate::sign_requests`]): makes the request pending and returns it
+    /// unsigned. `None` while a request is pending.
+    pub fn begin(&mut self, operation: Vec<u8>, now_us: u64) -> Option<Request> {
         if self.pending.is_some() {
             return None;
         }
         let timestamp = now_us.max(self.last_timestamp + 1);
         self.last_timestamp = timestamp;
-        let request = SignedRequest::sign(
-            Request {
-                client: self.id,
-                timestamp,
-                operation,
-            },
-            &self.key,
-        );
         self.pending = Some(Pending {
-            request: request.clone(),
+            timestamp,
+            request: None,
             sent_at_us: now_us,
             replies: BTreeMap::new(),
         });
+        Some(Request {
+            client: self.id,
+            timestamp,
+            operation,
+        })
+    }
+
+    /// The second half: the pending request, signed, and where to send
+    /// it. `None` if `signed` is not the pending request.
+    pub fn send(&mut self, signed: SignedRequest, now_us: u64) -> Option<(Target, Message)> {
+        let p = self.pending.as_mut()?;
+        let r = &signed.request;
+        if r.client != self.id || r.timestamp != p.timestamp {
+            return None;
+        }
+        p.sent_at_us = now_us;
+        p.request = Some(signed.clone());
         Some((
             Target::Replica(self.cluster.primary(self.view)),
-            Message::Request(request),
+            Message::Request(signed),
         ))
     }
 
@@ -114,8 +137,9 @@ impl Client {
         if now_us < p.sent_at_us + self.retry_us {
             return None;
         }
+        let request = p.request.clone()?;
         p.sent_at_us = now_us;
-        Some((Target::AllReplicas, Message::Request(p.request.clone())))
+        Some((Target::AllReplicas, Message::Request(request)))
     }
 
     /// Handles a message from a replica; returns the result once f + 1
@@ -141,7 +165,7 @@ impl Client {
         let p = self.pending.as_mut()?;
         let r = &reply.reply;
         let from = reply.from();
-        if r.client != self.id || r.timestamp != p.request.request.timestamp {
+        if r.client != self.id || r.timestamp != p.timestamp {
             return None;
         }
         self.cluster.key(from)?;
@@ -174,7 +198,7 @@ impl Client {
             return None;
         }
         self.view = proof.iter().map(|s| s.reply.view).fold(self.view, u64::max);
-        let timestamp = p.request.request.timestamp;
+        let timestamp = p.timestamp;
         self.pending = None;
         Some(Completed {
             timestamp,
@@ -197,7 +221,7 @@ mod tests {
         let cluster = ClusterConfig::from_keys(1, &keys)
             .validate()
             .expect("valid");
-        let client = Client::new(cluster, key_from_seed(5, "client"), 1_000);
+        let client = Client::new(cluster, key_from_seed(5, "client"), 0, 1_000);
         (keys, client)
     }
 
@@ -269,5 +293,38 @@ mod tests {
         let (to, _) = c.tick(1_100).expect("retry");
         assert_eq!(to, Target::AllReplicas);
         assert!(c.tick(1_200).is_none());
+    }
+
+    #[test]
+    fn a_request_signed_in_a_bundle_is_sent_only_if_it_is_the_pending_one() {
+        let (keys, mut a) = setup();
+        let cluster = ClusterConfig::from_keys(1, &keys)
+            .validate()
+            .expect("valid");
+        let key = key_from_seed(5, "client");
+        let mut b = Client::new(cluster, key.clone(), 1, 1_000);
+        assert_ne!(a.id(), b.id(), "sessions of one key are distinct clients");
+        let ra = a.begin(b"a".to_vec(), 100).expect("idle");
+        let rb = b.begin(b"b".to_vec(), 100).expect("idle");
+        assert!(a.begin(b"again".to_vec(), 101).is_none(), "one at a time");
+        assert!(
+            a.tick(5_000).is_none(),
+            "nothing to retransmit before it is signed"
+        );
+        let signed = crate::message::sign_requests(vec![ra, rb], &key);
+        assert_eq!(signed[0].signature, signed[1].signature, "one signature");
+        assert!(signed.iter().all(SignedRequest::verify));
+        assert!(
+            a.send(signed[1].clone(), 100).is_none(),
+            "b's request is not a's"
+        );
+        let (to, m) = a.send(signed[0].clone(), 100).expect("a's own");
+        assert_eq!(
+            (to, m),
+            (Target::Replica(0), Message::Request(signed[0].clone()))
+        );
+        let (to, _) = a.tick(1_100).expect("retry of the signed request");
+        assert_eq!(to, Target::AllReplicas);
+        assert!(b.send(signed[1].clone(), 100).is_some());
     }
 }

@@ -77,9 +77,9 @@ pub mod sim;
 pub use client::{Client, Completed};
 pub use config::{Cluster, ClusterConfig, ConfigError, Params, ReplicaInfo};
 pub use message::{
-    key_from_seed, results_digest, Batch, CertifiedReply, ClientId, Digest, Hlc, Message,
-    ReplicaId, Reply, ReplyRoot, Request, ResultBytes, ResultShare, Seq, SharedResults,
-    SignedRequest, VerifiedRoots, View,
+    key_from_seed, results_digest, sign_requests, Batch, CertifiedReply, ClientId, Digest, Hlc,
+    Message, ReplicaId, Reply, ReplyRoot, Request, RequestRoot, ResultBytes, ResultShare, Seq,
+    SharedResults, SignedRequest, VerifiedRoots, View,
 };
 pub use replica::{
     compact_records, Execute, Input, Output, Record, Reject, Replica, ReplicaError, Stats, Target,

@@ -54,18 +54,38 @@ impl fmt::Display for Digest {
     }
 }
 
-/// A client's identity: its ed25519 public key. Requests are self-certifying:
-/// the key that signs a request is the client it belongs to.
+/// A client's identity: the ed25519 public key that signs its requests and
+/// a session number. Requests are self-certifying: a request is the
+/// client's when `key` signed it. One key may run many sessions (a client
+/// process with many callers): each session is a client of its own for the
+/// protocol (its own timestamps, its own row in the client table), and the
+/// key signs the requests its sessions send together once, as a bundle
+/// ([`sign_requests`]).
 #[derive(Clone, Copy, PartialEq, Eq, PartialOrd, Ord, Hash, Serialize, Deserialize)]
-pub struct ClientId(pub [u8; 32]);
+pub struct ClientId {
+    /// The public key that signs the client's requests.
+    pub key: [u8; 32],
+    /// Which of the key's sessions this is.
+    pub session: u32,
+}
+
+impl ClientId {
+    /// Session `session` of `key`.
+    pub fn new(key: &VerifyingKey, session: u32) -> ClientId {
+        ClientId {
+            key: key.to_bytes(),
+            session,
+        }
+    }
+}
 
 impl fmt::Debug for ClientId {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
         write!(f, "client:")?;
-        for b in &self.0[..4] {
+        for b in &self.key[..4] {
             write!(f, "{b:02x}")?;
         }
-        Ok(())
+        write!(f, "/{}", self.session)
     }
 }
 
@@ -174,38 +194,62 @@ fn signing_bytes<T: Payload>(signer: &[u8], payload: &T) -> Vec<u8> {
 }
 
 /// Checks the signatures of `requests` made by `keys` (one key per
-/// request, in order). Two or more are checked as one batch, about twice as
-/// fast as one by one. The batch's random coefficients come from a
-/// transcript of its inputs, so every replica decides alike on the same
-/// batch; a request a correct client signed passes either way.
-pub(crate) fn verify_requests(requests: &[SignedRequest], keys: &[VerifyingKey]) -> bool {
-    let refs: Vec<&SignedRequest> = requests.iter().collect();
-    verify_request_refs(&refs, keys)
-}
-
-/// [`verify_requests`] over borrowed requests.
-pub(crate) fn verify_request_refs(requests: &[&SignedRequest], keys: &[VerifyingKey]) -> bool {
-    if requests.len() != keys.len() {
-        return false;
+/// request, in order): each request must be a leaf of the tree its signed
+/// root names, and each distinct root signature (requests a client bundled
+/// share one) is checked once. Two or more distinct signatures are checked
+/// as one batch, about twice as fast as one by one. The batch's random
+/// coefficients come from a transcript of its inputs, so every replica
+/// decides alike on the same requests; a request a correct client signed
+/// passes either way. When they pass, returns how many distinct signatures
+/// that took.
+pub(crate) fn verify_request_refs(
+    requests: &[&SignedRequest],
+    keys: &[VerifyingKey],
+) -> Option<usize> {
+    if requests.len() != keys.len() || !requests.iter().all(|r| r.path_ok()) {
+        return None;
     }
-    if requests.len() < 2 {
-        return requests.iter().zip(keys).all(|(r, k)| r.verify_with(k));
+    // Distinct (key, root, signature) in first-seen order: the order is
+    // the requests', so every replica checks the same list.
+    let mut distinct: Vec<(&VerifyingKey, &RequestRoot, &Sig)> = Vec::new();
+    let mut seen = std::collections::BTreeSet::new();
+    for (r, k) in requests.iter().zip(keys) {
+        if seen.insert((k.to_bytes(), r.root.root, r.signature)) {
+            distinct.push((k, &r.root, &r.signature));
+        }
     }
-    let messages: Vec<Vec<u8>> = requests
+    let count = distinct.len();
+    match distinct[..] {
+        [] => return Some(0),
+        [(key, root, sig)] => return verify_root(key, root, sig).then_some(1),
+        _ => {}
+    }
+    let messages: Vec<Vec<u8>> = distinct
         .iter()
-        .map(|r| signing_bytes(&[], &r.request))
+        .map(|(_, root, _)| signing_bytes(&[], *root))
         .collect();
     let messages: Vec<&[u8]> = messages.iter().map(Vec::as_slice).collect();
-    let signatures: Vec<ed25519_dalek::Signature> = requests
+    let signatures: Vec<ed25519_dalek::Signature> = distinct
         .iter()
-        .map(|r| ed25519_dalek::Signature::from_bytes(&r.signature.0))
+        .map(|(_, _, s)| ed25519_dalek::Signature::from_bytes(&s.0))
         .collect();
-    ed25519_dalek::verify_batch(&messages, &signatures, keys).is_ok()
+    let keys: Vec<VerifyingKey> = distinct.iter().map(|(k, _, _)| **k).collect();
+    ed25519_dalek::verify_batch(&messages, &signatures, &keys)
+        .is_ok()
+        .then_some(count)
+}
+
+/// Whether `key` signed `root` (plain, cofactorless verification, as for
+/// [`Signed::verify`]).
+fn verify_root(key: &VerifyingKey, root: &RequestRoot, sig: &Sig) -> bool {
+    let bytes = signing_bytes(&[], root);
+    key.verify(&bytes, &ed25519_dalek::Signature::from_bytes(&sig.0))
+        .is_ok()
 }
 
 /// Parses a client id as a key, refusing invalid and small-order keys.
 pub fn client_key(client: &ClientId) -> Option<VerifyingKey> {
-    VerifyingKey::from_bytes(&client.0)
+    VerifyingKey::from_bytes(&client.key)
         .ok()
         .filter(|k| !k.is_weak())
 }
@@ -258,28 +302,61 @@ pub struct Request {
     pub operation: Vec<u8>,
 }
 
-impl Payload for Request {
-    const KIND: u8 = 1;
+impl Request {
+    /// This request's leaf in a bundle's tree.
+    pub fn leaf(&self) -> Digest {
+        leaf_digest(&encode(self))
+    }
 }
 
-/// A request with the client's signature.
+/// What a client signs once per bundle of requests: the root of the tree
+/// over their leaves and how many leaves it has (the tree is built as the
+/// replies' is, [`ReplyRoot`]).
+#[derive(Clone, Copy, PartialEq, Eq, Debug, Serialize, Deserialize)]
+pub struct RequestRoot {
+    /// Number of requests (leaves).
+    pub count: u32,
+    /// The tree's root.
+    pub root: Digest,
+}
+
+impl Payload for RequestRoot {
+    const KIND: u8 = 12;
+}
+
+/// A request with the proof that its client signed it: its position among
+/// the leaves of the bundle it was signed in, the sibling hashes from it to
+/// the root, and the client's signature over the root. A request signed
+/// alone is a bundle of one (no siblings; the root is its leaf).
 #[derive(Clone, PartialEq, Eq, Debug, Serialize, Deserialize)]
 pub struct SignedRequest {
     /// The request.
     pub request: Request,
-    /// ed25519 by `request.client`.
+    /// Its leaf's position, `0..root.count`.
+    pub index: u32,
+    /// Sibling hashes, from the leaf's level upwards.
+    pub path: Vec<Digest>,
+    /// The bundle's root.
+    pub root: RequestRoot,
+    /// ed25519 over the root by `request.client.key`.
     pub signature: Sig,
 }
 
 impl SignedRequest {
-    /// Signs `request` with the client's key. The key must be the one whose
-    /// public half is `request.client`, or replicas reject the request.
+    /// Signs `request` alone with the client's key. The key must be the one
+    /// `request.client` names, or replicas reject the request.
     pub fn sign(request: Request, key: &SigningKey) -> Self {
-        let bytes = signing_bytes(&[], &request);
-        SignedRequest {
-            request,
-            signature: Sig(key.sign(&bytes).to_bytes()),
+        match sign_requests(vec![request], key).pop() {
+            Some(r) => r,
+            None => unreachable!("one request signs as one"),
         }
+    }
+
+    /// Whether the request is leaf `index` of the tree with the signed
+    /// root (hashing only).
+    pub fn path_ok(&self) -> bool {
+        tree_root(self.request.leaf(), self.index, self.root.count, &self.path)
+            == Some(self.root.root)
     }
 
     /// Whether the client's signature is valid.
@@ -291,10 +368,32 @@ impl SignedRequest {
     /// (callers that see many requests cache it: parsing costs about as
     /// much as verifying).
     pub fn verify_with(&self, key: &VerifyingKey) -> bool {
-        let bytes = signing_bytes(&[], &self.request);
-        let sig = ed25519_dalek::Signature::from_bytes(&self.signature.0);
-        key.verify(&bytes, &sig).is_ok()
+        self.path_ok() && verify_root(key, &self.root, &self.signature)
     }
+}
+
+/// Signs `requests` (all of one key's sessions) with one signature: builds
+/// the tree over them, signs its root with `key`, and gives every request
+/// its proof, in order. A client process whose sessions send together pays
+/// one signature for the lot, and a replica checks it once per batch.
+pub fn sign_requests(requests: Vec<Request>, key: &SigningKey) -> Vec<SignedRequest> {
+    let tree = Tree::over(requests.iter().map(Request::leaf).collect());
+    let root = RequestRoot {
+        count: tree.count(),
+        root: tree.root(),
+    };
+    let signature = Sig(key.sign(&signing_bytes(&[], &root)).to_bytes());
+    requests
+        .into_iter()
+        .enumerate()
+        .map(|(i, request)| SignedRequest {
+            request,
+            index: i as u32,
+            path: tree.path(i),
+            root,
+            signature,
+        })
+        .collect()
 }
 
 /// What one sequence number orders: the primary's consensus time and the
@@ -459,17 +558,21 @@ pub struct Reply {
 impl Reply {
     /// This reply's leaf in a reply tree.
     pub fn leaf(&self) -> Digest {
-        let mut h = blake3::Hasher::new();
-        h.update(&[LEAF]);
-        h.update(&encode(self));
-        Digest(*h.finalize().as_bytes())
+        leaf_digest(&encode(self))
     }
 }
 
 /// Leaf and inner nodes hash under different prefixes, so no inner node
-/// can pass for a reply (the second-preimage trick on Merkle trees).
+/// can pass for a leaf (the second-preimage trick on Merkle trees).
 const LEAF: u8 = 0;
 const NODE: u8 = 1;
+
+fn leaf_digest(encoded: &[u8]) -> Digest {
+    let mut h = blake3::Hasher::new();
+    h.update(&[LEAF]);
+    h.update(encoded);
+    Digest(*h.finalize().as_bytes())
+}
 
 fn node(left: &Digest, right: &Digest) -> Digest {
     let mut h = blake3::Hasher::new();
@@ -477,6 +580,81 @@ fn node(left: &Digest, right: &Digest) -> Digest {
     h.update(&left.0);
     h.update(&right.0);
     Digest(*h.finalize().as_bytes())
+}
+
+/// A Merkle tree, kept level by level from the leaves up. Nodes pair left
+/// to right; an odd node out moves up a level unchanged. Replies and
+/// request bundles are signed as the roots of such trees.
+struct Tree {
+    levels: Vec<Vec<Digest>>,
+}
+
+impl Tree {
+    fn over(leaves: Vec<Digest>) -> Tree {
+        let mut levels = vec![leaves];
+        while levels.last().is_some_and(|l| l.len() > 1) {
+            let below = levels.last().map(Vec::as_slice).unwrap_or_default();
+            let above = below
+                .chunks(2)
+                .map(|pair| match pair {
+                    [left, right] => node(left, right),
+                    [odd] => *odd,
+                    _ => unreachable!("chunks of two"),
+                })
+                .collect();
+            levels.push(above);
+        }
+        Tree { levels }
+    }
+
+    fn count(&self) -> u32 {
+        u32::try_from(self.levels[0].len()).expect("fewer than 2^32 leaves")
+    }
+
+    fn root(&self) -> Digest {
+        self.levels
+            .last()
+            .and_then(|l| l.first())
+            .copied()
+            .unwrap_or_default()
+    }
+
+    /// Sibling hashes from leaf `i` up.
+    fn path(&self, i: usize) -> Vec<Digest> {
+        let mut path = Vec::new();
+        let mut at = i;
+        for level in &self.levels[..self.levels.len() - 1] {
+            // The sibling of node `at` is `at ^ 1`; an odd node out has
+            // none and moves up as it is.
+            if let Some(d) = level.get(at ^ 1) {
+                path.push(*d);
+            }
+            at /= 2;
+        }
+        path
+    }
+}
+
+/// The root that `leaf` at `index` of a tree of `count` leaves reaches by
+/// `path`, or `None` when the index is outside the tree or the path is not
+/// exactly as long as that position needs.
+fn tree_root(leaf: Digest, index: u32, count: u32, path: &[Digest]) -> Option<Digest> {
+    if index >= count {
+        return None;
+    }
+    let (mut at, mut width) = (index, count);
+    let mut hash = leaf;
+    let mut siblings = path.iter();
+    while width > 1 {
+        if at % 2 == 1 {
+            hash = node(siblings.next()?, &hash);
+        } else if at + 1 < width {
+            hash = node(&hash, siblings.next()?);
+        }
+        at /= 2;
+        width = width.div_ceil(2);
+    }
+    siblings.next().is_none().then_some(hash)
 }
 
 /// What a replica signs once per batch of replies: the root of the tree
@@ -519,28 +697,7 @@ impl CertifiedReply {
     /// (hashing only; the signature is [`CertifiedReply::verify`]'s job).
     pub fn path_ok(&self) -> bool {
         let ReplyRoot { count, root } = self.root.payload;
-        if self.index >= count {
-            return false;
-        }
-        let (mut at, mut width) = (self.index, count);
-        let mut hash = self.reply.leaf();
-        let mut siblings = self.path.iter();
-        while width > 1 {
-            if at % 2 == 1 {
-                let Some(left) = siblings.next() else {
-                    return false;
-                };
-                hash = node(left, &hash);
-            } else if at + 1 < width {
-                let Some(right) = siblings.next() else {
-                    return false;
-                };
-                hash = node(&hash, right);
-            }
-            at /= 2;
-            width = width.div_ceil(2);
-        }
-        siblings.next().is_none() && hash == root
+        tree_root(self.reply.leaf(), self.index, count, &self.path) == Some(root)
     }
 
     /// Whether `key` signed a root that this reply reaches.
@@ -556,46 +713,20 @@ pub fn certify_replies(
     replies: Vec<Reply>,
     key: &SigningKey,
 ) -> Vec<CertifiedReply> {
-    let mut levels: Vec<Vec<Digest>> = vec![replies.iter().map(Reply::leaf).collect()];
-    while levels.last().is_some_and(|l| l.len() > 1) {
-        let below = levels.last().map(Vec::as_slice).unwrap_or_default();
-        let above = below
-            .chunks(2)
-            .map(|pair| match pair {
-                [left, right] => node(left, right),
-                [odd] => *odd,
-                _ => unreachable!("chunks of two"),
-            })
-            .collect();
-        levels.push(above);
-    }
-    let root = levels
-        .last()
-        .and_then(|l| l.first())
-        .copied()
-        .unwrap_or_default();
-    let count = u32::try_from(replies.len()).expect("a batch holds fewer than 2^32 replies");
-    let signed = Signed::sign(from, ReplyRoot { count, root }, key);
+    let tree = Tree::over(replies.iter().map(Reply::leaf).collect());
+    let root = ReplyRoot {
+        count: tree.count(),
+        root: tree.root(),
+    };
+    let signed = Signed::sign(from, root, key);
     replies
         .into_iter()
         .enumerate()
-        .map(|(i, reply)| {
-            let mut path = Vec::new();
-            let mut at = i;
-            for level in &levels[..levels.len() - 1] {
-                // The sibling of node `at` is `at ^ 1`; an odd node out
-                // has none and moves up as it is.
-                if let Some(d) = level.get(at ^ 1) {
-                    path.push(*d);
-                }
-                at /= 2;
-            }
-            CertifiedReply {
-                reply,
-                index: i as u32,
-                path,
-                root: signed.clone(),
-            }
+        .map(|(i, reply)| CertifiedReply {
+            reply,
+            index: i as u32,
+            path: tree.path(i),
+            root: signed.clone(),
         })
         .collect()
 }
@@ -842,6 +973,11 @@ pub fn key_from_seed(seed: u64, label: &str) -> SigningKey {
 mod tests {
     use super::*;
 
+    fn verify_requests(requests: &[SignedRequest], keys: &[VerifyingKey]) -> bool {
+        let refs: Vec<&SignedRequest> = requests.iter().collect();
+        verify_request_refs(&refs, keys).is_some()
+    }
+
     #[test]
     fn byte_fields_encode_as_they_did_as_sequences_of_u8() {
         // The encoding before `serde_bytes`: serde's own `Vec<u8>`, a
@@ -855,12 +991,18 @@ mod tests {
         for len in [0usize, 1, 127, 128, 300, 70_000] {
             let operation: Vec<u8> = (0..len).map(|i| (i * 7) as u8).collect();
             let old = AsSequence {
-                client: ClientId([9; 32]),
+                client: ClientId {
+                    key: [9; 32],
+                    session: 0,
+                },
                 timestamp: 42,
                 operation: operation.clone(),
             };
             let new = Request {
-                client: ClientId([9; 32]),
+                client: ClientId {
+                    key: [9; 32],
+                    session: 0,
+                },
                 timestamp: 42,
                 operation,
             };
@@ -879,7 +1021,7 @@ mod tests {
             .map(|(i, k)| {
                 SignedRequest::sign(
                     Request {
-                        client: ClientId(k.verifying_key().to_bytes()),
+                        client: ClientId::new(&k.verifying_key(), 0),
                         timestamp: i as u64,
                         operation: vec![i as u8; i],
                     },
@@ -903,6 +1045,84 @@ mod tests {
         swapped.swap(1, 2);
         assert!(!verify_requests(&requests, &swapped));
         assert!(!verify_requests(&bad[3..4], &vks[3..4]));
+    }
+
+    fn bundle(key: &SigningKey, sessions: u32, ts: u64) -> Vec<SignedRequest> {
+        let requests = (0..sessions)
+            .map(|session| Request {
+                client: ClientId::new(&key.verifying_key(), session),
+                timestamp: ts,
+                operation: format!("op {session}").into_bytes(),
+            })
+            .collect();
+        sign_requests(requests, key)
+    }
+
+    #[test]
+    fn a_bundle_of_requests_verifies_under_one_signature_and_no_request_moves() {
+        let a = key_from_seed(4, "a");
+        let b = key_from_seed(4, "b");
+        for n in 1..=9 {
+            let signed = bundle(&a, n, 7);
+            assert!(signed.iter().all(|r| r.signature == signed[0].signature));
+            assert!(signed.iter().all(SignedRequest::verify), "{n}");
+            let vks = vec![a.verifying_key(); n as usize];
+            assert!(verify_requests(&signed, &vks), "{n} as one batch");
+            for (i, r) in signed.iter().enumerate() {
+                let mut other_session = r.clone();
+                other_session.request.client.session += n;
+                assert!(
+                    !other_session.verify(),
+                    "a request moved to another session"
+                );
+                let mut changed = r.clone();
+                changed.request.timestamp += 1;
+                assert!(!changed.verify(), "a changed timestamp");
+                let mut other_key = r.clone();
+                other_key.request.client.key = b.verifying_key().to_bytes();
+                assert!(!other_key.verify(), "another client's name");
+                if n > 1 {
+                    let mut swapped = r.clone();
+                    swapped.index = (r.index + 1) % n;
+                    assert!(!swapped.verify(), "request {i} at another position");
+                    let mut mixed = signed.clone();
+                    mixed[i] = changed.clone();
+                    assert!(
+                        !verify_requests(&mixed, &vks),
+                        "one bad leaf fails the batch"
+                    );
+                }
+            }
+        }
+        // Bundles of two keys and a request signed alone, in one batch: the
+        // distinct signatures are checked together, and a forged one among
+        // them fails the lot.
+        let mut batch = bundle(&a, 3, 1);
+        batch.extend(bundle(&b, 2, 1));
+        let single = SignedRequest::sign(
+            Request {
+                client: ClientId::new(&b.verifying_key(), 9),
+                timestamp: 4,
+                operation: b"alone".to_vec(),
+            },
+            &b,
+        );
+        assert!(single.path.is_empty() && single.root.count == 1);
+        batch.push(single);
+        let mut vks = vec![a.verifying_key(); 3];
+        vks.extend(vec![b.verifying_key(); 3]);
+        assert!(verify_requests(&batch, &vks));
+        let mut forged = batch.clone();
+        forged[4].signature.0[9] ^= 1;
+        assert!(!verify_requests(&forged, &vks));
+        // b's bundle signature presented for a's request: a's key is what
+        // checks a request, so it fails.
+        let mut borrowed = batch.clone();
+        borrowed[0].signature = batch[3].signature;
+        borrowed[0].root = batch[3].root;
+        borrowed[0].path = batch[3].path.clone();
+        borrowed[0].index = batch[3].index;
+        assert!(!verify_requests(&borrowed, &vks));
     }
 
     #[test]
@@ -941,7 +1161,7 @@ mod tests {
         let key = key_from_seed(1, "c");
         let req = SignedRequest::sign(
             Request {
-                client: ClientId(key.verifying_key().to_bytes()),
+                client: ClientId::new(&key.verifying_key(), 0),
                 timestamp: 7,
                 operation: b"op".to_vec(),
             },
@@ -961,7 +1181,10 @@ mod tests {
         (0..n)
             .map(|i| Reply {
                 view: 3,
-                client: ClientId([i as u8; 32]),
+                client: ClientId {
+                    key: [i as u8; 32],
+                    session: 0,
+                },
                 timestamp: 100 + i,
                 hlc: Hlc {
                     physical_us: 7,

@@ -59,7 +59,7 @@ fn request(client: u64, ts: u64, op: &[u8]) -> SignedRequest {
     let key = client_key(client);
     SignedRequest::sign(
         Request {
-            client: ClientId(key.verifying_key().to_bytes()),
+            client: ClientId::new(&key.verifying_key(), 0),
             timestamp: ts,
             operation: op.to_vec(),
         },
@@ -455,7 +455,10 @@ fn malformed_and_oversized_frames_are_refused() {
         2,
         vec![Reply {
             view: 0,
-            client: ClientId([0; 32]),
+            client: ClientId {
+                key: [0; 32],
+                session: 0,
+            },
             timestamp: 1,
             hlc: Hlc::default(),
             result: vec![],
@@ -1271,7 +1274,7 @@ impl Net {
 #[test]
 fn cluster_orders_executes_checkpoints_and_collects_garbage() {
     let mut net = Net::new();
-    let mut client = Client::new(cluster(), client_key(1), 100_000);
+    let mut client = Client::new(cluster(), client_key(1), 0, 100_000);
     for k in 0..5u64 {
         let (_, m) = client
             .submit(format!("op{k}").into_bytes(), T0 + k)
@@ -1688,7 +1691,7 @@ fn submit_via(net: &mut Net, client: &mut Client, op: &[u8], ts: u64) -> Complet
 #[test]
 fn partial_execution_runs_each_batch_on_f_plus_one_backups_and_the_rest_adopt() {
     let mut net = Net::with_params(partial_params());
-    let mut client = Client::new(cluster(), client_key(1), 100_000);
+    let mut client = Client::new(cluster(), client_key(1), 0, 100_000);
     let mut runs = vec![0u64; N as usize];
     for k in 0..4u64 {
         let seq = k + 1;
@@ -1727,7 +1730,7 @@ fn a_silent_executor_is_passed_over_and_the_others_run_the_batch() {
     // where they need two.
     assert_eq!(cluster().executors(0, 1), Some(vec![2, 3]));
     net.down.insert(3);
-    let mut client = Client::new(cluster(), client_key(1), 100_000);
+    let mut client = Client::new(cluster(), client_key(1), 0, 100_000);
     let (_, m) = client.submit(b"a".to_vec(), T0).expect("idle client");
     let Message::Request(r) = m else {
         panic!("request")

@@ -33,8 +33,8 @@ use serde::{Deserialize, Serialize};
 use crate::client::Client;
 use crate::config::{Cluster, ClusterConfig, Params};
 use crate::message::{
-    key_from_seed, Batch, ClientId, Commit, Digest, Hlc, Message, PrePrepare, PrePrepareMsg,
-    Prepare, ReplicaId, Seq, Signed,
+    key_from_seed, sign_requests, Batch, ClientId, Commit, Digest, Hlc, Message, PrePrepare,
+    PrePrepareMsg, Prepare, ReplicaId, Seq, Signed,
 };
 use crate::replica::{compact_records, Execute, Input, Output, Record, Reject, Replica, Target};
 
@@ -369,12 +369,16 @@ struct SimClient {
     submitted: u32,
     completed: u32,
     next_submit_us: Option<u64>,
+    /// The key it shares with the other sessions of its group.
+    key: SigningKey,
 }
 
 /// Epoch of every replica's clock, so that negative skew stays positive.
 const CLOCK_BASE_US: u64 = 10_000_000;
 const TICK_US: u64 = 1_000;
 const CLIENT_RETRY_US: u64 = 120_000;
+/// Clients `k * SESSIONS_PER_KEY ..` are sessions of one key.
+const SESSIONS_PER_KEY: u32 = 2;
 
 /// One simulation run.
 #[derive(Debug)]
@@ -469,14 +473,22 @@ impl World {
         let mut clients = Vec::new();
         let mut client_index = BTreeMap::new();
         for j in 0..cfg.clients {
-            let key = key_from_seed(cfg.seed, &format!("client-{j}"));
-            let client = Client::new(cluster.clone(), key, CLIENT_RETRY_US);
+            // Clients pair up as two sessions of one key, which sign one
+            // bundle when they submit together.
+            let key = key_from_seed(cfg.seed, &format!("client-{}", j / SESSIONS_PER_KEY));
+            let client = Client::new(
+                cluster.clone(),
+                key.clone(),
+                j % SESSIONS_PER_KEY,
+                CLIENT_RETRY_US,
+            );
             client_index.insert(client.id(), j);
             clients.push(SimClient {
                 client,
                 submitted: 0,
                 completed: 0,
                 next_submit_us: Some(rng.below(20_000)),
+                key,
             });
         }
         let byzantine = byz_nodes
@@ -899,7 +911,8 @@ impl World {
             }
             let mut h = blake3::Hasher::new();
             h.update(&app.chain);
-            h.update(&r.client.0);
+            h.update(&r.client.key);
+            h.update(&r.client.session.to_le_bytes());
             h.update(&r.timestamp.to_le_bytes());
             h.update(&r.operation);
             app.chain = *h.finalize().as_bytes();
@@ -1081,25 +1094,49 @@ impl World {
 
     fn client_tick(&mut self, j: u32) {
         let now = self.now_us;
-        let c = &mut self.clients[j as usize];
-        let mut send = None;
-        if let Some(at) = c.next_submit_us {
-            if now >= at && c.submitted < self.cfg.requests_per_client {
-                let op = format!("client-{j}-op-{}", c.submitted).into_bytes();
-                send = c.client.submit(op, CLOCK_BASE_US + now);
-                c.submitted += 1;
-                c.next_submit_us = None;
+        let per_client = self.cfg.requests_per_client;
+        let due = |c: &SimClient| {
+            c.next_submit_us.is_some_and(|at| now >= at) && c.submitted < per_client
+        };
+        if !due(&self.clients[j as usize]) {
+            let c = &mut self.clients[j as usize];
+            if let Some((to, m)) = c.client.tick(CLOCK_BASE_US + now) {
+                self.client_send(j, to, &m);
+            }
+            return;
+        }
+        // The sessions of this client's key that are due now submit
+        // together, under one signature.
+        let first = j - j % SESSIONS_PER_KEY;
+        let last = (first + SESSIONS_PER_KEY).min(self.cfg.clients);
+        let group: Vec<u32> = std::iter::once(j)
+            .chain((first..last).filter(|&k| k != j && due(&self.clients[k as usize])))
+            .collect();
+        let mut requests = Vec::new();
+        for &k in &group {
+            let c = &mut self.clients[k as usize];
+            let op = format!("client-{k}-op-{}", c.submitted).into_bytes();
+            let request = c.client.begin(op, CLOCK_BASE_US + now);
+            c.submitted += 1;
+            c.next_submit_us = None;
+            requests.extend(request);
+        }
+        let key = self.clients[j as usize].key.clone();
+        for (k, signed) in group.into_iter().zip(sign_requests(requests, &key)) {
+            if let Some((to, m)) = self.clients[k as usize]
+                .client
+                .send(signed, CLOCK_BASE_US + now)
+            {
+                self.client_send(k, to, &m);
             }
         }
-        if send.is_none() {
-            send = c.client.tick(CLOCK_BASE_US + now);
-        }
-        if let Some((to, m)) = send {
-            let from = Endpoint::Client(j);
-            let bytes = m.encode();
-            for t in self.endpoints(from, to) {
-                self.transmit(from, t, bytes.clone());
-            }
+    }
+
+    fn client_send(&mut self, j: u32, to: Target, m: &Message) {
+        let from = Endpoint::Client(j);
+        let bytes = m.encode();
+        for t in self.endpoints(from, to) {
+            self.transmit(from, t, bytes.clone());
         }
     }
 
@@ -1261,9 +1298,14 @@ impl World {
                 out.push(Message::PrePrepare(PrePrepareMsg { header, batch }).encode());
             }
             Message::Request(r) => {
-                // A forwarded request altered after the client signed it.
+                // A forwarded request altered after the client signed it,
+                // and one moved to another session of the client's key
+                // under the same bundle signature.
                 let mut f = r.clone();
                 f.request.operation.push(b'!');
+                out.push(Message::Request(f).encode());
+                let mut f = r.clone();
+                f.request.client.session ^= 1;
                 out.push(Message::Request(f).encode());
             }
             Message::Reply(r) => {

@@ -7,7 +7,7 @@ use std::process::{Command, Stdio};
 use std::time::{Duration, Instant};
 
 use clap::Subcommand;
-use voidbox::cluster::wire::{Op, OpResult, ToolSummary, SIDE_BLOB_MAX};
+use voidbox::cluster::wire::{Op, OpResult, Status as ReplicaStatus, ToolSummary, SIDE_BLOB_MAX};
 use voidbox::cluster::{init_cluster_with, ClusterClient, ClusterFile, InitOptions, SignedReceipt};
 use voidbox::{Budget, Digest, Invocation};
 
@@ -806,6 +806,14 @@ fn bench(file: &ClusterFile, tool: &str, plan: &BenchPlan, json: bool) -> Result
             .max()
             .unwrap_or(0)
             .saturating_sub(before.values().map(|s| s.last_executed).max().unwrap_or(0));
+        // Requests whose signatures the replicas checked, per signature:
+        // how much the clients' bundles saved them.
+        let checked = |f: fn(&ReplicaStatus) -> u64| -> u64 {
+            let sum = |m: &BTreeMap<u32, ReplicaStatus>| m.values().map(f).sum::<u64>();
+            sum(&after).saturating_sub(sum(&before))
+        };
+        let requests_checked = checked(|s| s.requests_checked);
+        let signatures_checked = checked(|s| s.request_signatures_checked);
         if lat.is_empty() && failed > 0 {
             return Err(fail(
                 exit::CLUSTER,
@@ -829,6 +837,11 @@ fn bench(file: &ClusterFile, tool: &str, plan: &BenchPlan, json: bool) -> Result
             "latency_max_us": percentile(&lat, 1.0),
             "batches": batches,
             "mean_batch_size": if batches > 0 { n / batches as f64 } else { f64::NAN },
+            "requests_per_signature": if signatures_checked > 0 {
+                requests_checked as f64 / signatures_checked as f64
+            } else {
+                f64::NAN
+            },
             "replica_cpu_s": cpu1 - cpu0,
             "replica_cpu_us_per_invocation": if n > 0.0 { (cpu1 - cpu0) * 1e6 / n } else { f64::NAN },
             // The client's side: signing requests, checking replies.

@@ -757,7 +757,10 @@ mod tests {
         let results = Results::open(&dir.path().join("results.redb")).unwrap();
         let app = App::new(host, results, Box::new(FakePeers(Vec::new())));
         let request = |timestamp: u64, operation: Vec<u8>| voidbox_pbft::Request {
-            client: voidbox_pbft::ClientId([3; 32]),
+            client: voidbox_pbft::ClientId {
+                key: [3; 32],
+                session: 0,
+            },
             timestamp,
             operation,
         };
@@ -831,7 +834,10 @@ mod tests {
             invocation: crate::Invocation::new(echo, input),
         };
         let request = |timestamp: u64, operation: Vec<u8>| voidbox_pbft::Request {
-            client: voidbox_pbft::ClientId([3; 32]),
+            client: voidbox_pbft::ClientId {
+                key: [3; 32],
+                session: 0,
+            },
             timestamp,
             operation,
         };

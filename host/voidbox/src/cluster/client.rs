@@ -18,7 +18,10 @@ use voidbox_net::ClientHandle;
 use voidbox_pbft::message::{
     CertifiedReply, Digest as TreeDigest, Reply, ReplyRoot, Sig, Signed, VerifiedRoots,
 };
-use voidbox_pbft::{Client, ClientId, Cluster, Completed, Hlc, Message, Target};
+use voidbox_pbft::{
+    sign_requests, Client, ClientId, Cluster, Completed, Hlc, Message, Request, SignedRequest,
+    Target,
+};
 
 use super::config::{hex, parse_key_hex, read_signing_key, unhex, ClusterFile, CLIENT_KEY_FILE};
 use super::wire::{
@@ -103,8 +106,12 @@ pub struct SignedReceipt {
     pub result: OpResult,
     /// The exact bytes the replicas signed (the encoded `result`), hex.
     pub result_bytes: String,
-    /// The client's id (public key), hex.
+    /// The client's key (its id with `session`), hex.
     pub client: String,
+    /// Which session of that key sent the request (receipts of versions
+    /// before sessions have none: 0).
+    #[serde(default)]
+    pub session: u32,
     /// The request's timestamp.
     pub timestamp: u64,
     /// Consensus time of the batch: microseconds of the primary's clock.
@@ -121,7 +128,8 @@ impl SignedReceipt {
         Ok(SignedReceipt {
             result,
             result_bytes: hex(&done.result),
-            client: hex(&client.0),
+            client: hex(&client.key),
+            session: client.session,
             timestamp: done.timestamp,
             hlc_us: done.hlc.physical_us,
             hlc_logical: done.hlc.logical,
@@ -168,7 +176,10 @@ impl SignedReceipt {
                 )));
             }
         }
-        let client = ClientId(parse_key_hex(&self.client).map_err(|e| bad(format!("client {e}")))?);
+        let client = ClientId {
+            key: parse_key_hex(&self.client).map_err(|e| bad(format!("client {e}")))?,
+            session: self.session,
+        };
         let keys: BTreeMap<u32, _> = cluster.verifying_keys()?.into_iter().collect();
         let mut signers = Vec::new();
         for s in &self.signatures {
@@ -259,7 +270,8 @@ pub struct ClusterClient {
     net: ClientHandle,
     routes: Arc<Routes>,
     next_id: AtomicU64,
-    key: SigningKey,
+    /// Signs this connection's own requests ([`ClusterClient::invoke`]).
+    bundler: Bundler,
     /// Microseconds before a request is retransmitted to every replica.
     retry_us: u64,
 }
@@ -315,7 +327,7 @@ impl ClusterClient {
             net,
             routes,
             next_id: AtomicU64::new(1),
-            key,
+            bundler: Bundler::new(key),
             retry_us,
         })
     }
@@ -616,7 +628,7 @@ impl ClusterClient {
             token: token.to_string(),
             invocation: invocation.clone(),
         };
-        let mut session = Session::new(self, self.key.clone());
+        let mut session = Session::new(self, &self.bundler, 0);
         let done = self.runtime.block_on(session.order(op.encode()))?;
         SignedReceipt::from_completed(session.client.id(), &done)
     }
@@ -628,18 +640,21 @@ impl ClusterClient {
         self.invoke(token, &invocation)
     }
 
-    /// `clients` closed-loop clients (fresh keys) ordering the operations
-    /// `make` returns for `duration`. For `voidbox cluster bench`.
+    /// `clients` closed-loop clients ordering the operations `make` returns
+    /// for `duration`: sessions of one fresh key, so the requests they send
+    /// together are signed together. For `voidbox cluster bench`.
     pub fn load(
         &self,
         clients: usize,
         duration: Duration,
         make: &(dyn Fn(u64) -> Vec<u8> + Sync),
     ) -> LoadReport {
+        let bundler = Bundler::new(super::config::generate_key());
         self.runtime.block_on(async {
             let mut tasks = Vec::new();
-            for _ in 0..clients {
-                let mut session = Session::new(self, super::config::generate_key());
+            for session in 0..clients {
+                let session = u32::try_from(session).expect("fewer than 2^32 clients");
+                let mut session = Session::new(self, &bundler, session);
                 tasks.push(async move {
                     let mut load = LoadReport::default();
                     let end = Instant::now() + duration;
@@ -708,16 +723,70 @@ async fn futures_join_all<F: std::future::Future>(futures: Vec<F>) -> Vec<F::Out
         .collect()
 }
 
+/// Signs the requests of the sessions of one key with one signature per
+/// bundle. A session puts its request in and yields once; by the time it
+/// runs again, every other session of the key that was ready in the same
+/// turn of the runtime (a batch's replies wake many at once) has put its
+/// request in too, and the first one back signs them all. The replicas
+/// then check one signature for the lot instead of one per request.
+struct Bundler {
+    key: SigningKey,
+    state: Mutex<BundleState>,
+}
+
+#[derive(Default)]
+struct BundleState {
+    /// Requests put in and not yet signed.
+    waiting: Vec<Request>,
+    /// Signed requests not yet taken by their sessions.
+    signed: HashMap<(ClientId, u64), SignedRequest>,
+}
+
+impl Bundler {
+    fn new(key: SigningKey) -> Bundler {
+        Bundler {
+            key,
+            state: Mutex::default(),
+        }
+    }
+
+    async fn sign(&self, request: Request) -> SignedRequest {
+        let id = (request.client, request.timestamp);
+        self.state.lock().expect("bundle").waiting.push(request);
+        tokio::task::yield_now().await;
+        let mut state = self.state.lock().expect("bundle");
+        if let Some(signed) = state.signed.remove(&id) {
+            return signed;
+        }
+        // Still waiting, so this session is the first back: sign them all.
+        let waiting = std::mem::take(&mut state.waiting);
+        for signed in sign_requests(waiting, &self.key) {
+            let r = &signed.request;
+            state.signed.insert((r.client, r.timestamp), signed);
+        }
+        match state.signed.remove(&id) {
+            Some(signed) => signed,
+            None => unreachable!("a request is either waiting or signed"),
+        }
+    }
+}
+
 /// One PBFT client identity with its reply channel.
 struct Session<'a> {
     owner: &'a ClusterClient,
+    bundler: &'a Bundler,
     client: Client,
     replies: mpsc::UnboundedReceiver<Message>,
 }
 
 impl<'a> Session<'a> {
-    fn new(owner: &'a ClusterClient, key: SigningKey) -> Session<'a> {
-        let client = Client::new(owner.cluster.clone(), key, owner.retry_us);
+    fn new(owner: &'a ClusterClient, bundler: &'a Bundler, session: u32) -> Session<'a> {
+        let client = Client::new(
+            owner.cluster.clone(),
+            bundler.key.clone(),
+            session,
+            owner.retry_us,
+        );
         let (tx, replies) = mpsc::unbounded_channel();
         owner
             .routes
@@ -727,6 +796,7 @@ impl<'a> Session<'a> {
             .insert(client.id(), tx);
         Session {
             owner,
+            bundler,
             client,
             replies,
         }
@@ -741,10 +811,15 @@ impl<'a> Session<'a> {
     }
 
     async fn order(&mut self, operation: Vec<u8>) -> Result<Completed> {
+        let request = self
+            .client
+            .begin(operation, now_us())
+            .ok_or_else(|| Error::Cluster("a request is already pending".into()))?;
+        let signed = self.bundler.sign(request).await;
         let (to, message) = self
             .client
-            .submit(operation, now_us())
-            .ok_or_else(|| Error::Cluster("a request is already pending".into()))?;
+            .send(signed, now_us())
+            .ok_or_else(|| Error::Cluster("the bundle signed another request".into()))?;
         let first = self
             .owner
             .routes

@@ -392,6 +392,8 @@ impl Driver {
                 batches_adopted: self.replica.stats().batches_adopted,
                 adoptions_abandoned: self.replica.stats().adoptions_abandoned,
                 sandbox_runs: self.host.runs(),
+                requests_checked: self.replica.stats().requests_checked,
+                request_signatures_checked: self.replica.stats().request_signatures_checked,
                 transport_refused: stats.oversized + stats.bad_hello + stats.dropped_queue_full,
                 pid: std::process::id(),
             };

@@ -314,6 +314,14 @@ pub struct Status {
     /// Invocations its host ran in the sandbox since the process started.
     #[serde(default)]
     pub sandbox_runs: u64,
+    /// Client requests whose signatures it checked since the process
+    /// started, and the distinct signatures that took (a client's sessions
+    /// that send together sign one bundle).
+    #[serde(default)]
+    pub requests_checked: u64,
+    /// See `requests_checked`.
+    #[serde(default)]
+    pub request_signatures_checked: u64,
     /// Frames the transport refused (oversized, bad hello) or dropped.
     pub transport_refused: u64,
     /// Process id, so `cluster status` can match processes.
