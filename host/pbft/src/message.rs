@@ -214,7 +214,7 @@ pub(crate) fn verify_request_refs(
     let mut distinct: Vec<(&VerifyingKey, &RequestRoot, &Sig)> = Vec::new();
     let mut seen = std::collections::BTreeSet::new();
     for (r, k) in requests.iter().zip(keys) {
-        if seen.insert((k.to_bytes(), r.root.root, r.signature)) {
+        if seen.insert((k.to_bytes(), r.root, r.signature)) {
             distinct.push((k, &r.root, &r.signature));
         }
     }
@@ -312,7 +312,7 @@ impl Request {
 /// What a client signs once per bundle of requests: the root of the tree
 /// over their leaves and how many leaves it has (the tree is built as the
 /// replies' is, [`ReplyRoot`]).
-#[derive(Clone, Copy, PartialEq, Eq, Debug, Serialize, Deserialize)]
+#[derive(Clone, Copy, PartialEq, Eq, PartialOrd, Ord, Debug, Serialize, Deserialize)]
 pub struct RequestRoot {
     /// Number of requests (leaves).
     pub count: u32,
@@ -368,7 +368,18 @@ impl SignedRequest {
     /// (callers that see many requests cache it: parsing costs about as
     /// much as verifying).
     pub fn verify_with(&self, key: &VerifyingKey) -> bool {
-        self.path_ok() && verify_root(key, &self.root, &self.signature)
+        self.path_ok() && self.root_verifies(key)
+    }
+
+    /// Whether `key` signed this request's root (the path aside).
+    pub fn root_verifies(&self, key: &VerifyingKey) -> bool {
+        verify_root(key, &self.root, &self.signature)
+    }
+
+    /// What the signature check of this request shares with the other
+    /// requests of its bundle: the signer, the signed root, the signature.
+    pub fn signed_root(&self) -> ([u8; 32], RequestRoot, Sig) {
+        (self.request.client.key, self.root, self.signature)
     }
 }
 

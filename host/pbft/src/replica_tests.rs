@@ -293,6 +293,89 @@ fn a_busy_primary_checks_signatures_per_batch_and_drops_forgeries() {
     assert_eq!(proposed_operations(&out), vec![b"b".to_vec()]);
 }
 
+/// Sessions 0..n of client `client`'s key, one request each at `ts`,
+/// signed as one bundle.
+fn bundle(client: u64, n: u32, ts: u64, op: &[u8]) -> Vec<SignedRequest> {
+    let key = client_key(client);
+    let requests = (0..n)
+        .map(|session| Request {
+            client: ClientId::new(&key.verifying_key(), session),
+            timestamp: ts,
+            operation: [op, &[b'0' + session as u8]].concat(),
+        })
+        .collect();
+    crate::message::sign_requests(requests, &key)
+}
+
+#[test]
+fn a_bundle_costs_one_check_and_a_forged_member_only_itself() {
+    let mut p = Replica::new(
+        cluster(),
+        0,
+        keys()[0].clone(),
+        Params {
+            batch_delay_us: 1_000,
+            pending_requests_max: 64,
+            batches_in_flight_max: 4,
+            ..params()
+        },
+    )
+    .expect("replica");
+    p.step(Input::Tick { now_us: T0 });
+    recv(&mut p, Message::Request(request(1, 10, b"a")));
+    // Busy: a bundle of four sessions queues unchecked, and is checked
+    // with one signature when the batch is cut.
+    let before = p.stats().clone();
+    for r in bundle(2, 4, 10, b"b") {
+        assert_eq!(recv(&mut p, Message::Request(r)), vec![]);
+    }
+    let out = p.step(Input::Tick { now_us: T0 + 1_000 });
+    assert_eq!(proposed_operations(&out).len(), 4);
+    assert_eq!(p.stats().requests_checked - before.requests_checked, 4);
+    assert_eq!(
+        p.stats().request_signatures_checked - before.request_signatures_checked,
+        1
+    );
+    // One member changed after signing: only it is refused; the bundle's
+    // other requests still prove themselves under the shared signature.
+    let mut next = bundle(2, 4, 20, b"c");
+    next[2].request.operation = b"forged".to_vec();
+    for r in next {
+        assert_eq!(recv(&mut p, Message::Request(r)), vec![]);
+    }
+    let out = p.step(Input::Tick { now_us: T0 + 2_000 });
+    assert_eq!(
+        out.iter()
+            .filter(|o| **o == Output::Rejected(Reject::BadSignature))
+            .count(),
+        1
+    );
+    assert_eq!(
+        proposed_operations(&out),
+        vec![b"c0".to_vec(), b"c1".to_vec(), b"c3".to_vec()]
+    );
+    // A backup takes the pre-prepare of such a bundle with one check too.
+    let mut b = replica(1);
+    let batch = Batch {
+        hlc: Hlc {
+            physical_us: T0,
+            logical: 0,
+        },
+        requests: bundle(3, 5, 10, b"d"),
+    };
+    let out = recv(&mut b, Message::PrePrepare(pre_prepare(0, 1, batch)));
+    assert!(sends(&out)
+        .iter()
+        .any(|(_, m)| matches!(m, Message::Prepare(_))));
+    assert_eq!(
+        (
+            b.stats().requests_checked,
+            b.stats().request_signatures_checked
+        ),
+        (5, 1)
+    );
+}
+
 #[test]
 fn only_batches_waiting_a_status_interval_are_sent_again() {
     let mut p = replica(0);
