@@ -206,8 +206,9 @@ pub struct Params {
     pub watermark_window: u64,
     /// Most requests in one batch.
     pub batch_requests_max: usize,
-    /// Most bytes of operations (plus 128 per request for its framing) in
-    /// one batch; keeps pre-prepares under `message_bytes_max`.
+    /// Most bytes of operations (plus 128 per request for its framing and
+    /// 32 per hash of its bundle proof) in one batch; keeps pre-prepares
+    /// under `message_bytes_max`.
     pub batch_bytes_max: usize,
     /// Longest a request waits at the primary while earlier batches are in
     /// flight; with nothing in flight a batch is cut at once.

@@ -364,6 +364,15 @@ impl SignedRequest {
         client_key(&self.request.client).is_some_and(|k| self.verify_with(&k))
     }
 
+    /// Whether the proof has a shape some bundle could give it: the index
+    /// inside the tree, and no more siblings than a tree of 2^32 leaves
+    /// has levels. Checked on arrival, before the signature may wait, so
+    /// that a request queued unchecked is never much larger than its
+    /// operation.
+    pub fn well_formed(&self) -> bool {
+        self.index < self.root.count && self.path.len() <= 32
+    }
+
     /// Whether the signature is valid for `key`, the client's parsed key
     /// (callers that see many requests cache it: parsing costs about as
     /// much as verifying).

@@ -944,7 +944,7 @@ impl Replica {
     // ----- requests and batching -----------------------------------------
 
     fn on_request(&mut self, r: SignedRequest) {
-        if r.request.operation.len() > self.params.operation_bytes_max {
+        if r.request.operation.len() > self.params.operation_bytes_max || !r.well_formed() {
             self.reject(Reject::BadRequest);
             return;
         }
@@ -1128,7 +1128,7 @@ impl Replica {
                     break;
                 };
                 let r = &q.request;
-                let size = r.request.operation.len() + 128;
+                let size = r.request.operation.len() + 128 + 32 * r.path.len();
                 if !requests.is_empty() && bytes + size > self.params.batch_bytes_max {
                     self.queue.push_front(q);
                     break;
@@ -1176,10 +1176,9 @@ impl Replica {
     /// Checks a batch's size and every client signature in it.
     fn batch_ok(&mut self, batch: &Batch) -> bool {
         if batch.requests.len() > self.params.batch_requests_max
-            || batch
-                .requests
-                .iter()
-                .any(|r| r.request.operation.len() > self.params.operation_bytes_max)
+            || batch.requests.iter().any(|r| {
+                r.request.operation.len() > self.params.operation_bytes_max || !r.well_formed()
+            })
         {
             return false;
         }

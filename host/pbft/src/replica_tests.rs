@@ -377,6 +377,19 @@ fn a_bundle_costs_one_check_and_a_forged_member_only_itself() {
 }
 
 #[test]
+fn a_bundle_proof_of_impossible_shape_is_refused_on_arrival_even_when_busy() {
+    let mut p = replica(0);
+    recv(&mut p, Message::Request(request(1, 10, b"a")));
+    // Busy, so signatures wait for the batch; the proof's shape does not.
+    let mut long = bundle(2, 3, 10, b"x").remove(1);
+    long.path = vec![Digest::of(b"padding"); 33];
+    refuse(&mut p, Message::Request(long), Reject::BadRequest);
+    let mut outside = bundle(3, 3, 10, b"x").remove(2);
+    outside.index = 3;
+    refuse(&mut p, Message::Request(outside), Reject::BadRequest);
+}
+
+#[test]
 fn only_batches_waiting_a_status_interval_are_sent_again() {
     let mut p = replica(0);
     recv(&mut p, Message::Request(request(1, 10, b"a")));
