@@ -820,6 +820,31 @@ fn a_replica_that_missed_an_input_fetches_it_when_the_invocation_runs() {
     }
     let log = std::fs::read_to_string(c.path.join("replica-3/replica.log")).unwrap();
     assert!(log.contains("fetched a missing blob"), "{log}");
+
+    // One connection shared by threads that invoke at once: each call is
+    // its own session of the connection's key, so every one is ordered and
+    // answered (with one session for all, they would take each other's
+    // replies or be refused as stale).
+    let file = ClusterFile::load(&c.file()).unwrap();
+    let receipts: Vec<_> = std::thread::scope(|s| {
+        let calls: Vec<_> = (0..4)
+            .map(|i| {
+                let (client, token) = (&client, &token);
+                s.spawn(move || {
+                    let text = format!("thread {i} of four\n");
+                    let input = client.put_blob(text.as_bytes()).unwrap();
+                    client.invoke(token, &Invocation::new(tool, input)).unwrap()
+                })
+            })
+            .collect();
+        calls.into_iter().map(|c| c.join().unwrap()).collect()
+    });
+    let mut invocations = std::collections::BTreeSet::new();
+    for signed in &receipts {
+        assert!(signed.verify(&file).unwrap().len() >= 2);
+        invocations.insert(signed.receipt().expect("it ran").invocation);
+    }
+    assert_eq!(invocations.len(), 4, "four distinct invocations answered");
 }
 
 /// Waits until every replica in `ids` holds `receipt` for its invocation.

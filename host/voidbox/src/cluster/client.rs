@@ -272,6 +272,11 @@ pub struct ClusterClient {
     next_id: AtomicU64,
     /// Signs this connection's own requests ([`ClusterClient::invoke`]).
     bundler: Bundler,
+    /// Session numbers of the connection's key not in use by a call, so
+    /// that calls from several threads are distinct clients (each with its
+    /// own reply route and timestamps) while the numbers, and so the
+    /// replicas' client tables, stay as few as the calls at once.
+    free_sessions: Mutex<SessionNumbers>,
     /// Microseconds before a request is retransmitted to every replica.
     retry_us: u64,
 }
@@ -328,6 +333,7 @@ impl ClusterClient {
             routes,
             next_id: AtomicU64::new(1),
             bundler: Bundler::new(key),
+            free_sessions: Mutex::default(),
             retry_us,
         })
     }
@@ -628,7 +634,8 @@ impl ClusterClient {
             token: token.to_string(),
             invocation: invocation.clone(),
         };
-        let mut session = Session::new(self, &self.bundler, 0);
+        let number = SessionLease::take(&self.free_sessions);
+        let mut session = Session::new(self, &self.bundler, number.0);
         let done = self.runtime.block_on(session.order(op.encode()))?;
         SignedReceipt::from_completed(session.client.id(), &done)
     }
@@ -768,6 +775,37 @@ impl Bundler {
             Some(signed) => signed,
             None => unreachable!("a request is either waiting or signed"),
         }
+    }
+}
+
+/// Session numbers: those given back, and the next never used.
+#[derive(Default)]
+struct SessionNumbers {
+    free: std::collections::BTreeSet<u32>,
+    next: u32,
+}
+
+/// A session number taken for one call, given back when it ends.
+struct SessionLease<'a>(u32, &'a Mutex<SessionNumbers>);
+
+impl<'a> SessionLease<'a> {
+    /// The lowest number not in use.
+    fn take(numbers: &'a Mutex<SessionNumbers>) -> SessionLease<'a> {
+        let mut n = numbers.lock().expect("session numbers");
+        let number = match n.free.pop_first() {
+            Some(number) => number,
+            None => {
+                n.next += 1;
+                n.next - 1
+            }
+        };
+        SessionLease(number, numbers)
+    }
+}
+
+impl Drop for SessionLease<'_> {
+    fn drop(&mut self) {
+        self.1.lock().expect("session numbers").free.insert(self.0);
     }
 }
 
@@ -917,6 +955,21 @@ fn route(routes: &Routes, from: u32, bytes: &[u8]) {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn calls_at_once_get_distinct_session_numbers_and_numbers_are_reused() {
+        let numbers = Mutex::default();
+        let a = SessionLease::take(&numbers);
+        let b = SessionLease::take(&numbers);
+        assert_eq!((a.0, b.0), (0, 1));
+        drop(a);
+        let c = SessionLease::take(&numbers);
+        assert_eq!(c.0, 0, "the lowest free number again");
+        let d = SessionLease::take(&numbers);
+        assert_eq!(d.0, 2);
+        drop((b, c, d));
+        assert_eq!(SessionLease::take(&numbers).0, 0);
+    }
 
     #[test]
     fn a_retransmission_interval_is_whole_milliseconds_within_an_hour() {
