@@ -3,6 +3,15 @@
 //! on them leaves (the driver calls [`ProtocolLog::append`] before sending).
 //! After a stable checkpoint the records recovery no longer needs are
 //! deleted, with the same rule as [`voidbox_pbft::compact_records`].
+//!
+//! Without fsync (a cluster for measurements) nothing is synced, and redb
+//! keeps a commit made without durability in memory until a durable one:
+//! a transaction per append cost every replica two commits a batch and
+//! kept nothing a crash would not lose. Such a log gathers its records in
+//! memory and writes them in one transaction when a stable checkpoint
+//! compacts it (or [`PENDING_MAX`] wait), and durably at
+//! [`ProtocolLog::persist`], which a clean stop calls: what survives a
+//! crash or a stop is exactly what it was with a commit per append.
 
 use std::path::{Path, PathBuf};
 
@@ -12,6 +21,11 @@ use voidbox_pbft::Record;
 use crate::{Error, Result};
 
 const RECORDS: TableDefinition<u64, &[u8]> = TableDefinition::new("pbft_records");
+
+/// Records a log without fsync holds in memory before it writes them even
+/// without a stable checkpoint (say, while view changes keep checkpoints
+/// from becoming stable), so that memory stays bounded.
+const PENDING_MAX: usize = 4096;
 
 /// What compaction needs to know of a record without reading it again.
 #[derive(Debug, Clone, Copy)]
@@ -41,6 +55,9 @@ pub struct ProtocolLog {
     fsync: bool,
     metas: Vec<Meta>,
     next_key: u64,
+    /// Without fsync: records appended and not yet written, with their
+    /// keys, in order.
+    pending: Vec<(u64, Vec<u8>)>,
 }
 
 impl ProtocolLog {
@@ -83,55 +100,72 @@ impl ProtocolLog {
                 fsync,
                 metas,
                 next_key,
+                pending: Vec::new(),
             },
             records,
         ))
     }
 
-    /// Appends records in one transaction, synced when the cluster runs with
-    /// fsync. Compacts after a stable checkpoint.
+    /// Appends records: in one synced transaction when the cluster runs
+    /// with fsync; otherwise in memory, written with the next compaction
+    /// (see the module's doc). Compacts after a stable checkpoint.
     pub fn append(&mut self, records: &[Record]) -> Result<()> {
         if records.is_empty() {
             return Ok(());
         }
-        let path = self.path.clone();
-        let path = &path;
-        let mut txn = self.db.begin_write().map_err(|e| db_err(path, e))?;
-        txn.set_durability(if self.fsync {
-            Durability::Immediate
-        } else {
-            Durability::None
-        })
-        .map_err(|e| db_err(path, e))?;
         let mut stable = false;
+        for r in records {
+            let key = self.next_key;
+            self.next_key += 1;
+            let meta = Meta::of(key, r);
+            stable |= meta.stable;
+            self.metas.push(meta);
+            self.pending.push((key, r.encode()));
+        }
+        if self.fsync || stable || self.pending.len() >= PENDING_MAX {
+            let durability = if self.fsync {
+                Durability::Immediate
+            } else {
+                Durability::None
+            };
+            self.write(stable, durability)?;
+        }
+        Ok(())
+    }
+
+    /// Writes the pending records in one transaction, after compacting
+    /// when `compact` (records compaction drops are not written at all).
+    fn write(&mut self, compact: bool, durability: Durability) -> Result<()> {
+        let dropped = if compact { self.compact() } else { Vec::new() };
+        let pending = std::mem::take(&mut self.pending);
+        let path = &self.path;
+        let mut txn = self.db.begin_write().map_err(|e| db_err(path, e))?;
+        txn.set_durability(durability)
+            .map_err(|e| db_err(path, e))?;
         {
             let mut table = txn.open_table(RECORDS).map_err(|e| db_err(path, e))?;
-            for r in records {
-                let key = self.next_key;
-                self.next_key += 1;
-                table
-                    .insert(key, r.encode().as_slice())
-                    .map_err(|e| db_err(path, e))?;
-                let meta = Meta::of(key, r);
-                stable |= meta.stable;
-                self.metas.push(meta);
-            }
-            if stable {
-                for key in self.compact() {
-                    table.remove(key).map_err(|e| db_err(path, e))?;
+            let first_pending = pending.first().map_or(u64::MAX, |(k, _)| *k);
+            for (key, bytes) in &pending {
+                if dropped.binary_search(key).is_err() {
+                    table
+                        .insert(*key, bytes.as_slice())
+                        .map_err(|e| db_err(path, e))?;
                 }
+            }
+            for key in dropped.iter().take_while(|k| **k < first_pending) {
+                table.remove(*key).map_err(|e| db_err(path, e))?;
             }
         }
         txn.commit().map_err(|e| db_err(path, e))
     }
 
     /// Makes every record appended so far durable, with or without
-    /// `fsync`: redb keeps the commits of a log opened without it in
-    /// memory until a durable commit, so a replica that stops cleanly
-    /// calls this last, or it restarts from the log it had when it opened.
-    pub fn persist(&self) -> Result<()> {
-        let txn = self.db.begin_write().map_err(|e| db_err(&self.path, e))?;
-        txn.commit().map_err(|e| db_err(&self.path, e))
+    /// `fsync`: a replica that stops cleanly calls this last, or it
+    /// restarts from the log it had when it opened (redb keeps the commits
+    /// of a log opened without fsync in memory until a durable commit, and
+    /// such a log holds its newest records in memory itself).
+    pub fn persist(&mut self) -> Result<()> {
+        self.write(false, Durability::Immediate)
     }
 
     /// Records held (after compaction).
@@ -211,6 +245,29 @@ mod tests {
     }
 
     #[test]
+    fn without_fsync_records_wait_in_memory_and_a_clean_stop_writes_them() {
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("pbft.redb");
+        let written: Vec<Record> = (1..=5).map(committed).collect();
+        {
+            let (mut log, _) = ProtocolLog::open(&path, false).unwrap();
+            log.append(&written[..2]).unwrap();
+            log.append(&written[2..]).unwrap();
+            assert_eq!(log.pending.len(), 5, "no transaction per append");
+            log.persist().unwrap();
+            assert!(log.pending.is_empty());
+        }
+        let (mut log, read) = ProtocolLog::open(&path, false).unwrap();
+        assert_eq!(read, written);
+        // Past the bound, records are written without waiting for a
+        // checkpoint.
+        let many: Vec<Record> = (6..6 + PENDING_MAX as u64).map(committed).collect();
+        log.append(&many).unwrap();
+        assert!(log.pending.is_empty());
+        assert_eq!(log.len(), 5 + PENDING_MAX);
+    }
+
+    #[test]
     fn compaction_keeps_what_the_core_would_keep() {
         // The same rule as the core's compact_records, checked on metadata.
         let mut records = vec![
@@ -233,6 +290,7 @@ mod tests {
                 .map(|(i, r)| Meta::of(i as u64, r))
                 .collect(),
             next_key: records.len() as u64,
+            pending: Vec::new(),
         };
         // A "stable" marker at seq 2, in metadata (building a real
         // StateTransfer record needs a whole signed proof).
