@@ -60,7 +60,7 @@ fn main() -> ExitCode {
         assert!(verifying[0].verify(&message, &signature).is_ok());
     });
     let mut batches = Vec::new();
-    for n in [8usize, 22, 64] {
+    for n in [2usize, 8, 22, 64] {
         let messages: Vec<Vec<u8>> = requests[..n]
             .iter()
             .map(|r| {
