@@ -521,6 +521,18 @@ fn cluster_bench_reports_the_throughput_at_the_bound_from_a_whole_run() {
     let one = phases_named(&tight, "one client");
     assert_eq!(per_signature(&one[0]), 1.0, "{tight}");
     assert!(per_signature(&throughput[0]) > 1.0, "{tight}");
+    // A batch of one client's request costs the replicas at least the
+    // normal case's 12 signatures and 16 checks (more when a checkpoint or
+    // a status message falls in the phase).
+    let per_batch = |p: &Value, what: &str| p[what].as_f64().unwrap();
+    assert!(
+        per_batch(&one[0], "signatures_made_per_batch") >= 12.0,
+        "{tight}"
+    );
+    assert!(
+        per_batch(&one[0], "signatures_checked_per_batch") >= 16.0,
+        "{tight}"
+    );
 }
 
 /// A cluster without fsync, stopped cleanly with `cluster down` past a

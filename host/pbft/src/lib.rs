@@ -82,5 +82,6 @@ pub use message::{
     SharedResults, SignedRequest, VerifiedRoots, View,
 };
 pub use replica::{
-    compact_records, Execute, Input, Output, Record, Reject, Replica, ReplicaError, Stats, Target,
+    compact_records, Execute, Input, Output, Record, Reject, Replica, ReplicaError,
+    SignatureCounts, Stats, Target,
 };

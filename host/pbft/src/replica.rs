@@ -14,6 +14,7 @@
 //! Nothing here reads a clock, a socket, a disk or a random source; maps are
 //! `BTreeMap`, so the same inputs always give the same outputs.
 
+use std::cell::Cell;
 use std::collections::{BTreeMap, BTreeSet, VecDeque};
 
 use ed25519_dalek::SigningKey;
@@ -331,6 +332,22 @@ impl Stats {
     }
 }
 
+/// Protocol signatures made and checked, see [`Replica::signature_counts`].
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub struct SignatureCounts {
+    /// Signatures made: one per signed message, one per reply tree.
+    pub made: u64,
+    /// Signatures checked.
+    pub checked: u64,
+}
+
+/// The live counters behind [`SignatureCounts`].
+#[derive(Debug, Default)]
+struct Signatures {
+    made: Cell<u64>,
+    checked: Cell<u64>,
+}
+
 /// Why a replica could not be created.
 #[derive(Debug, Error, PartialEq, Eq)]
 pub enum ReplicaError {
@@ -459,6 +476,9 @@ pub struct Replica {
     /// When this replica last served state or relayed messages to a peer.
     served_us: BTreeMap<ReplicaId, u64>,
     stats: Stats,
+    /// Protocol signatures made and checked (counted where `&self` is all
+    /// a check has, as in the nested proofs of a view change).
+    signatures: Signatures,
     out: Vec<Output>,
 }
 
@@ -534,6 +554,7 @@ impl Replica {
             last_pull_us: 0,
             served_us: BTreeMap::new(),
             stats: Stats::default(),
+            signatures: Signatures::default(),
             out: Vec::new(),
         })
     }
@@ -676,6 +697,16 @@ impl Replica {
     pub fn stats(&self) -> &Stats {
         &self.stats
     }
+    /// Protocol signatures (of replicas: pre-prepares, votes, replies,
+    /// result shares, checkpoints, view changes) this replica made and
+    /// checked since it started. Client request signatures are counted in
+    /// [`Stats::request_signatures_checked`].
+    pub fn signature_counts(&self) -> SignatureCounts {
+        SignatureCounts {
+            made: self.signatures.made.get(),
+            checked: self.signatures.checked.get(),
+        }
+    }
     /// The client table row for `client`, if it ever executed a request.
     pub fn client_entry(&self, client: &ClientId) -> Option<&ClientEntry> {
         self.client_table.get(client)
@@ -804,6 +835,7 @@ impl Replica {
     }
 
     fn sign<T: Payload>(&self, payload: T) -> Signed<T> {
+        self.signatures.made.set(self.signatures.made.get() + 1);
         Signed::sign(self.id, payload, &self.key)
     }
 
@@ -812,6 +844,7 @@ impl Replica {
         if replies.is_empty() {
             return;
         }
+        self.signatures.made.set(self.signatures.made.get() + 1);
         for r in crate::message::certify_replies(self.id, replies, &self.key) {
             self.send(Target::Client(r.reply.client), Message::Reply(r));
         }
@@ -825,6 +858,9 @@ impl Replica {
                 false
             }
             Some(key) => {
+                self.signatures
+                    .checked
+                    .set(self.signatures.checked.get() + 1);
                 if s.verify(key) {
                     true
                 } else {
@@ -837,7 +873,12 @@ impl Replica {
 
     /// Signature check without counting (for nested proofs).
     fn signature_ok<T: Payload>(&self, s: &Signed<T>) -> bool {
-        self.cluster.key(s.from).is_some_and(|k| s.verify(k))
+        self.cluster.key(s.from).is_some_and(|k| {
+            self.signatures
+                .checked
+                .set(self.signatures.checked.get() + 1);
+            s.verify(k)
+        })
     }
 
     fn in_window(&self, seq: Seq) -> bool {

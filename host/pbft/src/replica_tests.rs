@@ -1396,6 +1396,38 @@ fn cluster_orders_executes_checkpoints_and_collects_garbage() {
     }
 }
 
+/// One request through four replicas makes and checks the fewest
+/// signatures the normal case allows: one pre-prepare, three prepares, four
+/// commits and four reply roots made; each backup checks the pre-prepare,
+/// one other prepare (its own counts) and two commits, the primary two
+/// prepares and two commits; votes past a quorum are dropped unchecked.
+#[test]
+fn one_request_costs_twelve_signatures_and_sixteen_checks() {
+    let mut net = Net::new();
+    let counts = |net: &Net| -> Vec<SignatureCounts> {
+        (0..N as usize)
+            .map(|i| net.r(i).signature_counts())
+            .collect()
+    };
+    let before = counts(&net);
+    net.submit(0, request(1, 10, b"a"));
+    assert_eq!(net.to_client.len(), N as usize, "every replica replies");
+    let counts: Vec<SignatureCounts> = counts(&net)
+        .iter()
+        .zip(&before)
+        .map(|(a, b)| SignatureCounts {
+            made: a.made - b.made,
+            checked: a.checked - b.checked,
+        })
+        .collect();
+    for (i, c) in counts.iter().enumerate() {
+        assert_eq!(c.made, 3, "replica {i}: {c:?}");
+        assert_eq!(c.checked, 4, "replica {i}: {c:?}");
+    }
+    let total = |f: fn(&SignatureCounts) -> u64| counts.iter().map(f).sum::<u64>();
+    assert_eq!((total(|c| c.made), total(|c| c.checked)), (12, 16));
+}
+
 #[test]
 fn cluster_changes_view_when_the_primary_is_down() {
     let mut net = Net::new();

@@ -814,6 +814,15 @@ fn bench(file: &ClusterFile, tool: &str, plan: &BenchPlan, json: bool) -> Result
         };
         let requests_checked = checked(|s| s.requests_checked);
         let signatures_checked = checked(|s| s.request_signatures_checked);
+        let protocol_made = checked(|s| s.signatures_made);
+        let protocol_checked = checked(|s| s.signatures_checked);
+        let per_batch = |count: u64| {
+            if batches > 0 {
+                count as f64 / batches as f64
+            } else {
+                f64::NAN
+            }
+        };
         if lat.is_empty() && failed > 0 {
             return Err(fail(
                 exit::CLUSTER,
@@ -842,6 +851,10 @@ fn bench(file: &ClusterFile, tool: &str, plan: &BenchPlan, json: bool) -> Result
             } else {
                 f64::NAN
             },
+            // Over all replicas; client request signatures are the
+            // `requests_per_signature` above.
+            "signatures_made_per_batch": per_batch(protocol_made),
+            "signatures_checked_per_batch": per_batch(protocol_checked),
             "replica_cpu_s": cpu1 - cpu0,
             "replica_cpu_us_per_invocation": if n > 0.0 { (cpu1 - cpu0) * 1e6 / n } else { f64::NAN },
             // The client's side: signing requests, checking replies.

@@ -394,6 +394,8 @@ impl Driver {
                 sandbox_runs: self.host.runs(),
                 requests_checked: self.replica.stats().requests_checked,
                 request_signatures_checked: self.replica.stats().request_signatures_checked,
+                signatures_made: self.replica.signature_counts().made,
+                signatures_checked: self.replica.signature_counts().checked,
                 transport_refused: stats.oversized + stats.bad_hello + stats.dropped_queue_full,
                 pid: std::process::id(),
             };

@@ -322,6 +322,13 @@ pub struct Status {
     /// See `requests_checked`.
     #[serde(default)]
     pub request_signatures_checked: u64,
+    /// Protocol signatures (pre-prepares, votes, replies, result shares,
+    /// checkpoints, view changes) it made since the process started.
+    #[serde(default)]
+    pub signatures_made: u64,
+    /// Protocol signatures it checked since the process started.
+    #[serde(default)]
+    pub signatures_checked: u64,
     /// Frames the transport refused (oversized, bad hello) or dropped.
     pub transport_refused: u64,
     /// Process id, so `cluster status` can match processes.
