@@ -348,6 +348,15 @@ struct Signatures {
     checked: Cell<u64>,
 }
 
+impl Signatures {
+    fn made_one(&self) {
+        self.made.set(self.made.get() + 1);
+    }
+    fn checked_one(&self) {
+        self.checked.set(self.checked.get() + 1);
+    }
+}
+
 /// Why a replica could not be created.
 #[derive(Debug, Error, PartialEq, Eq)]
 pub enum ReplicaError {
@@ -835,7 +844,7 @@ impl Replica {
     }
 
     fn sign<T: Payload>(&self, payload: T) -> Signed<T> {
-        self.signatures.made.set(self.signatures.made.get() + 1);
+        self.signatures.made_one();
         Signed::sign(self.id, payload, &self.key)
     }
 
@@ -844,7 +853,7 @@ impl Replica {
         if replies.is_empty() {
             return;
         }
-        self.signatures.made.set(self.signatures.made.get() + 1);
+        self.signatures.made_one();
         for r in crate::message::certify_replies(self.id, replies, &self.key) {
             self.send(Target::Client(r.reply.client), Message::Reply(r));
         }
@@ -858,9 +867,7 @@ impl Replica {
                 false
             }
             Some(key) => {
-                self.signatures
-                    .checked
-                    .set(self.signatures.checked.get() + 1);
+                self.signatures.checked_one();
                 if s.verify(key) {
                     true
                 } else {
@@ -871,12 +878,10 @@ impl Replica {
         }
     }
 
-    /// Signature check without counting (for nested proofs).
+    /// Signature check without counting a refusal (for nested proofs).
     fn signature_ok<T: Payload>(&self, s: &Signed<T>) -> bool {
         self.cluster.key(s.from).is_some_and(|k| {
-            self.signatures
-                .checked
-                .set(self.signatures.checked.get() + 1);
+            self.signatures.checked_one();
             s.verify(k)
         })
     }
