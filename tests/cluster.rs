@@ -187,6 +187,17 @@ fn a_cluster_orders_runs_and_signs_invocations() {
     ]);
     let up = c.ok(&["cluster", "up", "{c}"]);
     assert_eq!(up.matches(" up after ").count(), 4, "{up}");
+    // Replicas run without transparent huge pages (see `no_huge_pages` in
+    // the driver): a 2 MiB page zeroed at first touch stalled them all.
+    for id in 0..4 {
+        let status = std::fs::read_to_string(format!("/proc/{}/status", c.pid(id))).unwrap();
+        assert!(
+            status
+                .lines()
+                .any(|l| l.split_whitespace().eq(["THP_enabled:", "0"])),
+            "replica {id}: {status}"
+        );
+    }
     c.ok(&["tool", "add", "--cluster", "{c}/cluster.toml", tools::WC]);
     c.ok(&["tool", "add", "--cluster", "{c}", tools::HOSTILE_LOOP]);
     let input = write(&c.path, "in.txt", b"one two three\nfour\n");
