@@ -492,7 +492,7 @@ fn the_cache_answers_repeats_and_stays_bounded() {
     let first = cache.admit(&c, &b1).expect("fits");
     assert_eq!(
         cache.admit(&respelled, &b1),
-        Ok(first),
+        Ok(first.clone()),
         "same digest, same budget"
     );
     assert_eq!(cache.stats(), (1, 1));
@@ -501,10 +501,50 @@ fn the_cache_answers_repeats_and_stays_bounded() {
     assert_eq!(cache.stats(), (2, 2));
     cache.admit(&c, &b3).expect("fits");
     assert_eq!(cache.len(), 2, "bounded");
-    // b1 was the oldest and is gone: asking again is a miss.
-    cache.admit(&c, &b1).expect("fits");
+    // b1 was the oldest and is gone: asking again is a miss (a Z3 run at
+    // 1,024 bytes, which with the success at 10 brackets 1,000).
+    assert_eq!(cache.admit(&c, &b1), Ok(first));
     assert_eq!(cache.stats(), (2, 4));
     assert_eq!(cache.capacity(), 2);
+}
+
+#[test]
+fn cached_answers_for_other_input_sizes_are_the_solvers_answers() {
+    // Admitted from 100 to 1,000 bytes: below, no input meets the floor;
+    // above, the fuel bound exceeds the budget.
+    let floor = contract("floor: input_bytes >= 100\ncost: fuel <= 1000 * input_bytes");
+    let sizes = [
+        150, 7, 99, 100, 1_000, 1_001, 20, 640, 999, 512, 4_096, 300, 101, 0, 2_048, 1_000_000,
+        130_000, 245_000, 245_001, 64,
+    ];
+    for (c, fuel) in [(contract(ISSUE_CONTRACT), 100_000_000), (floor, 1_000_000)] {
+        for capacity in [1_024, 3] {
+            let mut cache = ProofCache::new(capacity);
+            for n in sizes {
+                let b = budget(Some(n), fuel);
+                assert_eq!(
+                    cache.admit(&c, &b),
+                    admit(&c, &b),
+                    "{n} bytes, capacity {capacity}"
+                );
+            }
+        }
+    }
+}
+
+#[test]
+fn growing_inputs_cost_one_solver_run_per_doubling() {
+    let c = contract(ISSUE_CONTRACT);
+    let mut cache = ProofCache::new(64);
+    for n in 20..=60 {
+        let proof = cache
+            .admit(&c, &budget(Some(n), 100_000_000))
+            .expect("fits");
+        assert_eq!(proof.budget.max_input_bytes, Some(n));
+    }
+    // Z3 ran at 20 (exact: nothing below it yet), 32 (for 21) and 64 (for
+    // 33); every other size was bracketed by two successes.
+    assert_eq!(cache.stats(), (38, 3));
 }
 
 #[test]
