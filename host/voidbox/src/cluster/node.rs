@@ -135,6 +135,9 @@ pub fn run_replica(cluster_file: &Path, id: u32) -> Result<()> {
     if let Some(slots) = entry.worker_slots {
         host.set_worker_slots(slots);
     }
+    // Replicas fill their journals in step: memory mapped under load would
+    // be mapped on all of them at the same moment.
+    host.prepare_for_load();
     let (log, records) = ProtocolLog::open(&home.join("pbft.redb"), file.fsync)?;
     let results = Results::open_with(&home.join("results.redb"), file.fsync)?;
     let (replica, outputs) = Replica::recover(cluster, id, key, file.params(), &records)
