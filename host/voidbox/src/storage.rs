@@ -169,7 +169,7 @@ struct Tail {
 }
 
 /// Writes one element per 4 KiB page of `v`'s unused capacity, so that its
-/// pages are mapped now (see [`Tail::faulted`]); `v` stays as it was.
+/// pages are mapped now (see [`Tail::fault_in`]); `v` stays as it was.
 fn touch_spare<T>(v: &mut Vec<T>) {
     let stride = (4096 / std::mem::size_of::<T>().max(1)).max(1);
     for slot in v.spare_capacity_mut().iter_mut().step_by(stride) {
@@ -222,21 +222,15 @@ impl Tail {
         }
     }
 
-    /// A [`Tail::presized`] whose memory is mapped already: about 45 MiB
-    /// the kernel would otherwise fault in page by page under the
-    /// invocations that fill it, and where it backs them with 2 MiB pages,
-    /// each first touch zeroes one, a millisecond or more on a slow
-    /// machine, in the middle of an invocation. The flusher makes these,
-    /// off the invoking threads; tails are recycled, so only the first few
-    /// are made at all.
-    fn faulted() -> Tail {
-        let mut tail = Tail::presized();
-        tail.fault_in();
-        tail
-    }
-
     /// Maps whatever of this tail's memory is not mapped yet; what it holds
-    /// stays as it is. On memory mapped already it is a write a page.
+    /// stays as it is, and on memory mapped already it is a write a page.
+    /// About 45 MiB for a [`Tail::presized`] one, which the kernel would
+    /// otherwise fault in page by page under the invocations that fill it
+    /// (and where it backs them with 2 MiB pages, each first touch zeroes
+    /// one, a millisecond or more on a slow machine, in the middle of an
+    /// invocation). The flusher does this to the next tail, off the
+    /// invoking threads; tails are recycled, so only the first few are
+    /// fresh memory at all.
     fn fault_in(&mut self) {
         touch_spare(&mut self.records);
         touch_spare(&mut self.recorded);
@@ -1742,9 +1736,9 @@ impl Flusher {
                 drop(st);
                 self.shared.done.notify_all();
                 if prepare {
-                    // A recycled tail may have been taken early, before it
-                    // was filled (and so mapped) throughout.
-                    let mut tail = self.reuse_or(Tail::faulted);
+                    // A recycled tail too: it may have been taken early,
+                    // before it was filled (and so mapped) throughout.
+                    let mut tail = self.reuse_or(Tail::presized);
                     tail.fault_in();
                     next_tail = Some(tail);
                 }
@@ -2490,7 +2484,8 @@ mod tests {
 
     #[test]
     fn a_faulted_tail_is_an_empty_presized_one() {
-        let (faulted, presized) = (Tail::faulted(), Tail::presized());
+        let (mut faulted, presized) = (Tail::presized(), Tail::presized());
+        faulted.fault_in();
         assert_eq!(faulted.records(), 0);
         assert!(faulted.records.is_empty() && faulted.blobs.len() == 0);
         assert_eq!(faulted.records.capacity(), presized.records.capacity());
