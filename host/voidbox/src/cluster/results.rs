@@ -15,12 +15,20 @@
 //! cost a replica more than a microsecond per request in the tree's page
 //! splits. Readers see stored and waiting entries alike.
 //!
+//! Without fsync a synced append only asks for that write: a thread of the
+//! journal's own does it, so the replica's protocol thread never waits for
+//! redb. Measured at 40 clients (BENCHMARKS.md), one checkpoint write in
+//! about seven took 1.3-5 ms, now and then over 100 ms, and every replica
+//! took it at the same sequence number, so the whole cluster stalled with
+//! it. With fsync the append stays synchronous: the checkpoint's journal
+//! must be on disk before the checkpoint can become stable.
+//!
 //! This module knows redb and postcard; it knows nothing of the protocol.
 
 use std::collections::BTreeMap;
 use std::ops::RangeBounds;
 use std::path::{Path, PathBuf};
-use std::sync::{Arc, Mutex};
+use std::sync::{Arc, Condvar, Mutex, MutexGuard};
 
 use redb::{
     Database, Durability, ReadableDatabase, ReadableTable, TableDefinition, TableHandle,
@@ -84,10 +92,51 @@ fn row_last(bytes: &[u8]) -> u64 {
 pub struct Results {
     db: Arc<Database>,
     path: PathBuf,
-    unsynced: Arc<Mutex<Vec<ResultEntry>>>,
+    /// Entries not in the database yet, and the writer's wake-up.
+    waiting: Arc<(Mutex<Waiting>, Condvar)>,
+    /// Held across a write, from taking the entries to the commit: writes
+    /// happen one at a time and in order (the newest of equal numbers wins).
+    write_lock: Arc<Mutex<()>>,
     /// Whether a synced append reaches the disk (off only in clusters
     /// measured without fsync).
     fsync: bool,
+    /// Without fsync: the thread that does synced appends' writes. Only the
+    /// handles callers hold have it; the thread's own has none.
+    writer: Option<Arc<Writer>>,
+}
+
+/// Entries on their way into the database.
+#[derive(Debug, Default)]
+struct Waiting {
+    /// Appended and not yet taken by a write.
+    unsynced: Vec<ResultEntry>,
+    /// Taken by the write under way; read from here until it commits.
+    writing: Arc<Vec<ResultEntry>>,
+    /// A synced append asked for a write that has not started.
+    wanted: bool,
+    /// The writer thread is to stop (after a wanted write).
+    stop: bool,
+    /// Why the writer thread's last write failed; the next append or
+    /// persist reports it.
+    failed: Option<String>,
+}
+
+/// The writer thread; dropping the last handle stops and joins it.
+#[derive(Debug)]
+struct Writer {
+    waiting: Arc<(Mutex<Waiting>, Condvar)>,
+    thread: Option<std::thread::JoinHandle<()>>,
+}
+
+impl Drop for Writer {
+    fn drop(&mut self) {
+        let (lock, wake) = &*self.waiting;
+        lock.lock().unwrap_or_else(|e| e.into_inner()).stop = true;
+        wake.notify_all();
+        if let Some(t) = self.thread.take() {
+            let _ = t.join();
+        }
+    }
 }
 
 impl Results {
@@ -107,14 +156,89 @@ impl Results {
             .set_cache_size(crate::storage::LOG_DB_CACHE_BYTES)
             .create(path)
             .map_err(|e| err(&e))?;
-        let results = Results {
+        let mut results = Results {
             db: Arc::new(db),
             path: path.to_path_buf(),
-            unsynced: Arc::default(),
+            waiting: Arc::default(),
+            write_lock: Arc::default(),
             fsync,
+            writer: None,
         };
         results.upgrade()?;
+        if !fsync {
+            let own = results.clone();
+            let thread = std::thread::Builder::new()
+                .name("voidbox-results".into())
+                .spawn(move || own.write_when_asked())
+                .map_err(|e| err(&format!("cannot start the journal's writer: {e}")))?;
+            results.writer = Some(Arc::new(Writer {
+                waiting: results.waiting.clone(),
+                thread: Some(thread),
+            }));
+        }
         Ok(results)
+    }
+
+    /// The writer thread: each synced append's write, until stopped.
+    fn write_when_asked(&self) {
+        let (lock, wake) = &*self.waiting;
+        loop {
+            {
+                let mut w = lock.lock().unwrap_or_else(|e| e.into_inner());
+                while !w.wanted && !w.stop {
+                    w = wake.wait(w).unwrap_or_else(|e| e.into_inner());
+                }
+                if !w.wanted {
+                    return;
+                }
+            }
+            if let Err(e) = self.write(Durability::None) {
+                tracing::error!("the results journal could not be written: {e}");
+                self.lock_waiting().failed = Some(e.to_string());
+            }
+        }
+    }
+
+    fn lock_waiting(&self) -> MutexGuard<'_, Waiting> {
+        self.waiting.0.lock().expect("journal buffer poisoned")
+    }
+
+    /// The writer thread's failure, if any, as this call's error.
+    fn check_writer(&self) -> crate::Result<()> {
+        match self.lock_waiting().failed.clone() {
+            Some(e) => Err(self.err(format!("an earlier write failed: {e}"))),
+            None => Ok(()),
+        }
+    }
+
+    /// Moves every waiting entry into the database in one transaction.
+    fn write(&self, durability: Durability) -> crate::Result<()> {
+        let _one_at_a_time = self.write_lock.lock().expect("journal writer poisoned");
+        let entries = {
+            let mut w = self.lock_waiting();
+            w.wanted = false;
+            let taken = Arc::new(std::mem::take(&mut w.unsynced));
+            w.writing = taken.clone();
+            taken
+        };
+        let written = (|| {
+            let mut txn = self.db.begin_write().map_err(|e| self.err(e))?;
+            txn.set_durability(durability).map_err(|e| self.err(e))?;
+            if !entries.is_empty() {
+                self.replace(&txn, entries.as_ref().clone())?;
+            }
+            txn.commit().map_err(|e| self.err(e))
+        })();
+        let mut w = self.lock_waiting();
+        if written.is_err() {
+            // Not lost: back in front of what came since, to be written by
+            // the next synced append or a clean stop.
+            let later = std::mem::take(&mut w.unsynced);
+            w.unsynced = entries.as_ref().clone();
+            w.unsynced.extend(later);
+        }
+        w.writing = Arc::default();
+        written
     }
 
     /// Whether a synced append waits for the disk.
@@ -175,29 +299,41 @@ impl Results {
     /// re-executed after a restart, because it is above the stable
     /// checkpoint). A synced append replaces the stored entries numbered
     /// within the range it writes (a re-run after a divergence).
+    ///
+    /// Without fsync a synced append returns at once and the journal's
+    /// thread writes the entries; readers see them meanwhile, and
+    /// [`Results::persist`] waits for the write.
     pub fn append(&self, entries: Vec<ResultEntry>, sync: bool) -> crate::Result<()> {
-        let mut unsynced = self.unsynced.lock().expect("journal buffer poisoned");
-        unsynced.extend(entries);
-        if !sync {
-            return Ok(());
+        self.check_writer()?;
+        {
+            let mut w = self.lock_waiting();
+            w.unsynced.extend(entries);
+            if !sync {
+                return Ok(());
+            }
+            if self.writer.is_some() {
+                w.wanted = true;
+                self.waiting.1.notify_one();
+                return Ok(());
+            }
         }
-        let mut txn = self.db.begin_write().map_err(|e| self.err(e))?;
-        txn.set_durability(if self.fsync {
+        self.write(if self.fsync {
             Durability::Immediate
         } else {
             Durability::None
         })
-        .map_err(|e| self.err(e))?;
-        if !unsynced.is_empty() {
-            self.replace(&txn, std::mem::take(&mut *unsynced))?;
-        }
-        txn.commit().map_err(|e| self.err(e))
     }
 
     /// Makes every synced append so far durable, with or without `fsync`
-    /// (see [`crate::cluster::log::ProtocolLog::persist`]); entries that
-    /// wait in memory for a synced append stay there.
+    /// (see [`crate::cluster::log::ProtocolLog::persist`]), after the
+    /// writer's write under way; entries that wait in memory for a synced
+    /// append stay there.
     pub fn persist(&self) -> crate::Result<()> {
+        self.check_writer()?;
+        if self.lock_waiting().wanted {
+            return self.write(Durability::Immediate);
+        }
+        let _after_the_writer = self.write_lock.lock().expect("journal writer poisoned");
         let txn = self.db.begin_write().map_err(|e| self.err(e))?;
         txn.commit().map_err(|e| self.err(e))
     }
@@ -267,12 +403,21 @@ impl Results {
         Ok(())
     }
 
-    /// Unsynced entries numbered within `range`, in order of number (the
-    /// newest of equal numbers).
+    /// Entries not in the database (waiting, or being written) numbered
+    /// within `range`, in order of number (the newest of equal numbers).
+    ///
+    /// Readers ask this before the database: an entry a write takes stays
+    /// here until its commit, so it is in one place or the other whenever
+    /// they look, never in neither.
     fn unsynced_in(&self, range: impl RangeBounds<u64>) -> Vec<ResultEntry> {
-        let unsynced = self.unsynced.lock().expect("journal buffer poisoned");
+        let w = self.lock_waiting();
         let mut by_number = BTreeMap::new();
-        for e in unsynced.iter().filter(|e| range.contains(&e.number)) {
+        for e in w
+            .writing
+            .iter()
+            .chain(&w.unsynced)
+            .filter(|e| range.contains(&e.number))
+        {
             by_number.insert(e.number, e.clone());
         }
         by_number.into_values().collect()
@@ -311,19 +456,17 @@ impl Results {
             return Ok(Vec::new());
         }
         let hi = from.saturating_add(count - 1);
+        let waiting = self.unsynced_in(from..=hi);
         let mut out = self.stored(from, hi)?;
         // A waiting entry is newer than a stored one of the same number
         // (one re-executed after a divergence).
-        out.extend(
-            self.unsynced_in(from..=hi)
-                .into_iter()
-                .map(|e| (e.number, e)),
-        );
+        out.extend(waiting.into_iter().map(|e| (e.number, e)));
         Ok(out.into_values().collect())
     }
 
     /// The entry with the highest number at most `n`.
     pub fn last_at_most(&self, n: u64) -> crate::Result<Option<ResultEntry>> {
+        let pending = self.unsynced_in(..=n).pop();
         let stored = {
             let txn = self.db.begin_read().map_err(|e| self.err(e))?;
             let table = txn.open_table(ROWS).map_err(|e| self.err(e))?;
@@ -341,7 +484,6 @@ impl Results {
                 None => None,
             }
         };
-        let pending = self.unsynced_in(..=n).pop();
         Ok(match (stored, pending) {
             (Some(s), Some(p)) if s.number > p.number => Some(s),
             (stored, pending) => pending.or(stored),
@@ -416,6 +558,8 @@ mod tests {
         let results = Results::open_with(&dir.path().join("results.redb"), false).unwrap();
         results.append(all[..5].to_vec(), false).unwrap();
         results.append(all[5..12].to_vec(), true).unwrap();
+        // The journal's thread writes it; persist waits for that write.
+        results.persist().unwrap();
         assert!(
             results.unsynced_in(..).is_empty(),
             "the synced append took what waited in memory"
@@ -423,6 +567,90 @@ mod tests {
         results.append(all[12..].to_vec(), false).unwrap();
         assert_eq!(results.range(1, 100).unwrap(), all);
         assert_eq!(results.last_at_most(12).unwrap().as_ref(), Some(&all[11]));
+    }
+
+    #[test]
+    fn without_fsync_a_synced_append_does_not_wait_for_the_write() {
+        use std::sync::mpsc;
+        use std::time::Duration;
+        let dir = tempfile::tempdir().unwrap();
+        let all = entries("w", 1, 30);
+        let results = Results::open_with(&dir.path().join("results.redb"), false).unwrap();
+        results.append(all[..10].to_vec(), true).unwrap();
+        // A slow write: another thread holds the write lock until told.
+        let (locked_tx, locked) = mpsc::channel();
+        let (release, release_rx) = mpsc::channel::<()>();
+        let lock = results.write_lock.clone();
+        let holder = std::thread::spawn(move || {
+            let _held = lock.lock().unwrap();
+            locked_tx.send(()).unwrap();
+            release_rx.recv().unwrap();
+        });
+        locked.recv().unwrap();
+        // The protocol thread's synced append returns while it lasts.
+        let (done_tx, done) = mpsc::channel();
+        let appender = {
+            let results = results.clone();
+            let more = all[10..].to_vec();
+            std::thread::spawn(move || done_tx.send(results.append(more, true)).unwrap())
+        };
+        let returned = done.recv_timeout(Duration::from_secs(10));
+        release.send(()).unwrap();
+        holder.join().unwrap();
+        appender.join().unwrap();
+        assert!(
+            matches!(returned, Ok(Ok(()))),
+            "a synced append without fsync waited for the write: {returned:?}"
+        );
+        // Written since: everything is in rows, nothing waits in memory.
+        results.persist().unwrap();
+        assert!(results.unsynced_in(..).is_empty());
+        assert_eq!(results.rows().iter().map(|r| r.1).sum::<usize>(), 30);
+        assert_eq!(results.range(1, 100).unwrap(), all);
+    }
+
+    #[test]
+    fn readers_see_every_entry_while_the_writer_moves_them() {
+        use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
+        let dir = tempfile::tempdir().unwrap();
+        let all = entries("m", 1, 12_000);
+        let results = Results::open_with(&dir.path().join("results.redb"), false).unwrap();
+        let appended = Arc::new(AtomicUsize::new(0));
+        let finished = Arc::new(AtomicBool::new(false));
+        let reader = {
+            let (results, appended, finished, all) = (
+                results.clone(),
+                appended.clone(),
+                finished.clone(),
+                all.clone(),
+            );
+            std::thread::spawn(move || {
+                let mut reads = 0;
+                while !finished.load(Ordering::Acquire) || reads == 0 {
+                    let before = appended.load(Ordering::Acquire);
+                    let got = results.range(1, 20_000).unwrap();
+                    assert!(
+                        got.len() >= before,
+                        "read {} of {before} appended",
+                        got.len()
+                    );
+                    assert_eq!(got, all[..got.len()]);
+                    if let Some(last) = results.last_at_most(before as u64).unwrap() {
+                        assert_eq!(last.number, before as u64);
+                    }
+                    reads += 1;
+                }
+                reads
+            })
+        };
+        for (i, chunk) in all.chunks(10).enumerate() {
+            results.append(chunk.to_vec(), i % 4 == 3).unwrap();
+            appended.fetch_add(chunk.len(), Ordering::Release);
+        }
+        finished.store(true, Ordering::Release);
+        assert!(reader.join().unwrap() > 0);
+        results.persist().unwrap();
+        assert_eq!(results.range(1, 20_000).unwrap(), all);
     }
 
     #[test]
