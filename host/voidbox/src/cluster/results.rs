@@ -20,8 +20,9 @@
 //! redb. Measured at 40 clients (BENCHMARKS.md), about one checkpoint
 //! write in twenty took 1.3-4.8 ms of CPU, and the slowest requests waited
 //! over 100 ms; every replica made the write at the same sequence number,
-//! so the whole cluster stalled with it. With fsync the append stays synchronous: the checkpoint's journal
-//! must be on disk before the checkpoint can become stable.
+//! so the whole cluster stalled with it. With fsync the append stays
+//! synchronous: the checkpoint's journal must be on disk before the
+//! checkpoint can become stable.
 //!
 //! This module knows redb and postcard; it knows nothing of the protocol.
 
