@@ -26,6 +26,7 @@
 //!
 //! This module knows redb and postcard; it knows nothing of the protocol.
 
+use std::borrow::Cow;
 use std::collections::BTreeMap;
 use std::ops::RangeBounds;
 use std::path::{Path, PathBuf};
@@ -226,7 +227,7 @@ impl Results {
             let mut txn = self.db.begin_write().map_err(|e| self.err(e))?;
             txn.set_durability(durability).map_err(|e| self.err(e))?;
             if !entries.is_empty() {
-                self.replace(&txn, entries.as_ref().clone())?;
+                self.replace(&txn, &entries)?;
             }
             txn.commit().map_err(|e| self.err(e))
         })();
@@ -288,7 +289,7 @@ impl Results {
                 }
             }
             if !old.is_empty() {
-                self.replace(&txn, old)?;
+                self.replace(&txn, &old)?;
             }
             txn.delete_table(ENTRIES_V1).map_err(|e| self.err(e))?;
         }
@@ -342,14 +343,20 @@ impl Results {
     /// Writes `entries` as rows, first removing the stored entries numbered
     /// within their range (a row that straddles it keeps its parts
     /// outside, as rows of their own).
-    fn replace(&self, txn: &WriteTransaction, mut entries: Vec<ResultEntry>) -> crate::Result<()> {
+    fn replace(&self, txn: &WriteTransaction, entries: &[ResultEntry]) -> crate::Result<()> {
         // The newest of equal numbers wins (a re-run waited behind the
-        // first run of the same number). Usually they come in order.
-        if !entries.windows(2).all(|w| w[0].number < w[1].number) {
-            entries.reverse();
-            entries.sort_by_key(|e| e.number);
-            entries.dedup_by_key(|e| e.number);
-        }
+        // first run of the same number). Usually they come in order, and
+        // are written as they are, uncopied.
+        let entries: Cow<'_, [ResultEntry]> =
+            if entries.windows(2).all(|w| w[0].number < w[1].number) {
+                Cow::Borrowed(entries)
+            } else {
+                let mut sorted = entries.to_vec();
+                sorted.reverse();
+                sorted.sort_by_key(|e| e.number);
+                sorted.dedup_by_key(|e| e.number);
+                Cow::Owned(sorted)
+            };
         let (Some(lo), Some(hi)) = (
             entries.first().map(|e| e.number),
             entries.last().map(|e| e.number),
@@ -381,9 +388,9 @@ impl Results {
         let kept = if kept.is_empty() {
             entries
         } else {
-            kept.extend(entries);
+            kept.extend(entries.iter().cloned());
             kept.sort_by_key(|e| e.number);
-            kept
+            Cow::Owned(kept)
         };
         // Rows of consecutive numbers, at most ROW_ENTRIES each, so that
         // no row's span takes in an entry of another.
