@@ -60,8 +60,8 @@ pub(crate) enum ClusterCmd {
     /// client counts (doubling, then halfway between the last count within
     /// the bound and the first over it) to find the highest throughput whose
     /// p99 latency stays within a bound, measured again for the whole
-    /// duration (the next fastest count if that run breaks the bound); then
-    /// `--clients` clients.
+    /// duration (if that run breaks the bound, a count halfway down to the
+    /// next fastest, then that one); then `--clients` clients.
     Bench {
         /// The cluster directory (or its cluster.toml).
         dir: PathBuf,
@@ -756,10 +756,55 @@ fn refine(phases: &[&serde_json::Value], bound_us: f64) -> Option<usize> {
 /// Most extra steps [`refine`] may add to a sweep.
 const REFINE_STEPS_MAX: usize = 2;
 
-/// Most full-length runs spent confirming a count within the bound: a
-/// count that passed its short step but not the long run gives way to the
-/// next fastest one.
-const CONFIRM_RUNS_MAX: usize = 3;
+/// Most full-length runs spent confirming a count within the bound (see
+/// [`next_long_run`]).
+const CONFIRM_RUNS_MAX: usize = 4;
+
+/// The client count to run next for the whole duration, given the short
+/// steps (`short`: the one-client phase and the sweep) and the long runs so
+/// far; `None` once a long run kept within the bound, or when no count is
+/// left. First the fastest count within the bound in its short step. When
+/// a long run breaks the bound (a short step can be lucky, and stalls that
+/// come every few seconds show only in a long run), the knee lies below
+/// it: the next try is halfway between the failed count and the next
+/// fastest count within the bound below it (or below the smallest count
+/// over the bound above that one), so that a doubling sweep's factor of two
+/// does not decide the figure; the last of `runs_left` is always that next
+/// fastest count itself, which passed its short step.
+fn next_long_run(
+    short: &[&serde_json::Value],
+    long: &[&serde_json::Value],
+    bound_us: f64,
+    runs_left: usize,
+) -> Option<usize> {
+    let over = |p: &&serde_json::Value| figure(p, "latency_p99_us") > bound_us;
+    if runs_left == 0 || long.iter().any(|p| !over(p)) {
+        return None;
+    }
+    let run: Vec<usize> = long.iter().map(|p| clients_of(p)).collect();
+    let failed_min = run.iter().copied().min().unwrap_or(usize::MAX);
+    let lo = within_by_throughput(short, bound_us)
+        .into_iter()
+        .map(|i| clients_of(short[i]))
+        .find(|c| *c < failed_min && !run.contains(c))?;
+    if long.is_empty() {
+        return Some(lo);
+    }
+    let hi = short
+        .iter()
+        .filter(|p| over(p) && clients_of(p) > lo)
+        .map(|p| clients_of(p))
+        .chain([failed_min])
+        .min()
+        .unwrap_or(failed_min);
+    let mid = lo + (hi - lo) / 2;
+    let tried = short.iter().chain(long).any(|p| clients_of(p) == mid);
+    Some(if runs_left > 1 && mid > lo && !tried {
+        mid
+    } else {
+        lo
+    })
+}
 
 fn bench(file: &ClusterFile, tool: &str, plan: &BenchPlan, json: bool) -> Result<u8, Failure> {
     let client = ClusterClient::connect(&file.dir)?;
@@ -882,20 +927,17 @@ fn bench(file: &ClusterFile, tool: &str, plan: &BenchPlan, json: bool) -> Result
     }
     let mut at_bound = serde_json::Value::Null;
     // One client is a candidate too: with a slow cluster even two clients
-    // may break the bound. The fastest candidate is run for the whole
-    // duration; when that long run breaks the bound (a short step can be
-    // lucky), the next fastest is, so the figure reported is a whole run
-    // within the bound whenever one of the tries gives one.
+    // may break the bound. The figure reported is a whole run within the
+    // bound whenever one of the tries gives one.
     if !sweep.is_empty() {
-        let candidates: Vec<&serde_json::Value> = phases.iter().chain(&sweep).collect();
-        let mut order: Vec<usize> = Vec::new();
-        for i in within_by_throughput(&candidates, plan.p99_bound_us) {
-            let c = clients_of(candidates[i]);
-            if !order.contains(&c) {
-                order.push(c);
-            }
-        }
-        for c in order.into_iter().take(CONFIRM_RUNS_MAX) {
+        let short: Vec<serde_json::Value> = phases.iter().chain(&sweep).cloned().collect();
+        let mut long: Vec<serde_json::Value> = Vec::new();
+        while let Some(c) = next_long_run(
+            &short.iter().collect::<Vec<_>>(),
+            &long.iter().collect::<Vec<_>>(),
+            plan.p99_bound_us,
+            CONFIRM_RUNS_MAX - long.len(),
+        ) {
             let p = measure("at p99 bound", c, plan.duration)?;
             let within = figure(&p, "latency_p99_us") <= plan.p99_bound_us;
             at_bound = serde_json::json!({
@@ -904,10 +946,8 @@ fn bench(file: &ClusterFile, tool: &str, plan: &BenchPlan, json: bool) -> Result
                 "latency_p99_us": p["latency_p99_us"],
                 "p99_within_bound": within,
             });
+            long.push(p.clone());
             phases.push(p);
-            if within {
-                break;
-            }
         }
     }
     phases.push(measure("throughput", clients, plan.duration)?);
@@ -1028,6 +1068,56 @@ mod tests {
         more.push(step(6, 11000.0));
         let refs: Vec<&serde_json::Value> = more.iter().collect();
         assert_eq!(refine(&refs, 10_000.0), Some(5));
+    }
+
+    fn long_runs(short: &[serde_json::Value], long: &[serde_json::Value]) -> Option<usize> {
+        let short: Vec<&serde_json::Value> = short.iter().collect();
+        let long: Vec<&serde_json::Value> = long.iter().collect();
+        next_long_run(&short, &long, 10_000.0, CONFIRM_RUNS_MAX - long.len())
+    }
+
+    #[test]
+    fn a_failed_long_run_is_followed_halfway_down_then_by_the_next_fastest() {
+        // 64 passed its short step; 8 s cannot show a stall every 20 s.
+        let short = [
+            step(1, 1500.0),
+            step(16, 5000.0),
+            step(32, 7000.0),
+            step(64, 9800.0),
+        ];
+        assert_eq!(long_runs(&short, &[]), Some(64));
+        let mut long = vec![step(64, 12_800.0)];
+        assert_eq!(long_runs(&short, &long), Some(48));
+        long.push(step(48, 10_500.0));
+        assert_eq!(long_runs(&short, &long), Some(40));
+        // The last try is the count whose short step was within.
+        long.push(step(40, 10_100.0));
+        assert_eq!(long_runs(&short, &long), Some(32));
+        long.push(step(32, 10_050.0));
+        assert_eq!(long_runs(&short, &long), None, "four long runs at most");
+        // A long run within the bound ends the search.
+        let long = [step(64, 12_800.0), step(48, 9_900.0)];
+        assert_eq!(long_runs(&short, &long), None);
+    }
+
+    #[test]
+    fn halfway_down_stops_below_a_count_over_the_bound_in_its_short_step() {
+        // 48 was over in the sweep, 64 within by luck: after 64 fails in
+        // its long run, 40 lies between 32 and 48.
+        let short = [
+            step(1, 1500.0),
+            step(32, 7000.0),
+            step(48, 10_400.0),
+            step(64, 9_900.0),
+        ];
+        let long = [step(64, 11_000.0)];
+        assert_eq!(long_runs(&short, &long), Some(40));
+        // Nothing within the bound: no long run at all.
+        let short = [step(1, 12_000.0), step(2, 15_000.0)];
+        assert_eq!(long_runs(&short, &[]), None);
+        // Nothing between: adjacent counts go straight to the next fastest.
+        let short = [step(1, 1500.0), step(2, 9_000.0)];
+        assert_eq!(long_runs(&short, &[step(2, 11_000.0)]), Some(1));
     }
 
     #[test]
