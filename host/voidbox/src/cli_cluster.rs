@@ -794,9 +794,7 @@ fn next_long_run(
         .iter()
         .filter(|p| over(p) && clients_of(p) > lo)
         .map(|p| clients_of(p))
-        .chain([failed_min])
-        .min()
-        .unwrap_or(failed_min);
+        .fold(failed_min, usize::min);
     let mid = lo + (hi - lo) / 2;
     let tried = short.iter().chain(long).any(|p| clients_of(p) == mid);
     Some(if runs_left > 1 && mid > lo && !tried {
@@ -930,10 +928,10 @@ fn bench(file: &ClusterFile, tool: &str, plan: &BenchPlan, json: bool) -> Result
     // may break the bound. The figure reported is a whole run within the
     // bound whenever one of the tries gives one.
     if !sweep.is_empty() {
-        let short: Vec<serde_json::Value> = phases.iter().chain(&sweep).cloned().collect();
+        let short: Vec<&serde_json::Value> = phases.iter().chain(&sweep).collect();
         let mut long: Vec<serde_json::Value> = Vec::new();
         while let Some(c) = next_long_run(
-            &short.iter().collect::<Vec<_>>(),
+            &short,
             &long.iter().collect::<Vec<_>>(),
             plan.p99_bound_us,
             CONFIRM_RUNS_MAX - long.len(),
@@ -946,9 +944,9 @@ fn bench(file: &ClusterFile, tool: &str, plan: &BenchPlan, json: bool) -> Result
                 "latency_p99_us": p["latency_p99_us"],
                 "p99_within_bound": within,
             });
-            long.push(p.clone());
-            phases.push(p);
+            long.push(p);
         }
+        phases.extend(long);
     }
     phases.push(measure("throughput", clients, plan.duration)?);
     let report = serde_json::json!({
