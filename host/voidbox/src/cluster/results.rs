@@ -206,8 +206,8 @@ impl Results {
     }
 
     /// The writer thread's failure, if any, as this call's error.
-    fn check_writer(&self) -> crate::Result<()> {
-        match self.lock_waiting().failed.clone() {
+    fn check_writer(&self, w: &Waiting) -> crate::Result<()> {
+        match &w.failed {
             Some(e) => Err(self.err(format!("an earlier write failed: {e}"))),
             None => Ok(()),
         }
@@ -306,9 +306,9 @@ impl Results {
     /// thread writes the entries; readers see them meanwhile, and
     /// [`Results::persist`] waits for the write.
     pub fn append(&self, entries: Vec<ResultEntry>, sync: bool) -> crate::Result<()> {
-        self.check_writer()?;
         {
             let mut w = self.lock_waiting();
+            self.check_writer(&w)?;
             w.unsynced.extend(entries);
             if !sync {
                 return Ok(());
@@ -331,8 +331,12 @@ impl Results {
     /// writer's write under way; entries that wait in memory for a synced
     /// append stay there.
     pub fn persist(&self) -> crate::Result<()> {
-        self.check_writer()?;
-        if self.lock_waiting().wanted {
+        let wanted = {
+            let w = self.lock_waiting();
+            self.check_writer(&w)?;
+            w.wanted
+        };
+        if wanted {
             return self.write(Durability::Immediate);
         }
         let _after_the_writer = self.write_lock.lock().expect("journal writer poisoned");
