@@ -82,6 +82,27 @@ pub struct StorageSettings {
     /// the machine. (A replica of a cluster whose `cluster.toml` says
     /// `fsync = false` runs its host without it too.)
     pub fsync: bool,
+    /// The CPU priority of the thread that moves the journal into the
+    /// database (see [`CheckpointPriority`]).
+    pub checkpoint_priority: CheckpointPriority,
+}
+
+/// The CPU priority of the storage's checkpoint thread.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum CheckpointPriority {
+    /// The process's own: a checkpoint competes with invocations for the
+    /// CPU as an equal.
+    #[default]
+    Normal,
+    /// The lowest (nice 19): a checkpoint runs on the CPU time the other
+    /// threads leave, and if it falls two journal tails behind, writers
+    /// wait for it. For a process whose
+    /// requests wait on each other, as a cluster replica's do: there the
+    /// checkpoints of all replicas fall due at about the same moment, and
+    /// at equal priority they stalled the whole cluster (BENCHMARKS.md).
+    /// A cluster's replicas always run it so.
+    Low,
 }
 
 impl Default for Defaults {
@@ -115,6 +136,7 @@ impl Default for StorageSettings {
             action_cache_entries: 100_000,
             db_cache_bytes: 64 << 20,
             fsync: true,
+            checkpoint_priority: CheckpointPriority::Normal,
         }
     }
 }
@@ -175,6 +197,10 @@ db_cache_bytes = 67108864
 # measurements only (records then survive a crash of the process, not of
 # the machine).
 fsync = true
+# The CPU priority of the thread that moves the journal into the database:
+# "normal", or "low" (nice 19: it then runs on the time invocations leave
+# idle). A cluster's replicas always run it "low".
+checkpoint_priority = "normal"
 "#;
 
 impl Config {

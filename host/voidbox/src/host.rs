@@ -265,12 +265,7 @@ impl Host {
         if !home.join(CONFIG_FILE).exists() && !home.join("voidbox.redb").exists() {
             return Err(Error::NotInitialized(home));
         }
-        let storage = Arc::new(Storage::open_with(
-            &home,
-            config.storage.inline_blob_bytes_max,
-            usize::try_from(config.storage.db_cache_bytes).unwrap_or(usize::MAX),
-            config.storage.fsync,
-        )?);
+        let storage = Arc::new(Storage::open_with(&home, &config.storage)?);
         let blobs = Blobs::new(storage.clone());
         let sandbox = Sandbox::new(SandboxConfig {
             cache_dir: Some(home.join("compiled")),

@@ -85,7 +85,8 @@ mod storage;
 
 pub use capability::{OWNER_TENANT, OWNER_TOKEN_FILE};
 pub use config::{
-    Config, Defaults, SandboxSettings, StorageSettings, CONFIG_FILE, CONFIG_TEMPLATE,
+    CheckpointPriority, Config, Defaults, SandboxSettings, StorageSettings, CONFIG_FILE,
+    CONFIG_TEMPLATE,
 };
 pub use error::{Error, Result};
 pub use host::{Host, ToolRecord};

@@ -57,6 +57,7 @@ use redb::{
 };
 use voidbox_cas::{CasError, Digest, DiskStore, GcReport, Store, VerifyReport};
 
+use crate::config::{CheckpointPriority, StorageSettings};
 use crate::error::{Error, Result};
 use crate::invocation::{Invocation, Receipt};
 pub(crate) use digest_hash::{DigestMap, DigestSet};
@@ -134,6 +135,9 @@ const CHECKPOINT_BYTES: u64 = 32 << 20;
 /// redb's default (1 GiB) fills as the files grow, and every page it
 /// takes is fresh memory the kernel zeroes on first touch.
 pub(crate) const LOG_DB_CACHE_BYTES: usize = 16 << 20;
+/// Most taken tails waiting for (or in) a checkpoint; the flusher waits
+/// before taking another.
+const SEALED_TAILS_MAX: usize = 2;
 /// Most bytes of records waiting for the flusher; past this, appenders wait,
 /// so a slow disk slows callers instead of growing memory without bound.
 const BUFFER_BYTES_MAX: usize = 64 << 20;
@@ -645,20 +649,26 @@ impl Storage {
     /// [`Storage::open_with`] with fsync.
     #[cfg(test)]
     pub(crate) fn open(home: &Path, inline_max: u64, db_cache_bytes: usize) -> Result<Storage> {
-        Storage::open_with(home, inline_max, db_cache_bytes, true)
+        Storage::open_with(
+            home,
+            &StorageSettings {
+                inline_blob_bytes_max: inline_max,
+                db_cache_bytes: db_cache_bytes as u64,
+                ..StorageSettings::default()
+            },
+        )
     }
 
-    /// Opens the storage of `home`. Without `fsync` the journal's frames
-    /// (and the large blobs before them) are written but not fsynced:
-    /// records then survive a crash of the process, not of the machine.
-    /// For measurements, as a cluster's `fsync = false` is; checkpoints
-    /// into redb stay durable either way.
-    pub(crate) fn open_with(
-        home: &Path,
-        inline_max: u64,
-        db_cache_bytes: usize,
-        fsync: bool,
-    ) -> Result<Storage> {
+    /// Opens the storage of `home` with `settings`. Without `fsync` the
+    /// journal's frames (and the large blobs before them) are written but
+    /// not fsynced: records then survive a crash of the process, not of the
+    /// machine. For measurements, as a cluster's `fsync = false` is;
+    /// checkpoints into redb stay durable either way.
+    pub(crate) fn open_with(home: &Path, settings: &StorageSettings) -> Result<Storage> {
+        let inline_max = settings.inline_blob_bytes_max;
+        let db_cache_bytes = usize::try_from(settings.db_cache_bytes).unwrap_or(usize::MAX);
+        let fsync = settings.fsync;
+        let low_priority = settings.checkpoint_priority == CheckpointPriority::Low;
         // How long to wait for another process (a second CLI, say) to let
         // go of the database's lock before giving up.
         const LOCK_WAIT: Duration = Duration::from_secs(5);
@@ -794,7 +804,12 @@ impl Storage {
             };
             std::thread::Builder::new()
                 .name("voidbox-checkpoint".into())
-                .spawn(move || checkpointer.run(checkpoints, recycle))
+                .spawn(move || {
+                    if low_priority {
+                        lower_this_threads_priority();
+                    }
+                    checkpointer.run(checkpoints, recycle)
+                })
                 .map_err(Error::io(
                     home,
                     "could not start the storage checkpoint thread",
@@ -1811,6 +1826,13 @@ impl Flusher {
             .unwrap_or_else(|| self.reuse_or(Tail::presized));
         let tail = {
             let mut st = self.shared.lock();
+            // A checkpoint thread far behind (one at low priority on a busy
+            // machine) holds the journal back here, and through the flusher
+            // the appenders (`BUFFER_BYTES_MAX`), instead of letting taken
+            // tails pile up in memory.
+            while st.sealed.len() >= SEALED_TAILS_MAX && st.failed.is_none() {
+                st = self.shared.done.wait(st).expect("storage state poisoned");
+            }
             st.stats.prepared_tails += u64::from(prepared);
             let tail = Arc::new(std::mem::replace(&mut st.tail, fresh));
             st.sealed.push(tail.clone());
@@ -1841,6 +1863,23 @@ fn fail(shared: &Shared, e: String) {
     }
     drop(st);
     shared.done.notify_all();
+}
+
+/// Gives the calling thread the lowest CPU priority, nice 19 (on Linux a
+/// nice value belongs to one thread, so the rest of the process keeps its
+/// own). Under contention such a thread gets about 1.5% of a CPU next to
+/// one at nice 0, and it never preempts one when it wakes.
+fn lower_this_threads_priority() {
+    // SAFETY: gettid and setpriority take no pointers; setpriority changes
+    // only the calling thread's scheduling weight.
+    let failed =
+        unsafe { libc::setpriority(libc::PRIO_PROCESS, libc::gettid() as libc::id_t, 19) != 0 };
+    if failed {
+        tracing::warn!(
+            error = %std::io::Error::last_os_error(),
+            "could not lower the checkpoint thread's CPU priority; it runs at the process's"
+        );
+    }
 }
 
 /// The checkpoint thread: writes taken tails into redb, then deletes the
@@ -2833,12 +2872,75 @@ mod tests {
         }
     }
 
+    /// The nice values of this process's storage checkpoint threads.
+    fn checkpoint_thread_nices() -> Vec<i64> {
+        let mut nices = Vec::new();
+        for task in std::fs::read_dir("/proc/self/task").unwrap().flatten() {
+            let comm = std::fs::read_to_string(task.path().join("comm")).unwrap_or_default();
+            // The kernel keeps 15 bytes of a thread's name.
+            if comm.trim_end() != "voidbox-checkpo" {
+                continue;
+            }
+            let Ok(stat) = std::fs::read_to_string(task.path().join("stat")) else {
+                continue; // the thread ended meanwhile
+            };
+            // Fields after the name: state is field 3, nice field 19.
+            let after_name = stat.rsplit_once(')').unwrap().1;
+            nices.push(
+                after_name
+                    .split_whitespace()
+                    .nth(16)
+                    .unwrap()
+                    .parse()
+                    .unwrap(),
+            );
+        }
+        nices
+    }
+
+    #[test]
+    fn a_low_priority_checkpoint_thread_runs_at_nice_19() {
+        let home = tempfile::tempdir().unwrap();
+        let _storage = Storage::open_with(
+            home.path(),
+            &StorageSettings {
+                db_cache_bytes: TEST_DB_CACHE_BYTES as u64,
+                checkpoint_priority: CheckpointPriority::Low,
+                ..StorageSettings::default()
+            },
+        )
+        .unwrap();
+        // Other tests' storages run checkpoint threads at the process's
+        // priority meanwhile; only this one asked for the lowest. The
+        // thread lowers itself as it starts, so give it a moment.
+        let deadline = Instant::now() + Duration::from_secs(10);
+        loop {
+            let nices = checkpoint_thread_nices();
+            if nices.contains(&19) {
+                break;
+            }
+            assert!(
+                Instant::now() < deadline,
+                "no checkpoint thread at nice 19 (nices: {nices:?})"
+            );
+            std::thread::sleep(Duration::from_millis(10));
+        }
+    }
+
     #[test]
     fn without_fsync_frames_are_written_but_not_synced() {
         for fsync in [true, false] {
             let home = tempfile::tempdir().unwrap();
-            let storage =
-                Storage::open_with(home.path(), 1 << 16, TEST_DB_CACHE_BYTES, fsync).unwrap();
+            let storage = Storage::open_with(
+                home.path(),
+                &StorageSettings {
+                    inline_blob_bytes_max: 1 << 16,
+                    db_cache_bytes: TEST_DB_CACHE_BYTES as u64,
+                    fsync,
+                    ..StorageSettings::default()
+                },
+            )
+            .unwrap();
             let (inv, r) = receipt_for(b"kept");
             storage
                 .record(&inv, inv.digest(), &mut r.clone(), true, Vec::new(), None)

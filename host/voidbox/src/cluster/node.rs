@@ -131,6 +131,11 @@ pub fn run_replica(cluster_file: &Path, id: u32) -> Result<()> {
     // A cluster measured without fsync runs its hosts without it too.
     let mut config = crate::Config::load(&home)?;
     config.storage.fsync &= file.fsync;
+    // Every replica's journal reaches a checkpoint at about the same
+    // moment (they run the same batches); at equal priority those bursts
+    // held every protocol thread back at once, every few seconds, and were
+    // most of the cluster's p99 latency under load.
+    config.storage.checkpoint_priority = crate::CheckpointPriority::Low;
     let host = Arc::new(Host::open_existing_with(&home, config)?);
     if let Some(slots) = entry.worker_slots {
         host.set_worker_slots(slots);
