@@ -95,13 +95,13 @@ pub enum CheckpointPriority {
     /// CPU as an equal.
     #[default]
     Normal,
-    /// The lowest (nice 19): a checkpoint runs on the CPU time the other
-    /// threads leave, and if it falls two journal tails behind, writers
-    /// wait for it. For a process whose
-    /// requests wait on each other, as a cluster replica's do: there the
-    /// checkpoints of all replicas fall due at about the same moment, and
-    /// at equal priority they stalled the whole cluster (BENCHMARKS.md).
-    /// A cluster's replicas always run it so.
+    /// The idle class (`SCHED_IDLE`): a checkpoint runs on the CPU time
+    /// the other threads leave, any of them that wakes takes its CPU at
+    /// once, and if it falls two journal tails behind, writers wait for
+    /// it. For a process whose requests wait on each other, as a cluster
+    /// replica's do: there the checkpoints of all replicas fall due at
+    /// about the same moment, and at equal priority they stalled the whole
+    /// cluster (BENCHMARKS.md). A cluster's replicas always run it so.
     Low,
 }
 
@@ -198,8 +198,8 @@ db_cache_bytes = 67108864
 # the machine).
 fsync = true
 # The CPU priority of the thread that moves the journal into the database:
-# "normal", or "low" (nice 19: it then runs on the time invocations leave
-# idle). A cluster's replicas always run it "low".
+# "normal", or "low" (the idle class: it then runs on the time invocations
+# leave idle). A cluster's replicas always run it "low".
 checkpoint_priority = "normal"
 "#;
 

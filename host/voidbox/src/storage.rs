@@ -806,7 +806,7 @@ impl Storage {
                 .name("voidbox-checkpoint".into())
                 .spawn(move || {
                     if low_priority {
-                        lower_this_threads_priority();
+                        run_when_idle("storage checkpoint");
                     }
                     checkpointer.run(checkpoints, recycle)
                 })
@@ -1865,19 +1865,20 @@ fn fail(shared: &Shared, e: String) {
     shared.done.notify_all();
 }
 
-/// Gives the calling thread the lowest CPU priority, nice 19 (on Linux a
-/// nice value belongs to one thread, so the rest of the process keeps its
-/// own). Under contention such a thread gets about 1.5% of a CPU next to
-/// one at nice 0, and it never preempts one when it wakes.
-fn lower_this_threads_priority() {
-    // SAFETY: gettid and setpriority take no pointers; setpriority changes
-    // only the calling thread's scheduling weight.
-    let failed =
-        unsafe { libc::setpriority(libc::PRIO_PROCESS, libc::gettid() as libc::id_t, 19) != 0 };
+/// Puts the calling thread in the idle scheduling class (`SCHED_IDLE`, for
+/// this thread only): it runs on CPU time no other thread wants, and any
+/// other thread that wakes takes its CPU at once. Under full load it gets a
+/// sliver (its weight is 3, against 1,024 at nice 0), so whatever it does
+/// must hold its producers back when it falls behind.
+pub(crate) fn run_when_idle(thread: &str) {
+    let param = libc::sched_param { sched_priority: 0 };
+    // SAFETY: `param` outlives the call; pid 0 is the calling thread, and
+    // the call changes only its scheduling.
+    let failed = unsafe { libc::sched_setscheduler(0, libc::SCHED_IDLE, &param) != 0 };
     if failed {
         tracing::warn!(
             error = %std::io::Error::last_os_error(),
-            "could not lower the checkpoint thread's CPU priority; it runs at the process's"
+            "could not move the {thread} thread to idle priority; it runs at the process's"
         );
     }
 }
@@ -2516,7 +2517,7 @@ impl Store for Blobs {
 }
 
 #[cfg(test)]
-mod tests {
+pub(crate) mod tests {
     use super::*;
 
     const TEST_DB_CACHE_BYTES: usize = 4 << 20;
@@ -2872,34 +2873,45 @@ mod tests {
         }
     }
 
-    /// The nice values of this process's storage checkpoint threads.
-    fn checkpoint_thread_nices() -> Vec<i64> {
-        let mut nices = Vec::new();
+    /// The scheduling policies of this process's threads named `name`
+    /// (the kernel keeps 15 bytes of a thread's name).
+    pub(crate) fn thread_policies(name: &str) -> Vec<i64> {
+        let mut policies = Vec::new();
         for task in std::fs::read_dir("/proc/self/task").unwrap().flatten() {
             let comm = std::fs::read_to_string(task.path().join("comm")).unwrap_or_default();
-            // The kernel keeps 15 bytes of a thread's name.
-            if comm.trim_end() != "voidbox-checkpo" {
+            if comm.trim_end() != name {
                 continue;
             }
             let Ok(stat) = std::fs::read_to_string(task.path().join("stat")) else {
                 continue; // the thread ended meanwhile
             };
-            // Fields after the name: state is field 3, nice field 19.
+            // Fields after the name: state is field 3, policy field 41.
             let after_name = stat.rsplit_once(')').unwrap().1;
-            nices.push(
-                after_name
-                    .split_whitespace()
-                    .nth(16)
-                    .unwrap()
-                    .parse()
-                    .unwrap(),
-            );
+            let policy = after_name.split_whitespace().nth(38).unwrap();
+            policies.push(policy.parse().unwrap());
         }
-        nices
+        policies
+    }
+
+    /// Waits up to 10 s for a thread named `name` in the idle class (a
+    /// thread moves itself there as it starts).
+    pub(crate) fn wait_for_an_idle_thread(name: &str) {
+        let deadline = Instant::now() + Duration::from_secs(10);
+        loop {
+            let policies = thread_policies(name);
+            if policies.contains(&i64::from(libc::SCHED_IDLE)) {
+                return;
+            }
+            assert!(
+                Instant::now() < deadline,
+                "no {name} thread at idle priority (policies: {policies:?})"
+            );
+            std::thread::sleep(Duration::from_millis(10));
+        }
     }
 
     #[test]
-    fn a_low_priority_checkpoint_thread_runs_at_nice_19() {
+    fn a_low_priority_checkpoint_thread_runs_when_idle() {
         let home = tempfile::tempdir().unwrap();
         let _storage = Storage::open_with(
             home.path(),
@@ -2911,20 +2923,8 @@ mod tests {
         )
         .unwrap();
         // Other tests' storages run checkpoint threads at the process's
-        // priority meanwhile; only this one asked for the lowest. The
-        // thread lowers itself as it starts, so give it a moment.
-        let deadline = Instant::now() + Duration::from_secs(10);
-        loop {
-            let nices = checkpoint_thread_nices();
-            if nices.contains(&19) {
-                break;
-            }
-            assert!(
-                Instant::now() < deadline,
-                "no checkpoint thread at nice 19 (nices: {nices:?})"
-            );
-            std::thread::sleep(Duration::from_millis(10));
-        }
+        // priority meanwhile; only this one asked for the lowest.
+        wait_for_an_idle_thread("voidbox-checkpo");
     }
 
     #[test]

@@ -66,6 +66,11 @@ pub const RESULTS_CHUNK: u64 = 128;
 /// rows of this many.
 pub const ROW_ENTRIES: usize = 256;
 
+/// Most entries waiting in memory for the writer thread (without fsync)
+/// before an append waits for it to take them: about 16 MiB, well over a
+/// second of a loaded cluster's results.
+const WAITING_ENTRIES_MAX: usize = 16_384;
+
 /// Rows of consecutive entries, keyed by the first entry's number: the last
 /// entry's number (8 bytes, little-endian), then postcard's
 /// `Vec<ResultEntry>`. Rows never overlap.
@@ -171,7 +176,13 @@ impl Results {
             let own = results.clone();
             let thread = std::thread::Builder::new()
                 .name("voidbox-results".into())
-                .spawn(move || own.write_when_asked())
+                .spawn(move || {
+                    // At each checkpoint every replica's writer wakes at
+                    // about the same moment; at the protocol threads'
+                    // priority the four writes held them all back at once.
+                    crate::storage::run_when_idle("results journal writer");
+                    own.write_when_asked()
+                })
                 .map_err(|e| err(&format!("cannot start the journal's writer: {e}")))?;
             results.writer = Some(Arc::new(Writer {
                 waiting: results.waiting.clone(),
@@ -197,6 +208,8 @@ impl Results {
             if let Err(e) = self.write(Durability::None) {
                 tracing::error!("the results journal could not be written: {e}");
                 self.lock_waiting().failed = Some(e.to_string());
+                // An appender waiting for room learns of it.
+                wake.notify_all();
             }
         }
     }
@@ -221,6 +234,8 @@ impl Results {
             w.wanted = false;
             let taken = Arc::new(std::mem::take(&mut w.unsynced));
             w.writing = taken.clone();
+            // Room for an appender waiting on `WAITING_ENTRIES_MAX`.
+            self.waiting.1.notify_all();
             taken
         };
         let written = (|| {
@@ -310,12 +325,24 @@ impl Results {
             let mut w = self.lock_waiting();
             self.check_writer(&w)?;
             w.unsynced.extend(entries);
+            if self.writer.is_some() && w.unsynced.len() >= WAITING_ENTRIES_MAX {
+                // The writer runs in the idle class: one starved on a busy
+                // machine holds the appender back here instead of letting
+                // entries pile up in memory. What it takes is written as a
+                // synced append's entries are, only sooner.
+                w.wanted = true;
+                self.waiting.1.notify_all();
+                while w.unsynced.len() >= WAITING_ENTRIES_MAX && w.failed.is_none() {
+                    w = self.waiting.1.wait(w).unwrap_or_else(|e| e.into_inner());
+                }
+                self.check_writer(&w)?;
+            }
             if !sync {
                 return Ok(());
             }
             if self.writer.is_some() {
                 w.wanted = true;
-                self.waiting.1.notify_one();
+                self.waiting.1.notify_all();
                 return Ok(());
             }
         }
@@ -561,6 +588,31 @@ mod tests {
         reopened.append(all[20..30].to_vec(), true).unwrap();
         drop(reopened);
         assert_eq!(Results::open(&path).unwrap().range(1, 100).unwrap(), all);
+    }
+
+    #[test]
+    fn without_fsync_the_writer_runs_when_idle_and_bounds_what_waits_for_it() {
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("results.redb");
+        let all = entries("w", 1, WAITING_ENTRIES_MAX as u64 + 10);
+        let results = Results::open_with(&path, false).unwrap();
+        crate::storage::tests::wait_for_an_idle_thread("voidbox-results");
+        // Past the bound an append waits until the writer has taken what
+        // waited, though no append asked for a sync.
+        results.append(all[..10].to_vec(), false).unwrap();
+        results.append(all[10..].to_vec(), false).unwrap();
+        assert!(results.lock_waiting().unsynced.len() < WAITING_ENTRIES_MAX);
+        assert_eq!(results.range(1, all.len() as u64).unwrap(), all);
+        // And what the writer took is in the database after a clean stop.
+        results.persist().unwrap();
+        drop(results);
+        assert_eq!(
+            Results::open(&path)
+                .unwrap()
+                .range(1, all.len() as u64)
+                .unwrap(),
+            all
+        );
     }
 
     #[test]
