@@ -61,7 +61,8 @@ pub(crate) enum ClusterCmd {
     /// the bound and the first over it) to find the highest throughput whose
     /// p99 latency stays within a bound, measured again for the whole
     /// duration (if that run breaks the bound, a count halfway down to the
-    /// next fastest, then that one); then `--clients` clients.
+    /// next fastest, then that one; after one within it, halfway back up,
+    /// up to four runs); then `--clients` clients.
     Bench {
         /// The cluster directory (or its cluster.toml).
         dir: PathBuf,
@@ -762,15 +763,17 @@ const CONFIRM_RUNS_MAX: usize = 4;
 
 /// The client count to run next for the whole duration, given the short
 /// steps (`short`: the one-client phase and the sweep) and the long runs so
-/// far; `None` once a long run kept within the bound, or when no count is
-/// left. First the fastest count within the bound in its short step. When
-/// a long run breaks the bound (a short step can be lucky, and stalls that
-/// come every few seconds show only in a long run), the knee lies below
-/// it: the next try is halfway between the failed count and the next
-/// fastest count within the bound below it (or below the smallest count
-/// over the bound above that one), so that a doubling sweep's factor of two
-/// does not decide the figure; the last of `runs_left` is always that next
-/// fastest count itself, which passed its short step.
+/// far; `None` when no count is left to try or `runs_left` is 0. First the
+/// fastest count within the bound in its short step. When a long run
+/// breaks the bound (a short step can be lucky, and stalls that come every
+/// few seconds show only in a long run), the knee lies below it: the next
+/// try is halfway between the failed count and the next fastest count
+/// within the bound below it (or below the smallest count over the bound
+/// above that one), so that a doubling sweep's factor of two does not
+/// decide the figure; the last of `runs_left` is always that next fastest
+/// count itself, which passed its short step. Once a long run keeps within
+/// the bound, the search bisects between the highest such count and the
+/// lowest failed one above it, while runs are left.
 fn next_long_run(
     short: &[&serde_json::Value],
     long: &[&serde_json::Value],
@@ -778,10 +781,24 @@ fn next_long_run(
     runs_left: usize,
 ) -> Option<usize> {
     let over = |p: &&serde_json::Value| figure(p, "latency_p99_us") > bound_us;
-    if runs_left == 0 || long.iter().any(|p| !over(p)) {
+    if runs_left == 0 {
         return None;
     }
     let run: Vec<usize> = long.iter().map(|p| clients_of(p)).collect();
+    if let Some(passed) = long
+        .iter()
+        .filter(|p| !over(p))
+        .map(|p| clients_of(p))
+        .max()
+    {
+        let failed = long
+            .iter()
+            .filter(|p| over(p) && clients_of(p) > passed)
+            .map(|p| clients_of(p))
+            .min()?;
+        let mid = passed + (failed - passed) / 2;
+        return (mid > passed && !run.contains(&mid)).then_some(mid);
+    }
     let failed_min = run.iter().copied().min().unwrap_or(usize::MAX);
     let lo = within_by_throughput(short, bound_us)
         .into_iter()
@@ -802,6 +819,15 @@ fn next_long_run(
     } else {
         lo
     })
+}
+
+/// The long run that gives the figure at the bound: the fastest one within
+/// it, or else the last one tried (which broke it).
+fn at_bound_run(long: &[serde_json::Value], bound_us: f64) -> Option<&serde_json::Value> {
+    long.iter()
+        .filter(|p| figure(p, "latency_p99_us") <= bound_us)
+        .max_by(|a, b| figure(a, "invocations_per_s").total_cmp(&figure(b, "invocations_per_s")))
+        .or(long.last())
 }
 
 fn bench(file: &ClusterFile, tool: &str, plan: &BenchPlan, json: bool) -> Result<u8, Failure> {
@@ -936,15 +962,15 @@ fn bench(file: &ClusterFile, tool: &str, plan: &BenchPlan, json: bool) -> Result
             plan.p99_bound_us,
             CONFIRM_RUNS_MAX - long.len(),
         ) {
-            let p = measure("at p99 bound", c, plan.duration)?;
-            let within = figure(&p, "latency_p99_us") <= plan.p99_bound_us;
+            long.push(measure("at p99 bound", c, plan.duration)?);
+        }
+        if let Some(p) = at_bound_run(&long, plan.p99_bound_us) {
             at_bound = serde_json::json!({
-                "clients": c,
+                "clients": p["clients"],
                 "invocations_per_s": p["invocations_per_s"],
                 "latency_p99_us": p["latency_p99_us"],
-                "p99_within_bound": within,
+                "p99_within_bound": figure(p, "latency_p99_us") <= plan.p99_bound_us,
             });
-            long.push(p);
         }
         phases.extend(long);
     }
@@ -1093,9 +1119,28 @@ mod tests {
         assert_eq!(long_runs(&short, &long), Some(32));
         long.push(step(32, 10_050.0));
         assert_eq!(long_runs(&short, &long), None, "four long runs at most");
-        // A long run within the bound ends the search.
-        let long = [step(64, 12_800.0), step(48, 9_900.0)];
+        // No failed run above one within the bound: nothing to look for.
+        assert_eq!(long_runs(&short, &[step(64, 9_900.0)]), None);
+    }
+
+    #[test]
+    fn after_a_long_run_within_the_bound_the_search_bisects_back_up() {
+        let short = [step(1, 1500.0), step(32, 7000.0), step(64, 9800.0)];
+        let mut long = vec![step(64, 12_800.0), step(48, 9_100.0)];
+        assert_eq!(long_runs(&short, &long), Some(56));
+        long.push(step(56, 10_400.0));
+        assert_eq!(long_runs(&short, &long), Some(52));
+        long.push(step(52, 9_800.0));
+        assert_eq!(long_runs(&short, &long), None, "four long runs at most");
+        // The figure is the fastest run within the bound, not the last.
+        let best = at_bound_run(&long, 10_000.0).unwrap();
+        assert_eq!(clients_of(best), 52);
+        // Adjacent counts: nothing left between them.
+        let long = [step(64, 12_800.0), step(48, 10_500.0), step(47, 9_000.0)];
         assert_eq!(long_runs(&short, &long), None);
+        // With no run within the bound the last one stands, flagged over.
+        let long = [step(64, 12_800.0), step(48, 10_500.0)];
+        assert_eq!(clients_of(at_bound_run(&long, 10_000.0).unwrap()), 48);
     }
 
     #[test]
