@@ -178,8 +178,9 @@ impl Results {
                 .name("voidbox-results".into())
                 .spawn(move || {
                     // At each checkpoint every replica's writer wakes at
-                    // about the same moment; at the protocol threads'
-                    // priority the four writes held them all back at once.
+                    // about the same moment, like the storage checkpoints
+                    // that stalled the cluster at the protocol threads'
+                    // priority (see `CheckpointPriority::Low`).
                     crate::storage::run_when_idle("results journal writer");
                     own.write_when_asked()
                 })
