@@ -1869,7 +1869,9 @@ fn fail(shared: &Shared, e: String) {
 /// this thread only): it runs on CPU time no other thread wants, and any
 /// other thread that wakes takes its CPU at once. Under full load it gets a
 /// sliver (its weight is 3, against 1,024 at nice 0), so whatever it does
-/// must hold its producers back when it falls behind.
+/// must hold its producers back when it falls behind, and hold a lock that
+/// a busier thread waits on only briefly (preempted while holding one, it
+/// would keep that thread waiting until a CPU is free).
 pub(crate) fn run_when_idle(thread: &str) {
     let param = libc::sched_param { sched_priority: 0 };
     // SAFETY: `param` outlives the call; pid 0 is the calling thread, and
@@ -2875,7 +2877,7 @@ pub(crate) mod tests {
 
     /// The scheduling policies of this process's threads named `name`
     /// (the kernel keeps 15 bytes of a thread's name).
-    pub(crate) fn thread_policies(name: &str) -> Vec<i64> {
+    fn thread_policies(name: &str) -> Vec<i64> {
         let mut policies = Vec::new();
         for task in std::fs::read_dir("/proc/self/task").unwrap().flatten() {
             let comm = std::fs::read_to_string(task.path().join("comm")).unwrap_or_default();
