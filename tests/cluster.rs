@@ -203,11 +203,14 @@ fn a_cluster_orders_runs_and_signs_invocations() {
     let input = write(&c.path, "in.txt", b"one two three\nfour\n");
 
     // A new connection's first request reaches every replica, so each can
-    // reply on it at once: no replica has to answer a retransmission. The
-    // client's is put off for a minute, since on a loaded machine (CI runs
-    // these tests side by side) a first request can take longer than the
-    // default 300 ms; were the replies not routed, this run would wait the
-    // minute out and the replicas would count the resent replies.
+    // reply on it at once: the client needs no retransmission. Its
+    // retransmission is put off for a minute, since on a loaded machine
+    // (CI runs these tests side by side) a first request can take longer
+    // than the default 300 ms; were the backups' replies not routed, only
+    // the primary's would come, and this run would give up (after 30 s)
+    // before its retry. (The replicas' `replies_resent` cannot tell: a
+    // backup that the broadcast copy reaches after the batch ran there
+    // answers it from its client table and counts that like a retry.)
     let out = c.ok_env(
         &["run", "--cluster", "{c}", "wc", "--input", &input],
         &[(RETRY_ENV, "60000")],
@@ -217,7 +220,6 @@ fn a_cluster_orders_runs_and_signs_invocations() {
         (v["lines"].as_u64(), v["words"].as_u64()),
         (Some(2), Some(4))
     );
-    assert_eq!(c.status_of("replies_resent"), vec![0; 4]);
     // A setting that is not an interval is refused, naming it and the fix.
     let bad = c.run_env(
         &["run", "--cluster", "{c}", "wc", "--input", &input],

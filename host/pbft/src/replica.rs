@@ -290,7 +290,10 @@ pub struct Stats {
     pub batches_executed: u64,
     /// Requests executed.
     pub requests_executed: u64,
-    /// Replies re-sent from the client table for retried requests.
+    /// Replies sent from the client table to a request that had already
+    /// run: a client's retry, or a copy that arrived late (a backup's
+    /// forward, or a client's first broadcast, reaching a replica after
+    /// the batch that held it ran there).
     pub replies_resent: u64,
     /// View changes this replica started.
     pub view_changes_started: u64,

@@ -300,8 +300,9 @@ pub struct Status {
     pub executed_requests: u64,
     /// Inputs the protocol core refused.
     pub rejected: u64,
-    /// Replies sent again because a client re-sent a request that had
-    /// already run (it did not get f + 1 replies in time).
+    /// Replies sent from the client table to a request that had already
+    /// run: mostly a client's retry (it did not get f + 1 replies in
+    /// time), sometimes a copy that reached this replica late.
     pub replies_resent: u64,
     /// Batches whose results the replica adopted from f + 1 replicas that
     /// ran them (partial execution), instead of running them.
