@@ -11,7 +11,11 @@
 //! memory and writes them in one transaction when a stable checkpoint
 //! compacts it (or [`PENDING_MAX`] wait), and durably at
 //! [`ProtocolLog::persist`], which a clean stop calls: what survives a
-//! crash or a stop is exactly what it was with a commit per append.
+//! crash or a stop is exactly what it was with a commit per append. It
+//! holds them decoded and encodes only those the compaction keeps: most
+//! are about sequence numbers the checkpoint that triggers the write has
+//! made stable, so they are never written, and encoding each as it came
+//! was about 3% of a backup's CPU under load (a profile at 56 clients).
 
 use std::path::{Path, PathBuf};
 
@@ -57,7 +61,7 @@ pub struct ProtocolLog {
     next_key: u64,
     /// Without fsync: records appended and not yet written, with their
     /// keys, in order.
-    pending: Vec<(u64, Vec<u8>)>,
+    pending: Vec<(u64, Record)>,
 }
 
 impl ProtocolLog {
@@ -109,7 +113,7 @@ impl ProtocolLog {
     /// Appends records: in one synced transaction when the cluster runs
     /// with fsync; otherwise in memory, written with the next compaction
     /// (see the module's doc). Compacts after a stable checkpoint.
-    pub fn append(&mut self, records: &[Record]) -> Result<()> {
+    pub fn append(&mut self, records: Vec<Record>) -> Result<()> {
         if records.is_empty() {
             return Ok(());
         }
@@ -117,10 +121,10 @@ impl ProtocolLog {
         for r in records {
             let key = self.next_key;
             self.next_key += 1;
-            let meta = Meta::of(key, r);
+            let meta = Meta::of(key, &r);
             stable |= meta.stable;
             self.metas.push(meta);
-            self.pending.push((key, r.encode()));
+            self.pending.push((key, r));
         }
         if self.fsync || stable || self.pending.len() >= PENDING_MAX {
             let durability = if self.fsync {
@@ -145,10 +149,10 @@ impl ProtocolLog {
         {
             let mut table = txn.open_table(RECORDS).map_err(|e| db_err(path, e))?;
             let first_pending = pending.first().map_or(u64::MAX, |(k, _)| *k);
-            for (key, bytes) in &pending {
+            for (key, record) in &pending {
                 if dropped.binary_search(key).is_err() {
                     table
-                        .insert(*key, bytes.as_slice())
+                        .insert(*key, record.encode().as_slice())
                         .map_err(|e| db_err(path, e))?;
                 }
             }
@@ -236,8 +240,8 @@ mod tests {
         {
             let (mut log, old) = ProtocolLog::open(&path, true).unwrap();
             assert!(old.is_empty());
-            log.append(&written[..1]).unwrap();
-            log.append(&written[1..]).unwrap();
+            log.append(written[..1].to_vec()).unwrap();
+            log.append(written[1..].to_vec()).unwrap();
         }
         let (log, read) = ProtocolLog::open(&path, true).unwrap();
         assert_eq!(read, written);
@@ -251,8 +255,8 @@ mod tests {
         let written: Vec<Record> = (1..=5).map(committed).collect();
         {
             let (mut log, _) = ProtocolLog::open(&path, false).unwrap();
-            log.append(&written[..2]).unwrap();
-            log.append(&written[2..]).unwrap();
+            log.append(written[..2].to_vec()).unwrap();
+            log.append(written[2..].to_vec()).unwrap();
             assert_eq!(log.pending.len(), 5, "no transaction per append");
             log.persist().unwrap();
             assert!(log.pending.is_empty());
@@ -262,7 +266,7 @@ mod tests {
         // Past the bound, records are written without waiting for a
         // checkpoint.
         let many: Vec<Record> = (6..6 + PENDING_MAX as u64).map(committed).collect();
-        log.append(&many).unwrap();
+        log.append(many).unwrap();
         assert!(log.pending.is_empty());
         assert_eq!(log.len(), 5 + PENDING_MAX);
     }

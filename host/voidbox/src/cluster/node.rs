@@ -567,7 +567,7 @@ impl Driver {
             return Ok(());
         }
         let records = std::mem::take(&mut self.pending_records);
-        self.log.append(&records)
+        self.log.append(records)
     }
 
     fn job(&mut self, job: Job) -> Result<()> {
