@@ -25,7 +25,9 @@
 //!
 //! A driver owns one [`Replica`] and loops:
 //! 1. feed an [`Input`]: every frame from a peer or a client as
-//!    [`Input::Receive`] (the core decodes, bounds and verifies it), the
+//!    [`Input::Receive`] (the core decodes, bounds and verifies it), or the
+//!    frames already queued together as one [`Input::ReceiveMany`] (the
+//!    replica signatures among them are then checked as one batch), the
 //!    clock as [`Input::Tick`] every millisecond or so (or at
 //!    [`Replica::next_deadline_us`]), and the application's answer to each
 //!    [`Output::Execute`] as [`Input::Executed`];

@@ -239,6 +239,22 @@ pub(crate) fn verify_request_refs(
         .then_some(count)
 }
 
+/// Checks replica signatures (each a key, the bytes it signed as
+/// [`Signed::signed_bytes`] gives them, and the signature) as one batch:
+/// whether all pass. As with requests, the batch's coefficients come from
+/// a transcript of its inputs, so replicas given the same messages decide
+/// alike; a batch with one bad signature fails, and its messages are then
+/// checked one by one.
+pub(crate) fn verify_signed_batch(items: &[(VerifyingKey, Vec<u8>, Sig)]) -> bool {
+    let messages: Vec<&[u8]> = items.iter().map(|(_, m, _)| m.as_slice()).collect();
+    let signatures: Vec<ed25519_dalek::Signature> = items
+        .iter()
+        .map(|(_, _, s)| ed25519_dalek::Signature::from_bytes(&s.0))
+        .collect();
+    let keys: Vec<VerifyingKey> = items.iter().map(|(k, _, _)| *k).collect();
+    ed25519_dalek::verify_batch(&messages, &signatures, &keys).is_ok()
+}
+
 /// Whether `key` signed `root` (plain, cofactorless verification, as for
 /// [`Signed::verify`]).
 fn verify_root(key: &VerifyingKey, root: &RequestRoot, sig: &Sig) -> bool {
@@ -277,9 +293,15 @@ impl<T: Payload> Signed<T> {
         }
     }
 
+    /// The bytes the signature covers: the domain tag, kind, signer and
+    /// payload.
+    pub(crate) fn signed_bytes(&self) -> Vec<u8> {
+        signing_bytes(&self.from.to_le_bytes(), &self.payload)
+    }
+
     /// Whether the signature is `key`'s over this payload and signer.
     pub fn verify(&self, key: &VerifyingKey) -> bool {
-        let bytes = signing_bytes(&self.from.to_le_bytes(), &self.payload);
+        let bytes = self.signed_bytes();
         let sig = ed25519_dalek::Signature::from_bytes(&self.signature.0);
         // Plain (cofactorless) verification: half the cost of
         // `verify_strict`, which also decompresses R. Keys are checked for

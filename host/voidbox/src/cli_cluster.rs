@@ -885,6 +885,7 @@ fn bench(file: &ClusterFile, tool: &str, plan: &BenchPlan, json: bool) -> Result
         let signatures_checked = checked(|s| s.request_signatures_checked);
         let protocol_made = checked(|s| s.signatures_made);
         let protocol_checked = checked(|s| s.signatures_checked);
+        let protocol_batched = checked(|s| s.signatures_batched);
         let per_batch = |count: u64| {
             if batches > 0 {
                 count as f64 / batches as f64
@@ -924,6 +925,7 @@ fn bench(file: &ClusterFile, tool: &str, plan: &BenchPlan, json: bool) -> Result
             // `requests_per_signature` above.
             "signatures_made_per_batch": per_batch(protocol_made),
             "signatures_checked_per_batch": per_batch(protocol_checked),
+            "signatures_batched_per_batch": per_batch(protocol_batched),
             "replica_cpu_s": cpu1 - cpu0,
             "replica_cpu_us_per_invocation": if n > 0.0 { (cpu1 - cpu0) * 1e6 / n } else { f64::NAN },
             // The client's side: signing requests, checking replies.

@@ -330,6 +330,10 @@ pub struct Status {
     /// Protocol signatures it checked since the process started.
     #[serde(default)]
     pub signatures_checked: u64,
+    /// Of those, the ones checked in batches, ahead of frames that arrived
+    /// together.
+    #[serde(default)]
+    pub signatures_batched: u64,
     /// Frames the transport refused (oversized, bad hello) or dropped.
     pub transport_refused: u64,
     /// Process id, so `cluster status` can match processes.
