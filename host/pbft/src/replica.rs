@@ -506,7 +506,10 @@ pub struct Replica {
     /// of [`Input::ReceiveMany`] checked it already.
     preverified: Option<(ReplicaId, Sig)>,
     /// Replicas that sent a bad signature: their messages are checked one
-    /// by one, so that they cannot make every batch fail and be redone.
+    /// by one, so that they cannot make every batch fail and be redone. A
+    /// forger naming another replica as the sender puts that one here too
+    /// (a frame's sender is what it claims): the most it gains is that
+    /// replica's votes checked one by one, as without batches.
     unbatched: BTreeSet<ReplicaId>,
     out: Vec<Output>,
 }
