@@ -71,6 +71,18 @@ fn signed<T: Payload>(from: ReplicaId, payload: T) -> Signed<T> {
     Signed::sign(from, payload, &keys()[from as usize])
 }
 
+/// Replica `from`'s commit for batch `digest` at view 0, sequence 1.
+fn first_commit(from: ReplicaId, digest: Digest) -> Signed<Commit> {
+    signed(
+        from,
+        Commit {
+            view: 0,
+            seq: 1,
+            digest,
+        },
+    )
+}
+
 fn pre_prepare(view: View, seq: Seq, batch: Batch) -> PrePrepareMsg {
     let from = (view % u64::from(N)) as ReplicaId;
     PrePrepareMsg {
@@ -914,16 +926,7 @@ fn votes_past_the_quorum_and_exact_copies_cost_no_signature_check() {
             },
         )
     };
-    let commit = |from| {
-        signed(
-            from,
-            Commit {
-                view: 0,
-                seq: 1,
-                digest: d,
-            },
-        )
-    };
+    let commit = |from| first_commit(from, d);
     let garbled = |mut s: Sig| {
         s.0[0] ^= 1;
         s
@@ -1505,16 +1508,7 @@ fn a_forgery_among_frames_together_is_refused_alone_and_its_sender_unbatched() {
         }
     )));
     assert_eq!(b.stats().signatures_batched, 2);
-    let commit = |from| {
-        signed(
-            from,
-            Commit {
-                view: 0,
-                seq: 1,
-                digest: d,
-            },
-        )
-    };
+    let commit = |from| first_commit(from, d);
     let mut forged = commit(0);
     forged.signature.0[5] ^= 1;
     let out = b.step(Input::ReceiveMany(vec![
