@@ -224,28 +224,20 @@ pub(crate) fn verify_request_refs(
         [(key, root, sig)] => return verify_root(key, root, sig).then_some(1),
         _ => {}
     }
-    let messages: Vec<Vec<u8>> = distinct
+    let items: Vec<(VerifyingKey, Vec<u8>, Sig)> = distinct
         .iter()
-        .map(|(_, root, _)| signing_bytes(&[], *root))
+        .map(|(key, root, sig)| (**key, signing_bytes(&[], *root), **sig))
         .collect();
-    let messages: Vec<&[u8]> = messages.iter().map(Vec::as_slice).collect();
-    let signatures: Vec<ed25519_dalek::Signature> = distinct
-        .iter()
-        .map(|(_, _, s)| ed25519_dalek::Signature::from_bytes(&s.0))
-        .collect();
-    let keys: Vec<VerifyingKey> = distinct.iter().map(|(k, _, _)| **k).collect();
-    ed25519_dalek::verify_batch(&messages, &signatures, &keys)
-        .is_ok()
-        .then_some(count)
+    verify_batch(&items).then_some(count)
 }
 
-/// Checks replica signatures (each a key, the bytes it signed as
-/// [`Signed::signed_bytes`] gives them, and the signature) as one batch:
-/// whether all pass. As with requests, the batch's coefficients come from
-/// a transcript of its inputs, so replicas given the same messages decide
-/// alike; a batch with one bad signature fails, and its messages are then
-/// checked one by one.
-pub(crate) fn verify_signed_batch(items: &[(VerifyingKey, Vec<u8>, Sig)]) -> bool {
+/// Checks signatures (each a key, the bytes it signed, and the signature:
+/// request roots, or replica messages as [`Signed::signed_bytes`] gives
+/// them) as one batch: whether all pass. The batch's random coefficients
+/// come from a transcript of its inputs, so replicas given the same
+/// signatures decide alike; a batch with one bad signature fails, and the
+/// caller then checks its members one by one.
+pub(crate) fn verify_batch(items: &[(VerifyingKey, Vec<u8>, Sig)]) -> bool {
     let messages: Vec<&[u8]> = items.iter().map(|(_, m, _)| m.as_slice()).collect();
     let signatures: Vec<ed25519_dalek::Signature> = items
         .iter()
