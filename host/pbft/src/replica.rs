@@ -509,7 +509,9 @@ pub struct Replica {
     /// by one, so that they cannot make every batch fail and be redone. A
     /// forger naming another replica as the sender puts that one here too
     /// (a frame's sender is what it claims): the most it gains is that
-    /// replica's votes checked one by one, as without batches.
+    /// replica's votes checked one by one, as without batches. Like the
+    /// counters, this is not protocol state: it decides how signatures
+    /// are checked, never what passes.
     unbatched: BTreeSet<ReplicaId>,
     out: Vec<Output>,
 }
