@@ -322,6 +322,18 @@ fn cas_put_get_ls_verify_gc() {
     let ls = cli.ok(&["cas", "ls"]);
     assert!(ls.contains(&digest));
     assert!(cli.ok(&["cas", "verify"]).contains("all blobs intact"));
+    // A file among the blobs that is not one is listed, and left alone.
+    let blob = blob_file(&cli.home.join("cas"), &digest["blake3:".len()..]);
+    let stray = blob.with_file_name("notes.txt");
+    std::fs::write(&stray, b"not a blob").unwrap();
+    let verify = cli.ok(&["cas", "verify"]);
+    assert!(
+        verify.contains(&format!("STRAY {}: not a blob's file", stray.display()))
+            && verify.contains("all blobs intact"),
+        "{verify}"
+    );
+    assert!(stray.exists());
+    std::fs::remove_file(&stray).unwrap();
 
     // Damage the big blob on disk: verify and get both report it.
     let blob = blob_file(&cli.home.join("cas"), &digest["blake3:".len()..]);

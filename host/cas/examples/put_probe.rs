@@ -13,7 +13,13 @@
 //! the put timed, older blobs synced and removed untimed); and the plain
 //! write again from a page-aligned copy of the bytes (as mimalloc hands out
 //! large buffers), with the content at file offset 16 (a format-1 blob) and
-//! at 4096 (a large format-2 blob): see the `layout` module for why.
+//! at 4096 (a large format-2 blob): see the `layout` module for why. Then
+//! two threads, pinned to two CPUs and started together (so that neither
+//! waits for the other's CPU), each writing half of the blob: into one
+//! file, and each into a file of its own (what a store that split large
+//! blobs in two files would do; BENCHMARKS.md, issue #2, session 32); the
+//! rows give each thread's wall and CPU time, so the pair's wall time is the
+//! larger of the two.
 
 mod support;
 use support::median;
@@ -56,6 +62,64 @@ fn write_file_at(path: &Path, data: &[u8], at: u64) -> io::Result<()> {
         file.write_all_at(part, at + (i << 20) as u64)?;
     }
     Ok(())
+}
+
+/// Pins the calling thread to the `nth` CPU it may run on (or leaves it
+/// where it is if there is none).
+fn pin_to(nth: usize) -> Option<rustix::thread::CpuSet> {
+    use rustix::thread::{sched_getaffinity, sched_setaffinity, CpuSet};
+    let allowed = sched_getaffinity(None).ok()?;
+    let cpu = (0..CpuSet::MAX_CPU)
+        .filter(|&c| allowed.is_set(c))
+        .nth(nth)?;
+    let mut one = CpuSet::new();
+    one.set(cpu);
+    sched_setaffinity(None, &one).ok()?;
+    Some(allowed)
+}
+
+/// Two threads on two CPUs, released together, each write half of `data`
+/// in 1 MiB pwrites: into `path` at its offset, or the second half into
+/// `other` if given. Returns each thread's wall and CPU seconds.
+fn write_halves(path: &Path, other: Option<&PathBuf>, data: &[u8]) -> ((f64, f64), (f64, f64)) {
+    let half = data.len() / 2;
+    let open = |path: &Path, len: usize| {
+        let file = File::options()
+            .write(true)
+            .create_new(true)
+            .open(path)
+            .expect("create");
+        rustix::fs::fallocate(&file, rustix::fs::FallocateFlags::empty(), 0, len as u64)
+            .expect("fallocate");
+        file
+    };
+    let first = open(path, if other.is_some() { half } else { data.len() });
+    let (second, base) = match other {
+        Some(other) => (open(other, data.len() - half), half),
+        None => (first.try_clone().expect("dup"), 0),
+    };
+    let write = |file: &File, part: &[u8], at: usize| {
+        for (i, unit) in part.chunks(1 << 20).enumerate() {
+            file.write_all_at(unit, (at + (i << 20)) as u64)
+                .expect("write");
+        }
+    };
+    let start = std::sync::Barrier::new(2);
+    std::thread::scope(|s| {
+        let helper = s.spawn(|| {
+            pin_to(1);
+            start.wait();
+            let (_, w, c) = timed(|| write(&second, &data[half..], half - base));
+            (w, c)
+        });
+        let allowed = pin_to(0);
+        start.wait();
+        let (_, w, c) = timed(|| write(&first, &data[..half], 0));
+        if let Some(allowed) = allowed {
+            let _ = rustix::thread::sched_setaffinity(None, &allowed);
+        }
+        ((w, c), helper.join().expect("no panic"))
+    })
 }
 
 fn main() {
@@ -103,6 +167,10 @@ fn main() {
         "store_put",
         "page_src_at16",
         "page_src_at4096",
+        "halves_one_file(a)",
+        "halves_one_file(b)",
+        "halves_two_files(a)",
+        "halves_two_files(b)",
     ];
     // The system allocator puts a large buffer 16 bytes into a page; this
     // copy starts on a page boundary.
@@ -165,6 +233,24 @@ fn main() {
             record(i, w, c);
             File::open(&path).and_then(|f| f.sync_data()).expect("sync");
             files.push(path);
+        }
+        for (i, files_of_their_own) in [(9, false), (11, true)] {
+            counter += 1;
+            data[..8].copy_from_slice(&counter.to_le_bytes());
+            let path = scratch.path().join(format!("w{counter}"));
+            let other = scratch.path().join(format!("w{counter}.second"));
+            let (a, b) = write_halves(&path, files_of_their_own.then_some(&other), &data);
+            record(i, a.0, a.1);
+            record(i + 1, b.0, b.1);
+            for path in [path, other] {
+                if path.exists() {
+                    File::open(&path).and_then(|f| f.sync_data()).expect("sync");
+                    files.push(path);
+                }
+            }
+        }
+        while files.len() > 8 {
+            std::fs::remove_file(files.remove(0)).expect("remove");
         }
         stored.push(d);
         if stored.len() > 4 {

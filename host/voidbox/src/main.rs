@@ -1286,6 +1286,12 @@ fn cas(host: &Host, cmd: CasCmd) -> Result<u8, Failure> {
             // lists each digest once. Say both, so the counts agree.
             let distinct = blobs.list().map_err(Error::from)?.len() as u64;
             outln!("{}", verify_summary(distinct, report.checked, report.bytes));
+            for path in &report.stray_files {
+                outln!(
+                    "STRAY {}: not a blob's file, left alone; remove it if nothing else put it there",
+                    path.display()
+                );
+            }
             if !report.corrupt.is_empty() {
                 for (d, what) in &report.corrupt {
                     outln!("CORRUPT {d}: {what}");
