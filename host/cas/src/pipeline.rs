@@ -346,7 +346,19 @@ const _: () = assert!(UNIT_BYTES.is_power_of_two() && UNIT_BYTES >= blake3::CHUN
 /// (one thread writes everything while the other hashes everything, which
 /// lasts as long as the slower side and stalls whenever its thread does):
 /// 1.05-1.2x per put.
-pub(crate) fn write_and_hash(file: &File, header: &[u8], data: &[u8]) -> io::Result<blake3::Hash> {
+///
+/// The writes are the put's critical path and hashing is the shorter part,
+/// so the thread that has hashed everything there is to hash usually waits
+/// for the other's last writes. It runs `idle` then instead (at most once
+/// per call, and never when no thread waits): work of the caller's that
+/// would otherwise be on the critical path of a later call, such as
+/// creating its file.
+pub(crate) fn write_and_hash(
+    file: &File,
+    header: &[u8],
+    data: &[u8],
+    idle: &(dyn Fn() + Sync),
+) -> io::Result<blake3::Hash> {
     if data.len() <= PIPELINE_MIN_BYTES {
         write_header_and_data(file, header, data, 0, header.len() + data.len())?;
         return Ok(blake3::hash(data));
@@ -361,6 +373,8 @@ pub(crate) fn write_and_hash(file: &File, header: &[u8], data: &[u8]) -> io::Res
         hashed: (0..hash_units).map(|_| AtomicBool::new(false)).collect(),
         lowest_unhashed: AtomicUsize::new(0),
         failed: AtomicBool::new(false),
+        idle,
+        idle_done: AtomicBool::new(false),
     };
     hash_on_two_threads(hash_units, data.len() as u64, || shared.work())
 }
@@ -379,6 +393,10 @@ struct SharedPut<'a> {
     lowest_unhashed: AtomicUsize,
     /// Set by a thread whose write failed, so the other stops.
     failed: AtomicBool,
+    /// Work for a thread that would wait for the other's writes.
+    idle: &'a (dyn Fn() + Sync),
+    /// Whether a thread took `idle`.
+    idle_done: AtomicBool,
 }
 
 impl SharedPut<'_> {
@@ -409,8 +427,17 @@ impl SharedPut<'_> {
                 continue;
             }
             // Everything is hashed or being hashed: write what is left, or
-            // wait for the other thread's last write.
-            let mut next = self.next_write.lock().unwrap_or_else(|e| e.into_inner());
+            // wait for the other thread's last write, first doing the
+            // caller's spare work if this thread would otherwise wait.
+            let mut next = match self.next_write.try_lock() {
+                Ok(next) => next,
+                Err(_) => {
+                    if !self.idle_done.swap(true, Ordering::Relaxed) {
+                        (self.idle)();
+                    }
+                    self.next_write.lock().unwrap_or_else(|e| e.into_inner())
+                }
+            };
             if *next >= self.write_units || self.failed.load(Ordering::Relaxed) {
                 break;
             }
@@ -907,7 +934,7 @@ mod tests {
                 .create_new(true)
                 .open(&path)
                 .unwrap();
-            let hash = write_and_hash(&file, &header, &data).unwrap();
+            let hash = write_and_hash(&file, &header, &data, &|| ()).unwrap();
             assert_eq!(hash, blake3::hash(&data), "len {len}");
             let written = std::fs::read(&path).unwrap();
             assert_eq!(written.len(), header.len() + len, "len {len}");
@@ -916,6 +943,33 @@ mod tests {
                 "len {len}"
             );
         }
+    }
+
+    #[test]
+    fn the_idle_work_runs_at_most_once_and_only_where_a_thread_waits() {
+        let dir = tempfile::tempdir().unwrap();
+        let data = content(300, 8 << 20);
+        for alone in [true, false] {
+            helper::ALONE.with(|a| a.set(alone));
+            for round in 0..20 {
+                let runs = AtomicUsize::new(0);
+                let path = dir.path().join(format!("idle-{alone}-{round}"));
+                let file = File::options()
+                    .write(true)
+                    .create_new(true)
+                    .open(&path)
+                    .unwrap();
+                let idle = || {
+                    runs.fetch_add(1, Ordering::Relaxed);
+                };
+                let hash = write_and_hash(&file, &[0; 16], &data, &idle).unwrap();
+                assert_eq!(hash, blake3::hash(&data));
+                let runs = runs.into_inner();
+                // Alone, the calling thread never waits for another.
+                assert!(runs <= usize::from(!alone), "alone {alone}: {runs} runs");
+            }
+        }
+        helper::ALONE.with(|a| a.set(false));
     }
 
     #[test]
@@ -930,7 +984,7 @@ mod tests {
                 .create_new(true)
                 .open(&path)
                 .unwrap();
-            let hash = write_and_hash(&file, &[0xCD; 16], &data).unwrap();
+            let hash = write_and_hash(&file, &[0xCD; 16], &data, &|| ()).unwrap();
             assert_eq!(hash, blake3::hash(&data), "len {len}");
             let written = std::fs::read(&path).unwrap();
             assert!(
@@ -1094,7 +1148,7 @@ mod tests {
         std::fs::write(&path, b"").unwrap();
         // Opened for reading only: every write fails with EBADF.
         let file = File::open(&path).unwrap();
-        let err = write_and_hash(&file, &[0; 16], &content(7, 3 << 20)).unwrap_err();
+        let err = write_and_hash(&file, &[0; 16], &content(7, 3 << 20), &|| ()).unwrap_err();
         assert_eq!(
             err.raw_os_error(),
             Some(rustix::io::Errno::BADF.raw_os_error())

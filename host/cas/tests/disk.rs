@@ -310,6 +310,7 @@ fn removing_and_collecting_pending_blobs() {
 fn putting_existing_content_does_not_rewrite_it() {
     let dir = tempfile::tempdir().unwrap();
     let store = DiskStore::open(dir.path()).unwrap();
+    let tmp = dir.path().join("tmp");
     for data in [content(1, 100), content(2, 3 << 20)] {
         let digest = store.put(&data).unwrap();
         let path = store.blob_path(&digest);
@@ -324,14 +325,21 @@ fn putting_existing_content_does_not_rewrite_it() {
             after.mtime_nsec(),
             "the blob was rewritten"
         );
-    }
-    // And no temp file of the discarded duplicate is left behind.
-    let tmp = dir.path().join("tmp");
-    for name in entries(&tmp) {
-        if !name.ends_with(".lock") {
-            assert!(entries(&tmp.join(&name)).is_empty(), "{name}");
+        if data.len() < 1 << 20 {
+            // And no temp file of the discarded duplicates is left behind.
+            // (A large put may leave one it made ahead for the next; that
+            // it leaves no other is a unit test of the `disk` module.)
+            for name in entries(&tmp) {
+                if !name.ends_with(".lock") {
+                    assert!(entries(&tmp.join(&name)).is_empty(), "{name}");
+                }
+            }
         }
     }
+    // Closing the store removes its temp directory, the file made ahead
+    // included.
+    drop(store);
+    assert!(entries(&tmp).is_empty(), "{:?}", entries(&tmp));
 }
 
 #[test]
