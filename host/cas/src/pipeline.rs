@@ -893,6 +893,16 @@ pub(crate) fn write_file_atomically(
 mod tests {
     use super::*;
 
+    /// A new file to write (and read back) in a test.
+    fn new_file(path: &Path) -> File {
+        File::options()
+            .read(true)
+            .write(true)
+            .create_new(true)
+            .open(path)
+            .unwrap()
+    }
+
     fn content(seed: u64, len: usize) -> Vec<u8> {
         let mut x = seed.wrapping_mul(0x9E37_79B9_7F4A_7C15) | 1;
         (0..len)
@@ -928,12 +938,7 @@ mod tests {
             let data = content(seed as u64, len);
             let header = [0xAB; 16];
             let path = dir.path().join(format!("blob-{len}"));
-            let file = File::options()
-                .read(true)
-                .write(true)
-                .create_new(true)
-                .open(&path)
-                .unwrap();
+            let file = new_file(&path);
             let hash = write_and_hash(&file, &header, &data, &|| ()).unwrap();
             assert_eq!(hash, blake3::hash(&data), "len {len}");
             let written = std::fs::read(&path).unwrap();
@@ -954,11 +959,7 @@ mod tests {
             for round in 0..20 {
                 let runs = AtomicUsize::new(0);
                 let path = dir.path().join(format!("idle-{alone}-{round}"));
-                let file = File::options()
-                    .write(true)
-                    .create_new(true)
-                    .open(&path)
-                    .unwrap();
+                let file = new_file(&path);
                 let idle = || {
                     runs.fetch_add(1, Ordering::Relaxed);
                 };
@@ -979,11 +980,7 @@ mod tests {
         for (seed, &len) in LENS.iter().enumerate() {
             let data = content(seed as u64 + 100, len);
             let path = dir.path().join(format!("alone-{len}"));
-            let file = File::options()
-                .write(true)
-                .create_new(true)
-                .open(&path)
-                .unwrap();
+            let file = new_file(&path);
             let hash = write_and_hash(&file, &[0xCD; 16], &data, &|| ()).unwrap();
             assert_eq!(hash, blake3::hash(&data), "len {len}");
             let written = std::fs::read(&path).unwrap();
@@ -1103,11 +1100,7 @@ mod tests {
         for alone in [false, true] {
             helper::ALONE.with(|a| a.set(alone));
             let path = dir.path().join(format!("input-{alone}"));
-            let file = File::options()
-                .write(true)
-                .create_new(true)
-                .open(&path)
-                .unwrap();
+            let file = new_file(&path);
             let mut reader = Chunky {
                 data: &data,
                 read_max: 100_000,
