@@ -36,9 +36,13 @@ use crate::{helper, CasError, Result};
 /// Below this size a helper thread costs more than the overlap saves.
 pub(crate) const PIPELINE_MIN_BYTES: usize = 1 << 20;
 
-/// Size of one chunk handed between the I/O thread and the hashing thread.
-/// Large enough that blake3 uses its widest SIMD and syscalls are few.
+/// Size of one chunk of a stream (read ahead for a reader, or read from an
+/// input and written). Large enough that blake3 uses its widest SIMD and
+/// syscalls are few; at least [`PIPELINE_MIN_BYTES`], so that a stream's
+/// first chunk, if full, tells that the blob takes the pipeline (and its
+/// header in the file format, see `layout`) before the length is known.
 pub(crate) const CHUNK_BYTES: usize = 1 << 20;
+const _: () = assert!(CHUNK_BYTES >= PIPELINE_MIN_BYTES && CHUNK_BYTES.is_power_of_two());
 
 /// Buffers in flight in the streaming pipelines: one being filled, one being
 /// consumed, one spare so neither side waits on the other's jitter.
@@ -173,7 +177,7 @@ fn read_and_hash_shared(
 
 /// The blake3 hash of `len` bytes of `file` from `offset`, read in units
 /// shared with a helper (see [`hash_units_shared`]). Memory: one unit
-/// buffer per thread, and 32 bytes of chaining value per unit (1/32768 of
+/// buffer per thread, and 32 bytes of chaining value per unit (1/16384 of
 /// `len`). `UnexpectedEof` if the file ends first.
 pub(crate) fn hash_file_range(file: &File, offset: u64, len: u64) -> io::Result<blake3::Hash> {
     let Ok(len) = usize::try_from(len) else {
@@ -276,7 +280,7 @@ fn hash_on_two_threads(
         .into_iter()
         .map(|cv| cv.expect("every hash unit was taken by one thread"))
         .collect();
-    Ok(root_hash(&cvs, len))
+    Ok(root_hash(&cvs, len, UNIT_BYTES))
 }
 
 /// Fills `target` from `file` at `offset`, in chunks of at most
@@ -320,8 +324,11 @@ fn read_exact_uninit_at<'a>(
 /// middle of one holds up the other only briefly. Measured with the helper
 /// (bench's put loop, one process alternating unit sizes, under varying
 /// load): put at 0.72-0.95 of blake3 with 1 MiB units against 0.50-0.67
-/// with 2 MiB and 0.40 with 4 MiB.
-const UNIT_BYTES: usize = 1 << 20;
+/// with 2 MiB and 0.40 with 4 MiB; later, builds alternated, 0.724 with
+/// 512 KiB against 0.697 with 1 MiB (mean of 9 pairs, 7 won) and about 0.71
+/// with 256 KiB. A unit's source and its page-cache copy then take half of
+/// a 2 MiB L2 cache, so the hash after the write reads its bytes from there.
+const UNIT_BYTES: usize = 1 << 19;
 
 // Blobs that reach the shared path span several units, so their hash is
 // always a merge of subtrees (see `root_hash`).
@@ -515,35 +522,36 @@ fn write_header_and_data(
 }
 
 /// The blake3 hash of `len` bytes from the chaining values of its
-/// consecutive `UNIT_BYTES` subtrees (the last one possibly short),
-/// merged in the shape of blake3's tree: every left subtree is the largest
-/// power of two of bytes smaller than its parent.
-fn root_hash(cvs: &[ChainingValue], len: u64) -> blake3::Hash {
+/// consecutive subtrees of `unit` bytes (a power of two; the last subtree
+/// possibly short), merged in the shape of blake3's tree: every left
+/// subtree is the largest power of two of bytes smaller than its parent.
+fn root_hash(cvs: &[ChainingValue], len: u64, unit: usize) -> blake3::Hash {
     assert!(
-        cvs.len() > 1 && len > UNIT_BYTES as u64,
+        cvs.len() > 1 && len > unit as u64,
         "a single unit's hash is its root hash, not a merge"
     );
     let left = left_subtree_len(len);
-    // A power of two at least UNIT_BYTES (since len exceeds it), so
-    // the left subtree is a whole number of units.
-    let split = (left / UNIT_BYTES as u64) as usize;
+    // A power of two at least `unit` (since len exceeds it), so the left
+    // subtree is a whole number of units.
+    let split = (left / unit as u64) as usize;
     merge_subtrees_root(
-        &subtree_cv(&cvs[..split], left),
-        &subtree_cv(&cvs[split..], len - left),
+        &subtree_cv(&cvs[..split], left, unit),
+        &subtree_cv(&cvs[split..], len - left, unit),
         Mode::Hash,
     )
 }
 
-/// The chaining value of a non-root subtree of `len` bytes made of `cvs`.
-fn subtree_cv(cvs: &[ChainingValue], len: u64) -> ChainingValue {
+/// The chaining value of a non-root subtree of `len` bytes made of `cvs`,
+/// subtrees of `unit` bytes.
+fn subtree_cv(cvs: &[ChainingValue], len: u64, unit: usize) -> ChainingValue {
     if cvs.len() == 1 {
         return cvs[0];
     }
     let left = left_subtree_len(len);
-    let split = (left / UNIT_BYTES as u64) as usize;
+    let split = (left / unit as u64) as usize;
     merge_subtrees_non_root(
-        &subtree_cv(&cvs[..split], left),
-        &subtree_cv(&cvs[split..], len - left),
+        &subtree_cv(&cvs[..split], left, unit),
+        &subtree_cv(&cvs[split..], len - left, unit),
         Mode::Hash,
     )
 }
@@ -578,7 +586,7 @@ pub(crate) enum StreamError {
 /// count.
 ///
 /// The calling thread reads (the reader need not be `Send`), one chunk of
-/// `UNIT_BYTES` at a time into one of a few buffers, and queues it; the
+/// `CHUNK_BYTES` at a time into one of a few buffers, and queues it; the
 /// calling thread and a helper (see [`helper`]) each take the oldest queued
 /// chunk, write it at its offset (writes need not be in order) and hash it
 /// as a blake3 subtree while it is in that core's cache; the chaining
@@ -592,11 +600,11 @@ pub(crate) fn read_hash_write(
     file: &File,
     offset: u64,
 ) -> Result<(blake3::Hash, u64), StreamError> {
-    assert_eq!(first.len(), UNIT_BYTES, "the first chunk is a full unit");
+    assert_eq!(first.len(), CHUNK_BYTES, "the first chunk is full");
     let mut second = Vec::with_capacity(CHUNK_BYTES);
     fill(reader, &mut second).map_err(StreamError::Input)?;
     if second.is_empty() {
-        // A single unit is the root of blake3's tree, not a subtree.
+        // A single chunk is the root of blake3's tree, not a subtree.
         reserve(file, offset, first.len() as u64);
         file.write_all_at(&first, offset)
             .map_err(StreamError::Output)?;
@@ -633,9 +641,9 @@ pub(crate) fn read_hash_write(
         // Give back what was reserved beyond the end of the stream.
         file.set_len(offset + total).map_err(StreamError::Output)?;
     }
-    let units = usize::try_from(total.div_ceil(UNIT_BYTES as u64))
-        .expect("a unit count fits in memory, as the chaining values do");
-    let mut cvs: Vec<Option<ChainingValue>> = vec![None; units];
+    let chunks = usize::try_from(total.div_ceil(CHUNK_BYTES as u64))
+        .expect("a chunk count fits in memory, as the chaining values do");
+    let mut cvs: Vec<Option<ChainingValue>> = vec![None; chunks];
     for (unit, cv) in mine.into_iter().chain(theirs) {
         cvs[unit] = Some(cv);
     }
@@ -643,14 +651,13 @@ pub(crate) fn read_hash_write(
         .into_iter()
         .map(|cv| cv.expect("every chunk was written and hashed by one thread"))
         .collect();
-    Ok((root_hash(&cvs, total), total))
+    Ok((root_hash(&cvs, total, CHUNK_BYTES), total))
 }
 
 /// Chunk buffers of a stream: one being read into, one being written and
 /// hashed by each thread, one queued so that neither waits on the other's
 /// jitter.
 const STREAM_BUFFERS: usize = 4;
-const _: () = assert!(CHUNK_BYTES == UNIT_BYTES, "a stream's chunks are its units");
 
 /// The state of one [`read_hash_write`] call, shared by its two threads.
 struct SharedStream<'a> {
@@ -664,7 +671,7 @@ struct SharedStream<'a> {
 }
 
 struct StreamQueue {
-    /// Chunks read and not yet taken, with their unit index, oldest first.
+    /// Chunks read and not yet taken, with their index, oldest first.
     chunks: VecDeque<(usize, Vec<u8>)>,
     /// Buffers written and hashed, ready to be read into again.
     free: Vec<Vec<u8>>,
@@ -677,9 +684,9 @@ impl SharedStream<'_> {
         self.queue.lock().unwrap_or_else(|e| e.into_inner())
     }
 
-    /// Writes and hashes chunk `unit`; returns its chaining value.
-    fn write_and_hash_chunk(&self, unit: usize, chunk: &[u8]) -> io::Result<ChainingValue> {
-        let start = (unit * UNIT_BYTES) as u64;
+    /// Writes and hashes chunk number `index`; returns its chaining value.
+    fn write_and_hash_chunk(&self, index: usize, chunk: &[u8]) -> io::Result<ChainingValue> {
+        let start = (index * CHUNK_BYTES) as u64;
         let written = self.file.write_all_at(chunk, self.offset + start);
         if let Err(e) = written {
             // Under the lock, so that a thread about to wait sees it.
@@ -701,7 +708,7 @@ impl SharedStream<'_> {
     fn work(&self, once: bool) -> io::Result<Vec<(usize, ChainingValue)>> {
         let mut cvs = Vec::new();
         loop {
-            let (unit, chunk) = {
+            let (index, chunk) = {
                 let mut queue = self.lock();
                 loop {
                     if self.failed.load(Ordering::Relaxed) {
@@ -716,8 +723,8 @@ impl SharedStream<'_> {
                     queue = self.changed.wait(queue).unwrap_or_else(|e| e.into_inner());
                 }
             };
-            let cv = self.write_and_hash_chunk(unit, &chunk)?;
-            cvs.push((unit, cv));
+            let cv = self.write_and_hash_chunk(index, &chunk)?;
+            cvs.push((index, cv));
             self.lock().free.push(chunk);
             self.changed.notify_all();
             if once {
@@ -747,7 +754,7 @@ impl SharedStream<'_> {
         let mut input = Ok(());
         let mut next = Some(first);
         let mut pending = Some(second);
-        let mut unit = 0usize;
+        let mut index = 0usize;
         while let Some(chunk) = next.take() {
             if self.failed.load(Ordering::Relaxed) {
                 break;
@@ -762,9 +769,9 @@ impl SharedStream<'_> {
             }
             let last = chunk.len() < CHUNK_BYTES;
             total = end;
-            self.lock().chunks.push_back((unit, chunk));
+            self.lock().chunks.push_back((index, chunk));
             self.changed.notify_all();
-            unit += 1;
+            index += 1;
             if last {
                 break;
             }
@@ -1150,25 +1157,28 @@ mod tests {
 
     #[test]
     fn root_hash_matches_blake3_for_unit_counts_that_are_not_powers_of_two() {
-        // Without the file: every unit count from 2 to 9, whole and ragged.
-        for units in 2..=9usize {
-            for len in [units * UNIT_BYTES, (units - 1) * UNIT_BYTES + 1] {
-                let data = content(units as u64, len);
-                let cvs: Vec<ChainingValue> = data
-                    .chunks(UNIT_BYTES)
-                    .enumerate()
-                    .map(|(i, unit)| {
-                        blake3::Hasher::new()
-                            .set_input_offset((i * UNIT_BYTES) as u64)
-                            .update(unit)
-                            .finalize_non_root()
-                    })
-                    .collect();
-                assert_eq!(
-                    root_hash(&cvs, len as u64),
-                    blake3::hash(&data),
-                    "len {len}"
-                );
+        // Without the file: every unit count from 2 to 9, whole and ragged,
+        // for the units of a put and for a stream's chunks.
+        for unit_bytes in [UNIT_BYTES, CHUNK_BYTES, blake3::CHUNK_LEN] {
+            for units in 2..=9usize {
+                for len in [units * unit_bytes, (units - 1) * unit_bytes + 1] {
+                    let data = content(units as u64, len);
+                    let cvs: Vec<ChainingValue> = data
+                        .chunks(unit_bytes)
+                        .enumerate()
+                        .map(|(i, unit)| {
+                            blake3::Hasher::new()
+                                .set_input_offset((i * unit_bytes) as u64)
+                                .update(unit)
+                                .finalize_non_root()
+                        })
+                        .collect();
+                    assert_eq!(
+                        root_hash(&cvs, len as u64, unit_bytes),
+                        blake3::hash(&data),
+                        "len {len}, unit {unit_bytes}"
+                    );
+                }
             }
         }
     }

@@ -10,7 +10,8 @@ use common::{content, DiskHarness, Harness, MemHarness, PatternReader};
 use voidbox_cas::{CasError, Corruption, Digest, Durability, MemStore, Store};
 
 /// Sizes around every internal boundary: empty, tiny, the 1 MiB pipeline and
-/// chunk threshold, and several chunks with a ragged end.
+/// stream chunk threshold, and several of a put's 512 KiB units or a
+/// stream's chunks, whole and with a ragged end.
 const SIZES: &[usize] = &[
     0,
     1,
@@ -18,6 +19,7 @@ const SIZES: &[usize] = &[
     (1 << 20) - 1,
     1 << 20,
     (1 << 20) + 1,
+    (3 << 19) + 1,
     2 << 20,
     (3 << 20) + 7,
 ];

@@ -724,7 +724,7 @@ fn cas_figures(report: &mut Report, dir: &Path, window: Duration) -> anyhow::Res
         "MiB/s",
     );
     report.notes.push(
-        "CAS ratios: a 16 MiB put shares writing and hashing, in 1 MiB units, between the \
+        "CAS ratios: a 16 MiB put shares writing and hashing, in 512 KiB units, between the \
          calling thread and a helper (two cores busy); the baseline is blake3 on one thread, \
          no I/O"
             .into(),
