@@ -9,8 +9,9 @@
 //! thread and a long-lived helper, see [`helper`]), so they finish when the
 //! work is done, not when the slower of two fixed halves is, and each unit
 //! is hashed right after its I/O, while it is in the cache. With a second
-//! core free a put takes about as long as hashing alone and a read less
-//! (they still cost the CPU time of both). A streamed put
+//! core free a read takes less time than hashing alone, and a put about 1.4
+//! times as long (BENCHMARKS.md: the kernel's copy into the page cache costs
+//! more CPU than the hash, and both cores are busy). A streamed put
 //! ([`read_hash_write`]) shares the writing and hashing of the chunks the
 //! calling thread reads in the same way. Streams out ([`for_each_chunk`]),
 //! whose bytes must pass in order, use a scoped thread for the reads while
