@@ -4,14 +4,17 @@
 //! them one after the other would roughly halve throughput. For blobs above
 //! [`PIPELINE_MIN_BYTES`] a helper thread shares the work with the calling
 //! thread. A put from memory ([`write_and_hash`]), a read into memory
-//! ([`read_and_hash`]) and a verification ([`hash_file_range`]) split the
-//! I/O and the hashing into units that either thread takes (the calling
-//! thread and a long-lived helper, see [`helper`]), so they finish when the
-//! work is done, not when the slower of two fixed halves is, and each unit
-//! is hashed right after its I/O, while it is in the cache. With a second
-//! core free a read takes less time than hashing alone, and a put about 1.4
-//! times as long (BENCHMARKS.md: the kernel's copy into the page cache costs
-//! more CPU than the hash, and both cores are busy). A streamed put
+//! ([`read_and_hash`]) and a verification ([`hash_file_range`]) split the I/O
+//! and the hashing into units that either thread takes (the calling thread
+//! and a long-lived helper, see [`helper`]), so they finish when the work is
+//! done, not when the slower of two fixed halves is. A read hashes each unit
+//! right after reading it, while it is in that core's cache, and with a
+//! second core free takes less time than hashing alone; a put takes about 1.4
+//! times as long as hashing: a file system such as ext4 lets one thread at a
+//! time copy into a file's page cache, and that copy is slower than blake3,
+//! so in practice one thread writes every unit while the other hashes them
+//! from the caller's buffer, ahead of the writes, and the put lasts as long
+//! as its writes (BENCHMARKS.md, issue #2, session 34). A streamed put
 //! ([`read_hash_write`]) shares the writing and hashing of the chunks the
 //! calling thread reads in the same way. Streams out ([`for_each_chunk`]),
 //! whose bytes must pass in order, use a scoped thread for the reads while
@@ -321,14 +324,15 @@ fn read_exact_uninit_at<'a>(
 /// the content bytes from k units on, as one blake3 subtree (a power of
 /// two, so every unit but the last is a complete subtree). Large enough for
 /// few syscalls and blake3's widest SIMD, small enough to stay in a core's
-/// cache between the I/O and the hash, and that a thread preempted in the
+/// cache between a read and its hash, and that a thread preempted in the
 /// middle of one holds up the other only briefly. Measured with the helper
 /// (bench's put loop, one process alternating unit sizes, under varying
 /// load): put at 0.72-0.95 of blake3 with 1 MiB units against 0.50-0.67
 /// with 2 MiB and 0.40 with 4 MiB; later, builds alternated, 0.724 with
 /// 512 KiB against 0.697 with 1 MiB (mean of 9 pairs, 7 won) and about 0.71
-/// with 256 KiB. A unit's source and its page-cache copy then take half of
-/// a 2 MiB L2 cache, so the hash after the write reads its bytes from there.
+/// with 256 KiB. Counted inside the put, that gain is in the writes (2.8-3.0
+/// ms of a 16 MiB put against 2.9-3.1), not in the hashing: the thread that
+/// writes a unit almost never hashes it, the other having hashed it already.
 const UNIT_BYTES: usize = 1 << 19;
 
 // Blobs that reach the shared path span several units, so their hash is
@@ -350,10 +354,14 @@ const _: () = assert!(UNIT_BYTES.is_power_of_two() && UNIT_BYTES >= blake3::CHUN
 /// work: when the helper starts late, is preempted (the machine is shared)
 /// or is busy with another put, the calling thread writes and hashes alone,
 /// still reading each unit once; with two cores the work splits between
-/// them. Measured with the `write_methods` example against a fixed split
-/// (one thread writes everything while the other hashes everything, which
-/// lasts as long as the slower side and stalls whenever its thread does):
-/// 1.05-1.2x per put.
+/// them. Where the copy into the page cache is slower than hashing, as on
+/// the machines measured, the split settles into one thread writing every
+/// unit and the other hashing each one before it is written (counted in a
+/// 16 MiB put: the writer hashed 0-0.4 of 32 units), and the writes set
+/// the put's time. Measured with the `write_methods` example against a
+/// fixed split (one thread writes everything while the other hashes
+/// everything, which lasts as long as the slower side and stalls whenever
+/// its thread does): 1.05-1.2x per put.
 ///
 /// The writes are the put's critical path and hashing is the shorter part,
 /// so the thread that has hashed everything there is to hash usually waits
