@@ -17,10 +17,11 @@
 //!
 //! Without fsync a synced append only asks for that write: a thread of the
 //! journal's own does it, so the replica's protocol thread never waits for
-//! redb. Measured at 40 clients (BENCHMARKS.md), about one checkpoint
-//! write in twenty took 1.3-4.8 ms of CPU, and the slowest requests waited
-//! over 100 ms; every replica made the write at the same sequence number,
-//! so the whole cluster stalled with it. With fsync the append stays
+//! redb. Measured at 40 clients (BENCHMARKS.md, PBFT cluster, session 27;
+//! run by run in that file's history), about one checkpoint write in
+//! twenty took 1.3-4.8 ms of CPU, and the slowest requests waited over 100
+//! ms; every replica made the write at the same sequence number, so the
+//! whole cluster stalled with it. With fsync the append stays
 //! synchronous: the checkpoint's journal must be on disk before the
 //! checkpoint can become stable.
 //!
