@@ -733,7 +733,7 @@ impl Compiled {
         }
     }
 
-    /// Several reads, each exactly as [`Compiled::read`] would do it: side
+    /// Several reads, each exactly as `Kernel::read` does one: side
     /// by side in vector lanes for a sparse integer model, one after the
     /// other otherwise.
     fn read_many(

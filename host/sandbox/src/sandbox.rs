@@ -1055,7 +1055,7 @@ fn artifact_body<'a>(digest: &[u8; 32], file: &'a [u8]) -> Result<&'a [u8], &'st
 
 /// Turns `--arg` pairs into argv for a command: `key=value` becomes
 /// `--key=value`; a pair with an empty key passes its value verbatim (for
-/// positional arguments). argv[0] is `tool`.
+/// positional arguments). `argv[0]` is `tool`.
 fn command_argv(args: &[(String, String)]) -> Vec<String> {
     std::iter::once("tool".to_string())
         .chain(args.iter().map(|(k, v)| {

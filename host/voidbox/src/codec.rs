@@ -202,7 +202,8 @@ pub(crate) fn decode_invocation(bytes: &[u8]) -> Result<Invocation, String> {
     })
 }
 
-/// [`decode_receipt`] without the check of the receipt's digest.
+/// A receipt's fields, without the check of its digest (the journal's
+/// `decode_receipt` adds that check).
 pub(crate) fn decode_receipt_fields(bytes: &[u8]) -> Result<Receipt, String> {
     let mut r = Reader(bytes);
     let receipt = r.digest()?;

@@ -202,7 +202,7 @@ impl<'a> OutcomeRecord<'a> {
     }
 
     /// Appends the receipt log's value for this record: the bytes
-    /// [`put_receipt_with_invocation`] writes, copied rather than encoded
+    /// `put_receipt_with_invocation` (in tests) writes, copied rather than encoded
     /// again.
     pub(crate) fn put_value(&self, out: &mut Vec<u8>) {
         out.push(VALUE_WITH_INVOCATION);
@@ -227,7 +227,8 @@ pub(crate) fn decode_receipt_value(bytes: &[u8]) -> Result<(Receipt, Option<Invo
     }
 }
 
-/// Reads [`put_invocation_value`]'s encoding.
+/// Reads an invocation as the first versions stored it in redb (the
+/// encoding `put_invocation_value` writes in tests).
 pub(crate) fn decode_invocation_value(bytes: &[u8]) -> Result<Invocation, String> {
     match bytes.split_first() {
         Some((&VALUE_V1, rest)) => decode_invocation(rest),
