@@ -274,6 +274,75 @@ pub fn run(tool: &Path, window: Duration, parts: &[Part]) -> anyhow::Result<Repo
     Ok(report)
 }
 
+/// A host for one side of the one-core/two-core comparison, in `home`:
+/// the tool added, then warmed up with fresh invocations, `warm` of them,
+/// or when `warm` is `None`, until its journal has been checkpointed twice
+/// (see `invoke_figures`). Returns the host, the template of its
+/// invocations and how many warmed it up.
+fn comparison_host(
+    home: &Path,
+    wasm: &[u8],
+    warm: Option<u64>,
+) -> anyhow::Result<(Host, Invocation, u64)> {
+    const WARM_CHECKPOINTS: u64 = 2;
+    const WARM_MAX: Duration = Duration::from_secs(15);
+    let host = Host::init(home)?;
+    let record = host.add_tool(wasm, Some("bench-echo"))?;
+    let template = Invocation::new(record.digest, Digest::of(b"")).budget(host.default_budget());
+    let started = Instant::now();
+    let mut i = 0u64;
+    while match warm {
+        Some(n) => i < n,
+        None => {
+            i < 500
+                || (host.storage_stats().checkpoints < WARM_CHECKPOINTS
+                    && started.elapsed() < WARM_MAX)
+        }
+    } {
+        host.run(&template, format!("warm-{i}").as_bytes())?;
+        i += 1;
+    }
+    // Both sides start their rounds with an empty tail.
+    host.checkpoint()?;
+    Ok((host, template, i))
+}
+
+/// Runs the fresh invocations `KEY-0` .. `KEY-(n-1)` that no thread has
+/// taken yet from `next`, 64 at a time, so that threads sharing `next`
+/// share the calls.
+fn take_calls(host: &Host, template: &Invocation, key: &str, n: u64, next: &AtomicU64) {
+    const TAKE: u64 = 64;
+    loop {
+        let first = next.fetch_add(TAKE, Ordering::Relaxed);
+        if first >= n {
+            return;
+        }
+        for i in first..(first + TAKE).min(n) {
+            let r = host
+                .run(template, format!("{key}-{i}").as_bytes())
+                .expect("invoke");
+            assert!(!r.cached && r.outcome == voidbox_sandbox::Outcome::Ok);
+        }
+    }
+}
+
+/// Runs `f`; returns the seconds it took and the cores the process used
+/// meanwhile.
+fn timed(f: impl FnOnce()) -> (f64, f64) {
+    let started = Instant::now();
+    let ((), cores) = with_cores(f);
+    (started.elapsed().as_secs_f64(), cores)
+}
+
+/// Checkpoints everything `host` has recorded ([`Host::checkpoint`]);
+/// returns the CPU seconds the process spent meanwhile (the checkpoint
+/// thread's work, which the calls recorded caused).
+fn checkpoint_cpu(host: &Host) -> anyhow::Result<f64> {
+    let before = cpu_time();
+    host.checkpoint()?;
+    Ok((cpu_time() - before).as_secs_f64())
+}
+
 fn invoke_figures(
     report: &mut Report,
     tool: &Path,
@@ -367,29 +436,84 @@ fn invoke_figures(
         ">= 45000",
         host_rate >= 45_000.0,
     );
-    // One core against two, interleaved so that machine noise hits both
-    // alike: the whole process pinned to one CPU with one invoking thread,
-    // then two invoking threads on every CPU.
-    let (mut one_core, mut one_core_cores, mut one_core_pinned) = (0.0, 0.0, true);
-    let (mut two, mut two_cores) = (0.0, 0.0);
-    for round in 0..ROUNDS {
-        match on_one_cpu(|| with_cores(|| rate(slice, |i| invoke_fresh(round + 20, i)))) {
-            Some((r, cores)) => {
-                one_core += r * share;
-                one_core_cores += cores * share;
+    // One core against two. Each side has a host of its own, opened fresh
+    // and warmed up with the same invocations, and each round gives both
+    // the same number of fresh inputs, then checkpoints what they
+    // recorded: the two storages grow alike, checkpoint by checkpoint, so
+    // their index merges fall due in the same rounds. On one host that
+    // background work (lumpy: a checkpoint with a merge took 270-400 ms of
+    // CPU, one without 45-100 ms) landed in whichever side's time it
+    // happened to, 0.8-2.1 us per invocation on one side against 1.3-1.8
+    // on the other, and moved the figure by about a tenth from run to run.
+    // The checkpoint that ends a round is untimed; the CPU it takes is
+    // added to the side's time as its cores would have spent it (all of
+    // it on one core, half of it on two busy ones). The sides alternate in
+    // rounds so that machine noise hits both alike: the whole process
+    // pinned to one CPU with one invoking thread, then two invoking
+    // threads on every CPU. The host above must not checkpoint meanwhile.
+    host.checkpoint()?;
+    let (one_host, one_template, warmed) = comparison_host(&dir.join("one"), &wasm, None)?;
+    let (two_host, two_template, _) = comparison_host(&dir.join("two"), &wasm, Some(warmed))?;
+    let (one_stats, two_stats) = (one_host.storage_stats(), two_host.storage_stats());
+    // Calls per side and round: about a slice's worth on one thread.
+    let per_round = ((host_rate * slice.as_secs_f64()) as u64).max(1024);
+    let (mut one_time, mut one_core_cores, mut one_core_pinned) = (0.0, 0.0, true);
+    let (mut two_time, mut two_cores) = (0.0, 0.0);
+    std::thread::scope(|s| -> anyhow::Result<()> {
+        // The second thread of the two-thread side lives through all the
+        // rounds, as this one does: a thread started per round begins with
+        // a cold allocator heap and cold per-thread caches, which the
+        // one-thread side, on this thread throughout, never pays.
+        let (jobs, job) = std::sync::mpsc::channel::<(String, Arc<AtomicU64>)>();
+        let (done, finished) = std::sync::mpsc::channel::<()>();
+        let (host_2, template_2) = (&two_host, &two_template);
+        s.spawn(move || {
+            for (key, next) in job {
+                take_calls(host_2, template_2, &key, per_round, &next);
+                let _ = done.send(());
             }
-            None => one_core_pinned = false,
-        }
-        let (r, cores) = with_cores(|| {
-            // Each thread counts its own inputs (fresh per round by the
-            // thread key): a counter the two threads shared would move its
-            // cache line between the cores on every invocation, a cost
-            // of the harness that the one-core phase does not pay.
-            rate_threads(slice, 2, |t, i| invoke_fresh(100 + 2 * round + t, i))
         });
-        two += r * share;
-        two_cores += cores * share;
-    }
+        for round in 0..ROUNDS {
+            let key = format!("cmp-{round}");
+            let one = on_one_cpu(|| -> anyhow::Result<(f64, f64, f64)> {
+                let next = AtomicU64::new(0);
+                let (seconds, cores) = timed(|| {
+                    take_calls(&one_host, &one_template, &key, per_round, &next);
+                });
+                Ok((seconds, cores, checkpoint_cpu(&one_host)?))
+            });
+            match one {
+                Some(one) => {
+                    let (seconds, cores, settle) = one?;
+                    one_time += seconds + settle;
+                    one_core_cores += cores * share;
+                }
+                None => one_core_pinned = false,
+            }
+            let next = Arc::new(AtomicU64::new(0));
+            let (seconds, cores) = timed(|| {
+                jobs.send((key.clone(), next.clone()))
+                    .expect("the second thread waits for work");
+                take_calls(&two_host, &two_template, &key, per_round, &next);
+                finished
+                    .recv()
+                    .expect("the second thread finishes its work");
+            });
+            two_time += seconds + checkpoint_cpu(&two_host)? / cores.max(1.0);
+            two_cores += cores * share;
+        }
+        Ok(())
+    })?;
+    let calls = (per_round * ROUNDS as u64) as f64;
+    let (one_core, two) = (calls / one_time, calls / two_time);
+    let background_us = |h: &Host, before: crate::pool::StorageStats| {
+        (h.storage_stats().checkpoint_cpu_us - before.checkpoint_cpu_us) as f64 / calls
+    };
+    let (one_background, two_background) = (
+        background_us(&one_host, one_stats),
+        background_us(&two_host, two_stats),
+    );
+    drop((one_host, two_host));
     if one_core_pinned {
         report.goal(
             "invocations_per_s_one_core",
@@ -444,10 +568,22 @@ fn invoke_figures(
     // The storage's leftover work (a checkpoint) must not run during the
     // bare measurement.
     host.checkpoint()?;
-    // Everything the one- and two-thread phases ran is in redb now.
+    // Everything the one-thread phase ran is in redb now.
     report.add(
         "checkpoint_cpu_us_per_invocation",
         checkpoint_us(stats_1, runs_1),
+        "us",
+    );
+    // The same for the one-core and two-core sides: alike, as their
+    // storages grew alike.
+    report.add(
+        "checkpoint_cpu_us_per_invocation_one_core",
+        one_background,
+        "us",
+    );
+    report.add(
+        "checkpoint_cpu_us_per_invocation_2_threads",
+        two_background,
         "us",
     );
     let (bare_two, bare_two_cores) = with_cores(|| {
@@ -542,13 +678,16 @@ fn invoke_figures(
          below 2 on two cores means other processes had the rest; *_cpu_us_*: those CPU \
          seconds per call (host figures include the journal's flusher and checkpoint \
          threads); checkpoint_cpu_us_per_invocation: the checkpoint thread's CPU per \
-         invocation of the one- and two-thread phases (B, part of the host figures); with two \
-         invoking threads it competes with them for the two cores, so two threads can give at most 2F/(F+B) of one thread's rate, \
-         F being the invoking thread's CPU and B the background's; invocations_per_s_one_core: \
-         the whole process (background threads included) pinned to one CPU, one invoking \
-         thread; two_core_scaling: invocations_per_s_2_threads over it (the issue's \"on one \
-         core\" and \"two cores busy\"; two_thread_scaling compares with one unpinned thread, \
-         which also uses part of the second core)"
+         invocation of the one-thread phase (B, part of the host figures; _one_core and \
+         _2_threads: of those sides); with two invoking threads it competes with them for the \
+         two cores, so two threads can give at most 2F/(F+B) of one thread's rate, F being the \
+         invoking thread's CPU and B the background's; invocations_per_s_one_core: the whole \
+         process (background threads included) pinned to one CPU, one invoking thread; \
+         invocations_per_s_2_threads: two invoking threads; each of the two on a host of its \
+         own that grows alike, the same calls per round, and the checkpoint work those calls \
+         caused counted in (see bench.rs); two_core_scaling: the second over the first (the \
+         issue's \"on one core\" and \"two cores busy\"; two_thread_scaling compares with one \
+         unpinned thread, which also uses part of the second core)"
             .into(),
     );
     report.notes.push(format!(
