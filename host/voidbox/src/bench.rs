@@ -484,8 +484,8 @@ fn invoke_figures(
             });
             match one {
                 Some(one) => {
-                    let (seconds, cores, settle) = one?;
-                    one_time += seconds + settle;
+                    let (seconds, cores, checkpoint) = one?;
+                    one_time += seconds + checkpoint;
                     one_core_cores += cores * share;
                 }
                 None => one_core_pinned = false,
