@@ -274,6 +274,26 @@ pub fn run(tool: &Path, window: Duration, parts: &[Part]) -> anyhow::Result<Repo
     Ok(report)
 }
 
+/// Whether a host warming up for the invoke figures has warmed up: until
+/// its journal has been checkpointed twice, the memory of the tails it
+/// keeps between checkpoints is still being mapped (and zeroed by the
+/// kernel) for the first time, which a running host no longer pays.
+/// Bounded, for slow machines.
+fn warming(host: &Host, calls: u64, started: Instant) -> bool {
+    const WARM_CHECKPOINTS: u64 = 2;
+    const WARM_MAX: Duration = Duration::from_secs(15);
+    calls < 500
+        || (host.storage_stats().checkpoints < WARM_CHECKPOINTS && started.elapsed() < WARM_MAX)
+}
+
+/// Runs the invocation `template` on a fresh `input` (stored with the
+/// output and the receipt, as `voidbox run` does); the echo tool must
+/// succeed, and the action cache must not answer.
+fn run_fresh(host: &Host, template: &Invocation, input: &str) {
+    let r = host.run(template, input.as_bytes()).expect("invoke");
+    assert!(!r.cached && r.outcome == voidbox_sandbox::Outcome::Ok);
+}
+
 /// A host for one side of the one-core/two-core comparison, in `home`:
 /// the tool added, then warmed up with fresh invocations, `warm` of them,
 /// or when `warm` is `None`, until its journal has been checkpointed twice
@@ -284,8 +304,6 @@ fn comparison_host(
     wasm: &[u8],
     warm: Option<u64>,
 ) -> anyhow::Result<(Host, Invocation, u64)> {
-    const WARM_CHECKPOINTS: u64 = 2;
-    const WARM_MAX: Duration = Duration::from_secs(15);
     let host = Host::init(home)?;
     let record = host.add_tool(wasm, Some("bench-echo"))?;
     let template = Invocation::new(record.digest, Digest::of(b"")).budget(host.default_budget());
@@ -293,11 +311,7 @@ fn comparison_host(
     let mut i = 0u64;
     while match warm {
         Some(n) => i < n,
-        None => {
-            i < 500
-                || (host.storage_stats().checkpoints < WARM_CHECKPOINTS
-                    && started.elapsed() < WARM_MAX)
-        }
+        None => warming(&host, i, started),
     } {
         host.run(&template, format!("warm-{i}").as_bytes())?;
         i += 1;
@@ -318,10 +332,7 @@ fn take_calls(host: &Host, template: &Invocation, key: &str, n: u64, next: &Atom
             return;
         }
         for i in first..(first + TAKE).min(n) {
-            let r = host
-                .run(template, format!("{key}-{i}").as_bytes())
-                .expect("invoke");
-            assert!(!r.cached && r.outcome == voidbox_sandbox::Outcome::Ok);
+            run_fresh(host, template, &format!("{key}-{i}"));
         }
     }
 }
@@ -357,19 +368,10 @@ fn invoke_figures(
     let bare = Bare::new(&SandboxConfig::default(), &wasm)?;
 
     // Warm both paths (page faults, pool slots, lazy init) into the steady
-    // state of a host that has been serving for a while: until the journal
-    // has been checkpointed twice, the memory of the tails it keeps between
-    // checkpoints is still being mapped (and zeroed by the kernel) for the
-    // first time, which a running host no longer pays. Bounded, for slow
-    // machines.
-    const WARM_CHECKPOINTS: u64 = 2;
-    const WARM_MAX: Duration = Duration::from_secs(15);
+    // state of a host that has been serving for a while (see `warming`).
     let warm_started = Instant::now();
     let mut i = 0u64;
-    while i < 500
-        || (host.storage_stats().checkpoints < WARM_CHECKPOINTS
-            && warm_started.elapsed() < WARM_MAX)
-    {
+    while warming(&host, i, warm_started) {
         bare.call(&i.to_le_bytes())
             .map_err(|e| anyhow::anyhow!("bare wasmtime call failed: {e:#}"))?;
         let input = host.put_input(format!("warm-{i}").as_bytes())?;
@@ -381,12 +383,8 @@ fn invoke_figures(
     // stored with the output and the receipt. The template's input is
     // replaced by each input's digest.
     let template = Invocation::new(record.digest, Digest::of(b"")).budget(budget);
-    let invoke_fresh = |thread: usize, i: u64| {
-        let r = host
-            .run(&template, format!("host-{thread}-{i}").as_bytes())
-            .expect("invoke");
-        assert!(!r.cached && r.outcome == voidbox_sandbox::Outcome::Ok);
-    };
+    let invoke_fresh =
+        |thread: usize, i: u64| run_fresh(&host, &template, &format!("host-{thread}-{i}"));
     // Interleave the two so that machine noise hits both alike.
     let mut bare_rates = Vec::new();
     let mut host_rates = Vec::new();
