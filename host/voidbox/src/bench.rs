@@ -537,13 +537,10 @@ fn invoke_figures(
                 .into(),
         );
     }
-    report.goal(
-        "invocations_per_s_2_threads",
-        two,
-        "1/s",
-        ">= 1.8x one thread",
-        two >= 1.8 * host_rate,
-    );
+    // No goal of its own: the issue's is two_core_scaling, over the
+    // pinned rate (one unpinned thread, which two_thread_scaling compares
+    // with, already uses part of the second core).
+    report.add("invocations_per_s_2_threads", two, "1/s");
     // The issue's sentence ("≥ 45,000 invocations/s on one core, and ≥ 1.8×
     // that with two cores busy") reads two ways: 1.8× the rate measured on
     // one thread (above), or 1.8× the 45,000/s goal. Both are reported.
