@@ -274,11 +274,11 @@ pub fn run(tool: &Path, window: Duration, parts: &[Part]) -> anyhow::Result<Repo
     Ok(report)
 }
 
-/// Whether a host warming up for the invoke figures has warmed up: until
-/// its journal has been checkpointed twice, the memory of the tails it
-/// keeps between checkpoints is still being mapped (and zeroed by the
-/// kernel) for the first time, which a running host no longer pays.
-/// Bounded, for slow machines.
+/// Whether a host warming up for the invoke figures, after `calls`
+/// invocations, should go on: until its journal has been checkpointed
+/// twice, the memory of the tails it keeps between checkpoints is still
+/// being mapped (and zeroed by the kernel) for the first time, which a
+/// running host no longer pays. Bounded, for slow machines.
 fn warming(host: &Host, calls: u64, started: Instant) -> bool {
     const WARM_CHECKPOINTS: u64 = 2;
     const WARM_MAX: Duration = Duration::from_secs(15);
