@@ -297,7 +297,7 @@ fn run_fresh(host: &Host, template: &Invocation, input: &str) {
 /// A host for one side of the one-core/two-core comparison, in `home`:
 /// the tool added, then warmed up with fresh invocations, `warm` of them,
 /// or when `warm` is `None`, until its journal has been checkpointed twice
-/// (see `invoke_figures`). Returns the host, the template of its
+/// (see [`warming`]). Returns the host, the template of its
 /// invocations and how many warmed it up.
 fn comparison_host(
     home: &Path,
@@ -543,7 +543,8 @@ fn invoke_figures(
     report.add("invocations_per_s_2_threads", two, "1/s");
     // The issue's sentence ("≥ 45,000 invocations/s on one core, and ≥ 1.8×
     // that with two cores busy") reads two ways: 1.8× the rate measured on
-    // one thread (above), or 1.8× the 45,000/s goal. Both are reported.
+    // one core (two_core_scaling, above), or 1.8× the 45,000/s goal. Both
+    // are reported.
     report.goal(
         "invocations_per_s_2_threads_vs_one_core_goal",
         two,
